@@ -1,0 +1,175 @@
+"""Backend-neutral billing rules shared by every store: pure functions, no I/O.
+
+Both backends must make the same decisions, so the decisions live here and the backends only
+move numbers. The rules, in one place:
+
+- **Key checks** come first: unknown key (or a key of another user) → `UNKNOWN_KEY`; status
+  "disabled" or "revoked" → `KEY_DISABLED`; `expires_at <= now` → `KEY_EXPIRED`; a limited key
+  whose available quota cannot cover the amount → `INSUFFICIENT_KEY_QUOTA`.
+- **Affording**: a source affords `amount` when its available balance is positive *and* at least
+  `amount`. A zero or negative available balance refuses even a zero hold.
+- **Funding choice**: sources are tried in the preference's order; the second one only when the
+  first cannot afford the amount; `*_only` preferences have one source. A subscription source
+  *exists* for a request only when the user has a subscription that is active
+  (`start <= now < end`) and allows the model. When no source affords the amount, the refusal
+  names the first source in the order that exists; so a `subscription_first` user without any
+  usable subscription is refused with `INSUFFICIENT_WALLET` (the wallet was the only real
+  candidate), while `subscription_only` without one is refused with `INSUFFICIENT_SUBSCRIPTION`
+  and `available` 0.
+- **Which subscription**: among usable ones, the one ending soonest that affords the amount
+  (ties broken by id).
+- **Periods**: `day` = 86 400 s and `week` = 7 days counted from `start`; `month` = calendar
+  months counted from `start` in UTC (a start on the 31st falls on the last day of shorter
+  months); `none` = one period for the whole subscription.
+- **Settlement**: a subscription pays what is left of its period balance; the rest is the
+  overage, charged to the wallet. A wallet pays everything.
+- **Request counts** (user, key and upstream): a capture counts; an orphan expiry counts only
+  when it captured a checkpoint; a release never counts.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+
+from proxy.store.base import FundingSource, HoldRefusal, HoldState, Preference, Refusal
+
+DAY = 86400.0
+WEEK = 7 * DAY
+PERIODS = ("day", "week", "month", "none")
+KEY_STATUSES = ("active", "disabled", "revoked")
+
+
+def validate_period(period: str) -> None:
+    """Raise ValueError unless `period` is one of day, week, month, none."""
+    if period not in PERIODS:
+        raise ValueError(f"unknown period {period!r}: expected one of {', '.join(PERIODS)}")
+
+
+def add_months(start: float, months: int) -> float:
+    """`start` moved `months` calendar months later (UTC), clamped to the month's last day."""
+    base = datetime.fromtimestamp(start, UTC)
+    years, month0 = divmod(base.month - 1 + months, 12)
+    year = base.year + years
+    day = min(base.day, calendar.monthrange(year, month0 + 1)[1])
+    return base.replace(year=year, month=month0 + 1, day=day).timestamp()
+
+
+def period_start(start: float, period: str, now: float) -> float:
+    """The start of the period containing `now` for a subscription that began at `start`."""
+    validate_period(period)
+    if now <= start or period == "none":
+        return start
+    if period in ("day", "week"):
+        step = DAY if period == "day" else WEEK
+        return start + ((now - start) // step) * step
+    base = datetime.fromtimestamp(start, UTC)
+    current = datetime.fromtimestamp(now, UTC)
+    months = (current.year - base.year) * 12 + (current.month - base.month)
+    # The estimate can overshoot by one when `now` is earlier in its month than `start` was.
+    while months > 0 and add_months(start, months) > now:
+        months -= 1
+    return add_months(start, months)
+
+
+def is_active(start: float, end: float, now: float) -> bool:
+    """A subscription is usable while `start <= now < end`."""
+    return start <= now < end
+
+
+def model_allowed(patterns: Sequence[str], model: str) -> bool:
+    """True when `patterns` is empty or one of its globs matches `model`."""
+    return not patterns or any(fnmatchcase(model, p) for p in patterns)
+
+
+def affords(available: int, amount: int) -> bool:
+    """A source can take a hold of `amount` only with a positive available balance covering it."""
+    return available > 0 and available >= amount
+
+
+def key_refusal(status: str, expires_at: float | None, now: float) -> Refusal | None:
+    """Why a key may not be used now, or None when it may."""
+    if status != "active":
+        return Refusal.KEY_DISABLED
+    if expires_at is not None and expires_at <= now:
+        return Refusal.KEY_EXPIRED
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SubOffer:
+    """A usable subscription as the funding choice sees it."""
+
+    id: str
+    end: float
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class FundingChoice:
+    """The source a hold draws on; `subscription_id` is set for a subscription."""
+
+    source: FundingSource
+    subscription_id: str | None = None
+
+
+def source_order(preference: Preference) -> tuple[FundingSource, ...]:
+    """The funding sources to try, first choice first."""
+    wallet, sub = FundingSource.WALLET, FundingSource.SUBSCRIPTION
+    return {
+        Preference.SUBSCRIPTION_FIRST: (sub, wallet),
+        Preference.WALLET_FIRST: (wallet, sub),
+        Preference.SUBSCRIPTION_ONLY: (sub,),
+        Preference.WALLET_ONLY: (wallet,),
+    }[preference]
+
+
+def pick_subscription(offers: Sequence[SubOffer], amount: int) -> SubOffer | None:
+    """The usable subscription ending soonest that affords `amount`, or None."""
+    for offer in sorted(offers, key=lambda o: (o.end, o.id)):
+        if affords(offer.available, amount):
+            return offer
+    return None
+
+
+def choose_funding(
+    preference: Preference, wallet_available: int, offers: Sequence[SubOffer], amount: int
+) -> FundingChoice | HoldRefusal:
+    """Apply the preference order and the fallback rule (see the module docstring)."""
+    refusal: HoldRefusal | None = None
+    for source in source_order(preference):
+        if source is FundingSource.WALLET:
+            if affords(wallet_available, amount):
+                return FundingChoice(source)
+            refusal = refusal or HoldRefusal(Refusal.INSUFFICIENT_WALLET, wallet_available, amount)
+            continue
+        offer = pick_subscription(offers, amount)
+        if offer is not None:
+            return FundingChoice(source, offer.id)
+        if offers:
+            best = max(o.available for o in offers)
+            refusal = refusal or HoldRefusal(Refusal.INSUFFICIENT_SUBSCRIPTION, best, amount)
+    return refusal or HoldRefusal(Refusal.INSUFFICIENT_SUBSCRIPTION, 0, amount)
+
+
+def split_charge(source: FundingSource, charge: int, sub_balance: int) -> tuple[int, int]:
+    """(paid by the funding source, overage for the wallet) for a settlement of `charge`."""
+    if source is FundingSource.WALLET:
+        return charge, 0
+    paid = min(charge, max(sub_balance, 0))
+    return paid, charge - paid
+
+
+def counts_as_request(state: HoldState, checkpoint: int | None) -> bool:
+    """Whether a resolution bumps the request counters."""
+    if state is HoldState.CAPTURED:
+        return True
+    return state is HoldState.EXPIRED and checkpoint is not None
+
+
+def account(kind: str, ident: str) -> str:
+    """A ledger account name: `wallet:<user>`, `key:<key id>` or `sub:<subscription id>`."""
+    return f"{kind}:{ident}"
