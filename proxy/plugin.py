@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -27,9 +27,6 @@ from proxy.context import (
     StateKey,
     UpstreamResponse,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Dialect",
@@ -84,6 +81,9 @@ class Plugin:
       * `critical`: when False, an exception in a response hook (`on_response_headers`,
         `on_event`, `on_body`) is logged and the plugin is skipped for the rest of that
         request; when True (the default) the response ends with `plugin_failed`.
+      * `authenticates`: True for a plugin that refuses requests without a valid client
+        credential. Weir refuses to listen beyond loopback unless one is listed (or
+        `server.allow_unauthenticated` is set).
 
     Only overridden hooks are called, so an unused hook costs nothing per event.
     """
@@ -91,6 +91,7 @@ class Plugin:
     name: ClassVar[str] = "plugin"
     Config: ClassVar[type[Any]] = NoConfig
     critical: ClassVar[bool] = True
+    authenticates: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

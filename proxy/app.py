@@ -1,0 +1,213 @@
+"""`create_app(config)`: routes, resources and their teardown order. Pure: no globals,
+so tests build many apps in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from proxy import keys
+from proxy.config import Config, ConfigError
+from proxy.dialects import (
+    ANTHROPIC_ROUTES,
+    AUDIO_ROUTE,
+    MODELS_ROUTE,
+    OPENAI_ROUTES,
+    Route,
+    error_response,
+    split_gemini_target,
+)
+from proxy.context import Dialect
+from proxy.forward import Forwarder
+from proxy.handler import Handler
+from proxy.housekeeping import Housekeeper
+from proxy.loader import load_plugins
+from proxy.metrics import Metrics
+from proxy.mock_upstream import MockUpstream
+from proxy.pipeline import Pipeline
+from proxy.plugin import Plugin
+from proxy.relay import ActiveStreams
+from proxy.store.base import Store
+from proxy.store.factory import make_store
+from proxy.tasks import TaskTracker
+from proxy.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+ACTIVE = web.AppKey("weir.active_streams", ActiveStreams)
+HANDLER = web.AppKey("weir.handler", Handler)
+
+
+def create_app(
+    config: Config,
+    *,
+    plugins: Sequence[Plugin] | None = None,
+    store: Store | None = None,
+    instance_id: str | None = None,
+) -> web.Application:
+    """Build the Weir application for `config`.
+
+    `plugins` overrides proxy.yaml's list (the test harness uses it); `store` injects an
+    already-built (unopened) store, e.g. one with a fake clock.
+    """
+    loaded = list(plugins) if plugins is not None else load_plugins(config.plugins)
+    _check_exposure(config, loaded)
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    tracker = TaskTracker()
+    metrics = Metrics()
+    pool = UpstreamPool(config.upstreams)
+    active = ActiveStreams()
+    trace = config.server.trace_plugins or os.environ.get("PROXY_TRACE_PLUGINS", "") not in ("", "0")
+    pipeline = Pipeline(loaded, tracker, trace=trace)
+    app[keys.CONFIG] = config
+    app[keys.TASKS] = tracker
+    app[keys.METRICS] = metrics
+    app[keys.UPSTREAMS] = pool
+    app[keys.PIPELINE] = pipeline
+    app[keys.STORE] = store if store is not None else make_store(config)
+    app[keys.INSTANCE_ID] = instance_id or config.server.instance_id or _instance_id()
+    app[keys.SHUTDOWN] = asyncio.Event()
+    app[ACTIVE] = active
+    app[HANDLER] = Handler(
+        pipeline,
+        Forwarder(pool, config.routing.max_attempts, metrics, active),
+        metrics,
+        config.server.max_body_bytes,
+        config.server.access_log,
+    )
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_upstreams_ctx)
+    for plugin in loaded:
+        app.cleanup_ctx.append(_plugin_ctx(plugin))
+    app.cleanup_ctx.append(_tracker_ctx)
+    app.cleanup_ctx.append(_housekeeping_ctx)
+    app.on_shutdown.append(_graceful_shutdown)
+    _add_routes(app, loaded)
+    return app
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _check_exposure(config: Config, plugins: Sequence[Plugin]) -> None:
+    host = config.server.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or any(p.authenticates for p in plugins):
+        return
+    if not config.server.allow_unauthenticated:
+        raise ConfigError(
+            "server.host",
+            f"refusing to listen on {host} without an authenticating plugin (such as billing); "
+            "set server.allow_unauthenticated: true to relay anyone's traffic on your upstream keys",
+        )
+    log.warning("!!! server.allow_unauthenticated is set: anyone who reaches %s can use your upstream keys", host)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[keys.STORE]
+    await store.open()
+    yield
+    await store.close()
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = app[keys.UPSTREAMS]
+    mocks: list[MockUpstream] = []
+    for up in pool.upstreams:
+        if up.config.type == "mock" and not up.base_url:
+            mock = MockUpstream()
+            up.base_url = await mock.start()
+            mocks.append(mock)
+    await pool.open()
+    yield
+    await pool.close()
+    for mock in mocks:
+        await mock.stop()
+
+
+def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async for _ in plugin.lifespan(app):  # type: ignore[attr-defined]
+            yield
+
+    return ctx
+
+
+async def _tracker_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # Before plugins and the store are torn down: settlement must finish first.
+    await app[keys.TASKS].drain(timeout=max(30.0, app[keys.CONFIG].server.shutdown_grace))
+
+
+async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[keys.CONFIG].store
+    keeper = Housekeeper(app[keys.STORE], app[keys.INSTANCE_ID], cfg.heartbeat_every, cfg.orphan_after)
+    await keeper.store.heartbeat(keeper.instance_id)
+    keeper.start(app[keys.TASKS])
+    yield
+    await keeper.stop()
+
+
+async def _graceful_shutdown(app: web.Application) -> None:
+    """Let in-flight streams finish for `server.shutdown_grace` seconds, then end them."""
+    app[keys.SHUTDOWN].set()
+    active = app[ACTIVE]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[keys.CONFIG].server.shutdown_grace
+    while active.responses and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    active.abort_all()
+
+
+def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
+    handler = app[HANDLER]
+
+    def bind(route: Route) -> Callable[[web.Request], Any]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await handler.handle(request, route)
+
+        return serve
+
+    for path, route in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}.items():
+        app.router.add_post(path, bind(route))
+    app.router.add_get("/v1/models", bind(MODELS_ROUTE))
+    app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
+
+    async def gemini(request: web.Request) -> web.StreamResponse:
+        split = split_gemini_target(request.match_info["target"])
+        if split is None:
+            return error_response(Dialect.GEMINI, 404, "not_found", "unknown Gemini method")
+        model, route = split
+        return await handler.handle(request, route, model_in_path=model)
+
+    app.router.add_post("/v1beta/models/{target}", gemini)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    for plugin in plugins:
+        app.router.add_routes(plugin.routes())
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    store_ok = False
+    try:
+        store_ok = await request.app[keys.STORE].ping()
+    except Exception:
+        store_ok = False
+    body = {"status": "ok" if store_ok else "degraded", "store": store_ok, "instance": request.app[keys.INSTANCE_ID]}
+    return web.json_response(body, status=200 if store_ok else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[keys.METRICS].render(), content_type="text/plain", charset="utf-8")

@@ -1,0 +1,175 @@
+"""proxy.yaml → frozen dataclasses.
+
+`${ENV}` and `${ENV:-default}` are interpolated in every string value before types are
+checked. Unknown keys are errors that name their YAML path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from proxy.confbuild import ConfigError, build
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "PluginSpec",
+    "ServerConfig",
+    "StoreConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The listener and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_unauthenticated: bool = False
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace: float = 10.0
+    access_log: bool = True
+    trace_plugins: bool = False
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where accounts live: `sqlite` (embedded, the default) or `redis`."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    path: str = "./weir.db"
+    synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    busy_timeout_ms: int = 5000
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "weir"
+    orphan_after: float = 30.0
+    heartbeat_every: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One upstream API. `type` decides the dialects it serves and its auth header style.
+
+    `base_url` includes the API version prefix (`https://api.openai.com/v1`,
+    `https://api.anthropic.com/v1`, `https://generativelanguage.googleapis.com/v1beta`).
+    A `mock` upstream is the built-in mock server, started on a loopback port.
+    """
+
+    name: str
+    type: Literal["openai", "anthropic", "gemini", "mock"] = "openai"
+    base_url: str = ""
+    api_key: tuple[str, ...] | str = field(default=(), repr=False)
+    models: tuple[str, ...] = ("*",)
+    model_map: dict[str, str] = field(default_factory=dict)
+    priority: int = 0
+    weight: int = 1
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The upstream credentials, as a tuple (one or several, rotated)."""
+        if isinstance(self.api_key, str):
+            return (self.api_key,) if self.api_key else ()
+        return self.api_key
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Failover: how many upstream attempts one request may make before anything is relayed."""
+
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """One `plugins:` entry: `use` is an entry-point name or a `module:attr` path."""
+
+    use: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole of proxy.yaml."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    plugins: tuple[PluginSpec, ...] = ()
+    source: str = ""
+
+
+def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
+    """Replace `${NAME}` / `${NAME:-default}` in every string inside `value`."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    return value
+
+
+def parse_config(data: Any, env: dict[str, str] | None = None, source: str = "") -> Config:
+    """Validate already-parsed YAML into a `Config`."""
+    data = interpolate(data or {}, dict(os.environ) if env is None else env)
+    if isinstance(data, dict):
+        data = {**data, "source": source}
+    cfg = build(Config, data)
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a proxy.yaml file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{p} is not valid YAML: {exc}") from exc
+    return parse_config(data, env, source=str(p.resolve()))
+
+
+def _check(cfg: Config) -> None:
+    names: set[str] = set()
+    for i, up in enumerate(cfg.upstreams):
+        where = f"upstreams[{i}]"
+        if up.name in names:
+            raise ConfigError(f"{where}.name", f"duplicate upstream name {up.name!r}")
+        names.add(up.name)
+        if up.type != "mock" and not up.base_url:
+            raise ConfigError(f"{where}.base_url", "required for a non-mock upstream")
+        if up.weight < 1:
+            raise ConfigError(f"{where}.weight", "must be at least 1")
+    if cfg.routing.max_attempts < 1:
+        raise ConfigError("routing.max_attempts", "must be at least 1")
+    if cfg.server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes", "must be at least 1024")

@@ -1,0 +1,221 @@
+"""Send a request upstream with failover, then hand the answer to the relay.
+
+Failover moves to the next candidate on a connect error, a timeout before headers, a 429
+or a 5xx, as long as nothing has been relayed and attempts remain. Every path ends with
+exactly one terminal hook (`run.complete` or `run.error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.context import EndReason, Outcome, ProxyError, RequestContext, UpstreamInfo, UpstreamResponse
+from proxy.dialects import error_body
+from proxy.metrics import Metrics
+from proxy.pipeline import PluginFailed, Run
+from proxy.relay import CLIENT_GONE, ActiveStreams, pump_stream, read_body
+from proxy.upstream import Upstream, UpstreamPool, build_body, build_headers, build_url, response_headers
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 1 << 20
+MAX_RESPONSE_BODY = 64 << 20
+_BINARY_PREFIXES = ("audio/", "image/", "video/", "application/octet-stream")
+
+
+@dataclass(slots=True)
+class Forwarder:
+    """Everything forwarding needs from the app."""
+
+    pool: UpstreamPool
+    max_attempts: int
+    metrics: Metrics
+    active: ActiveStreams
+
+
+@dataclass(slots=True)
+class Failure:
+    """Why the last attempt failed, as the client will be told."""
+
+    status: int
+    code: str
+    message: str
+    upstream_status: int | None = None
+
+
+async def forward(
+    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, candidates: list[Upstream]
+) -> web.StreamResponse:
+    """Try candidates in order; relay the first usable answer. Returns the sent response."""
+    assert fw.pool.session is not None
+    attempts = candidates[: fw.max_attempts]
+    failure = Failure(502, "upstream_unavailable", "no upstream could be reached")
+    for i, up in enumerate(attempts):
+        if fw.active.shutting_down:
+            failure = Failure(503, "shutting_down", "the proxy is shutting down")
+            break
+        last = i + 1 == len(attempts)
+        model = up.map_model(ctx.model)
+        ctx.upstream = UpstreamInfo(up.name, model, i + 1)
+        try:
+            upstream = await fw.pool.session.request(
+                ctx.method,
+                build_url(up, ctx, model),
+                data=build_body(ctx, model) if ctx.method != "GET" else None,
+                headers=build_headers(up, ctx, up.next_key()),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=up.config.connect_timeout, sock_read=up.config.read_timeout
+                ),
+                allow_redirects=False,
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            fw.metrics.attempts.labels(up.name, "timeout").inc()
+            failure = Failure(504, "upstream_timeout", f"upstream {up.name} timed out")
+            continue
+        except (aiohttp.ClientError, OSError) as exc:
+            fw.metrics.attempts.labels(up.name, "unreachable").inc()
+            failure = Failure(502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})")
+            continue
+        retryable = upstream.status == 429 or upstream.status >= 500
+        fw.metrics.attempts.labels(up.name, str(upstream.status)).inc()
+        if retryable and not last:
+            upstream.close()
+            continue
+        if not 200 <= upstream.status < 300:
+            return await _relay_error(request, ctx, run, upstream)
+        return await _relay_success(fw, request, ctx, run, upstream)
+    return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
+
+
+async def send_error(
+    request: web.Request, ctx: RequestContext, run: Run, failure: Failure, reason: EndReason
+) -> web.StreamResponse:
+    """Answer with Weir's own error in the dialect's shape, then deliver `on_error`."""
+    ctx.status = failure.status
+    resp = web.Response(
+        status=failure.status,
+        body=error_body(ctx.dialect, failure.status, failure.code, failure.message),
+        content_type="application/json",
+        headers={"x-request-id": ctx.request_id},
+    )
+    await _send_whole(request, resp)
+    run.error(ProxyError(reason, failure.status, failure.code, failure.message, failure.upstream_status))
+    return resp
+
+
+async def _relay_error(
+    request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """The final upstream answer was not 2xx: relay it (credential errors are masked)."""
+    status = upstream.status
+    try:
+        body = await upstream.content.read(MAX_ERROR_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        body = b""
+    finally:
+        upstream.close()
+    name = ctx.upstream.name if ctx.upstream else "?"
+    if status in (401, 403, 407) or not body:
+        # Never show a client what the upstream said about *our* credential.
+        code = "upstream_auth_failed" if status in (401, 403, 407) else "upstream_error"
+        failure = Failure(502, code, f"upstream {name} answered {status}", status)
+        return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
+    ctx.status = status
+    headers = response_headers(upstream.headers)
+    headers["x-request-id"] = ctx.request_id
+    resp = web.Response(status=status, body=body, headers=headers)
+    await _send_whole(request, resp)
+    run.error(ProxyError(EndReason.UPSTREAM_ERROR, status, "upstream_error", f"upstream {name} answered {status}", status))
+    return resp
+
+
+async def _relay_success(
+    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    name = ctx.upstream.name if ctx.upstream else "?"
+    ctype = upstream.headers.get("Content-Type", "")
+    streaming = ctype.startswith("text/event-stream")
+    try:
+        await run.response_headers(UpstreamResponse(upstream.status, upstream.headers, name, streaming))
+    except PluginFailed as exc:
+        upstream.close()
+        return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+    headers = response_headers(upstream.headers)
+    headers.update(ctx.response_headers)
+    headers["x-request-id"] = ctx.request_id
+    ctx.status = upstream.status
+    if streaming or ctype.startswith(_BINARY_PREFIXES):
+        resp = web.StreamResponse(status=upstream.status, headers=headers)
+        try:
+            await resp.prepare(request)
+        except CLIENT_GONE:
+            upstream.close()
+            run.error(ProxyError(EndReason.CLIENT_DISCONNECTED, 499, "client_disconnected", "client left"))
+            return resp
+        if streaming:
+            outcome = await pump_stream(request, resp, upstream, ctx, run, fw.active)
+        else:
+            outcome = await _pump_binary(resp, upstream, ctx)
+        run.complete(outcome)
+        return resp
+    return await _relay_body(fw, request, ctx, run, upstream, headers)
+
+
+async def _relay_body(
+    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run,
+    upstream: aiohttp.ClientResponse, headers: "aiohttp.typedefs.LooseHeaders",
+) -> web.StreamResponse:
+    try:
+        body = await read_body(upstream, MAX_RESPONSE_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        fail = Failure(502, "upstream_error", f"upstream body could not be read ({type(exc).__name__})", upstream.status)
+        return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_TRUNCATED)
+    finally:
+        upstream.close()
+    if not body:
+        fail = Failure(502, "upstream_empty_response", "upstream answered with an empty body", upstream.status)
+        return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_ERROR)
+    try:
+        body = await run.body(body)
+    except PluginFailed as exc:
+        return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+    resp = web.Response(status=upstream.status, body=body, headers=headers)
+    gone = not await _send_whole(request, resp)
+    if not gone and ctx.first_byte_at is None:
+        ctx.first_byte_at = ctx.started_at + ctx.elapsed_ms / 1000.0
+    reason = EndReason.CLIENT_DISCONNECTED if gone else EndReason.COMPLETED
+    run.complete(Outcome(reason, upstream.status, 0, 0 if gone else len(body)))
+    return resp
+
+
+async def _pump_binary(resp: web.StreamResponse, upstream: aiohttp.ClientResponse, ctx: RequestContext) -> Outcome:
+    """Relay a non-JSON body (audio, images) as it arrives, without body hooks."""
+    sent = 0
+    reason = EndReason.COMPLETED
+    try:
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+            sent += len(chunk)
+        await resp.write_eof()
+    except CLIENT_GONE:
+        reason = EndReason.CLIENT_DISCONNECTED
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        reason = EndReason.UPSTREAM_TRUNCATED
+    finally:
+        upstream.close()
+    return Outcome(reason, upstream.status, 0, sent)
+
+
+async def _send_whole(request: web.Request, resp: web.Response) -> bool:
+    """Send a complete response now (so terminal hooks run after the client has it)."""
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except CLIENT_GONE:
+        return False
+    return True

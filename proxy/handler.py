@@ -1,0 +1,187 @@
+"""The API handler: read and check the body, build the context, run `on_request`, forward.
+
+Every refusal here answers in the endpoint's dialect and happens before any plugin runs
+(bad input) or is reported to the plugins that entered (a `Reject` or plugin failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
+from proxy.dialects import Route, client_credential, error_response
+from proxy.forward import Failure, Forwarder, forward, send_error
+from proxy.metrics import Metrics
+from proxy.models import list_models
+from proxy.pipeline import Pipeline, PluginFailed, Run
+from proxy.plugin import Reject
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("weir.access")
+
+_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
+_JSON_TYPES = ("application/json", "text/plain", "")
+
+
+class BadRequest(Exception):
+    """Input Weir refuses before any plugin sees it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Handler:
+    """The per-app API handler."""
+
+    pipeline: Pipeline
+    forwarder: Forwarder
+    metrics: Metrics
+    max_body: int
+    access: bool
+
+    async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
+        """Serve one proxied API request."""
+        rid = request.headers.get("x-request-id", "")
+        rid = rid if 8 <= len(rid) <= 64 and rid.replace("-", "").isalnum() else secrets.token_hex(12)
+        try:
+            ctx = await self._context(request, route, rid, model_in_path)
+        except BadRequest as exc:
+            return error_response(route.dialect, exc.status, exc.code, exc.message, {"x-request-id": rid})
+        self.metrics.inflight.inc()
+        try:
+            resp = await self._run(request, ctx)
+        finally:
+            self.metrics.inflight.dec()
+            self._record(ctx)
+        return resp
+
+    async def _run(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
+        candidates = []
+        if ctx.endpoint.value != "models":
+            candidates = self.forwarder.pool.candidates(ctx.dialect, ctx.model)
+            if not candidates:
+                ctx.status = 404
+                return error_response(
+                    ctx.dialect, 404, "model_not_found", f"no upstream serves model {ctx.model!r}",
+                    {"x-request-id": ctx.request_id},
+                )
+        run = self.pipeline.start(ctx)
+        try:
+            await run.request()
+        except Reject as exc:
+            ctx.status = exc.status
+            run.error(ProxyError(EndReason.REJECTED, exc.status, exc.code, exc.message))
+            return error_response(ctx.dialect, exc.status, exc.code, exc.message, {**exc.headers, "x-request-id": ctx.request_id})
+        except PluginFailed:
+            fail = Failure(500, "plugin_failed", "a proxy plugin failed; the request was not sent")
+            return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
+        if ctx.endpoint.value == "models":
+            return await self._models(request, ctx, run)
+        return await forward(self.forwarder, request, ctx, run, candidates)
+
+    async def _models(self, request: web.Request, ctx: RequestContext, run: Run) -> web.StreamResponse:
+        body = orjson.dumps({"object": "list", "data": await list_models(self.forwarder.pool)})
+        ctx.status = 200
+        resp = web.Response(body=body, content_type="application/json", headers={"x-request-id": ctx.request_id})
+        await resp.prepare(request)
+        await resp.write_eof()
+        run.complete(Outcome(EndReason.COMPLETED, 200, 0, len(body)))
+        return resp
+
+    async def _context(
+        self, request: web.Request, route: Route, rid: str, model_in_path: str | None
+    ) -> RequestContext:
+        body = await _read_body(request, self.max_body)
+        payload: dict[str, Any] | None = None
+        model = model_in_path
+        if route.json_body:
+            payload = _parse_json(request, body)
+            if model is None:
+                model = _model_field(payload, route.needs_model)
+        elif route.needs_model and body:
+            m = _MULTIPART_MODEL.search(body)
+            model = m.group(1).decode("utf-8", "replace") if m else None
+        stream = route.endpoint.value == "streamGenerateContent"
+        if payload is not None and "stream" in payload:
+            if not isinstance(payload["stream"], bool):
+                raise BadRequest(400, "invalid_request_error", "'stream' must be a boolean")
+            stream = stream or payload["stream"]
+        return RequestContext(
+            request_id=rid,
+            dialect=route.dialect,
+            endpoint=route.endpoint,
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
+            client_ip=request.remote or "",
+            body=body,
+            json=payload,
+            model=model,
+            stream=stream,
+            api_key=client_credential(request.headers, request.query),
+        )
+
+    def _record(self, ctx: RequestContext) -> None:
+        upstream = ctx.upstream.name if ctx.upstream else ""
+        seconds = ctx.elapsed_ms / 1000.0
+        ttft = ctx.ttft_ms
+        status = ctx.status or 0
+        self.metrics.observe(
+            ctx.endpoint.value, upstream, status, "done", seconds, None if ttft is None else ttft / 1000.0, 0
+        )
+        if self.access:
+            access_log.info(
+                "request_id=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s ms=%.1f ttft_ms=%s",
+                ctx.request_id, ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream,
+                seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
+            )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes") from None
+
+
+def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:
+    ctype = request.content_type if request.headers.get("Content-Type") else ""
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+        raise BadRequest(415, "invalid_request_error", f"expected a JSON body, got Content-Type {ctype!r}")
+    if not body:
+        raise BadRequest(400, "invalid_request_error", "the request body is empty; expected a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(400, "invalid_request_error", f"the request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(400, "invalid_request_error", "the request body must be a JSON object")
+    return payload
+
+
+def _model_field(payload: dict[str, Any], required: bool) -> str | None:
+    model = payload.get("model")
+    if model is None:
+        if required:
+            raise BadRequest(400, "invalid_request_error", "'model' is required")
+        return None
+    if not isinstance(model, str) or not model.strip() or len(model) > 256:
+        raise BadRequest(400, "invalid_request_error", "'model' must be a non-empty string")
+    return model
+
+
+__all__ = ["BadRequest", "Dialect", "Handler"]

@@ -1,0 +1,56 @@
+"""Prometheus metrics, one registry per app (no global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """Request, status, latency, TTFT, relayed events and upstream attempts, per upstream."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "weir_requests_total", "Proxied requests by endpoint, upstream, status and outcome",
+            ("endpoint", "upstream", "status", "outcome"), registry=self.registry,
+        )
+        self.latency = Histogram(
+            "weir_request_duration_seconds", "Time from request to the end of the response",
+            ("endpoint", "upstream"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "weir_time_to_first_byte_seconds", "Time from request to the first relayed body byte",
+            ("endpoint", "upstream"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.events = Counter(
+            "weir_relayed_events_total", "SSE events relayed to clients", ("upstream",), registry=self.registry,
+        )
+        self.attempts = Counter(
+            "weir_upstream_attempts_total", "Upstream attempts by result",
+            ("upstream", "result"), registry=self.registry,
+        )
+        self.inflight = Gauge("weir_inflight_requests", "Requests in progress", registry=self.registry)
+
+    def observe(
+        self,
+        endpoint: str,
+        upstream: str,
+        status: int,
+        outcome: str,
+        seconds: float,
+        ttft: float | None,
+        events: int,
+    ) -> None:
+        """Record one finished request."""
+        self.requests.labels(endpoint, upstream, str(status), outcome).inc()
+        self.latency.labels(endpoint, upstream).observe(seconds)
+        if ttft is not None:
+            self.ttft.labels(endpoint, upstream).observe(ttft)
+        if events:
+            self.events.labels(upstream).inc(events)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

@@ -1,0 +1,186 @@
+"""The pump: upstream bytes → SSE parser → `on_event` → client, and the outcome.
+
+Streams are relayed chunk by chunk as they arrive; `StreamResponse.write` awaits the
+client's drain, so a slow reader stops us reading the upstream (backpressure), and a
+client that left surfaces as an exception at `write()`, at a known point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.context import EndReason, Outcome, RequestContext
+from proxy.dialects import is_error_event, is_terminal
+from proxy.pipeline import PluginFailed, Run
+from proxy.sse import SSEParser
+
+#: Errors reading from the upstream mid-response: a reset, a timeout, a broken payload.
+UPSTREAM_READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+#: Errors writing to a client that went away.
+CLIENT_GONE = (ConnectionError, aiohttp.ClientConnectionResetError)
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What the pump saw, to decide the outcome."""
+
+    events: int = 0
+    bytes_relayed: int = 0
+    terminal: bool = False
+    errored: bool = False
+    client_gone: bool = False
+    drained: bool = False
+    error: str | None = None
+
+
+class ActiveStreams:
+    """The upstream responses being relayed, so shutdown can end them."""
+
+    def __init__(self) -> None:
+        self.responses: set[aiohttp.ClientResponse] = set()
+        self.shutting_down = False
+
+    def abort_all(self) -> None:
+        """Close every upstream response; their pumps end with reason `shutdown`."""
+        self.shutting_down = True
+        for resp in list(self.responses):
+            resp.close()
+
+
+async def pump_stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    ctx: RequestContext,
+    run: Run,
+    active: ActiveStreams,
+) -> Outcome:
+    """Relay an SSE stream and return how it ended. The caller delivers the outcome."""
+    st = StreamState()
+    reason: EndReason | None = None
+    active.responses.add(upstream)
+    try:
+        await _relay_loop(resp, upstream, ctx, run, st)
+    except PluginFailed as exc:
+        reason, st.error = EndReason.PLUGIN_FAILED, str(exc)
+    except UPSTREAM_READ_ERRORS as exc:
+        st.error = f"upstream read failed: {type(exc).__name__}"
+    finally:
+        active.responses.discard(upstream)
+        upstream.close()
+    if reason is None:
+        reason = _reason(st, active)
+    if not st.client_gone:
+        try:
+            await resp.write_eof()
+        except CLIENT_GONE:
+            st.client_gone = True
+    return Outcome(reason, upstream.status, st.events, st.bytes_relayed, st.drained, st.error)
+
+
+def _reason(st: StreamState, active: ActiveStreams) -> EndReason:
+    if st.client_gone:
+        return EndReason.CLIENT_DISCONNECTED
+    if st.errored:
+        return EndReason.UPSTREAM_ERROR
+    if st.terminal:
+        return EndReason.COMPLETED
+    if active.shutting_down:
+        return EndReason.SHUTDOWN
+    return EndReason.UPSTREAM_TRUNCATED
+
+
+async def _relay_loop(
+    resp: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    ctx: RequestContext,
+    run: Run,
+    st: StreamState,
+) -> None:
+    parser = SSEParser()
+    endpoint = ctx.endpoint
+    reader = upstream.content
+    while True:
+        chunk = await reader.readany()
+        if not chunk:
+            break
+        out: list[bytes] = []
+        for item in parser.feed(chunk):
+            if type(item) is bytes:
+                out.append(item)
+                continue
+            st.events += 1
+            if is_terminal(endpoint, item):  # type: ignore[arg-type]
+                st.terminal = True
+            elif is_error_event(endpoint, item):  # type: ignore[arg-type]
+                st.errored = True
+            if run.event_hooks:
+                item = await run.event(item)  # type: ignore[arg-type]
+                if item is None:
+                    continue
+            out.append(item.raw)  # type: ignore[union-attr]
+        if out and not await _write(resp, b"".join(out), ctx, st):
+            if not ctx.drain_on_disconnect:
+                return
+            await _drain(reader, parser, ctx, run, st)
+            return
+    rest = parser.flush()
+    tail = b"".join(i for i in rest if type(i) is bytes)
+    if tail:
+        await _write(resp, tail, ctx, st)
+
+
+async def _write(resp: web.StreamResponse, data: bytes, ctx: RequestContext, st: StreamState) -> bool:
+    """Write to the client; False (and `client_gone`) when the client has left."""
+    try:
+        await resp.write(data)
+    except CLIENT_GONE:
+        st.client_gone = True
+        return False
+    if ctx.first_byte_at is None:
+        ctx.first_byte_at = time.monotonic()
+    st.bytes_relayed += len(data)
+    return True
+
+
+async def _drain(reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestContext, run: Run, st: StreamState) -> None:
+    """After a client left: keep reading (not relaying) within the time and byte bounds,
+    so plugins see the upstream's usage. Events still pass through `on_event`."""
+    budget = ctx.drain_max_bytes
+    try:
+        async with asyncio.timeout(ctx.drain_timeout):
+            while budget > 0:
+                chunk = await reader.readany()
+                if not chunk:
+                    st.drained = True
+                    return
+                budget -= len(chunk)
+                for item in parser.feed(chunk):
+                    if type(item) is bytes:
+                        continue
+                    st.events += 1
+                    if is_terminal(ctx.endpoint, item):  # type: ignore[arg-type]
+                        st.terminal = True
+                    elif is_error_event(ctx.endpoint, item):  # type: ignore[arg-type]
+                        st.errored = True
+                    if run.event_hooks:
+                        await run.event(item)  # type: ignore[arg-type]
+    except TimeoutError:
+        st.error = "drain timed out"
+
+
+async def read_body(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read a whole non-streamed upstream body, refusing one larger than `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"upstream body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

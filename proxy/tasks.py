@@ -1,0 +1,71 @@
+"""Tracked background tasks that shutdown drains.
+
+Settlement (terminal hooks) runs in tracked tasks so that a client disconnect or a
+cancelled handler never interrupts a store write halfway, and shutdown waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class TaskTracker:
+    """Owns background tasks; `drain()` waits for all of them at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        """Start `coro` as a tracked task and return it."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    async def run(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> T:
+        """Run `coro` in a tracked task and wait for it; cancelling the caller does not cancel it."""
+        task = self.spawn(coro, name)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller is gone, but the tracked task carries on; shutdown waits for it.
+            raise
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until no tracked task is running (tests use it to await settlement)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"{len(self._tasks)} background tasks still running")
+            await asyncio.wait(set(self._tasks), timeout=left)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait up to `timeout` seconds for every tracked task, then cancel the rest."""
+        self._closed = True
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=left)
+        for task in list(self._tasks):
+            log.error("cancelling background task %s at shutdown", task.get_name())
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)

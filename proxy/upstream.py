@@ -1,0 +1,203 @@
+"""Upstreams: one pooled ClientSession, choice by model glob/priority/weight, request building.
+
+Failover itself lives in `proxy.forward`; this module answers "which upstreams, in which
+order" and "what exactly do we send to this one".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from proxy.config import UpstreamConfig
+from proxy.context import Dialect, RequestContext
+from proxy.dialects import CREDENTIAL_HEADERS, SPEAKS, VERSION_PREFIX, upstream_auth
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Request headers Weir sets itself or must not pass on.
+_DROP_REQUEST = HOP_BY_HOP | CREDENTIAL_HEADERS | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
+}
+#: Response headers dropped on the way back (the body is re-framed and decompressed).
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
+
+
+def connection_listed(headers: CIMultiDict[str] | object) -> set[str]:
+    """Header names listed in `Connection:` (also hop-by-hop for this message)."""
+    names: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return names
+    for value in getall("Connection", []):
+        names.update(v.strip().lower() for v in value.split(",") if v.strip())
+    return names
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A configured upstream with its key rotation cursor and resolved base URL."""
+
+    config: UpstreamConfig
+    base_url: str
+    _keys: Iterator[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._keys = itertools.cycle(self.config.keys or ("",))
+
+    @property
+    def name(self) -> str:
+        """The upstream's configured name."""
+        return self.config.name
+
+    def next_key(self) -> str:
+        """The next credential in rotation ('' when none is configured)."""
+        return next(self._keys)
+
+    def serves(self, dialect: Dialect, model: str | None) -> bool:
+        """True when this upstream speaks `dialect` and one of its globs matches `model`."""
+        if dialect not in SPEAKS[self.config.type]:
+            return False
+        if model is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, g) for g in self.config.models) or model in self.config.model_map
+
+    def map_model(self, model: str | None) -> str | None:
+        """The model name this upstream knows `model` by."""
+        if model is None:
+            return None
+        return self.config.model_map.get(model, model)
+
+
+class UpstreamPool:
+    """All upstreams plus the one pooled ClientSession (created in the app lifespan)."""
+
+    def __init__(self, configs: tuple[UpstreamConfig, ...], rng: random.Random | None = None) -> None:
+        self.upstreams = [Upstream(c, c.base_url.rstrip("/")) for c in configs]
+        self.session: aiohttp.ClientSession | None = None
+        self._rng = rng or random.Random()
+
+    async def open(self) -> None:
+        """Create the pooled session."""
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        """Close the pooled session."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def candidates(self, dialect: Dialect, model: str | None) -> list[Upstream]:
+        """Upstreams able to serve the request: lower priority first, weighted shuffle within."""
+        able = [u for u in self.upstreams if u.serves(dialect, model)]
+        ordered: list[Upstream] = []
+        for _, group in itertools.groupby(sorted(able, key=lambda u: u.config.priority), key=lambda u: u.config.priority):
+            ordered.extend(self._weighted_order(list(group)))
+        return ordered
+
+    def _weighted_order(self, group: list[Upstream]) -> list[Upstream]:
+        out: list[Upstream] = []
+        while group:
+            pick = self._rng.choices(group, weights=[u.config.weight for u in group])[0]
+            group.remove(pick)
+            out.append(pick)
+        return out
+
+
+def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> str:
+    """The upstream URL: base_url + the path after the dialect's version prefix (+ query)."""
+    path = ctx.path
+    prefix = VERSION_PREFIX[ctx.dialect]
+    # The built-in mock serves every dialect under its own version prefixes.
+    if up.config.type != "mock" and path.startswith(prefix):
+        path = path[len(prefix):]
+    if ctx.dialect is Dialect.GEMINI and upstream_model and ctx.model and upstream_model != ctx.model:
+        path = path.replace(f"/models/{ctx.model}:", f"/models/{upstream_model}:", 1)
+    query = [(k, v) for k, v in ctx.query.items() if k != "key"]
+    url = up.base_url + path
+    if query:
+        url += "?" + "&".join(f"{_q(k)}={_q(v)}" for k, v in query)
+    return url
+
+
+def _q(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def build_headers(up: Upstream, ctx: RequestContext, key: str) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop, credentials and proxy headers; plus upstream auth."""
+    drop = _DROP_REQUEST | connection_listed(ctx.headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in ctx.headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    for name, value in up.config.headers.items():
+        out[name] = value
+    for name, value in ctx.upstream_headers.items():
+        if name.lower() not in HOP_BY_HOP:
+            out[name] = value
+    if key:
+        for name, value in upstream_auth(up.config.type, key).items():
+            out[name] = value
+    return out
+
+
+def build_body(ctx: RequestContext, upstream_model: str | None) -> bytes:
+    """The request body for this upstream: the model field rewritten when it is mapped."""
+    if ctx.json is not None and upstream_model and ctx.model and upstream_model != ctx.model and "model" in ctx.json:
+        return orjson.dumps({**ctx.json, "model": upstream_model})
+    return ctx.body
+
+
+def response_headers(headers: CIMultiDict[str] | object) -> CIMultiDict[str]:
+    """Upstream response headers that may be relayed to the client."""
+    drop = _DROP_RESPONSE | connection_listed(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in getattr(headers, "items")():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def build_headers_for_listing(up: Upstream) -> dict[str, str]:
+    """Headers for Weir's own call to an upstream's model list."""
+    headers = dict(up.config.headers)
+    key = up.next_key()
+    if key:
+        headers.update(upstream_auth(up.config.type, key))
+    return headers
