@@ -25,7 +25,7 @@ class Housekeeper:
 
     def start(self, tracker: TaskTracker) -> None:
         """Begin the loop as a tracked task (stopped by `stop`)."""
-        self._task = tracker.spawn(self._loop(), name="weir-housekeeping")
+        self._task = tracker.spawn_service(self._loop(), name="weir-housekeeping")
 
     async def stop(self) -> None:
         """End the loop and wait for it."""

@@ -20,6 +20,7 @@ class TaskTracker:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._services: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
@@ -27,6 +28,14 @@ class TaskTracker:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
+
+    def spawn_service(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Start a long-running loop whose owner stops it before shutdown drains; `idle()`
+        does not wait for services."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._services.add(task)
+        task.add_done_callback(self._services.discard)
         return task
 
     async def run(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> T:
@@ -64,8 +73,8 @@ class TaskTracker:
             if left <= 0:
                 break
             await asyncio.wait(set(self._tasks), timeout=left)
-        for task in list(self._tasks):
+        for task in list(self._tasks) + list(self._services):
             log.error("cancelling background task %s at shutdown", task.get_name())
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+        if self._tasks or self._services:
+            await asyncio.wait(self._tasks | self._services, timeout=1.0)
