@@ -81,7 +81,10 @@ class Plan:
 
 
 def request_id(path: str, body: bytes) -> str:
-    """A stable id for a request: equal requests get equal ids, hence equal bytes."""
+    """A stable id for a request: equal requests get equal ids, hence equal bytes.
+
+    `body` should be a canonical form of the request (the server passes sorted-key JSON).
+    """
     return hashlib.sha256(path.encode() + b"\0" + body).hexdigest()[:24]
 
 

@@ -69,11 +69,16 @@ class ReceivedRequest:
 
 
 class MockUpstream:
-    """A mock upstream server on loopback; `requests` records every request received."""
+    """A mock upstream server on loopback; `requests` records the requests received.
 
-    def __init__(self, behaviour: MockBehaviour | None = None) -> None:
+    Only the newest `keep_requests` are kept (None: all), so a long benchmark run does not
+    grow without bound.
+    """
+
+    def __init__(self, behaviour: MockBehaviour | None = None, *, keep_requests: int | None = 10_000) -> None:
         self.behaviour = behaviour if behaviour is not None else MockBehaviour()
         self.requests: list[ReceivedRequest] = []
+        self.keep_requests = keep_requests
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
@@ -141,6 +146,15 @@ def _key_of(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or request.query.get("key")
 
 
+def _canonical(parsed: Any, body: bytes) -> bytes:
+    """The body as hashed for ids: independent of JSON spacing and key order, and of
+    `stream_options` (which a proxy may force), so "through a proxy" matches "direct"."""
+    if not isinstance(parsed, dict):
+        return body
+    kept = {k: v for k, v in parsed.items() if k != "stream_options"}
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+
+
 class _Server:
     """Request handling shared by every route: record, refuse, answer, misbehave."""
 
@@ -151,6 +165,7 @@ class _Server:
         """An aiohttp handler for one route."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            """Serve one request on this route."""
             return await self.serve(request, dialect, answer)
 
         return handle
@@ -192,9 +207,12 @@ class _Server:
             body=body,
             json=parsed,
             key=_key_of(request),
-            request_id=request_id(request.path_qs, body),
+            request_id=request_id(request.path, _canonical(parsed, body)),
         )
-        self.mock.requests.append(rec)
+        kept, cap = self.mock.requests, self.mock.keep_requests
+        kept.append(rec)
+        if cap is not None and len(kept) > cap:
+            del kept[: len(kept) - cap]
         return rec
 
     def _refusal(self, dialect: Dialect, rec: ReceivedRequest) -> tuple[int, bytes] | None:

@@ -251,7 +251,9 @@ def responses_stream(plan: Plan, policy: UsagePolicy, max_out: int | None) -> St
 
 # ---- Anthropic Messages ----------------------------------------------------------------
 
-_ANTHROPIC_STREAM_ERROR = _named("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+_ANTHROPIC_STREAM_ERROR = _named(
+    "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+)
 
 
 def _message(plan: Plan, content: list[Any], stop: str | None, usage: Any) -> dict[str, Any]:
