@@ -1,0 +1,7 @@
+-- credit: add an amount (negative for an adjustment) to the wallet, with its ledger entry.
+-- KEYS: 1 user, 2 ledger. ARGV: 1 amount, 2 now, 3 note. Returns the user hash.
+if redis.call('EXISTS', KEYS[1]) == 0 then return fail('unknown user') end
+local amount = tonumber(ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'balance', int(amount))
+ledger(KEYS[2], 'wallet:' .. redis.call('HGET', KEYS[1], 'name'), 'credit', amount, 0, ARGV[2], '', {note = ARGV[3]})
+return redis.call('HGETALL', KEYS[1])

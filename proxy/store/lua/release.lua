@@ -1,0 +1,3 @@
+-- release: give the whole hold back and append the log row with a charge of 0.
+-- requires: settle
+return settle('released', 'release', 0, false, nil)

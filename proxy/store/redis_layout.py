@@ -1,0 +1,278 @@
+"""Key names, value codecs and Lua loading for `RedisStore` (see its module docstring).
+
+Hashes come back from Redis as flat `str -> str` maps; the functions here turn them into
+the frozen values of `proxy.store.base`. Optional values are stored as JSON (`null` for
+None) so that "" and None stay distinct.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+
+from proxy.store.base import (
+    ApiKey,
+    FundingSource,
+    Hold,
+    HoldState,
+    LogDetails,
+    LogRow,
+    Plan,
+    Preference,
+    Subscription,
+    User,
+)
+
+SCRIPTS = (
+    "create_user", "set_user", "credit", "create_key", "set_key_status", "grant", "rollover",
+    "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id",
+)
+"""Every Lua script RedisStore registers, by file stem under `proxy/store/lua/`."""
+
+_LOG_FIELDS = frozenset(f.name for f in fields(LogDetails))
+
+
+def load_script(name: str) -> str:
+    """The source of script `name`: lib.lua, then the libraries it names, then its body.
+
+    A script names a library with a line `-- requires: <lib>` (file `<lib>.lib.lua`).
+    """
+    folder = resources.files("proxy.store").joinpath("lua")
+    body = folder.joinpath(f"{name}.lua").read_text("utf-8")
+    parts = [folder.joinpath("lib.lua").read_text("utf-8")]
+    for line in body.splitlines():
+        if line.startswith("-- requires:"):
+            lib = line.split(":", 1)[1].strip()
+            parts.append(folder.joinpath(f"{lib}.lib.lua").read_text("utf-8"))
+    parts.append(body)
+    return "\n".join(parts)
+
+
+def _tag_safe(name: str) -> str:
+    """`name` with the characters that would end or nest a hash tag escaped."""
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Every Redis key name, derived from one prefix.
+
+    Per-user keys share the hash tag `{u:<name>}` so one script can touch them all in a
+    Redis Cluster; each global index has a tag of its own.
+    """
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"redis prefix {self.prefix!r} must be non-empty and brace-free")
+
+    def _u(self, user: str, suffix: str) -> str:
+        return f"{self.prefix}:{{u:{_tag_safe(user)}}}:{suffix}"
+
+    def user(self, user: str) -> str:
+        """The user hash (wallet totals, counters, group, preference)."""
+        return self._u(user, "user")
+
+    def key(self, user: str, key_id: str) -> str:
+        """An API key hash."""
+        return self._u(user, f"key:{key_id}")
+
+    def key_list(self, user: str) -> str:
+        """The user's key ids in creation order (a list)."""
+        return self._u(user, "keys")
+
+    def sub(self, user: str, sub_id: str) -> str:
+        """A subscription hash."""
+        return self._u(user, f"sub:{sub_id}")
+
+    def no_sub(self, user: str) -> str:
+        """A never-written key in the user's slot, passed when a hold has no subscription."""
+        return self._u(user, "sub:-")
+
+    def sub_list(self, user: str) -> str:
+        """The user's subscription ids in grant order (a list)."""
+        return self._u(user, "subs")
+
+    def sub_meta(self, user: str) -> str:
+        """Subscription id -> immutable JSON (start, end, period, models) for hold filtering."""
+        return self._u(user, "submeta")
+
+    def hold(self, user: str, request_id: str) -> str:
+        """A hold hash, kept after resolution with its state, charge and overage."""
+        return self._u(user, f"hold:{request_id}")
+
+    def open_holds(self, user: str) -> str:
+        """The request ids of the user's open holds (a set)."""
+        return self._u(user, "open")
+
+    def ledger(self, user: str) -> str:
+        """The append-only ledger of every account of the user (a list of JSON entries)."""
+        return self._u(user, "ledger")
+
+    def log_rows(self, user: str) -> str:
+        """Log id -> consume-log row JSON (a hash)."""
+        return self._u(user, "log")
+
+    def log_index(self, user: str) -> str:
+        """The user's log ids, scored by id (a sorted set)."""
+        return self._u(user, "logidx")
+
+    def upstream_used(self, user: str) -> str:
+        """Upstream name -> quota used by this user's requests (a hash)."""
+        return self._u(user, "up:used")
+
+    def upstream_count(self, user: str) -> str:
+        """Upstream name -> request count of this user's requests (a hash)."""
+        return self._u(user, "up:count")
+
+    @property
+    def users(self) -> str:
+        """Global set of user names."""
+        return f"{self.prefix}:{{users}}"
+
+    @property
+    def open_users(self) -> str:
+        """Global set of users that may have open holds (the orphan resolver scans it)."""
+        return f"{self.prefix}:{{openusers}}"
+
+    @property
+    def requests(self) -> str:
+        """Global hash: request id -> user."""
+        return f"{self.prefix}:{{requests}}"
+
+    @property
+    def key_hashes(self) -> str:
+        """Global hash: SHA-256 of a key -> "<key id> <user>"."""
+        return f"{self.prefix}:{{keyhash}}"
+
+    @property
+    def key_ids(self) -> str:
+        """Global hash: key id -> user."""
+        return f"{self.prefix}:{{keyid}}"
+
+    @property
+    def plans(self) -> str:
+        """Global hash: plan name -> plan JSON."""
+        return f"{self.prefix}:{{plans}}"
+
+    @property
+    def instances(self) -> str:
+        """Global hash: instance id -> last heartbeat (epoch seconds)."""
+        return f"{self.prefix}:{{instances}}"
+
+    @property
+    def log_seq(self) -> str:
+        """Global log id counter (shares its tag with the global log index)."""
+        return f"{self.prefix}:{{logs}}:seq"
+
+    @property
+    def log_global(self) -> str:
+        """Global sorted set of "<log id>:<user>", scored by log id."""
+        return f"{self.prefix}:{{logs}}:idx"
+
+
+def pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A flat [field, value, ...] reply (what scripts return for HGETALL) as a dict."""
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+
+
+def dump_opt(value: object) -> str:
+    """An optional or list value as stored: JSON."""
+    return json.dumps(value)
+
+
+def _strs(raw: str) -> tuple[str, ...]:
+    return tuple(str(x) for x in json.loads(raw))
+
+
+def to_user(h: Mapping[str, str]) -> User:
+    """A user hash as a User."""
+    return User(
+        name=h["name"], group=h["group"], preference=Preference(h["preference"]),
+        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
+        request_count=int(h["request_count"]), created_at=float(h["created_at"]),
+    )
+
+
+def to_key(h: Mapping[str, str]) -> ApiKey:
+    """An API key hash as an ApiKey (the stored hash of the key is not exposed)."""
+    quota = h["quota"]
+    group = json.loads(h["group"])
+    return ApiKey(
+        id=h["id"], user=h["user"], name=h["name"], status=h["status"],
+        expires_at=float(h["expires_at"]) if h["expires_at"] else None,
+        quota=int(quota) if quota else None,
+        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
+        request_count=int(h["request_count"]), models=_strs(h["models"]), ips=_strs(h["ips"]),
+        group=None if group is None else str(group), created_at=float(h["created_at"]),
+        hint=h.get("hint", ""),
+    )
+
+
+def plan_json(plan: Plan) -> str:
+    """A plan as stored in the plans hash."""
+    return json.dumps({
+        "name": plan.name, "quota": plan.quota, "period": plan.period,
+        "duration_days": plan.duration_days, "models": list(plan.models),
+    })
+
+
+def to_plan(raw: str) -> Plan:
+    """A stored plan JSON as a Plan."""
+    d = json.loads(raw)
+    days = d["duration_days"]
+    return Plan(
+        name=str(d["name"]), quota=int(d["quota"]), period=str(d["period"]),
+        duration_days=None if days is None else int(days), models=tuple(str(m) for m in d["models"]),
+    )
+
+
+def to_subscription(h: Mapping[str, str]) -> Subscription:
+    """A subscription hash as a Subscription."""
+    return Subscription(
+        id=h["id"], user=h["user"], plan=h["plan"], quota=int(h["quota"]), period=h["period"],
+        start=float(h["start"]), end=float(h["end"]), period_start=float(h["period_start"]),
+        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
+        models=_strs(h["models"]),
+    )
+
+
+def to_hold(h: Mapping[str, str]) -> Hold:
+    """A hold hash as a Hold."""
+    checkpoint = h.get("checkpoint", "")
+    return Hold(
+        request_id=h["request_id"], user=h["user"], key_id=h["key_id"],
+        source=FundingSource(h["source"]), subscription_id=h["subscription_id"] or None,
+        amount=int(h["amount"]), key_amount=int(h["key_amount"]),
+        price_version=h["price_version"], instance_id=h["instance_id"],
+        created_at=float(h["created_at"]), expires_at=float(h["expires_at"]),
+        state=HoldState(h["state"]), checkpoint=int(checkpoint) if checkpoint else None,
+    )
+
+
+def details_json(details: LogDetails) -> str:
+    """LogDetails as the JSON a settlement script stores inside the log row."""
+    return json.dumps({f: getattr(details, f) for f in _LOG_FIELDS})
+
+
+def to_log_row(raw: str) -> LogRow:
+    """A stored log row JSON as a LogRow.
+
+    The script may override `usage_source` (orphans) and supplies the key's name for
+    callers that gave none.
+    """
+    d = json.loads(raw)
+    detail = {k: v for k, v in json.loads(d["details"]).items() if k in _LOG_FIELDS}
+    if d.get("usage_source"):
+        detail["usage_source"] = d["usage_source"]
+    if not detail.get("key_name") and d.get("key_name"):
+        detail["key_name"] = d["key_name"]
+    return LogRow(
+        id=int(d["id"]), ts=float(d["ts"]), request_id=d["request_id"], user=d["user"],
+        key_id=d["key_id"], source=d["source"], estimate=int(d["estimate"]),
+        charge=int(d["charge"]), overage=int(d["overage"]), price_version=d["price_version"],
+        details=LogDetails(**detail),
+    )
