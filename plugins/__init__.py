@@ -1,0 +1,1 @@
+"""Plugins shipped with Weir: billing, plus small examples."""

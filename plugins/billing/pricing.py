@@ -1,0 +1,386 @@
+"""Prices, group multipliers and the charge arithmetic (spec/billing.md §1, §2, §4).
+
+Everything here is exact: prices are `Decimal` parsed from the string form of the YAML
+value (so a YAML float 0.15 becomes exactly 0.15), and a charge is rounded once, at the
+end, with ROUND_HALF_UP. Prices are USD per 1M tokens, or USD per request.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from proxy.confbuild import ConfigError
+
+if TYPE_CHECKING:
+    from plugins.billing.usage import Usage
+
+__all__ = [
+    "DEFAULT_QUOTA_PER_USD",
+    "ConfigError",
+    "FallbackPrices",
+    "ModelPrice",
+    "PriceTable",
+    "PricingConfig",
+    "charge_requests",
+    "charge_tokens",
+    "format_usd",
+    "multiplier",
+    "parse_pricing",
+    "usd",
+]
+
+DEFAULT_QUOTA_PER_USD = 500_000
+_MILLION = Decimal(1_000_000)
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+# Wide enough that no realistic tokens × price product is ever rounded before the final step.
+_EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
+_TOKEN_FIELDS = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "audio_output",
+    "image_input",
+)
+_PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request"))
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """The resolved price of one model: every token price filled in, or a per-request price.
+
+    Token prices are USD per 1M tokens. For a per-request model `per_request` is set and the
+    token prices are zero and unused (`charge_tokens` refuses such a price rather than
+    charge nothing). Build with `ModelPrice.tokens(...)` or `ModelPrice.request(...)`, which
+    apply the §2 defaults.
+    """
+
+    input: Decimal = _ZERO
+    output: Decimal = _ZERO
+    cache_read: Decimal = _ZERO
+    cache_write: Decimal = _ZERO
+    cache_write_1h: Decimal = _ZERO
+    audio_input: Decimal = _ZERO
+    audio_output: Decimal = _ZERO
+    image_input: Decimal = _ZERO
+    per_request: Decimal | None = None
+
+    @classmethod
+    def tokens(
+        cls,
+        input: Decimal,
+        output: Decimal,
+        *,
+        cache_read: Decimal | None = None,
+        cache_write: Decimal | None = None,
+        cache_write_1h: Decimal | None = None,
+        audio_input: Decimal | None = None,
+        audio_output: Decimal | None = None,
+        image_input: Decimal | None = None,
+    ) -> ModelPrice:
+        """A token-priced model; a missing price takes its §2 default, never 0."""
+        return cls(
+            input=input,
+            output=output,
+            cache_read=input if cache_read is None else cache_read,
+            cache_write=input * Decimal("1.25") if cache_write is None else cache_write,
+            cache_write_1h=input * 2 if cache_write_1h is None else cache_write_1h,
+            audio_input=input if audio_input is None else audio_input,
+            audio_output=output if audio_output is None else audio_output,
+            image_input=input if image_input is None else image_input,
+        )
+
+    @classmethod
+    def request(cls, per_request: Decimal) -> ModelPrice:
+        """A model priced per request (image generation and the like)."""
+        return cls(per_request=per_request)
+
+    @property
+    def is_per_request(self) -> bool:
+        """True when this model is charged per request rather than per token."""
+        return self.per_request is not None
+
+    def as_dict(self) -> dict[str, str]:
+        """The prices as plain decimal strings (for `weir pricing show` and hashing)."""
+        if self.per_request is not None:
+            return {"per_request": _plain(self.per_request)}
+        return {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class PricingConfig:
+    """The billing plugin's price list: the `pricing:` block plus quota and group settings.
+
+    `models` maps an exact name or a glob to its resolved price. `groups` maps a group to
+    its price multiplier; `group_overrides[user_group][key_group]` replaces it (spec §3).
+    """
+
+    quota_per_usd: int = DEFAULT_QUOTA_PER_USD
+    fallback: Literal["none", "litellm"] = "none"
+    models: Mapping[str, ModelPrice] = field(default_factory=dict)
+    groups: Mapping[str, Decimal] = field(default_factory=dict)
+    group_overrides: Mapping[str, Mapping[str, Decimal]] = field(default_factory=dict)
+
+    def multiplier(self, user_group: str, key_group: str | None) -> Decimal:
+        """The price multiplier for a user's group and the using key's group."""
+        return multiplier(self.groups, self.group_overrides, user_group, key_group)
+
+    @classmethod
+    def from_plugin_config(cls, data: Mapping[str, Any], path: str = "config") -> PricingConfig:
+        """Read the spec §2 layout: `quota_per_usd`, `pricing: {fallback, models}`,
+        `groups`, `group_overrides`. Other keys of the plugin's config are left alone."""
+        pricing = data.get("pricing") or {}
+        if not isinstance(pricing, Mapping):
+            raise ConfigError(f"{path}.pricing", "expected a mapping")
+        flat: dict[str, Any] = {k: data[k] for k in ("quota_per_usd", "groups", "group_overrides") if k in data}
+        flat.update(pricing)
+        return parse_pricing(flat, path, pricing_path=f"{path}.pricing")
+
+
+class FallbackPrices(Protocol):
+    """A reference price list consulted after the configured models (LiteLLM's)."""
+
+    snapshot: str
+
+    def lookup(self, model: str) -> tuple[ModelPrice, str] | None:
+        """The price for `model` and the reference key it was found under, or None."""
+        ...
+
+
+def parse_pricing(data: Mapping[str, Any], path: str = "pricing", *, pricing_path: str | None = None) -> PricingConfig:
+    """Build a `PricingConfig` from a flat mapping with the keys `quota_per_usd`,
+    `fallback`, `models`, `groups` and `group_overrides`.
+
+    Raises `ConfigError` naming the YAML path (and so the model) of the first problem.
+    `pricing_path` is where `fallback` and `models` live when they came from a nested block.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, "expected a mapping")
+    ppath = pricing_path or path
+    unknown = sorted(set(data) - {"quota_per_usd", "fallback", "models", "groups", "group_overrides"})
+    if unknown:
+        raise ConfigError(f"{ppath}.{unknown[0]}", "unknown key (known keys: fallback, models)")
+    qpu = _positive_int(data.get("quota_per_usd", DEFAULT_QUOTA_PER_USD), f"{path}.quota_per_usd")
+    fallback = data.get("fallback", "none")
+    if fallback not in ("none", "litellm"):
+        raise ConfigError(f"{ppath}.fallback", f"expected none or litellm, got {fallback!r}")
+    models_raw = _mapping(data.get("models"), f"{ppath}.models")
+    models = {str(name): _model_price(spec, f"{ppath}.models.{name}") for name, spec in models_raw.items()}
+    groups = {
+        str(g): _decimal(v, f"{path}.groups.{g}") for g, v in _mapping(data.get("groups"), f"{path}.groups").items()
+    }
+    overrides: dict[str, dict[str, Decimal]] = {}
+    for ug, inner in _mapping(data.get("group_overrides"), f"{path}.group_overrides").items():
+        ipath = f"{path}.group_overrides.{ug}"
+        overrides[str(ug)] = {str(kg): _decimal(v, f"{ipath}.{kg}") for kg, v in _mapping(inner, ipath).items()}
+    return PricingConfig(qpu, fallback, models, groups, overrides)
+
+
+def _model_price(spec: Any, path: str) -> ModelPrice:
+    if not isinstance(spec, Mapping):
+        raise ConfigError(path, "expected a mapping of prices")
+    unknown = sorted(set(map(str, spec)) - _PRICE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}", f"unknown price (known: {', '.join(sorted(_PRICE_KEYS))})")
+    vals = {str(k): _decimal(v, f"{path}.{k}") for k, v in spec.items()}
+    model = path.rsplit(".models.", 1)[-1]
+    if "per_request" in vals:
+        tokens = sorted(set(vals) - {"per_request"})
+        if tokens:
+            raise ConfigError(
+                path, f"model {model!r} sets both per_request and token prices ({', '.join(tokens)}); choose one"
+            )
+        return ModelPrice.request(vals["per_request"])
+    for required in ("input", "output"):
+        if required not in vals:
+            raise ConfigError(path, f"model {model!r} needs `{required}` (USD per 1M tokens) or `per_request`")
+    return ModelPrice.tokens(**vals)
+
+
+def _decimal(value: Any, path: str) -> Decimal:
+    # str() first: a YAML float 0.1 must become Decimal("0.1"), not its binary expansion.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ConfigError(path, f"expected a number, got {value!r}")
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(path, f"expected a number, got {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise ConfigError(path, f"expected a finite number >= 0, got {value!r}")
+    return d
+
+
+def _positive_int(value: Any, path: str) -> int:
+    d = _decimal(value, path)
+    if d != d.to_integral_value() or d <= 0:
+        raise ConfigError(path, f"expected a positive integer, got {value!r}")
+    return int(d)
+
+
+def _mapping(value: Any, path: str) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _plain(d: Decimal) -> str:
+    """A canonical string: 0.150 and 0.15 and 1.5E-1 all give "0.15"."""
+    return format(d.normalize(), "f") if d else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class _Glob:
+    pattern: str
+    regex: re.Pattern[str]
+    price: ModelPrice
+
+
+class PriceTable:
+    """One loaded, immutable price list: exact names, globs, then the fallback table.
+
+    `version` is a short hash of the normalised content (prices, groups, quota per USD,
+    fallback snapshot), so a hold can be settled with the prices it was estimated with.
+    """
+
+    __slots__ = ("config", "version", "_fallback", "_globs", "_exact")
+
+    def __init__(self, config: PricingConfig, fallback: FallbackPrices | None = None) -> None:
+        if config.fallback == "litellm" and fallback is None:
+            from plugins.billing.price_data import LiteLLMPrices
+
+            fallback = LiteLLMPrices()
+        self.config = config
+        self._fallback = fallback if config.fallback == "litellm" else None
+        self._exact = {n: p for n, p in config.models.items() if not _GLOB_CHARS.search(n)}
+        globs = [
+            _Glob(n, re.compile(fnmatch.translate(n)), p) for n, p in config.models.items() if _GLOB_CHARS.search(n)
+        ]
+        # The longest literal prefix is the most specific pattern; ties go to the longer
+        # pattern, then to the name, so the order never depends on YAML key order.
+        globs.sort(key=lambda g: (-_literal_prefix_len(g.pattern), -len(g.pattern), g.pattern))
+        self._globs = tuple(globs)
+        self.version = self._hash()
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        """The price for the model name the client sent, or None (answer `model_not_priced`)."""
+        found = self.describe(model)
+        return found[0] if found else None
+
+    def describe(self, model: str) -> tuple[ModelPrice, str] | None:
+        """The price and where it came from: "config", "config-glob:<pattern>" or
+        "litellm:<key>"; None when the model is not priced."""
+        price = self._exact.get(model)
+        if price is not None:
+            return price, "config"
+        for g in self._globs:
+            if g.regex.match(model):
+                return g.price, f"config-glob:{g.pattern}"
+        if self._fallback is not None:
+            hit = self._fallback.lookup(model)
+            if hit is not None:
+                return hit[0], f"litellm:{hit[1]}"
+        return None
+
+    def multiplier(self, user_group: str, key_group: str | None) -> Decimal:
+        """The price multiplier for a user's group and the using key's group."""
+        return self.config.multiplier(user_group, key_group)
+
+    def _hash(self) -> str:
+        c = self.config
+        doc = {
+            "quota_per_usd": c.quota_per_usd,
+            "fallback": self._fallback.snapshot if self._fallback is not None else "none",
+            "models": {n: p.as_dict() for n, p in sorted(c.models.items())},
+            "groups": {g: _plain(m) for g, m in sorted(c.groups.items())},
+            "group_overrides": {
+                u: {k: _plain(m) for k, m in sorted(inner.items())} for u, inner in sorted(c.group_overrides.items())
+            },
+        }
+        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _literal_prefix_len(pattern: str) -> int:
+    m = _GLOB_CHARS.search(pattern)
+    return m.start() if m else len(pattern)
+
+
+def multiplier(
+    groups: Mapping[str, Decimal],
+    overrides: Mapping[str, Mapping[str, Decimal]],
+    user_group: str,
+    key_group: str | None,
+) -> Decimal:
+    """The price multiplier (spec §3): `overrides[user_group][key_group]` if set, else
+    `groups[key_group]`. A key without a group uses its user's group. A group that is not
+    listed costs 1 (so a config without `groups:` bills list prices)."""
+    using = key_group or user_group
+    inner = overrides.get(user_group)
+    if inner is not None:
+        m = inner.get(using)
+        if m is not None:
+            return m
+    return groups.get(using, _ONE)
+
+
+def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_per_usd: int) -> int:
+    """Quota units for token usage: Σ tokens × price / 1M × quota_per_usd × multiplier,
+    rounded half-up once. Zero usage costs 0; any other non-zero amount costs at least 1."""
+    if price.per_request is not None:
+        raise ValueError("charge_tokens called with a per-request price")
+    if usage.is_zero:
+        return 0
+    with localcontext(_EXACT):
+        per_million = (
+            usage.input * price.input
+            + usage.cache_read * price.cache_read
+            + usage.cache_write_5m * price.cache_write
+            + usage.cache_write_1h * price.cache_write_1h
+            + usage.output * price.output
+            + usage.audio_in * price.audio_input
+            + usage.audio_out * price.audio_output
+            + usage.images * price.image_input
+        )
+        return _round_quota(per_million / _MILLION * quota_per_usd * multiplier)
+
+
+def charge_requests(price: ModelPrice, n: int, multiplier: Decimal, quota_per_usd: int) -> int:
+    """Quota units for `n` requests of a per-request model, rounded half-up once."""
+    if price.per_request is None:
+        raise ValueError("charge_requests called with a token price")
+    if n <= 0:
+        return 0
+    with localcontext(_EXACT):
+        return _round_quota(price.per_request * n * quota_per_usd * multiplier)
+
+
+def _round_quota(amount: Decimal) -> int:
+    q = int(amount.quantize(_ONE, rounding=ROUND_HALF_UP))
+    # A priced, non-empty request is never free: 0.075 units still costs 1 (spec §1).
+    return 1 if q == 0 and amount > 0 else q
+
+
+def usd(quota: int, quota_per_usd: int) -> Decimal:
+    """Quota units as exact USD (for messages and reports)."""
+    with localcontext(_EXACT):
+        return Decimal(quota) / quota_per_usd
+
+
+def format_usd(quota: int, quota_per_usd: int) -> str:
+    """Quota units as a human string, e.g. "$0.000435" (at most 6 decimals, half-up)."""
+    amount = usd(quota, quota_per_usd).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    text = format(amount, "f").rstrip("0").rstrip(".")
+    return f"-${text[1:]}" if text.startswith("-") else f"${text or '0'}"
