@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from proxy.store.base import Store, StoreError
 from proxy.tasks import TaskTracker
@@ -15,8 +16,16 @@ log = logging.getLogger(__name__)
 class Housekeeper:
     """Heartbeats this instance and resolves the holds of dead ones."""
 
-    def __init__(self, store: Store, instance_id: str, heartbeat_every: float, orphan_after: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        instance_id: str,
+        heartbeat_every: float,
+        orphan_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
+        self.clock = clock
         self.instance_id = instance_id
         self.heartbeat_every = heartbeat_every
         self.orphan_after = orphan_after
@@ -36,7 +45,7 @@ class Housekeeper:
     async def tick(self) -> int:
         """One heartbeat and one orphan sweep; returns how many holds were resolved."""
         await self.store.heartbeat(self.instance_id)
-        now = await _now(self.store)
+        now = self.clock()
         resolved = await self.store.resolve_orphans(now, self.orphan_after)
         for r in resolved:
             log.warning("resolved orphaned hold %s: %s, charged %d", r.request_id, r.state.value, r.charged)
@@ -54,10 +63,3 @@ class Housekeeper:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.heartbeat_every)
             except asyncio.TimeoutError:
                 pass
-
-
-async def _now(store: Store) -> float:
-    clock = getattr(store, "clock", None)
-    if callable(clock):
-        return float(clock())
-    return time.time()

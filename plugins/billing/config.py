@@ -1,0 +1,35 @@
+"""The billing plugin's `config:` block (spec §2 plus the policy knobs of §5 and §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class BillingConfig:
+    """Billing settings. `pricing`, `groups` and `group_overrides` are parsed, with exact
+    Decimal arithmetic and YAML-path errors, by `plugins.billing.pricing`."""
+
+    quota_per_usd: int = 500_000
+    pricing: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, Any] = field(default_factory=dict)
+    group_overrides: dict[str, Any] = field(default_factory=dict)
+    default_output_reserve: int = 4096
+    on_client_disconnect: Literal["drain", "partial"] = "drain"
+    drain_timeout: float = 60.0
+    drain_max_bytes: int = 16 * 1024 * 1024
+    checkpoint_every: float = 10.0
+    hold_ttl: float = 86_400.0
+    settle_retry_for: float = 600.0
+    first_run_demo: bool = False
+    demo_usd: str = "1"
+
+    def pricing_block(self) -> dict[str, Any]:
+        """The keys `PricingConfig.from_plugin_config` reads."""
+        return {
+            "quota_per_usd": self.quota_per_usd,
+            "pricing": self.pricing,
+            "groups": self.groups,
+            "group_overrides": self.group_overrides,
+        }

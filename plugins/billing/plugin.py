@@ -1,0 +1,300 @@
+"""The billing plugin: hold from the request body, meter the response, settle exactly once.
+
+Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
+  * `on_request`: authenticate, check allowlists, price, estimate, hold; force
+    `include_usage` on OpenAI streams;
+  * `on_event` / `on_body`: meter; hide the injected usage chunk; checkpoint long streams;
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+from aiohttp import web
+
+from plugins.billing.auth import authenticate, store_down
+from plugins.billing.config import BillingConfig
+from plugins.billing.estimate import BadRequest, Estimate, Estimator
+from plugins.billing.firstrun import ensure_demo_user
+from plugins.billing.price_data import LiteLLMPrices
+from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
+from plugins.billing.settle import Metered, settle
+from plugins.billing.settler import Outbox, Settler
+from plugins.billing.tokenizer import Tokenizer
+from plugins.billing.usage import Usage, UsageMeter
+from proxy import keys
+from proxy.plugin import (
+    EndReason,
+    Endpoint,
+    Outcome,
+    Plugin,
+    ProxyError,
+    Reject,
+    RequestContext,
+    SSEEvent,
+    StateKey,
+)
+from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreUnavailable, User
+from proxy.tasks import TaskTracker
+
+log = logging.getLogger(__name__)
+
+#: Endpoints that are authenticated but never held or charged.
+FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
+#: Endpoints whose streams get `stream_options.include_usage` forced on.
+USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+
+
+@dataclass(slots=True)
+class Billing:
+    """One request's billing state."""
+
+    key: ApiKey
+    user: User
+    hold: Hold
+    price: ModelPrice
+    multiplier: Decimal
+    estimate: Estimate
+    meter: UsageMeter
+    hide_usage: bool
+    requests: int
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    checkpointing: bool = False
+
+
+BILLING = StateKey[Billing]("billing")
+
+
+class BillingPlugin(Plugin):
+    """Two-phase billing on every proxied request. See docs/billing.md."""
+
+    name: ClassVar[str] = "billing"
+    Config: ClassVar[type[Any]] = BillingConfig
+    authenticates: ClassVar[bool] = True
+
+    def __init__(self, config: BillingConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: BillingConfig = self.config
+        self.prices = LiteLLMPrices()
+        self.table = PriceTable(PricingConfig.from_plugin_config(self.config.pricing_block()), self.prices)
+        self.tokenizer = Tokenizer()
+        self.estimator = Estimator(
+            self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
+        )
+        self._store: Store | None = None
+        self._tasks: TaskTracker | None = None
+        self._instance = ""
+        self._settler: Settler | None = None
+
+    def _max_output(self, model: str) -> int | None:
+        return self.prices.max_output_tokens(model) if self.table.config.fallback == "litellm" else None
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """Bind to the app's store and task tracker, warm the tokenizer, replay the outbox,
+        and on an empty store (with `first_run_demo`) create the demo user."""
+        self._store = app[keys.STORE]
+        self._tasks = app[keys.TASKS]
+        self._instance = app[keys.INSTANCE_ID]
+        config = app[keys.CONFIG]
+        base = Path(config.source).parent if config.source else Path.cwd()
+        self._settler = Settler(self._store, Outbox(base / "weir-outbox", self._instance), self.config.settle_retry_for)
+        self.tokenizer.warm()
+        replayed = await self._settler.replay()
+        if replayed:
+            log.warning("billing: replayed %d pending resolutions from the outbox", replayed)
+        if self.config.first_run_demo:
+            await ensure_demo_user(self._store, self.config)
+        yield
+
+    @property
+    def store(self) -> Store:
+        """The account store (bound at startup)."""
+        if self._store is None:
+            raise RuntimeError("billing plugin used before its lifespan started")
+        return self._store
+
+    async def on_request(self, ctx: RequestContext) -> None:
+        """Authenticate; for billable endpoints price, estimate and hold (or refuse)."""
+        key, user = await authenticate(self.store, ctx)
+        if ctx.endpoint in FREE:
+            return
+        model = ctx.model or ""
+        found = self.table.describe(model)
+        if found is None:
+            raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
+        price = found[0]
+        multiplier = self.table.multiplier(user.group, key.group)
+        body = ctx.json if ctx.json is not None else {}
+        try:
+            estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
+        except BadRequest as exc:
+            raise Reject(400, exc.code, exc.message) from None
+        hold = await self._hold(ctx, key, user, estimate)
+        hide = self._force_usage(ctx)
+        n = body.get("n", 1) if ctx.endpoint is Endpoint.IMAGES else 1
+        ctx.state[BILLING] = Billing(
+            key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint), hide, n if isinstance(n, int) else 1
+        )
+        ctx.drain_on_disconnect = self.config.on_client_disconnect == "drain"
+        ctx.drain_timeout = self.config.drain_timeout
+        ctx.drain_max_bytes = self.config.drain_max_bytes
+
+    async def _hold(self, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate) -> Hold:
+        try:
+            result = await self.store.hold(
+                ctx.request_id, user.name, key.id, estimate.quota, None,
+                self.table.version, self.config.hold_ttl, self._instance, ctx.model or "",
+            )
+        except StoreUnavailable:
+            # The hold may or may not have been written: release it once the store is back.
+            self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
+            raise store_down() from None
+        if isinstance(result, HoldRefusal):
+            raise self._refusal(result, estimate)
+        return result
+
+    def _refusal(self, refusal: HoldRefusal, estimate: Estimate) -> Reject:
+        qpu = self.config.quota_per_usd
+        if refusal.reason is Refusal.KEY_EXPIRED:
+            return Reject(403, "key_expired", "the API key has expired")
+        if refusal.reason in (Refusal.KEY_DISABLED, Refusal.UNKNOWN_KEY):
+            return Reject(403, "key_disabled", "the API key is disabled")
+        what = {Refusal.INSUFFICIENT_KEY_QUOTA: "key quota", Refusal.INSUFFICIENT_SUBSCRIPTION: "subscription balance"}
+        source = what.get(refusal.reason, "balance")
+        return Reject(
+            402, "insufficient_quota",
+            f"insufficient {source}: available {format_usd(refusal.available, qpu)}, "
+            f"this request is estimated at up to {format_usd(estimate.quota, qpu)}",
+        )
+
+    def _force_usage(self, ctx: RequestContext) -> bool:
+        if not (ctx.stream and ctx.endpoint in USAGE_OPT_IN and ctx.json is not None):
+            return False
+        options = ctx.json.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False
+        merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+        ctx.set_json({**ctx.json, "stream_options": merged})
+        return True
+
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
+        """Meter each event; drop the usage chunk the client did not ask for; checkpoint."""
+        st = ctx.state.get(BILLING)
+        if st is None:
+            return event
+        payload = event.json
+        st.meter.feed_sse(event.data, payload, event.event)
+        if st.checkpointing is False and time.monotonic() - st.last_checkpoint >= self.config.checkpoint_every:
+            self._checkpoint(ctx, st)
+        if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
+            return None
+        return event
+
+    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
+        """Meter a non-streamed response body (unchanged)."""
+        st = ctx.state.get(BILLING)
+        if st is not None:
+            try:
+                st.meter.feed_body(orjson.loads(body))
+            except orjson.JSONDecodeError:
+                pass
+        return body
+
+    async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """Capture the charge the §6 table gives for this outcome (or release)."""
+        st = ctx.state.get(BILLING)
+        if st is None:
+            return
+        metered = self._metered(ctx, st)
+        decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
+        details = _with_usage(
+            self._details(ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or ""),
+            decision.usage,
+        )
+        assert self._settler is not None
+        await self._settler.capture(ctx.request_id, decision.charge, details)
+
+    async def on_error(self, ctx: RequestContext, error: ProxyError) -> None:
+        """Nothing was delivered: release the whole hold."""
+        st = ctx.state.get(BILLING)
+        if st is None:
+            return
+        details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
+        assert self._settler is not None
+        await self._settler.release(ctx.request_id, details)
+
+    def _metered(self, ctx: RequestContext, st: Billing) -> Metered:
+        text = st.meter.output_text()
+        return Metered(
+            usage=st.meter.usage,
+            has_content=st.meter.has_content,
+            terminal=st.meter.terminal,
+            output_count=self.tokenizer.count(text, ctx.model or "") if text else 0,
+            prompt_estimate=st.estimate.prompt_tokens,
+            requests=st.requests,
+        )
+
+    def _details(self, ctx: RequestContext, st: Billing, end: str, source: str, status: int, error: str) -> LogDetails:
+        ttft = ctx.ttft_ms
+        return LogDetails(
+            end_reason=end,
+            usage_source=source,
+            model=ctx.model or "",
+            upstream_model=(ctx.upstream.model or "") if ctx.upstream else "",
+            upstream=ctx.upstream.name if ctx.upstream else "",
+            key_name=st.key.name,
+            group=st.key.group or st.user.group,
+            multiplier=str(st.multiplier),
+            stream=ctx.stream,
+            latency_ms=int(ctx.elapsed_ms),
+            ttft_ms=None if ttft is None else int(ttft),
+            status=status,
+            error=error[:500],
+        )
+
+    def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
+        st.checkpointing = True
+        st.last_checkpoint = time.monotonic()
+
+        async def write() -> None:
+            try:
+                metered = self._metered(ctx, st)
+                charge = settle(
+                    _PARTIAL, metered, st.price, st.multiplier, self.config.quota_per_usd
+                ).charge
+                await self.store.checkpoint(ctx.request_id, charge)
+            except Exception as exc:  # a missed checkpoint only weakens the crash guarantee
+                log.warning("checkpoint failed [request %s]: %r", ctx.request_id, exc)
+            finally:
+                st.checkpointing = False
+
+        self._spawn(write(), f"checkpoint:{ctx.request_id}")
+
+    async def _release_unknown(self, request_id: str) -> None:
+        assert self._settler is not None
+        await self._settler.release(request_id, LogDetails(end_reason="store_unavailable", usage_source="none"))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        if self._tasks is not None:
+            self._tasks.spawn(coro, name=name)
+        else:
+            coro.close()
+
+
+_PARTIAL = EndReason.UPSTREAM_TRUNCATED
+
+
+def _with_usage(details: LogDetails, u: Usage) -> LogDetails:
+    return dataclasses.replace(
+        details, input=u.input, cache_read=u.cache_read, cache_write_5m=u.cache_write_5m,
+        cache_write_1h=u.cache_write_1h, output=u.output, audio_in=u.audio_in, audio_out=u.audio_out, images=u.images,
+    )

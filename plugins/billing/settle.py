@@ -1,0 +1,86 @@
+"""How a request ends → what it is charged (spec §6). Pure: no I/O, unit-tested row by row.
+
+Rows:
+* completed with upstream usage → that usage (`upstream`);
+* completed, usage missing (or all-zero while content was delivered) → estimated prompt +
+  tokenizer count of the relayed output (`estimated`); all-zero usage with nothing
+  delivered → 0 (released);
+* broke mid-stream (truncated, error event, reset, shutdown, plugin failure) or client
+  disconnect without a finished drain → upstream usage if any arrived (`upstream`), with
+  the output raised to at least what was relayed, else estimated prompt + relayed output
+  (`partial`); nothing delivered and no usage → 0 (released);
+* Responses `response.incomplete`/`failed` carrying usage → that usage (`upstream`);
+* a client disconnect under `drain` that read the upstream to its end → its usage.
+Per-request models are charged their price when the request completed (or was drained to
+completion), and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
+from plugins.billing.usage import Usage
+from proxy.context import EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """What the meter saw by the end of a response."""
+
+    usage: Usage | None
+    has_content: bool
+    terminal: bool
+    output_count: int
+    prompt_estimate: int
+    requests: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The decision: charge (0 means release), which usage, and where it came from."""
+
+    charge: int
+    usage: Usage
+    usage_source: str
+
+
+def settle(
+    reason: EndReason, metered: Metered, price: ModelPrice, multiplier: Decimal, quota_per_usd: int
+) -> Settlement:
+    """Apply the §6 table to one finished response."""
+    finished = reason is EndReason.COMPLETED or (reason is EndReason.CLIENT_DISCONNECTED and metered.terminal)
+    if price.per_request is not None:
+        charge = charge_requests(price, metered.requests, multiplier, quota_per_usd) if finished else 0
+        return Settlement(charge, metered.usage or Usage(), "upstream")
+    usage, source = _usage_for(finished, metered)
+    return Settlement(charge_tokens(price, usage, multiplier, quota_per_usd), usage, source)
+
+
+def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
+    real = m.usage
+    if finished:
+        if real is not None and not real.is_zero:
+            return real, "upstream"
+        if real is not None and real.is_zero and not m.has_content:
+            return Usage(), "upstream"
+        return estimated(m), "estimated"
+    if real is not None and not real.is_zero:
+        if m.output_count > real.output:
+            # Usage that arrived early (Anthropic's message_start) undercounts what was
+            # already relayed; the client received at least this much.
+            real = _with_output(real, m.output_count)
+        return real, "upstream"
+    if not m.has_content:
+        return Usage(), "partial"
+    return estimated(m), "partial"
+
+
+def estimated(m: Metered) -> Usage:
+    """Estimated prompt as uncached input, plus the counted relayed output."""
+    return Usage(input=m.prompt_estimate, output=m.output_count)
+
+
+def _with_output(u: Usage, output: int) -> Usage:
+    return Usage(u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h, output, u.audio_in, u.audio_out, u.images)

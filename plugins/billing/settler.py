@@ -1,0 +1,144 @@
+"""Resolving holds reliably: capture or release, retried until the store answers.
+
+A resolution that fails because the store is unreachable is written to an outbox file (a
+durable place outside the store) and retried with backoff; at startup every outbox file
+is replayed. Holds are idempotent, so a replay never charges twice; if the store stays
+away longer than `retry_for`, the entry stays in the outbox for the next start, and the
+orphan rule (spec §5) covers the worst case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.store.base import LogDetails, Resolution, Store, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Pending resolutions, one JSON line each, in `<dir>/<instance>.jsonl`."""
+
+    def __init__(self, directory: Path, instance_id: str) -> None:
+        self.directory = directory
+        self.path = directory / f"{instance_id}.jsonl"
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Record a pending resolution durably (fsync'd)."""
+        self._entries[entry["request_id"]] = entry
+        self._write()
+
+    def remove(self, request_id: str) -> None:
+        """Forget a resolution that reached the store."""
+        if self._entries.pop(request_id, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for entry in self._entries.values():
+                f.write(orjson.dumps(entry) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._entries:
+            os.replace(tmp, self.path)
+        else:
+            tmp.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+
+    def load_all(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Every entry in every outbox file of the directory (this and dead instances)."""
+        found: list[tuple[Path, dict[str, Any]]] = []
+        if not self.directory.is_dir():
+            return found
+        for file in sorted(self.directory.glob("*.jsonl")):
+            for line in file.read_bytes().splitlines():
+                if line.strip():
+                    try:
+                        found.append((file, orjson.loads(line)))
+                    except orjson.JSONDecodeError:
+                        log.error("outbox %s: unreadable line skipped", file)
+        return found
+
+
+class Settler:
+    """Capture/release with retry and an outbox."""
+
+    def __init__(self, store: Store, outbox: Outbox | None, retry_for: float) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.retry_for = retry_for
+
+    async def capture(self, request_id: str, amount: int, details: LogDetails) -> Resolution | None:
+        """Charge `amount` on the hold (0 → release). None if the store stayed away."""
+        op = "capture" if amount > 0 else "release"
+        return await self._resolve({"op": op, "request_id": request_id, "amount": amount,
+                                    "log": dataclasses.asdict(details)})
+
+    async def release(self, request_id: str, details: LogDetails) -> Resolution | None:
+        """Give the hold back. None if the store stayed away."""
+        return await self._resolve({"op": "release", "request_id": request_id, "amount": 0,
+                                    "log": dataclasses.asdict(details)})
+
+    async def _resolve(self, entry: dict[str, Any]) -> Resolution | None:
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        queued = False
+        while True:
+            try:
+                result = await self._apply(entry)
+            except StoreUnavailable as exc:
+                if not queued and self.outbox is not None:
+                    self.outbox.add(entry)
+                    queued = True
+                if loop.time() >= deadline:
+                    log.error("store unavailable for %.0fs: resolution of %s left in the outbox (%s)",
+                              self.retry_for, entry["request_id"], exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if queued and self.outbox is not None:
+                self.outbox.remove(entry["request_id"])
+            return result
+
+    async def _apply(self, entry: dict[str, Any]) -> Resolution:
+        details = LogDetails(**entry["log"])
+        if entry["op"] == "capture":
+            return await self.store.capture(entry["request_id"], int(entry["amount"]), details)
+        return await self.store.release(entry["request_id"], details)
+
+    async def replay(self) -> int:
+        """Apply every outbox entry left by earlier runs; returns how many were applied."""
+        if self.outbox is None:
+            return 0
+        done = 0
+        for file, entry in self.outbox.load_all():
+            try:
+                await self._apply(entry)
+            except StoreUnavailable:
+                continue
+            except StoreError as exc:
+                log.error("outbox entry %s could not be applied: %s", entry.get("request_id"), exc)
+            done += 1
+            _drop_line(file, entry["request_id"])
+        return done
+
+
+def _drop_line(file: Path, request_id: str) -> None:
+    kept = [line for line in file.read_bytes().splitlines()
+            if line.strip() and orjson.loads(line).get("request_id") != request_id]
+    if kept:
+        file.write_bytes(b"\n".join(kept) + b"\n")
+    else:
+        file.unlink(missing_ok=True)
