@@ -1,0 +1,343 @@
+"""What only the Redis backend has: script caching, hash tags, key prefixes, a server restart.
+
+Runs against the real Redis on 127.0.0.1:6379 (DB 0) under a `weirtest:<uuid>` prefix and
+drops it afterwards. Skips when Redis is unreachable, unless WEIR_REQUIRE_REDIS=1. The
+restart test starts its own `redis-server` on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from proxy.store.base import Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, StoreUnavailable
+from proxy.store.redis_store import RedisStore
+
+from .conftest import FakeClock
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DONE = LogDetails(end_reason="completed", usage_source="upstream", upstream="openai")
+
+
+def _tag(key: str) -> str | None:
+    """The hash tag Redis Cluster would use for `key`, or None when it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis, or a skip (a failure with WEIR_REQUIRE_REDIS=1) when it is down."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
+            pytest.fail(f"WEIR_REQUIRE_REDIS=1 but Redis at {REDIS_URL} is unreachable: {exc!r}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc!r}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix for one test."""
+    return f"weirtest:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the same Redis, to look behind the store's back."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def rstore(redis_url: str, prefix: str, clock: FakeClock) -> AsyncIterator[RedisStore]:
+    """An opened RedisStore on a fresh prefix; dropped and closed afterwards."""
+    store = RedisStore(redis_url, prefix=prefix, clock=clock)
+    await store.open()
+    yield store
+    await store.drop_all()
+    await store.close()
+
+
+async def _keys(raw: aioredis.Redis, prefix: str) -> list[str]:
+    return sorted([k async for k in raw.scan_iter(match=f"{prefix}:*", count=500)])
+
+
+async def _user_with_key(store: RedisStore, name: str, balance: int, quota: int | None = None) -> str:
+    await store.create_user(name)
+    await store.credit(name, balance, "top-up")
+    key = await store.create_key(name, f"hash-{name}-{uuid.uuid4().hex}", name=f"{name}-key", quota=quota)
+    return key.id
+
+
+async def _everything(store: RedisStore, clock: FakeClock, user: str) -> None:
+    """Touch every kind of key: wallet, keys, plan, subscription, holds, log, orphans."""
+    key_id = await _user_with_key(store, user, 10_000, quota=5_000)
+    await store.create_plan(Plan("pro", 300, "day", models=("gpt-*",)))
+    await store.grant_subscription(user, "pro", clock.now - 10, clock.now + 30 * 86400)
+    await store.heartbeat("i1")
+    for i, amount in enumerate((200, 400, 50)):
+        assert isinstance(await store.hold(f"{user}-r{i}", user, key_id, amount, None, "pv", 60, "i1", "gpt-4o"), Hold)
+    assert await store.checkpoint(f"{user}-r2", 20)
+    await store.capture(f"{user}-r0", 350, DONE)
+    await store.release(f"{user}-r1", DONE)
+    clock.advance(86400)  # a rollover, and r2's instance is now silent
+    assert [r.request_id for r in await store.resolve_orphans(clock.now, 30)] == [f"{user}-r2"]
+    await store.list_subscriptions(user)
+    assert len(await store.query_logs(user=user)) == 3
+    assert (await store.audit(clock.now, 30)).ok
+
+
+async def test_scripts_are_reloaded_after_script_flush_mid_run(
+    rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock
+) -> None:
+    key_id = await _user_with_key(rstore, "alice", 1000)
+    for i in range(3):
+        await rstore.hold(f"r{i}", "alice", key_id, 100, None, "pv", 60, "i1")
+    hold_sha = rstore._core._scripts["hold"].sha  # noqa: SLF001 - the cache is what this test is about
+    assert await raw.script_exists(hold_sha) == [True]
+    await raw.script_flush()
+    assert await raw.script_exists(hold_sha) == [False]
+    assert (await rstore.capture("r0", 150, DONE)).charged == 150  # NOSCRIPT, reload, retry
+    assert (await rstore.release("r1", DONE)).state is HoldState.RELEASED
+
+    async def hold(i: int) -> Hold | HoldRefusal:
+        return await rstore.hold(f"c{i}", "alice", key_id, 100, None, "pv", 60, "i1")
+
+    # A flush in the middle of concurrent holds: every call still gets an answer, and the
+    # ledger stays exact (balance 850, r2 holds 100: exactly 7 more fit).
+    results = await asyncio.gather(*(hold(i) for i in range(10)), raw.script_flush(), *(hold(i) for i in range(10, 20)))
+    holds = [r for r in results if isinstance(r, Hold)]
+    refusals = [r for r in results if isinstance(r, HoldRefusal)]
+    assert (len(holds), len(refusals)) == (7, 13)
+    assert all(r.reason is Refusal.INSUFFICIENT_WALLET for r in refusals)
+    user = await rstore.get_user("alice")
+    assert user is not None and (user.balance, user.reserved) == (850, 800)
+    assert await raw.script_exists(hold_sha) == [True]
+    for h in holds + [await rstore.get_hold("r2")]:
+        assert h is not None
+        await rstore.release(h.request_id, DONE)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_every_key_of_a_user_shares_its_hash_tag(
+    rstore: RedisStore, raw: aioredis.Redis, clock: FakeClock, prefix: str
+) -> None:
+    odd = "b{o}b%:x"  # braces and % in a name must not end, nest or collide with a tag
+    for name in ("alice", odd, "b"):
+        await _everything(rstore, clock, name)
+    keys = await _keys(raw, prefix)
+    by_tag: dict[str, list[str]] = {}
+    for key in keys:
+        tag = _tag(key[len(prefix) :])
+        assert tag is not None, f"{key} has no hash tag"
+        by_tag.setdefault(tag, []).append(key)
+    user_tags = {t for t in by_tag if t.startswith("u:")}
+    assert user_tags == {"u:alice", "u:b%7Bo%7Db%25:x", "u:b"}
+    for tag in user_tags:
+        slots = {key_slot(k.encode()) for k in by_tag[tag]}
+        assert slots == {key_slot(tag.encode())}
+        suffixes = {k.rsplit("}:", 1)[1].split(":")[0] for k in by_tag[tag]}
+        assert {"user", "keys", "key", "subs", "sub", "hold", "ledger", "log", "logidx", "up"} <= suffixes
+    # Global indexes each have a tag of their own, none of them a user's.
+    assert set(by_tag) - user_tags == {"users", "openusers", "requests", "keyhash", "keyid", "plans", "instances", "logs"}
+
+
+async def test_scripts_touch_only_their_declared_keys_in_one_slot(
+    rstore: RedisStore, redis_url: str, clock: FakeClock, prefix: str
+) -> None:
+    """What Redis Cluster requires, checked on the real command stream (MONITOR)."""
+    seen: list[dict[str, str]] = []
+    monitor_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with monitor_client.monitor() as mon:
+
+        async def listen() -> None:
+            while True:
+                seen.append(await mon.next_command())
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0.1)
+        await _everything(rstore, clock, "alice")
+        await rstore.heartbeat("done-marker")
+        for _ in range(100):
+            if any("done-marker" in c["command"] for c in seen):
+                break
+            await asyncio.sleep(0.05)
+        listener.cancel()
+    await monitor_client.aclose()
+    scripts, current = 0, None
+    for entry in seen:
+        words = entry["command"].split(" ")
+        if entry["client_type"] != "lua":
+            current = None
+            if words[0].upper() == "EVALSHA" and words[3].startswith(prefix + ":"):
+                current = set(words[3 : 3 + int(words[2])])
+                assert len({key_slot(k.encode()) for k in current}) == 1, f"keys in several slots: {current}"
+                scripts += 1
+            continue
+        if current is not None:  # a command run by one of our scripts: its key must be declared
+            assert words[1] in current, f"script touched undeclared key {words[1]} (declared {current})"
+    assert scripts >= 15, f"saw only {scripts} script calls in MONITOR"
+
+
+async def test_drop_all_deletes_its_prefix_and_nothing_else(redis_url: str, raw: aioredis.Redis, clock: FakeClock) -> None:
+    base = f"weirtest:{uuid.uuid4().hex}"
+    globby = RedisStore(redis_url, prefix=f"{base}:[x]*", clock=clock)  # glob characters are literal
+    plain = RedisStore(redis_url, prefix=f"{base}:x", clock=clock)
+    for store in (globby, plain):
+        await store.open()
+        await _everything(store, clock, "alice")
+    try:
+        assert await _keys(raw, f"{base}:[[]x]\\*")
+        await globby.drop_all()
+        assert await _keys(raw, f"{base}:[[]x]\\*") == []
+        assert await globby.get_user("alice") is None
+        user = await plain.get_user("alice")
+        assert user is not None and user.used == 350 + 20
+        assert (await plain.audit(clock.now, 30)).ok
+    finally:
+        await plain.drop_all()
+        assert await _keys(raw, base) == [] and not [k async for k in raw.scan_iter(match=f"{base}*")]
+        for store in (globby, plain):
+            await store.close()
+
+
+async def test_unreachable_redis_names_the_setting_without_the_password() -> None:
+    store = RedisStore("redis://:hunter2@127.0.0.1:1/0", prefix="weirtest:none", timeout=1)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+    assert "store.url: cannot reach redis at redis://:***@127.0.0.1:1/0" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    assert not await store.ping()
+    with pytest.raises(StoreUnavailable):
+        await store.get_user("alice")
+
+
+def test_a_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError, match="brace-free"):
+        RedisStore(REDIS_URL, prefix="weir{x}")
+
+
+async def test_large_amounts_and_fractional_times_stay_exact(rstore: RedisStore, clock: FakeClock) -> None:
+    clock.now = 1_700_000_000.123456789  # more digits than Lua's tostring or cjson would keep
+    big = 2**53 - 1  # the largest integer a Lua number holds exactly
+    key_id = await _user_with_key(rstore, "alice", big)
+    hold = await rstore.hold("r1", "alice", key_id, big - 2, None, "pv", 0.000123, "i1")
+    assert isinstance(hold, Hold) and hold.amount == big - 2
+    assert (hold.created_at, hold.expires_at) == (clock.now, clock.now + 0.000123)
+    assert (await rstore.capture("r1", big - 1, DONE)).charged == big - 1
+    user = await rstore.get_user("alice")
+    assert user is not None and (user.balance, user.used, user.created_at) == (1, big - 1, clock.now)
+    (row,) = await rstore.query_logs()
+    assert (row.ts, row.charge, row.estimate) == (clock.now, big - 1, big - 2)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_racing_captures_leave_one_log_row_despite_reserved_ids(
+    rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock
+) -> None:
+    key_id = await _user_with_key(rstore, "alice", 1000)
+    peers = [RedisStore(redis_url, prefix=prefix, clock=clock) for _ in range(4)]
+    for peer in peers:
+        await peer.open()
+    try:
+        for i in range(3):
+            await rstore.hold(f"r{i}", "alice", key_id, 100, None, "pv", 60, "i1")
+            results = await asyncio.gather(*(p.capture(f"r{i}", 10 + i, DONE) for p in peers))
+            assert sorted(r.first for r in results) == [False, False, False, True]
+    finally:
+        for peer in peers:
+            await peer.close()
+    rows = await rstore.query_logs(limit=2)
+    assert [r.request_id for r in rows] == ["r2", "r1"]
+    assert [r.request_id for r in await rstore.query_logs(before_id=rows[-1].id)] == ["r0"]
+    user = await rstore.get_user("alice")
+    assert user is not None and (user.balance, user.request_count) == (1000 - 33, 3)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_a_request_id_of_another_user_returns_that_hold(rstore: RedisStore) -> None:
+    alice_key = await _user_with_key(rstore, "alice", 1000)
+    bob_key = await _user_with_key(rstore, "bob", 1000)
+    first = await rstore.hold("r1", "alice", alice_key, 100, None, "pv", 60, "i1")
+    again = await rstore.hold("r1", "bob", bob_key, 300, None, "pv", 60, "i1")
+    assert first == again and isinstance(again, Hold) and again.user == "alice"
+    bob = await rstore.get_user("bob")
+    assert bob is not None and bob.reserved == 0
+    await rstore.release("r1", DONE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]], list[str]]]:
+    """A redis-server of our own (append-only file in tmp_path): (url, processes, argv)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    _wait_until_up(port)
+    yield f"redis://127.0.0.1:{port}/0", procs, argv
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_until_up(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+async def test_server_restart_is_unavailable_then_recovers_with_fresh_scripts(
+    private_redis: tuple[str, list[subprocess.Popen[bytes]], list[str]], clock: FakeClock
+) -> None:
+    url, procs, argv = private_redis
+    store = RedisStore(url, prefix="weir", clock=clock, timeout=1)
+    await store.open()
+    try:
+        key_id = await _user_with_key(store, "alice", 1000)
+        assert isinstance(await store.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
+        procs[0].terminate()
+        procs[0].wait(10)
+        with pytest.raises(StoreUnavailable):
+            await store.capture("r1", 40, DONE)
+        assert not await store.ping()
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_until_up(int(url.rsplit(":", 1)[1].split("/")[0]))
+        # The new server kept the data (AOF) but not the script cache: NOSCRIPT, reload, retry.
+        assert (await store.capture("r1", 40, DONE)).charged == 40
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.reserved) == (960, 0)
+        assert (await store.audit(clock.now, 30)).ok
+    finally:
+        await store.close()
