@@ -52,8 +52,8 @@ class Handler:
 
     async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
         """Serve one proxied API request."""
-        rid = request.headers.get("x-request-id", "")
-        rid = rid if 8 <= len(rid) <= 64 and rid.replace("-", "").isalnum() else secrets.token_hex(12)
+        # Always our own id: it is the hold's idempotency key, so a client must never choose it.
+        rid = secrets.token_hex(12)
         try:
             ctx = await self._context(request, route, rid, model_in_path)
         except BadRequest as exc:
