@@ -101,16 +101,17 @@ class RateLimitPlugin(Plugin):
             bucket.tokens = min(self._capacity, bucket.tokens + elapsed * self._rate)
             bucket.updated = now
         self._buckets[bucket_id] = bucket
-        if bucket.tokens < 1.0:
+        # The tolerance absorbs float drift, so a token refilled "exactly now" is usable.
+        if bucket.tokens < 1.0 - 1e-9:
             wait = math.ceil((1.0 - bucket.tokens) / self._rate)
             raise Reject(
                 429,
                 "rate_limit_exceeded",
                 f"rate limit of {self.config.requests_per_minute} requests per minute exceeded; "
                 f"retry in {wait}s",
-                headers={"Retry-After": str(max(1, wait))},
+                headers={"Retry-After": str(wait)},
             )
-        bucket.tokens -= 1.0
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
         return int(bucket.tokens)
 
     def _bucket_id(self, ctx: RequestContext) -> bytes:

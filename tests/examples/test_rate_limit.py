@@ -102,6 +102,19 @@ async def test_bucket_refills_as_time_passes(make_proxy: Any, fake_upstream: Any
         assert [(await chat(s, proxy.url))[0] for _ in range(3)] == [200, 200, 429]
 
 
+async def test_a_token_due_now_is_usable_despite_float_rounding(make_proxy: Any, fake_upstream: Any) -> None:
+    clock = Clock()
+    proxy = await make_proxy(plugins=[limiter(clock, rpm=7, burst=1)])
+    async with aiohttp.ClientSession() as s:
+        assert (await chat(s, proxy.url))[0] == 200
+        # One token takes 60/7 s; seven steps of a seventh add up to a hair under 1.0 in floats.
+        for _ in range(6):
+            clock.advance(60 / 7 / 7)
+            assert (await chat(s, proxy.url))[0] == 429
+        clock.advance(60 / 7 / 7)
+        assert (await chat(s, proxy.url))[0] == 200
+
+
 async def test_anonymous_requests_share_one_bucket_per_client_ip(make_proxy: Any, fake_upstream: Any) -> None:
     proxy = await make_proxy(plugins=[limiter(Clock(), rpm=60, burst=2)])
     async with aiohttp.ClientSession() as first, aiohttp.ClientSession() as second:
