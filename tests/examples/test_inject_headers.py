@@ -14,7 +14,6 @@ from proxy.plugin import Plugin, RequestContext
 from plugins.examples.inject_headers import InjectHeadersConfig, InjectHeadersPlugin
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-RID = "req-0123456789abcdef"
 
 
 class MetadataRecorder(Plugin):
@@ -38,12 +37,13 @@ async def test_upstream_headers_reach_the_upstream_with_placeholders_filled(make
     plugin = injector(upstream={"X-Team": "blue", "X-Trace": "weir-{request_id}", "X-Model": "m={model}"})
     proxy = await make_proxy(plugins=[plugin])
     async with aiohttp.ClientSession() as s:
-        async with s.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={"x-request-id": RID}) as r:
+        async with s.post(proxy.url + "/v1/chat/completions", json=CHAT) as r:
             assert r.status == 200
             assert "X-Team" not in r.headers
+            rid = r.headers["x-request-id"]
     seen = fake_upstream.requests[-1].headers
     assert seen["x-team"] == "blue"
-    assert seen["x-trace"] == f"weir-{RID}"
+    assert seen["x-trace"] == f"weir-{rid}"
     assert seen["x-model"] == "m=gpt-4o-mini"
 
 
@@ -68,10 +68,11 @@ async def test_metadata_is_shared_and_sent_as_one_header(make_proxy: Any, fake_u
     plugin = injector(metadata={"team": "blue", "req": "{request_id}"}, metadata_header="X-Weir-Metadata")
     proxy = await make_proxy(plugins=[plugin, recorder])
     async with aiohttp.ClientSession() as s:
-        async with s.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={"x-request-id": RID}) as r:
+        async with s.post(proxy.url + "/v1/chat/completions", json=CHAT) as r:
             assert r.status == 200
-    assert recorder.seen == [{"team": "blue", "req": RID}]
-    assert fake_upstream.requests[-1].headers["x-weir-metadata"] == f"team=blue; req={RID}"
+            rid = r.headers["x-request-id"]
+    assert recorder.seen == [{"team": "blue", "req": rid}]
+    assert fake_upstream.requests[-1].headers["x-weir-metadata"] == f"team=blue; req={rid}"
 
 
 async def test_metadata_without_header_stays_inside_the_proxy(make_proxy: Any, fake_upstream: Any) -> None:
