@@ -1,0 +1,128 @@
+"""`python -m bench.store_micro [--backend sqlite|redis]`: hold+capture latency and throughput.
+
+`--concurrency` callers (32 by default) share one store object, as the request handlers of
+one proxy process do, and each runs hold → capture in a loop until `--ops` pairs are done.
+Reported: p50 and p99 of the hold+capture pair, and holds per second over the whole run.
+The SQLite file lives in a temporary directory; a Redis run uses a throw-away prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from proxy.store.base import Hold, LogDetails, Store
+
+LOG = LogDetails(end_reason="completed", usage_source="upstream", upstream="bench", model="m")
+
+
+@dataclass(frozen=True, slots=True)
+class MicroResult:
+    """One run's figures."""
+
+    backend: str
+    concurrency: int
+    pairs: int
+    p50_ms: float
+    p99_ms: float
+    holds_per_s: float
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _prepare(store: Store) -> list[str]:
+    """One funded user with four keys: every caller bills the same wallet, as in production
+    where one user's concurrent requests contend for one balance."""
+    await store.create_user("bench")
+    await store.credit("bench", 10**15, "bench funds")
+    await store.heartbeat("bench-1")
+    return [(await store.create_key("bench", f"bench-{uuid.uuid4().hex}-{i}")).id for i in range(4)]
+
+
+async def measure(store: Store, backend: str, concurrency: int, pairs: int) -> MicroResult:
+    """Run `pairs` hold+capture pairs through `concurrency` callers on an opened store."""
+    keys = await _prepare(store)
+    latencies: list[float] = []
+    counter = iter(range(pairs))
+
+    async def caller(slot: int) -> None:
+        for n in counter:
+            rid = f"b{n}"
+            started = time.perf_counter()
+            held = await store.hold(rid, "bench", keys[slot % len(keys)], 100, None, "pv", 600, "bench-1", "m")
+            if not isinstance(held, Hold):
+                raise RuntimeError(f"bench hold refused: {held}")
+            await store.capture(rid, 90, LOG)
+            latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    report = await store.audit(time.time(), 3600)
+    if report.mismatches:
+        raise RuntimeError(f"ledger mismatch after the bench: {report.mismatches[:3]}")
+    return MicroResult(
+        backend=backend, concurrency=concurrency, pairs=pairs,
+        p50_ms=round(statistics.median(latencies) * 1000, 3),
+        p99_ms=round(_quantile(latencies, 0.99) * 1000, 3),
+        holds_per_s=round(pairs / elapsed, 1),
+    )
+
+
+async def run(backend: str, concurrency: int, pairs: int, redis_url: str) -> MicroResult:
+    """Build the store, measure, and clean up."""
+    with tempfile.TemporaryDirectory(prefix="weir-bench-") as tmp:
+        store: Store
+        if backend == "sqlite":
+            from proxy.store.sqlite_store import SQLiteStore
+
+            store = SQLiteStore(str(Path(tmp) / "bench.db"))
+        else:
+            from proxy.store.redis_store import RedisStore
+
+            store = RedisStore(redis_url, prefix=f"weirbench:{uuid.uuid4().hex}")
+        await store.open()
+        try:
+            return await measure(store, backend, concurrency, pairs)
+        finally:
+            drop = getattr(store, "drop_all", None)
+            if drop is not None:
+                await drop()
+            await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; prints a line of figures (or JSON with --json)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.store_micro", description=__doc__)
+    parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--ops", type=int, default=5000, help="hold+capture pairs in total")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.backend, args.concurrency, args.ops, args.redis_url))
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"{result.backend}: {result.pairs} hold+capture pairs, {result.concurrency} callers: "
+            f"p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, {result.holds_per_s} holds/s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
