@@ -3,6 +3,31 @@
 Hashes come back from Redis as flat `str -> str` maps; the functions here turn them into
 the frozen values of `proxy.store.base`. Optional values are stored as JSON (`null` for
 None) so that "" and None stay distinct.
+
+Key layout (P is the prefix, "weir" by default). Everything about one user shares the hash
+tag `{u:<name>}`, so each script passes all its keys in KEYS and stays in one Redis Cluster
+slot (`{`, `}` and `%` in a name are %-escaped inside the tag):
+
+    P:{u:N}:user          hash   name, group, preference, balance, reserved, used, request_count
+    P:{u:N}:keys          list   key ids, oldest first
+    P:{u:N}:key:<id>      hash   one API key (its SHA-256, never the clear key), totals
+    P:{u:N}:subs          list   subscription ids, in grant order
+    P:{u:N}:sub:<id>      hash   one subscription, with its current period and balance
+    P:{u:N}:submeta       hash   sub id -> JSON of its immutable start/end/period/models
+    P:{u:N}:hold:<rid>    hash   one hold; kept after resolution with state/charged/overage
+    P:{u:N}:open          set    request ids of open holds
+    P:{u:N}:ledger        list   JSON entries {a: account, k: kind, b, r, t, ref, ...}
+    P:{u:N}:log           hash   log id -> consume-log row JSON
+    P:{u:N}:logidx        zset   log ids, scored by id
+    P:{u:N}:up:used|count hash   upstream -> quota / requests (summed over users on read)
+
+Global indexes, each under its own tag, written in a separate step:
+
+    P:{users}       set    user names            P:{requests}   hash  request id -> user
+    P:{keyhash}     hash   key hash -> "id user"  P:{keyid}      hash  key id -> user
+    P:{openusers}   set    users that may have open holds (scanned by the orphan resolver)
+    P:{plans}       hash   plan name -> JSON      P:{instances}  hash  instance -> heartbeat
+    P:{logs}:seq    string log id counter         P:{logs}:idx   zset  "<id>:<user>" by id
 """
 
 from __future__ import annotations
@@ -12,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 
+from proxy.store import ledger_rules as rules
 from proxy.store.base import (
     ApiKey,
     FundingSource,
@@ -174,6 +200,11 @@ class Layout:
         return f"{self.prefix}:{{logs}}:idx"
 
 
+def fmt_time(x: float) -> str:
+    """A time as stored and passed to scripts: repr round-trips a float exactly."""
+    return repr(float(x))
+
+
 def pairs(flat: Sequence[str]) -> dict[str, str]:
     """A flat [field, value, ...] reply (what scripts return for HGETALL) as a dict."""
     return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
@@ -276,3 +307,23 @@ def to_log_row(raw: str) -> LogRow:
         charge=int(d["charge"]), overage=int(d["overage"]), price_version=d["price_version"],
         details=LogDetails(**detail),
     )
+
+
+def sub_target(meta_json: str | None, now: float) -> str:
+    """A subscription's current period start as ARGV; "" (no rollover) unless it is active."""
+    if meta_json is None:
+        return ""
+    m = json.loads(meta_json)
+    start, end = float(m["start"]), float(m["end"])
+    return fmt_time(rules.period_start(start, m["period"], now)) if rules.is_active(start, end, now) else ""
+
+
+def usable_subscriptions(metas: dict[str, str], now: float, model: str) -> list[tuple[str, str]]:
+    """(id, current period start) of the subscriptions a hold may use, by (end, id)."""
+    usable: list[tuple[float, str, str]] = []
+    for sub_id, raw in metas.items():
+        m = json.loads(raw)
+        start, end = float(m["start"]), float(m["end"])
+        if rules.is_active(start, end, now) and rules.model_allowed(m["models"], model):
+            usable.append((end, sub_id, fmt_time(rules.period_start(start, m["period"], now))))
+    return [(sub_id, target) for _, sub_id, target in sorted(usable)]

@@ -5,30 +5,10 @@ SHA; redis-py's registered scripts reload themselves after a `NOSCRIPT` (a `SCRI
 or a failover). Times come from the injected clock and reach the scripts as ARGV, never
 from `TIME`, so a fake clock drives them in tests.
 
-Key layout (P is the prefix, "weir" by default). Everything about one user shares the hash
+Key layout: see `proxy.store.redis_layout`. Everything about one user lives under the hash
 tag `{u:<name>}`, so each script passes all its keys in KEYS and stays in one Redis Cluster
-slot (`{`, `}` and `%` in a name are %-escaped inside the tag):
-
-    P:{u:N}:user          hash   name, group, preference, balance, reserved, used, request_count
-    P:{u:N}:keys          list   key ids, oldest first
-    P:{u:N}:key:<id>      hash   one API key (its SHA-256, never the clear key), totals
-    P:{u:N}:subs          list   subscription ids, in grant order
-    P:{u:N}:sub:<id>      hash   one subscription, with its current period and balance
-    P:{u:N}:submeta       hash   sub id -> JSON of its immutable start/end/period/models
-    P:{u:N}:hold:<rid>    hash   one hold; kept after resolution with state/charged/overage
-    P:{u:N}:open          set    request ids of open holds
-    P:{u:N}:ledger        list   JSON entries {a: account, k: kind, b, r, t, ref, ...}
-    P:{u:N}:log           hash   log id -> consume-log row JSON
-    P:{u:N}:logidx        zset   log ids, scored by id
-    P:{u:N}:up:used|count hash   upstream -> quota / requests (summed over users on read)
-
-Global indexes, each under its own tag, written in a separate step:
-
-    P:{users}       set    user names            P:{requests}   hash  request id -> user
-    P:{keyhash}     hash   key hash -> "id user"  P:{keyid}      hash  key id -> user
-    P:{openusers}   set    users that may have open holds (scanned by the orphan resolver)
-    P:{plans}       hash   plan name -> JSON      P:{instances}  hash  instance -> heartbeat
-    P:{logs}:seq    string log id counter         P:{logs}:idx   zset  "<id>:<user>" by id
+slot; global indexes (users, request ids, key hashes, plans, heartbeats, the log index) have
+tags of their own and are written in a separate step.
 
 Money never depends on a cross-slot write: balances, reservations, counters, the ledger and
 the log row of a request all live in its user's slot. The indexes are written *before* the
@@ -69,24 +49,28 @@ from proxy.store.redis_layout import (
     Layout,
     details_json,
     dump_opt,
+    fmt_time,
     pairs,
     plan_json,
+    sub_target,
     to_hold,
     to_key,
     to_plan,
     to_subscription,
     to_user,
+    usable_subscriptions,
 )
 
 
-def _f(x: float) -> str:
-    """A time as stored and passed to scripts: repr round-trips a float exactly."""
-    return repr(float(x))
+MAX_UNITS = 2**53 - 1
+"""The largest amount a Lua number (a double) holds exactly; larger ones are refused."""
 
 
-def _nonneg(value: int, what: str) -> int:
-    if value < 0:
+def _units(value: int, what: str, *, signed: bool = False) -> int:
+    if not signed and value < 0:
         raise StoreError(f"{what} must be >= 0")
+    if abs(value) > MAX_UNITS:
+        raise StoreError(f"{what} must not exceed {MAX_UNITS} quota units")
     return int(value)
 
 
@@ -139,7 +123,7 @@ class RedisStore:
         """Create a user with an empty wallet. StoreError if the name exists."""
         await self._core.client.sadd(self._k.users, name)  # first: a listed name without a user is skipped
         reply = await self._run(
-            "create_user", [self._k.user(name)], [name, group, Preference(preference).value, _f(self._clock())]
+            "create_user", [self._k.user(name)], [name, group, Preference(preference).value, fmt_time(self._clock())]
         )
         return to_user(pairs(reply))
 
@@ -159,7 +143,8 @@ class RedisStore:
     async def credit(self, user: str, amount: int, note: str = "") -> User:
         """Add `amount` (negative for an adjustment) to the wallet, with a ledger entry."""
         reply = await self._run(
-            "credit", [self._k.user(user), self._k.ledger(user)], [int(amount), _f(self._clock()), note]
+            "credit", [self._k.user(user), self._k.ledger(user)],
+            [_units(amount, "a credit", signed=True), fmt_time(self._clock()), note],
         )
         return to_user(pairs(reply))
 
@@ -192,7 +177,7 @@ class RedisStore:
     ) -> ApiKey:
         """Record a key by its hash (unique across users); a quota is a `credit` entry."""
         k, key_id, now = self._k, "k_" + secrets.token_hex(6), self._clock()
-        limit = "" if quota is None else _nonneg(quota, "a key quota")
+        limit = "" if quota is None else _units(quota, "a key quota")
         if await self._core.hget(k.user(user), "name") is None:
             raise StoreError(f"unknown user {user!r}")
         # Claim the hash first: the global index is what makes it unique across slots.
@@ -201,13 +186,13 @@ class RedisStore:
         await self._core.client.hset(k.key_ids, key_id, user)
         static = [
             "user", user, "name", name, "status", "active", "key_hash", key_hash,
-            "expires_at", "" if expires_at is None else _f(expires_at), "models", dump_opt(list(models)),
-            "ips", dump_opt(list(ips)), "group", dump_opt(group), "created_at", _f(now), "hint", hint,
+            "expires_at", "" if expires_at is None else fmt_time(expires_at), "models", dump_opt(list(models)),
+            "ips", dump_opt(list(ips)), "group", dump_opt(group), "created_at", fmt_time(now), "hint", hint,
         ]
         try:
             reply = await self._run(
                 "create_key", [k.user(user), k.key(user, key_id), k.key_list(user), k.ledger(user)],
-                [key_id, limit, _f(now), *static],
+                [key_id, limit, fmt_time(now), *static],
             )
         except StoreError:
             await self._core.batch([("hdel", (k.key_hashes, key_hash)), ("hdel", (k.key_ids, key_id))])
@@ -255,7 +240,7 @@ class RedisStore:
             rules.validate_period(plan.period)
         except ValueError as exc:
             raise StoreError(str(exc)) from exc
-        _nonneg(plan.quota, "a plan quota")
+        _units(plan.quota, "a plan quota")
         await self._core.client.hset(self._k.plans, plan.name, plan_json(plan))
         return plan
 
@@ -280,10 +265,10 @@ class RedisStore:
             raise StoreError(f"unknown plan {plan!r}")
         k, sub_id, now = self._k, "s_" + secrets.token_hex(6), self._clock()
         first = rules.period_start(start, p.period, min(now, end))
-        meta = json.dumps({"start": _f(start), "end": _f(end), "period": p.period, "models": list(p.models)})
+        meta = json.dumps({"start": fmt_time(start), "end": fmt_time(end), "period": p.period, "models": list(p.models)})
         reply = await self._run(
             "grant", [k.user(user), k.sub(user, sub_id), k.sub_list(user), k.ledger(user), k.sub_meta(user)],
-            [sub_id, p.name, p.quota, p.period, _f(start), _f(end), dump_opt(list(p.models)), _f(now), meta, _f(first)],
+            [sub_id, p.name, p.quota, p.period, fmt_time(start), fmt_time(end), dump_opt(list(p.models)), fmt_time(now), meta, fmt_time(first)],
         )
         return to_subscription(pairs(reply))
 
@@ -295,7 +280,7 @@ class RedisStore:
         ids = sorted(metas, key=lambda i: (float(json.loads(metas[i])["end"]), i))
         reply = await self._run(
             "rollover", [self._k.ledger(user), *(self._k.sub(user, i) for i in ids)],
-            [_f(now), *(_target(metas[i], now) for i in ids)],
+            [fmt_time(now), *(sub_target(metas[i], now) for i in ids)],
         )
         return [to_subscription(pairs(h)) for h in reply if h]
 
@@ -314,7 +299,7 @@ class RedisStore:
         model: str = "",
     ) -> Hold | HoldRefusal:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
-        _nonneg(amount, "a hold amount")
+        _units(amount, "a hold amount")
         k, now = self._k, self._clock()
         _, owner, metas, _ = await self._core.batch([
             ("hsetnx", (k.requests, request_id, user)), ("hget", (k.requests, request_id)),
@@ -325,13 +310,13 @@ class RedisStore:
             if existing:
                 return to_hold(existing)
             await self._core.client.hset(k.requests, request_id, user)
-        offers = _usable_subscriptions(metas, now, model)
+        offers = usable_subscriptions(metas, now, model)
         reply = await self._run(
             "hold",
             [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
              *(k.sub(user, sub_id) for sub_id, _ in offers)],
             [request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
-             price_version, _f(now), _f(now + ttl), instance_id, model, *(t for _, t in offers)],
+             price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model, *(t for _, t in offers)],
         )
         if reply[0] == "refused":
             return HoldRefusal(Refusal(reply[1]), int(reply[2]), int(reply[3]))
@@ -350,7 +335,7 @@ class RedisStore:
     @guarded
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
         """Record the charge delivered so far on an open hold. False if not open."""
-        _nonneg(charge_so_far, "a checkpoint")
+        _units(charge_so_far, "a checkpoint")
         user = await self._core.hget(self._k.requests, request_id)
         if user is None:
             return False
@@ -359,7 +344,7 @@ class RedisStore:
     @guarded
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row in one script. Idempotent."""
-        _nonneg(actual, "a charge")
+        _units(actual, "a charge")
         return await self._settle("capture", request_id, log, int(actual))
 
     @guarded
@@ -382,13 +367,13 @@ class RedisStore:
         sub_key, target = k.no_sub(user), ""
         if h["source"] == "subscription":
             sub_key = k.sub(user, h["subscription_id"])
-            target = _target(await self._core.hget(k.sub_meta(user), h["subscription_id"]), now)
+            target = sub_target(await self._core.hget(k.sub_meta(user), h["subscription_id"]), now)
         log_id = await self._run("log_id", [k.log_seq, k.log_global], [user])
         r = await self._run(
             script,
             [k.user(user), k.hold(user, rid), k.key(user, h["key_id"]), sub_key, k.open_holds(user),
              k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)],
-            [_f(now), target, int(log_id), details_json(log), log.upstream, actual],
+            [fmt_time(now), target, int(log_id), details_json(log), log.upstream, actual],
         )
         return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
 
@@ -402,7 +387,7 @@ class RedisStore:
     @guarded
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
-        await self._core.client.hset(self._k.instances, instance_id, _f(self._clock()))
+        await self._core.client.hset(self._k.instances, instance_id, fmt_time(self._clock()))
 
     @guarded
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
@@ -446,22 +431,3 @@ class RedisStore:
         """Recompute every total from the ledger, user by user, from atomic snapshots."""
         return await records.audit(self._core, self._k, now, orphan_after)
 
-
-def _target(meta_json: str | None, now: float) -> str:
-    """A subscription's current period start as ARGV; "" (no rollover) unless it is active."""
-    if meta_json is None:
-        return ""
-    m = json.loads(meta_json)
-    start, end = float(m["start"]), float(m["end"])
-    return _f(rules.period_start(start, m["period"], now)) if rules.is_active(start, end, now) else ""
-
-
-def _usable_subscriptions(metas: dict[str, str], now: float, model: str) -> list[tuple[str, str]]:
-    """(id, current period start) of the subscriptions a hold may use, by (end, id)."""
-    usable: list[tuple[float, str, str]] = []
-    for sub_id, raw in metas.items():
-        m = json.loads(raw)
-        start, end = float(m["start"]), float(m["end"])
-        if rules.is_active(start, end, now) and rules.model_allowed(m["models"], model):
-            usable.append((end, sub_id, _f(rules.period_start(start, m["period"], now))))
-    return [(sub_id, target) for _, sub_id, target in sorted(usable)]

@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from proxy.store.base import Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, StoreUnavailable
+from proxy.store.base import Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, StoreError, StoreUnavailable
 from proxy.store.redis_store import RedisStore
 
 from .conftest import FakeClock
@@ -245,6 +245,9 @@ async def test_large_amounts_and_fractional_times_stay_exact(rstore: RedisStore,
     assert user is not None and (user.balance, user.used, user.created_at) == (1, big - 1, clock.now)
     (row,) = await rstore.query_logs()
     assert (row.ts, row.charge, row.estimate) == (clock.now, big - 1, big - 2)
+    with pytest.raises(StoreError, match="must not exceed"):  # a double would round it
+        await rstore.credit("alice", big + 2)
+    assert (await rstore.get_user("alice")) == user
     assert (await rstore.audit(clock.now, 30)).ok
 
 
