@@ -54,6 +54,7 @@ _TOKEN_FIELDS = (
 )
 _PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request"))
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_PRICING_KEYS = ("fallback", "group_overrides", "groups", "models", "quota_per_usd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +169,9 @@ def parse_pricing(data: Mapping[str, Any], path: str = "pricing", *, pricing_pat
     if not isinstance(data, Mapping):
         raise ConfigError(path, "expected a mapping")
     ppath = pricing_path or path
-    unknown = sorted(set(data) - {"quota_per_usd", "fallback", "models", "groups", "group_overrides"})
+    unknown = sorted(set(map(str, data)) - set(_PRICING_KEYS))
     if unknown:
-        raise ConfigError(f"{ppath}.{unknown[0]}", "unknown key (known keys: fallback, models)")
+        raise ConfigError(f"{ppath}.{unknown[0]}", f"unknown key (known keys: {', '.join(_PRICING_KEYS)})")
     qpu = _positive_int(data.get("quota_per_usd", DEFAULT_QUOTA_PER_USD), f"{path}.quota_per_usd")
     fallback = data.get("fallback", "none")
     if fallback not in ("none", "litellm"):

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from proxy.context import Endpoint
+from proxy.context import Endpoint, SSEEvent
 
 __all__ = [
     "Usage",
@@ -285,6 +285,10 @@ class UsageMeter:
         return "".join(self._pieces)
 
     # -- input -----------------------------------------------------------------------
+
+    def feed_event(self, event: SSEEvent) -> None:
+        """Feed one parsed SSE event as the relay hands it to `on_event`."""
+        self.feed_sse(event.data, event.json, event.event)
 
     def feed_sse(self, data: str, payload: Any, event: str | None = None) -> None:
         """Feed one SSE event given its raw `data`, its parsed JSON (or None) and name."""

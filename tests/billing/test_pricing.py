@@ -174,7 +174,7 @@ def test_defaults_are_never_zero() -> None:
     p = cfg.models["m"]
     assert (p.cache_read, p.cache_write, p.cache_write_1h) == (Decimal(2), Decimal("2.5"), Decimal(4))
     assert (p.audio_input, p.audio_output, p.image_input) == (Decimal(2), Decimal(8), Decimal(2))
-    assert all(v != 0 for v in p.as_dict().values())
+    assert all(Decimal(v) != 0 for v in p.as_dict().values())
 
 
 def test_explicit_prices_are_kept() -> None:

@@ -20,7 +20,7 @@ from plugins.billing.usage import (
     from_openai_responses,
     normalise,
 )
-from proxy.context import Endpoint
+from proxy.context import Endpoint, SSEEvent
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -213,7 +213,10 @@ def test_openai_usage_in_every_chunk_is_last_value_wins() -> None:
     meter = UsageMeter(Endpoint.CHAT)
     for n in range(1, 6):
         meter.feed(
-            {"choices": [{"delta": {"content": "x"}, "finish_reason": None}], "usage": {"prompt_tokens": 40, "completion_tokens": n}}
+            {
+                "choices": [{"delta": {"content": "x"}, "finish_reason": None}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": n},
+            }
         )
     assert meter.usage == Usage(input=40, output=5)
 
@@ -221,7 +224,12 @@ def test_openai_usage_in_every_chunk_is_last_value_wins() -> None:
 def test_gemini_usage_in_every_chunk_is_last_value_wins() -> None:
     meter = UsageMeter(Endpoint.GEMINI_STREAM)
     for n in (3, 9, 14):
-        meter.feed({"candidates": [{"content": {"parts": [{"text": "y"}]}}], "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": n}})
+        meter.feed(
+            {
+                "candidates": [{"content": {"parts": [{"text": "y"}]}}],
+                "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": n},
+            }
+        )
     assert meter.usage == Usage(input=12, output=14)
 
 
@@ -275,6 +283,7 @@ def test_gemini_error_chunk() -> None:
 @pytest.mark.parametrize("endpoint", list(Endpoint))
 def test_meter_ignores_junk(endpoint: Endpoint) -> None:
     meter = UsageMeter(endpoint)
+    junk: Any
     for junk in (None, [], "text", 3, {"choices": "x", "candidates": [1, None], "type": 5, "usage": []},
                  {"choices": [{"delta": {"tool_calls": [None, {"function": "f"}]}}]},
                  {"type": "content_block_delta", "delta": None}, {"type": "message_start", "message": []}):
@@ -291,7 +300,12 @@ def test_non_stream_bodies() -> None:
     chat = UsageMeter(Endpoint.CHAT)
     chat.feed_body(
         {
-            "choices": [{"message": {"role": "assistant", "content": "Hi", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "message": {"role": "assistant", "content": "Hi", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {"prompt_tokens": 9, "completion_tokens": 3},
         }
     )
@@ -301,7 +315,11 @@ def test_non_stream_bodies() -> None:
     claude.feed_body(
         {
             "type": "message",
-            "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "ok"}, {"type": "tool_use", "name": "t", "input": {"a": 1}}],
+            "content": [
+                {"type": "thinking", "thinking": "hmm"},
+                {"type": "text", "text": "ok"},
+                {"type": "tool_use", "name": "t", "input": {"a": 1}},
+            ],
             "usage": {"input_tokens": 4, "cache_read_input_tokens": 2, "output_tokens": 6},
         }
     )
@@ -325,7 +343,9 @@ def test_non_stream_bodies() -> None:
     gem = UsageMeter(Endpoint.GEMINI_GENERATE)
     gem.feed_body(
         {
-            "candidates": [{"content": {"parts": [{"functionCall": {"name": "g", "args": {"q": "r"}}}]}, "finishReason": "STOP"}],
+            "candidates": [
+                {"content": {"parts": [{"functionCall": {"name": "g", "args": {"q": "r"}}}]}, "finishReason": "STOP"}
+            ],
             "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2},
         }
     )
@@ -336,7 +356,8 @@ def test_non_stream_bodies() -> None:
     assert emb.usage == Usage(input=8) and emb.terminal
 
     img = UsageMeter(Endpoint.IMAGES)
-    img.feed_body({"data": [{"b64_json": "..."}], "usage": {"input_tokens": 20, "input_tokens_details": {"image_tokens": 0}, "output_tokens": 272}})
+    img_usage = {"input_tokens": 20, "input_tokens_details": {"image_tokens": 0}, "output_tokens": 272}
+    img.feed_body({"data": [{"b64_json": "..."}], "usage": img_usage})
     assert img.usage == Usage(input=20, output=272)
 
 
@@ -344,3 +365,10 @@ def test_error_body_is_not_terminal() -> None:
     meter = UsageMeter(Endpoint.CHAT)
     meter.feed_body({"error": {"message": "bad", "type": "invalid_request_error"}})
     assert meter.error and not meter.terminal
+
+
+def test_feed_event_takes_relay_events() -> None:
+    meter = UsageMeter(Endpoint.CHAT)
+    for event, data in read_sse("openai_chat_stream.sse"):
+        meter.feed_event(SSEEvent(data=data, event=event))
+    assert meter.usage == Usage(input=800, cache_read=200, output=500) and meter.finish == "stop"
