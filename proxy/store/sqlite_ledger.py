@@ -16,7 +16,7 @@ import aiosqlite
 
 from proxy.store import ledger_rules as rules
 from proxy.store import sqlite_schema as schema
-from proxy.store.base import FundingSource, Hold, HoldState, LogDetails, Resolution
+from proxy.store.base import ApiKey, FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Refusal, Resolution
 
 Db = aiosqlite.Connection
 
@@ -153,3 +153,33 @@ async def _append_log(
     )
 
 
+def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldRefusal | None:
+    """The key-level refusal for a hold, if any (a key of another user is unknown)."""
+    if key is None or key.user != user:
+        return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
+    reason = rules.key_refusal(key.status, key.expires_at, now)
+    if reason is not None:
+        return HoldRefusal(reason, 0, amount)
+    available = key.balance - key.reserved
+    if not key.unlimited and not rules.affords(available, amount):
+        return HoldRefusal(Refusal.INSUFFICIENT_KEY_QUOTA, available, amount)
+    return None
+
+
+async def record_hold(db: Db, held: Hold, *, limited: bool) -> None:
+    """Insert the hold row and its `hold` ledger entries."""
+    await db.execute(
+        "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
+        " price_version, instance_id, created_at, expires_at, state)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+        (held.request_id, held.user, held.key_id, held.source.value, held.subscription_id,
+         held.amount, held.key_amount, held.price_version, held.instance_id, held.created_at,
+         held.expires_at),
+    )
+    if held.source is FundingSource.WALLET:
+        await move(db, held.created_at, "wallet", held.user, "hold", 0, held.amount, held.request_id)
+    else:
+        assert held.subscription_id is not None
+        await move(db, held.created_at, "sub", held.subscription_id, "hold", 0, held.amount, held.request_id)
+    if limited:
+        await move(db, held.created_at, "key", held.key_id, "hold", 0, held.key_amount, held.request_id)

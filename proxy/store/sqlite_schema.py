@@ -256,3 +256,15 @@ def to_log_row(r: sqlite3.Row) -> LogRow:
         overage=r["overage"], price_version=r["price_version"],
         details=LogDetails(**values),
     )
+
+
+def log_filter(
+    user: str | None, since: float | None, until: float | None, before_id: int | None
+) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    for clause, value in (("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

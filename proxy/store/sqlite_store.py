@@ -1,33 +1,21 @@
 """`SQLiteStore`: the embedded accounting store, on aiosqlite.
 
-One connection per store object, serialised by an asyncio lock, because a connection carries
-one transaction at a time. Every read-modify-write starts with `BEGIN IMMEDIATE`, which takes
-SQLite's write lock before the first read: two processes (or two store objects) on one file
-therefore never decide on the same stale balance. WAL lets readers proceed meanwhile, and
-`busy_timeout` makes a writer wait for the lock instead of failing at once. An
-`OperationalError` (locked, I/O, not a database) becomes `StoreUnavailable`.
-
-The decisions themselves (funding choice, periods, overage, counters) are in
-`proxy.store.ledger_rules`; the ledger rules in `proxy.store.base`.
+The connection, transaction and locking discipline is in `proxy.store.sqlite_conn` (every
+read-modify-write runs under `BEGIN IMMEDIATE`); the ledger moves and the settlement in
+`proxy.store.sqlite_ledger`; the decisions themselves (funding choice, periods, overage,
+counters) in `proxy.store.ledger_rules`; the ledger model in `proxy.store.base`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-
-import aiosqlite
+from collections.abc import Sequence
 
 from proxy.store import ledger_rules as rules
 from proxy.store import sqlite_schema as schema
 from proxy.store.base import (
     ApiKey,
     AuditReport,
-    FundingSource,
     Hold,
     HoldRefusal,
     HoldState,
@@ -38,14 +26,22 @@ from proxy.store.base import (
     Refusal,
     Resolution,
     StoreError,
-    StoreUnavailable,
     Subscription,
     User,
 )
 from proxy.store.sqlite_audit import run_audit
-from proxy.store.sqlite_ledger import Db, fetch_all, fetch_one, move, roll_subscription, settle
+from proxy.store.sqlite_conn import SQLiteConnection
+from proxy.store.sqlite_ledger import (
+    Db,
+    fetch_all,
+    fetch_one,
+    key_refusal,
+    move,
+    record_hold,
+    roll_subscription,
+    settle,
+)
 
-_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ORPHANS = """
 SELECT h.* FROM holds h LEFT JOIN instances i ON i.id = h.instance_id
 WHERE h.state = 'open' AND (i.last_seen IS NULL OR i.last_seen < ? OR h.expires_at < ?)
@@ -53,100 +49,8 @@ ORDER BY h.created_at, h.request_id
 """
 
 
-def _mapped(exc: sqlite3.Error) -> StoreError:
-    """A constraint violation is the caller's error; anything else means the store is unusable."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreError(f"constraint violated: {exc}")
-    return StoreUnavailable(f"sqlite: {exc}")
-
-
-class SQLiteStore:
+class SQLiteStore(SQLiteConnection):
     """The `proxy.store.base.Store` protocol on one SQLite file (safe across processes)."""
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        clock: Callable[[], float] = time.time,
-        synchronous: str = "NORMAL",
-        busy_timeout_ms: int = 5000,
-    ) -> None:
-        """Configure; nothing touches the file until `open()`."""
-        if synchronous.upper() not in _SYNC_MODES:
-            raise ValueError(f"store.synchronous: expected one of {', '.join(_SYNC_MODES)}")
-        self.path = path
-        self._clock = clock
-        self._synchronous = synchronous.upper()
-        self._busy_ms = int(busy_timeout_ms)
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    # connection -------------------------------------------------------------------
-    async def open(self) -> None:
-        """Connect, set the pragmas and apply pending migrations."""
-        try:
-            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store.path: cannot open SQLite database {self.path!r}: {exc}") from exc
-        db.row_factory = sqlite3.Row
-        self._db = db
-        try:
-            await db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await self._migrate()
-        except (sqlite3.Error, StoreError) as exc:
-            await self.close()
-            raise StoreUnavailable(f"store.path: cannot use SQLite database {self.path!r}: {exc}") from exc
-
-    async def _migrate(self) -> None:
-        async with self._tx() as db:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = await fetch_one(db, "SELECT MAX(version) AS v FROM schema_version")
-            current = (row["v"] if row else None) or 0
-            for version, script in schema.MIGRATIONS:
-                if version > current:
-                    for statement in _statements(script):
-                        await db.execute(statement)
-                    await db.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
-
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        db, self._db = self._db, None
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await db.close()
-
-    async def ping(self) -> bool:
-        """True when a trivial query answers."""
-        try:
-            async with self._tx("DEFERRED") as db:
-                await fetch_one(db, "SELECT 1")
-        except StoreError:
-            return False
-        return True
-
-    @contextlib.asynccontextmanager
-    async def _tx(self, mode: str = "IMMEDIATE") -> AsyncIterator[Db]:
-        """One transaction on this store's connection; rolled back on any exception."""
-        async with self._lock:
-            db = self._db
-            if db is None:
-                raise StoreUnavailable("the SQLite store is not open")
-            try:
-                await db.execute(f"BEGIN {mode}")
-            except sqlite3.Error as exc:
-                raise _mapped(exc) from exc
-            try:
-                yield db
-                await db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _mapped(exc) from exc
-                raise
 
     # users ------------------------------------------------------------------------
     async def create_user(
@@ -362,7 +266,7 @@ class SQLiteStore:
             now = self._clock()
             krow = await fetch_one(db, "SELECT * FROM api_keys WHERE id = ?", (key_id,))
             key = schema.to_key(krow) if krow else None
-            refusal = _key_refusal(key, user, amount, now)
+            refusal = key_refusal(key, user, amount, now)
             if refusal is not None or key is None:
                 return refusal or HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
             owner = await self._user(db, user)
@@ -376,7 +280,7 @@ class SQLiteStore:
                 key_amount=0 if key.unlimited else amount, price_version=price_version,
                 instance_id=instance_id, created_at=now, expires_at=now + ttl, state=HoldState.OPEN,
             )
-            await _record_hold(db, held, limited=not key.unlimited)
+            await record_hold(db, held, limited=not key.unlimited)
             return held
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
@@ -461,7 +365,7 @@ class SQLiteStore:
         before_id: int | None = None,
     ) -> list[LogRow]:
         """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`."""
-        where, params = _log_filter(user, since, until, before_id)
+        where, params = schema.log_filter(user, since, until, before_id)
         async with self._tx("DEFERRED") as db:
             rows = await fetch_all(
                 db, f"SELECT * FROM consume_log{where} ORDER BY id DESC LIMIT ?", (*params, max(limit, 0))
@@ -478,59 +382,3 @@ class SQLiteStore:
         """Recompute every total from the ledger (one snapshot) and report what disagrees."""
         async with self._tx("DEFERRED") as db:
             return await run_audit(db, now, orphan_after)
-
-
-def _key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldRefusal | None:
-    """The key-level refusal for a hold, if any (a key of another user is unknown)."""
-    if key is None or key.user != user:
-        return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
-    reason = rules.key_refusal(key.status, key.expires_at, now)
-    if reason is not None:
-        return HoldRefusal(reason, 0, amount)
-    available = key.balance - key.reserved
-    if not key.unlimited and not rules.affords(available, amount):
-        return HoldRefusal(Refusal.INSUFFICIENT_KEY_QUOTA, available, amount)
-    return None
-
-
-async def _record_hold(db: Db, held: Hold, *, limited: bool) -> None:
-    """Insert the hold row and its `hold` ledger entries."""
-    await db.execute(
-        "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
-        " price_version, instance_id, created_at, expires_at, state)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
-        (held.request_id, held.user, held.key_id, held.source.value, held.subscription_id,
-         held.amount, held.key_amount, held.price_version, held.instance_id, held.created_at,
-         held.expires_at),
-    )
-    if held.source is FundingSource.WALLET:
-        await move(db, held.created_at, "wallet", held.user, "hold", 0, held.amount, held.request_id)
-    else:
-        assert held.subscription_id is not None
-        await move(db, held.created_at, "sub", held.subscription_id, "hold", 0, held.amount, held.request_id)
-    if limited:
-        await move(db, held.created_at, "key", held.key_id, "hold", 0, held.key_amount, held.request_id)
-
-
-def _log_filter(
-    user: str | None, since: float | None, until: float | None, before_id: int | None
-) -> tuple[str, list[object]]:
-    clauses: list[str] = []
-    params: list[object] = []
-    for clause, value in (("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id)):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _statements(script: str) -> Iterable[str]:
-    """Split a migration script into complete statements (triggers contain semicolons)."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        yield buffer.strip()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.store.base import Hold, HoldRefusal, HoldState, Refusal, Resolution, Store
+from proxy.store.base import Hold, HoldRefusal, HoldState, Refusal, Resolution
 
 from .conftest import DONE, Backend, FakeClock, World
 
