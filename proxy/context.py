@@ -90,7 +90,7 @@ class RequestState:
 
     def get(self, key: StateKey[T], default: T | None = None) -> T | None:
         """Return the value for `key`, or `default` when it was never set."""
-        return self._data.get(key, default)  # type: ignore[no-any-return]
+        return self._data.get(key, default)
 
 
 _UNPARSED: Any = object()

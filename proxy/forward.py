@@ -81,6 +81,11 @@ async def forward(
             fw.metrics.attempts.labels(up.name, "unreachable").inc()
             failure = Failure(502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})")
             continue
+        except ValueError as exc:
+            # aiohttp refuses what a plugin put into the request (e.g. a header with a
+            # control character): a plugin failure, reported as such.
+            fail = Failure(500, "plugin_failed", f"the upstream request could not be built: {exc}")
+            return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
         retryable = upstream.status == 429 or upstream.status >= 500
         fw.metrics.attempts.labels(up.name, str(upstream.status)).inc()
         if retryable and not last:

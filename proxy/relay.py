@@ -35,6 +35,7 @@ class StreamState:
     errored: bool = False
     client_gone: bool = False
     drained: bool = False
+    broken: bool = False
     error: str | None = None
 
 
@@ -70,12 +71,18 @@ async def pump_stream(
         reason, st.error = EndReason.PLUGIN_FAILED, str(exc)
     except UPSTREAM_READ_ERRORS as exc:
         st.error = f"upstream read failed: {type(exc).__name__}"
+        st.broken = True
     finally:
         active.responses.discard(upstream)
         upstream.close()
     if reason is None:
         reason = _reason(st, active)
-    if not st.client_gone:
+    if st.broken and not st.terminal and not st.client_gone and request.transport is not None:
+        # Mirror the upstream's failure: end the client's stream without its terminating
+        # chunk, so the client knows the answer is incomplete (a clean EOF would hide it).
+        request.transport.abort()
+        st.client_gone = reason is EndReason.CLIENT_DISCONNECTED
+    elif not st.client_gone:
         try:
             await resp.write_eof()
         except CLIENT_GONE:

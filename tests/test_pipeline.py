@@ -114,9 +114,16 @@ async def test_upstream_reset_mid_stream(make_proxy: Any, fake_upstream: Any) ->
     journal: list[tuple[str, str, Any]] = []
     fake_upstream.behaviour.reset_after = 3
     proxy = await make_proxy(plugins=[Recorder("A", journal)])
-    status, body = await post(proxy.url, STREAM)
+    received = b""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + "/v1/chat/completions", json=STREAM) as r:
+            assert r.status == 200
+            # The reset is passed on: the client's stream ends without its final chunk.
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for chunk in r.content.iter_any():
+                    received += chunk
     await proxy.settled()
-    assert status == 200 and b"[DONE]" not in body and body.count(b"data:") == 3
+    assert b"[DONE]" not in received and received.count(b"data:") == 3
     assert terminals(journal) == [("A", "on_complete", EndReason.UPSTREAM_TRUNCATED)]
 
 
@@ -203,8 +210,8 @@ async def test_shutdown_during_stream(make_proxy: Any, fake_upstream: Any) -> No
         resp = await s.post(proxy.url + "/v1/chat/completions", json=STREAM)
         await resp.content.readline()
         await proxy.stop()  # shutdown_grace is 1 s in the harness; the stream needs 10 s
-        body = await resp.read()
-    assert b"[DONE]" not in body
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # cut short, visibly: no final chunk
     assert_one_terminal_each(journal, ["A", "B"])
     assert {r for _, _, r in terminals(journal)} == {EndReason.SHUTDOWN}
 

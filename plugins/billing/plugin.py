@@ -96,7 +96,8 @@ class BillingPlugin(Plugin):
         self._settler: Settler | None = None
 
     def _max_output(self, model: str) -> int | None:
-        return self.prices.max_output_tokens(model) if self.table.config.fallback == "litellm" else None
+        # The reference data is bundled whether or not it is used for prices.
+        return self.prices.max_output_tokens(model)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Bind to the app's store and task tracker, warm the tokenizer, replay the outbox,
