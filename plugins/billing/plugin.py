@@ -43,7 +43,7 @@ from proxy.plugin import (
     SSEEvent,
     StateKey,
 )
-from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreUnavailable, User
+from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,10 @@ class BillingPlugin(Plugin):
 
     async def _release_unknown(self, request_id: str) -> None:
         assert self._settler is not None
-        await self._settler.release(request_id, LogDetails(end_reason="store_unavailable", usage_source="none"))
+        try:
+            await self._settler.release(request_id, LogDetails(end_reason="store_unavailable", usage_source="none"))
+        except StoreError:
+            pass  # the hold was never written: nothing to give back
 
     def _spawn(self, coro: Any, name: str) -> None:
         if self._tasks is not None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
+
+from proxy import keys
+from proxy.config import UpstreamConfig
+from proxy.upstream import Upstream
 
 from tests.e2e.conftest import Billed, BilledFactory
 
@@ -110,10 +116,7 @@ async def test_failover_then_success_billed_once(billed: BilledFactory, fake_ups
     try:
         b = await billed()
         # Re-point: a failing upstream first, the good one second.
-        pool = b.proxy.app[__import__("proxy.keys", fromlist=["UPSTREAMS"]).UPSTREAMS]
-        from proxy.config import UpstreamConfig
-        from proxy.upstream import Upstream
-
+        pool = b.proxy.app[keys.UPSTREAMS]
         pool.upstreams.insert(0, Upstream(UpstreamConfig(name="bad", type="mock", base_url=bad.url, priority=-1), bad.url))
         before = await b.balance()
         resp = await b.openai().chat.completions.create(model="mock-gpt", messages=MSG)  # type: ignore[arg-type]
@@ -144,8 +147,6 @@ async def test_reset_mid_stream_is_partial(billed: BilledFactory) -> None:
 
 @pytest.mark.parametrize("policy", ["drain", "partial"])
 async def test_client_disconnect(billed: BilledFactory, policy: str) -> None:
-    import aiohttp
-
     b = await billed(on_client_disconnect=policy)
     b.upstream.behaviour.pace = 0.02
     b.upstream.behaviour.words = 30
@@ -164,7 +165,7 @@ async def test_client_disconnect(billed: BilledFactory, policy: str) -> None:
         if rows:
             row = rows[0]
             break
-        await __import__("asyncio").sleep(0.05)
+        await asyncio.sleep(0.05)
     assert row is not None and row.details.end_reason == "client_disconnected"
     if policy == "drain":
         # Drained to the end: the upstream's own usage for the whole answer.
