@@ -1,0 +1,89 @@
+"""Smoke test of the benchmark: a tiny interleaved run of direct vs weir, real processes.
+
+It proves the report works end to end (mocks, `weir serve`, the load generator worker, the
+table) and that every subprocess is gone afterwards. The figures themselves are not judged:
+a run this small on a shared machine says nothing about speed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from bench.loadgen import percentile
+from bench.report import FULL, Measured, render, run, write_results
+from bench.targets import known_targets
+
+SMOKE = replace(
+    FULL,
+    label="smoke",
+    rounds=2,
+    latency_requests=20,
+    ttfb_requests=10,
+    throughput_clients=4,
+    throughput_seconds=0.1,
+    cpu_streams=3,
+    stream_events=50,
+    paced_streams=6,
+    paced_events=5,
+    paced_runs=1,
+    pace=0.01,
+    idle_seconds=0.1,
+)
+
+
+def _live_children() -> list[int]:
+    """Pids of this process's children that have not exited (zombies count as exited)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_tiny_report_measures_both_targets_and_cleans_up(tmp_path: Path) -> None:
+    before = set(_live_children())
+    targets = known_targets()
+    measured = run([targets["direct"], targets["weir"]], SMOKE, tmp_path)
+    assert set(_live_children()) <= before, "a benchmark subprocess outlived the run"
+
+    by_name: dict[str, Measured] = {m.name: m for m in measured}
+    for m in by_name.values():
+        assert m.errors == []
+        assert len(m.latencies) == SMOKE.rounds * SMOKE.latency_requests
+        assert len(m.ttfbs) == SMOKE.rounds * SMOKE.ttfb_requests
+        assert 0 < percentile(m.latencies, 50) < 1.0
+        assert m.paced is not None
+        # role chunk + content events + finish chunk + [DONE], for every stream, none stalled
+        assert m.paced.ok == SMOKE.paced_streams
+        assert m.paced.events == SMOKE.paced_streams * (SMOKE.paced_events + 3)
+        assert m.paced.stalls == 0 and m.paced.incomplete == 0
+        assert m.short_events == SMOKE.paced_streams * 4  # cut to one content event
+    weir = by_name["weir"]
+    assert weir.events == SMOKE.rounds * SMOKE.cpu_streams * (SMOKE.stream_events + 3)
+    assert weir.rss is not None and 10 * 2**20 < weir.rss < 1024 * 2**20
+
+    text = render(measured, SMOKE, "smoke")
+    table = [line for line in text.splitlines() if line.startswith("| ") and "| weir |" in line]
+    assert len(table) == 10
+    assert any(line.startswith("| added latency, non-stream, 1 client, p50 | ≤ 1.0 ms | weir |") for line in table)
+    assert any(line.startswith("| idle RSS") and " MB |" in line for line in table)
+
+
+def test_write_results_replaces_its_own_section_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\nHand-written analysis.\n")
+    write_results("first table", "2030-01-01 (quick, direct,weir)", path)
+    write_results("other table", "2030-01-02 (quick, direct,weir)", path)
+    write_results("second table", "2030-01-01 (quick, direct,weir)", path)
+    text = path.read_text()
+    assert "Hand-written analysis." in text
+    assert "first table" not in text
+    assert text.count("second table") == 1 and text.count("other table") == 1
+    assert text.index("second table") < text.index("other table")
