@@ -60,10 +60,13 @@ class Weir:
         """`python -m proxy ARGV --config CONFIG`, captured."""
         env = {k: v for k, v in os.environ.items() if k != "WEIR_CONFIG"}
         env["PYTHONPATH"] = str(ROOT)
-        return subprocess.run(
-            [sys.executable, "-m", "proxy", *argv, "--config", str(self.config)],
-            capture_output=True, text=True, env=env, cwd=self.config.parent, timeout=60,
-        )
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "proxy", *argv, "--config", str(self.config)],
+                capture_output=True, text=True, env=env, cwd=self.config.parent, timeout=120,
+            )
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"weir {' '.join(argv)} ({self.backend}) hung for 120 s; stderr: {exc.stderr!r}")
 
     def ok(self, *argv: str) -> str:
         """Run a command that must succeed; its stdout."""
