@@ -239,6 +239,8 @@ class RequestContext:
     started_at: float = field(default_factory=time.monotonic)
     first_byte_at: float | None = None
     status: int | None = None
+    end_reason: str = ""
+    events_relayed: int = 0
 
     def set_json(self, payload: dict[str, Any]) -> None:
         """Replace the JSON request body that will be sent upstream."""

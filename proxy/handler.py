@@ -138,14 +138,17 @@ class Handler:
         seconds = ctx.elapsed_ms / 1000.0
         ttft = ctx.ttft_ms
         status = ctx.status or 0
+        outcome = ctx.end_reason or "refused"
         self.metrics.observe(
-            ctx.endpoint.value, upstream, status, "done", seconds, None if ttft is None else ttft / 1000.0, 0
+            ctx.endpoint.value, upstream, status, outcome, seconds, None if ttft is None else ttft / 1000.0,
+            ctx.events_relayed,
         )
         if self.access:
             access_log.info(
-                "request_id=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s ms=%.1f ttft_ms=%s",
-                ctx.request_id, ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream,
-                seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
+                "request_id=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s outcome=%s"
+                " events=%d ms=%.1f ttft_ms=%s",
+                ctx.request_id, ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
+                ctx.events_relayed, seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
             )
 
 

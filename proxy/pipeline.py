@@ -140,6 +140,8 @@ class Run:
         keep-alive connection, and shutdown waits for it.
         """
         if self._claim():
+            self.ctx.end_reason = outcome.reason.value
+            self.ctx.events_relayed = outcome.events
             self.pipeline.tracker.spawn(
                 self._terminal("on_complete", self.pipeline.complete_hooks, outcome),
                 name=f"complete:{self.ctx.request_id}",
@@ -148,6 +150,7 @@ class Run:
     def error(self, error: ProxyError) -> None:
         """Deliver `on_error` to every entered plugin, once, in a tracked task."""
         if self._claim():
+            self.ctx.end_reason = error.reason.value
             self.pipeline.tracker.spawn(
                 self._terminal("on_error", self.pipeline.error_hooks, error),
                 name=f"error:{self.ctx.request_id}",

@@ -197,13 +197,16 @@ async def test_audio_multipart_passthrough(make_proxy: Any, fake_upstream: Any) 
 async def test_healthz_and_metrics(make_proxy: Any) -> None:
     proxy = await make_proxy()
     await call(proxy.url, json=CHAT)
+    await call(proxy.url, json={**CHAT, "stream": True})
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + "/healthz") as r:
             assert r.status == 200 and (await r.json())["store"] is True
         async with s.get(proxy.url + "/metrics") as r:
             text = await r.text()
-    assert 'weir_requests_total{endpoint="chat.completions",outcome="done",status="200",upstream="fake"} 1.0' in text
+    assert 'weir_requests_total{endpoint="chat.completions",outcome="completed",status="200",upstream="fake"} 1.0' in text
     assert "weir_request_duration_seconds_bucket" in text
+    events = [line for line in text.splitlines() if line.startswith('weir_relayed_events_total{upstream="fake"}')]
+    assert events and float(events[0].split()[-1]) > 3
 
 
 def test_refuses_public_bind_without_auth_plugin() -> None:
