@@ -203,7 +203,7 @@ async def test_healthz_and_metrics(make_proxy: Any) -> None:
             assert r.status == 200 and (await r.json())["store"] is True
         async with s.get(proxy.url + "/metrics") as r:
             text = await r.text()
-    assert 'weir_requests_total{endpoint="chat.completions",outcome="completed",status="200",upstream="fake"} 1.0' in text
+    assert 'weir_requests_total{endpoint="chat.completions",outcome="completed",status="200",upstream="fake"} 2.0' in text
     assert "weir_request_duration_seconds_bucket" in text
     events = [line for line in text.splitlines() if line.startswith('weir_relayed_events_total{upstream="fake"}')]
     assert events and float(events[0].split()[-1]) > 3
