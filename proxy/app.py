@@ -139,7 +139,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async for _ in plugin.lifespan(app):  # type: ignore[attr-defined]
+        async for _ in plugin.lifespan(app):
             yield
 
     return ctx

@@ -62,15 +62,15 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     from proxy.loader import load_plugins
 
-    plugins = load_plugins(config.plugins)
+    names = [p.name for p in load_plugins(config.plugins)]
     data = {
         "ok": True,
         "source": config.source,
         "store": config.store.backend,
         "upstreams": [u.name for u in config.upstreams],
-        "plugins": [p.name for p in plugins],
+        "plugins": names,
     }
-    emit(args, data, f"ok: {len(config.upstreams)} upstream(s), plugins: {', '.join(data['plugins']) or 'none'}")
+    emit(args, data, f"ok: {len(config.upstreams)} upstream(s), plugins: {', '.join(names) or 'none'}")
     return 0
 
 
@@ -87,15 +87,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     commands["serve"] = _serve
     sub.add_parser("check-config", parents=[common], help="validate proxy.yaml and the plugins it lists")
     commands["check-config"] = _check_config
+    from plugins.billing.cli import register as register_pricing
     from proxy.cli_accounts import register as register_accounts
 
     register_accounts(sub, common, commands)
-    try:
-        from plugins.billing.cli import register as register_pricing
-    except ImportError:
-        register_pricing = None
-    if register_pricing is not None:
-        register_pricing(sub, common, commands)
+    register_pricing(sub, common, commands)
     return parser, commands
 
 

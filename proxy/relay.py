@@ -118,26 +118,27 @@ async def _relay_loop(
             break
         out: list[bytes] = []
         for item in parser.feed(chunk):
-            if type(item) is bytes:
+            if isinstance(item, bytes):
                 out.append(item)
                 continue
             st.events += 1
-            if is_terminal(endpoint, item):  # type: ignore[arg-type]
+            if is_terminal(endpoint, item):
                 st.terminal = True
-            elif is_error_event(endpoint, item):  # type: ignore[arg-type]
+            elif is_error_event(endpoint, item):
                 st.errored = True
             if run.event_hooks:
-                item = await run.event(item)  # type: ignore[arg-type]
-                if item is None:
+                passed = await run.event(item)
+                if passed is None:
                     continue
-            out.append(item.raw)  # type: ignore[union-attr]
+                item = passed
+            out.append(item.raw)
         if out and not await _write(resp, b"".join(out), ctx, st):
             if not ctx.drain_on_disconnect:
                 return
             await _drain(reader, parser, ctx, run, st)
             return
     rest = parser.flush()
-    tail = b"".join(i for i in rest if type(i) is bytes)
+    tail = b"".join(i for i in rest if isinstance(i, bytes))
     if tail:
         await _write(resp, tail, ctx, st)
 
@@ -168,15 +169,15 @@ async def _drain(reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestCo
                     return
                 budget -= len(chunk)
                 for item in parser.feed(chunk):
-                    if type(item) is bytes:
+                    if isinstance(item, bytes):
                         continue
                     st.events += 1
-                    if is_terminal(ctx.endpoint, item):  # type: ignore[arg-type]
+                    if is_terminal(ctx.endpoint, item):
                         st.terminal = True
-                    elif is_error_event(ctx.endpoint, item):  # type: ignore[arg-type]
+                    elif is_error_event(ctx.endpoint, item):
                         st.errored = True
                     if run.event_hooks:
-                        await run.event(item)  # type: ignore[arg-type]
+                        await run.event(item)
     except TimeoutError:
         st.error = "drain timed out"
 

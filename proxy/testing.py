@@ -116,7 +116,7 @@ def proxy_config(upstream_url: str, tmp: Path, **overrides: Any) -> Config:
 
 if _async_fixture is not None:
 
-    @_async_fixture
+    @_async_fixture  # type: ignore[untyped-decorator]
     async def fake_upstream() -> AsyncIterator[MockUpstream]:
         """A real loopback mock upstream; flip `fake_upstream.behaviour` knobs in tests."""
         mock = MockUpstream()
@@ -124,7 +124,7 @@ if _async_fixture is not None:
         yield mock
         await mock.stop()
 
-    @_async_fixture
+    @_async_fixture  # type: ignore[untyped-decorator]
     async def make_proxy(
         fake_upstream: MockUpstream, tmp_path: Path
     ) -> AsyncIterator[Callable[..., Awaitable[ProxyHandle]]]:
