@@ -32,7 +32,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import date, timedelta
 from fnmatch import fnmatchcase
 
 from proxy.store.base import FundingSource, HoldRefusal, HoldState, Preference, Refusal
@@ -49,29 +49,65 @@ def validate_period(period: str) -> None:
         raise ValueError(f"unknown period {period!r}: expected one of {', '.join(PERIODS)}")
 
 
+_EPOCH = date(1970, 1, 1)
+
+
+def _utc_date(t: float) -> tuple[date, int]:
+    """The UTC calendar date of `t` and its whole-day number since the epoch.
+
+    `divmod` by a whole day is exact for any float time, unlike `datetime.fromtimestamp`,
+    which rounds to the microsecond and so can even land on the next day.
+    """
+    days = int(divmod(t, DAY)[0])
+    return _EPOCH + timedelta(days=days), days
+
+
 def add_months(start: float, months: int) -> float:
-    """`start` moved `months` calendar months later (UTC), clamped to the month's last day."""
-    base = datetime.fromtimestamp(start, UTC)
+    """`start` moved `months` calendar months later (UTC), clamped to the month's last day.
+
+    The result is `start` plus a whole number of days (UTC has no DST, so the time of day is
+    the same), which keeps `start`'s fractional seconds exactly: `add_months(s, 0) == s`.
+    Going through `datetime` instead would round to the microsecond, and a subscription
+    granted at `start = time.time()` would then see a "new period" later in its first month.
+    """
+    if months == 0:
+        return start
+    base, base_days = _utc_date(start)
     years, month0 = divmod(base.month - 1 + months, 12)
     year = base.year + years
     day = min(base.day, calendar.monthrange(year, month0 + 1)[1])
-    return base.replace(year=year, month=month0 + 1, day=day).timestamp()
+    offset = date(year, month0 + 1, day).toordinal() - _EPOCH.toordinal() - base_days
+    return start + offset * DAY
 
 
 def period_start(start: float, period: str, now: float) -> float:
-    """The start of the period containing `now` for a subscription that began at `start`."""
+    """The start of the period containing `now` for a subscription that began at `start`.
+
+    Every boundary is `start` plus whole days, so the first period starts exactly at `start`
+    and a boundary compares equal however often it is recomputed.
+    """
     validate_period(period)
     if now <= start or period == "none":
         return start
     if period in ("day", "week"):
         step = DAY if period == "day" else WEEK
-        return start + ((now - start) // step) * step
-    base = datetime.fromtimestamp(start, UTC)
-    current = datetime.fromtimestamp(now, UTC)
+        count = int((now - start) // step)
+        # Settle the count on the boundaries as they are computed (a sum can round when it
+        # crosses a power of two), so a boundary always lies inside its own period.
+        while count > 0 and start + count * step > now:
+            count -= 1
+        while start + (count + 1) * step <= now:
+            count += 1
+        return start + count * step
+    base, _ = _utc_date(start)
+    current, _ = _utc_date(now)
     months = (current.year - base.year) * 12 + (current.month - base.month)
-    # The estimate can overshoot by one when `now` is earlier in its month than `start` was.
+    # The calendar estimate is exact or one too many (when `now` is earlier in its month
+    # than `start` was in its own); the loops settle it either way.
     while months > 0 and add_months(start, months) > now:
         months -= 1
+    while add_months(start, months + 1) <= now:
+        months += 1
     return add_months(start, months)
 
 

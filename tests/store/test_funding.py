@@ -195,6 +195,37 @@ async def test_month_after_a_clamped_month_returns_to_the_start_day(world: World
     assert (await sub_now(world, sub.id)).period_start == utc(2024, 3, 31)
 
 
+@pytest.mark.parametrize(
+    ("start", "month_days"),
+    [
+        (1_760_000_000.123456789, 31),  # 2025-10-09 08:53:20.1234567: rounds up to .123457
+        (1_760_000_000.1234565, 31),  # rounds down to .123456
+        (1_709_164_799.9999997, 29),  # 2024-02-28 23:59:59.9999998: rounds to the leap day
+    ],
+)
+async def test_month_with_a_sub_microsecond_start_keeps_its_first_period(
+    world: World, start: float, month_days: int
+) -> None:
+    # A `time.time()` start is rarely a whole microsecond; the first period must still begin
+    # at exactly `start`, so what was used stays used until the same time next month.
+    world.clock.now = start
+    await world.store.heartbeat("i1")
+    key = await world.user("alice", 0)
+    sub = await grant(world, 1000, "month")
+    assert sub.period_start == start
+    await world.held("r1", key, 600)
+    await world.capture("r1", 600)
+    boundary = start + month_days * DAY
+    for later in (3600.0, 10 * DAY, month_days * DAY - 0.001):
+        await world.tick(start + later - world.clock.now)
+        assert (await sub_now(world, sub.id)).balance == 400, f"{later} s after the start"
+    await world.tick(boundary - world.clock.now)
+    rolled = await sub_now(world, sub.id)
+    assert (rolled.balance, rolled.period_start) == (1000, boundary)
+    await world.tick(3600)
+    assert (await sub_now(world, sub.id)).period_start == boundary
+
+
 async def test_period_none_never_resets(world: World) -> None:
     key = await world.user("alice", 0)
     sub = await grant(world, 1000, "none")

@@ -29,13 +29,14 @@ end
 
 -- Roll a subscription over to the period starting at `target` (computed by the caller
 -- from the subscription's immutable start and period). The write-off and the new quota
--- are two `credit` entries, so balance == sum(entries) holds across periods. A margin
--- of one second absorbs float noise in the caller's calendar arithmetic.
+-- are two `credit` entries, so balance == sum(entries) holds across periods. Period
+-- boundaries are exact (`ledger_rules.period_start` adds whole days to the start, and
+-- times travel as repr strings), so the comparison is exact too, as in SQLiteStore.
 local function rollover(skey, lkey, target, ts)
   if target == nil or target == '' then return end
   local t = tonumber(target)
   local ps = tonumber(redis.call('HGET', skey, 'period_start'))
-  if ps == nil or t <= ps + 1 then return end
+  if ps == nil or t <= ps then return end
   local bal = num(redis.call('HGET', skey, 'balance'))
   local quota = num(redis.call('HGET', skey, 'quota'))
   local acct = 'sub:' .. redis.call('HGET', skey, 'id')
