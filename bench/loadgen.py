@@ -25,10 +25,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from bench.upstreams import child_env, stop_process
 
 __all__ = ["Job", "LoadgenWorker", "job_from_json", "Result", "percentile", "request_body", "run_job", "main"]
 
@@ -250,6 +254,18 @@ class LoadgenWorker:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+
+    @classmethod
+    def start(cls, stack: ExitStack, log: Path) -> LoadgenWorker:
+        """Start a worker whose stderr goes to `log`; `stack` closes its stdin and stops it."""
+        err = log.open("wb")
+        stack.callback(err.close)
+        proc = subprocess.Popen(cls.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=child_env())
+        stack.callback(stop_process, proc)
+        # Runs first on unwinding: EOF on stdin lets the worker finish its job and exit cleanly.
+        if proc.stdin is not None:
+            stack.callback(proc.stdin.close)
+        return cls(proc)
 
     @staticmethod
     def argv() -> list[str]:

@@ -16,22 +16,21 @@ import datetime as dt
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import Any
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from bench.loadgen import Job, LoadgenWorker, Result, percentile
 from bench.targets import (
     INSTANT_MODEL, PACED_MODEL, Running, Target, cpu_seconds, idle_cpu_rate, known_targets, rss_bytes,
 )
-from bench.upstreams import child_env, start_upstreams, stop_process
+from bench.upstreams import start_upstreams
 
 __all__ = ["FULL", "QUICK", "Measured", "Row", "Settings", "main", "render", "run", "write_results"]
 
@@ -58,12 +57,13 @@ class Settings:
     pace: float = 0.02
     stall_after: float = 0.2
     idle_seconds: float = 2.0
+    slices: int = 8
 
 
 FULL = Settings()
 QUICK = replace(
     FULL, label="quick", rounds=3, latency_requests=200, ttfb_requests=150, throughput_seconds=1.0, cpu_streams=20,
-    paced_runs=1,
+    paced_runs=1, slices=4,
 )
 
 
@@ -118,18 +118,18 @@ class _Runner:
         cpu1 = cpu_seconds(pid) if pid else 0.0
         return result, cpu1 - cpu0, wall
 
-    def latency(self, t: Running, m: Measured) -> None:
-        """Non-stream requests, one client: latency samples and CPU per request."""
-        job = self.job(t, clients=1, requests=self.s.latency_requests, max_tokens=self.s.short_tokens)
+    def latency(self, t: Running, m: Measured, n: int) -> None:
+        """`n` non-stream requests, one client: latency samples and CPU per request."""
+        job = self.job(t, clients=1, requests=n, max_tokens=self.s.short_tokens)
         r, cpu, wall = self.timed(t.pid, job)
         m.add(r)
         m.latencies += r.latencies
         m.request_cpu += max(0.0, cpu - m.idle_cpu_rate * wall)
         m.requests += r.ok + job.warmup
 
-    def ttfb(self, t: Running, m: Measured) -> None:
-        """Short streams, one client: time to first body byte."""
-        job = self.job(t, stream=True, clients=1, requests=self.s.ttfb_requests, max_tokens=self.s.short_tokens)
+    def ttfb(self, t: Running, m: Measured, n: int) -> None:
+        """`n` short streams, one client: time to first body byte."""
+        job = self.job(t, stream=True, clients=1, requests=n, max_tokens=self.s.short_tokens)
         m.ttfbs += m.add(self.worker.run(job)).ttfbs
 
     def throughput(self, t: Running, m: Measured) -> None:
@@ -281,32 +281,27 @@ def render_rows(rows: Sequence[Row]) -> str:
 
 
 
-@contextmanager
-def _worker(stack: ExitStack, workdir: Path) -> Iterator[LoadgenWorker]:
-    log = (workdir / "loadgen.log").open("wb")
-    stack.callback(log.close)
-    proc = subprocess.Popen(
-        LoadgenWorker.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=child_env()
-    )
-    stack.callback(stop_process, proc)
-    try:
-        yield LoadgenWorker(proc)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()  # EOF: the worker finishes cleanly
-
-
 def _interleaved(runner: _Runner, running: list[Running], measured: list[Measured], rounds: int) -> None:
     """Each measure, target after target; the order flips every round."""
+    s = runner.s
     pairs = list(zip(running, measured))
     for i in range(rounds):
-        order = pairs if i % 2 == 0 else pairs[::-1]
-        steps = [runner.latency, runner.ttfb, runner.throughput, runner.cpu]
-        steps += [runner.paced] if i < runner.s.paced_runs else []
+        # 1-client samples come in small slices, alternating targets, so a burst of noise
+        # from elsewhere on the machine hits every target rather than one block of samples.
+        for j in range(s.slices):
+            for t, m in pairs if (i + j) % 2 == 0 else pairs[::-1]:
+                runner.latency(t, m, _share(s.latency_requests, s.slices, j))
+                runner.ttfb(t, m, _share(s.ttfb_requests, s.slices, j))
+        steps = [runner.throughput, runner.cpu] + ([runner.paced] if i < s.paced_runs else [])
         for step in steps:
-            for t, m in order:
+            for t, m in pairs if i % 2 == 0 else pairs[::-1]:
                 step(t, m)
         print(f"  round {i + 1}/{rounds} done", file=sys.stderr, flush=True)
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """The size of part `index` when `total` is split into `parts` near-equal parts."""
+    return total // parts + (1 if index < total % parts else 0)
 
 
 def run(targets: Sequence[Target], s: Settings, workdir: Path) -> list[Measured]:
@@ -315,7 +310,7 @@ def run(targets: Sequence[Target], s: Settings, workdir: Path) -> list[Measured]
         up = start_upstreams(stack, workdir, s.stream_events, s.paced_events, s.pace)
         running = [t.launch(up, workdir, stack) for t in targets]
         measured = [Measured(t.name) for t in running]
-        runner = _Runner(stack.enter_context(_worker(stack, workdir)), s, up.paced_pid)
+        runner = _Runner(LoadgenWorker.start(stack, workdir / "loadgen.log"), s, up.paced_pid)
         for t, m in zip(running, measured):
             m.add(runner.worker.run(runner.job(t, requests=1, warmup=0, max_tokens=s.short_tokens)))
             m.rss = rss_bytes(t.pid if t.pid else up.instant_pid)

@@ -30,6 +30,7 @@ SMOKE = replace(
     paced_runs=1,
     pace=0.01,
     idle_seconds=0.1,
+    slices=3,
 )
 
 
@@ -60,10 +61,12 @@ def test_tiny_report_measures_both_targets_and_cleans_up(tmp_path: Path) -> None
         assert len(m.ttfbs) == SMOKE.rounds * SMOKE.ttfb_requests
         assert 0 < percentile(m.latencies, 50) < 1.0
         assert m.paced is not None
-        # role chunk + content events + finish chunk + [DONE], for every stream, none stalled
+        # role chunk + content events + finish chunk + [DONE], for every stream. Stalls are
+        # not asserted: a 200 ms gap is a property of the machine's load, not of the code.
         assert m.paced.ok == SMOKE.paced_streams
         assert m.paced.events == SMOKE.paced_streams * (SMOKE.paced_events + 3)
-        assert m.paced.stalls == 0 and m.paced.incomplete == 0
+        assert m.paced.incomplete == 0
+        assert 0 < m.paced.max_gap < 5.0
         assert m.short_events == SMOKE.paced_streams * 4  # cut to one content event
     weir = by_name["weir"]
     assert weir.events == SMOKE.rounds * SMOKE.cpu_streams * (SMOKE.stream_events + 3)
