@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import time
+from collections import OrderedDict
 
 from proxy.apikeys import hash_key, matches
 from proxy.plugin import Reject, RequestContext
@@ -18,7 +19,39 @@ def store_down() -> Reject:
     return Reject(STORE_DOWN.status, STORE_DOWN.code, STORE_DOWN.message)
 
 
-async def authenticate(store: Store, ctx: RequestContext, now: float | None = None) -> tuple[ApiKey, User]:
+class KeyCache:
+    """A short-lived cache of (key, user) by key digest, bounded in size.
+
+    Safe for money: the hold re-checks the key's status, expiry and quota and the funding
+    source atomically in the store, so a cached entry can at worst apply an allowlist or a
+    group that changed less than `ttl` seconds ago. Unknown keys are never cached.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, ApiKey, User]] = OrderedDict()
+
+    def get(self, digest: str) -> tuple[ApiKey, User] | None:
+        """The cached pair, if fresh."""
+        hit = self._entries.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1], hit[2]
+
+    def put(self, digest: str, key: ApiKey, user: User) -> None:
+        """Remember a pair for `ttl` seconds, evicting the oldest beyond `max_entries`."""
+        if self.ttl <= 0:
+            return
+        self._entries[digest] = (time.monotonic() + self.ttl, key, user)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
+async def authenticate(
+    store: Store, ctx: RequestContext, cache: KeyCache | None = None, now: float | None = None
+) -> tuple[ApiKey, User]:
     """The caller's key and user, or a `Reject` in the endpoint's terms.
 
     Keys are looked up by their SHA-256 (timing reveals nothing about the clear key) and
@@ -28,13 +61,19 @@ async def authenticate(store: Store, ctx: RequestContext, now: float | None = No
     if not clear:
         raise Reject(401, "invalid_api_key", "no API key: send Authorization: Bearer <key> (or x-api-key)")
     digest = hash_key(clear)
-    try:
-        key = await store.find_key(digest)
-        user = await store.get_user(key.user) if key is not None else None
-    except StoreUnavailable:
-        raise store_down() from None
-    if key is None or user is None or not matches(clear, digest):
-        raise Reject(401, "invalid_api_key", "the API key is not valid")
+    found = cache.get(digest) if cache is not None else None
+    if found is None:
+        try:
+            key = await store.find_key(digest)
+            user = await store.get_user(key.user) if key is not None else None
+        except StoreUnavailable:
+            raise store_down() from None
+        if key is None or user is None or not matches(clear, digest):
+            raise Reject(401, "invalid_api_key", "the API key is not valid")
+        if cache is not None:
+            cache.put(digest, key, user)
+    else:
+        key, user = found
     check_key(key, ctx, time.time() if now is None else now)
     return key, user
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from plugins.billing.auth import authenticate, store_down
+from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import BadRequest, Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
@@ -90,6 +90,7 @@ class BillingPlugin(Plugin):
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
         )
+        self.keys = KeyCache(self.config.auth_cache_ttl)
         self._store: Store | None = None
         self._tasks: TaskTracker | None = None
         self._instance = ""
@@ -125,7 +126,7 @@ class BillingPlugin(Plugin):
 
     async def on_request(self, ctx: RequestContext) -> None:
         """Authenticate; for billable endpoints price, estimate and hold (or refuse)."""
-        key, user = await authenticate(self.store, ctx)
+        key, user = await authenticate(self.store, ctx, self.keys)
         if ctx.endpoint in FREE:
             return
         model = ctx.model or ""

@@ -134,3 +134,19 @@ async def test_models_and_count_tokens_are_free_but_authenticated(billed: Billed
     assert status == 200 and body["input_tokens"] > 0
     await b.proxy.settled()
     assert await snapshot(b) == before
+
+
+async def test_revocation_applies_at_once_despite_the_key_cache(billed: BilledFactory) -> None:
+    b = await billed()
+    status, _ = await post(b, b.key, {**CHAT, "stream": False})
+    assert status == 200  # the key is now in the plugin's short-lived cache
+    await b.proxy.settled()
+    before = await snapshot(b)
+    calls = len(b.upstream.requests)
+    (key,) = await b.store.list_keys(b.user)
+    await b.store.set_key_status(key.id, "revoked")
+    status, body = await post(b, b.key, {**CHAT, "stream": False})
+    assert (status, body["error"]["code"]) == (403, "key_disabled")
+    await b.proxy.settled()
+    assert await snapshot(b) == before and len(b.upstream.requests) == calls
+    assert await b.store.open_holds() == []
