@@ -34,6 +34,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_MAX_ROUTES = 4096
+
 #: Request headers Weir sets itself or must not pass on.
 _DROP_REQUEST = HOP_BY_HOP | CREDENTIAL_HEADERS | {
     "host",
@@ -103,6 +105,9 @@ class UpstreamPool:
         self.upstreams = [Upstream(c, c.base_url.rstrip("/")) for c in configs]
         self.session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()
+        # (dialect, model) -> able upstreams grouped by priority; bounded by _MAX_ROUTES.
+        self._routes: dict[tuple[Dialect, str | None], tuple[tuple[Upstream, ...], ...]] = {}
+        self._seen: tuple[Upstream, ...] = tuple(self.upstreams)
 
     async def open(self) -> None:
         """Create the pooled session."""
@@ -122,11 +127,28 @@ class UpstreamPool:
 
     def candidates(self, dialect: Dialect, model: str | None) -> list[Upstream]:
         """Upstreams able to serve the request: lower priority first, weighted shuffle within."""
-        able = [u for u in self.upstreams if u.serves(dialect, model)]
+        if len(self._seen) != len(self.upstreams) or any(a is not b for a, b in zip(self._seen, self.upstreams)):
+            # The list was changed in place (tests, future reloads): forget cached routes.
+            self._seen = tuple(self.upstreams)
+            self._routes.clear()
+        groups = self._routes.get((dialect, model))
+        if groups is None:
+            groups = self._route(dialect, model)
         ordered: list[Upstream] = []
-        for _, group in itertools.groupby(sorted(able, key=lambda u: u.config.priority), key=lambda u: u.config.priority):
-            ordered.extend(self._weighted_order(list(group)))
+        for group in groups:
+            if len(group) == 1:
+                ordered.append(group[0])
+            else:
+                ordered.extend(self._weighted_order(list(group)))
         return ordered
+
+    def _route(self, dialect: Dialect, model: str | None) -> tuple[tuple[Upstream, ...], ...]:
+        able = sorted((u for u in self.upstreams if u.serves(dialect, model)), key=lambda u: u.config.priority)
+        groups = tuple(tuple(g) for _, g in itertools.groupby(able, key=lambda u: u.config.priority))
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes.clear()  # client-chosen model names must not grow this without bound
+        self._routes[(dialect, model)] = groups
+        return groups
 
     def _weighted_order(self, group: list[Upstream]) -> list[Upstream]:
         out: list[Upstream] = []
