@@ -17,7 +17,7 @@ from typing import Any
 from plugins.billing.estimate import Estimator
 from plugins.billing.pricing import ModelPrice
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.usage import UsageMeter
+from plugins.billing.meter import UsageMeter
 from proxy.context import Endpoint
 
 ROUNDS = 15

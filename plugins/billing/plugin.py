@@ -30,7 +30,8 @@ from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, forma
 from plugins.billing.settle import Metered, settle
 from plugins.billing.settler import Outbox, Settler
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.usage import Usage, UsageMeter
+from plugins.billing.meter import UsageMeter
+from plugins.billing.usage import Usage
 from proxy import keys
 from proxy.plugin import (
     EndReason,

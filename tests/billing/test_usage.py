@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from plugins.billing.pricing import ModelPrice, charge_tokens
+from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import (
     Usage,
-    UsageMeter,
     from_anthropic,
     from_gemini,
     from_openai,
