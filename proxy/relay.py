@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.context import EndReason, Outcome, RequestContext
 from proxy.dialects import is_error_event, is_terminal
 from proxy.pipeline import PluginFailed, Run
-from proxy.sse import SSEParser
+from proxy.sse import SSEOverflow, SSEParser
 
 #: Errors reading from the upstream mid-response: a reset, a timeout, a broken payload.
 UPSTREAM_READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -71,6 +71,10 @@ async def pump_stream(
         reason, st.error = EndReason.PLUGIN_FAILED, str(exc)
     except UPSTREAM_READ_ERRORS as exc:
         st.error = f"upstream read failed: {type(exc).__name__}"
+        st.broken = True
+    except SSEOverflow as exc:
+        # An event too large to relay whole: the stream cannot go on, like a reset.
+        st.error = f"upstream stream unusable: {exc}"
         st.broken = True
     finally:
         active.responses.discard(upstream)
