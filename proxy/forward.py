@@ -18,7 +18,7 @@ from proxy.context import EndReason, Outcome, ProxyError, RequestContext, Upstre
 from proxy.dialects import error_body
 from proxy.metrics import Metrics
 from proxy.pipeline import PluginFailed, Run
-from proxy.relay import CLIENT_GONE, ActiveStreams, pump_stream, read_body
+from proxy.relay import CLIENT_GONE, ActiveStreams, pump_stream, read_body, read_chunk
 from proxy.upstream import Upstream, UpstreamPool, build_body, build_headers, build_url, response_headers
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ async def forward(
             upstream.close()
             continue
         if not 200 <= upstream.status < 300:
-            return await _relay_error(request, ctx, run, upstream)
-        return await _relay_success(fw, request, ctx, run, upstream)
+            return await _relay_error(request, ctx, run, upstream, up.config.read_timeout)
+        return await _relay_success(fw, request, ctx, run, upstream, up.config.read_timeout)
     return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
 
 
@@ -114,12 +114,13 @@ async def send_error(
 
 
 async def _relay_error(
-    request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse
+    request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse, idle: float
 ) -> web.StreamResponse:
     """The final upstream answer was not 2xx: relay it (credential errors are masked)."""
     status = upstream.status
     try:
-        body = await upstream.content.read(MAX_ERROR_BODY)
+        async with asyncio.timeout(idle):
+            body = await upstream.content.read(MAX_ERROR_BODY)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         body = b""
     finally:
@@ -140,7 +141,8 @@ async def _relay_error(
 
 
 async def _relay_success(
-    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse
+    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse,
+    idle: float,
 ) -> web.StreamResponse:
     name = ctx.upstream.name if ctx.upstream else "?"
     ctype = upstream.headers.get("Content-Type", "")
@@ -163,20 +165,20 @@ async def _relay_success(
             run.error(ProxyError(EndReason.CLIENT_DISCONNECTED, 499, "client_disconnected", "client left"))
             return resp
         if streaming:
-            outcome = await pump_stream(request, resp, upstream, ctx, run, fw.active)
+            outcome = await pump_stream(request, resp, upstream, ctx, run, fw.active, idle)
         else:
-            outcome = await _pump_binary(resp, upstream, ctx)
+            outcome = await _pump_binary(resp, upstream, ctx, idle)
         run.complete(outcome)
         return resp
-    return await _relay_body(fw, request, ctx, run, upstream, headers)
+    return await _relay_body(request, ctx, run, upstream, headers, idle)
 
 
 async def _relay_body(
-    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run,
-    upstream: aiohttp.ClientResponse, headers: "aiohttp.typedefs.LooseHeaders",
+    request: web.Request, ctx: RequestContext, run: Run,
+    upstream: aiohttp.ClientResponse, headers: "aiohttp.typedefs.LooseHeaders", idle: float,
 ) -> web.StreamResponse:
     try:
-        body = await read_body(upstream, MAX_RESPONSE_BODY)
+        body = await read_body(upstream, MAX_RESPONSE_BODY, idle)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
         fail = Failure(502, "upstream_error", f"upstream body could not be read ({type(exc).__name__})", upstream.status)
         return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_TRUNCATED)
@@ -198,12 +200,14 @@ async def _relay_body(
     return resp
 
 
-async def _pump_binary(resp: web.StreamResponse, upstream: aiohttp.ClientResponse, ctx: RequestContext) -> Outcome:
+async def _pump_binary(
+    resp: web.StreamResponse, upstream: aiohttp.ClientResponse, ctx: RequestContext, idle: float
+) -> Outcome:
     """Relay a non-JSON body (audio, images) as it arrives, without body hooks."""
     sent = 0
     reason = EndReason.COMPLETED
     try:
-        async for chunk in upstream.content.iter_any():
+        while chunk := await read_chunk(upstream.content, idle):
             await resp.write(chunk)
             sent += len(chunk)
         await resp.write_eof()

@@ -60,13 +60,17 @@ async def pump_stream(
     ctx: RequestContext,
     run: Run,
     active: ActiveStreams,
+    idle: float | None = None,
 ) -> Outcome:
-    """Relay an SSE stream and return how it ended. The caller delivers the outcome."""
+    """Relay an SSE stream and return how it ended. The caller delivers the outcome.
+
+    `idle` bounds each wait for upstream bytes (the upstream's `read_timeout`).
+    """
     st = StreamState()
     reason: EndReason | None = None
     active.responses.add(upstream)
     try:
-        await _relay_loop(resp, upstream, ctx, run, st)
+        await _relay_loop(resp, upstream, ctx, run, st, idle)
     except PluginFailed as exc:
         reason, st.error = EndReason.PLUGIN_FAILED, str(exc)
     except UPSTREAM_READ_ERRORS as exc:
@@ -112,12 +116,13 @@ async def _relay_loop(
     ctx: RequestContext,
     run: Run,
     st: StreamState,
+    idle: float | None,
 ) -> None:
     parser = SSEParser()
     endpoint = ctx.endpoint
     reader = upstream.content
     while True:
-        chunk = await reader.readany()
+        chunk = await read_chunk(reader, idle)
         if not chunk:
             break
         out: list[bytes] = []
@@ -186,11 +191,24 @@ async def _drain(reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestCo
         st.error = "drain timed out"
 
 
-async def read_body(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_chunk(reader: aiohttp.StreamReader, idle: float | None) -> bytes:
+    """The next upstream bytes (b"" at EOF), waiting at most `idle` seconds.
+
+    aiohttp's own `sock_read` timer is not enough: when its parser rejects the framing
+    (a bad chunk size), it drops that timer and leaves the body reader waiting forever
+    with no error. This bound is what ends such a stream.
+    """
+    if idle is None:
+        return await reader.readany()
+    async with asyncio.timeout(idle):
+        return await reader.readany()
+
+
+async def read_body(upstream: aiohttp.ClientResponse, limit: int, idle: float | None = None) -> bytes:
     """Read a whole non-streamed upstream body, refusing one larger than `limit`."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in upstream.content.iter_any():
+    while chunk := await read_chunk(upstream.content, idle):
         size += len(chunk)
         if size > limit:
             raise ValueError(f"upstream body larger than {limit} bytes")
