@@ -1,0 +1,1 @@
+"""Reliability tests (issue 5): try to break Weir."""
