@@ -108,6 +108,12 @@ class Settler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            except StoreError:
+                # The store answered and refused (e.g. a hold that was never written): no
+                # retry can succeed, so the entry must not linger in the outbox.
+                if queued and self.outbox is not None:
+                    self.outbox.remove(entry["request_id"])
+                raise
             if queued and self.outbox is not None:
                 self.outbox.remove(entry["request_id"])
             return result
