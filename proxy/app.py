@@ -73,7 +73,7 @@ def create_app(
     app[keys.UPSTREAMS] = pool
     app[keys.PIPELINE] = pipeline
     app[keys.STORE] = store if store is not None else make_store(config)
-    app[keys.INSTANCE_ID] = instance_id or config.server.instance_id or _instance_id()
+    app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
     app[ACTIVE] = active
     app[HANDLER] = Handler(
@@ -94,8 +94,12 @@ def create_app(
     return app
 
 
-def _instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+def _instance_id(name: str | None = None) -> str:
+    # A configured name stays as the prefix, but every start gets a fresh suffix: a restart
+    # under the same name (a StatefulSet pod) would otherwise heartbeat for its dead
+    # predecessor, whose open holds would then never be resolved as orphans.
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{base}-{secrets.token_hex(4)}"
 
 
 def _check_exposure(config: Config, plugins: Sequence[Plugin]) -> None:
