@@ -81,12 +81,14 @@ class WeirConfig:
     store: dict[str, Any]
     plugins: tuple[dict[str, Any], ...]
     port: int = field(default_factory=free_port)
+    server: dict[str, Any] = field(default_factory=dict)
 
     def write(self, directory: Path) -> Path:
         """Write `directory/proxy.yaml` and return its path."""
         directory.mkdir(parents=True, exist_ok=True)
         data = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1.0, "access_log": False},
+            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1.0, "access_log": False,
+                       **self.server},
             "store": self.store,
             "upstreams": [{"name": "fake", "type": "mock", "base_url": self.upstream_url, "models": ["mock-*"]}],
             "plugins": list(self.plugins),
@@ -348,15 +350,18 @@ class World:
         """The outbox files of instance `name` (next to its proxy.yaml)."""
         return sorted((self.tmp / name / "weir-outbox").glob("*.jsonl"))
 
-    async def start(self, name: str, plugins: tuple[dict[str, Any], ...] = ()) -> WeirProcess:
-        """Write `tmp/name/proxy.yaml` (or reuse it: a restart) and start `weir serve` on it."""
+    async def start(
+        self, name: str, plugins: tuple[dict[str, Any], ...] = (), server: dict[str, Any] | None = None
+    ) -> WeirProcess:
+        """Write `tmp/name/proxy.yaml` (or reuse it: a restart) and start `weir serve` on it;
+        `server` adds to its `server:` block."""
         from proxy.config import load_config
 
         path = self.config(name)
         if path.exists():
             port = load_config(path).server.port
         else:
-            cfg = WeirConfig(self.mock.url, self.store_cfg, plugins)
+            cfg = WeirConfig(self.mock.url, self.store_cfg, plugins, server=server or {})
             path, port = cfg.write(self.tmp / name), cfg.port
         proc = WeirProcess(path, port)
         self.procs.append(proc)

@@ -194,3 +194,19 @@ async def test_killed_after_capture(crash: World, resolver: str) -> None:
     assert (row.details.end_reason, row.details.usage_source, row.charge) == ("completed", "upstream", charge)
     await crash.assert_wallet(charge, 1)
     await crash.assert_audit(live)
+
+
+async def test_restart_with_a_pinned_instance_id(crash: World) -> None:
+    """A restart that keeps `server.instance_id` (a StatefulSet pod, `${HOSTNAME}`) must still
+    resolve its dead predecessor's holds: they are not its own, whatever the id says."""
+    plugins = (billing_plugin(), killer_plugin("on_request", 0, marker=crash.marker()))
+    victim = await crash.start("a", plugins, server={"instance_id": "weir-0"})
+    ans = await chat(victim.url, crash.key, chat_body())
+    assert ans.broken
+    rid = await crash.died_at(victim, "on_request", 0)
+    await crash.start("a")
+    await crash.no_open_holds(ORPHAN_AFTER + 15)
+    row = await crash.row(rid)
+    assert (row.details.end_reason, row.charge) == ("orphaned", 0)
+    await crash.assert_wallet(0, 1)
+    await crash.assert_audit("a")
