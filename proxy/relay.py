@@ -70,7 +70,7 @@ async def pump_stream(
     reason: EndReason | None = None
     active.responses.add(upstream)
     try:
-        await _relay_loop(resp, upstream, ctx, run, st, idle)
+        await _relay_loop(request, resp, upstream, ctx, run, st, idle)
     except PluginFailed as exc:
         reason, st.error = EndReason.PLUGIN_FAILED, str(exc)
     except UPSTREAM_READ_ERRORS as exc:
@@ -111,6 +111,7 @@ def _reason(st: StreamState, active: ActiveStreams) -> EndReason:
 
 
 async def _relay_loop(
+    request: web.Request,
     resp: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     ctx: RequestContext,
@@ -125,6 +126,13 @@ async def _relay_loop(
         chunk = await read_chunk(reader, idle)
         if not chunk:
             break
+        if request.transport is None or request.transport.is_closing():
+            # The client left while we waited: these bytes will never be relayed, so the
+            # plugins must not meter them as delivered (`partial` bills what was relayed).
+            st.client_gone = True
+            if ctx.drain_on_disconnect:
+                await _drain(reader, parser, ctx, run, st, chunk)
+            return
         out: list[bytes] = []
         for item in parser.feed(chunk):
             if isinstance(item, bytes):
@@ -165,14 +173,18 @@ async def _write(resp: web.StreamResponse, data: bytes, ctx: RequestContext, st:
     return True
 
 
-async def _drain(reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestContext, run: Run, st: StreamState) -> None:
+async def _drain(
+    reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestContext, run: Run, st: StreamState,
+    pending: bytes = b"",
+) -> None:
     """After a client left: keep reading (not relaying) within the time and byte bounds,
-    so plugins see the upstream's usage. Events still pass through `on_event`."""
+    so plugins see the upstream's usage. Events still pass through `on_event`. `pending`
+    is upstream bytes already read but not yet parsed."""
     budget = ctx.drain_max_bytes
     try:
         async with asyncio.timeout(ctx.drain_timeout):
             while budget > 0:
-                chunk = await reader.readany()
+                chunk, pending = pending or await reader.readany(), b""
                 if not chunk:
                     st.drained = True
                     return
