@@ -62,11 +62,14 @@ def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, wait: f
         proc.wait(timeout=wait)
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll `check` until it is true; fail with `what` after `timeout` seconds."""
+async def wait_for(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, every: float = 0.05
+) -> None:
+    """Poll `check` (plain or async) until it is true; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
-        if await check():
+        done = check()
+        if done if isinstance(done, bool) else await done:
             return
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
@@ -158,7 +161,7 @@ class WeirProcess:
 
     async def wait_dead(self, timeout: float = 10.0) -> int:
         """Wait for the process to exit by itself; its return code."""
-        await wait_for(lambda: _true(not self.alive), timeout, "weir to die")
+        await wait_for(lambda: not self.alive, timeout, "weir to die")
         assert self.proc is not None
         return self.proc.wait()
 
@@ -167,31 +170,13 @@ class WeirProcess:
         if self.proc is not None:
             kill_group(self.proc)
 
-    def stop(self) -> None:
-        """SIGTERM (graceful shutdown), then SIGKILL if it lingers."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                kill_group(self.proc)
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-def run_cli(config: Path, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """`python -m proxy ARGV --config CONFIG`, captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *argv, "--config", str(config)],
-        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout,
-    )
-
 
 def audit_json(config: Path) -> tuple[int, dict[str, Any]]:
-    """`weir audit --json`: (exit code, the report)."""
-    res = run_cli(config, "audit", "--json")
+    """`weir audit --json --config CONFIG` in a subprocess: (exit code, the report)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "--json", "--config", str(config)],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+    )
     try:
         report: dict[str, Any] = json.loads(res.stdout)
     except json.JSONDecodeError:
@@ -268,13 +253,11 @@ class Answer:
     done: bool = False
 
 
-def chat_body(prompt: str = "hello weir", stream: bool = True, max_tokens: int | None = None) -> dict[str, Any]:
+def chat_body(prompt: str = "hello weir", stream: bool = True) -> dict[str, Any]:
     """A mock-gpt chat request; streams ask for usage so the client can read it."""
     body: dict[str, Any] = {"model": "mock-gpt", "messages": [{"role": "user", "content": prompt}], "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
     return body
 
 

@@ -145,7 +145,7 @@ async def test_redis_restart_mid_run_then_script_flush(
     weir = await world.start("a", (billing_plugin(),))
     mock.behaviour.pace, mock.behaviour.words = 0.1, 15
     streams = [asyncio.create_task(chat(weir.url, world.key, chat_body(f"stream number {i}"))) for i in range(4)]
-    await wait_for(lambda: _true(len(mock.requests) == 4), 10, "four streams to reach the upstream")
+    await wait_for(lambda: len(mock.requests) == 4, 10, "four streams to reach the upstream")
     outage = Outage(world, redis_server)
     await outage.begin()
     refused = [await chat(weir.url, world.key, chat_body("during the outage", stream=False)) for _ in range(3)]
@@ -153,9 +153,9 @@ async def test_redis_restart_mid_run_then_script_flush(
     assert len(mock.requests) == 4, "a request was admitted without a hold"
     answers = await asyncio.gather(*streams)
     assert all(a.status == 200 and a.done for a in answers), answers
-    await wait_for(lambda: _true(_ops(world.outbox("a")).count("capture") == 4), 10, "four captures in the outbox")
+    await wait_for(lambda: _ops(world.outbox("a")).count("capture") == 4, 10, "four captures in the outbox")
     await outage.end()
-    await wait_for(lambda: _true(not world.outbox("a")), 20, "the outbox to drain")
+    await wait_for(lambda: not world.outbox("a"), 20, "the outbox to drain")
     total = 0
     for ans in answers:
         row = await world.row(ans.request_id)
@@ -186,17 +186,17 @@ async def test_sqlite_locked_at_the_hold(tmp_path: Path, mock: MockUpstream, clo
     try:
         ans = await chat(weir.url, world.key, chat_body(stream=False))
         # Billing cannot know whether the failed hold was written: it queues a release.
-        await wait_for(lambda: _true(bool(world.outbox("a"))), 5, "the release in the outbox")
+        await wait_for(lambda: bool(world.outbox("a")), 5, "the release in the outbox")
     finally:
         await outage.end()
     assert (ans.status, (ans.error or {}).get("code")) == (503, "store_unavailable")
     assert mock.requests == []
     assert await world.store.get_hold(ans.request_id) is None
     # Once the store answers, the release finds no hold, and must leave the outbox.
-    await wait_for(lambda: _true(not world.outbox("a")), 15, "the outbox to be empty")
+    await wait_for(lambda: not world.outbox("a"), 15, "the outbox to be empty")
     ok = await chat(weir.url, world.key, chat_body())
     assert ok.status == 200 and ok.done
-    await wait_for(lambda: _no_open(world), 5, "the capture")
+    await world.no_open_holds(5)
     row = await world.row(ok.request_id)
     assert (row.details.end_reason, row.charge) == ("completed", charge_of(ok))
     await world.assert_wallet(charge_of(ok), 1)
@@ -212,20 +212,20 @@ async def test_sqlite_locked_at_the_capture(tmp_path: Path, mock: MockUpstream, 
     weir = await world.start("a", plugins)
     ans = await chat(weir.url, world.key, chat_body())
     assert ans.status == 200 and ans.done
-    await wait_for(lambda: _true(world.marker().exists()), 5, "billing's on_complete to be next")
+    await wait_for(lambda: world.marker().exists(), 5, "billing's on_complete to be next")
     rid = world.acted("on_complete", 0)
     outage = Outage(world, None)
     await outage.begin()
     try:
         world.go().touch()
-        await wait_for(lambda: _true(bool(world.outbox("a"))), 10, "the failed capture in the outbox")
+        await wait_for(lambda: bool(world.outbox("a")), 10, "the failed capture in the outbox")
         [entry] = outbox_entries(world.outbox("a"))
         assert (entry["op"], entry["request_id"], entry["amount"]) == ("capture", rid, charge_of(ans))
         hold = await world.store.get_hold(rid)
         assert hold is not None and hold.state is HoldState.OPEN
     finally:
         await outage.end()
-    await wait_for(lambda: _true(not world.outbox("a")), 15, "the retried capture to land")
+    await wait_for(lambda: not world.outbox("a"), 15, "the retried capture to land")
     row = await world.row(rid)
     assert (row.details.end_reason, row.charge) == ("completed", charge_of(ans))
     await world.assert_wallet(charge_of(ans), 1)
@@ -269,12 +269,12 @@ async def _outbox_survives_death(
         await world.start("b", (billing_plugin(),))
     ans = await chat(victim.url, world.key, chat_body())
     assert ans.status == 200 and ans.done
-    await wait_for(lambda: _true(world.marker().exists()), 5, "billing's on_complete to be next")
+    await wait_for(lambda: world.marker().exists(), 5, "billing's on_complete to be next")
     rid = world.acted("on_complete", 0)
     outage = Outage(world, redis)
     await outage.begin()
     world.go().touch()
-    await wait_for(lambda: _true(bool(world.outbox("a"))), 10, "the failed capture in the outbox")
+    await wait_for(lambda: bool(world.outbox("a")), 10, "the failed capture in the outbox")
     victim.kill()
     [entry] = outbox_entries(world.outbox("a"))
     assert (entry["op"], entry["request_id"], entry["amount"]) == ("capture", rid, charge_of(ans))
@@ -282,7 +282,7 @@ async def _outbox_survives_death(
     if resolution == "orphan":
         await world.no_open_holds(15)
     await world.start("a")
-    await wait_for(lambda: _true(not world.outbox("a")), 15, "the outbox to be replayed")
+    await wait_for(lambda: not world.outbox("a"), 15, "the outbox to be replayed")
     row = await world.row(rid)
     hold = await world.store.get_hold(rid)
     assert hold is not None
@@ -296,11 +296,3 @@ async def _outbox_survives_death(
 
 def _ops(files: list[Path]) -> list[str]:
     return [entry["op"] for entry in outbox_entries(files)]
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _no_open(world: World) -> bool:
-    return not await world.store.open_holds()
