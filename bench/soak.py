@@ -157,8 +157,9 @@ async def _settle(config: Path, timeout: float = 120.0) -> tuple[int, list[LogRo
 
 async def _drive(env: SoakEnv, s: SoakSettings, report: SoakReport) -> None:
     target = Target(env.url, env.key)
-    report.max_throughput = await measure_max(target, s.ramp, s.seed)
-    report.rate = max(1.0, report.max_throughput / 2)
+    if s.rate is None:
+        report.max_throughput = await measure_max(target, s.ramp, s.seed)
+    report.rate = s.rate if s.rate is not None else max(1.0, report.max_throughput / 2)
     stop = asyncio.Event()
     t0 = time.monotonic()
     sampler = asyncio.create_task(_sample(env, t0, report, stop))
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=5.0, help="soak duration after the ramp (default 5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the request mix")
     p.add_argument("--ramp", type=float, default=10.0, help="seconds spent measuring the maximum throughput")
+    p.add_argument("--rate", type=float, help="offer this many requests/s (skips the ramp; for reproducing a run)")
     p.add_argument("--workdir", type=Path, help="keep the config, database and logs here (default: a temp dir)")
     p.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
     p.add_argument("--fault-mocks", metavar="NAME=PORT,...", help=argparse.SUPPRESS)
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fault_mocks:
         return _fault_mocks(args.fault_mocks)
     signal.signal(signal.SIGTERM, _sigterm)
-    settings = SoakSettings(minutes=args.minutes, seed=args.seed, ramp=args.ramp)
+    settings = SoakSettings(minutes=args.minutes, seed=args.seed, ramp=args.ramp, rate=args.rate)
     with tempfile.TemporaryDirectory(prefix="weir-soak-") as tmp:
         workdir = args.workdir or Path(tmp)
         report = run_soak(settings, workdir)

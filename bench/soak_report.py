@@ -30,6 +30,7 @@ class SoakSettings:
 
     minutes: float = 5.0
     seed: int = 1
+    rate: float | None = None  # offer this many requests/s instead of half the measured maximum
     fault_rate: float = 0.05
     ramp: float = 10.0
     warmup: float = 60.0
