@@ -18,7 +18,7 @@ from proxy.context import EndReason, Outcome, ProxyError, RequestContext, Upstre
 from proxy.dialects import error_body
 from proxy.metrics import Metrics
 from proxy.pipeline import PluginFailed, Run
-from proxy.relay import CLIENT_GONE, ActiveStreams, pump_stream, read_body, read_chunk
+from proxy.relay import CLIENT_GONE, ActiveStreams, IdleWatch, pump_stream, read_body, read_chunk
 from proxy.upstream import Upstream, UpstreamPool, build_body, build_headers, build_url, response_headers
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ async def _pump_binary(
     """Relay a non-JSON body (audio, images) as it arrives, without body hooks."""
     sent = 0
     reason = EndReason.COMPLETED
+    watch = IdleWatch(upstream, idle)
     try:
-        while chunk := await read_chunk(upstream.content, idle):
+        while chunk := await read_chunk(upstream.content, watch):
             await resp.write(chunk)
             sent += len(chunk)
         await resp.write_eof()
@@ -216,6 +217,7 @@ async def _pump_binary(
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         reason = EndReason.UPSTREAM_TRUNCATED
     finally:
+        watch.cancel()
         upstream.close()
     return Outcome(reason, upstream.status, 0, sent)
 
