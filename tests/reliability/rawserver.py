@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from proxy.config import UpstreamConfig
-    from proxy.context import Endpoint
+    from proxy.context import Endpoint, SSEEvent
     from proxy.store.base import LogRow
     from tests.e2e.conftest import Billed
 
@@ -39,8 +41,12 @@ __all__ = [
     "RawConn",
     "RawResponse",
     "RawUpstream",
+    "Script",
     "WeirProcess",
+    "chat_text",
+    "chunk",
     "chunked",
+    "events",
     "fetch",
     "gzip_bytes",
     "log_rows",
@@ -49,8 +55,10 @@ __all__ = [
     "quota",
     "raw_exchange",
     "read_response",
+    "script_of",
     "sse_head",
     "tokens",
+    "usage_chunk",
     "use_upstreams",
 ]
 
@@ -278,7 +286,6 @@ async def fetch(url: str, body: bytes | Mapping[str, Any], headers: dict[str, st
     """POST `body` (JSON when a dict) with aiohttp and keep every byte received, even when
     the connection is cut before the end of the response."""
     import aiohttp
-    import orjson
 
     data = orjson.dumps(body) if isinstance(body, Mapping) else body
     h = {"Content-Type": "application/json", **(headers or {})}
@@ -351,3 +358,51 @@ def use_upstreams(b: "Billed", *configs: "UpstreamConfig") -> None:
 
     pool = b.proxy.app[keys.UPSTREAMS]
     pool.upstreams[:] = [Upstream(c, c.base_url) for c in configs]
+
+
+# ---- OpenAI chat stream bytes --------------------------------------------------------------
+
+
+def events(body: bytes) -> list["SSEEvent"]:
+    """The SSE events in a whole body (comments and unfinished blocks dropped)."""
+    from proxy.context import SSEEvent
+    from proxy.sse import SSEParser
+
+    return [i for i in SSEParser().feed(body) if isinstance(i, SSEEvent)]
+
+
+def chat_text(body: bytes) -> str:
+    """The content text of an OpenAI chat stream as the client received it."""
+    text = ""
+    for ev in events(body):
+        payload = ev.json
+        if isinstance(payload, dict) and payload.get("choices"):
+            text += payload["choices"][0].get("delta", {}).get("content") or ""
+    return text
+
+
+def chunk(text: str) -> bytes:
+    """One chat.completion.chunk frame carrying `text`."""
+    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt",
+               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def usage_chunk(prompt: int, completion: int) -> bytes:
+    """The usage-only chunk OpenAI sends last when include_usage is on."""
+    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt", "choices": [],
+               "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion}}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def script_of(*parts: bytes, head: bytes | None = None) -> Script:
+    """A script that sends `head` (an unframed SSE head by default), then each part."""
+
+    async def script(conn: RawConn) -> None:
+        await conn.send(sse_head() if head is None else head)
+        for p in parts:
+            await conn.send(p)
+            await asyncio.sleep(0.01)
+
+    return script

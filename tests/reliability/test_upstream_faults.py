@@ -6,7 +6,6 @@ Faults come from the mock's knobs and from `RawUpstream`, which writes exact byt
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,21 +16,24 @@ import pytest
 from proxy.config import UpstreamConfig
 from proxy.context import Endpoint
 from proxy.mock_upstream import MockUpstream
-from proxy.sse import SSEParser
-from proxy.context import SSEEvent
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, billed  # noqa: F401  (fixture)
 from tests.reliability.rawserver import (
-    RawConn,
     RawUpstream,
+    Script,
+    chat_text,
+    chunk,
     chunked,
+    events,
     fetch,
     gzip_bytes,
     log_rows,
     money_moved,
     prompt_estimate,
     quota,
+    script_of,
     sse_head,
     tokens,
+    usage_chunk,
     use_upstreams,
 )
 
@@ -53,22 +55,6 @@ def auth(b: Billed) -> dict[str, str]:
     return {"Authorization": f"Bearer {b.key}"}
 
 
-def events(body: bytes) -> list[SSEEvent]:
-    parser = SSEParser()
-    out = [i for i in parser.feed(body) if isinstance(i, SSEEvent)]
-    return out
-
-
-def chat_text(body: bytes) -> str:
-    """The content text of an OpenAI chat stream as the client received it."""
-    text = ""
-    for ev in events(body):
-        payload = ev.json
-        if isinstance(payload, dict) and payload.get("choices"):
-            text += payload["choices"][0].get("delta", {}).get("content") or ""
-    return text
-
-
 def raw_upstream_config(url: str, **kw: Any) -> UpstreamConfig:
     return UpstreamConfig(name="raw", type="openai", base_url=url + "/v1", **kw)
 
@@ -82,7 +68,7 @@ async def raws() -> AsyncIterator[list[RawUpstream]]:
         await raw.stop()
 
 
-async def with_raw(b: Billed, raws: list[RawUpstream], script: Any, **kw: Any) -> RawUpstream:
+async def with_raw(b: Billed, raws: list[RawUpstream], script: Script, **kw: Any) -> RawUpstream:
     raw = RawUpstream(script)
     raws.append(raw)
     await raw.start()
@@ -249,29 +235,6 @@ async def test_error_event_mid_stream_responses(billed: BilledFactory) -> None:
 
 
 # ---- byte-level misbehaviour (raw upstream) ---------------------------------------------
-
-
-def chunk(text: str) -> bytes:
-    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt",
-               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def usage_chunk(prompt: int, completion: int) -> bytes:
-    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt", "choices": [],
-               "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                         "total_tokens": prompt + completion}}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def script_of(*parts: bytes, head: bytes | None = None) -> Any:
-    async def script(conn: RawConn) -> None:
-        await conn.send(sse_head() if head is None else head)
-        for p in parts:
-            await conn.send(p)
-            await asyncio.sleep(0.01)
-
-    return script
 
 
 WITH_USAGE = {**CHAT, "stream_options": {"include_usage": True}}
