@@ -21,7 +21,7 @@ class BillingConfig:
     drain_max_bytes: int = 16 * 1024 * 1024
     checkpoint_every: float = 10.0
     hold_ttl: float = 86_400.0
-    settle_retry_for: float = 600.0
+    outbox_replay_every: float = 30.0
     auth_cache_ttl: float = 5.0
     first_run_demo: bool = False
     demo_usd: str = "1"

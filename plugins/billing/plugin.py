@@ -9,6 +9,7 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -29,6 +30,7 @@ from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
 from plugins.billing.settle import Metered, settle
 from plugins.billing.settler import Outbox, Settler
+from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
@@ -96,6 +98,7 @@ class BillingPlugin(Plugin):
         self._tasks: TaskTracker | None = None
         self._instance = ""
         self._settler: Settler | None = None
+        self._sweeper = InflightSweeper("")
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
@@ -109,14 +112,36 @@ class BillingPlugin(Plugin):
         self._instance = app[keys.INSTANCE_ID]
         config = app[keys.CONFIG]
         base = Path(config.source).parent if config.source else Path.cwd()
-        self._settler = Settler(self._store, Outbox(base / "weir-outbox", self._instance), self.config.settle_retry_for)
+        self._settler = Settler(self._store, Outbox(base / "weir-outbox", self._instance))
+        self._sweeper = InflightSweeper(self._instance)
         self.tokenizer.warm()
-        replayed = await self._settler.replay()
-        if replayed:
-            log.warning("billing: replayed %d pending resolutions from the outbox", replayed)
+        await self._replay()
         if self.config.first_run_demo:
             await ensure_demo_user(self._store, self.config)
+        replayer = self._tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay")
         yield
+        replayer.cancel()
+
+    async def _replay(self) -> None:
+        assert self._settler is not None
+        try:
+            replayed = await self._settler.replay()
+        except OSError as exc:
+            log.error("billing: cannot read the outbox: %s", exc)
+            return
+        if replayed:
+            log.warning("billing: replayed %d pending resolutions from the outbox", replayed)
+
+    async def _replay_forever(self) -> None:
+        """Now and then: replay dead instances' outboxes (they may never restart), and
+        resolve this instance's own stray holds (see `plugins.billing.sweeper`)."""
+        while True:
+            await asyncio.sleep(self.config.outbox_replay_every)
+            await self._replay()
+            try:
+                await self._sweeper.sweep(self.store)
+            except StoreError as exc:
+                log.error("billing: stray-hold sweep failed: %s", exc)
 
     @property
     def store(self) -> Store:
@@ -142,7 +167,12 @@ class BillingPlugin(Plugin):
         except BadRequest as exc:
             raise Reject(400, exc.code, exc.message) from None
         hold = await self._hold(ctx, key, user, estimate)
-        hide = self._force_usage(ctx)
+        try:
+            hide = self._force_usage(ctx)
+        except Exception:
+            # This plugin will get no terminal hook: give the hold back before failing.
+            self._spawn(self._release_unknown(ctx.request_id), f"release:{ctx.request_id}")
+            raise
         n = body.get("n", 1) if ctx.endpoint is Endpoint.IMAGES else 1
         ctx.state[BILLING] = Billing(
             key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint), hide, n if isinstance(n, int) else 1
@@ -152,6 +182,7 @@ class BillingPlugin(Plugin):
         ctx.drain_max_bytes = self.config.drain_max_bytes
 
     async def _hold(self, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate) -> Hold:
+        self._sweeper.track(ctx.request_id)
         try:
             result = await self.store.hold(
                 ctx.request_id, user.name, key.id, estimate.quota, None,
@@ -162,6 +193,7 @@ class BillingPlugin(Plugin):
             self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
             raise store_down() from None
         if isinstance(result, HoldRefusal):
+            self._sweeper.done(ctx.request_id)
             raise self._refusal(result, estimate)
         return result
 
@@ -225,6 +257,7 @@ class BillingPlugin(Plugin):
         )
         assert self._settler is not None
         await self._settler.capture(ctx.request_id, decision.charge, details)
+        self._sweeper.done(ctx.request_id)
 
     async def on_error(self, ctx: RequestContext, error: ProxyError) -> None:
         """Nothing was delivered: release the whole hold."""
@@ -234,6 +267,7 @@ class BillingPlugin(Plugin):
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
         await self._settler.release(ctx.request_id, details)
+        self._sweeper.done(ctx.request_id)
 
     def _metered(self, ctx: RequestContext, st: Billing) -> Metered:
         text = st.meter.output_text()
@@ -288,6 +322,8 @@ class BillingPlugin(Plugin):
             await self._settler.release(request_id, LogDetails(end_reason="store_unavailable", usage_source="none"))
         except StoreError:
             pass  # the hold was never written: nothing to give back
+        finally:
+            self._sweeper.done(request_id)
 
     def _spawn(self, coro: Any, name: str) -> None:
         if self._tasks is not None:

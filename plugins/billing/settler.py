@@ -1,10 +1,12 @@
 """Resolving holds reliably: capture or release, retried until the store answers.
 
 A resolution that fails because the store is unreachable is written to an outbox file (a
-durable place outside the store) and retried with backoff; at startup every outbox file
-is replayed. Holds are idempotent, so a replay never charges twice; if the store stays
-away longer than `retry_for`, the entry stays in the outbox for the next start, and the
-orphan rule (spec §5) covers the worst case.
+durable place outside the store) and retried with backoff (capped at 5 s) for as long as
+the process lives: the hold stays in flight, so nothing else resolves it meanwhile. At
+startup, and every `replay_every` seconds, the outbox files of other (dead) instances in
+the same directory are replayed; at shutdown, pending retries are cancelled but stay in
+this instance's file for the next start. Holds are idempotent, so a replay never charges
+twice; if the process dies before a replay, the orphan rule (spec §5) covers the worst case.
 """
 
 from __future__ import annotations
@@ -73,38 +75,34 @@ class Outbox:
 class Settler:
     """Capture/release with retry and an outbox."""
 
-    def __init__(self, store: Store, outbox: Outbox | None, retry_for: float) -> None:
+    def __init__(self, store: Store, outbox: Outbox | None) -> None:
         self.store = store
         self.outbox = outbox
-        self.retry_for = retry_for
 
-    async def capture(self, request_id: str, amount: int, details: LogDetails) -> Resolution | None:
-        """Charge `amount` on the hold (0 → release). None if the store stayed away."""
+    async def capture(self, request_id: str, amount: int, details: LogDetails) -> Resolution:
+        """Charge `amount` on the hold (0 → release), retrying until the store answers."""
         op = "capture" if amount > 0 else "release"
         return await self._resolve({"op": op, "request_id": request_id, "amount": amount,
                                     "log": dataclasses.asdict(details)})
 
-    async def release(self, request_id: str, details: LogDetails) -> Resolution | None:
-        """Give the hold back. None if the store stayed away."""
+    async def release(self, request_id: str, details: LogDetails) -> Resolution:
+        """Give the hold back, retrying until the store answers."""
         return await self._resolve({"op": "release", "request_id": request_id, "amount": 0,
                                     "log": dataclasses.asdict(details)})
 
-    async def _resolve(self, entry: dict[str, Any]) -> Resolution | None:
+    async def _resolve(self, entry: dict[str, Any]) -> Resolution:
         delay = 0.05
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_for
         queued = False
         while True:
             try:
                 result = await self._apply(entry)
             except StoreUnavailable as exc:
-                if not queued and self.outbox is not None:
-                    self.outbox.add(entry)
+                if not queued:
+                    log.error("store unavailable resolving %s; queued in the outbox, retrying: %s",
+                              entry["request_id"], exc)
+                    if self.outbox is not None:
+                        self.outbox.add(entry)
                     queued = True
-                if loop.time() >= deadline:
-                    log.error("store unavailable for %.0fs: resolution of %s left in the outbox (%s)",
-                              self.retry_for, entry["request_id"], exc)
-                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -125,11 +123,14 @@ class Settler:
         return await self.store.release(entry["request_id"], details)
 
     async def replay(self) -> int:
-        """Apply every outbox entry left by earlier runs; returns how many were applied."""
+        """Apply every entry in other instances' outbox files (this instance's own entries
+        are being retried by their tasks); returns how many were applied."""
         if self.outbox is None:
             return 0
         done = 0
         for file, entry in self.outbox.load_all():
+            if file == self.outbox.path:
+                continue
             try:
                 await self._apply(entry)
             except StoreUnavailable:
