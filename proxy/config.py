@@ -38,6 +38,7 @@ class ServerConfig:
     port: int = 8080
     allow_unauthenticated: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout: float = 30.0
     shutdown_grace: float = 10.0
     access_log: bool = True
     trace_plugins: bool = False
@@ -46,7 +47,11 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """Where accounts live: `sqlite` (embedded, the default) or `redis`."""
+    """Where accounts live: `sqlite` (embedded, the default) or `redis`.
+
+    With `cluster: true`, `url` names one node of a Redis Cluster (database 0) and the
+    store uses redis-py's RedisCluster client, which discovers the other nodes.
+    """
 
     backend: Literal["sqlite", "redis"] = "sqlite"
     path: str = "./weir.db"
@@ -54,6 +59,7 @@ class StoreConfig:
     busy_timeout_ms: int = 5000
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "weir"
+    cluster: bool = False
     orphan_after: float = 30.0
     heartbeat_every: float = 5.0
 

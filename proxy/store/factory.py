@@ -24,7 +24,7 @@ def make_store(config: Config, clock: Callable[[], float] = time.time) -> Store:
     if cfg.backend == "redis":
         from proxy.store.redis_store import RedisStore
 
-        return RedisStore(cfg.url, prefix=cfg.prefix, clock=clock)
+        return RedisStore(cfg.url, prefix=cfg.prefix, clock=clock, cluster=cfg.cluster)
     from proxy.store.sqlite_store import SQLiteStore
 
     return SQLiteStore(sqlite_path(config), clock=clock, synchronous=cfg.synchronous, busy_timeout_ms=cfg.busy_timeout_ms)

@@ -1,5 +1,14 @@
 """The connection under `RedisStore`: lifecycle, error translation, scripts, typed commands.
 
+The client is `redis.asyncio.Redis` for one server, or `redis.asyncio.cluster.RedisCluster`
+with `cluster=True`. Nothing above this module needs to know which: every script call and
+every single-key command is routed by its (first) key, which carries the user's hash tag;
+`batch` is a non-transactional pipeline, which RedisCluster splits per node (replies come
+back in call order, and calls on one key keep their order); `SCRIPT LOAD` after a
+`NOSCRIPT` goes to every primary, and `SCAN` walks every primary. Cluster trouble that
+redis-py could not ride out (cluster down, a slot not covered, redirections that never
+settle, no reachable node) is `StoreUnavailable`, like a lost connection.
+
 redis-py's command methods are typed for both bytes and str replies and for both sync and
 async clients; the client here always decodes to str, so the few commands the store uses
 are wrapped with precise types once, and the rest of the store stays strictly typed.
@@ -15,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from proxy.store.base import StoreError, StoreUnavailable
 from proxy.store.redis_layout import SCRIPTS, load_script
@@ -24,6 +34,11 @@ _T = TypeVar("_T")
 
 Call = tuple[str, Sequence[Any]]
 """One command for `RedisCore.batch`: (method name, arguments)."""
+
+_CLUSTER_TROUBLE = (rexc.ClusterError, rexc.TryAgainError, rexc.RedisClusterException)
+"""Raised by RedisCluster once its own retries are spent: ClusterError covers CLUSTERDOWN,
+MASTERDOWN and "TTL exhausted" (a MOVED storm); RedisClusterException covers no reachable
+node and a slot no node serves."""
 
 
 @contextmanager
@@ -36,6 +51,14 @@ def translate() -> Iterator[None]:
         yield
     except (rexc.ConnectionError, rexc.TimeoutError) as exc:
         raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+    except _CLUSTER_TROUBLE as exc:
+        raise StoreUnavailable(f"redis cluster unavailable: {type(exc).__name__}: {exc}") from exc
+    except rexc.AskError as exc:
+        # RedisCluster follows MOVED and ASK itself, so one that escapes reached a
+        # single-server client talking to a cluster node.
+        raise StoreUnavailable(
+            f"redis answered {type(exc).__name__} {exc}: store.url is a Redis Cluster node, set store.cluster: true"
+        ) from exc
     except rexc.ResponseError as exc:
         msg = str(exc)
         raise StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}") from exc
@@ -61,12 +84,23 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class RedisCore:
-    """One client (a connection pool) with Weir's scripts registered on it."""
+def _new_client(url: str, timeout: float, cluster: bool) -> Any:
+    """An unconnected client for `url`: one server, or a cluster seeded from that node."""
+    options: dict[str, Any] = {
+        "decode_responses": True, "socket_timeout": timeout, "socket_connect_timeout": timeout,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
-    def __init__(self, url: str, timeout: float) -> None:
-        """Configure; nothing connects until `open()`."""
+
+class RedisCore:
+    """One client (a connection pool, or one pool per cluster node) with Weir's scripts."""
+
+    def __init__(self, url: str, timeout: float, *, cluster: bool = False) -> None:
+        """Configure; nothing connects until `open()`. `cluster` selects RedisCluster."""
         self.url = url
+        self.cluster = cluster
         self._timeout = timeout
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
@@ -80,18 +114,20 @@ class RedisCore:
 
     async def open(self) -> None:
         """Connect, check that Redis answers and register the scripts."""
-        client = aioredis.Redis.from_url(
-            self.url, decode_responses=True, socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-        )
+        what = "redis cluster" if self.cluster else "redis"
         try:
+            client = _new_client(self.url, self._timeout, self.cluster)
+        except (ValueError, rexc.RedisClusterException) as exc:  # a malformed url, or a db other than 0
+            raise StoreUnavailable(f"store.url: cannot use {redact(self.url)} for {what}: {exc}") from exc
+        try:
+            # On a cluster this also discovers the nodes and slots (CLUSTER SLOTS).
             await client.ping()
-        except (rexc.RedisError, OSError) as exc:
+        except (rexc.RedisError, rexc.RedisClusterException, OSError) as exc:
             await client.aclose()
-            raise StoreUnavailable(f"store.url: cannot reach redis at {redact(self.url)}: {exc}") from exc
+            raise StoreUnavailable(f"store.url: cannot reach {what} at {redact(self.url)}: {exc}") from exc
         self._client = client
-        # register_script runs EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH or a failover),
-        # loads the source and retries once.
+        # register_script runs EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a failover or,
+        # on a cluster, a node that never saw the script), loads the source and retries once.
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
 
     async def close(self) -> None:
@@ -104,7 +140,7 @@ class RedisCore:
         """True when Redis answers."""
         try:
             return bool(await self.client.ping())
-        except (StoreError, rexc.RedisError, OSError):
+        except (StoreError, rexc.RedisError, rexc.RedisClusterException, OSError):
             return False
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
@@ -133,7 +169,7 @@ class RedisCore:
         return value
 
     async def batch(self, calls: Sequence[Call]) -> list[Any]:
-        """Several commands in one round trip (a pipeline without MULTI: slots may differ)."""
+        """Several commands in one round trip per node (a pipeline without MULTI: slots may differ)."""
         if not calls:
             return []
         pipe = self.client.pipeline(transaction=False)

@@ -78,11 +78,13 @@ class RedisStore:
     """The `proxy.store.base.Store` protocol on `redis.asyncio` (see the module docstring)."""
 
     def __init__(
-        self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0
+        self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,
+        cluster: bool = False,
     ) -> None:
-        """Configure; nothing connects until `open()`. `prefix` must not contain braces."""
+        """Configure; nothing connects until `open()`. `prefix` must not contain braces.
+        `cluster=True` talks to a Redis Cluster, `url` naming any one of its nodes."""
         self._k = Layout(prefix)
-        self._core = RedisCore(url, timeout)
+        self._core = RedisCore(url, timeout, cluster=cluster)
         self._clock = clock
 
     # lifecycle ------------------------------------------------------------------------
@@ -100,7 +102,8 @@ class RedisStore:
 
     @guarded
     async def drop_all(self) -> None:
-        """Delete every key under the prefix (tests use it)."""
+        """Delete every key under the prefix (tests use it). On a cluster SCAN walks every
+        primary and UNLINK is split by slot (both done by RedisCluster)."""
         client = self._core.client
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k.prefix) + ":*"
         batch: list[str] = []
