@@ -10,6 +10,9 @@ Checks, each reported as a human-readable line:
   account;
 - orphans: open holds whose instance is silent for more than `orphan_after`, or past their ttl;
 - negatives (informational, not a failure): wallets below zero, with their overage entries.
+
+Synchronous: `SQLiteStore.audit` runs `run_audit` whole on the connection's worker thread,
+inside one read transaction.
 """
 
 from __future__ import annotations
@@ -26,24 +29,24 @@ def _diff(label: str, stored: int, expected: int, source: str) -> list[str]:
     return [] if stored == expected else [f"{label} {stored} != {source} {expected}"]
 
 
-async def _sums(db: Db, sql: str) -> dict[str, tuple[int, ...]]:
+def _sums(db: Db, sql: str) -> dict[str, tuple[int, ...]]:
     """First column → the remaining columns, from a grouped query."""
-    return {str(r[0]): tuple(int(v or 0) for v in tuple(r)[1:]) for r in await fetch_all(db, sql)}
+    return {str(r[0]): tuple(int(v or 0) for v in tuple(r)[1:]) for r in fetch_all(db, sql)}
 
 
-async def _account_checks(db: Db) -> list[str]:
-    ledger = await _sums(db, "SELECT account, SUM(d_balance), SUM(d_reserved) FROM ledger GROUP BY account")
+def _account_checks(db: Db) -> list[str]:
+    ledger = _sums(db, "SELECT account, SUM(d_balance), SUM(d_reserved) FROM ledger GROUP BY account")
     held = {
-        "wallet": await _sums(db, "SELECT user, SUM(amount) FROM holds WHERE state = 'open'"
+        "wallet": _sums(db, "SELECT user, SUM(amount) FROM holds WHERE state = 'open'"
                                   " AND source = 'wallet' GROUP BY user"),
-        "sub": await _sums(db, "SELECT subscription_id, SUM(amount) FROM holds WHERE state = 'open'"
+        "sub": _sums(db, "SELECT subscription_id, SUM(amount) FROM holds WHERE state = 'open'"
                                " AND source = 'subscription' GROUP BY subscription_id"),
-        "key": await _sums(db, "SELECT key_id, SUM(key_amount) FROM holds WHERE state = 'open' GROUP BY key_id"),
+        "key": _sums(db, "SELECT key_id, SUM(key_amount) FROM holds WHERE state = 'open' GROUP BY key_id"),
     }
     accounts = [
-        ("wallet", r) for r in await fetch_all(db, "SELECT name AS id, balance, reserved FROM users")
-    ] + [("key", r) for r in await fetch_all(db, "SELECT id, balance, reserved FROM api_keys")] + [
-        ("sub", r) for r in await fetch_all(db, "SELECT id, balance, reserved FROM subscriptions")
+        ("wallet", r) for r in fetch_all(db, "SELECT name AS id, balance, reserved FROM users")
+    ] + [("key", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM api_keys")] + [
+        ("sub", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM subscriptions")
     ]
     out: list[str] = []
     seen = set()
@@ -59,10 +62,10 @@ async def _account_checks(db: Db) -> list[str]:
     return out
 
 
-async def _usage_checks(db: Db) -> list[str]:
-    spent = await _sums(db, "SELECT account, -SUM(d_balance) FROM ledger"
+def _usage_checks(db: Db) -> list[str]:
+    spent = _sums(db, "SELECT account, -SUM(d_balance) FROM ledger"
                             " WHERE kind IN ('capture', 'expire', 'overage') GROUP BY account")
-    owner_of = {str(r["id"]): str(r["user"]) for r in await fetch_all(db, "SELECT id, user FROM subscriptions")}
+    owner_of = {str(r["id"]): str(r["user"]) for r in fetch_all(db, "SELECT id, user FROM subscriptions")}
     user_spent: dict[str, int] = defaultdict(int)
     for account, (amount,) in spent.items():
         owner, _, ident = account.partition(":")
@@ -70,33 +73,33 @@ async def _usage_checks(db: Db) -> list[str]:
             user_spent[ident] += amount
         elif owner == "sub":
             user_spent[owner_of.get(ident, "?")] += amount
-    by_user = await _sums(db, f"SELECT user, SUM(charged), SUM({_COUNTED}) FROM holds WHERE state != 'open' GROUP BY user")
-    by_key = await _sums(db, f"SELECT key_id, SUM(charged), SUM({_COUNTED}) FROM holds WHERE state != 'open' GROUP BY key_id")
+    by_user = _sums(db, f"SELECT user, SUM(charged), SUM({_COUNTED}) FROM holds WHERE state != 'open' GROUP BY user")
+    by_key = _sums(db, f"SELECT key_id, SUM(charged), SUM({_COUNTED}) FROM holds WHERE state != 'open' GROUP BY key_id")
     out: list[str] = []
-    for r in await fetch_all(db, "SELECT name, used, request_count FROM users"):
+    for r in fetch_all(db, "SELECT name, used, request_count FROM users"):
         name = f"user:{r['name']}"
         out += _diff(f"{name} used", r["used"], user_spent.get(r["name"], 0), "ledger")
         out += _diff(f"{name} request_count", r["request_count"], by_user.get(r["name"], (0, 0))[1], "holds")
-    for r in await fetch_all(db, "SELECT id, used, request_count FROM api_keys"):
+    for r in fetch_all(db, "SELECT id, used, request_count FROM api_keys"):
         charged, count = by_key.get(r["id"], (0, 0))
         out += _diff(f"key:{r['id']} used", r["used"], charged, "holds")
         out += _diff(f"key:{r['id']} request_count", r["request_count"], count, "holds")
-    for r in await fetch_all(db, "SELECT id, used FROM subscriptions"):
+    for r in fetch_all(db, "SELECT id, used FROM subscriptions"):
         out += _diff(f"sub:{r['id']} used", r["used"], spent.get(f"sub:{r['id']}", (0,))[0], "ledger")
     return out
 
 
-async def _record_checks(db: Db) -> list[str]:
-    logged = await _sums(db, "SELECT upstream, SUM(charge), COUNT(*) FROM consume_log"
+def _record_checks(db: Db) -> list[str]:
+    logged = _sums(db, "SELECT upstream, SUM(charge), COUNT(*) FROM consume_log"
                              " WHERE resolution = 'captured' AND upstream != '' GROUP BY upstream")
     out: list[str] = []
-    stored = {str(r["name"]): (r["used"], r["request_count"]) for r in await fetch_all(db, "SELECT * FROM upstream_counters")}
+    stored = {str(r["name"]): (r["used"], r["request_count"]) for r in fetch_all(db, "SELECT * FROM upstream_counters")}
     for name in sorted(set(stored) | set(logged)):
         used, count = stored.get(name, (0, 0))
         want_used, want_count = logged.get(name, (0, 0))
         out += _diff(f"upstream:{name} used", used, want_used, "consume log")
         out += _diff(f"upstream:{name} request_count", count, want_count, "consume log")
-    rows = await fetch_all(
+    rows = fetch_all(
         db,
         "SELECT h.request_id, h.state, COUNT(c.id) AS n FROM holds h"
         " LEFT JOIN consume_log c ON c.request_id = h.request_id"
@@ -106,8 +109,8 @@ async def _record_checks(db: Db) -> list[str]:
     return out
 
 
-async def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
-    rows = await fetch_all(
+def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
+    rows = fetch_all(
         db,
         "SELECT h.request_id, h.user, h.instance_id, h.expires_at, i.last_seen FROM holds h"
         " LEFT JOIN instances i ON i.id = h.instance_id WHERE h.state = 'open'"
@@ -126,10 +129,10 @@ async def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
     return out
 
 
-async def _negatives(db: Db) -> list[str]:
+def _negatives(db: Db) -> list[str]:
     out = []
-    for u in await fetch_all(db, "SELECT name, balance FROM users WHERE balance < 0 ORDER BY name"):
-        entries = await fetch_all(
+    for u in fetch_all(db, "SELECT name, balance FROM users WHERE balance < 0 ORDER BY name"):
+        entries = fetch_all(
             db, "SELECT id, d_balance, request_id FROM ledger WHERE account = ? AND kind = 'overage' ORDER BY id",
             (f"wallet:{u['name']}",),
         )
@@ -138,9 +141,9 @@ async def _negatives(db: Db) -> list[str]:
     return out
 
 
-async def run_audit(db: Db, now: float, orphan_after: float) -> AuditReport:
+def run_audit(db: Db, now: float, orphan_after: float) -> AuditReport:
     """Every check, inside the caller's read transaction (one consistent snapshot)."""
-    mismatches = await _account_checks(db) + await _usage_checks(db) + await _record_checks(db)
+    mismatches = _account_checks(db) + _usage_checks(db) + _record_checks(db)
     return AuditReport(
-        mismatches=mismatches, orphans=await _orphans(db, now, orphan_after), negatives=await _negatives(db)
+        mismatches=mismatches, orphans=_orphans(db, now, orphan_after), negatives=_negatives(db)
     )

@@ -1,43 +1,99 @@
-"""Ledger moves for `SQLiteStore`, run inside a transaction the caller opened.
+"""The money steps of `SQLiteStore`: synchronous functions run inside one transaction.
+
+Each public `*_tx` function here is a whole read-modify-write. `SQLiteConnection.run` calls it
+on the connection's worker thread between `BEGIN IMMEDIATE` and `COMMIT`, so one hold or one
+capture costs a single thread hop, however many statements it runs.
 
 `move()` is the only code that changes a balance or a reservation, and it always appends the
-matching ledger entry in the same statement pair, so stored totals cannot drift from the
-ledger. `settle()` resolves one open hold (capture, release or expiry) with every side effect:
+matching ledger entry in the same transaction, so stored totals cannot drift from the ledger.
+`settle()` resolves one open hold (capture, release or expiry) with every side effect:
 funding and key entries, overage, counters, the hold's resolution and the consume-log row.
+
+Every SQL string is a constant, so sqlite3's per-connection statement cache prepares each
+statement once.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import replace
-
-import aiosqlite
+from collections.abc import Callable, Iterable
 
 from proxy.store import ledger_rules as rules
 from proxy.store import sqlite_schema as schema
-from proxy.store.base import ApiKey, FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Refusal, Resolution
+from proxy.store.base import (
+    ApiKey,
+    FundingSource,
+    Hold,
+    HoldRefusal,
+    HoldState,
+    LogDetails,
+    Preference,
+    Refusal,
+    Resolution,
+    StoreError,
+)
 
-Db = aiosqlite.Connection
+Db = sqlite3.Connection
+Clock = Callable[[], float]
 
-_TABLES = {"wallet": ("users", "name"), "key": ("api_keys", "id"), "sub": ("subscriptions", "id")}
+_MOVE = {
+    "wallet": "UPDATE users SET balance = balance + ?, reserved = reserved + ? WHERE name = ?",
+    "key": "UPDATE api_keys SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
+    "sub": "UPDATE subscriptions SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
+}
+_JOURNAL = (
+    "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
+_HOLD = "SELECT * FROM holds WHERE request_id = ?"
+_KEY_ROW = "SELECT * FROM api_keys WHERE id = ?"
+_USER_ROW = "SELECT * FROM users WHERE name = ?"
+_SUB_ROW = "SELECT * FROM subscriptions WHERE id = ?"
+_ACTIVE_SUBS = "SELECT * FROM subscriptions WHERE user = ? AND start <= ? AND end_at > ?"
+_NEW_PERIOD = "UPDATE subscriptions SET period_start = ? WHERE id = ? RETURNING *"
+_SUB_USED = "UPDATE subscriptions SET used = used + ? WHERE id = ?"
+_USER_USED = "UPDATE users SET used = used + ?, request_count = request_count + ? WHERE name = ?"
+# Counting the key's usage also reads what settlement needs from the key: one statement, not two.
+_KEY_USED = (
+    "UPDATE api_keys SET used = used + ?, request_count = request_count + ? WHERE id = ?"
+    " RETURNING quota, name"
+)
+_UPSTREAM_USED = (
+    "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, 1)"
+    " ON CONFLICT(name) DO UPDATE SET used = used + excluded.used, request_count = request_count + 1"
+)
+_RESOLVED = "UPDATE holds SET state = ?, charged = ?, overage = ?, resolved_at = ? WHERE request_id = ?"
+_INSERT_HOLD = (
+    "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
+    " price_version, instance_id, created_at, expires_at, state)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')"
+)
+_LOG_FIXED = ("ts", "request_id", "user", "key_id", "source", "resolution", "estimate", "charge",
+              "overage", "price_version")
+_INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
+    ", ".join((*_LOG_FIXED, *schema.log_columns())),
+    ", ".join("?" * (len(_LOG_FIXED) + len(schema.log_columns()))),
+)
+_ORPHANS = """
+SELECT h.* FROM holds h LEFT JOIN instances i ON i.id = h.instance_id
+WHERE h.state = 'open' AND (i.last_seen IS NULL OR i.last_seen < ? OR h.expires_at < ?)
+ORDER BY h.created_at, h.request_id
+"""
 
 
-async def fetch_one(db: Db, sql: str, params: Iterable[object] = ()) -> sqlite3.Row | None:
+def fetch_one(db: Db, sql: str, params: Iterable[object] = ()) -> sqlite3.Row | None:
     """The first row of a query, or None."""
-    async with db.execute(sql, tuple(params)) as cur:
-        row = await cur.fetchone()
+    row: sqlite3.Row | None = db.execute(sql, tuple(params)).fetchone()
     return row
 
 
-async def fetch_all(db: Db, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+def fetch_all(db: Db, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
     """Every row of a query."""
-    async with db.execute(sql, tuple(params)) as cur:
-        return list(await cur.fetchall())
+    return list(db.execute(sql, tuple(params)).fetchall())
 
 
-async def move(
+def move(
     db: Db,
     ts: float,
     owner: str,
@@ -49,21 +105,12 @@ async def move(
     note: str = "",
 ) -> None:
     """Apply a signed movement to one account (`owner` is wallet|key|sub) and journal it."""
-    table, pk = _TABLES[owner]
-    cur = await db.execute(
-        f"UPDATE {table} SET balance = balance + ?, reserved = reserved + ? WHERE {pk} = ?",
-        (d_balance, d_reserved, ident),
-    )
-    if cur.rowcount != 1:
+    if db.execute(_MOVE[owner], (d_balance, d_reserved, ident)).rowcount != 1:
         raise sqlite3.IntegrityError(f"no account {owner}:{ident}")
-    await db.execute(
-        "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note),
-    )
+    db.execute(_JOURNAL, (ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
 
 
-async def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row:
+def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row:
     """Bring an active subscription to the period containing `now`; the row afterwards.
 
     Writes off what the old period left (a negative `credit`) and credits the new period's
@@ -76,81 +123,52 @@ async def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row
         return row
     sub_id = row["id"]
     if row["balance"]:
-        await move(db, now, "sub", sub_id, "credit", -row["balance"], 0, note="period end: unused quota expires")
-    await move(db, now, "sub", sub_id, "credit", row["quota"], 0, note="period start")
-    await db.execute("UPDATE subscriptions SET period_start = ? WHERE id = ?", (current, sub_id))
-    fresh = await fetch_one(db, "SELECT * FROM subscriptions WHERE id = ?", (sub_id,))
-    assert fresh is not None
+        move(db, now, "sub", sub_id, "credit", -row["balance"], 0, note="period end: unused quota expires")
+    move(db, now, "sub", sub_id, "credit", row["quota"], 0, note="period start")
+    fresh: sqlite3.Row = db.execute(_NEW_PERIOD, (current, sub_id)).fetchall()[0]
     return fresh
 
 
-async def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int) -> int:
+def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int) -> int:
     """Charge the funding source; returns the overage written to the wallet."""
     if held.source is FundingSource.WALLET:
-        await move(db, ts, "wallet", held.user, kind, -charge, -held.amount, held.request_id)
+        move(db, ts, "wallet", held.user, kind, -charge, -held.amount, held.request_id)
         return 0
     sub_id = held.subscription_id
-    sub = await fetch_one(db, "SELECT * FROM subscriptions WHERE id = ?", (sub_id,))
+    sub = fetch_one(db, _SUB_ROW, (sub_id,))
     if sub is None or sub_id is None:
         raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing subscription")
-    sub = await roll_subscription(db, sub, ts)
+    sub = roll_subscription(db, sub, ts)
     paid, overage = rules.split_charge(held.source, charge, sub["balance"])
-    await move(db, ts, "sub", sub_id, kind, -paid, -held.amount, held.request_id)
-    await db.execute("UPDATE subscriptions SET used = used + ? WHERE id = ?", (paid, sub_id))
+    move(db, ts, "sub", sub_id, kind, -paid, -held.amount, held.request_id)
+    db.execute(_SUB_USED, (paid, sub_id))
     if overage:
         note = f"subscription {sub_id} could not cover {overage}"
-        await move(db, ts, "wallet", held.user, "overage", -overage, 0, held.request_id, note)
+        move(db, ts, "wallet", held.user, "overage", -overage, 0, held.request_id, note)
     return overage
 
 
-async def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: LogDetails) -> Resolution:
+def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: LogDetails) -> Resolution:
     """Resolve an open hold as `state` with `charge`, with every side effect, in `db`'s transaction."""
     kind = _KINDS[state]
-    overage = await _charge_funding(db, ts, held, kind, charge)
-    key = await fetch_one(db, "SELECT quota, name FROM api_keys WHERE id = ?", (held.key_id,))
-    if key is None:
-        raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing key")
-    if key["quota"] is not None:
-        await move(db, ts, "key", held.key_id, kind, -charge, -held.key_amount, held.request_id)
+    overage = _charge_funding(db, ts, held, kind, charge)
     counted = int(rules.counts_as_request(state, held.checkpoint))
-    await db.execute(
-        "UPDATE users SET used = used + ?, request_count = request_count + ? WHERE name = ?",
-        (charge, counted, held.user),
-    )
-    await db.execute(
-        "UPDATE api_keys SET used = used + ?, request_count = request_count + ? WHERE id = ?",
-        (charge, counted, held.key_id),
-    )
+    db.execute(_USER_USED, (charge, counted, held.user))
+    key = db.execute(_KEY_USED, (charge, counted, held.key_id)).fetchall()
+    if not key:
+        raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing key")
+    quota, key_name = key[0]
+    if quota is not None:
+        move(db, ts, "key", held.key_id, kind, -charge, -held.key_amount, held.request_id)
     if state is HoldState.CAPTURED and log.upstream:
-        await db.execute(
-            "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, 1)"
-            " ON CONFLICT(name) DO UPDATE SET used = used + excluded.used,"
-            " request_count = request_count + 1",
-            (log.upstream, charge),
-        )
-    await db.execute(
-        "UPDATE holds SET state = ?, charged = ?, overage = ?, resolved_at = ? WHERE request_id = ?",
-        (state.value, charge, overage, ts, held.request_id),
+        db.execute(_UPSTREAM_USED, (log.upstream, charge))
+    db.execute(_RESOLVED, (state.value, charge, overage, ts, held.request_id))
+    db.execute(
+        _INSERT_LOG,
+        (ts, held.request_id, held.user, held.key_id, held.source.value, state.value,
+         held.amount, charge, overage, held.price_version, *schema.log_values(log, key_name)),
     )
-    await _append_log(db, ts, held, state, charge, overage, log, key["name"])
     return Resolution(held.request_id, state, charge, overage, True)
-
-
-async def _append_log(
-    db: Db, ts: float, held: Hold, state: HoldState, charge: int, overage: int, log: LogDetails, key_name: str
-) -> None:
-    """One consume-log row; the key's name fills in when the caller did not give one."""
-    details = log if log.key_name else replace(log, key_name=key_name)
-    columns = schema.log_columns()
-    fixed = ("ts", "request_id", "user", "key_id", "source", "resolution", "estimate", "charge",
-             "overage", "price_version")
-    values = (ts, held.request_id, held.user, held.key_id, held.source.value, state.value,
-              held.amount, charge, overage, held.price_version)
-    names = ", ".join((*fixed, *columns))
-    marks = ", ".join("?" * (len(fixed) + len(columns)))
-    await db.execute(
-        f"INSERT INTO consume_log({names}) VALUES ({marks})", (*values, *schema.log_values(details))
-    )
 
 
 def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldRefusal | None:
@@ -166,20 +184,81 @@ def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldR
     return None
 
 
-async def record_hold(db: Db, held: Hold, *, limited: bool) -> None:
+def record_hold(db: Db, held: Hold, *, limited: bool) -> None:
     """Insert the hold row and its `hold` ledger entries."""
-    await db.execute(
-        "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
-        " price_version, instance_id, created_at, expires_at, state)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+    db.execute(
+        _INSERT_HOLD,
         (held.request_id, held.user, held.key_id, held.source.value, held.subscription_id,
          held.amount, held.key_amount, held.price_version, held.instance_id, held.created_at,
          held.expires_at),
     )
     if held.source is FundingSource.WALLET:
-        await move(db, held.created_at, "wallet", held.user, "hold", 0, held.amount, held.request_id)
+        move(db, held.created_at, "wallet", held.user, "hold", 0, held.amount, held.request_id)
     else:
         assert held.subscription_id is not None
-        await move(db, held.created_at, "sub", held.subscription_id, "hold", 0, held.amount, held.request_id)
+        move(db, held.created_at, "sub", held.subscription_id, "hold", 0, held.amount, held.request_id)
     if limited:
-        await move(db, held.created_at, "key", held.key_id, "hold", 0, held.key_amount, held.request_id)
+        move(db, held.created_at, "key", held.key_id, "hold", 0, held.key_amount, held.request_id)
+
+
+def offers_tx(db: Db, user: str, now: float, model: str) -> list[rules.SubOffer]:
+    """The user's subscriptions usable for `model` now, rolled over to the current period."""
+    offers = []
+    for row in fetch_all(db, _ACTIVE_SUBS, (user, now, now)):
+        sub = schema.to_subscription(roll_subscription(db, row, now))
+        if rules.model_allowed(sub.models, model):
+            offers.append(rules.SubOffer(sub.id, sub.end, sub.available))
+    return offers
+
+
+def hold_tx(
+    db: Db, clock: Clock, request_id: str, user: str, key_id: str, amount: int,
+    preference: Preference | None, price_version: str, ttl: float, instance_id: str, model: str,
+) -> Hold | HoldRefusal:
+    """`Store.hold` as one transaction: idempotency, key checks, funding choice, reservation."""
+    existing = fetch_one(db, _HOLD, (request_id,))
+    if existing is not None:
+        return schema.to_hold(existing)
+    now = clock()
+    krow = fetch_one(db, _KEY_ROW, (key_id,))
+    key = schema.to_key(krow) if krow else None
+    refusal = key_refusal(key, user, amount, now)
+    if refusal is not None or key is None:
+        return refusal or HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
+    urow = fetch_one(db, _USER_ROW, (user,))
+    if urow is None:
+        raise StoreError(f"unknown user {user!r}")
+    owner = schema.to_user(urow)
+    offers = offers_tx(db, user, now, model)
+    choice = rules.choose_funding(preference or owner.preference, owner.available, offers, amount)
+    if isinstance(choice, HoldRefusal):
+        return choice
+    held = Hold(
+        request_id=request_id, user=user, key_id=key_id, source=choice.source,
+        subscription_id=choice.subscription_id, amount=amount,
+        key_amount=0 if key.unlimited else amount, price_version=price_version,
+        instance_id=instance_id, created_at=now, expires_at=now + ttl, state=HoldState.OPEN,
+    )
+    record_hold(db, held, limited=not key.unlimited)
+    return held
+
+
+def resolve_tx(db: Db, clock: Clock, request_id: str, state: HoldState, charge: int, log: LogDetails) -> Resolution:
+    """Capture or release one hold as one transaction; a resolved hold answers as it was resolved."""
+    row = fetch_one(db, _HOLD, (request_id,))
+    if row is None:
+        raise StoreError(f"unknown hold {request_id!r}")
+    if row["state"] != HoldState.OPEN:
+        return schema.to_resolution(row, first=False)
+    return settle(db, clock(), schema.to_hold(row), state, charge, log)
+
+
+def orphans_tx(db: Db, clock: Clock, now: float, orphan_after: float) -> list[Resolution]:
+    """Expire every orphaned hold (see `SQLiteStore.resolve_orphans`) in one transaction."""
+    done = []
+    ts = clock()
+    for row in fetch_all(db, _ORPHANS, (now - orphan_after, now)):
+        held = schema.to_hold(row)
+        details = LogDetails(end_reason="orphaned", usage_source="none" if held.checkpoint is None else "partial")
+        done.append(settle(db, ts, held, HoldState.EXPIRED, held.checkpoint or 0, details))
+    return done

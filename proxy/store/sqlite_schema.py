@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import fields
+from operator import attrgetter
 
 from proxy.store.base import (
     ApiKey,
@@ -175,9 +176,17 @@ def log_columns() -> list[str]:
     return [_COLUMN_OF.get(f, f) for f in LOG_DETAIL_FIELDS]
 
 
-def log_values(details: LogDetails) -> list[object]:
-    """The consume_log values of `details`, in `log_columns()` order."""
-    return [int(v) if isinstance(v, bool) else v for v in (getattr(details, f) for f in LOG_DETAIL_FIELDS)]
+_LOG_GETTER = attrgetter(*LOG_DETAIL_FIELDS)
+_KEY_NAME_AT = LOG_DETAIL_FIELDS.index("key_name")
+
+
+def log_values(details: LogDetails, key_name: str = "") -> list[object]:
+    """The consume_log values of `details`, in `log_columns()` order; `key_name` fills in
+    when the details have none (without copying the dataclass: this is on every capture)."""
+    values = [int(v) if isinstance(v, bool) else v for v in _LOG_GETTER(details)]
+    if not values[_KEY_NAME_AT]:
+        values[_KEY_NAME_AT] = key_name
+    return values
 
 
 def dump_list(items: Sequence[str]) -> str:
@@ -261,6 +270,7 @@ def to_log_row(r: sqlite3.Row) -> LogRow:
 def log_filter(
     user: str | None, since: float | None, until: float | None, before_id: int | None
 ) -> tuple[str, list[object]]:
+    """The WHERE clause (or "") and its parameters for a consume-log query."""
     clauses: list[str] = []
     params: list[object] = []
     for clause, value in (("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id)):

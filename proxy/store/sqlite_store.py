@@ -1,15 +1,18 @@
 """`SQLiteStore`: the embedded accounting store, on aiosqlite.
 
-The connection, transaction and locking discipline is in `proxy.store.sqlite_conn` (every
-read-modify-write runs under `BEGIN IMMEDIATE`); the ledger moves and the settlement in
-`proxy.store.sqlite_ledger`; the decisions themselves (funding choice, periods, overage,
-counters) in `proxy.store.ledger_rules`; the ledger model in `proxy.store.base`.
+Every method is one transaction, run whole on the connection's worker thread and awaited once
+(`proxy.store.sqlite_conn`; read-modify-writes under `BEGIN IMMEDIATE`). The transactions
+themselves are the synchronous functions below (accounts) and in `proxy.store.sqlite_ledger`
+(holds and settlement); the decisions (funding choice, periods, overage, counters) are in
+`proxy.store.ledger_rules`; the ledger model in `proxy.store.base`.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from proxy.store import ledger_rules as rules
 from proxy.store import sqlite_schema as schema
@@ -23,7 +26,6 @@ from proxy.store.base import (
     LogRow,
     Plan,
     Preference,
-    Refusal,
     Resolution,
     StoreError,
     Subscription,
@@ -32,21 +34,155 @@ from proxy.store.base import (
 from proxy.store.sqlite_audit import run_audit
 from proxy.store.sqlite_conn import SQLiteConnection
 from proxy.store.sqlite_ledger import (
+    Clock,
     Db,
     fetch_all,
     fetch_one,
-    key_refusal,
+    hold_tx,
     move,
-    record_hold,
+    orphans_tx,
+    resolve_tx,
     roll_subscription,
-    settle,
 )
 
-_ORPHANS = """
-SELECT h.* FROM holds h LEFT JOIN instances i ON i.id = h.instance_id
-WHERE h.state = 'open' AND (i.last_seen IS NULL OR i.last_seen < ? OR h.expires_at < ?)
-ORDER BY h.created_at, h.request_id
-"""
+_READ = "DEFERRED"
+_V = TypeVar("_V")
+
+
+def _user(db: Db, name: str) -> User:
+    row = fetch_one(db, "SELECT * FROM users WHERE name = ?", (name,))
+    if row is None:
+        raise StoreError(f"unknown user {name!r}")
+    return schema.to_user(row)
+
+
+def _key(db: Db, key_id: str) -> ApiKey:
+    row = fetch_one(db, "SELECT * FROM api_keys WHERE id = ?", (key_id,))
+    if row is None:
+        raise StoreError(f"unknown key {key_id!r}")
+    return schema.to_key(row)
+
+
+def _create_user(db: Db, clock: Clock, name: str, group: str, preference: str) -> User:
+    if fetch_one(db, "SELECT 1 FROM users WHERE name = ?", (name,)):
+        raise StoreError(f"user {name!r} already exists")
+    db.execute(
+        "INSERT INTO users(name, grp, preference, created_at) VALUES (?, ?, ?, ?)",
+        (name, group, preference, clock()),
+    )
+    return _user(db, name)
+
+
+def _credit(db: Db, clock: Clock, user: str, amount: int, note: str) -> User:
+    _user(db, user)
+    move(db, clock(), "wallet", user, "credit", amount, 0, note=note)
+    return _user(db, user)
+
+
+def _set_user(db: Db, name: str, group: str | None, preference: Preference | None) -> User:
+    current = _user(db, name)
+    db.execute(
+        "UPDATE users SET grp = ?, preference = ? WHERE name = ?",
+        (group or current.group, Preference(preference or current.preference).value, name),
+    )
+    return _user(db, name)
+
+
+def _create_key(
+    db: Db, clock: Clock, key_id: str, user: str, key_hash: str, name: str, quota: int | None,
+    stored: tuple[float | None, str, str, str | None, str],
+) -> ApiKey:
+    """`stored`: expires_at, models (JSON), ips (JSON), group, hint, as the columns hold them."""
+    _user(db, user)
+    if fetch_one(db, "SELECT 1 FROM api_keys WHERE key_hash = ?", (key_hash,)):
+        raise StoreError("a key with this hash already exists")
+    now = clock()
+    expires_at, models, ips, group, hint = stored
+    db.execute(
+        "INSERT INTO api_keys(id, user, key_hash, name, status, expires_at, quota, models,"
+        " ips, grp, created_at, hint) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+        (key_id, user, key_hash, name, expires_at, quota, models, ips, group, now, hint),
+    )
+    if quota is not None:
+        move(db, now, "key", key_id, "credit", quota, 0, note="key quota")
+    return _key(db, key_id)
+
+
+def _set_key_status(db: Db, key_id: str, status: str) -> ApiKey:
+    key = _key(db, key_id)
+    if key.status == "revoked" and status != "revoked":
+        raise StoreError(f"key {key_id} is revoked")
+    db.execute("UPDATE api_keys SET status = ? WHERE id = ?", (status, key_id))
+    return _key(db, key_id)
+
+
+def _create_plan(db: Db, plan: Plan) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO plans(name, quota, period, duration_days, models) VALUES (?, ?, ?, ?, ?)",
+        (plan.name, plan.quota, plan.period, plan.duration_days, schema.dump_list(plan.models)),
+    )
+
+
+def _grant(db: Db, clock: Clock, sub_id: str, user: str, plan: str, start: float, end: float) -> Subscription:
+    _user(db, user)
+    prow = fetch_one(db, "SELECT * FROM plans WHERE name = ?", (plan,))
+    if prow is None:
+        raise StoreError(f"unknown plan {plan!r}")
+    p = schema.to_plan(prow)
+    now = clock()
+    first = rules.period_start(start, p.period, min(now, end))
+    db.execute(
+        "INSERT INTO subscriptions(id, user, plan, quota, period, start, end_at, period_start,"
+        " models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (sub_id, user, p.name, p.quota, p.period, start, end, first, schema.dump_list(p.models)),
+    )
+    move(db, now, "sub", sub_id, "credit", p.quota, 0, note=f"plan {p.name}: first period")
+    return _sub(db, sub_id)
+
+
+def _sub(db: Db, sub_id: str) -> Subscription:
+    row = fetch_one(db, "SELECT * FROM subscriptions WHERE id = ?", (sub_id,))
+    assert row is not None
+    return schema.to_subscription(row)
+
+
+def _subscriptions(db: Db, clock: Clock, user: str) -> list[Subscription]:
+    rows = fetch_all(db, "SELECT * FROM subscriptions WHERE user = ? ORDER BY end_at, id", (user,))
+    now = clock()
+    return [schema.to_subscription(roll_subscription(db, r, now)) for r in rows]
+
+
+def _checkpoint(db: Db, request_id: str, charge_so_far: int) -> bool:
+    cur = db.execute(
+        "UPDATE holds SET checkpoint = ? WHERE request_id = ? AND state = 'open'", (charge_so_far, request_id)
+    )
+    return cur.rowcount > 0
+
+
+def _heartbeat(db: Db, clock: Clock, instance_id: str) -> None:
+    db.execute(
+        "INSERT INTO instances(id, last_seen) VALUES (?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
+        (instance_id, clock()),
+    )
+
+
+def _query_logs(db: Db, sql: str, params: tuple[object, ...]) -> list[LogRow]:
+    return [schema.to_log_row(r) for r in fetch_all(db, sql, params)]
+
+
+def _upstream_stats(db: Db) -> dict[str, tuple[int, int]]:
+    rows = fetch_all(db, "SELECT * FROM upstream_counters ORDER BY name")
+    return {r["name"]: (r["used"], r["request_count"]) for r in rows}
+
+
+def _one(db: Db, sql: str, param: str, convert: Callable[[sqlite3.Row], _V]) -> _V | None:
+    row = fetch_one(db, sql, (param,))
+    return convert(row) if row else None
+
+
+def _all(db: Db, sql: str, params: tuple[object, ...], convert: Callable[[sqlite3.Row], _V]) -> list[_V]:
+    return [convert(r) for r in fetch_all(db, sql, params)]
 
 
 class SQLiteStore(SQLiteConnection):
@@ -57,50 +193,25 @@ class SQLiteStore(SQLiteConnection):
         self, name: str, group: str = "default", preference: Preference = Preference.SUBSCRIPTION_FIRST
     ) -> User:
         """Create a user with an empty wallet. StoreError if the name exists."""
-        async with self._tx() as db:
-            if await fetch_one(db, "SELECT 1 FROM users WHERE name = ?", (name,)):
-                raise StoreError(f"user {name!r} already exists")
-            await db.execute(
-                "INSERT INTO users(name, grp, preference, created_at) VALUES (?, ?, ?, ?)",
-                (name, group, Preference(preference).value, self._clock()),
-            )
-            return await self._user(db, name)
+        return await self.run(_create_user, self._clock, name, group, Preference(preference).value)
 
     async def get_user(self, name: str) -> User | None:
         """The user, with current totals, or None."""
-        async with self._tx("DEFERRED") as db:
-            row = await fetch_one(db, "SELECT * FROM users WHERE name = ?", (name,))
-            return schema.to_user(row) if row else None
+        return await self.run(_one, "SELECT * FROM users WHERE name = ?", name, schema.to_user, mode=_READ)
 
     async def list_users(self) -> list[User]:
         """Every user, by name."""
-        async with self._tx("DEFERRED") as db:
-            return [schema.to_user(r) for r in await fetch_all(db, "SELECT * FROM users ORDER BY name")]
+        return await self.run(_all, "SELECT * FROM users ORDER BY name", (), schema.to_user, mode=_READ)
 
     async def credit(self, user: str, amount: int, note: str = "") -> User:
         """Add `amount` (may be negative: an adjustment) to the wallet, with a ledger entry."""
-        async with self._tx() as db:
-            await self._user(db, user)
-            await move(db, self._clock(), "wallet", user, "credit", int(amount), 0, note=note)
-            return await self._user(db, user)
+        return await self.run(_credit, self._clock, user, int(amount), note)
 
     async def set_user(
         self, name: str, *, group: str | None = None, preference: Preference | None = None
     ) -> User:
         """Change a user's group or billing preference."""
-        async with self._tx() as db:
-            current = await self._user(db, name)
-            await db.execute(
-                "UPDATE users SET grp = ?, preference = ? WHERE name = ?",
-                (group or current.group, Preference(preference or current.preference).value, name),
-            )
-            return await self._user(db, name)
-
-    async def _user(self, db: Db, name: str) -> User:
-        row = await fetch_one(db, "SELECT * FROM users WHERE name = ?", (name,))
-        if row is None:
-            raise StoreError(f"unknown user {name!r}")
-        return schema.to_user(row)
+        return await self.run(_set_user, name, group, preference)
 
     # keys ---------------------------------------------------------------------------
     async def create_key(
@@ -119,58 +230,29 @@ class SQLiteStore(SQLiteConnection):
         """Record a key by its hash. `quota` None means unlimited; a quota is a `credit` entry."""
         if quota is not None and quota < 0:
             raise StoreError("a key quota must be >= 0")
+        stored = (expires_at, schema.dump_list(models), schema.dump_list(ips), group, hint)
         key_id = "k_" + secrets.token_hex(6)
-        async with self._tx() as db:
-            await self._user(db, user)
-            if await fetch_one(db, "SELECT 1 FROM api_keys WHERE key_hash = ?", (key_hash,)):
-                raise StoreError("a key with this hash already exists")
-            now = self._clock()
-            await db.execute(
-                "INSERT INTO api_keys(id, user, key_hash, name, status, expires_at, quota, models,"
-                " ips, grp, created_at, hint) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, user, key_hash, name, expires_at, quota, schema.dump_list(models),
-                 schema.dump_list(ips), group, now, hint),
-            )
-            if quota is not None:
-                await move(db, now, "key", key_id, "credit", quota, 0, note="key quota")
-            return await self._key(db, key_id)
+        return await self.run(_create_key, self._clock, key_id, user, key_hash, name, quota, stored)
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         """A key by its public id."""
-        async with self._tx("DEFERRED") as db:
-            row = await fetch_one(db, "SELECT * FROM api_keys WHERE id = ?", (key_id,))
-            return schema.to_key(row) if row else None
+        return await self.run(_one, "SELECT * FROM api_keys WHERE id = ?", key_id, schema.to_key, mode=_READ)
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         """A key by the SHA-256 hex of its clear text."""
-        async with self._tx("DEFERRED") as db:
-            row = await fetch_one(db, "SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-            return schema.to_key(row) if row else None
+        sql = "SELECT * FROM api_keys WHERE key_hash = ?"
+        return await self.run(_one, sql, key_hash, schema.to_key, mode=_READ)
 
     async def list_keys(self, user: str) -> list[ApiKey]:
         """A user's keys, oldest first."""
-        async with self._tx("DEFERRED") as db:
-            rows = await fetch_all(
-                db, "SELECT * FROM api_keys WHERE user = ? ORDER BY created_at, rowid", (user,)
-            )
-            return [schema.to_key(r) for r in rows]
+        sql = "SELECT * FROM api_keys WHERE user = ? ORDER BY created_at, rowid"
+        return await self.run(_all, sql, (user,), schema.to_key, mode=_READ)
 
     async def set_key_status(self, key_id: str, status: str) -> ApiKey:
         """Set "active", "disabled" or "revoked". Revocation is final: StoreError afterwards."""
         if status not in rules.KEY_STATUSES:
             raise StoreError(f"unknown key status {status!r}")
-        async with self._tx() as db:
-            key = await self._key(db, key_id)
-            if key.status == "revoked" and status != "revoked":
-                raise StoreError(f"key {key_id} is revoked")
-            await db.execute("UPDATE api_keys SET status = ? WHERE id = ?", (status, key_id))
-            return await self._key(db, key_id)
-
-    async def _key(self, db: Db, key_id: str) -> ApiKey:
-        row = await fetch_one(db, "SELECT * FROM api_keys WHERE id = ?", (key_id,))
-        if row is None:
-            raise StoreError(f"unknown key {key_id!r}")
-        return schema.to_key(row)
+        return await self.run(_set_key_status, key_id, status)
 
     # plans and subscriptions -----------------------------------------------------------
     async def create_plan(self, plan: Plan) -> Plan:
@@ -181,67 +263,26 @@ class SQLiteStore(SQLiteConnection):
             raise StoreError(str(exc)) from exc
         if plan.quota < 0:
             raise StoreError("a plan quota must be >= 0")
-        async with self._tx() as db:
-            await db.execute(
-                "INSERT OR REPLACE INTO plans(name, quota, period, duration_days, models)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (plan.name, plan.quota, plan.period, plan.duration_days, schema.dump_list(plan.models)),
-            )
+        await self.run(_create_plan, plan)
         return plan
 
     async def get_plan(self, name: str) -> Plan | None:
         """A plan by name."""
-        async with self._tx("DEFERRED") as db:
-            row = await fetch_one(db, "SELECT * FROM plans WHERE name = ?", (name,))
-            return schema.to_plan(row) if row else None
+        return await self.run(_one, "SELECT * FROM plans WHERE name = ?", name, schema.to_plan, mode=_READ)
 
     async def list_plans(self) -> list[Plan]:
         """Every plan, by name."""
-        async with self._tx("DEFERRED") as db:
-            return [schema.to_plan(r) for r in await fetch_all(db, "SELECT * FROM plans ORDER BY name")]
+        return await self.run(_all, "SELECT * FROM plans ORDER BY name", (), schema.to_plan, mode=_READ)
 
     async def grant_subscription(self, user: str, plan: str, start: float, end: float) -> Subscription:
         """Give `user` a subscription to `plan`; its first period is credited at once."""
         if end <= start:
             raise StoreError("a subscription must end after it starts")
-        sub_id = "s_" + secrets.token_hex(6)
-        async with self._tx() as db:
-            await self._user(db, user)
-            prow = await fetch_one(db, "SELECT * FROM plans WHERE name = ?", (plan,))
-            if prow is None:
-                raise StoreError(f"unknown plan {plan!r}")
-            p = schema.to_plan(prow)
-            now = self._clock()
-            first = rules.period_start(start, p.period, min(now, end))
-            await db.execute(
-                "INSERT INTO subscriptions(id, user, plan, quota, period, start, end_at, period_start,"
-                " models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sub_id, user, p.name, p.quota, p.period, start, end, first, schema.dump_list(p.models)),
-            )
-            await move(db, now, "sub", sub_id, "credit", p.quota, 0, note=f"plan {p.name}: first period")
-            row = await fetch_one(db, "SELECT * FROM subscriptions WHERE id = ?", (sub_id,))
-            assert row is not None
-            return schema.to_subscription(row)
+        return await self.run(_grant, self._clock, "s_" + secrets.token_hex(6), user, plan, start, end)
 
     async def list_subscriptions(self, user: str) -> list[Subscription]:
         """A user's subscriptions, rolled over to the current period, ending soonest first."""
-        async with self._tx() as db:
-            rows = await fetch_all(
-                db, "SELECT * FROM subscriptions WHERE user = ? ORDER BY end_at, id", (user,)
-            )
-            now = self._clock()
-            return [schema.to_subscription(await roll_subscription(db, r, now)) for r in rows]
-
-    async def _offers(self, db: Db, user: str, now: float, model: str) -> list[rules.SubOffer]:
-        rows = await fetch_all(
-            db, "SELECT * FROM subscriptions WHERE user = ? AND start <= ? AND end_at > ?", (user, now, now)
-        )
-        offers = []
-        for row in rows:
-            sub = schema.to_subscription(await roll_subscription(db, row, now))
-            if rules.model_allowed(sub.models, model):
-                offers.append(rules.SubOffer(sub.id, sub.end, sub.available))
-        return offers
+        return await self.run(_subscriptions, self._clock, user)
 
     # holds ----------------------------------------------------------------------------
     async def hold(
@@ -259,81 +300,41 @@ class SQLiteStore(SQLiteConnection):
         """Check the key and the funds and reserve, in one `BEGIN IMMEDIATE` transaction."""
         if amount < 0:
             raise StoreError("a hold amount must be >= 0")
-        async with self._tx() as db:
-            existing = await fetch_one(db, "SELECT * FROM holds WHERE request_id = ?", (request_id,))
-            if existing is not None:
-                return schema.to_hold(existing)
-            now = self._clock()
-            krow = await fetch_one(db, "SELECT * FROM api_keys WHERE id = ?", (key_id,))
-            key = schema.to_key(krow) if krow else None
-            refusal = key_refusal(key, user, amount, now)
-            if refusal is not None or key is None:
-                return refusal or HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
-            owner = await self._user(db, user)
-            offers = await self._offers(db, user, now, model)
-            choice = rules.choose_funding(preference or owner.preference, owner.available, offers, amount)
-            if isinstance(choice, HoldRefusal):
-                return choice
-            held = Hold(
-                request_id=request_id, user=user, key_id=key_id, source=choice.source,
-                subscription_id=choice.subscription_id, amount=amount,
-                key_amount=0 if key.unlimited else amount, price_version=price_version,
-                instance_id=instance_id, created_at=now, expires_at=now + ttl, state=HoldState.OPEN,
-            )
-            await record_hold(db, held, limited=not key.unlimited)
-            return held
+        return await self.run(
+            hold_tx, self._clock, request_id, user, key_id, amount, preference, price_version, ttl,
+            instance_id, model,
+        )
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
         """Record the charge delivered so far on an open hold. False if not open."""
         if charge_so_far < 0:
             raise StoreError("a checkpoint must be >= 0")
-        async with self._tx() as db:
-            cur = await db.execute(
-                "UPDATE holds SET checkpoint = ? WHERE request_id = ? AND state = 'open'",
-                (charge_so_far, request_id),
-            )
-            return cur.rowcount > 0
+        return await self.run(_checkpoint, request_id, charge_so_far)
 
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row, atomically. Idempotent."""
         if actual < 0:
             raise StoreError("a charge must be >= 0")
-        return await self._resolve(request_id, HoldState.CAPTURED, actual, log)
+        return await self.run(resolve_tx, self._clock, request_id, HoldState.CAPTURED, actual, log)
 
     async def release(self, request_id: str, log: LogDetails) -> Resolution:
         """Give the whole hold back and append the log row (charge 0). Idempotent."""
-        return await self._resolve(request_id, HoldState.RELEASED, 0, log)
-
-    async def _resolve(self, request_id: str, state: HoldState, charge: int, log: LogDetails) -> Resolution:
-        async with self._tx() as db:
-            row = await fetch_one(db, "SELECT * FROM holds WHERE request_id = ?", (request_id,))
-            if row is None:
-                raise StoreError(f"unknown hold {request_id!r}")
-            if row["state"] != HoldState.OPEN:
-                return schema.to_resolution(row, first=False)
-            return await settle(db, self._clock(), schema.to_hold(row), state, charge, log)
+        return await self.run(resolve_tx, self._clock, request_id, HoldState.RELEASED, 0, log)
 
     async def get_hold(self, request_id: str) -> Hold | None:
         """A hold in any state."""
-        async with self._tx("DEFERRED") as db:
-            row = await fetch_one(db, "SELECT * FROM holds WHERE request_id = ?", (request_id,))
-            return schema.to_hold(row) if row else None
+        sql = "SELECT * FROM holds WHERE request_id = ?"
+        return await self.run(_one, sql, request_id, schema.to_hold, mode=_READ)
 
     async def open_holds(self) -> list[Hold]:
         """Every unresolved hold, oldest first."""
-        async with self._tx("DEFERRED") as db:
-            rows = await fetch_all(db, "SELECT * FROM holds WHERE state = 'open' ORDER BY created_at")
-            return [schema.to_hold(r) for r in rows]
+        sql = "SELECT * FROM holds WHERE state = 'open' ORDER BY created_at"
+        return await self.run(_all, sql, (), schema.to_hold, mode=_READ)
 
     # instances and orphans -------------------------------------------------------------
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
-        async with self._tx() as db:
-            await db.execute(
-                "INSERT INTO instances(id, last_seen) VALUES (?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
-                (instance_id, self._clock()),
-            )
+        await self.run(_heartbeat, self._clock, instance_id)
 
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
         """Expire holds of silent instances (or past their ttl) in one transaction.
@@ -342,18 +343,7 @@ class SQLiteStore(SQLiteConnection):
         without a checkpoint everything is released. The log row says `orphaned`, with
         usage_source `partial` (a checkpoint was captured) or `none`.
         """
-        async with self._tx() as db:
-            rows = await fetch_all(db, _ORPHANS, (now - orphan_after, now))
-            done = []
-            for row in rows:
-                held = schema.to_hold(row)
-                details = LogDetails(
-                    end_reason="orphaned", usage_source="none" if held.checkpoint is None else "partial"
-                )
-                done.append(
-                    await settle(db, self._clock(), held, HoldState.EXPIRED, held.checkpoint or 0, details)
-                )
-            return done
+        return await self.run(orphans_tx, self._clock, now, orphan_after)
 
     # records --------------------------------------------------------------------------
     async def query_logs(
@@ -366,19 +356,13 @@ class SQLiteStore(SQLiteConnection):
     ) -> list[LogRow]:
         """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`."""
         where, params = schema.log_filter(user, since, until, before_id)
-        async with self._tx("DEFERRED") as db:
-            rows = await fetch_all(
-                db, f"SELECT * FROM consume_log{where} ORDER BY id DESC LIMIT ?", (*params, max(limit, 0))
-            )
-            return [schema.to_log_row(r) for r in rows]
+        sql = f"SELECT * FROM consume_log{where} ORDER BY id DESC LIMIT ?"
+        return await self.run(_query_logs, sql, (*params, max(limit, 0)), mode=_READ)
 
     async def upstream_stats(self) -> dict[str, tuple[int, int]]:
         """Per upstream name: (used quota, request count)."""
-        async with self._tx("DEFERRED") as db:
-            rows = await fetch_all(db, "SELECT * FROM upstream_counters ORDER BY name")
-            return {r["name"]: (r["used"], r["request_count"]) for r in rows}
+        return await self.run(_upstream_stats, mode=_READ)
 
     async def audit(self, now: float, orphan_after: float) -> AuditReport:
         """Recompute every total from the ledger (one snapshot) and report what disagrees."""
-        async with self._tx("DEFERRED") as db:
-            return await run_audit(db, now, orphan_after)
+        return await self.run(run_audit, now, orphan_after, mode=_READ)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
-from proxy.store.base import StoreError, StoreUnavailable
+from proxy.store.base import Hold, LogDetails, StoreError, StoreUnavailable
+from proxy.store.sqlite_conn import require_worker_api
 from proxy.store.sqlite_schema import MIGRATIONS
 from proxy.store.sqlite_store import SQLiteStore
 
@@ -81,3 +87,133 @@ async def test_bad_input_is_a_store_error_and_writes_nothing(tmp_path: Path) -> 
         assert (await store.audit(0, 30)).ok
     finally:
         await store.close()
+
+
+# One thread hop per operation, group commit, background checkpoints ---------------------
+
+
+def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every call queued to an aiosqlite worker thread (the real method still runs)."""
+    hops: list[str] = []
+    real: Any = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # A batch hop is _execute(_batch, conn, begin, [(fn, args), ...]): name the functions.
+        calls = args[2] if len(args) > 2 and isinstance(args[2], list) else []
+        hops.append("+".join(call[0].__name__ for call in calls) or fn.__name__)
+        return await real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return hops
+
+
+def test_the_private_aiosqlite_api_the_store_relies_on_exists() -> None:
+    # SQLiteConnection._hop uses aiosqlite.Connection._execute and ._conn (pinned <0.23 in
+    # pyproject.toml). If a new aiosqlite drops them, this fails before anything else does.
+    assert inspect.iscoroutinefunction(aiosqlite.Connection._execute)
+    assert isinstance(inspect.getattr_static(aiosqlite.Connection, "_conn"), property)
+    require_worker_api()
+
+
+def test_a_missing_worker_api_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(aiosqlite.Connection, "_execute")
+    with pytest.raises(RuntimeError, match=r"aiosqlite.*lacks Connection\._execute"):
+        require_worker_api()
+
+
+async def test_run_executes_the_whole_function_on_the_worker_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"))
+    await store.open()
+
+    def probe(conn: sqlite3.Connection) -> tuple[int, bool]:
+        return threading.get_ident(), conn.in_transaction
+
+    try:
+        thread, in_tx = await store.run(probe)
+        assert thread != threading.get_ident() and in_tx
+    finally:
+        await store.close()
+
+
+async def test_hold_and_capture_are_one_hop_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
+    await store.open()
+    try:
+        await store.create_user("alice")
+        await store.credit("alice", 1000)
+        key = await store.create_key("alice", "h", quota=500)
+        hops = _count_hops(monkeypatch)
+        held = await store.hold("r1", "alice", key.id, 100, None, "pv", 60, "i1", "m")
+        assert isinstance(held, Hold) and hops == ["hold_tx"]
+        done = await store.capture("r1", 80, LogDetails(end_reason="completed", usage_source="upstream"))
+        assert done.charged == 80 and hops == ["hold_tx", "resolve_tx"]
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.reserved) == (920, 0)
+    finally:
+        await store.close()
+
+
+async def test_concurrent_calls_share_commits_and_fail_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
+    await store.open()
+    try:
+        await store.create_user("alice")
+        hops = _count_hops(monkeypatch)
+        outcomes = await asyncio.gather(
+            *(store.credit("alice" if i != 7 else "ghost", 10 + i) for i in range(20)), return_exceptions=True
+        )
+        failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        assert failed == [7] and isinstance(outcomes[7], StoreError) and "ghost" in str(outcomes[7])
+        assert len(hops) < 20  # callers that queued together went in one transaction
+        user = await store.get_user("alice")
+        assert user is not None and user.balance == sum(10 + i for i in range(20) if i != 7)
+        assert (await store.audit(0, 30)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_batch_sqlite_rolled_back_reports_no_success(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
+    await store.open()
+
+    def disk_failure(conn: sqlite3.Connection) -> None:
+        # What SQLite does on an I/O error or a full disk: it rolls the whole transaction back.
+        conn.execute("ROLLBACK")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        await store.create_user("alice")
+        outcomes = await asyncio.gather(
+            store.credit("alice", 1), store.credit("alice", 2), store.run(disk_failure), store.credit("alice", 4),
+            return_exceptions=True,
+        )
+        # The four queued together, so they shared one transaction, and it is gone.
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        user = await store.get_user("alice")
+        assert user is not None and user.balance == 0
+        assert (await store.credit("alice", 8)).balance == 8  # the connection is still usable
+        assert (await store.audit(0, 30)).ok
+    finally:
+        await store.close()
+
+
+async def test_checkpoints_run_in_the_background(tmp_path: Path) -> None:
+    # Fewer WAL pages than SQLite's commit-time checkpoint needs (1000): only the background
+    # task copies them into the database file, which therefore grows.
+    sizes = {}
+    for every in (0.0, 0.02):
+        path = tmp_path / f"w{every}.db"
+        store = SQLiteStore(str(path), checkpoint_every=every)
+        await store.open()
+        try:
+            before = path.stat().st_size
+            await store.create_user("alice")
+            for i in range(40):
+                await store.create_key("alice", f"hash-{i}", name="k" * 2000)
+            await asyncio.sleep(0.2)
+            sizes[every] = path.stat().st_size - before
+        finally:
+            await store.close()
+    assert sizes[0.0] == 0 and sizes[0.02] > 40 * 2000
