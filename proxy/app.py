@@ -82,6 +82,7 @@ def create_app(
         metrics,
         config.server.max_body_bytes,
         config.server.access_log,
+        config.server.body_timeout,
     )
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)

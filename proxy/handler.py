@@ -6,6 +6,7 @@ Every refusal here answers in the endpoint's dialect and happens before any plug
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -49,6 +50,7 @@ class Handler:
     metrics: Metrics
     max_body: int
     access: bool
+    body_timeout: float = 30.0
 
     async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
         """Serve one proxied API request."""
@@ -102,7 +104,7 @@ class Handler:
     async def _context(
         self, request: web.Request, route: Route, rid: str, model_in_path: str | None
     ) -> RequestContext:
-        body = await _read_body(request, self.max_body)
+        body = await _read_body(request, self.max_body, self.body_timeout)
         payload: dict[str, Any] | None = None
         model = model_in_path
         if route.json_body:
@@ -152,13 +154,17 @@ class Handler:
             )
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes")
     try:
-        return await request.read()
+        # A client trickling (or withholding) its body must not hold a handler forever.
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes") from None
+    except TimeoutError:
+        raise BadRequest(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
 
 
 def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:

@@ -216,3 +216,19 @@ def test_refuses_public_bind_without_auth_plugin() -> None:
     open_cfg = parse_config({"server": {"host": "0.0.0.0", "allow_unauthenticated": True},
                              "upstreams": [{"name": "m", "type": "mock"}]}, env={})
     assert create_app(open_cfg, plugins=[]) is not None
+
+
+async def test_trickled_body_times_out_with_408(make_proxy: Any, fake_upstream: Any) -> None:
+    import asyncio
+    from urllib.parse import urlparse
+
+    proxy = await make_proxy(server={"body_timeout": 0.3})
+    u = urlparse(proxy.url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"model\":")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), timeout=5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"request_timeout" in head
+    assert fake_upstream.requests == []

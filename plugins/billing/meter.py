@@ -68,15 +68,27 @@ class UsageMeter:
     It runs on every event, so each handler looks up only the keys it needs.
     """
 
-    __slots__ = ("endpoint", "terminal", "error", "finish", "_raw", "_pieces", "_handler", "_norm")
+    __slots__ = (
+        "endpoint", "terminal", "error", "finish", "_raw", "_pieces", "_handler", "_norm",
+        "_counter", "_size", "_counted", "_seen",
+    )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    #: Characters of text kept before they are counted and dropped (with a counter).
+    FOLD_AT = 64 * 1024
+
+    def __init__(self, endpoint: Endpoint, counter: Callable[[str], int] | None = None) -> None:
         self.endpoint = endpoint
         self.terminal = False
         self.error = False
         self.finish: str | None = None
         self._raw: dict[str, Any] | None = None
         self._pieces: list[str] = []
+        # With a counter, long outputs are counted in slices so memory stays bounded
+        # however long the answer; the count may differ by a token per slice boundary.
+        self._counter = counter
+        self._size = 0
+        self._counted = 0
+        self._seen = False
         self._norm = normaliser(endpoint)
         handlers: dict[Endpoint, Callable[[dict[str, Any]], None]] = {
             Endpoint.CHAT: self._openai,
@@ -101,11 +113,19 @@ class UsageMeter:
     @property
     def has_content(self) -> bool:
         """True once any output text, tool-call argument or reasoning text was seen."""
-        return bool(self._pieces)
+        return self._seen
 
     def output_text(self) -> str:
-        """Everything countable the response carried, concatenated."""
+        """The countable text the response carried (without a counter: all of it; with one:
+        what has not been folded into `output_count` yet)."""
         return "".join(self._pieces)
+
+    def output_count(self) -> int:
+        """Tokens of all countable output, using the counter given at construction."""
+        if self._counter is None:
+            raise ValueError("output_count needs a counter")
+        text = self.output_text()
+        return self._counted + (self._counter(text) if text else 0)
 
     # -- input -----------------------------------------------------------------------
 
@@ -160,7 +180,14 @@ class UsageMeter:
 
     def _text(self, value: Any) -> None:
         if value and type(value) is str:
+            self._seen = True
             self._pieces.append(value)
+            if self._counter is not None:
+                self._size += len(value)
+                if self._size >= self.FOLD_AT:
+                    self._counted += self._counter("".join(self._pieces))
+                    self._pieces.clear()
+                    self._size = 0
 
     def _json(self, value: Any) -> None:
         if isinstance(value, str):

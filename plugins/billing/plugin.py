@@ -174,8 +174,14 @@ class BillingPlugin(Plugin):
             self._spawn(self._release_unknown(ctx.request_id), f"release:{ctx.request_id}")
             raise
         n = body.get("n", 1) if ctx.endpoint is Endpoint.IMAGES else 1
+        tokenizer = self.tokenizer
+
+        def count(text: str) -> int:
+            return tokenizer.count(text, model)
+
         ctx.state[BILLING] = Billing(
-            key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint), hide, n if isinstance(n, int) else 1
+            key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
+            n if isinstance(n, int) else 1,
         )
         ctx.drain_on_disconnect = self.config.on_client_disconnect == "drain"
         ctx.drain_timeout = self.config.drain_timeout
@@ -249,7 +255,7 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return
-        metered = self._metered(ctx, st)
+        metered = self._metered(st)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
         details = _with_usage(
             self._details(ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or ""),
@@ -269,13 +275,12 @@ class BillingPlugin(Plugin):
         await self._settler.release(ctx.request_id, details)
         self._sweeper.done(ctx.request_id)
 
-    def _metered(self, ctx: RequestContext, st: Billing) -> Metered:
-        text = st.meter.output_text()
+    def _metered(self, st: Billing) -> Metered:
         return Metered(
             usage=st.meter.usage,
             has_content=st.meter.has_content,
             terminal=st.meter.terminal,
-            output_count=self.tokenizer.count(text, ctx.model or "") if text else 0,
+            output_count=st.meter.output_count(),
             prompt_estimate=st.estimate.prompt_tokens,
             requests=st.requests,
         )
@@ -304,7 +309,7 @@ class BillingPlugin(Plugin):
 
         async def write() -> None:
             try:
-                metered = self._metered(ctx, st)
+                metered = self._metered(st)
                 charge = settle(
                     _PARTIAL, metered, st.price, st.multiplier, self.config.quota_per_usd
                 ).charge
