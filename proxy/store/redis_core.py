@@ -9,6 +9,12 @@ back in call order, and calls on one key keep their order); `SCRIPT LOAD` after 
 redis-py could not ride out (cluster down, a slot not covered, redirections that never
 settle, no reachable node) is `StoreUnavailable`, like a lost connection.
 
+Concurrency is bounded here, not by the pool: redis-py's pools (100 connections by
+default, per node on a cluster) raise "Too many connections" instead of waiting once they
+are all busy, which turned a burst of 256 concurrent requests into 503s. Every command goes
+through `RedisCore`, which lets `max_connections` of them run at once and queues the rest
+(a wait longer than the timeout is StoreUnavailable); the client's pool is sized to match.
+
 redis-py's command methods are typed for both bytes and str replies and for both sync and
 async clients; the client here always decodes to str, so the few commands the store uses
 are wrapped with precise types once, and the rest of the store stays strictly typed.
@@ -16,6 +22,7 @@ are wrapped with precise types once, and the rest of the store stays strictly ty
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,10 +91,12 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _new_client(url: str, timeout: float, cluster: bool) -> Any:
+def _new_client(url: str, timeout: float, cluster: bool, max_connections: int) -> Any:
     """An unconnected client for `url`: one server, or a cluster seeded from that node."""
     options: dict[str, Any] = {
         "decode_responses": True, "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        # One spare per node for what RedisCluster runs on its own (topology refreshes).
+        "max_connections": max_connections + 1,
     }
     if cluster:
         return RedisCluster.from_url(url, **options)
@@ -97,11 +106,16 @@ def _new_client(url: str, timeout: float, cluster: bool) -> Any:
 class RedisCore:
     """One client (a connection pool, or one pool per cluster node) with Weir's scripts."""
 
-    def __init__(self, url: str, timeout: float, *, cluster: bool = False) -> None:
-        """Configure; nothing connects until `open()`. `cluster` selects RedisCluster."""
+    def __init__(self, url: str, timeout: float, *, cluster: bool = False, max_connections: int = 64) -> None:
+        """Configure; nothing connects until `open()`. `cluster` selects RedisCluster;
+        at most `max_connections` commands (or pipelines) are in flight at once."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.url = url
         self.cluster = cluster
         self._timeout = timeout
+        self._limit = max_connections
+        self._slots = asyncio.Semaphore(max_connections)
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
 
@@ -116,7 +130,7 @@ class RedisCore:
         """Connect, check that Redis answers and register the scripts."""
         what = "redis cluster" if self.cluster else "redis"
         try:
-            client = _new_client(self.url, self._timeout, self.cluster)
+            client = _new_client(self.url, self._timeout, self.cluster, self._limit)
         except (ValueError, rexc.RedisClusterException) as exc:  # a malformed url, or a db other than 0
             raise StoreUnavailable(f"store.url: cannot use {redact(self.url)} for {what}: {exc}") from exc
         try:
@@ -126,6 +140,7 @@ class RedisCore:
             await client.aclose()
             raise StoreUnavailable(f"store.url: cannot reach {what} at {redact(self.url)}: {exc}") from exc
         self._client = client
+        self._slots = asyncio.Semaphore(self._limit)  # bound to this open's event loop
         # register_script runs EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a failover or,
         # on a cluster, a node that never saw the script), loads the source and retries once.
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
@@ -143,29 +158,55 @@ class RedisCore:
         except (StoreError, rexc.RedisError, rexc.RedisClusterException, OSError):
             return False
 
+    async def _enter(self) -> None:
+        """Take one of the `max_connections` slots, waiting at most the timeout for it."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: no suspension, no timer
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"redis: no connection free within {self._timeout:g} s ({self._limit} commands in flight)"
+            ) from None
+
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        """Run script `name` by SHA with `keys` and `args`."""
+        """Run script `name` by SHA with `keys` and `args` (reloading it after NOSCRIPT)."""
         client = self.client
-        return await self._scripts[name](keys=list(keys), args=list(args), client=client)
+        await self._enter()
+        try:
+            return await self._scripts[name](keys=list(keys), args=list(args), client=client)
+        finally:
+            self._slots.release()
+
+    async def call(self, name: str, *args: Any) -> Any:
+        """Any single command, by its redis-py method name."""
+        method = getattr(self.client, name)
+        await self._enter()
+        try:
+            return await method(*args)
+        finally:
+            self._slots.release()
 
     async def hget(self, key: str, field: str) -> str | None:
         """HGET."""
-        value: str | None = await self.client.hget(key, field)
+        value: str | None = await self.call("hget", key, field)
         return value
 
     async def hgetall(self, key: str) -> dict[str, str]:
         """HGETALL."""
-        value: dict[str, str] = await self.client.hgetall(key)
+        value: dict[str, str] = await self.call("hgetall", key)
         return value
 
     async def smembers(self, key: str) -> set[str]:
         """SMEMBERS."""
-        value: set[str] = await self.client.smembers(key)
+        value: set[str] = await self.call("smembers", key)
         return value
 
     async def lrange(self, key: str) -> list[str]:
         """The whole list at `key`."""
-        value: list[str] = await self.client.lrange(key, 0, -1)
+        value: list[str] = await self.call("lrange", key, 0, -1)
         return value
 
     async def batch(self, calls: Sequence[Call]) -> list[Any]:
@@ -175,5 +216,17 @@ class RedisCore:
         pipe = self.client.pipeline(transaction=False)
         for name, args in calls:
             getattr(pipe, name)(*args)
-        replies: list[Any] = await pipe.execute()
+        await self._enter()
+        try:
+            replies: list[Any] = await pipe.execute()
+        finally:
+            self._slots.release()
         return replies
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Every key matching `pattern` (on a cluster, on every primary)."""
+        await self._enter()
+        try:
+            return [key async for key in self.client.scan_iter(match=pattern, count=500)]
+        finally:
+            self._slots.release()

@@ -1,4 +1,4 @@
-"""Key names, value codecs and Lua loading for `RedisStore` (see its module docstring).
+"""Key names, value codecs, Lua loading and the memory of held requests for `RedisStore`.
 
 Hashes come back from Redis as flat `str -> str` maps; the functions here turn them into
 the frozen values of `proxy.store.base`. Optional values are stored as JSON (`null` for
@@ -16,6 +16,7 @@ slot (`{`, `}` and `%` in a name are %-escaped inside the tag):
     P:{u:N}:submeta       hash   sub id -> JSON of its immutable start/end/period/models
     P:{u:N}:hold:<rid>    hash   one hold; kept after resolution with state/charged/overage
     P:{u:N}:open          set    request ids of open holds
+    P:{u:N}:unmarked      string set when a resolver dropped the user from P:{openusers}
     P:{u:N}:ledger        list   JSON entries {a: account, k: kind, b, r, t, ref, ...}
     P:{u:N}:log           hash   log id -> consume-log row JSON
     P:{u:N}:logidx        zset   log ids, scored by id
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from importlib import resources
 
@@ -47,17 +49,30 @@ from proxy.store.base import (
     LogRow,
     Plan,
     Preference,
+    StoreError,
     Subscription,
     User,
 )
 
 SCRIPTS = (
     "create_user", "set_user", "credit", "create_key", "set_key_status", "grant", "rollover",
-    "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id",
+    "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id", "forget",
 )
 """Every Lua script RedisStore registers, by file stem under `proxy/store/lua/`."""
 
 _LOG_FIELDS = frozenset(f.name for f in fields(LogDetails))
+
+MAX_UNITS = 2**53 - 1
+"""The largest amount a Lua number (a double) holds exactly; larger ones are refused."""
+
+
+def units(value: int, what: str, *, signed: bool = False) -> int:
+    """`value` as an amount a script can hold exactly; StoreError naming `what` otherwise."""
+    if not signed and value < 0:
+        raise StoreError(f"{what} must be >= 0")
+    if abs(value) > MAX_UNITS:
+        raise StoreError(f"{what} must not exceed {MAX_UNITS} quota units")
+    return int(value)
 
 
 def load_script(name: str) -> str:
@@ -133,6 +148,10 @@ class Layout:
     def open_holds(self, user: str) -> str:
         """The request ids of the user's open holds (a set)."""
         return self._u(user, "open")
+
+    def unmarked(self, user: str) -> str:
+        """A flag: a resolver dropped the user's open mark; the next hold reports it."""
+        return self._u(user, "unmarked")
 
     def ledger(self, user: str) -> str:
         """The append-only ledger of every account of the user (a list of JSON entries)."""
@@ -327,3 +346,49 @@ def usable_subscriptions(metas: dict[str, str], now: float, model: str) -> list[
         if rules.is_active(start, end, now) and rules.model_allowed(m["models"], model):
             usable.append((end, sub_id, fmt_time(rules.period_start(start, m["period"], now))))
     return [(sub_id, target) for _, sub_id, target in sorted(usable)]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What settling a hold needs to name its keys: all fixed when the hold is made
+    (a subscription's meta JSON never changes once granted)."""
+
+    user: str
+    key_id: str
+    subscription_id: str
+    sub_meta: str | None
+
+
+class HeldMemory:
+    """The holds this process made, by request id, so settling them needs no index lookup.
+
+    Bounded: past `size` entries the oldest is forgotten, and a forgotten (or never known)
+    request falls back to the global request index. A wrong entry cannot move money: the
+    settlement script checks the hold's key and subscription against it.
+    """
+
+    def __init__(self, size: int = 50_000) -> None:
+        """Remember at most `size` holds."""
+        self._size = size
+        self._held: OrderedDict[str, Held] = OrderedDict()
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._held
+
+    def get(self, request_id: str) -> Held | None:
+        """What was remembered of `request_id`, or None."""
+        return self._held.get(request_id)
+
+    def remember(self, request_id: str, held: Held) -> None:
+        """Remember a hold made (or found) by this process."""
+        self._held[request_id] = held
+        if len(self._held) > self._size:
+            self._held.popitem(last=False)
+
+    def forget(self, request_id: str) -> None:
+        """Forget one hold (it was resolved, or the entry proved stale)."""
+        self._held.pop(request_id, None)
+
+    def clear(self) -> None:
+        """Forget everything (the data under the prefix was dropped)."""
+        self._held.clear()

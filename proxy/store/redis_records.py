@@ -1,17 +1,101 @@
-"""The read side of `RedisStore`: consume logs, upstream stats, open holds and the audit.
+"""What `RedisStore` does across slots: the settlement calls (a log id, then the script),
+the request-id claim check, orphan expiry, and the readers (consume logs, upstream stats,
+open holds, the audit).
 
-These walk the global indexes (users, users with open holds, the global log index) and
-read each user's slot; nothing here moves money.
+The readers walk the global indexes (users, users with open holds, the global log index)
+and read each user's slot; they move no money.
 """
 
 from __future__ import annotations
 
-from proxy.store.base import AuditReport, HoldState, LogRow, StoreError
+from collections.abc import Callable
+
+from proxy.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
 from proxy.store.redis_audit import Findings, UserSnapshot, audit_user
 from proxy.store.redis_core import RedisCore
-from proxy.store.redis_layout import Layout, pairs, to_log_row
+from proxy.store.redis_layout import Held, Layout, details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
 
 _PAGE = 100
+
+
+async def settle(
+    core: RedisCore, k: Layout, script: str, rid: str, held: Held, log: LogDetails, actual: int, now: float
+) -> Resolution | None:
+    """Run settlement `script` (capture, release, expire) on hold `rid`: two round trips, a
+    log id then the script. A repeat returns the stored outcome; None when the hold is not
+    the one `held` describes (nothing was written)."""
+    user = held.user
+    sub_key = k.sub(user, held.subscription_id) if held.subscription_id else k.no_sub(user)
+    target = sub_target(held.sub_meta, now) if held.subscription_id else ""
+    # The id comes from one global counter in a slot of its own: query_logs pages all users'
+    # rows together, newest first, by it. Taken just before the script, it keeps ids in
+    # settlement order (a settlement that then loses a race leaves a gap, skipped on read).
+    log_id = await core.run("log_id", [k.log_seq, k.log_global], [user])
+    r = await core.run(
+        script,
+        [k.user(user), k.hold(user, rid), k.key(user, held.key_id), sub_key, k.open_holds(user),
+         k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)],
+        [fmt_time(now), target, int(log_id), details_json(log), log.upstream, actual, held.key_id,
+         held.subscription_id],
+    )
+    if r[0] == "stale":
+        return None
+    return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+
+
+async def settle_by_index(
+    core: RedisCore, k: Layout, script: str, rid: str, log: LogDetails, actual: int, now: float
+) -> Resolution:
+    """`settle` for a hold this process does not remember: find it through the request index."""
+    user = await core.hget(k.requests, rid)
+    h = {} if user is None else await core.hgetall(k.hold(user, rid))
+    if user is None or not h:
+        raise StoreError(f"unknown hold {rid!r}")
+    if h["state"] != HoldState.OPEN:  # a repeat: the stored outcome, without taking a log id
+        return Resolution(rid, HoldState(h["state"]), int(h.get("charged") or 0), int(h.get("overage") or 0), False)
+    resolved = await settle(core, k, script, rid, await held_of(core, k, user, h), log, actual, now)
+    if resolved is None:
+        raise StoreError(f"unknown hold {rid!r}")
+    return resolved
+
+
+async def claimed_before(core: RedisCore, k: Layout, rid: str, user: str) -> Hold | None:
+    """A hold's request id was already in the index: another user's hold if it exists (the
+    index is then left alone); otherwise None, and the index names `user` from now on."""
+    owner = await core.hget(k.requests, rid)
+    if owner == user:
+        return None
+    if owner is not None:
+        existing = await core.hgetall(k.hold(owner, rid))
+        if existing:
+            return to_hold(existing)
+    await core.call("hset", k.requests, rid, user)
+    return None
+
+
+async def expire_orphans(
+    core: RedisCore, k: Layout, now: float, orphan_after: float, clock: Callable[[], float]
+) -> list[Resolution]:
+    """Expire the open holds of instances silent since `now - orphan_after` (or never seen)
+    and those past their ttl, oldest first; the resolutions this call won."""
+    beats = await heartbeats(core, k)
+    won: list[Resolution] = []
+    for user, h in sorted(await open_hold_hashes(core, k), key=lambda uh: (float(uh[1]["created_at"]), uh[1]["request_id"])):
+        seen = beats.get(h["instance_id"])
+        if float(h["expires_at"]) >= now and seen is not None and seen >= now - orphan_after:
+            continue
+        details = LogDetails(end_reason="orphaned", usage_source="none", model=h.get("model", ""))
+        res = await settle(core, k, "expire", h["request_id"], await held_of(core, k, user, h), details, 0, clock())
+        if res is not None and res.first:
+            won.append(res)
+    return won
+
+
+async def held_of(core: RedisCore, k: Layout, user: str, h: dict[str, str]) -> Held:
+    """A hold hash read from Redis as what settling it needs (with its subscription's terms)."""
+    sub_id = h["subscription_id"]
+    meta = await core.hget(k.sub_meta(user), sub_id) if sub_id else None
+    return Held(user, h["key_id"], sub_id, meta)
 
 
 async def query_logs(
@@ -32,8 +116,8 @@ async def query_logs(
     top = "+inf" if before_id is None else f"({before_id}"
     rows: list[LogRow] = []
     while len(rows) < limit:
-        batch: list[tuple[str, float]] = await core.client.zrevrangebyscore(
-            index, top, "-inf", start=0, num=max(limit, _PAGE), withscores=True
+        batch: list[tuple[str, float]] = await core.call(
+            "zrevrangebyscore", index, top, "-inf", 0, max(limit, _PAGE), True
         )
         if not batch:
             break
@@ -76,10 +160,12 @@ async def open_hold_hashes(core: RedisCore, k: Layout) -> list[tuple[str, dict[s
 
 
 async def _forget_open_user(core: RedisCore, k: Layout, user: str) -> None:
-    # Drop the mark, then look again: a hold taken meanwhile puts it back.
-    await core.client.srem(k.open_users, user)
-    if await core.client.scard(k.open_holds(user)):
-        await core.client.sadd(k.open_users, user)
+    # Drop the mark, then look again in the user's slot: open holds put it back at once; a
+    # hold between its caller's mark and its script finds the flag `forget` raises and has
+    # its caller mark the user again.
+    await core.call("srem", k.open_users, user)
+    if await core.run("forget", [k.open_holds(user), k.unmarked(user)], []):
+        await core.call("sadd", k.open_users, user)
 
 
 async def heartbeats(core: RedisCore, k: Layout) -> dict[str, float]:

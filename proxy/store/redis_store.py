@@ -1,21 +1,22 @@
 """`RedisStore`: the accounting store on Redis, for several proxy instances sharing one store.
 
-Every step that moves money is one Lua script (`proxy/store/lua/`), loaded once and run by
-SHA; redis-py's registered scripts reload themselves after a `NOSCRIPT` (a `SCRIPT FLUSH`
-or a failover). Times come from the injected clock and reach the scripts as ARGV, never
-from `TIME`, so a fake clock drives them in tests.
+Every step that moves money is one Lua script (`proxy/store/lua/`), run by SHA; redis-py's
+registered scripts reload themselves after a `NOSCRIPT` (a `SCRIPT FLUSH` or a failover).
+Times come from the injected clock as ARGV, never from `TIME`, so a fake clock drives them.
 
-Key layout: see `proxy.store.redis_layout`. Everything about one user lives under the hash
-tag `{u:<name>}`, so each script passes all its keys in KEYS and stays in one Redis Cluster
-slot; global indexes (users, request ids, key hashes, plans, heartbeats, the log index) have
-tags of their own and are written in a separate step.
+Keys: see `proxy.store.redis_layout`. Everything about one user lives under the hash tag
+`{u:<name>}`, so each script passes all its keys in KEYS and stays in one Redis Cluster
+slot; global indexes (users, request ids, key hashes, plans, heartbeats, the log index)
+have tags of their own and are written in separate commands *before* the script that
+needs them to be findable, so a crash in between leaves at worst an entry that points at
+nothing, which readers skip. Money never depends on a cross-slot write.
 
-Money never depends on a cross-slot write: balances, reservations, counters, the ledger and
-the log row of a request all live in its user's slot. The indexes are written *before* the
-script that needs them to be findable (a user is listed, a request mapped, a log id
-indexed, a user marked as having open holds), so a crash in between leaves at worst an
-entry that points at nothing, which readers skip. The open-users mark is written again
-after a hold, and the resolver only drops a user after re-checking the user's own set.
+A billed request costs four round trips: `hold` pipelines the request-id claim, the
+open-users mark and the read of the subscriptions' terms, then runs its script; a
+settlement takes a global log id, then runs its script. The process remembers what it
+held (`HeldMemory`), so settling needs no lookup; holds made elsewhere are found through
+the request index. A resolver that drops a user's open mark raises a flag in the user's
+slot, and the hold script that finds it has its caller mark the user again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from proxy.store import redis_records as records
 from proxy.store.base import (
     ApiKey,
     AuditReport,
+    FundingSource,
     Hold,
     HoldRefusal,
     HoldState,
@@ -46,8 +48,10 @@ from proxy.store.base import (
 )
 from proxy.store.redis_core import RedisCore, guarded
 from proxy.store.redis_layout import (
+    MAX_UNITS,
+    Held,
+    HeldMemory,
     Layout,
-    details_json,
     dump_opt,
     fmt_time,
     pairs,
@@ -58,20 +62,11 @@ from proxy.store.redis_layout import (
     to_plan,
     to_subscription,
     to_user,
+    units,
     usable_subscriptions,
 )
 
-
-MAX_UNITS = 2**53 - 1
-"""The largest amount a Lua number (a double) holds exactly; larger ones are refused."""
-
-
-def _units(value: int, what: str, *, signed: bool = False) -> int:
-    if not signed and value < 0:
-        raise StoreError(f"{what} must be >= 0")
-    if abs(value) > MAX_UNITS:
-        raise StoreError(f"{what} must not exceed {MAX_UNITS} quota units")
-    return int(value)
+__all__ = ["MAX_UNITS", "RedisStore"]
 
 
 class RedisStore:
@@ -79,13 +74,15 @@ class RedisStore:
 
     def __init__(
         self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,
-        cluster: bool = False,
+        cluster: bool = False, max_connections: int = 64,
     ) -> None:
         """Configure; nothing connects until `open()`. `prefix` must not contain braces.
-        `cluster=True` talks to a Redis Cluster, `url` naming any one of its nodes."""
+        `cluster=True` talks to a Redis Cluster, `url` naming any one of its nodes. At most
+        `max_connections` commands are in flight at once (per store); more callers queue."""
         self._k = Layout(prefix)
-        self._core = RedisCore(url, timeout, cluster=cluster)
+        self._core = RedisCore(url, timeout, cluster=cluster, max_connections=max_connections)
         self._clock = clock
+        self._held = HeldMemory()
 
     # lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -104,16 +101,11 @@ class RedisStore:
     async def drop_all(self) -> None:
         """Delete every key under the prefix (tests use it). On a cluster SCAN walks every
         primary and UNLINK is split by slot (both done by RedisCluster)."""
-        client = self._core.client
+        self._held.clear()
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k.prefix) + ":*"
-        batch: list[str] = []
-        async for key in client.scan_iter(match=pattern, count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                await client.unlink(*batch)
-                batch = []
-        if batch:
-            await client.unlink(*batch)
+        keys = await self._core.scan(pattern)
+        for i in range(0, len(keys), 500):
+            await self._core.call("unlink", *keys[i : i + 500])
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await self._core.run(name, keys, args)
@@ -124,7 +116,7 @@ class RedisStore:
         self, name: str, group: str = "default", preference: Preference = Preference.SUBSCRIPTION_FIRST
     ) -> User:
         """Create a user with an empty wallet. StoreError if the name exists."""
-        await self._core.client.sadd(self._k.users, name)  # first: a listed name without a user is skipped
+        await self._core.call("sadd", self._k.users, name)  # first: a listed name without a user is skipped
         reply = await self._run(
             "create_user", [self._k.user(name)], [name, group, Preference(preference).value, fmt_time(self._clock())]
         )
@@ -147,7 +139,7 @@ class RedisStore:
         """Add `amount` (negative for an adjustment) to the wallet, with a ledger entry."""
         reply = await self._run(
             "credit", [self._k.user(user), self._k.ledger(user)],
-            [_units(amount, "a credit", signed=True), fmt_time(self._clock()), note],
+            [units(amount, "a credit", signed=True), fmt_time(self._clock()), note],
         )
         return to_user(pairs(reply))
 
@@ -180,13 +172,13 @@ class RedisStore:
     ) -> ApiKey:
         """Record a key by its hash (unique across users); a quota is a `credit` entry."""
         k, key_id, now = self._k, "k_" + secrets.token_hex(6), self._clock()
-        limit = "" if quota is None else _units(quota, "a key quota")
+        limit = "" if quota is None else units(quota, "a key quota")
         if await self._core.hget(k.user(user), "name") is None:
             raise StoreError(f"unknown user {user!r}")
         # Claim the hash first: the global index is what makes it unique across slots.
-        if not await self._core.client.hsetnx(k.key_hashes, key_hash, f"{key_id} {user}"):
+        if not await self._core.call("hsetnx", k.key_hashes, key_hash, f"{key_id} {user}"):
             raise StoreError("a key with this hash already exists")
-        await self._core.client.hset(k.key_ids, key_id, user)
+        await self._core.call("hset", k.key_ids, key_id, user)
         static = [
             "user", user, "name", name, "status", "active", "key_hash", key_hash,
             "expires_at", "" if expires_at is None else fmt_time(expires_at), "models", dump_opt(list(models)),
@@ -243,8 +235,8 @@ class RedisStore:
             rules.validate_period(plan.period)
         except ValueError as exc:
             raise StoreError(str(exc)) from exc
-        _units(plan.quota, "a plan quota")
-        await self._core.client.hset(self._k.plans, plan.name, plan_json(plan))
+        units(plan.quota, "a plan quota")
+        await self._core.call("hset", self._k.plans, plan.name, plan_json(plan))
         return plan
 
     @guarded
@@ -302,44 +294,60 @@ class RedisStore:
         model: str = "",
     ) -> Hold | HoldRefusal:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
-        _units(amount, "a hold amount")
+        units(amount, "a hold amount")
         k, now = self._k, self._clock()
-        _, owner, metas, _ = await self._core.batch([
-            ("hsetnx", (k.requests, request_id, user)), ("hget", (k.requests, request_id)),
-            ("hgetall", (k.sub_meta(user),)), ("sadd", (k.open_users, user)),
+        # One round trip before the script: claim the request id and mark the user (so the
+        # hold is findable however the process dies), and read the subscriptions' terms.
+        claimed, _, metas = await self._core.batch([
+            ("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
+            ("hgetall", (k.sub_meta(user),)),
         ])
-        if owner != user:  # the request id is another user's: return that hold if it exists
-            existing = await self._core.hgetall(k.hold(owner, request_id))
-            if existing:
-                return to_hold(existing)
-            await self._core.client.hset(k.requests, request_id, user)
+        if not claimed and (theirs := await records.claimed_before(self._core, k, request_id, user)) is not None:
+            return theirs
         offers = usable_subscriptions(metas, now, model)
         reply = await self._run(
             "hold",
             [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
-             *(k.sub(user, sub_id) for sub_id, _ in offers)],
+             k.unmarked(user), *(k.sub(user, sub_id) for sub_id, _ in offers)],
             [request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
              price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model, *(t for _, t in offers)],
         )
         if reply[0] == "refused":
             return HoldRefusal(Refusal(reply[1]), int(reply[2]), int(reply[3]))
-        held = to_hold(pairs(reply[1]))
-        if held.state is HoldState.OPEN:  # again after: the resolver may have dropped the mark meanwhile
-            await self._core.client.sadd(k.open_users, user)
+        if reply[0] == "hold":  # it existed: a repeated call
+            held = to_hold(pairs(reply[1]))
+        else:
+            held = Hold(
+                request_id, user, key_id, FundingSource(reply[1]), reply[2] or None, int(amount), int(reply[3]),
+                price_version, instance_id, float(now), float(now + ttl), HoldState.OPEN, None,
+            )
+            if int(reply[4]):  # a resolver dropped the mark after ours was set: set it again
+                await self._core.call("sadd", k.open_users, user)
+        if held.state is HoldState.OPEN:
+            sub_id = held.subscription_id or ""
+            self._held.remember(request_id, Held(user, held.key_id, sub_id, metas.get(sub_id)))
         return held
+
+    async def _owner(self, request_id: str) -> str | None:
+        """The user a request id's hold belongs to: remembered, else from the index."""
+        held = self._held.get(request_id)
+        return held.user if held is not None else await self._core.hget(self._k.requests, request_id)
 
     @guarded
     async def get_hold(self, request_id: str) -> Hold | None:
         """A hold in any state."""
-        user = await self._core.hget(self._k.requests, request_id)
+        user = await self._owner(request_id)
         h = {} if user is None else await self._core.hgetall(self._k.hold(user, request_id))
+        if not h and request_id in self._held:  # remembered wrongly (the data was dropped)
+            self._held.forget(request_id)
+            return await self.get_hold(request_id)
         return to_hold(h) if h else None
 
     @guarded
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
         """Record the charge delivered so far on an open hold. False if not open."""
-        _units(charge_so_far, "a checkpoint")
-        user = await self._core.hget(self._k.requests, request_id)
+        units(charge_so_far, "a checkpoint")
+        user = await self._owner(request_id)
         if user is None:
             return False
         return bool(await self._run("checkpoint", [self._k.hold(user, request_id)], [int(charge_so_far)]))
@@ -347,7 +355,7 @@ class RedisStore:
     @guarded
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row in one script. Idempotent."""
-        _units(actual, "a charge")
+        units(actual, "a charge")
         return await self._settle("capture", request_id, log, int(actual))
 
     @guarded
@@ -356,29 +364,14 @@ class RedisStore:
         return await self._settle("release", request_id, log, 0)
 
     async def _settle(self, script: str, request_id: str, log: LogDetails, actual: int) -> Resolution:
-        user = await self._core.hget(self._k.requests, request_id)
-        h = {} if user is None else await self._core.hgetall(self._k.hold(user, request_id))
-        if user is None or not h:
-            raise StoreError(f"unknown hold {request_id!r}")
-        return await self._resolve(script, user, h, log, actual)
-
-    async def _resolve(self, script: str, user: str, h: dict[str, str], log: LogDetails, actual: int) -> Resolution:
-        """Run a settlement script on hold `h` (a repeat returns the stored outcome)."""
-        k, rid, now = self._k, h["request_id"], self._clock()
-        if h["state"] != HoldState.OPEN:
-            return Resolution(rid, HoldState(h["state"]), int(h.get("charged") or 0), int(h.get("overage") or 0), False)
-        sub_key, target = k.no_sub(user), ""
-        if h["source"] == "subscription":
-            sub_key = k.sub(user, h["subscription_id"])
-            target = sub_target(await self._core.hget(k.sub_meta(user), h["subscription_id"]), now)
-        log_id = await self._run("log_id", [k.log_seq, k.log_global], [user])
-        r = await self._run(
-            script,
-            [k.user(user), k.hold(user, rid), k.key(user, h["key_id"]), sub_key, k.open_holds(user),
-             k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)],
-            [fmt_time(now), target, int(log_id), details_json(log), log.upstream, actual],
-        )
-        return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+        held = self._held.get(request_id)
+        if held is not None:
+            result = await records.settle(self._core, self._k, script, request_id, held, log, actual, self._clock())
+            self._held.forget(request_id)
+            if result is not None:
+                return result
+            # Remembered wrongly (the data under the prefix was dropped): ask the index.
+        return await records.settle_by_index(self._core, self._k, script, request_id, log, actual, self._clock())
 
     @guarded
     async def open_holds(self) -> list[Hold]:
@@ -390,7 +383,7 @@ class RedisStore:
     @guarded
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
-        await self._core.client.hset(self._k.instances, instance_id, fmt_time(self._clock()))
+        await self._core.call("hset", self._k.instances, instance_id, fmt_time(self._clock()))
 
     @guarded
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
@@ -398,17 +391,9 @@ class RedisStore:
         holds past their ttl: capture the checkpoint (overage rule), release the rest; log
         `orphaned`. Each hold has one winner across racing resolvers; only this call's wins
         are returned."""
-        beats = await records.heartbeats(self._core, self._k)
-        won: list[Resolution] = []
-        for user, h in sorted(await records.open_hold_hashes(self._core, self._k),
-                              key=lambda uh: (float(uh[1]["created_at"]), uh[1]["request_id"])):
-            seen = beats.get(h["instance_id"])
-            if float(h["expires_at"]) >= now and seen is not None and seen >= now - orphan_after:
-                continue
-            details = LogDetails(end_reason="orphaned", usage_source="none", model=h.get("model", ""))
-            res = await self._resolve("expire", user, h, details, 0)
-            if res.first:
-                won.append(res)
+        won = await records.expire_orphans(self._core, self._k, now, orphan_after, self._clock)
+        for res in won:
+            self._held.forget(res.request_id)
         return won
 
     # records ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from proxy.store.base import Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, StoreError, StoreUnavailable
+from proxy.store.base import (
+    FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, Resolution, StoreError, StoreUnavailable,
+)
 from proxy.store.redis_store import RedisStore
 
 from .conftest import FakeClock
@@ -158,10 +160,8 @@ async def test_every_key_of_a_user_shares_its_hash_tag(
     assert set(by_tag) - user_tags == {"users", "openusers", "requests", "keyhash", "keyid", "plans", "instances", "logs"}
 
 
-async def test_scripts_touch_only_their_declared_keys_in_one_slot(
-    rstore: RedisStore, redis_url: str, clock: FakeClock, prefix: str
-) -> None:
-    """What Redis Cluster requires, checked on the real command stream (MONITOR)."""
+async def _monitor(redis_url: str, store: RedisStore, action: Callable[[], Awaitable[object]]) -> list[dict[str, str]]:
+    """Every command Redis ran (MONITOR: ours, our scripts' and other clients') while `action` ran."""
     seen: list[dict[str, str]] = []
     monitor_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     async with monitor_client.monitor() as mon:
@@ -172,14 +172,22 @@ async def test_scripts_touch_only_their_declared_keys_in_one_slot(
 
         listener = asyncio.create_task(listen())
         await asyncio.sleep(0.1)
-        await _everything(rstore, clock, "alice")
-        await rstore.heartbeat("done-marker")
+        await action()
+        await store.heartbeat("done-marker")
         for _ in range(100):
             if any("done-marker" in c["command"] for c in seen):
                 break
             await asyncio.sleep(0.05)
         listener.cancel()
     await monitor_client.aclose()
+    return [c for c in seen if "done-marker" not in c["command"]]
+
+
+async def test_scripts_touch_only_their_declared_keys_in_one_slot(
+    rstore: RedisStore, redis_url: str, clock: FakeClock, prefix: str
+) -> None:
+    """What Redis Cluster requires, checked on the real command stream (MONITOR)."""
+    seen = await _monitor(redis_url, rstore, lambda: _everything(rstore, clock, "alice"))
     scripts, current = 0, None
     for entry in seen:
         words = entry["command"].split(" ")
@@ -342,5 +350,146 @@ async def test_server_restart_is_unavailable_then_recovers_with_fresh_scripts(
         user = await store.get_user("alice")
         assert user is not None and (user.balance, user.reserved) == (960, 0)
         assert (await store.audit(clock.now, 30)).ok
+    finally:
+        await store.close()
+
+
+# Round trips, the memory of holds and pool exhaustion ---------------------------------------
+
+
+def _sent(seen: list[dict[str, str]], prefix: str) -> list[str]:
+    """The names of the commands clients (not scripts) sent with a key under `prefix`."""
+    return [c["command"].split(" ")[0].upper() for c in seen if c["client_type"] != "lua" and prefix in c["command"]]
+
+
+async def test_a_billed_request_sends_one_pipeline_and_three_scripts(
+    rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock
+) -> None:
+    key_id = await _user_with_key(rstore, "alice", 1000)
+
+    async def billed() -> None:
+        assert isinstance(await rstore.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
+        assert await rstore.checkpoint("r1", 10)
+        assert (await rstore.capture("r1", 40, DONE)).charged == 40
+
+    # hold: one pipeline (claim, mark, subscription terms), then its script; checkpoint: its
+    # script; capture: a log id, then its script. No lookups: this store made the hold.
+    pipeline = ["HSETNX", "SADD", "HGETALL"]
+    assert _sent(await _monitor(redis_url, rstore, billed), prefix) == [*pipeline, "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
+    peer = RedisStore(redis_url, prefix=prefix, clock=clock)
+    await peer.open()
+    try:  # a store that did not make the hold finds it through the request index
+        assert isinstance(await rstore.hold("r2", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
+        seen = await _monitor(redis_url, rstore, lambda: peer.release("r2", DONE))
+    finally:
+        await peer.close()
+    assert _sent(seen, prefix) == ["HGET", "HGETALL", "EVALSHA", "EVALSHA"]
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_a_new_hold_equals_what_redis_stored(rstore: RedisStore, clock: FakeClock) -> None:
+    clock.now = 1_700_000_000.123456789
+    key_id = await _user_with_key(rstore, "alice", 1000, quota=500)
+    await rstore.create_plan(Plan("pro", 300, "day", models=("gpt-*",)))
+    sub = await rstore.grant_subscription("alice", "pro", clock.now - 10, clock.now + 86400)
+    held: list[Hold] = []
+    for rid, model in (("r1", "gpt-4o"), ("r2", "claude")):
+        h = await rstore.hold(rid, "alice", key_id, 100, None, "pv", 0.000123, "i1", model)
+        assert isinstance(h, Hold) and h == await rstore.get_hold(rid)
+        held.append(h)
+    assert [(h.source, h.subscription_id, h.key_amount) for h in held] == [
+        (FundingSource.SUBSCRIPTION, sub.id, 100), (FundingSource.WALLET, None, 100)
+    ]
+    assert await rstore.hold("r1", "alice", key_id, 999, None, "pv", 60, "i1", "gpt-4o") == held[0]
+    assert (await rstore.capture("r1", 350, DONE)).overage == 50  # the remembered subscription pays first
+    await rstore.release("r2", DONE)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_a_stale_memory_of_a_hold_moves_no_wrong_money(
+    rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock
+) -> None:
+    old_key = await _user_with_key(rstore, "alice", 1000)
+    for rid in ("r1", "r2"):
+        await rstore.hold(rid, "alice", old_key, 100, None, "pv", 60, "i1")
+    peer = RedisStore(redis_url, prefix=prefix, clock=clock)
+    await peer.open()
+    try:  # everything is dropped behind rstore's back; r1 is held again, on another key
+        await peer.drop_all()
+        new_key = await _user_with_key(peer, "alice", 500, quota=300)
+        assert isinstance(await peer.hold("r1", "alice", new_key, 50, None, "pv", 60, "i1"), Hold)
+    finally:
+        await peer.close()
+    assert (await rstore.capture("r1", 30, DONE)).charged == 30
+    key = await rstore.get_key(new_key)
+    user = await rstore.get_user("alice")
+    assert key is not None and (key.balance, key.reserved, key.used) == (270, 0, 30)
+    assert user is not None and (user.balance, user.reserved) == (470, 0)
+    with pytest.raises(StoreError, match="unknown hold"):
+        await rstore.release("r2", DONE)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_a_mark_dropped_while_a_hold_is_in_flight_is_set_again(
+    rstore: RedisStore, raw: aioredis.Redis, prefix: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_id = await _user_with_key(rstore, "alice", 1000)
+    open_users = f"{prefix}:{{openusers}}"
+    real_batch = rstore._core.batch  # noqa: SLF001 - the window between pipeline and script is the point
+
+    async def pre_step_then_a_sweep(calls: list[tuple[str, tuple[object, ...]]]) -> list[object]:
+        replies = await real_batch(calls)
+        if calls[0][0] == "hsetnx":  # alice is marked, her hold not yet made: a resolver sweeps now
+            assert await rstore.open_holds() == []
+            assert not await raw.sismember(open_users, "alice")
+        return replies
+
+    monkeypatch.setattr(rstore._core, "batch", pre_step_then_a_sweep)  # noqa: SLF001
+    assert isinstance(await rstore.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
+    monkeypatch.undo()
+    assert await raw.sismember(open_users, "alice")
+    clock.advance(120)  # instance i1 never beat: r1 is an orphan, and the resolver finds it
+    assert [r.request_id for r in await rstore.resolve_orphans(clock.now, 30)] == ["r1"]
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+@pytest.mark.parametrize("max_connections", [64, 3])
+async def test_300_concurrent_holds_queue_for_a_connection_instead_of_failing(
+    redis_url: str, prefix: str, clock: FakeClock, max_connections: int
+) -> None:
+    """redis-py's pool raises "Too many connections" past 100 commands in flight; the store
+    must queue them (the 503s seen under 256 concurrent streams)."""
+    store = RedisStore(redis_url, prefix=prefix, clock=clock, max_connections=max_connections)
+    await store.open()
+    try:
+        key_id = await _user_with_key(store, "alice", 250 * 100)
+        results = await asyncio.gather(
+            *(store.hold(f"r{i}", "alice", key_id, 100, None, "pv", 60, "i1") for i in range(300)), return_exceptions=True
+        )
+        holds = [r for r in results if isinstance(r, Hold)]
+        refused = [r for r in results if isinstance(r, HoldRefusal) and r.reason is Refusal.INSUFFICIENT_WALLET]
+        assert (len(holds), len(refused)) == (250, 50), {type(r).__name__: str(r) for r in results}
+        settled = await asyncio.gather(*(store.capture(h.request_id, 60, DONE) for h in holds), return_exceptions=True)
+        assert all(isinstance(r, Resolution) and r.charged == 60 for r in settled), settled
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.reserved, user.request_count) == (25_000 - 250 * 60, 0, 250)
+        assert (await store.audit(clock.now, 30)).ok
+    finally:
+        await store.drop_all()
+        await store.close()
+
+
+async def test_the_wait_for_a_free_connection_is_bounded(redis_url: str, prefix: str, clock: FakeClock) -> None:
+    store = RedisStore(redis_url, prefix=prefix, clock=clock, timeout=0.2, max_connections=1)
+    await store.open()
+    slots = store._core._slots  # noqa: SLF001 - stands for one command stuck in flight
+    try:
+        await slots.acquire()
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no connection free within 0.2 s"):
+            await store.get_user("alice")
+        assert 0.15 < time.monotonic() - began < 2
+        slots.release()
+        assert await store.get_user("alice") is None
     finally:
         await store.close()

@@ -1,10 +1,14 @@
 -- hold: check the key and the funding source and reserve, in one atomic step.
 -- KEYS: 1 user, 2 hold, 3 api key, 4 user's open-hold set, 5 ledger,
---       6.. usable subscriptions (active, model allowed), ordered by (end, id)
+--       6 the user's "open mark dropped" flag (set by `forget`),
+--       7.. usable subscriptions (active, model allowed), ordered by (end, id)
 -- ARGV: 1 request_id, 2 key_id, 3 amount, 4 preference ('' = the user's own),
 --       5 price_version, 6 now, 7 expires_at, 8 instance_id, 9 model,
---       10.. each subscription's current period start (same order as KEYS 6..)
--- Returns {'hold', <hold hash as flat pairs>} or {'refused', reason, available, needed}.
+--       10.. each subscription's current period start (same order as KEYS 7..)
+-- Returns {'new', source, subscription id, key amount, remark (1|0)} for a hold made now
+-- (the caller knows every other field: it passed them), {'hold', <hold hash as flat
+-- pairs>} for one that existed, or {'refused', reason, available, needed}. `remark` is 1
+-- when a resolver dropped the user's open mark since the caller set it: mark again.
 local uk, hk, kk, ok, lk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid, key_id, amount, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 
@@ -30,8 +34,8 @@ if limited then
 end
 
 local offers = {}
-for i = 6, #KEYS do
-  rollover(KEYS[i], lk, ARGV[i + 4], now)
+for i = 7, #KEYS do
+  rollover(KEYS[i], lk, ARGV[i + 3], now)
   local av = num(redis.call('HGET', KEYS[i], 'balance')) - num(redis.call('HGET', KEYS[i], 'reserved'))
   offers[#offers + 1] = {key = KEYS[i], av = av}
 end
@@ -89,4 +93,4 @@ redis.call('HSET', hk,
   'price_version', ARGV[5], 'instance_id', ARGV[8], 'created_at', now,
   'expires_at', ARGV[7], 'state', 'open', 'model', ARGV[9])
 redis.call('SADD', ok, rid)
-return {'hold', redis.call('HGETALL', hk)}
+return {'new', chosen.src, sub_id, int(key_amount), redis.call('DEL', KEYS[6])}

@@ -3,8 +3,11 @@
 --       wallet-funded), 5 user's open-hold set, 6 ledger, 7 log rows, 8 user's log index,
 --       9 per-user upstream used, 10 per-user upstream request counts
 -- ARGV: 1 now, 2 the subscription's current period start ('' if none), 3 log id,
---       4 log details (JSON), 5 upstream name, 6 actual charge (capture only)
--- Returns {state, charged, overage, first (1|0)}.
+--       4 log details (JSON), 5 upstream name, 6 actual charge (capture only),
+--       7 the hold's key id and 8 its subscription id, as the caller believes them
+-- Returns {state, charged, overage, first (1|0)}, or {'stale'} (nothing written) when there
+-- is no such hold or its key or subscription is not the one passed: the caller built KEYS
+-- from what it remembered of the hold, so it must look the hold up and call again.
 
 local function resolved(hk)
   local h = redis.call('HMGET', hk, 'state', 'charged', 'overage')
@@ -67,7 +70,9 @@ end
 local function settle(state, kind, charge, counts, usage_source)
   local hk, now, rid = KEYS[2], ARGV[1], nil
   local st = redis.call('HGET', hk, 'state')
-  if not st then return fail('unknown hold') end
+  if not st then return {'stale'} end
+  local ids = redis.call('HMGET', hk, 'key_id', 'subscription_id')
+  if ids[1] ~= ARGV[7] or ids[2] ~= ARGV[8] then return {'stale'} end
   if st ~= 'open' then return resolved(hk) end
   rid = redis.call('HGET', hk, 'request_id')
   local upstream = ''
