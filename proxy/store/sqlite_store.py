@@ -1,7 +1,8 @@
 """`SQLiteStore`: the embedded accounting store, on aiosqlite.
 
-Every method is one transaction, run whole on the connection's worker thread and awaited once
-(`proxy.store.sqlite_conn`; read-modify-writes under `BEGIN IMMEDIATE`). The transactions
+Every method is one transaction, run whole and awaited once (`proxy.store.sqlite_conn`;
+read-modify-writes under `BEGIN IMMEDIATE`): on the connection's worker thread, or, for the
+short steps of the request path marked `inline=True`, on the event loop when the store is idle. The transactions
 themselves are the synchronous functions below (accounts) and in `proxy.store.sqlite_ledger`
 (holds and settlement); the decisions (funding choice, periods, overage, counters) are in
 `proxy.store.ledger_rules`; the ledger model in `proxy.store.base`.
@@ -197,7 +198,8 @@ class SQLiteStore(SQLiteConnection):
 
     async def get_user(self, name: str) -> User | None:
         """The user, with current totals, or None."""
-        return await self.run(_one, "SELECT * FROM users WHERE name = ?", name, schema.to_user, mode=_READ)
+        sql = "SELECT * FROM users WHERE name = ?"
+        return await self.run(_one, sql, name, schema.to_user, mode=_READ, inline=True)
 
     async def list_users(self) -> list[User]:
         """Every user, by name."""
@@ -236,12 +238,13 @@ class SQLiteStore(SQLiteConnection):
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         """A key by its public id."""
-        return await self.run(_one, "SELECT * FROM api_keys WHERE id = ?", key_id, schema.to_key, mode=_READ)
+        sql = "SELECT * FROM api_keys WHERE id = ?"
+        return await self.run(_one, sql, key_id, schema.to_key, mode=_READ, inline=True)
 
     async def find_key(self, key_hash: str) -> ApiKey | None:
         """A key by the SHA-256 hex of its clear text."""
         sql = "SELECT * FROM api_keys WHERE key_hash = ?"
-        return await self.run(_one, sql, key_hash, schema.to_key, mode=_READ)
+        return await self.run(_one, sql, key_hash, schema.to_key, mode=_READ, inline=True)
 
     async def list_keys(self, user: str) -> list[ApiKey]:
         """A user's keys, oldest first."""
@@ -302,29 +305,29 @@ class SQLiteStore(SQLiteConnection):
             raise StoreError("a hold amount must be >= 0")
         return await self.run(
             hold_tx, self._clock, request_id, user, key_id, amount, preference, price_version, ttl,
-            instance_id, model,
+            instance_id, model, inline=True,
         )
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
         """Record the charge delivered so far on an open hold. False if not open."""
         if charge_so_far < 0:
             raise StoreError("a checkpoint must be >= 0")
-        return await self.run(_checkpoint, request_id, charge_so_far)
+        return await self.run(_checkpoint, request_id, charge_so_far, inline=True)
 
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row, atomically. Idempotent."""
         if actual < 0:
             raise StoreError("a charge must be >= 0")
-        return await self.run(resolve_tx, self._clock, request_id, HoldState.CAPTURED, actual, log)
+        return await self.run(resolve_tx, self._clock, request_id, HoldState.CAPTURED, actual, log, inline=True)
 
     async def release(self, request_id: str, log: LogDetails) -> Resolution:
         """Give the whole hold back and append the log row (charge 0). Idempotent."""
-        return await self.run(resolve_tx, self._clock, request_id, HoldState.RELEASED, 0, log)
+        return await self.run(resolve_tx, self._clock, request_id, HoldState.RELEASED, 0, log, inline=True)
 
     async def get_hold(self, request_id: str) -> Hold | None:
         """A hold in any state."""
         sql = "SELECT * FROM holds WHERE request_id = ?"
-        return await self.run(_one, sql, request_id, schema.to_hold, mode=_READ)
+        return await self.run(_one, sql, request_id, schema.to_hold, mode=_READ, inline=True)
 
     async def open_holds(self) -> list[Hold]:
         """Every unresolved hold, oldest first."""
@@ -334,7 +337,7 @@ class SQLiteStore(SQLiteConnection):
     # instances and orphans -------------------------------------------------------------
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
-        await self.run(_heartbeat, self._clock, instance_id)
+        await self.run(_heartbeat, self._clock, instance_id, inline=True)
 
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
         """Expire holds of silent instances (or past their ttl) in one transaction.

@@ -89,7 +89,7 @@ async def test_bad_input_is_a_store_error_and_writes_nothing(tmp_path: Path) -> 
         await store.close()
 
 
-# One thread hop per operation, group commit, background checkpoints ---------------------
+# One transaction per operation (inline or one thread hop), group commit, checkpoints --
 
 
 def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -135,8 +135,11 @@ async def test_run_executes_the_whole_function_on_the_worker_thread(tmp_path: Pa
         await store.close()
 
 
-async def test_hold_and_capture_are_one_hop_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
+async def test_with_synchronous_full_hold_and_capture_are_one_hop_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FULL fsyncs at every commit: that must never happen on the event loop.
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0, synchronous="FULL")
     await store.open()
     try:
         await store.create_user("alice")
@@ -150,6 +153,92 @@ async def test_hold_and_capture_are_one_hop_each(tmp_path: Path, monkeypatch: py
         user = await store.get_user("alice")
         assert user is not None and (user.balance, user.reserved) == (920, 0)
     finally:
+        await store.close()
+
+
+async def test_an_idle_store_runs_hold_and_capture_inline_and_commits_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "w.db")
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.create_user("alice")
+        await store.credit("alice", 1000)
+        key = await store.create_key("alice", "h", quota=500)
+        hops = _count_hops(monkeypatch)
+        held = await store.hold("r1", "alice", key.id, 100, None, "pv", 60, "i1", "m")
+        assert isinstance(held, Hold) and hops == []
+        # Committed when `hold` returns: another connection sees the reservation.
+        assert raw.execute("SELECT reserved FROM users WHERE name = 'alice'").fetchone() == (100,)
+        done = await store.capture("r1", 80, LogDetails(end_reason="completed", usage_source="upstream"))
+        assert done.charged == 80 and hops == []
+        assert raw.execute("SELECT balance, reserved FROM users WHERE name = 'alice'").fetchone() == (920, 0)
+        assert raw.execute("SELECT COUNT(*) FROM consume_log WHERE request_id = 'r1'").fetchone() == (1,)
+        assert (await store.audit(0, 30)).ok
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_an_inline_step_that_finds_the_lock_taken_waits_on_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process holds the write lock: the inline attempt must not wait on the event
+    # loop; the step goes to the worker thread, which waits for the lock (busy_timeout).
+    path = str(tmp_path / "w.db")
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await store.create_user("alice")
+        await store.credit("alice", 1000)
+        key = await store.create_key("alice", "h")
+        hops = _count_hops(monkeypatch)
+        raw.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, raw.execute, ("ROLLBACK",)).start()
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        held = await store.hold("r1", "alice", key.id, 100, None, "pv", 60, "i1", "m")
+        beat.cancel()
+        assert isinstance(held, Hold) and hops == ["hold_tx"]
+        assert ticks >= 10  # the loop kept running while the lock was waited for
+        # With the lock free again the next step runs inline (busy timeout back to 0).
+        done = await store.capture("r1", 40, LogDetails(end_reason="completed", usage_source="upstream"))
+        assert done.charged == 40 and hops == ["hold_tx"]
+        assert (await store.audit(0, 30)).ok
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_an_inline_step_under_a_lock_held_too_long_is_store_unavailable(tmp_path: Path) -> None:
+    path = str(tmp_path / "w.db")
+    store = SQLiteStore(path, busy_timeout_ms=100, checkpoint_every=0)
+    await store.open()
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.create_user("alice")
+        await store.credit("alice", 1000)
+        key = await store.create_key("alice", "h")
+        raw.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.hold("r1", "alice", key.id, 100, None, "pv", 60, "i1", "m")
+        raw.execute("ROLLBACK")
+        assert await store.get_hold("r1") is None  # nothing half-written
+        assert isinstance(await store.hold("r1", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
+        await store.release("r1", LogDetails(end_reason="upstream_error", usage_source="none"))
+        assert (await store.audit(0, 30)).ok
+    finally:
+        raw.close()
         await store.close()
 
 
