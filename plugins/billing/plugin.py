@@ -10,7 +10,6 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +54,7 @@ log = logging.getLogger(__name__)
 FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
 #: Endpoints whose streams get `stream_options.include_usage` forced on.
 USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+_NO_USAGE = Usage()
 
 
 @dataclass(slots=True)
@@ -257,9 +257,8 @@ class BillingPlugin(Plugin):
             return
         metered = self._metered(st)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
-        details = _with_usage(
-            self._details(ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or ""),
-            decision.usage,
+        details = self._details(
+            ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
         )
         assert self._settler is not None
         await self._settler.capture(ctx.request_id, decision.charge, details)
@@ -280,23 +279,34 @@ class BillingPlugin(Plugin):
             usage=st.meter.usage,
             has_content=st.meter.has_content,
             terminal=st.meter.terminal,
-            output_count=st.meter.output_count(),
+            output_count=st.meter.output_count,  # counted only if a row needs it
             prompt_estimate=st.estimate.prompt_tokens,
             requests=st.requests,
         )
 
-    def _details(self, ctx: RequestContext, st: Billing, end: str, source: str, status: int, error: str) -> LogDetails:
+    def _details(
+        self, ctx: RequestContext, st: Billing, end: str, source: str, status: int, error: str, u: Usage = _NO_USAGE
+    ) -> LogDetails:
         ttft = ctx.ttft_ms
+        upstream = ctx.upstream
         return LogDetails(
             end_reason=end,
             usage_source=source,
             model=ctx.model or "",
-            upstream_model=(ctx.upstream.model or "") if ctx.upstream else "",
-            upstream=ctx.upstream.name if ctx.upstream else "",
+            upstream_model=(upstream.model or "") if upstream else "",
+            upstream=upstream.name if upstream else "",
             key_name=st.key.name,
             group=st.key.group or st.user.group,
             multiplier=str(st.multiplier),
             stream=ctx.stream,
+            input=u.input,
+            cache_read=u.cache_read,
+            cache_write_5m=u.cache_write_5m,
+            cache_write_1h=u.cache_write_1h,
+            output=u.output,
+            audio_in=u.audio_in,
+            audio_out=u.audio_out,
+            images=u.images,
             latency_ms=int(ctx.elapsed_ms),
             ttft_ms=None if ttft is None else int(ttft),
             status=status,
@@ -338,10 +348,3 @@ class BillingPlugin(Plugin):
 
 
 _PARTIAL = EndReason.UPSTREAM_TRUNCATED
-
-
-def _with_usage(details: LogDetails, u: Usage) -> LogDetails:
-    return dataclasses.replace(
-        details, input=u.input, cache_read=u.cache_read, cache_write_5m=u.cache_write_5m,
-        cache_write_1h=u.cache_write_1h, output=u.output, audio_in=u.audio_in, audio_out=u.audio_out, images=u.images,
-    )

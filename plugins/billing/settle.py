@@ -17,6 +17,7 @@ completion), and nothing otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -27,14 +28,24 @@ from proxy.context import EndReason
 
 @dataclass(frozen=True, slots=True)
 class Metered:
-    """What the meter saw by the end of a response."""
+    """What the meter saw by the end of a response.
+
+    `output_count` is the token count of the relayed output, or a function that counts it:
+    only the estimated and partial rows need it, so a completed response with upstream
+    usage never pays for tokenizing its output.
+    """
 
     usage: Usage | None
     has_content: bool
     terminal: bool
-    output_count: int
+    output_count: int | Callable[[], int]
     prompt_estimate: int
     requests: int = 1
+
+    def output(self) -> int:
+        """The relayed output's token count (counted now if it was given as a function)."""
+        count = self.output_count
+        return count if isinstance(count, int) else count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +78,11 @@ def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
             return Usage(), "upstream"
         return estimated(m), "estimated"
     if real is not None and not real.is_zero:
-        if m.output_count > real.output:
+        relayed = m.output()
+        if relayed > real.output:
             # Usage that arrived early (Anthropic's message_start) undercounts what was
             # already relayed; the client received at least this much.
-            real = _with_output(real, m.output_count)
+            real = _with_output(real, relayed)
         return real, "upstream"
     if not m.has_content:
         return Usage(), "partial"
@@ -79,7 +91,7 @@ def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
 
 def estimated(m: Metered) -> Usage:
     """Estimated prompt as uncached input, plus the counted relayed output."""
-    return Usage(input=m.prompt_estimate, output=m.output_count)
+    return Usage(input=m.prompt_estimate, output=m.output())
 
 
 def _with_output(u: Usage, output: int) -> Usage:

@@ -77,3 +77,28 @@ def test_per_request_is_vector_6_and_only_when_finished() -> None:
     done = Metered(None, True, True, 0, 0, requests=2)
     assert settle(EndReason.COMPLETED, done, IMAGE, ONE, 500_000).charge == 40000
     assert settle(EndReason.UPSTREAM_TRUNCATED, Metered(None, True, False, 0, 0, 2), IMAGE, ONE, 500_000).charge == 0
+
+
+def _counting(tokens: int) -> tuple[list[int], Metered, Metered, Metered]:
+    calls: list[int] = []
+
+    def count() -> int:
+        calls.append(tokens)
+        return tokens
+
+    return (
+        calls,
+        Metered(REAL, True, True, count, 100),  # completed with usage
+        Metered(None, True, True, count, 1000),  # completed without usage
+        Metered(Usage(input=800, output=5), True, False, count, 100),  # broke after early usage
+    )
+
+
+def test_the_output_is_counted_only_for_the_rows_that_need_it() -> None:
+    calls, with_usage, without, early = _counting(40)
+    s = settle(EndReason.COMPLETED, with_usage, GPT, ONE, 500_000)
+    assert (s.charge, s.usage_source, calls) == (218, "upstream", [])  # no tokenizing
+    s = settle(EndReason.COMPLETED, without, GPT, ONE, 500_000)
+    assert (s.usage, s.usage_source, calls) == (Usage(input=1000, output=40), "estimated", [40])
+    s = settle(EndReason.UPSTREAM_TRUNCATED, early, GPT, ONE, 500_000)
+    assert (s.usage, s.usage_source, calls) == (Usage(input=800, output=40), "upstream", [40, 40])
