@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -181,7 +182,8 @@ def _billing() -> dict[str, Any]:
 
 def known_targets() -> dict[str, Target]:
     """Every target the report can run, by name (`--targets a,b,c` picks from these)."""
-    redis = {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "prefix": "weirbench"}
+    # A fresh prefix per run: a fixed one would make the next run's `user add bench` fail.
+    redis = {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "prefix": f"weirbench:{uuid.uuid4().hex[:8]}"}
     return {
         t.name: t
         for t in (
