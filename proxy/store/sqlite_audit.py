@@ -17,6 +17,7 @@ inside one read transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 
 from proxy.store.base import AuditReport
@@ -131,11 +132,14 @@ def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
 
 def _negatives(db: Db) -> list[str]:
     out = []
-    for u in fetch_all(db, "SELECT name, balance FROM users WHERE balance < 0 ORDER BY name"):
-        entries = fetch_all(
-            db, "SELECT id, d_balance, request_id FROM ledger WHERE account = ? AND kind = 'overage' ORDER BY id",
-            (f"wallet:{u['name']}",),
-        )
+    negative = fetch_all(db, "SELECT name, balance FROM users WHERE balance < 0 ORDER BY name")
+    overages: dict[str, list[sqlite3.Row]] = {}
+    if negative:  # one pass over the ledger (it has no index by account), not one per user
+        sql = "SELECT account, id, d_balance, request_id FROM ledger WHERE kind = 'overage' ORDER BY id"
+        for e in fetch_all(db, sql):
+            overages.setdefault(str(e["account"]), []).append(e)
+    for u in negative:
+        entries = overages.get(f"wallet:{u['name']}", [])
         listed = ", ".join(f"#{e['id']} {e['d_balance']} (request {e['request_id']})" for e in entries)
         out.append(f"wallet:{u['name']} balance {u['balance']}; overage entries: {listed or 'none'}")
     return out

@@ -40,7 +40,7 @@ import contextlib
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -157,18 +157,6 @@ def _bound_wal(conn: Db) -> None:
     conn.execute(f"PRAGMA journal_size_limit = {_WAL_BOUND_PAGES * 4096}")
 
 
-def _migrate(conn: Db) -> None:
-    """Apply pending migrations (inside the caller's `BEGIN IMMEDIATE`)."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = (row[0] if row else None) or 0
-    for version, script in schema.MIGRATIONS:
-        if version > current:
-            for statement in _statements(script):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
-
-
 def require_worker_api() -> None:
     """Raise RuntimeError unless aiosqlite offers the private worker-thread API `run()` uses."""
     execute = getattr(aiosqlite.Connection, "_execute", None)
@@ -215,6 +203,7 @@ class SQLiteConnection:
         # Inline commits must not fsync on the loop thread (see the module docstring).
         self._inline = self._synchronous in ("OFF", "NORMAL")
         self._busy_now = self._busy_ms  # the connection's busy timeout as last set
+        self._writes = 0  # write transactions begun, for the checkpointer to skip idle rounds
 
     async def open(self) -> None:
         """Connect, set the pragmas and apply pending migrations."""
@@ -229,7 +218,7 @@ class SQLiteConnection:
         self._db = db
         try:
             await self._hop(_configure, self._busy_ms, self._synchronous)
-            await self.run(_migrate)
+            await self.run(schema.migrate)
             if self._checkpoint_every > 0:
                 await self._start_checkpoints()
         except (sqlite3.Error, StoreError) as exc:
@@ -245,14 +234,18 @@ class SQLiteConnection:
         """Every `checkpoint_every` s, copy the WAL into the database on `ck`'s own thread.
 
         A PASSIVE checkpoint runs beside the writers without taking their lock, so its
-        fsyncs never delay a transaction. When the store is idle it finds nothing to copy
-        and costs one thread hop. Under a sustained write load the WAL can only start over
-        inside a commit; the commit-time checkpoint at `_WAL_BOUND_PAGES` then finds
-        nearly everything copied already.
+        fsyncs never delay a transaction. A round after which this store wrote nothing is
+        skipped, so an idle store costs no thread wake-ups. Under a sustained write load the
+        WAL can only start over inside a commit; the commit-time checkpoint at
+        `_WAL_BOUND_PAGES` then finds nearly everything copied already.
         """
+        copied = -1
         try:
             while True:
                 await asyncio.sleep(self._checkpoint_every)
+                if self._writes == copied:
+                    continue
+                copied = self._writes
                 with contextlib.suppress(sqlite3.Error):  # locked or busy: the next round retries
                     await ck.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
@@ -289,6 +282,8 @@ class SQLiteConnection:
         commit, see `_batch`), so concurrent callers share a commit instead of one each.
         """
         begin = _BEGIN[mode]
+        if mode == "IMMEDIATE":
+            self._writes += 1
         call = _Call(begin, fn, args, asyncio.get_running_loop().create_future())
         if self._busy:
             self._queue.append(call)
@@ -412,15 +407,3 @@ class _Call:
 
 def _select_one(conn: Db) -> None:
     conn.execute("SELECT 1").fetchone()
-
-
-def _statements(script: str) -> Iterable[str]:
-    """Split a migration script into complete statements (triggers contain semicolons)."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        yield buffer.strip()

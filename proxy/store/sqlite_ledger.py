@@ -48,12 +48,21 @@ _JOURNAL = (
 _KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
 _HOLD = "SELECT * FROM holds WHERE request_id = ?"
 _KEY_ROW = "SELECT * FROM api_keys WHERE id = ?"
-_USER_ROW = "SELECT * FROM users WHERE name = ?"
 _SUB_ROW = "SELECT * FROM subscriptions WHERE id = ?"
 _ACTIVE_SUBS = "SELECT * FROM subscriptions WHERE user = ? AND start <= ? AND end_at > ?"
 _NEW_PERIOD = "UPDATE subscriptions SET period_start = ? WHERE id = ? RETURNING *"
 _SUB_USED = "UPDATE subscriptions SET used = used + ? WHERE id = ?"
 _USER_USED = "UPDATE users SET used = used + ?, request_count = request_count + ? WHERE name = ?"
+# A wallet capture moves the balance and counts the use in one statement (and one journal entry).
+_WALLET_SETTLED = (
+    "UPDATE users SET balance = balance + ?, reserved = reserved + ?, used = used + ?,"
+    " request_count = request_count + ? WHERE name = ?"
+)
+# What a hold checks, key and owner in one lookup (the full rows are not needed).
+_HOLD_CHECKS = (
+    "SELECT k.user, k.status, k.expires_at, k.quota, k.balance, k.reserved, u.preference, u.balance, u.reserved"
+    " FROM api_keys k JOIN users u ON u.name = ? WHERE k.id = ?"
+)
 # Counting the key's usage also reads what settlement needs from the key: one statement, not two.
 _KEY_USED = (
     "UPDATE api_keys SET used = used + ?, request_count = request_count + ? WHERE id = ?"
@@ -151,9 +160,16 @@ def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int) -> in
 def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: LogDetails) -> Resolution:
     """Resolve an open hold as `state` with `charge`, with every side effect, in `db`'s transaction."""
     kind = _KINDS[state]
-    overage = _charge_funding(db, ts, held, kind, charge)
     counted = int(rules.counts_as_request(state, held.checkpoint))
-    db.execute(_USER_USED, (charge, counted, held.user))
+    if held.source is FundingSource.WALLET:
+        overage = 0
+        settled = (-charge, -held.amount, charge, counted, held.user)
+        if db.execute(_WALLET_SETTLED, settled).rowcount != 1:
+            raise sqlite3.IntegrityError(f"no account wallet:{held.user}")
+        db.execute(_JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, ""))
+    else:
+        overage = _charge_funding(db, ts, held, kind, charge)
+        db.execute(_USER_USED, (charge, counted, held.user))
     key = db.execute(_KEY_USED, (charge, counted, held.key_id)).fetchall()
     if not key:
         raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing key")
@@ -173,13 +189,21 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
 
 def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldRefusal | None:
     """The key-level refusal for a hold, if any (a key of another user is unknown)."""
-    if key is None or key.user != user:
+    if key is None:
         return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
-    reason = rules.key_refusal(key.status, key.expires_at, now)
+    available = key.balance - key.reserved
+    return _key_check(key.user == user, key.status, key.expires_at, key.unlimited, available, amount, now)
+
+
+def _key_check(
+    owned: bool, status: str, expires_at: float | None, unlimited: bool, available: int, amount: int, now: float
+) -> HoldRefusal | None:
+    if not owned:
+        return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
+    reason = rules.key_refusal(status, expires_at, now)
     if reason is not None:
         return HoldRefusal(reason, 0, amount)
-    available = key.balance - key.reserved
-    if not key.unlimited and not rules.affords(available, amount):
+    if not unlimited and not rules.affords(available, amount):
         return HoldRefusal(Refusal.INSUFFICIENT_KEY_QUOTA, available, amount)
     return None
 
@@ -220,26 +244,28 @@ def hold_tx(
     if existing is not None:
         return schema.to_hold(existing)
     now = clock()
-    krow = fetch_one(db, _KEY_ROW, (key_id,))
-    key = schema.to_key(krow) if krow else None
-    refusal = key_refusal(key, user, amount, now)
-    if refusal is not None or key is None:
-        return refusal or HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
-    urow = fetch_one(db, _USER_ROW, (user,))
-    if urow is None:
-        raise StoreError(f"unknown user {user!r}")
-    owner = schema.to_user(urow)
+    row = db.execute(_HOLD_CHECKS, (user, key_id)).fetchone()
+    if row is None:  # no such key, or no such user (then the key is someone else's)
+        krow = fetch_one(db, _KEY_ROW, (key_id,))
+        if krow is not None and krow["user"] == user:
+            raise StoreError(f"unknown user {user!r}")
+        return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
+    owner_of_key, status, expires_at, quota, k_balance, k_reserved, user_pref, u_balance, u_reserved = row
+    unlimited = quota is None
+    refusal = _key_check(owner_of_key == user, status, expires_at, unlimited, k_balance - k_reserved, amount, now)
+    if refusal is not None:
+        return refusal
     offers = offers_tx(db, user, now, model)
-    choice = rules.choose_funding(preference or owner.preference, owner.available, offers, amount)
+    choice = rules.choose_funding(preference or Preference(user_pref), u_balance - u_reserved, offers, amount)
     if isinstance(choice, HoldRefusal):
         return choice
     held = Hold(
         request_id=request_id, user=user, key_id=key_id, source=choice.source,
         subscription_id=choice.subscription_id, amount=amount,
-        key_amount=0 if key.unlimited else amount, price_version=price_version,
+        key_amount=0 if unlimited else amount, price_version=price_version,
         instance_id=instance_id, created_at=now, expires_at=now + ttl, state=HoldState.OPEN,
     )
-    record_hold(db, held, limited=not key.unlimited)
+    record_hold(db, held, limited=not unlimited)
     return held
 
 

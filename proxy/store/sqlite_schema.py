@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from operator import attrgetter
 
@@ -162,8 +162,39 @@ CREATE TABLE instances (
 );
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+# Two indexes only `weir audit` read, each a page written by every hold or capture (the
+# request-id index a random page): the audit scans instead (see sqlite_audit.py).
+_V2 = """
+DROP INDEX ledger_account;
+DROP INDEX consume_log_request;
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 """(version, script) in ascending order; each runs once per database file."""
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations (inside the caller's `BEGIN IMMEDIATE`)."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    current = (row[0] if row else None) or 0
+    for version, script in MIGRATIONS:
+        if version > current:
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
+
+
+def statements(script: str) -> Iterable[str]:
+    """Split a migration script into complete statements (triggers contain semicolons)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
 
 LOG_DETAIL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LogDetails))
 """LogDetails field names in declaration order (the consume_log columns share them)."""

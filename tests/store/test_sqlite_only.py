@@ -6,13 +6,14 @@ import asyncio
 import inspect
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import pytest
 
-from proxy.store.base import Hold, LogDetails, StoreError, StoreUnavailable
+from proxy.store.base import Hold, LogDetails, Plan, StoreError, StoreUnavailable
 from proxy.store.sqlite_conn import require_worker_api
 from proxy.store.sqlite_schema import MIGRATIONS
 from proxy.store.sqlite_store import SQLiteStore
@@ -306,3 +307,63 @@ async def test_checkpoints_run_in_the_background(tmp_path: Path) -> None:
         finally:
             await store.close()
     assert sizes[0.0] == 0 and sizes[0.02] > 40 * 2000
+
+
+async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path) -> None:
+    from proxy.store.sqlite_schema import _V1, statements
+
+    path = str(tmp_path / "w.db")
+    raw = sqlite3.connect(path, isolation_level=None)
+    for statement in statements(_V1):
+        raw.execute(statement)
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    raw.execute("INSERT INTO schema_version VALUES (1)")
+    raw.close()
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    try:
+        with sqlite3.connect(path) as check:
+            indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            versions = [v for (v,) in check.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == [1, 2] and "ledger_account" not in indexes and "consume_log_request" not in indexes
+        assert "consume_log_user" in indexes and "holds_open" in indexes
+        log = LogDetails(end_reason="completed", usage_source="upstream")
+        await store.create_plan(Plan("p100", 100, "none"))
+        for name, request_id, charge in (("alice", "ra", 250), ("bob", "rb", 180)):
+            await store.create_user(name)
+            await store.grant_subscription(name, "p100", time.time() - 60, time.time() + 3600)
+            key = await store.create_key(name, f"h-{name}")
+            assert isinstance(await store.hold(request_id, name, key.id, 100, None, "pv", 60, "i1", "m"), Hold)
+            assert (await store.capture(request_id, charge, log)).overage == charge - 100
+        report = await store.audit(0, 30)
+        assert report.ok and len(report.negatives) == 2
+        alice, bob = report.negatives
+        # Each wallet lists its own overage entry, found in one pass over the ledger.
+        assert "wallet:alice balance -150" in alice and "-150 (request ra)" in alice and "rb" not in alice
+        assert "wallet:bob balance -80" in bob and "-80 (request rb)" in bob and "ra)" not in bob
+    finally:
+        await store.close()
+
+
+async def test_an_idle_store_skips_its_background_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0.02)
+    await store.open()
+    try:
+        hops = _count_hops(monkeypatch)
+
+        def checkpoints() -> int:
+            return hops.count("_execute_fetchall")  # the checkpointer's PRAGMA wal_checkpoint
+
+        await store.create_user("alice")
+        await asyncio.sleep(0.15)
+        after_write = checkpoints()
+        assert after_write >= 1
+        await asyncio.sleep(0.3)  # ~15 rounds with nothing written: no wake-ups
+        assert checkpoints() == after_write
+        await store.credit("alice", 5)
+        await asyncio.sleep(0.15)
+        assert checkpoints() == after_write + 1
+    finally:
+        await store.close()
