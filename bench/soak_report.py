@@ -32,7 +32,7 @@ class SoakSettings:
     seed: int = 1
     rate: float | None = None  # offer this many requests/s instead of half the measured maximum
     fault_rate: float = 0.05
-    ramp: float = 10.0
+    ramp: float = 30.0
     warmup: float = 60.0
     window: float = 60.0
     page_cache_mib: float = 16.0  # the SQLite page cache of Weir's store connection (sqlite_conn.py)

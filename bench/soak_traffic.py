@@ -9,6 +9,7 @@ Weir routes `soak-e500`, `soak-trunc`, ... to mock upstreams that always misbeha
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from dataclasses import dataclass, field
@@ -250,10 +251,16 @@ async def open_loop(
     shed = 0
     t0 = time.monotonic()
     interval, n = 1.0 / rate, 0
+    frozen_at = t0
     async with _session(max_inflight) as session:
         while (due := t0 + n * interval) < t0 + seconds:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             n += 1
+            if due - frozen_at >= 5.0:
+                # The driver keeps every shot; without this, its own full GC passes grow with
+                # the run and show up as client-side latency that Weir never caused.
+                gc.freeze()
+                frozen_at = due
             kind = choose_kind(rng, fault_rate)
             if len(pending) >= max_inflight:
                 shed += 1
