@@ -35,9 +35,6 @@ T = TypeVar("T")
 DEFAULT_QUOTA_PER_USD = 500_000
 UNAVAILABLE_EXIT = 3
 _USD_PLACES = Decimal("0.000001")
-_BILLING_USES = ("billing", "plugins.billing", "plugins.billing:BillingPlugin")
-
-
 @dataclass(frozen=True, slots=True)
 class Money:
     """Conversion between USD and quota units at one `quota_per_usd` rate."""
@@ -61,19 +58,15 @@ class Money:
 
 def money_of(config: Config) -> Money:
     """The USD rate of the billing plugin listed in proxy.yaml, else the default 500 000."""
-    for i, spec in enumerate(config.plugins):
-        if spec.use not in _BILLING_USES or "quota_per_usd" not in spec.config:
-            continue
-        raw = spec.config["quota_per_usd"]
-        path = f"plugins[{i}].config.quota_per_usd"
-        try:
-            value = Decimal(str(raw)) if not isinstance(raw, bool) else Decimal("NaN")
-        except InvalidOperation:
-            value = Decimal("NaN")
-        if not value.is_finite() or value <= 0 or value != value.to_integral_value():
-            raise ConfigError(path, f"expected a positive integer, got {raw!r}")
-        return Money(int(value))
-    return Money()
+    from plugins.billing.cli import billing_config, billing_index
+
+    index = billing_index(config)
+    if index is None:
+        return Money()
+    rate = billing_config(config).quota_per_usd
+    if rate <= 0:
+        raise ConfigError(f"plugins[{index}].config.quota_per_usd", f"expected a positive integer, got {rate!r}")
+    return Money(rate)
 
 
 def amount_from(args: argparse.Namespace, money: Money) -> int | None:

@@ -17,15 +17,23 @@ from proxy.cli import CLIError, emit
 from proxy.confbuild import build
 from proxy.config import Config
 
-_BILLING_USES = ("billing", "plugins.billing:BillingPlugin")
+_BILLING_USES = ("billing", "plugins.billing", "plugins.billing:BillingPlugin")
+
+
+def billing_index(config: Config) -> int | None:
+    """The position of the billing plugin in proxy.yaml's `plugins:`, or None."""
+    for i, spec in enumerate(config.plugins):
+        if spec.use in _BILLING_USES:
+            return i
+    return None
 
 
 def billing_config(config: Config) -> BillingConfig:
     """The billing plugin's config from proxy.yaml, or the defaults when it is not listed."""
-    for i, spec in enumerate(config.plugins):
-        if spec.use in _BILLING_USES:
-            return build(BillingConfig, spec.config, f"plugins[{i}].config")
-    return BillingConfig()
+    i = billing_index(config)
+    if i is None:
+        return BillingConfig()
+    return build(BillingConfig, config.plugins[i].config, f"plugins[{i}].config")
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
