@@ -284,7 +284,8 @@ class SQLiteConnection:
         begin = _BEGIN[mode]
         if mode == "IMMEDIATE":
             self._writes += 1
-        call = _Call(begin, fn, args, asyncio.get_running_loop().create_future())
+        inline = inline and self._inline
+        call = _Call(begin, fn, args, asyncio.get_running_loop().create_future(), inline)
         if self._busy:
             self._queue.append(call)
             return cast(T, await call.done)
@@ -301,7 +302,7 @@ class SQLiteConnection:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
             return cast(T, await call.done)
         try:  # alone: inline, or straight to the worker without a task in between
-            outcome = self._try_inline(begin, fn, args) if inline and self._inline else None
+            outcome = self._try_inline(begin, [(fn, args)])[0] if inline else None
             if outcome is None:
                 [outcome] = await self._hop(_batch, begin, [(fn, args)], self._busy_for_worker())
         finally:
@@ -311,21 +312,24 @@ class SQLiteConnection:
             raise cast(BaseException, value)
         return cast(T, value)
 
-    def _try_inline(self, begin: str, fn: Callable[..., object], args: tuple[object, ...]) -> Outcome | None:
-        """Run one call on the loop thread without waiting for a lock; None when SQLite was
-        busy (the transaction rolled back whole: the caller runs it on the worker instead)."""
+    def _try_inline(self, begin: str, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]) -> list[Outcome | None]:
+        """Run calls in one transaction on the loop thread without waiting for a lock.
+
+        Each outcome is None when SQLite was busy (that call, or the whole transaction, rolled
+        back: the caller sends it to the worker instead).
+        """
         db = self._db
         if db is None:
             raise StoreUnavailable("the SQLite store is not open")
         busy_ms = None if self._busy_now == 0 else 0
         self._busy_now = 0
         try:
-            [outcome] = _batch(db._conn, begin, [(fn, args)], busy_ms)
+            outcomes = _batch(db._conn, begin, calls, busy_ms)
         except StoreUnavailable as exc:
             if _is_busy(exc):
-                return None
+                return [None] * len(calls)
             raise
-        return None if not outcome[0] and _is_busy(outcome[1]) else outcome
+        return [None if not o[0] and _is_busy(o[1]) else o for o in outcomes]
 
     def _busy_for_worker(self) -> int | None:
         """The busy timeout a worker batch must set first (None: already in place)."""
@@ -349,12 +353,7 @@ class SQLiteConnection:
                 calls = self._take()
                 if not calls:
                     continue
-                try:
-                    outcomes = await self._hop(
-                        _batch, calls[0].begin, [(c.fn, c.args) for c in calls], self._busy_for_worker()
-                    )
-                except Exception as exc:
-                    outcomes = [(False, exc)] * len(calls)
+                outcomes = await self._run_batch(calls)
                 for call, (ok, value) in zip(calls, outcomes):
                     if call.done.done():
                         continue
@@ -369,11 +368,29 @@ class SQLiteConnection:
                 call.done.cancel()
             self._queue.clear()
 
+    async def _run_batch(self, calls: list[_Call]) -> list[Outcome]:
+        """One batch: inline when every call may run on the loop, else (or where SQLite was
+        busy) on the worker thread. A batch error becomes every remaining caller's outcome."""
+        pairs = [(c.fn, c.args) for c in calls]
+        try:
+            tried: list[Outcome | None] = self._try_inline(calls[0].begin, pairs) if calls[0].inline else [None] * len(calls)
+            left = [i for i, o in enumerate(tried) if o is None]
+            if left:
+                done = await self._hop(_batch, calls[0].begin, [pairs[i] for i in left], self._busy_for_worker())
+                for i, o in zip(left, done):
+                    tried[i] = o
+        except Exception as exc:
+            return [(False, exc)] * len(calls)
+        return cast(list[Outcome], tried)
+
     def _take(self) -> list[_Call]:
         """The next batch: queued calls of one mode, in order, skipping cancelled callers."""
         first = self._queue.popleft()
         batch = [first]
-        while self._queue and len(batch) < _BATCH_MAX and self._queue[0].begin == first.begin:
+        while (
+            self._queue and len(batch) < _BATCH_MAX
+            and self._queue[0].begin == first.begin and self._queue[0].inline == first.inline
+        ):
             batch.append(self._queue.popleft())
         return [c for c in batch if not c.done.cancelled()]
 
@@ -403,6 +420,7 @@ class _Call:
     fn: Callable[..., object]
     args: tuple[object, ...]
     done: asyncio.Future[object]
+    inline: bool = False
 
 
 def _select_one(conn: Db) -> None:
