@@ -1,7 +1,10 @@
 """The connection under `RedisStore`: lifecycle, error translation, scripts, typed commands.
 
-The client is `redis.asyncio.Redis` for one server, or `redis.asyncio.cluster.RedisCluster`
-with `cluster=True`. Nothing above this module needs to know which: every script call and
+For one server over plain TCP or a unix socket, the client is Weir's lean pipelined RESP
+connection (`proxy.store.redis_lean`: redis-py cost ~130 µs of CPU per round trip on the
+request path); for TLS urls or url options it is `redis.asyncio.Redis`, and with
+`cluster=True` it is `redis.asyncio.cluster.RedisCluster`. Nothing above this module needs
+to know which: every script call and
 every single-key command is routed by its (first) key, which carries the user's hash tag;
 `batch` is a non-transactional pipeline, which RedisCluster splits per node (replies come
 back in call order, and calls on one key keep their order); `SCRIPT LOAD` after a
@@ -32,8 +35,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 
 from proxy.store.base import StoreError, StoreUnavailable
+from proxy.store.redis_lean import LeanRedis, Script, lean_target
 from proxy.store.redis_layout import SCRIPTS, load_script
 
 _P = ParamSpec("_P")
@@ -117,6 +122,7 @@ class RedisCore:
         self._limit = max_connections
         self._slots = asyncio.Semaphore(max_connections)
         self._client: Any = None
+        self._lean: LeanRedis | None = None
         self._scripts: dict[str, Any] = {}
 
     @property
@@ -126,8 +132,34 @@ class RedisCore:
             raise StoreUnavailable("the Redis store is not open")
         return self._client
 
+    @property
+    def lean(self) -> bool:
+        """True when the lean RESP connection (not redis-py) carries the commands."""
+        return self._lean is not None
+
+    def _lean_for_url(self) -> LeanRedis | None:
+        if self.cluster:
+            return None
+        try:
+            target = lean_target(parse_url(self.url))
+        except ValueError as exc:
+            raise StoreUnavailable(f"store.url: cannot use {redact(self.url)} for redis: {exc}") from exc
+        if target is None:
+            return None
+        scripts = {name: Script.of(name, load_script(name)) for name in SCRIPTS}
+        return LeanRedis(target, self._timeout, scripts)
+
     async def open(self) -> None:
         """Connect, check that Redis answers and register the scripts."""
+        lean = self._lean_for_url()
+        if lean is not None:
+            try:
+                await lean.open()
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(f"store.url: cannot reach redis at {redact(self.url)}: {exc}") from exc
+            self._lean, self._scripts = lean, dict(lean.scripts)
+            self._slots = asyncio.Semaphore(self._limit)
+            return
         what = "redis cluster" if self.cluster else "redis"
         try:
             client = _new_client(self.url, self._timeout, self.cluster, self._limit)
@@ -147,12 +179,17 @@ class RedisCore:
 
     async def close(self) -> None:
         """Close the pool (idempotent)."""
+        lean, self._lean = self._lean, None
+        if lean is not None:
+            await lean.close()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
     async def ping(self) -> bool:
         """True when Redis answers."""
+        if self._lean is not None:
+            return await self._lean.ping()
         try:
             return bool(await self.client.ping())
         except (StoreError, rexc.RedisError, rexc.RedisClusterException, OSError):
@@ -173,6 +210,13 @@ class RedisCore:
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run script `name` by SHA with `keys` and `args` (reloading it after NOSCRIPT)."""
+        lean = self._lean
+        if lean is not None:
+            await self._enter()
+            try:
+                return await lean.run(name, keys, args)
+            finally:
+                self._slots.release()
         client = self.client
         await self._enter()
         try:
@@ -182,10 +226,12 @@ class RedisCore:
 
     async def call(self, name: str, *args: Any) -> Any:
         """Any single command, by its redis-py method name."""
-        method = getattr(self.client, name)
+        lean = self._lean
         await self._enter()
         try:
-            return await method(*args)
+            if lean is not None:
+                return await lean.call(name, *args)
+            return await getattr(self.client, name)(*args)
         finally:
             self._slots.release()
 
@@ -213,6 +259,13 @@ class RedisCore:
         """Several commands in one round trip per node (a pipeline without MULTI: slots may differ)."""
         if not calls:
             return []
+        lean = self._lean
+        if lean is not None:
+            await self._enter()
+            try:
+                return await lean.batch(calls)
+            finally:
+                self._slots.release()
         pipe = self.client.pipeline(transaction=False)
         for name, args in calls:
             getattr(pipe, name)(*args)
@@ -225,8 +278,11 @@ class RedisCore:
 
     async def scan(self, pattern: str) -> list[str]:
         """Every key matching `pattern` (on a cluster, on every primary)."""
+        lean = self._lean
         await self._enter()
         try:
+            if lean is not None:
+                return await lean.scan(pattern)
             return [key async for key in self.client.scan_iter(match=pattern, count=500)]
         finally:
             self._slots.release()

@@ -1,0 +1,178 @@
+"""`RedisStore`'s commands on the lean RESP connection (`proxy.store.resp`), for one server.
+
+`RedisCore` uses this instead of redis-py when `store.url` names a single server over plain
+TCP or a unix socket (the common deployment, and the one the request path is measured on).
+It offers the same calls as the redis-py path, with the same reply shapes as redis-py with
+`decode_responses=True` (HGETALL a dict, SMEMBERS a set, HSETNX a bool, ...), and the same
+error translation: an unreachable server is `StoreUnavailable`, an error reply `StoreError`
+(a script's `weir: <message>` without its prefix).
+
+Scripts run by SHA; after a `NOSCRIPT` (a `SCRIPT FLUSH`, a restart, a failover) the source
+is loaded and the call retried once, as redis-py's registered scripts do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.store.base import StoreError, StoreUnavailable
+from proxy.store.resp import RespClient, RespConnectionError, RespError, Target
+
+__all__ = ["LeanRedis", "Script", "lean_target"]
+
+_LEAN_URL_PARTS = frozenset({"host", "port", "db", "username", "password", "path", "connection_class"})
+
+
+def lean_target(options: Mapping[str, Any]) -> Target | None:
+    """A `Target` for redis-py's parsed url `options`, or None when the url asks for
+    something the lean connection does not do (TLS, url query options)."""
+    if not set(options) <= _LEAN_URL_PARTS:
+        return None
+    cls = options.get("connection_class")
+    if cls is not None and cls.__name__ != "UnixDomainSocketConnection":
+        return None
+    return Target(
+        host=str(options.get("host", "127.0.0.1")), port=int(options.get("port", 6379)),
+        path=options.get("path"), db=int(options.get("db", 0) or 0),
+        username=options.get("username"), password=options.get("password"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1 (what EVALSHA names it by)."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, name: str, source: str) -> Script:
+        """The script `name` with its digest computed locally (the same as SCRIPT LOAD's)."""
+        return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+def _error(exc: RespError) -> StoreError:
+    msg = str(exc)
+    if msg.startswith(("MOVED ", "ASK ")):  # a cluster node: this url needs the cluster client
+        return StoreUnavailable(f"redis answered {msg}: store.url is a Redis Cluster node, set store.cluster: true")
+    return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
+
+
+def _unavailable(exc: RespConnectionError) -> StoreUnavailable:
+    return StoreUnavailable(f"redis unavailable: {exc}")
+
+
+def _pairs(reply: list[str]) -> dict[str, str]:
+    return dict(zip(reply[::2], reply[1::2]))
+
+
+def _scored(reply: list[str]) -> list[tuple[str, float]]:
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+# Reply shapes where redis-py (decode_responses=True) does not hand back the raw reply.
+_SHAPES: dict[str, Callable[[Any], Any]] = {
+    "hgetall": _pairs, "smembers": set, "hsetnx": bool, "zrevrangebyscore": _scored,
+}
+
+
+def _command(name: str, args: Sequence[Any]) -> tuple[Any, ...]:
+    """The RESP command for redis-py method `name` called with positional `args`."""
+    if name == "zrevrangebyscore":  # (key, max, min, start, num, withscores)
+        key, hi, lo, start, num, withscores = args
+        return ("ZREVRANGEBYSCORE", key, hi, lo, "LIMIT", start, num, *(("WITHSCORES",) if withscores else ()))
+    return (name.upper(), *args)
+
+
+class LeanRedis:
+    """The commands `RedisCore` needs, on one pipelined connection."""
+
+    def __init__(self, target: Target, timeout: float, scripts: dict[str, Script]) -> None:
+        """Configure; `open()` connects."""
+        self._client = RespClient(target, timeout)
+        self.scripts = scripts
+
+    async def open(self) -> None:
+        """Connect and check that the server answers; StoreUnavailable (with the reason) if not."""
+        try:
+            await self._client.connect()
+            await self._client.execute("PING")
+        except RespConnectionError as exc:
+            await self._client.close()
+            raise _unavailable(exc) from exc
+        except RespError as exc:
+            await self._client.close()
+            raise StoreUnavailable(f"redis refused PING: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._client.close()
+
+    async def ping(self) -> bool:
+        """True when the server answers PING."""
+        try:
+            return bool(await self._client.execute("PING") == "PONG")
+        except (RespConnectionError, RespError):
+            return False
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """EVALSHA script `name`; after NOSCRIPT, SCRIPT LOAD it and retry once."""
+        script = self.scripts[name]
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                return await self._client.execute(*command)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+            await self._client.execute("SCRIPT", "LOAD", script.source)
+            return await self._client.execute(*command)
+        except RespError as exc:
+            raise _error(exc) from exc
+        except RespConnectionError as exc:
+            raise _unavailable(exc) from exc
+
+    async def call(self, name: str, *args: Any) -> Any:
+        """One command, by its redis-py method name, with redis-py's reply shape."""
+        try:
+            reply = await self._client.execute(*_command(name, args))
+        except RespError as exc:
+            raise _error(exc) from exc
+        except RespConnectionError as exc:
+            raise _unavailable(exc) from exc
+        shape = _SHAPES.get(name)
+        return reply if shape is None else shape(reply)
+
+    async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several commands in one write; the first error reply is raised (as redis-py's
+        pipeline does), after every reply has been read."""
+        try:
+            replies = await self._client.pipeline([_command(name, args) for name, args in calls])
+        except RespConnectionError as exc:
+            raise _unavailable(exc) from exc
+        out = []
+        for (name, _), reply in zip(calls, replies):
+            if isinstance(reply, RespError):
+                raise _error(reply)
+            shape = _SHAPES.get(name)
+            out.append(reply if shape is None else shape(reply))
+        return out
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Every key matching `pattern` (SCAN until the cursor comes back to 0)."""
+        found: list[str] = []
+        cursor = "0"
+        while True:
+            try:
+                cursor, keys = await self._client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+            except RespError as exc:
+                raise _error(exc) from exc
+            except RespConnectionError as exc:
+                raise _unavailable(exc) from exc
+            found += keys
+            if cursor == "0":
+                return found
