@@ -251,17 +251,21 @@ def rows_for(d: Measured, m: Measured, s: Settings) -> list[Row]:
     ]
     rows.append(_latency_row("added time to first byte, stream, 1 client, p50", 1.2, m.name,
                              percentile(d.ttfbs, 50), percentile(m.ttfbs, 50)))
-    rows.append(_cpu_row(f"proxy CPU per relayed SSE event, bulk ({s.stream_events}-event streams)",
-                         m.name, m.stream_cpu, m.events))
-    rows.append(_cpu_row(f"proxy CPU per relayed SSE event, paced ({s.paced_events + 3}-event streams, one event per read)",
-                         m.name, m.paced_cpu, m.paced.events if m.paced else 0))
-    if d.paced and d.paced.events:
-        mock = f"paced mock itself: {d.paced_cpu / d.paced.events * 1e6:.1f} µs"
-        rows[-1] = replace(rows[-1], direct=mock)
-    rows.append(_marginal_row(d, m))
+    if s.cpu_streams:
+        rows.append(_cpu_row(f"proxy CPU per relayed SSE event, bulk ({s.stream_events}-event streams)",
+                             m.name, m.stream_cpu, m.events))
+    if s.paced_runs:
+        rows.append(_cpu_row(
+            f"proxy CPU per relayed SSE event, paced ({s.paced_events + 3}-event streams, one event per read)",
+            m.name, m.paced_cpu, m.paced.events if m.paced else 0))
+        if d.paced and d.paced.events:
+            mock = f"paced mock itself: {d.paced_cpu / d.paced.events * 1e6:.1f} µs"
+            rows[-1] = replace(rows[-1], direct=mock)
+        rows.append(_marginal_row(d, m))
     per_req = m.request_cpu / m.requests * 1e6 if m.requests else float("nan")
     rows.append(Row("proxy CPU per non-stream request (1 client)", "(info)", m.name, "—", f"{per_req:.0f} µs"))
-    rows.append(_paced_row(d, m, s))
+    if s.paced_runs:
+        rows.append(_paced_row(d, m, s))
     rss = (m.rss or 0) / 2**20
     rows.append(Row("idle RSS (after start-up and one request)", "≤ 60 MB", m.name,
                     f"mock process: {(d.rss or 0) / 2**20:.1f} MB", f"{rss:.1f} MB", met=_met(rss <= 60)))
@@ -271,9 +275,26 @@ def rows_for(d: Measured, m: Measured, s: Settings) -> list[Row]:
     return rows
 
 
-def render_rows(rows: Sequence[Row]) -> str:
-    """The rows as a markdown table."""
-    head = "| measure | goal | target | direct | target value | target − direct | target / direct | goal met |"
+def plugin_rows(base: Measured, m: Measured, s: Settings) -> list[Row]:
+    """What a target's plugins cost over `base` (Weir with no plugins) in the same run:
+    added 1-client p50 (goal ≤ 0.5 ms) and the share of throughput kept (goal ≥ 0.75×)."""
+    b50, m50 = percentile(base.latencies, 50), percentile(m.latencies, 50)
+    added = (m50 - b50) * 1000
+    a, b = percentile(base.throughputs, 50), percentile(m.throughputs, 50)
+    kept = b / a if a else float("nan")
+    return [
+        Row("added latency over no plugins, non-stream, 1 client, p50", "≤ 0.5 ms", m.name,
+            f"{b50 * 1000:.3f} ms", f"{m50 * 1000:.3f} ms", f"{added:+.3f} ms",
+            f"{m50 / b50:.2f}×" if b50 > 0 else "—", _met(added <= 0.5)),
+        Row(f"throughput kept, non-stream, {s.throughput_clients} clients (median of rounds)", "≥ 0.75×", m.name,
+            f"{a:.0f} req/s", f"{b:.0f} req/s", f"{b - a:+.0f} req/s", f"{kept:.2f}×", _met(kept >= 0.75)),
+    ]
+
+
+def render_rows(rows: Sequence[Row], baseline: str = "direct") -> str:
+    """The rows as a markdown table; `baseline` names the reference column."""
+    head = (f"| measure | goal | target | {baseline} | target value | target − {baseline} | "
+            f"target / {baseline} | goal met |")
     out = [head, "|" + "---|" * 8]
     for r in rows:
         out.append(f"| {r.measure} | {r.goal} | {r.target} | {r.direct} | {r.value} | {r.diff} | {r.ratio} | {r.met} |")
@@ -292,7 +313,7 @@ def _interleaved(runner: _Runner, running: list[Running], measured: list[Measure
             for t, m in pairs if (i + j) % 2 == 0 else pairs[::-1]:
                 runner.latency(t, m, _share(s.latency_requests, s.slices, j))
                 runner.ttfb(t, m, _share(s.ttfb_requests, s.slices, j))
-        steps = [runner.throughput, runner.cpu] + ([runner.paced] if i < s.paced_runs else [])
+        steps = [runner.throughput] + ([runner.cpu] if s.cpu_streams else []) + ([runner.paced] if i < s.paced_runs else [])
         for step in steps:
             for t, m in pairs if i % 2 == 0 else pairs[::-1]:
                 step(t, m)
@@ -339,6 +360,12 @@ def render(measured: Sequence[Measured], s: Settings, command: str) -> str:
         if m is not direct:
             rows += rows_for(direct, m, s)
     lines = [_context(s, command), "", render_rows(rows)]
+    base = next((m for m in measured if m.name == "weir"), None)
+    with_plugins = [m for m in measured if base is not None and m.name.startswith("weir+")]
+    if base is not None and with_plugins:
+        extra = [r for m in with_plugins for r in plugin_rows(base, m, s)]
+        lines += ["", "Plugins over Weir with no plugins (the `weir` target of the same run):", "",
+                  render_rows(extra, "weir")]
     for m in measured:
         lines += [f"\n**errors ({m.name}):** " + "; ".join(m.errors[:5])] if m.errors else []
     return "\n".join(lines) + "\n"
@@ -366,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds and requests (about a minute)")
     p.add_argument("--write", action="store_true", help="also write the dated section of bench/RESULTS.md")
     p.add_argument("--targets", default="direct,weir", help=f"comma-separated, from: {','.join(known_targets())}")
+    p.add_argument("--focus", choices=("all", "requests"), default="all",
+                   help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs)")
     args = p.parse_args(argv)
     table = known_targets()
     names = ["direct"] + [n for n in args.targets.split(",") if n and n != "direct"]
@@ -373,8 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown target(s) {unknown}; known: {list(table)}")
     s = QUICK if args.quick else FULL
+    if args.focus == "requests":
+        s = replace(s, label=s.label + ", requests only", cpu_streams=0, paced_runs=0)
     signal.signal(signal.SIGTERM, _sigterm)
     command = "python -m bench.report" + (" --quick" if args.quick else "")
+    command += " --focus requests" if args.focus == "requests" else ""
     command += f" --targets {args.targets}" if args.targets != "direct,weir" else ""
     try:
         with tempfile.TemporaryDirectory(prefix="weir-bench-") as tmp:

@@ -90,3 +90,23 @@ def test_write_results_replaces_its_own_section_and_keeps_the_rest(tmp_path: Pat
     assert "first table" not in text
     assert text.count("second table") == 1 and text.count("other table") == 1
     assert text.index("second table") < text.index("other table")
+
+
+def _measured(name: str, p50_ms: float, rps: float) -> Measured:
+    m = Measured(name)
+    m.latencies = [p50_ms / 1000] * 5
+    m.throughputs = [rps] * 3
+    return m
+
+
+def test_plugin_rows_judge_added_p50_and_throughput_kept_against_weir_without_plugins() -> None:
+    base = _measured("weir", 0.600, 4000)
+    good = render([_measured("direct", 0.2, 9000), base, _measured("weir+billing-sqlite", 1.05, 3100)], SMOKE, "x")
+    bad = render([_measured("direct", 0.2, 9000), base, _measured("weir+billing-redis", 1.15, 2900)], SMOKE, "x")
+    [p50, kept] = [line for line in good.splitlines() if line.startswith("| ") and "| weir+billing-sqlite |" in line][-2:]
+    assert p50.startswith("| added latency over no plugins, non-stream, 1 client, p50 | ≤ 0.5 ms |")
+    assert "| 0.600 ms | 1.050 ms | +0.450 ms |" in p50 and p50.endswith("| yes |")
+    assert "| 4000 req/s | 3100 req/s | -900 req/s | 0.78× | yes |" in kept
+    rows = [line for line in bad.splitlines() if "| weir+billing-redis |" in line][-2:]
+    assert all(line.endswith("| **NO** |") for line in rows), rows
+    assert "| weir |" in good.split("Plugins over Weir with no plugins")[1].splitlines()[2]  # the baseline column
