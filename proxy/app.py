@@ -4,7 +4,6 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import os
@@ -91,7 +90,6 @@ def create_app(
         app.cleanup_ctx.append(_plugin_ctx(plugin))
     app.cleanup_ctx.append(_tracker_ctx)
     app.cleanup_ctx.append(_housekeeping_ctx)
-    app.on_startup.append(_freeze_startup_objects)
     app.on_shutdown.append(_graceful_shutdown)
     _add_routes(app, loaded)
     return app
@@ -165,13 +163,6 @@ async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     keeper.start(app[keys.TASKS])
     yield
     await keeper.stop()
-
-
-async def _freeze_startup_objects(app: web.Application) -> None:
-    """Move everything allocated at startup (plugins' tables, vocabularies, price data) out of
-    the collector's reach, so full GC passes scan only what requests allocate."""
-    gc.collect()
-    gc.freeze()
 
 
 async def _graceful_shutdown(app: web.Application) -> None:
