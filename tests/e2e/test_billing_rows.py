@@ -154,9 +154,12 @@ async def test_client_disconnect(billed: BilledFactory, policy: str) -> None:
     async with aiohttp.ClientSession() as s:
         resp = await s.post(b.proxy.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {b.key}"},
                             json={"model": "mock-gpt", "messages": MSG, "stream": True})
+        assert resp.status == 200, await resp.text()
         seen = 0
         while seen < 3:
-            seen += (await resp.content.readline()).startswith(b"data:")
+            line = await resp.content.readline()
+            assert line, f"the stream ended after {seen} events"
+            seen += line.startswith(b"data:")
         resp.close()
     row = None
     for _ in range(100):
