@@ -39,6 +39,14 @@ class SoakSettings:
     max_inflight: int = 512
     rss_growth_mib_per_min: float = 1.0
     p99_ratio: float = 1.5
+    # A p99 of a few ms moves by several ms with the scheduling of a shared 2-core machine;
+    # degradation (a queue or a leak) shows as tens of ms and more. Slack below this is noise.
+    p99_slack: float = 0.010
+
+    def p99_limit(self, first: float) -> float:
+        """The largest last-window p99 that still counts as holding: 1.5× the first, or the
+        first plus the slack, whichever is larger."""
+        return max(self.p99_ratio * first, first + self.p99_slack)
 
 
 @dataclass(slots=True)
@@ -183,9 +191,10 @@ def judge(r: SoakReport) -> None:
         r.failures.append(
             f"RSS grew {r.rss_slope:.3f} MiB/min after {r.memory_warmup:.0f} s (limit {s.rss_growth_mib_per_min})"
         )
-    if not r.p99_last <= s.p99_ratio * r.p99_first:
+    if not r.p99_last <= s.p99_limit(r.p99_first):
         r.failures.append(
-            f"p99 latency degraded: last window {r.p99_last * 1000:.1f} ms > {s.p99_ratio} x first {r.p99_first * 1000:.1f} ms"
+            f"p99 latency degraded: last window {r.p99_last * 1000:.1f} ms > {s.p99_ratio} x first"
+            f" {r.p99_first * 1000:.1f} ms and > first + {s.p99_slack * 1000:g} ms"
         )
     if r.open_holds != 0:
         r.failures.append(f"{r.open_holds} hold(s) still open after settling")
@@ -210,7 +219,7 @@ def markdown(r: SoakReport, command: str) -> str:
             f"{r.rss_slope:+.3f} MiB/min",
         ),
         (f"p99 healthy latency, {first[0]:.0f}–{first[1]:.0f} s", f"{r.p99_first * 1000:.1f} ms"),
-        (f"p99 healthy latency, {last[0]:.0f}–{last[1]:.0f} s (≤ {r.settings.p99_ratio}× first)", f"{r.p99_last * 1000:.1f} ms"),
+        (f"p99 healthy latency, {last[0]:.0f}–{last[1]:.0f} s (≤ {r.settings.p99_ratio}× first or first + {r.settings.p99_slack * 1000:g} ms)", f"{r.p99_last * 1000:.1f} ms"),
         ("open holds after settling", str(r.open_holds)),
         ("weir audit", "clean" if r.audit_ok else "FAILED"),
         ("consume-log charges / wallet change / key change", f"{r.charged} / {r.balance_delta} / {r.key_delta} quota"),

@@ -29,7 +29,7 @@ def test_soak_half_load_with_faults_keeps_memory_latency_and_books(tmp_path: Pat
     # covers the per-request checks (each kind ended as it should and was billed as it should).
     assert report.rate >= 1 and len(report.shots) >= report.rate * minutes * 60 * 0.95, report.summary()
     assert report.rss_slope < 1.0, report.summary()
-    assert report.p99_last <= 1.5 * report.p99_first, report.summary()
+    assert report.p99_last <= report.settings.p99_limit(report.p99_first), report.summary()
     assert report.open_holds == 0, report.summary()
     assert report.audit_ok, report.audit_text
     assert report.charged == report.balance_delta == report.key_delta, report.summary()
@@ -79,6 +79,9 @@ def test_judge_fails_a_leak_a_slowdown_an_open_hold_and_drift() -> None:
     for shot in slow[-3:]:
         shot.latency = 0.5
     assert any("p99" in f for f in _run(shots=slow).failures)
+    # A last-window p99 twice the first but within the absolute slack is machine jitter.
+    assert SoakSettings().p99_limit(0.008) == pytest.approx(0.018)
+    assert SoakSettings().p99_limit(0.100) == pytest.approx(0.150)
     assert any("still open" in f for f in _run(open_holds=1).failures)
     assert any("money drift" in f for f in _run(balance_delta=71).failures)
     assert any("charged other than its usage" in f for f in _run(rows=[_row(f"r{i}", 8) for i in range(10)]).failures)
