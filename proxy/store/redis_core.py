@@ -276,6 +276,20 @@ class RedisCore:
             self._slots.release()
         return replies
 
+    async def batch_and_run(
+        self, calls: Sequence[Call], name: str, keys: Sequence[str], args: Sequence[str | int]
+    ) -> tuple[list[Any], Any]:
+        """`batch(calls)`, then script `name`: one round trip on the lean connection (sent
+        after the calls, so Redis runs it after them), two on redis-py."""
+        lean = self._lean
+        if lean is None:
+            return await self.batch(calls), await self.run(name, keys, args)
+        await self._enter()
+        try:
+            return await lean.batch_and_run(calls, name, keys, args)
+        finally:
+            self._slots.release()
+
     async def scan(self, pattern: str) -> list[str]:
         """Every key matching `pattern` (on a cluster, on every primary)."""
         lean = self._lean

@@ -359,6 +359,33 @@ class Held:
     sub_meta: str | None
 
 
+class KnownTerms:
+    """The subscription terms (id -> meta JSON) last read per user, so a hold can be sent in
+    the same round trip as that read. Terms are only ever added, so the hold script can tell
+    a stale entry by its count alone (and then the read that came with it is the fresh one).
+    Bounded like `HeldMemory`; a user not remembered is guessed to have none."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        """Remember the terms of at most `size` users."""
+        self._size = size
+        self._terms: OrderedDict[str, dict[str, str]] = OrderedDict()
+
+    def get(self, user: str) -> dict[str, str]:
+        """The terms last seen for `user` ({} when none were seen)."""
+        return self._terms.get(user, {})
+
+    def remember(self, user: str, terms: dict[str, str]) -> None:
+        """Keep what a read of `user`'s terms returned."""
+        self._terms[user] = terms
+        self._terms.move_to_end(user)
+        if len(self._terms) > self._size:
+            self._terms.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._terms.clear()
+
+
 class HeldMemory:
     """The holds this process made, by request id, so settling them needs no index lookup.
 

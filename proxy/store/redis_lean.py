@@ -66,6 +66,10 @@ def _unavailable(exc: RespConnectionError) -> StoreUnavailable:
     return StoreUnavailable(f"redis unavailable: {exc}")
 
 
+def _noscript(exc: RespError) -> bool:
+    return str(exc).startswith("NOSCRIPT")
+
+
 def _pairs(reply: list[str]) -> dict[str, str]:
     return dict(zip(reply[::2], reply[1::2]))
 
@@ -119,22 +123,46 @@ class LeanRedis:
         except (RespConnectionError, RespError):
             return False
 
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
+
+    async def _reloaded(self, name: str, command: tuple[Any, ...]) -> Any:
+        """After NOSCRIPT: load script `name` and run `command` again (once)."""
+        await self._client.execute("SCRIPT", "LOAD", self.scripts[name].source)
+        return await self._client.execute(*command)
+
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """EVALSHA script `name`; after NOSCRIPT, SCRIPT LOAD it and retry once."""
-        script = self.scripts[name]
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        command = self._evalsha(name, keys, args)
         try:
             try:
                 return await self._client.execute(*command)
             except RespError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
+                if not _noscript(exc):
                     raise
-            await self._client.execute("SCRIPT", "LOAD", script.source)
-            return await self._client.execute(*command)
+            return await self._reloaded(name, command)
         except RespError as exc:
             raise _error(exc) from exc
         except RespConnectionError as exc:
             raise _unavailable(exc) from exc
+
+    async def batch_and_run(
+        self, calls: Sequence[tuple[str, Sequence[Any]]], name: str, keys: Sequence[str], args: Sequence[str | int]
+    ) -> tuple[list[Any], Any]:
+        """`batch(calls)` and then script `name`, in one write (NOSCRIPT: reloaded, rerun)."""
+        command = self._evalsha(name, keys, args)
+        try:
+            replies = await self._client.pipeline([*(_command(n, a) for n, a in calls), command])
+            last = replies.pop()
+            if isinstance(last, RespError):
+                if not _noscript(last):
+                    raise last
+                last = await self._reloaded(name, command)
+        except RespError as exc:
+            raise _error(exc) from exc
+        except RespConnectionError as exc:
+            raise _unavailable(exc) from exc
+        return self._shaped(calls, replies), last
 
     async def call(self, name: str, *args: Any) -> Any:
         """One command, by its redis-py method name, with redis-py's reply shape."""
@@ -154,6 +182,11 @@ class LeanRedis:
             replies = await self._client.pipeline([_command(name, args) for name, args in calls])
         except RespConnectionError as exc:
             raise _unavailable(exc) from exc
+        return self._shaped(calls, replies)
+
+    @staticmethod
+    def _shaped(calls: Sequence[tuple[str, Sequence[Any]]], replies: list[Any]) -> list[Any]:
+        """Replies in redis-py's shapes; the first error reply is raised."""
         out = []
         for (name, _), reply in zip(calls, replies):
             if isinstance(reply, RespError):

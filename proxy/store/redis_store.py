@@ -11,9 +11,12 @@ have tags of their own and are written in separate commands *before* the script 
 needs them to be findable, so a crash in between leaves at worst an entry that points at
 nothing, which readers skip. Money never depends on a cross-slot write.
 
-A billed request costs four round trips: `hold` pipelines the request-id claim, the
-open-users mark and the read of the subscriptions' terms, then runs its script; a
-settlement takes a global log id, then runs its script. The process remembers what it
+A billed request costs three round trips: `hold` pipelines the request-id claim, the
+open-users mark, the read of the subscriptions' terms and its script (built from the
+terms this process last saw for the user; the script refuses to act on a stale view,
+and then runs again with the terms just read); a settlement takes a global log id, then
+runs its script. On redis-py (TLS urls, Cluster) the hold's pipeline and script are two
+round trips. The process remembers what it
 held (`HeldMemory`), so settling needs no lookup; holds made elsewhere are found through
 the request index. A resolver that drops a user's open mark raises a flag in the user's
 slot, and the hold script that finds it has its caller mark the user again.
@@ -51,6 +54,7 @@ from proxy.store.redis_layout import (
     MAX_UNITS,
     Held,
     HeldMemory,
+    KnownTerms,
     Layout,
     dump_opt,
     fmt_time,
@@ -83,6 +87,7 @@ class RedisStore:
         self._core = RedisCore(url, timeout, cluster=cluster, max_connections=max_connections)
         self._clock = clock
         self._held = HeldMemory()
+        self._terms = KnownTerms()
 
     # lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -102,6 +107,7 @@ class RedisStore:
         """Delete every key under the prefix (tests use it). On a cluster SCAN walks every
         primary and UNLINK is split by slot (both done by RedisCluster)."""
         self._held.clear()
+        self._terms.clear()
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self._k.prefix) + ":*"
         keys = await self._core.scan(pattern)
         for i in range(0, len(keys), 500):
@@ -296,22 +302,33 @@ class RedisStore:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
         units(amount, "a hold amount")
         k, now = self._k, self._clock()
-        # One round trip before the script: claim the request id and mark the user (so the
-        # hold is findable however the process dies), and read the subscriptions' terms.
-        claimed, _, metas = await self._core.batch([
-            ("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
-            ("hgetall", (k.sub_meta(user),)),
-        ])
-        if not claimed and (theirs := await records.claimed_before(self._core, k, request_id, user)) is not None:
-            return theirs
-        offers = usable_subscriptions(metas, now, model)
-        reply = await self._run(
-            "hold",
-            [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
-             k.unmarked(user), *(k.sub(user, sub_id) for sub_id, _ in offers)],
-            [request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
-             price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model, *(t for _, t in offers)],
+        known = self._terms.get(user)
+
+        def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
+            offers = usable_subscriptions(terms, now, model)
+            return (
+                [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
+                 k.unmarked(user), k.sub_meta(user), *(k.sub(user, sub_id) for sub_id, _ in offers)],
+                [request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
+                 price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model, len(terms),
+                 *(t for _, t in offers)],
+            )
+
+        # One round trip: claim the request id and mark the user (so the hold is findable
+        # however the process dies), read the subscriptions' terms, then the hold script,
+        # built from the terms last seen (it answers `stale` if the user has others now).
+        (claimed, _, metas), reply = await self._core.batch_and_run(
+            [("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
+             ("hgetall", (k.sub_meta(user),))],
+            "hold", *script(known),
         )
+        self._terms.remember(user, metas)
+        if not claimed and (theirs := await records.claimed_before(self._core, k, request_id, user)) is not None:
+            if reply[0] == "new":  # the script ran anyway: give this user's reservation back
+                await self._void(request_id, user, key_id, reply[2] or "", metas)
+            return theirs
+        if reply[0] == "stale":
+            reply = await self._run("hold", *script(metas))
         if reply[0] == "refused":
             return HoldRefusal(Refusal(reply[1]), int(reply[2]), int(reply[3]))
         if reply[0] == "hold":  # it existed: a repeated call
@@ -327,6 +344,13 @@ class RedisStore:
             sub_id = held.subscription_id or ""
             self._held.remember(request_id, Held(user, held.key_id, sub_id, metas.get(sub_id)))
         return held
+
+    async def _void(self, request_id: str, user: str, key_id: str, sub_id: str, metas: dict[str, str]) -> None:
+        """Release a hold made under a request id that turned out to be another user's
+        (logged as `duplicate_request_id`); never reached with Weir's own request ids."""
+        details = LogDetails(end_reason="duplicate_request_id", usage_source="none")
+        held = Held(user, key_id, sub_id, metas.get(sub_id))
+        await records.settle(self._core, self._k, "release", request_id, held, details, 0, self._clock())
 
     async def _owner(self, request_id: str) -> str | None:
         """The user a request id's hold belongs to: remembered, else from the index."""

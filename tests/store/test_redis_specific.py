@@ -362,7 +362,7 @@ def _sent(seen: list[dict[str, str]], prefix: str) -> list[str]:
     return [c["command"].split(" ")[0].upper() for c in seen if c["client_type"] != "lua" and prefix in c["command"]]
 
 
-async def test_a_billed_request_sends_one_pipeline_and_three_scripts(
+async def test_a_billed_request_sends_one_pipeline_with_the_hold_then_three_scripts(
     rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock
 ) -> None:
     key_id = await _user_with_key(rstore, "alice", 1000)
@@ -372,7 +372,7 @@ async def test_a_billed_request_sends_one_pipeline_and_three_scripts(
         assert await rstore.checkpoint("r1", 10)
         assert (await rstore.capture("r1", 40, DONE)).charged == 40
 
-    # hold: one pipeline (claim, mark, subscription terms), then its script; checkpoint: its
+    # hold: one pipeline (claim, mark, subscription terms, and its script); checkpoint: its
     # script; capture: a log id, then its script. No lookups: this store made the hold.
     pipeline = ["HSETNX", "SADD", "HGETALL"]
     assert _sent(await _monitor(redis_url, rstore, billed), prefix) == [*pipeline, "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"]
@@ -435,18 +435,25 @@ async def test_a_mark_dropped_while_a_hold_is_in_flight_is_set_again(
 ) -> None:
     key_id = await _user_with_key(rstore, "alice", 1000)
     open_users = f"{prefix}:{{openusers}}"
-    real_batch = rstore._core.batch  # noqa: SLF001 - the window between pipeline and script is the point
+    core = rstore._core  # noqa: SLF001 - the window between the mark and the script is the point
+    swept = []
 
-    async def pre_step_then_a_sweep(calls: list[tuple[str, tuple[object, ...]]]) -> list[object]:
-        replies = await real_batch(calls)
-        if calls[0][0] == "hsetnx":  # alice is marked, her hold not yet made: a resolver sweeps now
+    async def pre_step_then_a_sweep(
+        calls: list[tuple[str, tuple[object, ...]]], name: str, keys: list[str], args: list[str | int]
+    ) -> tuple[list[object], object]:
+        # The hold's commands and its script are pipelined, but other clients' commands can
+        # still run between them on the server: a resolver sweeps in that gap here.
+        replies = await core.batch(calls)
+        if calls[0][0] == "hsetnx":  # alice is marked, her hold not yet made
             assert await rstore.open_holds() == []
             assert not await raw.sismember(open_users, "alice")
-        return replies
+            swept.append(name)
+        return replies, await core.run(name, keys, args)
 
-    monkeypatch.setattr(rstore._core, "batch", pre_step_then_a_sweep)  # noqa: SLF001
+    monkeypatch.setattr(core, "batch_and_run", pre_step_then_a_sweep)
     assert isinstance(await rstore.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
     monkeypatch.undo()
+    assert swept == ["hold"]
     assert await raw.sismember(open_users, "alice")
     clock.advance(120)  # instance i1 never beat: r1 is an orphan, and the resolver finds it
     assert [r.request_id for r in await rstore.resolve_orphans(clock.now, 30)] == ["r1"]
@@ -493,3 +500,48 @@ async def test_the_wait_for_a_free_connection_is_bounded(redis_url: str, prefix:
         assert await store.get_user("alice") is None
     finally:
         await store.close()
+
+
+# The hold in one round trip: terms remembered per user, checked by the script ---------------
+
+
+async def test_a_subscription_granted_elsewhere_is_used_by_the_next_hold(
+    rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock
+) -> None:
+    key_id = await _user_with_key(rstore, "alice", 1000)
+    assert (await rstore.hold("r0", "alice", key_id, 10, None, "pv", 60, "i1")).source is FundingSource.WALLET
+    peer = RedisStore(redis_url, prefix=prefix, clock=clock)  # a CLI or another instance
+    await peer.open()
+    try:
+        await peer.create_plan(Plan("pro", 500, "none"))
+        sub = await peer.grant_subscription("alice", "pro", clock.now - 1, clock.now + 3600)
+    finally:
+        await peer.close()
+    # rstore last saw no terms for alice: its script answers `stale`, and the hold is sent
+    # again with the terms read in the same round trip.
+    held = await rstore.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1")
+    assert isinstance(held, Hold) and (held.source, held.subscription_id) == (FundingSource.SUBSCRIPTION, sub.id)
+    assert (await rstore.capture("r1", 60, DONE)).charged == 60
+    [s] = await rstore.list_subscriptions("alice")
+    assert (s.balance, s.reserved) == (440, 0)
+    await rstore.release("r0", DONE)
+    assert (await rstore.audit(clock.now, 30)).ok
+
+
+async def test_a_request_id_held_by_another_user_gives_the_reservation_back(
+    rstore: RedisStore, clock: FakeClock
+) -> None:
+    alice_key = await _user_with_key(rstore, "alice", 1000)
+    bob_key = await _user_with_key(rstore, "bob", 1000)
+    mine = await rstore.hold("same-id", "alice", alice_key, 100, None, "pv", 60, "i1")
+    assert isinstance(mine, Hold)
+    # bob's script ran in the same round trip as the claim that found alice's id: his
+    # reservation is released again and the caller gets the hold that owns the id.
+    theirs = await rstore.hold("same-id", "bob", bob_key, 300, None, "pv", 60, "i1")
+    assert isinstance(theirs, Hold) and theirs.user == "alice"
+    bob = await rstore.get_user("bob")
+    assert bob is not None and (bob.balance, bob.reserved, bob.used) == (1000, 0, 0)
+    assert (await rstore.capture("same-id", 70, DONE)).charged == 70
+    alice = await rstore.get_user("alice")
+    assert alice is not None and (alice.balance, alice.reserved) == (930, 0)
+    assert (await rstore.audit(clock.now, 30)).ok

@@ -1,19 +1,27 @@
 -- hold: check the key and the funding source and reserve, in one atomic step.
 -- KEYS: 1 user, 2 hold, 3 api key, 4 user's open-hold set, 5 ledger,
 --       6 the user's "open mark dropped" flag (set by `forget`),
---       7.. usable subscriptions (active, model allowed), ordered by (end, id)
+--       7 the user's subscription terms (id -> meta JSON; entries are only ever added),
+--       8.. usable subscriptions (active, model allowed), ordered by (end, id)
 -- ARGV: 1 request_id, 2 key_id, 3 amount, 4 preference ('' = the user's own),
 --       5 price_version, 6 now, 7 expires_at, 8 instance_id, 9 model,
---       10.. each subscription's current period start (same order as KEYS 7..)
+--       10 how many subscriptions the caller chose KEYS 8.. from,
+--       11.. each subscription's current period start (same order as KEYS 8..)
 -- Returns {'new', source, subscription id, key amount, remark (1|0)} for a hold made now
 -- (the caller knows every other field: it passed them), {'hold', <hold hash as flat
--- pairs>} for one that existed, or {'refused', reason, available, needed}. `remark` is 1
--- when a resolver dropped the user's open mark since the caller set it: mark again.
+-- pairs>} for one that existed, {'refused', reason, available, needed}, or {'stale'}
+-- (nothing written) when the user has subscriptions the caller did not know of: it must
+-- read the terms and call again. `remark` is 1 when a resolver dropped the user's open
+-- mark since the caller set it: mark again.
 local uk, hk, kk, ok, lk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid, key_id, amount, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 
 if redis.call('EXISTS', hk) == 1 then
   return {'hold', redis.call('HGETALL', hk)}
+end
+-- Terms are only added, never changed or removed: the same count means the same set.
+if redis.call('HLEN', KEYS[7]) ~= tonumber(ARGV[10]) then
+  return {'stale'}
 end
 
 local function refuse(reason, available)
@@ -34,7 +42,7 @@ if limited then
 end
 
 local offers = {}
-for i = 7, #KEYS do
+for i = 8, #KEYS do
   rollover(KEYS[i], lk, ARGV[i + 3], now)
   local av = num(redis.call('HGET', KEYS[i], 'balance')) - num(redis.call('HGET', KEYS[i], 'reserved'))
   offers[#offers + 1] = {key = KEYS[i], av = av}
