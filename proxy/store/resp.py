@@ -6,9 +6,10 @@ per command, retry wrappers, Python-level packing), over half of the proxy's who
 request. This connection does the same work with hiredis (already a dependency: its C
 `pack_command` encodes, its `Reader` parses) and asyncio's `Protocol`:
 
-* one TCP (or unix socket) connection carries every command, pipelined: a command is
-  written at once and its future is queued; replies arrive in order and resolve the
-  futures in order. Writes made in the same turn of the event loop go out in one send;
+* one TCP (or unix socket) connection carries every command, pipelined: a command's
+  future is queued and its bytes go out at the end of the event loop's turn, together with
+  every other command of that turn (one send); replies arrive in order and resolve the
+  futures in order;
 * a command that gets no reply within `timeout` fails, and with it the connection, so
   every command in flight fails too (their replies could no longer be matched): callers
   see `RespConnectionError`, and the next command reconnects;
@@ -181,11 +182,16 @@ class RespClient:
             proto = await self._connection()
         futures = [proto.send(_pack(c)) for c in commands]
         replies: list[Any] = []
-        for fut in futures:
-            try:
-                replies.append(await fut)
-            except RespError as exc:
-                replies.append(exc)
+        try:
+            for fut in futures:
+                try:
+                    replies.append(await fut)
+                except RespError as exc:
+                    replies.append(exc)
+        finally:
+            for fut in futures[len(replies):]:  # the connection failed: all of them did
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved, so asyncio does not log each one
         return replies
 
     async def _connection(self) -> _Protocol:
