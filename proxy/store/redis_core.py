@@ -157,7 +157,7 @@ class RedisCore:
                 await lean.open()
             except StoreUnavailable as exc:
                 raise StoreUnavailable(f"store.url: cannot reach redis at {redact(self.url)}: {exc}") from exc
-            self._lean, self._scripts = lean, dict(lean.scripts)
+            self._lean, self._scripts = lean, lean.scripts
             self._slots = asyncio.Semaphore(self._limit)
             return
         what = "redis cluster" if self.cluster else "redis"
@@ -211,16 +211,11 @@ class RedisCore:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run script `name` by SHA with `keys` and `args` (reloading it after NOSCRIPT)."""
         lean = self._lean
-        if lean is not None:
-            await self._enter()
-            try:
-                return await lean.run(name, keys, args)
-            finally:
-                self._slots.release()
-        client = self.client
         await self._enter()
         try:
-            return await self._scripts[name](keys=list(keys), args=list(args), client=client)
+            if lean is not None:
+                return await lean.run(name, keys, args)
+            return await self._scripts[name](keys=list(keys), args=list(args), client=self.client)
         finally:
             self._slots.release()
 
@@ -260,21 +255,17 @@ class RedisCore:
         if not calls:
             return []
         lean = self._lean
-        if lean is not None:
-            await self._enter()
-            try:
-                return await lean.batch(calls)
-            finally:
-                self._slots.release()
-        pipe = self.client.pipeline(transaction=False)
-        for name, args in calls:
-            getattr(pipe, name)(*args)
         await self._enter()
         try:
+            if lean is not None:
+                return await lean.batch(calls)
+            pipe = self.client.pipeline(transaction=False)
+            for name, args in calls:
+                getattr(pipe, name)(*args)
             replies: list[Any] = await pipe.execute()
+            return replies
         finally:
             self._slots.release()
-        return replies
 
     async def batch_and_run(
         self, calls: Sequence[Call], name: str, keys: Sequence[str], args: Sequence[str | int]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from proxy.store.base import StoreError, StoreUnavailable
@@ -64,6 +65,24 @@ def _error(exc: RespError) -> StoreError:
 
 def _unavailable(exc: RespConnectionError) -> StoreUnavailable:
     return StoreUnavailable(f"redis unavailable: {exc}")
+
+
+class _Translated:
+    """`with _TRANSLATED:` the connection's errors become the store's (unreachable, or an
+    error reply). A class rather than @contextmanager: it wraps every command on the request
+    path, and one stateless instance costs no generator per use (0.2 against 0.8 µs)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, RespError):
+            raise _error(exc) from exc
+        if isinstance(exc, RespConnectionError):
+            raise _unavailable(exc) from exc
+
+
+_TRANSLATED = _Translated()
 
 
 def _noscript(exc: RespError) -> bool:
@@ -134,54 +153,40 @@ class LeanRedis:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """EVALSHA script `name`; after NOSCRIPT, SCRIPT LOAD it and retry once."""
         command = self._evalsha(name, keys, args)
-        try:
+        with _TRANSLATED:
             try:
                 return await self._client.execute(*command)
             except RespError as exc:
                 if not _noscript(exc):
                     raise
             return await self._reloaded(name, command)
-        except RespError as exc:
-            raise _error(exc) from exc
-        except RespConnectionError as exc:
-            raise _unavailable(exc) from exc
 
     async def batch_and_run(
         self, calls: Sequence[tuple[str, Sequence[Any]]], name: str, keys: Sequence[str], args: Sequence[str | int]
     ) -> tuple[list[Any], Any]:
         """`batch(calls)` and then script `name`, in one write (NOSCRIPT: reloaded, rerun)."""
         command = self._evalsha(name, keys, args)
-        try:
+        with _TRANSLATED:
             replies = await self._client.pipeline([*(_command(n, a) for n, a in calls), command])
             last = replies.pop()
             if isinstance(last, RespError):
                 if not _noscript(last):
                     raise last
                 last = await self._reloaded(name, command)
-        except RespError as exc:
-            raise _error(exc) from exc
-        except RespConnectionError as exc:
-            raise _unavailable(exc) from exc
         return self._shaped(calls, replies), last
 
     async def call(self, name: str, *args: Any) -> Any:
         """One command, by its redis-py method name, with redis-py's reply shape."""
-        try:
+        with _TRANSLATED:
             reply = await self._client.execute(*_command(name, args))
-        except RespError as exc:
-            raise _error(exc) from exc
-        except RespConnectionError as exc:
-            raise _unavailable(exc) from exc
         shape = _SHAPES.get(name)
         return reply if shape is None else shape(reply)
 
     async def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Several commands in one write; the first error reply is raised (as redis-py's
         pipeline does), after every reply has been read."""
-        try:
+        with _TRANSLATED:
             replies = await self._client.pipeline([_command(name, args) for name, args in calls])
-        except RespConnectionError as exc:
-            raise _unavailable(exc) from exc
         return self._shaped(calls, replies)
 
     @staticmethod
@@ -200,12 +205,8 @@ class LeanRedis:
         found: list[str] = []
         cursor = "0"
         while True:
-            try:
+            with _TRANSLATED:
                 cursor, keys = await self._client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
-            except RespError as exc:
-                raise _error(exc) from exc
-            except RespConnectionError as exc:
-                raise _unavailable(exc) from exc
             found += keys
             if cursor == "0":
                 return found

@@ -324,9 +324,7 @@ class SQLiteConnection:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
             return cast(T, await call.done)
         try:  # alone: inline, or straight to the worker without a task in between
-            outcome = self._try_inline(begin, [(fn, args)])[0] if inline else None
-            if outcome is None:
-                [outcome] = await self._hop(_batch, begin, [(fn, args)], self._busy_for_worker())
+            [outcome] = await self._run_batch([call])
         finally:
             self._next_batch()
         ok, value = outcome
