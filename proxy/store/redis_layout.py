@@ -37,6 +37,7 @@ import json
 from collections.abc import Mapping, Sequence
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from typing import Generic, TypeVar
 from importlib import resources
 
 from proxy.store import ledger_rules as rules
@@ -359,63 +360,51 @@ class Held:
     sub_meta: str | None
 
 
-class KnownTerms:
+V = TypeVar("V")
+
+
+class Bounded(Generic[V]):
+    """At most `size` entries by key; past that, the one remembered longest ago is forgotten."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        """Remember at most `size` entries."""
+        self._size = size
+        self._entries: OrderedDict[str, V] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> V | None:
+        """What was remembered under `key`, or None."""
+        return self._entries.get(key)
+
+    def remember(self, key: str, value: V) -> None:
+        """Remember `value` under `key` (as the newest entry)."""
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        """Forget one entry."""
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything (the data under the prefix was dropped)."""
+        self._entries.clear()
+
+
+class KnownTerms(Bounded[dict[str, str]]):
     """The subscription terms (id -> meta JSON) last read per user, so a hold can be sent in
     the same round trip as that read. Terms are only ever added, so the hold script can tell
     a stale entry by its count alone (and then the read that came with it is the fresh one).
-    Bounded like `HeldMemory`; a user not remembered is guessed to have none."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        """Remember the terms of at most `size` users."""
-        self._size = size
-        self._terms: OrderedDict[str, dict[str, str]] = OrderedDict()
-
-    def get(self, user: str) -> dict[str, str]:
-        """The terms last seen for `user` ({} when none were seen)."""
-        return self._terms.get(user, {})
-
-    def remember(self, user: str, terms: dict[str, str]) -> None:
-        """Keep what a read of `user`'s terms returned."""
-        self._terms[user] = terms
-        self._terms.move_to_end(user)
-        if len(self._terms) > self._size:
-            self._terms.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        self._terms.clear()
+    A user not remembered is guessed to have none."""
 
 
-class HeldMemory:
+class HeldMemory(Bounded[Held]):
     """The holds this process made, by request id, so settling them needs no index lookup.
 
     Bounded: past `size` entries the oldest is forgotten, and a forgotten (or never known)
     request falls back to the global request index. A wrong entry cannot move money: the
     settlement script checks the hold's key and subscription against it.
     """
-
-    def __init__(self, size: int = 50_000) -> None:
-        """Remember at most `size` holds."""
-        self._size = size
-        self._held: OrderedDict[str, Held] = OrderedDict()
-
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._held
-
-    def get(self, request_id: str) -> Held | None:
-        """What was remembered of `request_id`, or None."""
-        return self._held.get(request_id)
-
-    def remember(self, request_id: str, held: Held) -> None:
-        """Remember a hold made (or found) by this process."""
-        self._held[request_id] = held
-        if len(self._held) > self._size:
-            self._held.popitem(last=False)
-
-    def forget(self, request_id: str) -> None:
-        """Forget one hold (it was resolved, or the entry proved stale)."""
-        self._held.pop(request_id, None)
-
-    def clear(self) -> None:
-        """Forget everything (the data under the prefix was dropped)."""
-        self._held.clear()

@@ -302,7 +302,7 @@ class RedisStore:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
         units(amount, "a hold amount")
         k, now = self._k, self._clock()
-        known = self._terms.get(user)
+        known = self._terms.get(user) or {}
 
         def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
             offers = usable_subscriptions(terms, now, model)
