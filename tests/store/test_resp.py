@@ -33,8 +33,20 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-def key() -> str:
-    return f"weirtest:resp:{uuid.uuid4().hex}"
+async def key(raw: aioredis.Redis) -> AsyncIterator[str]:
+    """A fresh key name; it and every key it prefixes are deleted afterwards."""
+    name = f"weirtest:resp:{uuid.uuid4().hex}"
+    yield name
+    if found := [k async for k in raw.scan_iter(match=name + "*")]:
+        await raw.delete(*found)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[RespClient]:
+    """A lean connection to the local Redis, closed afterwards."""
+    resp = RespClient(LOCAL)
+    yield resp
+    await resp.close()
 
 
 async def _silent_server(hang_up_after: int | None = None) -> tuple[asyncio.Server, int, list[bytes]]:
@@ -54,47 +66,38 @@ async def _silent_server(hang_up_after: int | None = None) -> tuple[asyncio.Serv
     return server, server.sockets[0].getsockname()[1], seen
 
 
-async def test_pipelined_commands_get_their_own_replies_in_order(raw: aioredis.Redis, key: str) -> None:
-    client = RespClient(LOCAL)
-    try:
-        replies = await asyncio.gather(*(client.execute("INCRBY", key, i) for i in range(1, 101)))
-        # Each INCRBY saw every earlier one: the replies are the running sums, in call order.
-        assert replies == [i * (i + 1) // 2 for i in range(1, 101)]
-        assert await raw.get(key) == str(5050)
-        out = await client.pipeline([("SET", key, "x"), ("HGET", key, "f"), ("GET", key)])
-        assert out[0] == "OK" and isinstance(out[1], RespError) and "WRONGTYPE" in str(out[1]) and out[2] == "x"
-    finally:
-        await raw.delete(key)
-        await client.close()
+async def test_pipelined_commands_get_their_own_replies_in_order(
+    raw: aioredis.Redis, key: str, client: RespClient
+) -> None:
+    replies = await asyncio.gather(*(client.execute("INCRBY", key, i) for i in range(1, 101)))
+    # Each INCRBY saw every earlier one: the replies are the running sums, in call order.
+    assert replies == [i * (i + 1) // 2 for i in range(1, 101)]
+    assert await raw.get(key) == str(5050)
+    out = await client.pipeline([("SET", key, "x"), ("HGET", key, "f"), ("GET", key)])
+    assert out[0] == "OK" and isinstance(out[1], RespError) and "WRONGTYPE" in str(out[1]) and out[2] == "x"
 
 
-async def test_an_error_reply_is_raised_and_the_connection_goes_on(raw: aioredis.Redis, key: str) -> None:
-    client = RespClient(LOCAL)
-    try:
-        await raw.set(key, "text")
-        with pytest.raises(RespError, match="WRONGTYPE"):
-            await client.execute("HGET", key, "f")
-        assert await client.execute("GET", key) == "text"
-        assert await client.execute("GET", key + ":missing") is None
-    finally:
-        await raw.delete(key)
-        await client.close()
+async def test_an_error_reply_is_raised_and_the_connection_goes_on(
+    raw: aioredis.Redis, key: str, client: RespClient
+) -> None:
+    await raw.set(key, "text")
+    with pytest.raises(RespError, match="WRONGTYPE"):
+        await client.execute("HGET", key, "f")
+    assert await client.execute("GET", key) == "text"
+    assert await client.execute("GET", key + ":missing") is None
 
 
-async def test_a_cancelled_caller_does_not_shift_the_replies_of_the_others(raw: aioredis.Redis, key: str) -> None:
-    client = RespClient(LOCAL)
-    try:
-        await raw.rpush(key, "a")
-        # BLPOP on an empty list parks the connection's queue behind it for 0.3 s.
-        blocked = asyncio.ensure_future(client.execute("BLPOP", key + ":empty", 0.3))
-        after = asyncio.ensure_future(client.execute("LRANGE", key, 0, -1))
-        await asyncio.sleep(0.05)
-        blocked.cancel()
-        assert await after == ["a"]  # not BLPOP's nil: the cancelled caller's reply was dropped
-        assert await client.execute("LLEN", key) == 1
-    finally:
-        await raw.delete(key)
-        await client.close()
+async def test_a_cancelled_caller_does_not_shift_the_replies_of_the_others(
+    raw: aioredis.Redis, key: str, client: RespClient
+) -> None:
+    await raw.rpush(key, "a")
+    # BLPOP on an empty list parks the connection's queue behind it for 0.3 s.
+    blocked = asyncio.ensure_future(client.execute("BLPOP", key + ":empty", 0.3))
+    after = asyncio.ensure_future(client.execute("LRANGE", key, 0, -1))
+    await asyncio.sleep(0.05)
+    blocked.cancel()
+    assert await after == ["a"]  # not BLPOP's nil: the cancelled caller's reply was dropped
+    assert await client.execute("LLEN", key) == 1
 
 
 async def test_a_server_that_never_answers_fails_every_command_in_flight_within_the_timeout() -> None:
@@ -115,24 +118,19 @@ async def test_a_server_that_never_answers_fails_every_command_in_flight_within_
 
 
 async def test_a_dropped_connection_fails_what_was_in_flight_and_the_next_command_reconnects(
-    raw: aioredis.Redis, key: str
+    raw: aioredis.Redis, key: str, client: RespClient
 ) -> None:
-    client = RespClient(LOCAL)
-    try:
-        assert await client.execute("SET", key, "1") == "OK"
-        name = f"weir-resp-{uuid.uuid4().hex[:8]}"
-        assert await client.execute("CLIENT", "SETNAME", name) == "OK"
-        parked = asyncio.ensure_future(client.execute("BLPOP", key + ":empty", 5))
-        await asyncio.sleep(0.05)
-        ids = [c["id"] for c in await raw.client_list() if c.get("name") == name]
-        assert len(ids) == 1
-        await raw.execute_command("CLIENT", "KILL", "ID", ids[0])
-        with pytest.raises(RespConnectionError):
-            await parked
-        assert await client.execute("GET", key) == "1"  # a new connection
-    finally:
-        await raw.delete(key)
-        await client.close()
+    assert await client.execute("SET", key, "1") == "OK"
+    name = f"weir-resp-{uuid.uuid4().hex[:8]}"
+    assert await client.execute("CLIENT", "SETNAME", name) == "OK"
+    parked = asyncio.ensure_future(client.execute("BLPOP", key + ":empty", 5))
+    await asyncio.sleep(0.05)
+    ids = [c["id"] for c in await raw.client_list() if c.get("name") == name]
+    assert len(ids) == 1
+    await raw.execute_command("CLIENT", "KILL", "ID", ids[0])
+    with pytest.raises(RespConnectionError):
+        await parked
+    assert await client.execute("GET", key) == "1"  # a new connection
 
 
 async def test_a_server_that_hangs_up_mid_command_is_a_connection_error() -> None:
@@ -196,7 +194,6 @@ async def test_scripts_reload_after_a_flush_and_replies_keep_redis_py_shapes(raw
         with pytest.raises(StoreError, match="redis error: WRONGTYPE"):
             await lean.call("get", key)
     finally:
-        await raw.delete(key, key + ":s", key + ":z")
         await lean.close()
 
 
