@@ -169,7 +169,95 @@ DROP INDEX ledger_account;
 DROP INDEX consume_log_request;
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+# Pages every hold or capture writes to the WAL, cut by two (each page is a 4 KiB frame
+# written in the commit): `holds` keyed by its request id directly (WITHOUT ROWID: one
+# B-tree instead of the table and its primary-key index), and the two append-only tables
+# without AUTOINCREMENT, whose bookkeeping row in `sqlite_sequence` every insert rewrote.
+# Neither table is ever deleted from (the ledger refuses it), so plain rowids still only
+# grow and every existing id is kept. Each table is rebuilt by copying it.
+_V3 = """
+CREATE TABLE holds_v3 (
+    request_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    subscription_id TEXT,
+    amount INTEGER NOT NULL,
+    key_amount INTEGER NOT NULL,
+    price_version TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    checkpoint INTEGER,
+    charged INTEGER,
+    overage INTEGER,
+    resolved_at REAL
+) WITHOUT ROWID;
+INSERT INTO holds_v3 SELECT * FROM holds;
+DROP TABLE holds;
+ALTER TABLE holds_v3 RENAME TO holds;
+CREATE INDEX holds_open ON holds(instance_id) WHERE state = 'open';
+CREATE TABLE ledger_v3 (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    account TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    d_balance INTEGER NOT NULL,
+    d_reserved INTEGER NOT NULL,
+    request_id TEXT,
+    note TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO ledger_v3 SELECT * FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_v3 RENAME TO ledger;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TABLE consume_log_v3 (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    resolution TEXT NOT NULL,
+    estimate INTEGER NOT NULL,
+    charge INTEGER NOT NULL,
+    overage INTEGER NOT NULL,
+    price_version TEXT NOT NULL,
+    end_reason TEXT NOT NULL,
+    usage_source TEXT NOT NULL,
+    model TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    multiplier TEXT NOT NULL,
+    stream INTEGER NOT NULL,
+    input INTEGER NOT NULL,
+    cache_read INTEGER NOT NULL,
+    cache_write_5m INTEGER NOT NULL,
+    cache_write_1h INTEGER NOT NULL,
+    output INTEGER NOT NULL,
+    audio_in INTEGER NOT NULL,
+    audio_out INTEGER NOT NULL,
+    images INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttft_ms INTEGER,
+    status INTEGER NOT NULL,
+    error TEXT NOT NULL
+);
+INSERT INTO consume_log_v3 SELECT * FROM consume_log;
+DROP TABLE consume_log;
+ALTER TABLE consume_log_v3 RENAME TO consume_log;
+CREATE INDEX consume_log_user ON consume_log(user, id);
+CREATE INDEX consume_log_ts ON consume_log(ts);
+DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:

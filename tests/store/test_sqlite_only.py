@@ -325,7 +325,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path)
         with sqlite3.connect(path) as check:
             indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             versions = [v for (v,) in check.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == [1, 2] and "ledger_account" not in indexes and "consume_log_request" not in indexes
+        assert versions == [1, 2, 3] and "ledger_account" not in indexes and "consume_log_request" not in indexes
         assert "consume_log_user" in indexes and "holds_open" in indexes
         log = LogDetails(end_reason="completed", usage_source="upstream")
         await store.create_plan(Plan("p100", 100, "none"))
@@ -367,3 +367,51 @@ async def test_an_idle_store_skips_its_background_checkpoints(
         assert checkpoints() == after_write + 1
     finally:
         await store.close()
+
+
+async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.store import sqlite_schema
+
+    path = str(tmp_path / "w.db")
+    log = LogDetails(end_reason="completed", usage_source="upstream", upstream="up")
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:2])
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    await store.create_user("alice")
+    await store.credit("alice", 1000)
+    key = await store.create_key("alice", "h-alice", quota=500)
+    for i in range(3):
+        assert isinstance(await store.hold(f"r{i}", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
+    await store.capture("r0", 40, log)
+    await store.release("r1", log)
+    await store.close()
+
+    def books() -> tuple[list[tuple[object, ...]], ...]:
+        with sqlite3.connect(path) as raw:
+            return tuple(raw.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("holds", "ledger", "consume_log"))
+
+    before = books()
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    try:
+        assert books() == before  # every row, with its id
+        with sqlite3.connect(path) as raw:
+            ddl = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+            objects = {n for (n,) in raw.execute("SELECT name FROM sqlite_master")}
+            assert raw.execute("SELECT name FROM sqlite_sequence").fetchall() == []
+        assert ddl["holds"].rstrip().endswith("WITHOUT ROWID")
+        assert "AUTOINCREMENT" not in ddl["ledger"] and "AUTOINCREMENT" not in ddl["consume_log"]
+        assert {"holds_open", "consume_log_user", "consume_log_ts", "ledger_no_update", "ledger_no_delete"} <= objects
+        # The open hold from before the migration settles; new rows take the next ids.
+        assert (await store.capture("r2", 70, log)).charged == 70
+        assert (await store.get_user("alice")).balance == 1000 - 40 - 70
+        after = books()
+        assert after[1][-1][0] > before[1][-1][0] and after[2][-1][0] == before[2][-1][0] + 1
+        assert (await store.audit(time.time(), 30)).ok
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        raw.execute("DELETE FROM ledger")
