@@ -118,6 +118,9 @@ class RedisCore:
             raise ValueError("max_connections must be at least 1")
         self.url = url
         self.cluster = cluster
+        #: Every script must keep its keys in one slot (true on a Cluster). On one server
+        #: a settlement script also writes the global log index, saving a round trip.
+        self.one_slot_scripts = cluster
         self._timeout = timeout
         self._limit = max_connections
         self._slots = asyncio.Semaphore(max_connections)

@@ -21,21 +21,28 @@ _PAGE = 100
 async def settle(
     core: RedisCore, k: Layout, script: str, rid: str, held: Held, log: LogDetails, actual: int, now: float
 ) -> Resolution | None:
-    """Run settlement `script` (capture, release, expire) on hold `rid`: two round trips, a
-    log id then the script. A repeat returns the stored outcome; None when the hold is not
-    the one `held` describes (nothing was written)."""
+    """Run settlement `script` (capture, release, expire) on hold `rid`: one round trip on a
+    single server, two on a cluster (a log id, then the script). A repeat returns the stored
+    outcome; None when the hold is not the one `held` describes (nothing was written)."""
     user = held.user
     sub_key = k.sub(user, held.subscription_id) if held.subscription_id else k.no_sub(user)
     target = sub_target(held.sub_meta, now) if held.subscription_id else ""
+    keys = [k.user(user), k.hold(user, rid), k.key(user, held.key_id), sub_key, k.open_holds(user),
+            k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)]
     # The id comes from one global counter in a slot of its own: query_logs pages all users'
-    # rows together, newest first, by it. Taken just before the script, it keeps ids in
-    # settlement order (a settlement that then loses a race leaves a gap, skipped on read).
-    log_id = await core.run("log_id", [k.log_seq, k.log_global], [user])
+    # rows together, newest first, by it. On one server the script takes it as it writes the
+    # row, so ids follow settlement order with no gaps; a cluster cannot run a script across
+    # slots, so there it is reserved just before (a settlement that then loses a race leaves
+    # a gap, skipped on read).
+    if core.one_slot_scripts:
+        log_id = str(await core.run("log_id", [k.log_seq, k.log_global], [user]))
+    else:
+        log_id = ""
+        keys += [k.log_seq, k.log_global]
     r = await core.run(
         script,
-        [k.user(user), k.hold(user, rid), k.key(user, held.key_id), sub_key, k.open_holds(user),
-         k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)],
-        [fmt_time(now), target, int(log_id), details_json(log), log.upstream, actual, held.key_id,
+        keys,
+        [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
          held.subscription_id],
     )
     if r[0] == "stale":

@@ -9,14 +9,16 @@ Keys: see `proxy.store.redis_layout`. Everything about one user lives under the 
 slot; global indexes (users, request ids, key hashes, plans, heartbeats, the log index)
 have tags of their own and are written in separate commands *before* the script that
 needs them to be findable, so a crash in between leaves at worst an entry that points at
-nothing, which readers skip. Money never depends on a cross-slot write.
+nothing, which readers skip (on a single server, where slots do not matter, a settlement
+script writes the global log index itself). Money never depends on a cross-slot write.
 
-A billed request costs three round trips: `hold` pipelines the request-id claim, the
+A billed request costs two round trips: `hold` pipelines the request-id claim, the
 open-users mark, the read of the subscriptions' terms and its script (built from the
 terms this process last saw for the user; the script refuses to act on a stale view,
-and then runs again with the terms just read); a settlement takes a global log id, then
-runs its script. On redis-py (TLS urls, Cluster) the hold's pipeline and script are two
-round trips. The process remembers what it
+and then runs again with the terms just read); a settlement is one script, which also
+takes the global log id. On redis-py (TLS urls, Cluster) the hold's pipeline and script
+are two round trips, and on a Cluster a settlement reserves its log id first (that
+counter lives in a slot of its own). The process remembers what it
 held (`HeldMemory`), so settling needs no lookup; holds made elsewhere are found through
 the request index. A resolver that drops a user's open mark raises a flag in the user's
 slot, and the hold script that finds it has its caller mark the user again.

@@ -2,12 +2,25 @@
 -- KEYS: 1 user, 2 hold, 3 api key, 4 subscription (a never-written key when the hold is
 --       wallet-funded), 5 user's open-hold set, 6 ledger, 7 log rows, 8 user's log index,
 --       9 per-user upstream used, 10 per-user upstream request counts
--- ARGV: 1 now, 2 the subscription's current period start ('' if none), 3 log id,
---       4 log details (JSON), 5 upstream name, 6 actual charge (capture only),
---       7 the hold's key id and 8 its subscription id, as the caller believes them
+-- ARGV: 1 now, 2 the subscription's current period start ('' if none), 3 log id, or ''
+--       for the script to take one itself (see take_log_id), 4 log details (JSON),
+--       5 upstream name, 6 actual charge (capture only), 7 the hold's key id and 8 its
+--       subscription id, as the caller believes them
+-- KEYS 11 and 12 (only with ARGV[3] == ''): the global log id counter and log index
 -- Returns {state, charged, overage, first (1|0)}, or {'stale'} (nothing written) when there
 -- is no such hold or its key or subscription is not the one passed: the caller built KEYS
 -- from what it remembered of the hold, so it must look the hold up and call again.
+
+-- The consume-log id of this settlement. On a single server the caller passes the global
+-- counter and index as KEYS[11] and KEYS[12], and the id is taken here, in the same atomic
+-- step as the row. On a cluster those keys live in a slot of their own, so the caller
+-- reserved the id beforehand with the log_id script and passes it in ARGV[3].
+local function take_log_id(user)
+  if ARGV[3] ~= '' then return ARGV[3] end
+  local id = int(redis.call('INCR', KEYS[11]))
+  redis.call('ZADD', KEYS[12], id, id .. ':' .. user)
+  return id
+end
 
 local function resolved(hk)
   local h = redis.call('HMGET', hk, 'state', 'charged', 'overage')
@@ -82,14 +95,15 @@ local function settle(state, kind, charge, counts, usage_source)
   redis.call('HSET', hk, 'state', state, 'charged', int(charge), 'overage', int(overage), 'resolved_at', now)
   redis.call('SREM', KEYS[5], rid)
   local h = redis.call('HMGET', hk, 'user', 'key_id', 'source', 'amount', 'price_version')
+  local log_id = take_log_id(h[1])
   local row = {
-    id = ARGV[3], ts = now, request_id = rid, user = h[1], key_id = h[2], source = h[3],
+    id = log_id, ts = now, request_id = rid, user = h[1], key_id = h[2], source = h[3],
     estimate = h[4], charge = int(charge), overage = int(overage), price_version = h[5],
     details = ARGV[4], usage_source = usage_source,
     key_name = redis.call('HGET', KEYS[3], 'name') or '',
   }
-  redis.call('HSET', KEYS[7], ARGV[3], cjson.encode(row))
-  redis.call('ZADD', KEYS[8], ARGV[3], ARGV[3])
+  redis.call('HSET', KEYS[7], log_id, cjson.encode(row))
+  redis.call('ZADD', KEYS[8], log_id, log_id)
   return {state, int(charge), int(overage), 1}
 end
 
