@@ -32,7 +32,10 @@ from bench.targets import (
 )
 from bench.upstreams import start_upstreams
 
-__all__ = ["FULL", "QUICK", "Measured", "Row", "Settings", "main", "render", "run", "write_results"]
+__all__ = [
+    "FULL", "QUICK", "Measured", "Row", "Settings", "main", "plugin_rows", "render", "run", "settings_for",
+    "write_results",
+]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -282,12 +285,16 @@ def plugin_rows(base: Measured, m: Measured, s: Settings) -> list[Row]:
     added = (m50 - b50) * 1000
     a, b = percentile(base.throughputs, 50), percentile(m.throughputs, 50)
     kept = b / a if a else float("nan")
+    # Each round measured both targets back to back: the spread of those paired ratios
+    # says how far one run's verdict can be trusted on a noisy machine.
+    paired = [y / x for x, y in zip(base.throughputs, m.throughputs) if x > 0]
+    spread = f" (rounds {min(paired):.2f}–{max(paired):.2f})" if len(paired) > 1 else ""
     return [
         Row("added latency over no plugins, non-stream, 1 client, p50", "≤ 0.5 ms", m.name,
             f"{b50 * 1000:.3f} ms", f"{m50 * 1000:.3f} ms", f"{added:+.3f} ms",
             f"{m50 / b50:.2f}×" if b50 > 0 else "—", _met(added <= 0.5)),
         Row(f"throughput kept, non-stream, {s.throughput_clients} clients (median of rounds)", "≥ 0.75×", m.name,
-            f"{a:.0f} req/s", f"{b:.0f} req/s", f"{b - a:+.0f} req/s", f"{kept:.2f}×", _met(kept >= 0.75)),
+            f"{a:.0f} req/s", f"{b:.0f} req/s", f"{b - a:+.0f} req/s", f"{kept:.2f}×{spread}", _met(kept >= 0.75)),
     ]
 
 
@@ -383,6 +390,19 @@ def write_results(section: str, heading: str, path: Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def settings_for(quick: bool, focus: str = "all", rounds: int | None = None) -> Settings:
+    """The settings the command line asks for: `QUICK` or `FULL`, `focus` "requests" to
+    skip the CPU and paced measures, and `rounds` (at least 1) instead of the default."""
+    s = QUICK if quick else FULL
+    if focus == "requests":
+        s = replace(s, label=s.label + ", requests only", cpu_streams=0, paced_runs=0)
+    if rounds is not None:
+        if rounds < 1:
+            raise ValueError("--rounds must be at least 1")
+        s = replace(s, rounds=rounds, paced_runs=min(s.paced_runs, rounds))
+    return s
+
+
 def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the ExitStack, which stops the children
 
@@ -395,18 +415,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="direct,weir", help=f"comma-separated, from: {','.join(known_targets())}")
     p.add_argument("--focus", choices=("all", "requests"), default="all",
                    help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds instead of 8 (full) or 3 (quick): more for a steadier reading on a noisy machine")
     args = p.parse_args(argv)
     table = known_targets()
     names = ["direct"] + [n for n in args.targets.split(",") if n and n != "direct"]
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown target(s) {unknown}; known: {list(table)}")
-    s = QUICK if args.quick else FULL
-    if args.focus == "requests":
-        s = replace(s, label=s.label + ", requests only", cpu_streams=0, paced_runs=0)
+    try:
+        s = settings_for(args.quick, args.focus, args.rounds)
+    except ValueError as exc:
+        p.error(str(exc))
     signal.signal(signal.SIGTERM, _sigterm)
     command = "python -m bench.report" + (" --quick" if args.quick else "")
     command += " --focus requests" if args.focus == "requests" else ""
+    command += f" --rounds {args.rounds}" if args.rounds else ""
     command += f" --targets {args.targets}" if args.targets != "direct,weir" else ""
     try:
         with tempfile.TemporaryDirectory(prefix="weir-bench-") as tmp:

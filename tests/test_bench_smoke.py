@@ -11,8 +11,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from bench.loadgen import percentile
-from bench.report import FULL, Measured, render, run, write_results
+from bench.report import FULL, QUICK, Measured, main, plugin_rows, render, run, settings_for, write_results
 from bench.targets import known_targets
 
 SMOKE = replace(
@@ -106,7 +108,27 @@ def test_plugin_rows_judge_added_p50_and_throughput_kept_against_weir_without_pl
     [p50, kept] = [line for line in good.splitlines() if line.startswith("| ") and "| weir+billing-sqlite |" in line][-2:]
     assert p50.startswith("| added latency over no plugins, non-stream, 1 client, p50 | ≤ 0.5 ms |")
     assert "| 0.600 ms | 1.050 ms | +0.450 ms |" in p50 and p50.endswith("| yes |")
-    assert "| 4000 req/s | 3100 req/s | -900 req/s | 0.78× | yes |" in kept
+    assert "| 4000 req/s | 3100 req/s | -900 req/s | 0.78× (rounds 0.78–0.78) | yes |" in kept
     rows = [line for line in bad.splitlines() if "| weir+billing-redis |" in line][-2:]
     assert all(line.endswith("| **NO** |") for line in rows), rows
     assert "| weir |" in good.split("Plugins over Weir with no plugins")[1].splitlines()[2]  # the baseline column
+
+
+def test_rounds_and_focus_come_from_the_command_line() -> None:
+    s = settings_for(False, "requests", 24)
+    assert (s.rounds, s.cpu_streams, s.paced_runs, s.label) == (24, 0, 0, "full, requests only")
+    q = settings_for(True, "all", 2)
+    assert (q.rounds, q.paced_runs, q.cpu_streams) == (2, QUICK.paced_runs, QUICK.cpu_streams)
+    assert settings_for(False) == FULL
+    with pytest.raises(SystemExit) as caught:
+        main(["--rounds", "0"])
+    assert caught.value.code == 2
+
+
+def test_throughput_kept_shows_the_spread_of_paired_rounds() -> None:
+    base = Measured("weir", latencies=[0.001] * 3, throughputs=[2000.0, 1800.0, 1900.0])
+    billed = Measured("weir+billing-sqlite", latencies=[0.0013] * 3, throughputs=[1500.0, 1440.0, 1235.0])
+    latency, kept = plugin_rows(base, billed, FULL)
+    # 1440 / 1900 = 0.76 from the medians; round by round 0.75, 0.80 and 0.65.
+    assert kept.ratio == "0.76× (rounds 0.65–0.80)" and kept.met == "yes"
+    assert latency.diff == "+0.300 ms" and latency.met == "yes"
