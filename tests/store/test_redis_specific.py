@@ -212,7 +212,8 @@ async def test_scripts_touch_only_their_declared_keys_in_one_slot(
             continue
         if current is not None:  # a command run by one of our scripts: its key must be declared
             assert words[1] in current, f"script touched undeclared key {words[1]} (declared {current})"
-    assert scripts >= 12, f"saw only {scripts} script calls in MONITOR"
+    # One server runs one script fewer per settlement (no separate log id): the same bound.
+    assert scripts + with_logs >= 15, f"saw only {scripts} script calls in MONITOR"
     assert (with_logs == 0) if one_slot else (with_logs >= 2), with_logs
 
 
