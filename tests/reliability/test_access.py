@@ -264,6 +264,8 @@ async def test_no_key_in_clear_in_redis(billed: BilledFactory, backend: str) -> 
         assert names, "nothing stored under the prefix"
         for name in names:
             kind = (await client.type(name)).decode()
+            if kind == "none":  # removed since the scan: the orphan resolver drops empty marks
+                continue
             method = getattr(client, readers[kind])
             value = await (method(name, 0, -1) if kind in ("list", "zset") else method(name))
             # repr() keeps ASCII bytes readable, so a clear key would show as itself.
