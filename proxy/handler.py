@@ -38,7 +38,7 @@ class RequestIds:
     Unique across instances sharing a store (the random part) and cheap per request
     (`secrets.token_hex` per request is a getrandom system call that showed in profiles).
     A process's first 2**32 ids sort in the order they were made, so SQLite appends new
-    holds at the end of the `holds` B-tree: random ids cost ~30% more SQL per billed
+    holds at the end of the `holds` B-tree: random ids cost ~45% more SQL per billed
     request (bench/RESULTS.md).
     """
 
