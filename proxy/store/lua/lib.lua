@@ -51,3 +51,11 @@ local function affords(available, amount)
   return available > 0 and available >= amount
 end
 
+
+-- Take the next consume-log id from the global counter `seq` and enter it in the global
+-- log index `index` as "id:user" (query_logs pages every user's rows together by it).
+local function next_log_id(seq, index, user)
+  local id = redis.call('INCR', seq)
+  redis.call('ZADD', index, id, id .. ':' .. user)
+  return id
+end

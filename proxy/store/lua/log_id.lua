@@ -2,6 +2,4 @@
 -- settlement writes the row, so a crash can leave a gap (skipped on read) but never
 -- a row missing from the index.
 -- KEYS: 1 log id counter, 2 global log index. ARGV: 1 user. Returns the id.
-local id = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[2], id, id .. ':' .. ARGV[1])
-return id
+return next_log_id(KEYS[1], KEYS[2], ARGV[1])

@@ -17,9 +17,7 @@
 -- reserved the id beforehand with the log_id script and passes it in ARGV[3].
 local function take_log_id(user)
   if ARGV[3] ~= '' then return ARGV[3] end
-  local id = int(redis.call('INCR', KEYS[11]))
-  redis.call('ZADD', KEYS[12], id, id .. ':' .. user)
-  return id
+  return int(next_log_id(KEYS[11], KEYS[12], user))
 end
 
 local function resolved(hk)
