@@ -4,8 +4,9 @@ One connection per store object. Every store operation is one synchronous functi
 `run()` executes whole, between `BEGIN` and `COMMIT`: one transaction per operation, never
 one await per statement. Only one transaction of a store is under way at a time, so they
 never interleave and need no asyncio lock. Calls that arrive while a transaction is on its
-way queue up and go to the worker thread together, each in a savepoint of one shared
-transaction (group commit): under load, a batch of requests costs one commit, not one each.
+way queue up and go together as one shared transaction (group commit, run by
+`proxy.store.sqlite_tx.run_batch`): under load, a batch of requests costs one commit, not one
+each, and its holds and settlements are written set by set (`proxy.store.sqlite_bulk`).
 
 A short call that finds the store idle (`inline=True`: a hold, a capture, a key lookup) runs
 right on the event loop instead. With `synchronous` NORMAL or OFF a commit is a few page
@@ -42,13 +43,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import aiosqlite
 
 from proxy.store import sqlite_schema as schema
 from proxy.store.base import StoreError, StoreUnavailable
 from proxy.store.sqlite_ledger import Db
+from proxy.store.sqlite_tx import Bulk, Outcome, is_busy, run_batch
 
 T = TypeVar("T")
 
@@ -65,100 +67,6 @@ _WAL_BOUND_PAGES = 10000
 # one commit among a busy proxy's concurrent requests, small enough that a batch holds
 # SQLite's write lock for a few milliseconds at most.
 _BATCH_MAX = 64
-
-
-def _mapped(exc: sqlite3.Error) -> StoreError:
-    """A constraint violation is the caller's error; anything else means the store is unusable."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreError(f"constraint violated: {exc}")
-    return StoreUnavailable(f"sqlite: {exc}")
-
-
-Outcome = tuple[bool, object]
-"""(True, result) or (False, the exception for that caller)."""
-
-
-def _is_busy(exc: object) -> bool:
-    """True for a store error caused by another connection holding SQLite's lock."""
-    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _batch(
-    conn: Db, begin: str, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]], busy_ms: int | None = None
-) -> list[Outcome]:
-    """Every `fn(conn, *args)` of `calls` in one transaction (on the worker thread, or inline).
-
-    Several calls commit together (one WAL write of the pages they share instead of one per
-    call). They first run one after the other with nothing in between; if one raises, all
-    of that is rolled back and the calls run again, each in a savepoint, so the one that
-    fails is undone alone and its caller gets the error (calls are whole functions of the
-    database state, so running one twice is safe). Savepoints for every call cost two
-    statements each, a sixth of a hold and capture. Raises only when the transaction as a whole fails
-    (cannot begin or commit, or SQLite rolled it back): then nothing in it happened.
-    `busy_ms`, when given, is set as the busy timeout first.
-    """
-    try:
-        if busy_ms is not None:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-        conn.execute(begin)
-    except sqlite3.Error as exc:
-        raise _mapped(exc) from exc
-    alone = len(calls) == 1
-    try:
-        outcomes = None if alone else _optimistic(conn, calls)
-        if outcomes is None:
-            if not alone:
-                conn.execute("ROLLBACK")
-                conn.execute(begin)
-            outcomes = [_attempt(conn, fn, args, alone) for fn, args in calls]
-        if conn.in_transaction:
-            conn.execute("COMMIT")
-    except BaseException as exc:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise _mapped(exc) from exc
-        raise
-    return outcomes
-
-
-def _optimistic(conn: Db, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]) -> list[Outcome] | None:
-    """Every call in the open transaction without savepoints; None as soon as one raises
-    (the caller rolls back and retries with savepoints)."""
-    outcomes: list[Outcome] = []
-    for fn, args in calls:
-        try:
-            outcomes.append((True, fn(conn, *args)))
-        except Exception:
-            if not conn.in_transaction:
-                raise  # SQLite rolled everything back (I/O error, full disk): the batch fails
-            return None
-    return outcomes
-
-
-def _attempt(conn: Db, fn: Callable[..., object], args: tuple[object, ...], alone: bool) -> Outcome:
-    """One call of a batch, undone on error (the whole transaction when it is alone)."""
-    if not alone:
-        conn.execute("SAVEPOINT op")
-    try:
-        value = fn(conn, *args)
-    except Exception as exc:
-        if not conn.in_transaction:
-            raise  # SQLite rolled everything back (I/O error, full disk): the batch fails
-        conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
-        if not alone:
-            conn.execute("RELEASE op")
-        if isinstance(exc, sqlite3.Error):
-            mapped = _mapped(exc)
-            mapped.__cause__ = exc
-            return False, mapped
-        return False, exc
-    if not alone:
-        conn.execute("RELEASE op")
-    return True, value
 
 
 def _configure(conn: Db, busy_ms: int, synchronous: str) -> None:
@@ -195,6 +103,9 @@ class SQLiteConnection:
 
     `SQLiteStore` builds the accounting on top; this class knows nothing about money.
     """
+
+    #: Set-at-a-time forms of the functions passed to `run` (see `proxy.store.sqlite_tx.run_batch`).
+    bulk: ClassVar[Bulk] = {}
 
     def __init__(
         self,
@@ -301,7 +212,7 @@ class SQLiteConnection:
         When no batch is under way the call runs alone: on the event loop when `inline`
         (for short, bounded transactions only) and the store allows it, else on the worker
         thread. Calls made meanwhile queue up and go together as the next batch (group
-        commit, see `_batch`), so concurrent callers share a commit instead of one each.
+        commit, see `sqlite_tx.run_batch`), so concurrent callers share a commit instead of one each.
         """
         begin = _BEGIN[mode]
         if mode == "IMMEDIATE":
@@ -344,12 +255,12 @@ class SQLiteConnection:
         busy_ms = None if self._busy_now == 0 else 0
         self._busy_now = 0
         try:
-            outcomes = _batch(db._conn, begin, calls, busy_ms)
+            outcomes = run_batch(db._conn, begin, calls, busy_ms, self.bulk)
         except StoreUnavailable as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 return [None] * len(calls)
             raise
-        return [None if not o[0] and _is_busy(o[1]) else o for o in outcomes]
+        return [None if not o[0] and is_busy(o[1]) else o for o in outcomes]
 
     def _busy_for_worker(self) -> int | None:
         """The busy timeout a worker batch must set first (None: already in place)."""
@@ -396,7 +307,9 @@ class SQLiteConnection:
             tried: list[Outcome | None] = self._try_inline(calls[0].begin, pairs) if calls[0].inline else [None] * len(calls)
             left = [i for i, o in enumerate(tried) if o is None]
             if left:
-                done = await self._hop(_batch, calls[0].begin, [pairs[i] for i in left], self._busy_for_worker())
+                done = await self._hop(
+                    run_batch, calls[0].begin, [pairs[i] for i in left], self._busy_for_worker(), self.bulk
+                )
                 for i, o in zip(left, done):
                     tried[i] = o
         except Exception as exc:

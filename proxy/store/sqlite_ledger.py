@@ -41,7 +41,7 @@ _MOVE = {
     "key": "UPDATE api_keys SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
     "sub": "UPDATE subscriptions SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
 }
-_JOURNAL = (
+JOURNAL = (
     "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -54,7 +54,7 @@ _NEW_PERIOD = "UPDATE subscriptions SET period_start = ? WHERE id = ? RETURNING 
 _SUB_USED = "UPDATE subscriptions SET used = used + ? WHERE id = ?"
 _USER_USED = "UPDATE users SET used = used + ?, request_count = request_count + ? WHERE name = ?"
 # A wallet capture moves the balance and counts the use in one statement (and one journal entry).
-_WALLET_SETTLED = (
+WALLET_SETTLED = (
     "UPDATE users SET balance = balance + ?, reserved = reserved + ?, used = used + ?,"
     " request_count = request_count + ? WHERE name = ?"
 )
@@ -76,15 +76,15 @@ _UPSTREAM_USED = (
     "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, 1)"
     " ON CONFLICT(name) DO UPDATE SET used = used + excluded.used, request_count = request_count + 1"
 )
-_RESOLVED = "UPDATE holds SET state = ?, charged = ?, overage = ?, resolved_at = ? WHERE request_id = ?"
-_INSERT_HOLD = (
+RESOLVED = "UPDATE holds SET state = ?, charged = ?, overage = ?, resolved_at = ? WHERE request_id = ?"
+INSERT_HOLD = (
     "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
     " price_version, instance_id, created_at, expires_at, state)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')"
 )
 _LOG_FIXED = ("ts", "request_id", "user", "key_id", "source", "resolution", "estimate", "charge",
               "overage", "price_version")
-_INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
+INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
     ", ".join((*_LOG_FIXED, *schema.log_columns())),
     ", ".join("?" * (len(_LOG_FIXED) + len(schema.log_columns()))),
 )
@@ -120,7 +120,7 @@ def move(
     """Apply a signed movement to one account (`owner` is wallet|key|sub) and journal it."""
     if db.execute(_MOVE[owner], (d_balance, d_reserved, ident)).rowcount != 1:
         raise sqlite3.IntegrityError(f"no account {owner}:{ident}")
-    db.execute(_JOURNAL, (ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
+    db.execute(JOURNAL, (ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
 
 
 def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row:
@@ -168,9 +168,9 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
     if held.source is FundingSource.WALLET:
         overage = 0
         settled = (-charge, -held.amount, charge, counted, held.user)
-        if db.execute(_WALLET_SETTLED, settled).rowcount != 1:
+        if db.execute(WALLET_SETTLED, settled).rowcount != 1:
             raise sqlite3.IntegrityError(f"no account wallet:{held.user}")
-        db.execute(_JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, ""))
+        db.execute(JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, ""))
     else:
         overage = _charge_funding(db, ts, held, kind, charge)
         db.execute(_USER_USED, (charge, counted, held.user))
@@ -182,9 +182,9 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
         move(db, ts, "key", held.key_id, kind, -charge, -held.key_amount, held.request_id)
     if state is HoldState.CAPTURED and log.upstream:
         db.execute(_UPSTREAM_USED, (log.upstream, charge))
-    db.execute(_RESOLVED, (state.value, charge, overage, ts, held.request_id))
+    db.execute(RESOLVED, (state.value, charge, overage, ts, held.request_id))
     db.execute(
-        _INSERT_LOG,
+        INSERT_LOG,
         (ts, held.request_id, held.user, held.key_id, held.source.value, state.value,
          held.amount, charge, overage, held.price_version, *schema.log_values(log, key_name)),
     )
@@ -196,12 +196,13 @@ def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldR
     if key is None:
         return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
     available = key.balance - key.reserved
-    return _key_check(key.user == user, key.status, key.expires_at, key.unlimited, available, amount, now)
+    return key_check(key.user == user, key.status, key.expires_at, key.unlimited, available, amount, now)
 
 
-def _key_check(
+def key_check(
     owned: bool, status: str, expires_at: float | None, unlimited: bool, available: int, amount: int, now: float
 ) -> HoldRefusal | None:
+    """The key-level refusal for a hold from the key's fields (`owned`: it is the user's)."""
     if not owned:
         return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
     reason = rules.key_refusal(status, expires_at, now)
@@ -215,7 +216,7 @@ def _key_check(
 def record_hold(db: Db, held: Hold, *, limited: bool) -> None:
     """Insert the hold row and its `hold` ledger entries."""
     db.execute(
-        _INSERT_HOLD,
+        INSERT_HOLD,
         (held.request_id, held.user, held.key_id, held.source.value, held.subscription_id,
          held.amount, held.key_amount, held.price_version, held.instance_id, held.created_at,
          held.expires_at),
@@ -256,7 +257,7 @@ def hold_tx(
         return HoldRefusal(Refusal.UNKNOWN_KEY, 0, amount)
     owner_of_key, status, expires_at, quota, k_balance, k_reserved, user_pref, u_balance, u_reserved = row[:9]
     unlimited = quota is None
-    refusal = _key_check(owner_of_key == user, status, expires_at, unlimited, k_balance - k_reserved, amount, now)
+    refusal = key_check(owner_of_key == user, status, expires_at, unlimited, k_balance - k_reserved, amount, now)
     if refusal is not None:
         return refusal
     offers = offers_tx(db, user, now, model) if row[10] else []

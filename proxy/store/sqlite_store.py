@@ -33,6 +33,7 @@ from proxy.store.base import (
     User,
 )
 from proxy.store.sqlite_audit import run_audit
+from proxy.store.sqlite_bulk import BULK
 from proxy.store.sqlite_conn import SQLiteConnection
 from proxy.store.sqlite_ledger import (
     Clock,
@@ -188,6 +189,8 @@ def _all(db: Db, sql: str, params: tuple[object, ...], convert: Callable[[sqlite
 
 class SQLiteStore(SQLiteConnection):
     """The `proxy.store.base.Store` protocol on one SQLite file (safe across processes)."""
+
+    bulk = BULK
 
     # users ------------------------------------------------------------------------
     async def create_user(
