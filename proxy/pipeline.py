@@ -59,22 +59,35 @@ class Pipeline:
         self.body_hooks = tuple(p for p in rev if overrides(p, "on_body"))
         self.complete_hooks = tuple(p for p in rev if overrides(p, "on_complete"))
         self.error_hooks = tuple(p for p in rev if overrides(p, "on_error"))
+        # Per request, computed once here: which plugins run `on_request`, and each terminal
+        # hook's plugins with their position (a Run's entered plugins are a prefix).
+        self.request_plan = tuple((p, overrides(p, "on_request")) for p in self.plugins)
+        position = {id(p): i for i, p in enumerate(self.plugins)}
+        self.complete_plan = tuple((position[id(p)], p) for p in self.complete_hooks)
+        self.error_plan = tuple((position[id(p)], p) for p in self.error_hooks)
 
     def start(self, ctx: RequestContext) -> Run:
         """Begin the hook sequence for one request."""
         return Run(self, ctx)
 
 
+_NONE_SKIPPED: frozenset[int] = frozenset()
+
+
 class Run:
-    """One request's pass through the pipeline."""
+    """One request's pass through the pipeline.
+
+    `entered` counts the plugins whose `on_request` returned: `on_request` runs in order and
+    stops at the first failure, so the entered plugins are always the first `entered` ones.
+    """
 
     __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks")
 
     def __init__(self, pipeline: Pipeline, ctx: RequestContext) -> None:
         self.pipeline = pipeline
         self.ctx = ctx
-        self.entered: set[int] = set()
-        self.skipped: set[int] = set()
+        self.entered = 0
+        self.skipped = _NONE_SKIPPED
         self.finished = False
         self.event_hooks = pipeline.event_hooks
 
@@ -84,16 +97,20 @@ class Run:
         Plugins that do not override `on_request` count as entered when reached.
         """
         ctx = self.ctx
-        for plugin in self.pipeline.plugins:
-            if overrides(plugin, "on_request"):
+        trace = self.pipeline.trace
+        for plugin, hooked in self.pipeline.request_plan:
+            if hooked:
                 try:
-                    await self._call(plugin, "on_request", plugin.on_request(ctx))
+                    if trace:
+                        await self._call(plugin, "on_request", plugin.on_request(ctx))
+                    else:
+                        await plugin.on_request(ctx)
                 except Reject:
                     raise
                 except Exception as exc:
                     log.exception("plugin %s failed in on_request [request %s]", plugin.name, ctx.request_id)
                     raise PluginFailed(plugin, "on_request", exc) from exc
-            self.entered.add(id(plugin))
+            self.entered += 1
 
     async def response_headers(self, upstream: UpstreamResponse) -> None:
         """Run `on_response_headers` in reverse order."""
@@ -124,11 +141,15 @@ class Run:
 
     async def body(self, body: bytes) -> bytes:
         """Pass a non-streamed body through `on_body` in reverse order."""
+        trace = self.pipeline.trace
         for plugin in self.pipeline.body_hooks:
             if id(plugin) in self.skipped:
                 continue
             try:
-                body = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
+                if trace:
+                    body = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
+                else:
+                    body = await plugin.on_body(self.ctx, body)
             except Exception as exc:
                 self._response_failure(plugin, "on_body", exc)
         return body
@@ -143,7 +164,7 @@ class Run:
             self.ctx.end_reason = outcome.reason.value
             self.ctx.events_relayed = outcome.events
             self.pipeline.tracker.spawn(
-                self._terminal("on_complete", self.pipeline.complete_hooks, outcome),
+                self._terminal("on_complete", self.pipeline.complete_plan, outcome),
                 name=f"complete:{self.ctx.request_id}",
             )
 
@@ -152,7 +173,7 @@ class Run:
         if self._claim():
             self.ctx.end_reason = error.reason.value
             self.pipeline.tracker.spawn(
-                self._terminal("on_error", self.pipeline.error_hooks, error),
+                self._terminal("on_error", self.pipeline.error_plan, error),
                 name=f"error:{self.ctx.request_id}",
             )
 
@@ -162,12 +183,16 @@ class Run:
         self.finished = True
         return True
 
-    async def _terminal(self, hook: str, plugins: Sequence[Plugin], arg: Any) -> None:
-        for plugin in plugins:
-            if id(plugin) not in self.entered:
+    async def _terminal(self, hook: str, plan: Sequence[tuple[int, Plugin]], arg: Any) -> None:
+        trace = self.pipeline.trace
+        for position, plugin in plan:
+            if position >= self.entered:
                 continue
             try:
-                await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
+                if trace:
+                    await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
+                else:
+                    await getattr(plugin, hook)(self.ctx, arg)
             except Exception:
                 log.exception("plugin %s failed in %s [request %s]", plugin.name, hook, self.ctx.request_id)
 
@@ -177,7 +202,7 @@ class Run:
         )
         if plugin.critical:
             raise PluginFailed(plugin, hook, exc) from exc
-        self.skipped.add(id(plugin))
+        self.skipped = self.skipped | {id(plugin)}
         self.event_hooks = tuple(p for p in self.event_hooks if p is not plugin)
 
     async def _call(self, plugin: Plugin, hook: str, aw: Awaitable[Any]) -> Any:
