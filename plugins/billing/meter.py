@@ -41,7 +41,9 @@ def _merge(dst: dict[str, Any], src: Mapping[str, Any], depth: int = 0) -> None:
     for k, v in src.items():
         if v is None:
             continue
-        if isinstance(v, Mapping):
+        # Most values are ints: exact-type checks first spare the slow ABC isinstance.
+        t = type(v)
+        if t is dict or (t is not int and isinstance(v, Mapping)):
             cur = dst.get(k)
             if not isinstance(cur, dict):
                 cur = dst[k] = {}
@@ -69,7 +71,7 @@ class UsageMeter:
     """
 
     __slots__ = (
-        "endpoint", "terminal", "error", "finish", "_raw", "_pieces", "_handler", "_norm",
+        "endpoint", "terminal", "error", "finish", "_raw", "_pieces", "_handler", "_body_handler", "_norm",
         "_counter", "_size", "_counted", "_seen",
     )
 
@@ -90,16 +92,9 @@ class UsageMeter:
         self._counted = 0
         self._seen = False
         self._norm = normaliser(endpoint)
-        handlers: dict[Endpoint, Callable[[dict[str, Any]], None]] = {
-            Endpoint.CHAT: self._openai,
-            Endpoint.COMPLETIONS: self._openai,
-            Endpoint.EMBEDDINGS: self._openai,
-            Endpoint.RESPONSES: self._responses,
-            Endpoint.MESSAGES: self._anthropic,
-            Endpoint.GEMINI_GENERATE: self._gemini,
-            Endpoint.GEMINI_STREAM: self._gemini,
-        }
-        self._handler = handlers.get(endpoint, self._generic)
+        # Plain functions, looked up once per endpoint in a class-level table (building
+        # bound methods per request cost more than the metering of a short answer).
+        self._handler, self._body_handler = _HANDLERS.get(endpoint, _GENERIC)
 
     # -- results -------------------------------------------------------------------
 
@@ -146,7 +141,7 @@ class UsageMeter:
         if event == "error":
             self.error = True
         if isinstance(payload, dict):
-            self._handler(payload)
+            self._handler(self, payload)
 
     def done(self) -> None:
         """OpenAI's `data: [DONE]` sentinel: the stream ended normally."""
@@ -158,12 +153,7 @@ class UsageMeter:
         """Feed a whole non-streamed JSON response; a complete body is terminal."""
         if not isinstance(body, dict):
             return
-        if self.endpoint is Endpoint.RESPONSES:
-            self._responses_body(body)
-        elif self.endpoint is Endpoint.MESSAGES:
-            self._anthropic_body(body)
-        else:
-            self._handler(body)
+        self._body_handler(self, body)
         if body.get("error") is not None:
             self.error = True
         elif not self.terminal:
@@ -173,7 +163,7 @@ class UsageMeter:
     # -- per dialect -----------------------------------------------------------------
 
     def _usage(self, u: Any) -> None:
-        if isinstance(u, Mapping):
+        if type(u) is dict or isinstance(u, Mapping):
             if self._raw is None:
                 self._raw = {}
             _merge(self._raw, u)
@@ -345,6 +335,20 @@ class UsageMeter:
             self.finish = kind
         if kind == "error" or obj.get("error") is not None:
             self.error = True
+
+
+_Handler = Callable[[UsageMeter, dict[str, Any]], None]
+# Per endpoint: the handler of a stream chunk, and of a whole non-streamed body.
+_GENERIC: tuple[_Handler, _Handler] = (UsageMeter._generic, UsageMeter._generic)
+_HANDLERS: Mapping[Endpoint, tuple[_Handler, _Handler]] = {
+    Endpoint.CHAT: (UsageMeter._openai, UsageMeter._openai),
+    Endpoint.COMPLETIONS: (UsageMeter._openai, UsageMeter._openai),
+    Endpoint.EMBEDDINGS: (UsageMeter._openai, UsageMeter._openai),
+    Endpoint.RESPONSES: (UsageMeter._responses, UsageMeter._responses_body),
+    Endpoint.MESSAGES: (UsageMeter._anthropic, UsageMeter._anthropic_body),
+    Endpoint.GEMINI_GENERATE: (UsageMeter._gemini, UsageMeter._gemini),
+    Endpoint.GEMINI_STREAM: (UsageMeter._gemini, UsageMeter._gemini),
+}
 
 
 def _dumps(value: Any) -> str:

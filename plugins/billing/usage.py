@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from proxy.context import Endpoint
@@ -85,6 +86,9 @@ class Usage:
         )
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def _n(value: Any) -> int:
     """A token count from wire JSON: non-negative int, anything else is 0."""
     if type(value) is int:
@@ -96,7 +100,10 @@ def _n(value: Any) -> int:
 
 def _sub(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = obj.get(key)
-    return value if isinstance(value, Mapping) else {}
+    # Wire JSON is a dict (or absent): exact-type checks first spare the slow ABC isinstance.
+    if type(value) is dict:
+        return value
+    return value if value is not None and isinstance(value, Mapping) else _EMPTY
 
 
 def from_openai(u: Mapping[str, Any]) -> Usage:
