@@ -30,9 +30,8 @@ from typing import Any
 
 import orjson
 
-from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice, charge_requests, charge_tokens
-from plugins.billing.tokenizer import Family, Tokenizer, family_for
-from plugins.billing.usage import Usage
+from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice, charge_io, charge_requests
+from plugins.billing.tokenizer import Family, Tokenizer
 from proxy.context import Endpoint
 
 __all__ = ["MAX_N", "MAX_OUTPUT_TOKENS", "BadRequest", "Estimate", "Estimator"]
@@ -50,6 +49,25 @@ _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MEDIA = frozenset(
     ("image_url", "image", "input_image", "input_audio", "input_file", "file", "document", "audio")
 )
+_NO_OUTPUT = frozenset((Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS, Endpoint.MODELS))
+_GEMINI = frozenset((Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM))
+
+#: Where a value sits in the body, for error messages: a name, or a tuple of parts (an int
+#: is an index, a str is appended as it is, a tuple nests). Tuples cost nothing to build;
+#: `_at` formats one only when a `BadRequest` is raised, since nearly every body is valid.
+Where = str | tuple[Any, ...]
+
+
+def _at(where: Where) -> str:
+    """`("messages", 0, ".content")` → "messages[0].content"."""
+    if type(where) is str:
+        return where
+    return "".join(f"[{part}]" if type(part) is int else _at(part) for part in where)
+
+
+def _bad(where: Where, problem: str) -> BadRequest:
+    name = _at(where)
+    return BadRequest(f"{name} {problem}", param=name)
 
 
 class BadRequest(ValueError):
@@ -74,22 +92,21 @@ class Estimate:
 class _Count:
     """Running prompt-token total for one request, with type checks on the way."""
 
-    __slots__ = ("_count", "_family", "total")
+    __slots__ = ("_count", "total")
 
     def __init__(self, tokenizer: Tokenizer, family: Family) -> None:
-        self._count = tokenizer.count_family
-        self._family = family
+        self._count = tokenizer.counter(family)
         self.total = 0
 
-    def text(self, value: Any, what: str) -> None:
+    def text(self, value: Any, what: Where) -> None:
         if value is None:
             return
         if type(value) is not str:
-            raise BadRequest(f"{what} must be a string", param=what)
+            raise _bad(what, "must be a string")
         if value:
-            self.total += self._count(value, self._family)
+            self.total += self._count(value)
 
-    def json(self, value: Any, what: str) -> None:
+    def json(self, value: Any, what: Where) -> None:
         if value is None:
             return
         if type(value) is str:
@@ -98,73 +115,74 @@ class _Count:
         try:
             self.text(orjson.dumps(value).decode(), what)
         except orjson.JSONEncodeError:
-            raise BadRequest(f"{what} is nested too deeply", param=what) from None
+            raise _bad(what, "is nested too deeply") from None
 
     def media(self, detail: Any) -> None:
         self.total += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
 
 
-def _list(value: Any, what: str, required: bool = False) -> list[Any]:
+def _list(value: Any, what: Where, required: bool = False) -> list[Any]:
     if value is None:
         if required:
-            raise BadRequest(f"{what} is required", param=what)
+            raise _bad(what, "is required")
         return []
     if type(value) is not list:
-        raise BadRequest(f"{what} must be an array", param=what)
+        raise _bad(what, "must be an array")
     return value
 
 
-def _obj(value: Any, what: str) -> dict[str, Any]:
+def _obj(value: Any, what: Where) -> dict[str, Any]:
     if type(value) is not dict:
-        raise BadRequest(f"{what} must be an object", param=what)
+        raise _bad(what, "must be an object")
     return value
 
 
-def _tools(c: _Count, tools: Any, what: str) -> None:
+def _tools(c: _Count, tools: Any, what: Where) -> None:
     for i, tool in enumerate(_list(tools, what)):
         c.total += PER_TOOL
-        c.json(tool, f"{what}[{i}]")
+        c.json(tool, (what, i))
 
 
-def _parts(c: _Count, content: Any, what: str, depth: int = 0) -> None:
+def _parts(c: _Count, content: Any, what: Where, depth: int = 0) -> None:
     """Content in any dialect: a string, or a list of typed parts / Anthropic blocks."""
     if content is None or type(content) is str:
         c.text(content, what)
         return
     if depth > _MAX_DEPTH:
-        raise BadRequest(f"{what} is nested too deeply", param=what)
+        raise _bad(what, "is nested too deeply")
     for i, part in enumerate(_list(content, what)):
-        p = _obj(part, f"{what}[{i}]")
+        p = _obj(part, (what, i))
         kind = p.get("type")
         if kind in _MEDIA:
             img = p.get("image_url")
             c.media(img.get("detail") if type(img) is dict else p.get("detail"))
         elif kind == "tool_use":
-            c.text(p.get("name"), f"{what}[{i}].name")
-            c.json(p.get("input"), f"{what}[{i}].input")
+            c.text(p.get("name"), (what, i, ".name"))
+            c.json(p.get("input"), (what, i, ".input"))
         elif kind == "tool_result":
-            _parts(c, p.get("content"), f"{what}[{i}].content", depth + 1)
+            _parts(c, p.get("content"), (what, i, ".content"), depth + 1)
         else:
             for key in ("text", "thinking", "refusal"):
                 if key in p:
-                    c.text(p[key], f"{what}[{i}].{key}")
+                    c.text(p[key], (what, i, ".", key))
 
 
 def _chat(c: _Count, body: dict[str, Any]) -> None:
     for i, raw in enumerate(_list(body.get("messages"), "messages", required=True)):
-        m = _obj(raw, f"messages[{i}]")
+        m = _obj(raw, ("messages", i))
         c.total += PER_MESSAGE + 1
-        _parts(c, m.get("content"), f"messages[{i}].content")
+        _parts(c, m.get("content"), ("messages", i, ".content"))
         if m.get("name") is not None:
             c.total += PER_NAME
-            c.text(m["name"], f"messages[{i}].name")
-        calls = _list(m.get("tool_calls"), f"messages[{i}].tool_calls")
+            c.text(m["name"], ("messages", i, ".name"))
+        calls = _list(m.get("tool_calls"), ("messages", i, ".tool_calls"))
         if m.get("function_call") is not None:
             calls = [*calls, {"function": m["function_call"]}]
         for j, call in enumerate(calls):
-            fn = _obj(_obj(call, f"messages[{i}].tool_calls[{j}]").get("function", {}), "function")
-            c.text(fn.get("name"), f"messages[{i}].tool_calls[{j}].function.name")
-            c.json(fn.get("arguments"), f"messages[{i}].tool_calls[{j}].function.arguments")
+            where = ("messages", i, ".tool_calls", j)
+            fn = _obj(_obj(call, where).get("function", {}), "function")
+            c.text(fn.get("name"), (where, ".function.name"))
+            c.json(fn.get("arguments"), (where, ".function.arguments"))
     c.total += PRIMING
     _tools(c, body.get("tools"), "tools")
     _tools(c, body.get("functions"), "functions")
@@ -173,25 +191,25 @@ def _chat(c: _Count, body: dict[str, Any]) -> None:
 def _anthropic(c: _Count, body: dict[str, Any]) -> None:
     _parts(c, body.get("system"), "system")
     for i, raw in enumerate(_list(body.get("messages"), "messages", required=True)):
-        m = _obj(raw, f"messages[{i}]")
+        m = _obj(raw, ("messages", i))
         c.total += PER_MESSAGE
-        _parts(c, m.get("content"), f"messages[{i}].content")
+        _parts(c, m.get("content"), ("messages", i, ".content"))
     c.total += PRIMING
     _tools(c, body.get("tools"), "tools")
 
 
-def _gemini_parts(c: _Count, holder: Any, what: str) -> None:
-    for i, raw in enumerate(_list(_obj(holder, what).get("parts"), f"{what}.parts")):
-        p = _obj(raw, f"{what}.parts[{i}]")
-        where = f"{what}.parts[{i}]"
+def _gemini_parts(c: _Count, holder: Any, what: Where) -> None:
+    for i, raw in enumerate(_list(_obj(holder, what).get("parts"), (what, ".parts"))):
+        where = (what, ".parts", i)
+        p = _obj(raw, where)
         if "text" in p:
-            c.text(p["text"], f"{where}.text")
+            c.text(p["text"], (where, ".text"))
         elif any(k in p for k in ("inlineData", "inline_data", "fileData", "file_data")):
             c.media(None)
         else:
             for key in ("functionCall", "function_call", "functionResponse", "function_response"):
                 if key in p:
-                    c.json(p[key], f"{where}.{key}")
+                    c.json(p[key], (where, ".", key))
 
 
 def _gemini(c: _Count, body: dict[str, Any]) -> None:
@@ -200,12 +218,12 @@ def _gemini(c: _Count, body: dict[str, Any]) -> None:
         _gemini_parts(c, system, "systemInstruction")
     for i, content in enumerate(_list(body.get("contents"), "contents", required=True)):
         c.total += PER_MESSAGE
-        _gemini_parts(c, content, f"contents[{i}]")
+        _gemini_parts(c, content, ("contents", i))
     c.total += PRIMING
     for i, raw in enumerate(_list(body.get("tools"), "tools")):
-        tool = _obj(raw, f"tools[{i}]")
+        tool = _obj(raw, ("tools", i))
         decls = tool.get("functionDeclarations", tool.get("function_declarations"))
-        _tools(c, decls, f"tools[{i}].functionDeclarations")
+        _tools(c, decls, ("tools", i, ".functionDeclarations"))
 
 
 def _responses(c: _Count, body: dict[str, Any]) -> None:
@@ -215,24 +233,24 @@ def _responses(c: _Count, body: dict[str, Any]) -> None:
         c.text(items, "input")
         items = []
     for i, raw in enumerate(_list(items, "input")):
-        item = _obj(raw, f"input[{i}]")
-        what = f"input[{i}]"
+        what = ("input", i)
+        item = _obj(raw, what)
         kind = item.get("type")
         if "role" in item or kind == "message":
             c.total += PER_MESSAGE
-            _parts(c, item.get("content"), f"{what}.content")
+            _parts(c, item.get("content"), (what, ".content"))
         elif kind in ("function_call", "custom_tool_call"):
-            c.text(item.get("name"), f"{what}.name")
-            c.json(item.get("arguments", item.get("input")), f"{what}.arguments")
+            c.text(item.get("name"), (what, ".name"))
+            c.json(item.get("arguments", item.get("input")), (what, ".arguments"))
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            _parts(c, item.get("output"), f"{what}.output")
+            _parts(c, item.get("output"), (what, ".output"))
         elif kind == "reasoning":
-            _parts(c, item.get("summary"), f"{what}.summary")
+            _parts(c, item.get("summary"), (what, ".summary"))
     c.total += PRIMING
     _tools(c, body.get("tools"), "tools")
 
 
-def _token_input(c: _Count, value: Any, what: str) -> None:
+def _token_input(c: _Count, value: Any, what: Where) -> None:
     """A string, an array of strings, a token array, or an array of token arrays."""
     if value is None or type(value) is str:
         c.text(value, what)
@@ -245,9 +263,9 @@ def _token_input(c: _Count, value: Any, what: str) -> None:
         if type(x) is list and all(type(t) is int for t in x):
             c.total += len(x)
         elif type(x) is str:
-            c.text(x, f"{what}[{i}]")
+            c.text(x, (what, i))
         else:
-            raise BadRequest(f"{what} must be a string, an array of strings or token arrays", param=what)
+            raise _bad(what, "must be a string, an array of strings or token arrays")
 
 
 def _completions(c: _Count, body: dict[str, Any]) -> None:
@@ -324,18 +342,23 @@ class Estimator:
         if price.per_request is not None:
             n = _count_param(body.get("n"), "n") if endpoint is Endpoint.IMAGES else 1
             return Estimate(0, 0, charge_requests(price, n, multiplier, self.quota_per_usd))
-        prompt = self.prompt_tokens(endpoint, body, model)
-        output = self.output_tokens(endpoint, body, model)
-        usage = Usage(input=prompt, output=output)
-        return Estimate(prompt, output, charge_tokens(price, usage, multiplier, self.quota_per_usd))
+        prompt = self._prompt_tokens(endpoint, body, model)
+        output = self._output_tokens(endpoint, body, model)
+        return Estimate(prompt, output, charge_io(price, prompt, output, multiplier, self.quota_per_usd))
 
     def prompt_tokens(self, endpoint: Endpoint, body: Any, model: str) -> int:
         """The estimated prompt tokens of a request body (0 for endpoints without one)."""
-        body = _checked_body(body)
+        return self._prompt_tokens(endpoint, _checked_body(body), model)
+
+    def output_tokens(self, endpoint: Endpoint, body: Any, model: str) -> int:
+        """The output tokens to hold for: the request's limit × its choice count."""
+        return self._output_tokens(endpoint, _checked_body(body), model)
+
+    def _prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
         fn = _PROMPT.get(endpoint)
         if fn is None:
             return 0
-        c = _Count(self.tokenizer, family_for(model))
+        c = _Count(self.tokenizer, self.tokenizer.family(model))
         try:
             fn(c, body)
         except BadRequest:
@@ -345,10 +368,8 @@ class Estimator:
             raise BadRequest(f"malformed request body ({type(exc).__name__})") from None
         return c.total
 
-    def output_tokens(self, endpoint: Endpoint, body: Any, model: str) -> int:
-        """The output tokens to hold for: the request's limit × its choice count."""
-        body = _checked_body(body)
-        if endpoint in (Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS, Endpoint.MODELS):
+    def _output_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
+        if endpoint in _NO_OUTPUT:
             return 0
         limit = -1
         for key in _OUTPUT_KEYS:
@@ -358,7 +379,7 @@ class Estimator:
         times = 1
         for key in _MULTIPLIERS.get(endpoint, ()):
             times = max(times, _count_param(body.get(key), key))
-        if endpoint in (Endpoint.GEMINI_GENERATE, Endpoint.GEMINI_STREAM):
+        if endpoint in _GEMINI:
             limit, times = _gemini_output(body, limit)
         if limit < 0:
             limit = self._default_output(model)

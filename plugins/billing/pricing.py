@@ -29,6 +29,7 @@ __all__ = [
     "ModelPrice",
     "PriceTable",
     "PricingConfig",
+    "charge_io",
     "charge_requests",
     "charge_tokens",
     "format_usd",
@@ -378,6 +379,18 @@ def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_pe
     )
     m, d = multiplier.as_integer_ratio()
     return _round_ratio(per_million * quota_per_usd * m, price._scale * 1_000_000 * d)
+
+
+def charge_io(price: ModelPrice, input: int, output: int, multiplier: Decimal, quota_per_usd: int) -> int:
+    """`charge_tokens` of a usage with only uncached `input` and `output` tokens (a hold
+    estimate), without building the `Usage`: the same arithmetic, term for term."""
+    if price.per_request is not None:
+        raise ValueError("charge_tokens called with a per-request price")
+    if not (input or output):
+        return 0
+    r = price._rates
+    m, d = multiplier.as_integer_ratio()
+    return _round_ratio((input * r[0] + output * r[4]) * quota_per_usd * m, price._scale * 1_000_000 * d)
 
 
 def charge_requests(price: ModelPrice, n: int, multiplier: Decimal, quota_per_usd: int) -> int:

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
@@ -140,11 +141,16 @@ class Tokenizer:
     0.2 s, so call `warm()` at startup to keep it off the request path.
     """
 
-    __slots__ = ("vocab_dir", "_encodings")
+    __slots__ = ("vocab_dir", "_encodings", "_families", "_counters")
+
+    #: Model names whose family is remembered (clients choose the names: the memo is bounded).
+    FAMILY_MEMO = 1024
 
     def __init__(self, vocab_dir: Path | None = None) -> None:
         self.vocab_dir = vocab_dir or VOCAB_DIR
         self._encodings: dict[Family, tiktoken.Encoding] = {}
+        self._families: dict[str, Family] = {}
+        self._counters: dict[Family, Callable[[str], int]] = {}
 
     def encoding(self, family: Family) -> tiktoken.Encoding:
         """The tiktoken `Encoding` for an exact family, built from the bundled file."""
@@ -165,14 +171,40 @@ class Tokenizer:
         for family in families or tuple(_SPECS):
             self.encoding(family)
 
+    def family(self, model: str) -> Family:
+        """`family_for(model)`, remembered: it runs on every request."""
+        found = self._families.get(model)
+        if found is None:
+            found = family_for(model)
+            if len(self._families) >= self.FAMILY_MEMO:
+                self._families.clear()
+            self._families[model] = found
+        return found
+
     def count(self, text: str, model: str) -> int:
         """Tokens in `text` for `model`. Special-token strings count as ordinary text."""
-        return self.count_family(text, family_for(model))
+        return self.count_family(text, self.family(model))
 
     def count_family(self, text: str, family: Family) -> int:
         """Tokens in `text` under a given family."""
         if not text:
             return 0
-        if family is Family.HEURISTIC:
-            return heuristic_count(text)
-        return len(self.encoding(family).encode_ordinary(text))
+        return self.counter(family)(text)
+
+    def counter(self, family: Family) -> Callable[[str], int]:
+        """A function giving the tokens in a text under `family` (built once per family;
+        an exact family's encoding is still loaded only when first used)."""
+        found = self._counters.get(family)
+        if found is None:
+            found = heuristic_count if family is Family.HEURISTIC else self._exact_counter(family)
+            self._counters[family] = found
+        return found
+
+    def _exact_counter(self, family: Family) -> Callable[[str], int]:
+        if family not in _SPECS:
+            raise ValueError(f"no vocabulary for {family}")
+
+        def count(text: str) -> int:
+            return len(self.encoding(family).encode_ordinary(text)) if text else 0
+
+        return count

@@ -1,6 +1,6 @@
 """The integer charge arithmetic gives exactly what the spec's Decimal formula gives (§1, §4).
 
-`charge_tokens` and `charge_requests` work on integer price coefficients computed once per
+`charge_tokens`, `charge_requests` and `charge_io` work on integer price coefficients computed once per
 price; here they are compared, on random prices, usages, multipliers and quotas per USD and
 on every bundled LiteLLM price, with the formula written out in `Decimal` at 60 digits:
 `round_half_up(Σ tokens × price / 1M × quota_per_usd × multiplier)`, minimum 1 when
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.billing.price_data import DEFAULT_PATH, LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
+from plugins.billing.pricing import ModelPrice, charge_io, charge_requests, charge_tokens
 from plugins.billing.usage import Usage
 
 _EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
@@ -87,6 +87,16 @@ def test_token_charges_equal_the_decimal_formula(
     names = ("cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "image_input")
     price = ModelPrice.tokens(io[0], io[1], **dict(zip(names, extra)))
     assert charge_tokens(price, usage, multiplier, qpu) == reference_tokens(price, usage, multiplier, qpu)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.tuples(prices, prices), counts, counts, multipliers, quotas)
+def test_estimate_charges_equal_the_decimal_formula(
+    io: tuple[Decimal, Decimal], prompt: int, output: int, multiplier: Decimal, qpu: int
+) -> None:
+    price = ModelPrice.tokens(io[0], io[1])
+    usage = Usage(input=prompt, output=output)
+    assert charge_io(price, prompt, output, multiplier, qpu) == reference_tokens(price, usage, multiplier, qpu)
 
 
 @settings(max_examples=1000, deadline=None)
