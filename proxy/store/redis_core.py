@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,27 +53,43 @@ MASTERDOWN and "TTL exhausted" (a MOVED storm); RedisClusterException covers no 
 node and a slot no node serves."""
 
 
-@contextmanager
-def translate() -> Iterator[None]:
-    """Turn redis-py errors into the store's: unreachable → StoreUnavailable, else StoreError.
-
-    Scripts fail with `weir: <message>` for the caller's mistakes (unknown user, revoked key).
-    """
-    try:
-        yield
-    except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-        raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-    except _CLUSTER_TROUBLE as exc:
-        raise StoreUnavailable(f"redis cluster unavailable: {type(exc).__name__}: {exc}") from exc
-    except rexc.AskError as exc:
+def _translated(exc: BaseException) -> StoreError | None:
+    """The store's error for a redis-py error (None: not one of redis-py's)."""
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+        return StoreUnavailable(f"redis unavailable: {exc}")
+    if isinstance(exc, _CLUSTER_TROUBLE):
+        return StoreUnavailable(f"redis cluster unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, rexc.AskError):
         # RedisCluster follows MOVED and ASK itself, so one that escapes reached a
         # single-server client talking to a cluster node.
-        raise StoreUnavailable(
+        return StoreUnavailable(
             f"redis answered {type(exc).__name__} {exc}: store.url is a Redis Cluster node, set store.cluster: true"
-        ) from exc
-    except rexc.ResponseError as exc:
+        )
+    if isinstance(exc, rexc.ResponseError):
         msg = str(exc)
-        raise StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}") from exc
+        return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
+    return None
+
+
+class translate:  # noqa: N801 - used like the function-style context manager it replaced
+    """`with translate():` redis-py errors become the store's: unreachable → StoreUnavailable,
+    else StoreError. Scripts fail with `weir: <message>` for the caller's mistakes (unknown
+    user, revoked key). A class, not @contextmanager: it wraps every store call on the
+    request path, and a generator per use cost ~1 µs there."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None:
+            mapped = _translated(exc)
+            if mapped is not None:
+                raise mapped from exc
+
+
+_TRANSLATE = translate()
 
 
 def guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
@@ -81,7 +97,7 @@ def guarded(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any,
 
     @functools.wraps(fn)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        with translate():
+        with _TRANSLATE:
             return await fn(*args, **kwargs)
 
     return wrapper

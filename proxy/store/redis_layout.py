@@ -40,6 +40,8 @@ from dataclasses import dataclass, fields
 from typing import Generic, TypeVar
 from importlib import resources
 
+import orjson
+
 from proxy.store import ledger_rules as rules
 from proxy.store.base import (
     ApiKey,
@@ -305,8 +307,9 @@ def to_hold(h: Mapping[str, str]) -> Hold:
 
 
 def details_json(details: LogDetails) -> str:
-    """LogDetails as the JSON a settlement script stores inside the log row."""
-    return json.dumps({f: getattr(details, f) for f in _LOG_FIELDS})
+    """LogDetails as the JSON a settlement script stores inside the log row (every field;
+    orjson serialises the dataclass itself, ~10x faster than json.dumps of a dict)."""
+    return orjson.dumps(details).decode()
 
 
 def to_log_row(raw: str) -> LogRow:

@@ -13,10 +13,10 @@ nothing, which readers skip (on a single server, where slots do not matter, a se
 script writes the global log index itself). Money never depends on a cross-slot write.
 
 A billed request costs two round trips: `hold` pipelines the request-id claim, the
-open-users mark, the read of the subscriptions' terms and its script (built from the
-terms this process last saw for the user; the script refuses to act on a stale view,
-and then runs again with the terms just read); a settlement is one script, which also
-takes the global log id. On redis-py (TLS urls, Cluster) the hold's pipeline and script
+open-users mark and its script, built from the subscription terms this process last saw
+for the user (read in the same trip the first time; the script refuses to act on a stale
+view, and then the terms are read and it runs again); a settlement is one script, which
+also takes the global log id. On redis-py (TLS urls, Cluster) the hold's pipeline and script
 are two round trips, and on a Cluster a settlement reserves its log id first (that
 counter lives in a slot of its own). The process remembers what it
 held (`HeldMemory`), so settling needs no lookup; holds made elsewhere are found through
@@ -51,7 +51,7 @@ from proxy.store.base import (
     Subscription,
     User,
 )
-from proxy.store.redis_core import RedisCore, guarded
+from proxy.store.redis_core import Call, RedisCore, guarded
 from proxy.store.redis_layout import (
     MAX_UNITS,
     Held,
@@ -304,7 +304,7 @@ class RedisStore:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
         units(amount, "a hold amount")
         k, now = self._k, self._clock()
-        known = self._terms.get(user) or {}
+        known = self._terms.get(user)
 
         def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
             offers = usable_subscriptions(terms, now, model)
@@ -317,19 +317,24 @@ class RedisStore:
             )
 
         # One round trip: claim the request id and mark the user (so the hold is findable
-        # however the process dies), read the subscriptions' terms, then the hold script,
-        # built from the terms last seen (it answers `stale` if the user has others now).
-        (claimed, _, metas), reply = await self._core.batch_and_run(
-            [("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
-             ("hgetall", (k.sub_meta(user),))],
-            "hold", *script(known),
-        )
-        self._terms.remember(user, metas)
+        # however the process dies), then the hold script, built from the subscription
+        # terms last seen (it answers `stale` if the user has others now). Terms never seen
+        # for this user are read in the same trip; known ones are only read again when stale.
+        calls: list[Call] = [("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user))]
+        if known is None:
+            calls.append(("hgetall", (k.sub_meta(user),)))
+        replies, reply = await self._core.batch_and_run(calls, "hold", *script(known or {}))
+        claimed = replies[0]
+        metas = replies[2] if known is None else known
+        if known is None:
+            self._terms.remember(user, metas)
         if not claimed and (theirs := await records.claimed_before(self._core, k, request_id, user)) is not None:
             if reply[0] == "new":  # the script ran anyway: give this user's reservation back
                 await self._void(request_id, user, key_id, reply[2] or "", metas)
             return theirs
         if reply[0] == "stale":
+            metas = await self._core.hgetall(k.sub_meta(user))
+            self._terms.remember(user, metas)
             reply = await self._run("hold", *script(metas))
         if reply[0] == "refused":
             return HoldRefusal(Refusal(reply[1]), int(reply[2]), int(reply[3]))
