@@ -289,28 +289,30 @@ class BillingPlugin(Plugin):
     ) -> LogDetails:
         ttft = ctx.ttft_ms
         upstream = ctx.upstream
+        # Positional, in field order: 21 keyword arguments cost ~1 µs more per request.
+        # tests/billing/test_details.py keeps this order honest.
         return LogDetails(
-            end_reason=end,
-            usage_source=source,
-            model=ctx.model or "",
-            upstream_model=(upstream.model or "") if upstream else "",
-            upstream=upstream.name if upstream else "",
-            key_name=st.key.name,
-            group=st.key.group or st.user.group,
-            multiplier=str(st.multiplier),
-            stream=ctx.stream,
-            input=u.input,
-            cache_read=u.cache_read,
-            cache_write_5m=u.cache_write_5m,
-            cache_write_1h=u.cache_write_1h,
-            output=u.output,
-            audio_in=u.audio_in,
-            audio_out=u.audio_out,
-            images=u.images,
-            latency_ms=int(ctx.elapsed_ms),
-            ttft_ms=None if ttft is None else int(ttft),
-            status=status,
-            error=error[:500],
+            end,  # end_reason
+            source,  # usage_source
+            ctx.model or "",  # model
+            (upstream.model or "") if upstream else "",  # upstream_model
+            upstream.name if upstream else "",  # upstream
+            st.key.name,  # key_name
+            st.key.group or st.user.group,  # group
+            str(st.multiplier),  # multiplier
+            ctx.stream,  # stream
+            u.input,
+            u.cache_read,
+            u.cache_write_5m,
+            u.cache_write_1h,
+            u.output,
+            u.audio_in,
+            u.audio_out,
+            u.images,
+            int(ctx.elapsed_ms),  # latency_ms
+            None if ttft is None else int(ttft),  # ttft_ms
+            status,
+            error[:500],  # error
         )
 
     def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
