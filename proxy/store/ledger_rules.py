@@ -152,15 +152,18 @@ class FundingChoice:
     subscription_id: str | None = None
 
 
+_ORDERS = {
+    Preference.SUBSCRIPTION_FIRST: (FundingSource.SUBSCRIPTION, FundingSource.WALLET),
+    Preference.WALLET_FIRST: (FundingSource.WALLET, FundingSource.SUBSCRIPTION),
+    Preference.SUBSCRIPTION_ONLY: (FundingSource.SUBSCRIPTION,),
+    Preference.WALLET_ONLY: (FundingSource.WALLET,),
+}
+_WALLET_CHOICE = FundingChoice(FundingSource.WALLET)
+
+
 def source_order(preference: Preference) -> tuple[FundingSource, ...]:
     """The funding sources to try, first choice first."""
-    wallet, sub = FundingSource.WALLET, FundingSource.SUBSCRIPTION
-    return {
-        Preference.SUBSCRIPTION_FIRST: (sub, wallet),
-        Preference.WALLET_FIRST: (wallet, sub),
-        Preference.SUBSCRIPTION_ONLY: (sub,),
-        Preference.WALLET_ONLY: (wallet,),
-    }[preference]
+    return _ORDERS[preference]
 
 
 def pick_subscription(offers: Sequence[SubOffer], amount: int) -> SubOffer | None:
@@ -176,18 +179,19 @@ def choose_funding(
 ) -> FundingChoice | HoldRefusal:
     """Apply the preference order and the fallback rule (see the module docstring)."""
     refusal: HoldRefusal | None = None
-    for source in source_order(preference):
+    for source in _ORDERS[preference]:
         if source is FundingSource.WALLET:
             if affords(wallet_available, amount):
-                return FundingChoice(source)
+                return _WALLET_CHOICE  # immutable: one instance serves every hold
             refusal = refusal or HoldRefusal(Refusal.INSUFFICIENT_WALLET, wallet_available, amount)
+            continue
+        if not offers:
             continue
         offer = pick_subscription(offers, amount)
         if offer is not None:
             return FundingChoice(source, offer.id)
-        if offers:
-            best = max(o.available for o in offers)
-            refusal = refusal or HoldRefusal(Refusal.INSUFFICIENT_SUBSCRIPTION, best, amount)
+        best = max(o.available for o in offers)
+        refusal = refusal or HoldRefusal(Refusal.INSUFFICIENT_SUBSCRIPTION, best, amount)
     return refusal or HoldRefusal(Refusal.INSUFFICIENT_SUBSCRIPTION, 0, amount)
 
 
