@@ -55,6 +55,8 @@ FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
 #: Endpoints whose streams get `stream_options.include_usage` forced on.
 USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 _NO_USAGE = Usage()
+# Enum members looked up on the class cost ~80 ns each (EnumType has a __getattr__).
+_IMAGES = Endpoint.IMAGES
 
 
 @dataclass(slots=True)
@@ -167,18 +169,17 @@ class BillingPlugin(Plugin):
         except BadRequest as exc:
             raise Reject(400, exc.code, exc.message) from None
         hold = await self._hold(ctx, key, user, estimate)
-        try:
-            hide = self._force_usage(ctx)
-        except Exception:
-            # This plugin will get no terminal hook: give the hold back before failing.
-            self._spawn(self._release_unknown(ctx.request_id), f"release:{ctx.request_id}")
-            raise
-        n = body.get("n", 1) if ctx.endpoint is Endpoint.IMAGES else 1
-        tokenizer = self.tokenizer
-
-        def count(text: str) -> int:
-            return tokenizer.count(text, model)
-
+        hide = False
+        if ctx.stream:
+            try:
+                hide = self._force_usage(ctx)
+            except Exception:
+                # This plugin will get no terminal hook: give the hold back before failing.
+                self._spawn(self._release_unknown(ctx.request_id), f"release:{ctx.request_id}")
+                raise
+        n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
+        # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
+        count = self.tokenizer.counter(self.tokenizer.family(model))
         ctx.state[BILLING] = Billing(
             key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
             n if isinstance(n, int) else 1,
@@ -275,13 +276,15 @@ class BillingPlugin(Plugin):
         self._sweeper.done(ctx.request_id)
 
     def _metered(self, st: Billing) -> Metered:
+        meter = st.meter
+        # Positional (keyword arguments to a frozen dataclass cost a dict per request).
         return Metered(
-            usage=st.meter.usage,
-            has_content=st.meter.has_content,
-            terminal=st.meter.terminal,
-            output_count=st.meter.output_count,  # counted only if a row needs it
-            prompt_estimate=st.estimate.prompt_tokens,
-            requests=st.requests,
+            meter.usage,
+            meter.has_content,
+            meter.terminal,
+            meter.output_count,  # output_count: counted only if a row needs it
+            st.estimate.prompt_tokens,  # prompt_estimate
+            st.requests,
         )
 
     def _details(
