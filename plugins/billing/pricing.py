@@ -274,7 +274,11 @@ class PriceTable:
     fallback snapshot), so a hold can be settled with the prices it was estimated with.
     """
 
-    __slots__ = ("config", "version", "_fallback", "_globs", "_exact")
+    __slots__ = ("config", "version", "_fallback", "_globs", "_exact", "_matched")
+
+    #: Model names whose glob or fallback answer is remembered (clients choose the names,
+    #: so the memo is bounded; the table never changes, so an answer never goes stale).
+    MATCH_MEMO = 1024
 
     def __init__(self, config: PricingConfig, fallback: FallbackPrices | None = None) -> None:
         if config.fallback == "litellm" and fallback is None:
@@ -291,6 +295,7 @@ class PriceTable:
         # pattern, then to the name, so the order never depends on YAML key order.
         globs.sort(key=lambda g: (-_literal_prefix_len(g.pattern), -len(g.pattern), g.pattern))
         self._globs = tuple(globs)
+        self._matched: dict[str, tuple[ModelPrice, str] | None] = {}
         self.version = self._hash()
 
     def lookup(self, model: str) -> ModelPrice | None:
@@ -304,6 +309,15 @@ class PriceTable:
         price = self._exact.get(model)
         if price is not None:
             return price, "config"
+        if model in self._matched:
+            return self._matched[model]
+        found = self._match(model)
+        if len(self._matched) >= self.MATCH_MEMO:
+            self._matched.clear()
+        self._matched[model] = found
+        return found
+
+    def _match(self, model: str) -> tuple[ModelPrice, str] | None:
         for g in self._globs:
             if g.regex.match(model):
                 return g.price, f"config-glob:{g.pattern}"
