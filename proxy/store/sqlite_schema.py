@@ -299,12 +299,13 @@ _LOG_GETTER = attrgetter(*LOG_DETAIL_FIELDS)
 _KEY_NAME_AT = LOG_DETAIL_FIELDS.index("key_name")
 
 
-def log_values(details: LogDetails, key_name: str = "") -> list[object]:
+def log_values(details: LogDetails, key_name: str = "") -> tuple[object, ...]:
     """The consume_log values of `details`, in `log_columns()` order; `key_name` fills in
-    when the details have none (without copying the dataclass: this is on every capture)."""
-    values = [int(v) if isinstance(v, bool) else v for v in _LOG_GETTER(details)]
+    when the details have none (without copying the dataclass: this is on every capture).
+    `stream` stays a bool: sqlite3 stores a bool as the integer 1 or 0."""
+    values: tuple[object, ...] = _LOG_GETTER(details)
     if not values[_KEY_NAME_AT]:
-        values[_KEY_NAME_AT] = key_name
+        values = (*values[:_KEY_NAME_AT], key_name, *values[_KEY_NAME_AT + 1 :])
     return values
 
 
