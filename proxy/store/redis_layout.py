@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Generic, TypeVar
 from importlib import resources
 
@@ -94,6 +94,9 @@ def load_script(name: str) -> str:
     return "\n".join(parts)
 
 
+_BASES_KEPT = 50_000
+
+
 def _tag_safe(name: str) -> str:
     """`name` with the characters that would end or nest a hash tag escaped."""
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
@@ -108,13 +111,21 @@ class Layout:
     """
 
     prefix: str
+    # "<prefix>:{u:<name>}:" per user, built once: a billed request names about fifteen of a
+    # user's keys. Bounded like the store's other memories (cleared when full).
+    _bases: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
             raise ValueError(f"redis prefix {self.prefix!r} must be non-empty and brace-free")
 
     def _u(self, user: str, suffix: str) -> str:
-        return f"{self.prefix}:{{u:{_tag_safe(user)}}}:{suffix}"
+        base = self._bases.get(user)
+        if base is None:
+            if len(self._bases) >= _BASES_KEPT:
+                self._bases.clear()
+            base = self._bases[user] = f"{self.prefix}:{{u:{_tag_safe(user)}}}:"
+        return base + suffix
 
     def user(self, user: str) -> str:
         """The user hash (wallet totals, counters, group, preference)."""
