@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 
@@ -59,6 +59,16 @@ class Target:
     password: str | None = None
 
 
+class _Waiter(NamedTuple):
+    """What waits for replies: one command's future (`replies` None), or a batch's, which
+    gets the list once `expected` replies are in."""
+
+    fut: asyncio.Future[Any]
+    sent: float
+    replies: list[Any] | None
+    expected: int
+
+
 class _Protocol(asyncio.Protocol):
     """One connection: writes commands, matches replies to futures in order."""
 
@@ -66,7 +76,7 @@ class _Protocol(asyncio.Protocol):
         self._loop = loop
         self._timeout = timeout
         self._reader = hiredis.Reader(encoding="utf-8")
-        self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._pending: deque[_Waiter] = deque()
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._watchdog: asyncio.TimerHandle | None = None
@@ -85,13 +95,22 @@ class _Protocol(asyncio.Protocol):
             while (reply := reader.gets()) is not False:
                 if not pending:
                     raise RespConnectionError("redis sent a reply nobody asked for")
-                fut = pending.popleft()[0]
-                if fut.done():  # its caller stopped waiting
+                waiter = pending[0]
+                fut, replies = waiter.fut, waiter.replies
+                if replies is None:  # one command
+                    pending.popleft()
+                    if fut.done():  # its caller stopped waiting
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        fut.set_exception(RespError(str(reply)))
+                    else:
+                        fut.set_result(reply)
                     continue
-                if isinstance(reply, hiredis.ReplyError):
-                    fut.set_exception(RespError(str(reply)))
-                else:
-                    fut.set_result(reply)
+                replies.append(RespError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
+                if len(replies) == waiter.expected:  # a batch, complete
+                    pending.popleft()
+                    if not fut.done():
+                        fut.set_result(replies)
         except (hiredis.ProtocolError, RespConnectionError) as exc:
             self.fail(RespConnectionError(f"redis protocol error: {exc}"))
 
@@ -101,12 +120,20 @@ class _Protocol(asyncio.Protocol):
 
     # use -----------------------------------------------------------------------------
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; its future gets the reply."""
+        """Queue one packed command; its future gets the reply (an error reply: RespError)."""
+        return self._queue(packed, None, 1)
+
+    def send_batch(self, packed: list[bytes]) -> asyncio.Future[list[Any]]:
+        """Queue several packed commands; one future gets every reply, in order, with an
+        error reply as a RespError in its place (one future instead of one per command)."""
+        return self._queue(b"".join(packed), [], len(packed))
+
+    def _queue(self, packed: bytes, replies: list[Any] | None, expected: int) -> asyncio.Future[Any]:
         if self.broken is not None:
             raise RespConnectionError(str(self.broken))
         fut: asyncio.Future[Any] = self._loop.create_future()
         now = self._loop.time()
-        self._pending.append((fut, now))
+        self._pending.append(_Waiter(fut, now, replies, expected))
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(packed)
@@ -124,7 +151,7 @@ class _Protocol(asyncio.Protocol):
         self._watchdog = None
         if not self._pending or self.broken is not None:
             return
-        started = self._pending[0][1]
+        started = self._pending[0].sent
         deadline = started + self._timeout
         if self._loop.time() >= deadline:
             self.fail(RespConnectionError(f"redis did not answer within {self._timeout:g} s"))
@@ -139,7 +166,7 @@ class _Protocol(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
         while self._pending:
-            fut = self._pending.popleft()[0]
+            fut = self._pending.popleft().fut
             if not fut.done():
                 fut.set_exception(RespConnectionError(str(exc)))
         self._out = []
@@ -180,18 +207,7 @@ class RespClient:
         proto = self._proto
         if proto is None or proto.broken is not None:
             proto = await self._connection()
-        futures = [proto.send(_pack(c)) for c in commands]
-        replies: list[Any] = []
-        try:
-            for fut in futures:
-                try:
-                    replies.append(await fut)
-                except RespError as exc:
-                    replies.append(exc)
-        finally:
-            for fut in futures[len(replies):]:  # the connection failed: all of them did
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved, so asyncio does not log each one
+        replies: list[Any] = await proto.send_batch([_pack(c) for c in commands])
         return replies
 
     async def _connection(self) -> _Protocol:

@@ -77,6 +77,24 @@ async def test_pipelined_commands_get_their_own_replies_in_order(
     assert out[0] == "OK" and isinstance(out[1], RespError) and "WRONGTYPE" in str(out[1]) and out[2] == "x"
 
 
+async def test_pipelines_and_single_commands_interleaved_each_get_their_own_replies(
+    raw: aioredis.Redis, key: str, client: RespClient
+) -> None:
+    # A pipeline waits on one future for all its replies; commands sent between pipelines
+    # (and a pipeline whose caller gave up) must not take or shift anyone's replies.
+    blocked = asyncio.ensure_future(client.pipeline([("INCR", key), ("BLPOP", key + ":empty", 0.3), ("INCR", key)]))
+    calls = [client.pipeline([("INCR", key), ("GET", key)]) if i % 2 else client.execute("INCR", key) for i in range(20)]
+    running = asyncio.gather(*calls)
+    await asyncio.sleep(0.05)
+    blocked.cancel()
+    results = await running
+    counter = 2  # the blocked pipeline's INCRs ran first, around its BLPOP
+    for i, got in enumerate(results):
+        counter += 1
+        assert got == ([counter, str(counter)] if i % 2 else counter), (i, got)
+    assert await raw.get(key) == str(counter)
+
+
 async def test_an_error_reply_is_raised_and_the_connection_goes_on(
     raw: aioredis.Redis, key: str, client: RespClient
 ) -> None:
