@@ -24,9 +24,8 @@ Hostile bodies raise only `BadRequest` (a `ValueError`) with a message a client 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -80,9 +79,12 @@ class BadRequest(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """The hold for one request: estimated prompt and output tokens and their price."""
+class Estimate(NamedTuple):
+    """The hold for one request: estimated prompt and output tokens and their price.
+
+    An immutable named tuple, not a frozen dataclass: it is built on every request, and a
+    frozen dataclass costs ~1.4k instructions per field to build.
+    """
 
     prompt_tokens: int
     output_tokens: int

@@ -277,7 +277,7 @@ class BillingPlugin(Plugin):
 
     def _metered(self, st: Billing) -> Metered:
         meter = st.meter
-        # Positional (keyword arguments to a frozen dataclass cost a dict per request).
+        # Positional: keyword arguments to a class call cost a dict per request.
         return Metered(
             meter.usage,
             meter.has_content,

@@ -18,16 +18,20 @@ completion), and nothing otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
 from plugins.billing.usage import Usage
 from proxy.context import EndReason
 
 
-@dataclass(frozen=True, slots=True)
-class Metered:
+# Metered and Settlement are immutable named tuples rather than frozen dataclasses: both
+# are built on every request, and a frozen dataclass costs ~1.4k instructions per field to
+# build (each goes through object.__setattr__), a tuple a tenth of that.
+
+
+class Metered(NamedTuple):
     """What the meter saw by the end of a response.
 
     `output_count` is the token count of the relayed output, or a function that counts it:
@@ -48,8 +52,7 @@ class Metered:
         return count if isinstance(count, int) else count()
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     """The decision: charge (0 means release), which usage, and where it came from."""
 
     charge: int
