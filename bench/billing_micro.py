@@ -1,0 +1,200 @@
+"""`python -m bench.billing_micro [--backend sqlite|redis|instant|none]`: billing's CPU per request, in-process.
+
+The billing plugin's hooks run through a real `Pipeline`, as the handler drives them for a
+non-streamed chat request (`on_request` → `on_body` → `on_complete`, the last in a tracked
+task), for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
+no load generator. What is left is what billing itself costs the proxy's event loop.
+
+Backends: `sqlite` and `redis` (127.0.0.1:6379, a throw-away key prefix) are the real
+stores; `instant` answers holds and captures at once without storing anything (the hooks
+and the pipeline alone); `none` runs the same driver with no plugin (the driver's own
+cost, to subtract).
+
+Printed per round: process CPU time and wall time per request. Both move with whatever
+else the machine is doing. For figures that repeat to within a percent, count instructions
+instead: run it under callgrind with instrumentation off, and `--callgrind` switches it on
+for the measured round only (it calls `callgrind_control` on its own pid)::
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/tmp/cg.out \\
+        python -m bench.billing_micro --backend sqlite --requests 640 --rounds 1 --callgrind
+    grep ^totals /tmp/cg.out          # instructions; divide by --requests
+
+The redis-server process is not measured here (see `bench.store_micro`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from plugins.billing.config import BillingConfig
+from plugins.billing.plugin import BillingPlugin
+from proxy import keys
+from proxy.apikeys import hash_key
+from proxy.confbuild import build
+from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, UpstreamInfo
+from proxy.handler import RequestIds
+from proxy.pipeline import Pipeline
+from proxy.plugin import Plugin
+from proxy.store.base import FundingSource, Hold, HoldState, LogDetails, Resolution, Store
+from proxy.store.redis_store import RedisStore
+from proxy.store.sqlite_store import SQLiteStore
+from proxy.tasks import TaskTracker
+
+MODEL = "instant-bench"
+BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16})
+ANSWER = orjson.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 16}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+})
+BILLING = {"quota_per_usd": 500_000, "pricing": {"fallback": "none", "models": {"*-bench": {"input": 1, "output": 2}}}}
+
+
+class InstantStore(SQLiteStore):
+    """A SQLite store whose holds and captures answer at once and store nothing."""
+
+    async def hold(
+        self, request_id: str, user: str, key_id: str, amount: int, preference: Any, price_version: str,
+        ttl: float, instance_id: str, model: str = "",
+    ) -> Hold:
+        """An open wallet hold, not recorded."""
+        return Hold(request_id, user, key_id, FundingSource.WALLET, None, amount, 0, price_version, instance_id,
+                    0.0, ttl, HoldState.OPEN)
+
+    async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
+        """A capture, not recorded."""
+        return Resolution(request_id, HoldState.CAPTURED, actual, 0, True)
+
+
+def _store(backend: str, workdir: str) -> Store:
+    if backend == "redis":
+        return RedisStore("redis://127.0.0.1:6379/0", prefix=f"weirmicro:{uuid.uuid4().hex[:8]}")
+    cls = InstantStore if backend == "instant" else SQLiteStore
+    return cls(os.path.join(workdir, "weir.db"))
+
+
+class _Config:
+    source = None  # the plugin's outbox goes to the working directory
+
+
+@asynccontextmanager
+async def _billed(backend: str) -> AsyncIterator[tuple[Pipeline, str, TaskTracker]]:
+    """A pipeline (with the billing plugin unless `none`), a funded user's key, the tracker."""
+    with tempfile.TemporaryDirectory() as workdir:
+        store = _store(backend, workdir)
+        await store.open()
+        tracker = TaskTracker()
+        plugins: list[Plugin] = []
+        life = None
+        try:
+            await store.create_user("bench")
+            await store.credit("bench", 10**15)
+            clear = "sk-bench-" + uuid.uuid4().hex
+            await store.create_key("bench", hash_key(clear))
+            if backend != "none":
+                app = web.Application()
+                app[keys.STORE] = store
+                app[keys.TASKS] = tracker
+                app[keys.INSTANCE_ID] = "bench-" + uuid.uuid4().hex[:8]
+                app[keys.CONFIG] = cast(Any, _Config())  # the plugin reads only `source`
+                plugin = BillingPlugin(build(BillingConfig, BILLING, "config"))
+                cwd = os.getcwd()
+                os.chdir(workdir)
+                life = plugin.lifespan(app)
+                await life.__anext__()
+                os.chdir(cwd)
+                plugins.append(plugin)
+            yield Pipeline(plugins, tracker), clear, tracker
+        finally:
+            await tracker.idle(30)
+            if life is not None:  # the plugin's teardown (after its `yield`) stops its service
+                with contextlib.suppress(StopAsyncIteration):
+                    await life.__anext__()
+                await asyncio.sleep(0.05)
+            await tracker.drain(30)
+            if isinstance(store, RedisStore):
+                await store.drop_all()
+            await store.close()
+
+
+async def _rounds(backend: str, requests: int, concurrency: int, rounds: int, callgrind: bool) -> list[tuple[float, float]]:
+    async with _billed(backend) as (pipeline, clear, tracker):
+        ids = RequestIds()
+        headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {clear}", "content-type": "application/json"}))
+        query: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+        async def one() -> None:
+            ctx = RequestContext(ids.next(), Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions", query,
+                                 headers, "127.0.0.1", BODY, orjson.loads(BODY), MODEL, False, api_key=clear)
+            run = pipeline.start(ctx)
+            await run.request()
+            await asyncio.sleep(0)  # the upstream's answer is a loop turn or two away
+            await asyncio.sleep(0)
+            ctx.upstream, ctx.status = UpstreamInfo("instant", MODEL, 1), 200
+            await run.body(ANSWER)
+            run.complete(Outcome(EndReason.COMPLETED, 200))
+
+        async def client(n: int) -> None:
+            for _ in range(n):
+                await one()
+
+        async def wave(total: int) -> None:
+            await asyncio.gather(*(client(total // concurrency) for _ in range(concurrency)))
+            await tracker.idle(60)
+
+        await wave(2 * concurrency)  # warm: caches, the first hold's lookups
+        results = []
+        for _ in range(rounds):
+            gc.collect()
+            _instrument(callgrind, "on")
+            cpu, wall = time.process_time(), time.perf_counter()
+            await wave(requests)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            _instrument(callgrind, "off")
+            results.append((cpu / requests * 1e6, wall / requests * 1e6))
+        return results
+
+
+def _instrument(callgrind: bool, state: str) -> None:
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run, print one line per round."""
+    p = argparse.ArgumentParser(prog="python -m bench.billing_micro", description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=("sqlite", "redis", "instant", "none"), default="sqlite")
+    p.add_argument("--requests", type=int, default=3200, help="requests per round (default 3200)")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--callgrind", action="store_true", help="switch callgrind's instrumentation on for each round")
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    results = runner(_rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind))
+    for i, (cpu, wall) in enumerate(results):
+        print(f"{args.backend} round {i + 1}: {cpu:.1f} us CPU per request, {wall:.1f} us wall")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
