@@ -3,6 +3,7 @@
 -- KEYS: 1 user, 2 api key, 3 user's key list, 4 ledger.
 -- ARGV: 1 key id, 2 quota ('' = unlimited), 3 now, 4.. static field/value pairs.
 -- Returns the key hash.
+-- requires: ledger
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail('unknown user') end
 if redis.call('EXISTS', KEYS[2]) == 1 then return fail('key exists: ' .. ARGV[1]) end
 local quota = ARGV[2]

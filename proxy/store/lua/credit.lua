@@ -1,5 +1,6 @@
 -- credit: add an amount (negative for an adjustment) to the wallet, with its ledger entry.
 -- KEYS: 1 user, 2 ledger. ARGV: 1 amount, 2 now, 3 note. Returns the user hash.
+-- requires: ledger
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail('unknown user') end
 local amount = tonumber(ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'balance', int(amount))

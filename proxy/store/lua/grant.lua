@@ -4,6 +4,7 @@
 --       9 immutable meta (JSON: start, end, period, models) for holds to filter on,
 --       10 the start of the period current at grant time (the first one credited).
 -- Returns the subscription hash.
+-- requires: ledger
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail('unknown user') end
 if redis.call('EXISTS', KEYS[2]) == 1 then return fail('subscription exists: ' .. ARGV[1]) end
 local user = redis.call('HGET', KEYS[1], 'name')

@@ -13,6 +13,7 @@
 -- (nothing written) when the user has subscriptions the caller did not know of: it must
 -- read the terms and call again. `remark` is 1 when a resolver dropped the user's open
 -- mark since the caller set it: mark again.
+-- requires: roll
 local uk, hk, kk, ok, lk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid, key_id, amount, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 
@@ -24,81 +25,95 @@ if redis.call('HLEN', KEYS[7]) ~= tonumber(ARGV[10]) then
   return {'stale'}
 end
 
+local function affords(available)
+  return available > 0 and available >= amount
+end
+
 local function refuse(reason, available)
   return {'refused', reason, int(available), int(amount)}
 end
 
-local user = redis.call('HGET', uk, 'name')
-local kuser = redis.call('HGET', kk, 'user')
+-- Each hash is read once, and only the fields this hold needs.
+local pref, u = ARGV[4], nil
+if pref == '' then
+  u = redis.call('HMGET', uk, 'name', 'balance', 'reserved', 'preference')
+  pref = u[4]
+else
+  u = redis.call('HMGET', uk, 'name', 'balance', 'reserved')
+end
+local kh = redis.call('HMGET', kk, 'user', 'status', 'expires_at', 'quota')
+local user, kuser = u[1], kh[1]
 if not user or not kuser or kuser ~= user then return refuse('unknown_key', 0) end
-if redis.call('HGET', kk, 'status') ~= 'active' then return refuse('key_disabled', 0) end
-local kexp = redis.call('HGET', kk, 'expires_at')
+if kh[2] ~= 'active' then return refuse('key_disabled', 0) end
+local kexp = kh[3]
 if kexp and kexp ~= '' and tonumber(kexp) <= tonumber(now) then return refuse('key_expired', 0) end
 
-local limited = (redis.call('HGET', kk, 'quota') or '') ~= ''
+local limited = (kh[4] or '') ~= ''
 if limited then
-  local kav = num(redis.call('HGET', kk, 'balance')) - num(redis.call('HGET', kk, 'reserved'))
-  if not affords(kav, amount) then return refuse('insufficient_key_quota', kav) end
+  local kb = redis.call('HMGET', kk, 'balance', 'reserved')
+  local kav = num(kb[1]) - num(kb[2])
+  if not affords(kav) then return refuse('insufficient_key_quota', kav) end
 end
 
-local offers = {}
+-- Subscriptions come to their current period first; the first that affords the hold
+-- (in KEYS order) is the one a subscription pays from, `best` the most any has left.
+local sub_pick, pick_id, best = nil, nil, nil
 for i = 8, #KEYS do
-  rollover(KEYS[i], lk, ARGV[i + 3], now)
-  local av = num(redis.call('HGET', KEYS[i], 'balance')) - num(redis.call('HGET', KEYS[i], 'reserved'))
-  offers[#offers + 1] = {key = KEYS[i], av = av}
-end
-
-local pref = ARGV[4]
-if pref == '' then pref = redis.call('HGET', uk, 'preference') end
-local orders = {
-  subscription_first = {'subscription', 'wallet'}, wallet_first = {'wallet', 'subscription'},
-  subscription_only = {'subscription'}, wallet_only = {'wallet'},
-}
-local order = orders[pref]
-if not order then return fail('unknown preference ' .. tostring(pref)) end
-
-local wallet_av = num(redis.call('HGET', uk, 'balance')) - num(redis.call('HGET', uk, 'reserved'))
-local chosen, refusal = nil, nil
-for _, src in ipairs(order) do
-  if src == 'wallet' then
-    if affords(wallet_av, amount) then chosen = {src = 'wallet'}; break end
-    refusal = refusal or {'insufficient_wallet', wallet_av}
-  else
-    for _, o in ipairs(offers) do
-      if affords(o.av, amount) then chosen = {src = 'subscription', key = o.key}; break end
-    end
-    if chosen then break end
-    if #offers > 0 then
-      local best = offers[1].av
-      for _, o in ipairs(offers) do if o.av > best then best = o.av end end
-      refusal = refusal or {'insufficient_subscription', best}
-    end
+  local s = redis.call('HMGET', KEYS[i], 'period_start', 'balance', 'quota', 'id', 'reserved')
+  local bal, rolled = num(s[2]), {}
+  if roll(s, ARGV[i + 3], now, rolled) then
+    local b = int(num(s[3]))
+    redis.call('RPUSH', lk, unpack(rolled))
+    redis.call('HSET', KEYS[i], 'balance', b, 'period_start', ARGV[i + 3])
+    bal = num(b)
   end
-end
-if not chosen then
-  refusal = refusal or {'insufficient_subscription', 0}
-  return refuse(refusal[1], refusal[2])
+  local av = bal - num(s[5])
+  if not sub_pick and affords(av) then sub_pick, pick_id = i, s[4] end
+  if best == nil or av > best then best = av end
 end
 
-local sub_id, account = '', 'wallet:' .. user
-if chosen.src == 'subscription' then
-  sub_id = redis.call('HGET', chosen.key, 'id')
-  account = 'sub:' .. sub_id
-  redis.call('HINCRBY', chosen.key, 'reserved', int(amount))
+-- The funding source, by preference: subscription_first and wallet_first try both,
+-- subscription_only and wallet_only one; a refusal names the first source tried.
+local wallet = false
+if pref == 'subscription_first' or pref == 'subscription_only' then
+  if not sub_pick then
+    if pref == 'subscription_first' then
+      local wallet_av = num(u[2]) - num(u[3])
+      if affords(wallet_av) then wallet = true
+      elseif not best then return refuse('insufficient_wallet', wallet_av) end
+    end
+    if not wallet then return refuse('insufficient_subscription', best or 0) end
+  end
+elseif pref == 'wallet_first' or pref == 'wallet_only' then
+  local wallet_av = num(u[2]) - num(u[3])
+  if affords(wallet_av) then wallet = true
+  elseif pref == 'wallet_only' or not sub_pick then return refuse('insufficient_wallet', wallet_av) end
 else
-  redis.call('HINCRBY', uk, 'reserved', int(amount))
+  return fail('unknown preference ' .. tostring(pref))
 end
-ledger(lk, account, 'hold', 0, amount, now, rid)
-local key_amount = 0
+
+local a = int(amount)
+local src, sub_id, account = 'wallet', '', 'wallet:' .. user
+if wallet then
+  redis.call('HINCRBY', uk, 'reserved', a)
+else
+  src, sub_id = 'subscription', pick_id
+  account = 'sub:' .. sub_id
+  redis.call('HINCRBY', KEYS[sub_pick], 'reserved', a)
+end
+local entry = encode({a = account, k = 'hold', b = '0', r = a, t = now, ref = rid})
+local key_amount = '0'
 if limited then
-  key_amount = amount
-  redis.call('HINCRBY', kk, 'reserved', int(amount))
-  ledger(lk, 'key:' .. key_id, 'hold', 0, amount, now, rid)
+  key_amount = a
+  redis.call('HINCRBY', kk, 'reserved', a)
+  redis.call('RPUSH', lk, entry, encode({a = 'key:' .. key_id, k = 'hold', b = '0', r = a, t = now, ref = rid}))
+else
+  redis.call('RPUSH', lk, entry)
 end
 redis.call('HSET', hk,
-  'request_id', rid, 'user', user, 'key_id', key_id, 'source', chosen.src,
-  'subscription_id', sub_id, 'amount', int(amount), 'key_amount', int(key_amount),
+  'request_id', rid, 'user', user, 'key_id', key_id, 'source', src,
+  'subscription_id', sub_id, 'amount', a, 'key_amount', key_amount,
   'price_version', ARGV[5], 'instance_id', ARGV[8], 'created_at', now,
   'expires_at', ARGV[7], 'state', 'open', 'model', ARGV[9])
 redis.call('SADD', ok, rid)
-return {'new', chosen.src, sub_id, int(key_amount), redis.call('DEL', KEYS[6])}
+return {'new', src, sub_id, key_amount, redis.call('DEL', KEYS[6])}

@@ -1,6 +1,7 @@
 -- rollover: bring subscriptions to their current period and return them.
 -- KEYS: 1 ledger, 2.. subscriptions. ARGV: 1 now, 2.. each one's current period start.
 -- Returns one hash (flat pairs) per subscription, in KEYS order.
+-- requires: roll
 local out = {}
 for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then

@@ -1,0 +1,34 @@
+-- Roll a subscription over to the period starting at `target` (computed by the caller
+-- from the subscription's immutable start and period). The write-off and the new quota
+-- are two `credit` entries, so balance == sum(entries) holds across periods. Period
+-- boundaries are exact (`ledger_rules.period_start` adds whole days to the start, and
+-- times travel as repr strings), so the comparison is exact too, as in SQLiteStore.
+-- `s` is the subscription's {period_start, balance, quota, id} as read (HMGET, in this
+-- order). The entries (JSON) go to `out`; the caller writes the rest: balance =
+-- int(quota) and period_start = target. True if the subscription rolled over.
+local function roll(s, target, ts, out)
+  if target == nil or target == '' then return false end
+  local t = tonumber(target)
+  local ps = tonumber(s[1])
+  if ps == nil or t <= ps then return false end
+  local bal = num(s[2])
+  local quota = num(s[3])
+  local acct = 'sub:' .. s[4]
+  if bal ~= 0 then
+    out[#out + 1] = encode({a = acct, k = 'credit', b = int(-bal), r = '0', t = ts, ref = '',
+      note = 'period ended: write-off'})
+  end
+  out[#out + 1] = encode({a = acct, k = 'credit', b = int(quota), r = '0', t = ts, ref = '', note = 'period quota'})
+  return true
+end
+
+-- `roll` for a subscription not read yet, its entries and fields written at once.
+local function rollover(skey, lkey, target, ts)
+  if target == nil or target == '' then return end
+  local s = redis.call('HMGET', skey, 'period_start', 'balance', 'quota', 'id')
+  local out = {}
+  if roll(s, target, ts, out) then
+    redis.call('RPUSH', lkey, unpack(out))
+    redis.call('HSET', skey, 'balance', int(num(s[3])), 'period_start', target)
+  end
+end
