@@ -21,14 +21,3 @@ local function roll(s, target, ts, out)
   out[#out + 1] = encode({a = acct, k = 'credit', b = int(quota), r = '0', t = ts, ref = '', note = 'period quota'})
   return true
 end
-
--- `roll` for a subscription not read yet, its entries and fields written at once.
-local function rollover(skey, lkey, target, ts)
-  if target == nil or target == '' then return end
-  local s = redis.call('HMGET', skey, 'period_start', 'balance', 'quota', 'id')
-  local out = {}
-  if roll(s, target, ts, out) then
-    redis.call('RPUSH', lkey, unpack(out))
-    redis.call('HSET', skey, 'balance', int(num(s[3])), 'period_start', target)
-  end
-end

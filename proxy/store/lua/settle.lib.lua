@@ -48,8 +48,14 @@ local function settle(state, kind, charge, counts, usage_source)
   local n = '0'
   if counts then n = '1' end
 
+  -- Ledger entries are JSON objects whose values are all strings, built here by
+  -- concatenation (cheaper than a table for cjson): every string that does not come from
+  -- this script is escaped by cjson.encode, so they decode to what cjson would have written.
+  local now_json, rid_json, key_json = encode(now), encode(rid or ''), encode(key_id)
+  local t_ref = '","t":' .. now_json .. ',"ref":' .. rid_json
   -- The funding source's entry carries what audit needs to recompute the counters:
   -- the charge, the key, whether the request counted, and the upstream it counted for.
+  local extra = ',"c":"' .. c .. '","key":' .. key_json .. ',"n":"' .. n .. '","up":' .. encode(upstream) .. '}'
   local e1, e2, overage, o = nil, nil, 0, '0'
   if source == 'subscription' then
     local sk, ts = KEYS[4], ARGV[2]
@@ -68,18 +74,18 @@ local function settle(state, kind, charge, counts, usage_source)
     redis.call('HINCRBY', sk, 'balance', neg(p))
     redis.call('HINCRBY', sk, 'reserved', neg(held))
     redis.call('HINCRBY', sk, 'used', p)
-    e1 = encode({a = 'sub:' .. h[3], k = kind, b = neg(p), r = neg(held), t = now, ref = rid or '',
-      c = c, key = key_id, n = n, up = upstream})
+    e1 = '{"a":' .. encode('sub:' .. h[3]) .. ',"k":"' .. kind .. '","b":"' .. neg(p) .. '","r":"' .. neg(held)
+      .. t_ref .. extra
     if overage > 0 then
       o = int(overage)
       redis.call('HINCRBY', uk, 'balance', '-' .. o)
-      e2 = encode({a = 'wallet:' .. user, k = 'overage', b = '-' .. o, r = '0', t = now, ref = rid or ''})
+      e2 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"overage","b":"-' .. o .. '","r":"0' .. t_ref .. '}'
     end
   else
     redis.call('HINCRBY', uk, 'balance', neg(c))
     redis.call('HINCRBY', uk, 'reserved', neg(held))
-    e1 = encode({a = 'wallet:' .. user, k = kind, b = neg(c), r = neg(held), t = now, ref = rid or '',
-      c = c, key = key_id, n = n, up = upstream})
+    e1 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"' .. kind .. '","b":"' .. neg(c) .. '","r":"' .. neg(held)
+      .. t_ref .. extra
   end
   if counts then
     redis.call('HINCRBY', uk, 'used', c)
@@ -93,7 +99,8 @@ local function settle(state, kind, charge, counts, usage_source)
   if quota and quota ~= '' then
     redis.call('HINCRBY', kk, 'balance', neg(c))
     redis.call('HINCRBY', kk, 'reserved', neg(key_held))
-    local e3 = encode({a = 'key:' .. key_id, k = kind, b = neg(c), r = neg(key_held), t = now, ref = rid or ''})
+    local e3 = '{"a":' .. encode('key:' .. key_id) .. ',"k":"' .. kind .. '","b":"' .. neg(c) .. '","r":"'
+      .. neg(key_held) .. t_ref .. '}'
     if e2 then redis.call('RPUSH', lk, e1, e2, e3) else redis.call('RPUSH', lk, e1, e3) end
   elseif e2 then
     redis.call('RPUSH', lk, e1, e2)
@@ -117,16 +124,27 @@ local function settle(state, kind, charge, counts, usage_source)
   -- index as KEYS[11] and KEYS[12], and the id is taken here, in the same atomic step as
   -- the row. On a cluster those keys live in a slot of their own, so the caller reserved
   -- the id beforehand with the log_id script and passes it in ARGV[3].
-  local log_id = ARGV[3]
+  local log_id, id_json = ARGV[3], nil
   if log_id == '' then
     local _
     _, log_id = next_log_id(KEYS[11], KEYS[12], user)
+    id_json = '"' .. log_id .. '"'
+  else
+    id_json = encode(log_id)
   end
-  redis.call('HSET', KEYS[7], log_id, encode({
-    id = log_id, ts = now, request_id = rid, user = user, key_id = key_id, source = source,
-    estimate = held, charge = c, overage = o, price_version = h[9],
-    details = ARGV[4], usage_source = usage_source, key_name = k[2] or '',
-  }))
+  -- The row, built like the ledger entries: the same values cjson would have written.
+  local src
+  if source == 'wallet' then src = '"wallet"'
+  elseif source == 'subscription' then src = '"subscription"'
+  else src = encode(source) end
+  local kname = k[2] or ''
+  if kname == '' then kname = '""' else kname = encode(kname) end
+  local us = ''
+  if usage_source then us = ',"usage_source":"' .. usage_source .. '"' end
+  redis.call('HSET', KEYS[7], log_id, '{"id":' .. id_json .. ',"ts":' .. now_json .. ',"request_id":' .. rid_json
+    .. ',"user":' .. encode(user) .. ',"key_id":' .. key_json .. ',"source":' .. src .. ',"estimate":"' .. held
+    .. '","charge":"' .. c .. '","overage":"' .. o .. '","price_version":' .. encode(h[9]) .. ',"details":'
+    .. encode(ARGV[4]) .. us .. ',"key_name":' .. kname .. '}')
   redis.call('ZADD', KEYS[8], log_id, log_id)
   return {state, c, o, 1}
 end
