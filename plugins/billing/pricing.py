@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 from math import lcm
+from operator import mul
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from proxy.confbuild import ConfigError
@@ -380,17 +381,8 @@ def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_pe
         raise ValueError("charge_tokens called with a per-request price")
     if usage.is_zero:
         return 0
-    r = price._rates
-    per_million = (
-        usage.input * r[0]
-        + usage.cache_read * r[1]
-        + usage.cache_write_5m * r[2]
-        + usage.cache_write_1h * r[3]
-        + usage.output * r[4]
-        + usage.audio_in * r[5]
-        + usage.audio_out * r[6]
-        + usage.images * r[7]
-    )
+    # `Usage` is a named tuple whose counts are in `_RATE_FIELDS` order: one count per rate.
+    per_million = sum(map(mul, usage, price._rates))
     m, d = multiplier.as_integer_ratio()
     return _round_ratio(per_million * quota_per_usd * m, price._scale * 1_000_000 * d)
 
