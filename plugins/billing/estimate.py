@@ -140,6 +140,8 @@ def _obj(value: Any, what: Where) -> dict[str, Any]:
 
 
 def _tools(c: _Count, tools: Any, what: Where) -> None:
+    if tools is None:  # the common case, without the generic walk
+        return
     for i, tool in enumerate(_list(tools, what)):
         c.total += PER_TOOL
         c.json(tool, (what, i))
@@ -177,9 +179,13 @@ def _chat(c: _Count, body: dict[str, Any]) -> None:
         if m.get("name") is not None:
             c.total += PER_NAME
             c.text(m["name"], ("messages", i, ".name"))
-        calls = _list(m.get("tool_calls"), ("messages", i, ".tool_calls"))
-        if m.get("function_call") is not None:
-            calls = [*calls, {"function": m["function_call"]}]
+        calls = m.get("tool_calls")
+        legacy = m.get("function_call")
+        if calls is None and legacy is None:  # the common case, without the generic walk
+            continue
+        calls = _list(calls, ("messages", i, ".tool_calls"))
+        if legacy is not None:
+            calls = [*calls, {"function": legacy}]
         for j, call in enumerate(calls):
             where = ("messages", i, ".tool_calls", j)
             fn = _obj(_obj(call, where).get("function", {}), "function")
@@ -380,7 +386,9 @@ class Estimator:
                 limit = max(limit, _limit(value, key))
         times = 1
         for key in _MULTIPLIERS.get(endpoint, ()):
-            times = max(times, _count_param(body.get(key), key))
+            value = body.get(key)
+            if value is not None:  # absent counts 1
+                times = max(times, _count_param(value, key))
         if endpoint in _GEMINI:
             limit, times = _gemini_output(body, limit)
         if limit < 0:
