@@ -27,10 +27,6 @@ if not (terms == 0 and ARGV[10] == '0') and terms ~= tonumber(ARGV[10]) then
   return {'stale'}
 end
 
-local function refuse(reason, available)
-  return {'refused', reason, int(available), int(amount)}
-end
-
 -- Each hash is read once, and only the fields this hold needs.
 local pref, u = ARGV[4], nil
 if pref == '' then
@@ -41,16 +37,16 @@ else
 end
 local kh = redis.call('HMGET', kk, 'user', 'status', 'expires_at', 'quota')
 local user, kuser = u[1], kh[1]
-if not user or not kuser or kuser ~= user then return refuse('unknown_key', 0) end
-if kh[2] ~= 'active' then return refuse('key_disabled', 0) end
+if not user or not kuser or kuser ~= user then return {'refused', 'unknown_key', '0', int(amount)} end
+if kh[2] ~= 'active' then return {'refused', 'key_disabled', '0', int(amount)} end
 local kexp = kh[3]
-if kexp and kexp ~= '' and tonumber(kexp) <= tonumber(now) then return refuse('key_expired', 0) end
+if kexp and kexp ~= '' and tonumber(kexp) <= tonumber(now) then return {'refused', 'key_expired', '0', int(amount)} end
 
 local limited = (kh[4] or '') ~= ''
 if limited then
   local kb = redis.call('HMGET', kk, 'balance', 'reserved')
   local kav = num(kb[1]) - num(kb[2])
-  if not (kav > 0 and kav >= amount) then return refuse('insufficient_key_quota', kav) end
+  if not (kav > 0 and kav >= amount) then return {'refused', 'insufficient_key_quota', int(kav), int(amount)} end
 end
 
 -- Subscriptions come to their current period first; the first that affords the hold
@@ -78,14 +74,14 @@ if pref == 'subscription_first' or pref == 'subscription_only' then
     if pref == 'subscription_first' then
       local wallet_av = num(u[2]) - num(u[3])
       if wallet_av > 0 and wallet_av >= amount then wallet = true
-      elseif not best then return refuse('insufficient_wallet', wallet_av) end
+      elseif not best then return {'refused', 'insufficient_wallet', int(wallet_av), int(amount)} end
     end
-    if not wallet then return refuse('insufficient_subscription', best or 0) end
+    if not wallet then return {'refused', 'insufficient_subscription', int(best or 0), int(amount)} end
   end
 elseif pref == 'wallet_first' or pref == 'wallet_only' then
   local wallet_av = num(u[2]) - num(u[3])
   if wallet_av > 0 and wallet_av >= amount then wallet = true
-  elseif pref == 'wallet_only' or not sub_pick then return refuse('insufficient_wallet', wallet_av) end
+  elseif pref == 'wallet_only' or not sub_pick then return {'refused', 'insufficient_wallet', int(wallet_av), int(amount)} end
 else
   return fail('unknown preference ' .. tostring(pref))
 end

@@ -31,7 +31,7 @@ end
 local function settle(state, kind, charge, counts, usage_source)
   local uk, hk, kk, lk, now = KEYS[1], KEYS[2], KEYS[3], KEYS[6], ARGV[1]
   local h = redis.call('HMGET', hk, 'state', 'key_id', 'subscription_id', 'request_id', 'user',
-    'source', 'amount', 'key_amount', 'price_version')
+    'source', 'amount', 'price_version')
   local st, key_id = h[1], h[2]
   if not st then return {'stale'} end
   if key_id ~= ARGV[7] or h[3] ~= ARGV[8] then return {'stale'} end
@@ -40,8 +40,8 @@ local function settle(state, kind, charge, counts, usage_source)
     return {st, int(num(r[1])), int(num(r[2])), 0}
   end
   local rid, user, source = h[4], h[5], h[6]
-  -- The hold wrote amount and key_amount with '%d'; charge is an integer below 2^53.
-  local held, key_held = h[7], h[8]
+  -- The hold wrote amount (and key_amount) with '%d'; charge is an integer below 2^53.
+  local held = h[7]
   local c = int(charge)
   local upstream = ''
   if state == 'captured' then upstream = ARGV[5] end
@@ -97,6 +97,7 @@ local function settle(state, kind, charge, counts, usage_source)
   local k = redis.call('HMGET', kk, 'quota', 'name')
   local quota = k[1]
   if quota and quota ~= '' then
+    local key_held = redis.call('HGET', hk, 'key_amount')
     redis.call('HINCRBY', kk, 'balance', neg(c))
     redis.call('HINCRBY', kk, 'reserved', neg(key_held))
     local e3 = '{"a":' .. encode('key:' .. key_id) .. ',"k":"' .. kind .. '","b":"' .. neg(c) .. '","r":"'
@@ -143,7 +144,7 @@ local function settle(state, kind, charge, counts, usage_source)
   if usage_source then us = ',"usage_source":"' .. usage_source .. '"' end
   redis.call('HSET', KEYS[7], log_id, '{"id":' .. id_json .. ',"ts":' .. now_json .. ',"request_id":' .. rid_json
     .. ',"user":' .. encode(user) .. ',"key_id":' .. key_json .. ',"source":' .. src .. ',"estimate":"' .. held
-    .. '","charge":"' .. c .. '","overage":"' .. o .. '","price_version":' .. encode(h[9]) .. ',"details":'
+    .. '","charge":"' .. c .. '","overage":"' .. o .. '","price_version":' .. encode(h[8]) .. ',"details":'
     .. encode(ARGV[4]) .. us .. ',"key_name":' .. kname .. '}')
   redis.call('ZADD', KEYS[8], log_id, log_id)
   return {state, c, o, 1}
