@@ -52,10 +52,7 @@ local function settle(state, kind, charge, counts, usage_source)
   -- concatenation (cheaper than a table for cjson): every string that does not come from
   -- this script is escaped by cjson.encode, so they decode to what cjson would have written.
   local now_json, rid_json, key_json = encode(now), encode(rid or ''), encode(key_id)
-  local t_ref = '","t":' .. now_json .. ',"ref":' .. rid_json
-  -- The funding source's entry carries what audit needs to recompute the counters:
-  -- the charge, the key, whether the request counted, and the upstream it counted for.
-  local extra = ',"c":"' .. c .. '","key":' .. key_json .. ',"n":"' .. n .. '","up":' .. encode(upstream) .. '}'
+  local nc, nh = neg(c), neg(held)
   local e1, e2, overage, o = nil, nil, 0, '0'
   if source == 'subscription' then
     local sk, ts = KEYS[4], ARGV[2]
@@ -72,20 +69,25 @@ local function settle(state, kind, charge, counts, usage_source)
     overage = charge - paid
     local p = int(paid)
     redis.call('HINCRBY', sk, 'balance', neg(p))
-    redis.call('HINCRBY', sk, 'reserved', neg(held))
+    redis.call('HINCRBY', sk, 'reserved', nh)
     redis.call('HINCRBY', sk, 'used', p)
-    e1 = '{"a":' .. encode('sub:' .. h[3]) .. ',"k":"' .. kind .. '","b":"' .. neg(p) .. '","r":"' .. neg(held)
-      .. t_ref .. extra
+    e1 = '{"a":' .. encode('sub:' .. h[3]) .. ',"k":"' .. kind .. '","b":"' .. neg(p) .. '","r":"' .. nh
+      .. '","t":' .. now_json .. ',"ref":' .. rid_json .. ',"c":"' .. c .. '","key":' .. key_json .. ',"n":"' .. n
+      .. '","up":' .. encode(upstream) .. '}'
     if overage > 0 then
       o = int(overage)
       redis.call('HINCRBY', uk, 'balance', '-' .. o)
-      e2 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"overage","b":"-' .. o .. '","r":"0' .. t_ref .. '}'
+      e2 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"overage","b":"-' .. o .. '","r":"0","t":' .. now_json .. ',"ref":'
+        .. rid_json .. '}'
     end
   else
-    redis.call('HINCRBY', uk, 'balance', neg(c))
-    redis.call('HINCRBY', uk, 'reserved', neg(held))
-    e1 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"' .. kind .. '","b":"' .. neg(c) .. '","r":"' .. neg(held)
-      .. t_ref .. extra
+    redis.call('HINCRBY', uk, 'balance', nc)
+    redis.call('HINCRBY', uk, 'reserved', nh)
+    -- The funding source's entry carries what audit needs to recompute the counters:
+    -- the charge, the key, whether the request counted, and the upstream it counted for.
+    e1 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"' .. kind .. '","b":"' .. nc .. '","r":"' .. nh
+      .. '","t":' .. now_json .. ',"ref":' .. rid_json .. ',"c":"' .. c .. '","key":' .. key_json .. ',"n":"' .. n
+      .. '","up":' .. encode(upstream) .. '}'
   end
   if counts then
     redis.call('HINCRBY', uk, 'used', c)
@@ -98,10 +100,10 @@ local function settle(state, kind, charge, counts, usage_source)
   local quota = k[1]
   if quota and quota ~= '' then
     local key_held = redis.call('HGET', hk, 'key_amount')
-    redis.call('HINCRBY', kk, 'balance', neg(c))
+    redis.call('HINCRBY', kk, 'balance', nc)
     redis.call('HINCRBY', kk, 'reserved', neg(key_held))
-    local e3 = '{"a":' .. encode('key:' .. key_id) .. ',"k":"' .. kind .. '","b":"' .. neg(c) .. '","r":"'
-      .. neg(key_held) .. t_ref .. '}'
+    local e3 = '{"a":' .. encode('key:' .. key_id) .. ',"k":"' .. kind .. '","b":"' .. nc .. '","r":"'
+      .. neg(key_held) .. '","t":' .. now_json .. ',"ref":' .. rid_json .. '}'
     if e2 then redis.call('RPUSH', lk, e1, e2, e3) else redis.call('RPUSH', lk, e1, e3) end
   elseif e2 then
     redis.call('RPUSH', lk, e1, e2)
