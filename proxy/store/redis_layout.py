@@ -318,9 +318,10 @@ def to_hold(h: Mapping[str, str]) -> Hold:
 
 
 def details_json(details: LogDetails) -> str:
-    """LogDetails as the JSON a settlement script stores inside the log row (every field;
-    orjson serialises the dataclass itself, ~10x faster than json.dumps of a dict)."""
-    return orjson.dumps(details).decode()
+    """LogDetails as a settlement script takes them: their JSON object (every field), as a
+    JSON string literal, which the script embeds in the log row as it is (escaping it in
+    Lua cost ~13k instructions of redis-server per settlement; orjson does it in ~1 µs)."""
+    return orjson.dumps(orjson.dumps(details).decode()).decode()
 
 
 def to_log_row(raw: str) -> LogRow:

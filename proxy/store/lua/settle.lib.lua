@@ -4,7 +4,8 @@
 --       wallet-funded), 5 user's open-hold set, 6 ledger, 7 log rows, 8 user's log index,
 --       9 per-user upstream used, 10 per-user upstream request counts
 -- ARGV: 1 now, 2 the subscription's current period start ('' if none), 3 log id, or ''
---       for the script to take one itself (see below), 4 log details (JSON),
+--       for the script to take one itself (see below), 4 log details: their JSON, as a
+--       JSON string literal (the caller escapes it; the row embeds it as it is),
 --       5 upstream name, 6 actual charge (capture only), 7 the hold's key id and 8 its
 --       subscription id, as the caller believes them
 -- KEYS 11 and 12 (only with ARGV[3] == ''): the global log id counter and log index
@@ -147,7 +148,7 @@ local function settle(state, kind, charge, counts, usage_source)
   redis.call('HSET', KEYS[7], log_id, '{"id":' .. id_json .. ',"ts":' .. now_json .. ',"request_id":' .. rid_json
     .. ',"user":' .. encode(user) .. ',"key_id":' .. key_json .. ',"source":' .. src .. ',"estimate":"' .. held
     .. '","charge":"' .. c .. '","overage":"' .. o .. '","price_version":' .. encode(h[8]) .. ',"details":'
-    .. encode(ARGV[4]) .. us .. ',"key_name":' .. kname .. '}')
+    .. ARGV[4] .. us .. ',"key_name":' .. kname .. '}')
   redis.call('ZADD', KEYS[8], log_id, log_id)
   return {state, c, o, 1}
 end
