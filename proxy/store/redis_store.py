@@ -9,19 +9,18 @@ Keys: see `proxy.store.redis_layout`. Everything about one user lives under the 
 slot; global indexes (users, request ids, key hashes, plans, heartbeats, the log index)
 have tags of their own and are written in separate commands *before* the script that
 needs them to be findable, so a crash in between leaves at worst an entry that points at
-nothing, which readers skip (on a single server, where slots do not matter, a settlement
-script writes the global log index itself). Money never depends on a cross-slot write.
+nothing, which readers skip (on a single server, where slots do not matter, the hold and
+settlement scripts write the request index, the open mark and the global log index
+themselves). Money never depends on a cross-slot write.
 
-A billed request costs two round trips: `hold` pipelines the request-id claim, the
-open-users mark and its script, built from the subscription terms this process last saw
-for the user (read in the same trip the first time; the script refuses to act on a stale
-view, and then the terms are read and it runs again); a settlement is one script, which
-also takes the global log id. On redis-py (TLS urls, Cluster) the hold's pipeline and script
-are two round trips, and on a Cluster a settlement reserves its log id first (that
+A billed request costs two round trips, one command each on a single server: the hold
+script (`proxy.store.redis_hold`, which on one server also claims the request id and marks
+the user; on a Cluster those two are pipelined before it) and a settlement script, which
+also takes the global log id (on a Cluster a settlement reserves its log id first: that
 counter lives in a slot of its own). The process remembers what it
 held (`HeldMemory`), so settling needs no lookup; holds made elsewhere are found through
-the request index. A resolver that drops a user's open mark raises a flag in the user's
-slot, and the hold script that finds it has its caller mark the user again.
+the request index. On a Cluster, a resolver that drops a user's open mark raises a flag in
+the user's slot, and the hold script that finds it has its caller mark the user again.
 """
 
 from __future__ import annotations
@@ -37,24 +36,21 @@ from proxy.store import redis_records as records
 from proxy.store.base import (
     ApiKey,
     AuditReport,
-    FundingSource,
     Hold,
     HoldRefusal,
-    HoldState,
     LogDetails,
     LogRow,
     Plan,
     Preference,
-    Refusal,
     Resolution,
     StoreError,
     Subscription,
     User,
 )
-from proxy.store.redis_core import Call, RedisCore, guarded
+from proxy.store.redis_core import RedisCore, guarded
+from proxy.store.redis_hold import Holder
 from proxy.store.redis_layout import (
     MAX_UNITS,
-    Held,
     HeldMemory,
     KnownTerms,
     Layout,
@@ -69,7 +65,6 @@ from proxy.store.redis_layout import (
     to_subscription,
     to_user,
     units,
-    usable_subscriptions,
 )
 
 __all__ = ["MAX_UNITS", "RedisStore"]
@@ -90,6 +85,7 @@ class RedisStore:
         self._clock = clock
         self._held = HeldMemory()
         self._terms = KnownTerms()
+        self._holder = Holder(self._core, self._k, clock, self._held, self._terms)
 
     # lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -301,63 +297,11 @@ class RedisStore:
         instance_id: str,
         model: str = "",
     ) -> Hold | HoldRefusal:
-        """Check the key and a funding source and reserve, in one script (see base.Store.hold)."""
-        units(amount, "a hold amount")
-        k, now = self._k, self._clock()
-        known = self._terms.get(user)
-
-        def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
-            offers = usable_subscriptions(terms, now, model)
-            return (
-                [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
-                 k.unmarked(user), k.sub_meta(user), *(k.sub(user, sub_id) for sub_id, _ in offers)],
-                [request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
-                 price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model, len(terms),
-                 *(t for _, t in offers)],
-            )
-
-        # One round trip: claim the request id and mark the user (so the hold is findable
-        # however the process dies), then the hold script, built from the subscription
-        # terms last seen (it answers `stale` if the user has others now). Terms never seen
-        # for this user are read in the same trip; known ones are only read again when stale.
-        calls: list[Call] = [("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user))]
-        if known is None:
-            calls.append(("hgetall", (k.sub_meta(user),)))
-        replies, reply = await self._core.batch_and_run(calls, "hold", *script(known or {}))
-        claimed = replies[0]
-        metas = replies[2] if known is None else known
-        if known is None:
-            self._terms.remember(user, metas)
-        if not claimed and (theirs := await records.claimed_before(self._core, k, request_id, user)) is not None:
-            if reply[0] == "new":  # the script ran anyway: give this user's reservation back
-                await self._void(request_id, user, key_id, reply[2] or "", metas)
-            return theirs
-        if reply[0] == "stale":
-            metas = await self._core.hgetall(k.sub_meta(user))
-            self._terms.remember(user, metas)
-            reply = await self._run("hold", *script(metas))
-        if reply[0] == "refused":
-            return HoldRefusal(Refusal(reply[1]), int(reply[2]), int(reply[3]))
-        if reply[0] == "hold":  # it existed: a repeated call
-            held = to_hold(pairs(reply[1]))
-        else:
-            held = Hold(
-                request_id, user, key_id, FundingSource(reply[1]), reply[2] or None, int(amount), int(reply[3]),
-                price_version, instance_id, float(now), float(now + ttl), HoldState.OPEN, None,
-            )
-            if int(reply[4]):  # a resolver dropped the mark after ours was set: set it again
-                await self._core.call("sadd", k.open_users, user)
-        if held.state is HoldState.OPEN:
-            sub_id = held.subscription_id or ""
-            self._held.remember(request_id, Held(user, held.key_id, sub_id, metas.get(sub_id)))
-        return held
-
-    async def _void(self, request_id: str, user: str, key_id: str, sub_id: str, metas: dict[str, str]) -> None:
-        """Release a hold made under a request id that turned out to be another user's
-        (logged as `duplicate_request_id`); never reached with Weir's own request ids."""
-        details = LogDetails(end_reason="duplicate_request_id", usage_source="none")
-        held = Held(user, key_id, sub_id, metas.get(sub_id))
-        await records.settle(self._core, self._k, "release", request_id, held, details, 0, self._clock())
+        """Check the key and a funding source and reserve, in one script (see base.Store.hold
+        and `proxy.store.redis_hold`)."""
+        return await self._holder.hold(
+            request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
+        )
 
     async def _owner(self, request_id: str) -> str | None:
         """The user a request id's hold belongs to: remembered, else from the index."""

@@ -193,28 +193,30 @@ async def test_scripts_touch_only_their_declared_keys_in_one_slot(
     rstore: RedisStore, redis_url: str, clock: FakeClock, prefix: str, monkeypatch: pytest.MonkeyPatch, one_slot: bool
 ) -> None:
     """What Redis Cluster requires, checked on the real command stream (MONITOR). Shaped for
-    one server, settlements also declare the global log counter and index (and nothing else
-    outside the user's slot)."""
+    one server, settlements also declare the global log counter and index, and holds the
+    request index and the open-users set (and nothing else outside the user's slot)."""
     monkeypatch.setattr(rstore._core, "one_slot_scripts", one_slot)
-    logs = {rstore._k.log_seq, rstore._k.log_global}
+    k = rstore._k
+    logs = {k.log_seq, k.log_global}
+    indexes = {k.log_seq, k.log_global, k.requests, k.open_users}
     seen = await _monitor(redis_url, rstore, lambda: _everything(rstore, clock, "alice"))
-    scripts, with_logs, current = 0, 0, None
+    scripts, with_indexes, current = 0, 0, None
     for entry in seen:
         words = entry["command"].split(" ")
         if entry["client_type"] != "lua":
             current = None
             if words[0].upper() == "EVALSHA" and words[3].startswith(prefix + ":"):
                 current = set(words[3 : 3 + int(words[2])])
-                own = current if one_slot or logs == current else current - logs
-                with_logs += own != current
-                assert len({key_slot(k.encode()) for k in own}) == 1, f"keys in several slots: {current}"
+                own = current if one_slot or logs == current else current - indexes
+                with_indexes += own != current
+                assert len({key_slot(key.encode()) for key in own}) == 1, f"keys in several slots: {current}"
                 scripts += 1
             continue
         if current is not None:  # a command run by one of our scripts: its key must be declared
             assert words[1] in current, f"script touched undeclared key {words[1]} (declared {current})"
     # One server runs one script fewer per settlement (no separate log id): the same bound.
-    assert scripts + with_logs >= 15, f"saw only {scripts} script calls in MONITOR"
-    assert (with_logs == 0) if one_slot else (with_logs >= 2), with_logs
+    assert scripts + with_indexes >= 15, f"saw only {scripts} script calls in MONITOR"
+    assert (with_indexes == 0) if one_slot else (with_indexes >= 2), with_indexes
 
 
 async def test_drop_all_deletes_its_prefix_and_nothing_else(redis_url: str, raw: aioredis.Redis, clock: FakeClock) -> None:
@@ -376,7 +378,7 @@ def _sent(seen: list[dict[str, str]], prefix: str) -> list[str]:
     return [c["command"].split(" ")[0].upper() for c in seen if c["client_type"] != "lua" and prefix in c["command"]]
 
 
-async def test_a_billed_request_sends_one_pipeline_with_the_hold_then_two_scripts(
+async def test_a_billed_request_sends_one_command_per_step_on_one_server(
     rstore: RedisStore, redis_url: str, prefix: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key_id = await _user_with_key(rstore, "alice", 1000)
@@ -386,26 +388,32 @@ async def test_a_billed_request_sends_one_pipeline_with_the_hold_then_two_script
         assert await rstore.checkpoint(rid, 10)
         assert (await rstore.capture(rid, 40, DONE)).charged == 40
 
-    # hold: one pipeline (claim, mark, the subscription terms the first time this store
-    # holds for the user, and its script); checkpoint: its script; capture: its script,
-    # which takes the log id too. No lookups: this store made the hold.
+    # hold: its script, which claims the request id and marks the user itself (pipelined
+    # after a read of the subscription terms the first time this store holds for the user);
+    # checkpoint: its script; capture: its script, which takes the log id too. No lookups:
+    # this store made the hold.
     assert _sent(await _monitor(redis_url, rstore, lambda: billed("r1")), prefix) == [
-        "HSETNX", "SADD", "HGETALL", "EVALSHA", "EVALSHA", "EVALSHA"
+        "HGETALL", "EVALSHA", "EVALSHA", "EVALSHA"
     ]
-    pipeline = ["HSETNX", "SADD", "EVALSHA"]  # the terms are known now (the script checks them)
+    assert _sent(await _monitor(redis_url, rstore, lambda: billed("r2")), prefix) == ["EVALSHA"] * 3
     peer = RedisStore(redis_url, prefix=prefix, clock=clock)
     await peer.open()
     try:  # a store that did not make the hold finds it through the request index
-        assert isinstance(await rstore.hold("r2", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
-        seen = await _monitor(redis_url, rstore, lambda: peer.release("r2", DONE))
+        assert isinstance(await rstore.hold("r3", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
+        seen = await _monitor(redis_url, rstore, lambda: peer.release("r3", DONE))
     finally:
         await peer.close()
     assert _sent(seen, prefix) == ["HGET", "HGETALL", "EVALSHA"]
-    # Shaped for a Cluster, the capture reserves its log id first (a slot of its own).
+    # Shaped for a Cluster, the hold claims and marks first (global indexes live in slots of
+    # their own), pipelined with its script, and the capture reserves its log id first.
     monkeypatch.setattr(rstore._core, "one_slot_scripts", True)
-    assert _sent(await _monitor(redis_url, rstore, lambda: billed("r3")), prefix) == [*pipeline, "EVALSHA", "EVALSHA", "EVALSHA"]
+    assert _sent(await _monitor(redis_url, rstore, lambda: billed("r4")), prefix) == [
+        "HSETNX", "SADD", "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"
+    ]
     for user in ("alice", None):  # the user's index, and the global one the scripts wrote
-        assert [row.request_id for row in await rstore.query_logs(user=user)] == ["r3", "r2", "r1"]
+        assert [row.request_id for row in await rstore.query_logs(user=user)] == ["r4", "r3", "r2", "r1"]
+    for rid in ("r1", "r2", "r4"):  # every hold is in the request index, whoever wrote it
+        assert await rstore._core.hget(rstore._k.requests, rid) == "alice"
     assert (await rstore.audit(clock.now, 30)).ok
 
 
@@ -458,6 +466,9 @@ async def test_a_mark_dropped_while_a_hold_is_in_flight_is_set_again(
     key_id = await _user_with_key(rstore, "alice", 1000)
     open_users = f"{prefix}:{{openusers}}"
     core = rstore._core  # noqa: SLF001 - the window between the mark and the script is the point
+    # Shaped for a Cluster, where the mark is a command of its own before the script (on one
+    # server the script marks the user itself, in the same atomic step: no window).
+    monkeypatch.setattr(core, "one_slot_scripts", True)
     swept = []
 
     async def pre_step_then_a_sweep(
@@ -542,7 +553,7 @@ async def test_a_subscription_granted_elsewhere_is_used_by_the_next_hold(
     # rstore last saw no terms for alice: its script answers `stale`, and the hold is sent
     # again with the terms read just then.
     seen = await _monitor(redis_url, rstore, lambda: rstore.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"))
-    assert _sent(seen, prefix) == ["HSETNX", "SADD", "EVALSHA", "HGETALL", "EVALSHA"]
+    assert _sent(seen, prefix) == ["EVALSHA", "HGETALL", "EVALSHA"]
     held = await rstore.get_hold("r1")
     assert isinstance(held, Hold) and (held.source, held.subscription_id) == (FundingSource.SUBSCRIPTION, sub.id)
     assert (await rstore.capture("r1", 60, DONE)).charged == 60
@@ -552,19 +563,25 @@ async def test_a_subscription_granted_elsewhere_is_used_by_the_next_hold(
     assert (await rstore.audit(clock.now, 30)).ok
 
 
-async def test_a_request_id_held_by_another_user_gives_the_reservation_back(
-    rstore: RedisStore, clock: FakeClock
+@pytest.mark.parametrize("one_slot", [True, False], ids=["cluster-shaped", "one-server"])
+async def test_a_request_id_held_by_another_user_answers_with_that_hold_and_reserves_nothing(
+    rstore: RedisStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, one_slot: bool
 ) -> None:
+    monkeypatch.setattr(rstore._core, "one_slot_scripts", one_slot)
     alice_key = await _user_with_key(rstore, "alice", 1000)
     bob_key = await _user_with_key(rstore, "bob", 1000)
     mine = await rstore.hold("same-id", "alice", alice_key, 100, None, "pv", 60, "i1")
     assert isinstance(mine, Hold)
-    # bob's script ran in the same round trip as the claim that found alice's id: his
-    # reservation is released again and the caller gets the hold that owns the id.
+    # Cluster-shaped, bob's script ran in the same round trip as the claim that found
+    # alice's id: his reservation is released again (logged duplicate_request_id). On one
+    # server his script claims the id itself, finds alice's and reserves nothing. Either
+    # way the caller gets the hold that owns the id.
     theirs = await rstore.hold("same-id", "bob", bob_key, 300, None, "pv", 60, "i1")
     assert isinstance(theirs, Hold) and theirs.user == "alice"
     bob = await rstore.get_user("bob")
     assert bob is not None and (bob.balance, bob.reserved, bob.used) == (1000, 0, 0)
+    voided = [row.details.end_reason for row in await rstore.query_logs(user="bob")]
+    assert voided == (["duplicate_request_id"] if one_slot else [])
     assert (await rstore.capture("same-id", 70, DONE)).charged == 70
     alice = await rstore.get_user("alice")
     assert alice is not None and (alice.balance, alice.reserved) == (930, 0)

@@ -2,17 +2,22 @@
 -- KEYS: 1 user, 2 hold, 3 api key, 4 user's open-hold set, 5 ledger,
 --       6 the user's "open mark dropped" flag (set by `forget`),
 --       7 the user's subscription terms (id -> meta JSON; entries are only ever added),
---       8.. usable subscriptions (active, model allowed), ordered by (end, id)
+--       with ARGV[11] == '1': 8 the global request index, 9 the global open-users set;
+--       then the usable subscriptions (active, model allowed), ordered by (end, id)
 -- ARGV: 1 request_id, 2 key_id, 3 amount, 4 preference ('' = the user's own),
 --       5 price_version, 6 now, 7 expires_at, 8 instance_id, 9 model,
---       10 how many subscriptions the caller chose KEYS 8.. from,
---       11.. each subscription's current period start (same order as KEYS 8..)
+--       10 how many subscriptions the caller chose the subscription keys from,
+--       11 '1' when this script claims the request id in the index and marks the user
+--          itself (one server: every key is reachable), '0' when the caller did both
+--          first (a Cluster: those indexes live in slots of their own),
+--       12.. each subscription's current period start (same order as their keys)
 -- Returns {'new', source, subscription id, key amount, remark (1|0)} for a hold made now
 -- (the caller knows every other field: it passed them), {'hold', <hold hash as flat
--- pairs>} for one that existed, {'refused', reason, available, needed}, or {'stale'}
+-- pairs>} for one that existed, {'refused', reason, available, needed}, {'stale'}
 -- (nothing written) when the user has subscriptions the caller did not know of: it must
--- read the terms and call again. `remark` is 1 when a resolver dropped the user's open
--- mark since the caller set it: mark again.
+-- read the terms and call again, or, when claiming, {'claimed', owner} (no hold made)
+-- when another user's request already has this id. `remark` is 1 when a resolver dropped
+-- the user's open mark since the caller set it: mark again (never when claiming).
 -- requires: roll
 local uk, hk, kk, ok, lk = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid, key_id, amount, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
@@ -52,13 +57,17 @@ end
 -- Subscriptions come to their current period first; the first that affords the hold
 -- (in KEYS order) is the one a subscription pays from, `best` the most any has left.
 local sub_pick, pick_id, best = nil, nil, nil
-for i = 8, #KEYS do
+local claim = ARGV[11] == '1'
+local first = 8
+if claim then first = 10 end
+for i = first, #KEYS do
+  local target = ARGV[i - first + 12]
   local s = redis.call('HMGET', KEYS[i], 'period_start', 'balance', 'quota', 'id', 'reserved')
   local bal, rolled = num(s[2]), {}
-  if roll(s, ARGV[i + 3], now, rolled) then
+  if roll(s, target, now, rolled) then
     local b = int(num(s[3]))
     redis.call('RPUSH', lk, unpack(rolled))
-    redis.call('HSET', KEYS[i], 'balance', b, 'period_start', ARGV[i + 3])
+    redis.call('HSET', KEYS[i], 'balance', b, 'period_start', target)
     bal = num(b)
   end
   local av = bal - num(s[5])
@@ -86,6 +95,12 @@ else
   return fail('unknown preference ' .. tostring(pref))
 end
 
+-- The request id names this user in the global index from now on (readers find the hold
+-- by it), unless another user's request has it.
+if claim and redis.call('HSETNX', KEYS[8], rid, user) == 0 then
+  local owner = redis.call('HGET', KEYS[8], rid)
+  if owner ~= user then return {'claimed', owner} end
+end
 local a = int(amount)
 local src, sub_id, account = 'wallet', '', 'wallet:' .. user
 if wallet then
@@ -113,4 +128,11 @@ redis.call('HSET', hk,
   'price_version', ARGV[5], 'instance_id', ARGV[8], 'created_at', now,
   'expires_at', ARGV[7], 'state', 'open', 'model', ARGV[9])
 redis.call('SADD', ok, rid)
+if claim then
+  -- Marked in the same step as the hold: no resolver can drop the mark in between, and
+  -- a flag a resolver left from earlier means nothing any more.
+  redis.call('SADD', KEYS[9], user)
+  redis.call('DEL', KEYS[6])
+  return {'new', src, sub_id, key_amount, 0}
+end
 return {'new', src, sub_id, key_amount, redis.call('DEL', KEYS[6])}
