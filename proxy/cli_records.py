@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from proxy.cli import CLIError, emit
@@ -30,7 +29,7 @@ def log_json(row: LogRow, usd: str) -> dict[str, Any]:
         "charge_usd": usd,
         "overage": row.overage,
         "price_version": row.price_version,
-        **asdict(row.details),
+        **row.details._asdict(),
     }
 
 

@@ -12,7 +12,6 @@ twice; if the process dies before a replay, the orphan rule (spec §5) covers th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -106,7 +105,7 @@ class Settler:
         log.error("store unavailable resolving %s; queued in the outbox, retrying: %s", request_id, exc)
         if self.outbox is not None:
             # Built only on this failure path: `asdict` cost ~80 µs a request.
-            self.outbox.add({"op": op, "request_id": request_id, "amount": amount, "log": dataclasses.asdict(details)})
+            self.outbox.add({"op": op, "request_id": request_id, "amount": amount, "log": details._asdict()})
         delay = 0.05
         while True:
             await asyncio.sleep(delay)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from importlib import resources
 
@@ -63,7 +63,7 @@ SCRIPTS = (
 )
 """Every Lua script RedisStore registers, by file stem under `proxy/store/lua/`."""
 
-_LOG_FIELDS = frozenset(f.name for f in fields(LogDetails))
+_LOG_FIELDS = frozenset(LogDetails._fields)
 
 MAX_UNITS = 2**53 - 1
 """The largest amount a Lua number (a double) holds exactly; larger ones are refused."""
@@ -321,7 +321,7 @@ def details_json(details: LogDetails) -> str:
     """LogDetails as a settlement script takes them: their JSON object (every field), as a
     JSON string literal, which the script embeds in the log row as it is (escaping it in
     Lua cost ~13k instructions of redis-server per settlement; orjson does it in ~1 µs)."""
-    return orjson.dumps(orjson.dumps(details).decode()).decode()
+    return orjson.dumps(orjson.dumps(details._asdict()).decode()).decode()
 
 
 def to_log_row(raw: str) -> LogRow:

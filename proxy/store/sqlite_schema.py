@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
-from operator import attrgetter
 
 from proxy.store.base import (
     ApiKey,
@@ -284,7 +282,7 @@ def statements(script: str) -> Iterable[str]:
         yield buffer.strip()
 
 
-LOG_DETAIL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LogDetails))
+LOG_DETAIL_FIELDS: tuple[str, ...] = LogDetails._fields
 """LogDetails field names in declaration order (the consume_log columns share them)."""
 
 _COLUMN_OF = {"group": "grp"}
@@ -295,18 +293,16 @@ def log_columns() -> list[str]:
     return [_COLUMN_OF.get(f, f) for f in LOG_DETAIL_FIELDS]
 
 
-_LOG_GETTER = attrgetter(*LOG_DETAIL_FIELDS)
 _KEY_NAME_AT = LOG_DETAIL_FIELDS.index("key_name")
 
 
 def log_values(details: LogDetails, key_name: str = "") -> tuple[object, ...]:
-    """The consume_log values of `details`, in `log_columns()` order; `key_name` fills in
-    when the details have none (without copying the dataclass: this is on every capture).
-    `stream` stays a bool: sqlite3 stores a bool as the integer 1 or 0."""
-    values: tuple[object, ...] = _LOG_GETTER(details)
-    if not values[_KEY_NAME_AT]:
-        values = (*values[:_KEY_NAME_AT], key_name, *values[_KEY_NAME_AT + 1 :])
-    return values
+    """The consume_log values of `details`, in `log_columns()` order (the tuple itself);
+    `key_name` fills in when the details have none. `stream` stays a bool: sqlite3 stores a
+    bool as the integer 1 or 0."""
+    if details[_KEY_NAME_AT] or not key_name:
+        return details
+    return (*details[:_KEY_NAME_AT], key_name, *details[_KEY_NAME_AT + 1 :])
 
 
 def dump_list(items: Sequence[str]) -> str:
