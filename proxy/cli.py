@@ -65,25 +65,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-_GC_YOUNG = 10_000
-
-
 async def _freeze_startup_objects(app: web.Application) -> None:
     """Move everything allocated at startup (plugins' tables, vocabularies, price data) out of
-    the collector's reach, so full GC passes scan only what requests allocate; and collect
-    the youngest generation every 10 000 net allocations instead of 700.
-
-    With 32 requests in flight a young collection walks their coroutines and buffers (~0.4
-    ms each), and Python's default ran one every other request: ~5% of the event loop's
-    time, plus a full pass of ~30 ms every few seconds. Request garbage is freed by reference
-    counting; the collector only finds cycles, which can wait a little longer.
+    the collector's reach, so full GC passes scan only what requests allocate.
 
     Process-wide, so only here, where the process serves one app for its whole life: in
     `create_app` it would keep every app a process builds (and stops) alive forever."""
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(_GC_YOUNG, older, oldest)
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:
