@@ -65,7 +65,13 @@ class TaskTracker:
         return len(self._tasks)
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Wait up to `timeout` seconds for every tracked task, then cancel the rest."""
+        """Wait up to `timeout` seconds for every tracked task, then cancel the rest, and
+        stop the services still running.
+
+        A task cut short is an error worth a log line (a settlement that did not finish).
+        A service is a loop meant to run until stopped; one whose owner stops it later in
+        the shutdown (a plugin's, torn down after this drain so that settlement can use
+        it) is stopped here without alarm."""
         self._closed = True
         deadline = asyncio.get_running_loop().time() + timeout
         while self._tasks:
@@ -73,8 +79,11 @@ class TaskTracker:
             if left <= 0:
                 break
             await asyncio.wait(set(self._tasks), timeout=left)
-        for task in list(self._tasks) + list(self._services):
+        for task in list(self._tasks):
             log.error("cancelling background task %s at shutdown", task.get_name())
+            task.cancel()
+        for task in list(self._services):
+            log.debug("stopping service %s at shutdown", task.get_name())
             task.cancel()
         if self._tasks or self._services:
             await asyncio.wait(self._tasks | self._services, timeout=1.0)
