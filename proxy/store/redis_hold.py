@@ -77,20 +77,9 @@ class Holder:
         units(amount, "a hold amount")
         k, now = self._k, self._clock()
         claim = not self._core.one_slot_scripts
-        keys = [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
-                k.unmarked(user), k.sub_meta(user), *((k.requests, k.open_users) if claim else ())]
-        args: list[str | int] = [
-            request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
-            price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model,
-        ]
-
-        def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
-            offers = usable_subscriptions(terms, now, model) if terms else ()
-            return (
-                [*keys, *(k.sub(user, sub_id) for sub_id, _ in offers)],
-                [*args, len(terms), "1" if claim else "0", *(t for _, t in offers)],
-            )
-
+        script = self._script(
+            claim, now, request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
+        )
         known = self._terms.get(user)
         calls: list[Call] = [] if claim else [
             ("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
@@ -122,6 +111,30 @@ class Holder:
                 break
             reply = await self._core.run("hold", *script(metas))
         return await self._answer(reply, request_id, user, key_id, amount, price_version, instance_id, now, ttl, metas)
+
+    def _script(
+        self, claim: bool, now: float, request_id: str, user: str, key_id: str, amount: int,
+        preference: Preference | None, price_version: str, ttl: float, instance_id: str, model: str,
+    ) -> Callable[[dict[str, str]], tuple[list[str], list[str | int]]]:
+        """The hold script's KEYS and ARGV for the user's subscription terms as known (a
+        function of them: a `stale` answer means calling it again with fresher terms)."""
+        k = self._k
+        keys = [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
+                k.unmarked(user), k.sub_meta(user), *((k.requests, k.open_users) if claim else ())]
+        args: list[str | int] = [
+            request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
+            price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model,
+        ]
+        flag = "1" if claim else "0"
+
+        def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
+            offers = usable_subscriptions(terms, now, model) if terms else ()
+            return (
+                [*keys, *(k.sub(user, sub_id) for sub_id, _ in offers)],
+                [*args, len(terms), flag, *(t for _, t in offers)],
+            )
+
+        return script
 
     async def _answer(
         self, reply: list[str], request_id: str, user: str, key_id: str, amount: int, price_version: str,

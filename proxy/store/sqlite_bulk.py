@@ -135,11 +135,19 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
             instance_id, now, expires, HoldState.OPEN,
         ))
     if holds:
-        db.executemany(INSERT_HOLD, holds)
-        _add_each(db, _RESERVE_WALLET, wallets, "wallet")
-        _add_each(db, _RESERVE_KEY, keys, "key")
-        db.executemany(JOURNAL, journal)
+        _write_holds(db, holds, wallets, keys, journal)
     return results
+
+
+def _write_holds(
+    db: Db, holds: list[tuple[object, ...]], wallets: dict[str, list[int]], keys: dict[str, list[int]],
+    journal: list[tuple[object, ...]],
+) -> None:
+    """Write what `hold_many` decided: the hold rows, each account's added reservation, the journal."""
+    db.executemany(INSERT_HOLD, holds)
+    _add_each(db, _RESERVE_WALLET, wallets, "wallet")
+    _add_each(db, _RESERVE_KEY, keys, "key")
+    db.executemany(JOURNAL, journal)
 
 
 def _add_each(db: Db, sql: str, accounts: dict[str, list[int]], owner: str) -> None:
