@@ -128,9 +128,9 @@ def _attempt(conn: Db, fn: Callable[..., object], args: tuple[object, ...], alon
         if not alone:
             conn.execute("RELEASE op")
         if isinstance(exc, sqlite3.Error):
-            mapped = mapped(exc)
-            mapped.__cause__ = exc
-            return False, mapped
+            error = mapped(exc)
+            error.__cause__ = exc
+            return False, error
         return False, exc
     if not alone:
         conn.execute("RELEASE op")

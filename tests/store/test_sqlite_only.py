@@ -264,6 +264,34 @@ async def test_concurrent_calls_share_commits_and_fail_alone(
         await store.close()
 
 
+async def test_a_poisoned_step_fails_alone_and_its_writes_are_undone(tmp_path: Path) -> None:
+    """One step of a group-commit batch raises a sqlite3 error after writing (a constraint
+    violation: SQLite keeps the transaction open). Only its caller gets the error, as a
+    `StoreError` (not a Python error from the batch runner), its own write is undone with
+    it, and every other step of the batch commits."""
+    store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
+    await store.open()
+
+    def poisoned(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE users SET balance = balance + 1000 WHERE name = 'alice'")
+        conn.execute("INSERT INTO users (name, grp, preference, created_at) VALUES ('alice', 'g', 'p', 0)")
+
+    try:
+        await store.create_user("alice")
+        outcomes = await asyncio.gather(
+            *(store.credit("alice", 10 + i) for i in range(5)), store.run(poisoned),
+            *(store.credit("alice", 20 + i) for i in range(5)), return_exceptions=True,
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(failed) == 1 and outcomes[5] is failed[0], outcomes
+        assert type(failed[0]) is StoreError and "constraint violated" in str(failed[0])
+        user = await store.get_user("alice")
+        assert user is not None and user.balance == sum(range(10, 15)) + sum(range(20, 25))
+        assert (await store.audit(0, 30)).ok
+    finally:
+        await store.close()
+
+
 async def test_a_batch_sqlite_rolled_back_reports_no_success(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
     await store.open()
