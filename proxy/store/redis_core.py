@@ -38,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 
 from proxy.store.base import StoreError, StoreUnavailable
-from proxy.store.redis_lean import LeanRedis, Script, lean_target
+from proxy.store.redis_lean import LeanRedis, Script, lean_target, reply_error
 from proxy.store.redis_layout import SCRIPTS, load_script
 
 _P = ParamSpec("_P")
@@ -51,6 +51,10 @@ _CLUSTER_TROUBLE = (rexc.ClusterError, rexc.TryAgainError, rexc.RedisClusterExce
 """Raised by RedisCluster once its own retries are spent: ClusterError covers CLUSTERDOWN,
 MASTERDOWN and "TTL exhausted" (a MOVED storm); RedisClusterException covers no reachable
 node and a slot no node serves."""
+
+_TRY_AGAIN_REPLIES = (rexc.OutOfMemoryError, rexc.ReadOnlyError)
+"""Error replies redis-py parses into their own class, dropping the code from the message
+(LOADING is a ConnectionError there): "not now", like `redis_lean.TRY_AGAIN_CODES`."""
 
 
 def _translated(exc: BaseException) -> StoreError | None:
@@ -65,9 +69,10 @@ def _translated(exc: BaseException) -> StoreError | None:
         return StoreUnavailable(
             f"redis answered {type(exc).__name__} {exc}: store.url is a Redis Cluster node, set store.cluster: true"
         )
+    if isinstance(exc, _TRY_AGAIN_REPLIES):
+        return StoreUnavailable(f"redis answered {type(exc).__name__}: {exc}")
     if isinstance(exc, rexc.ResponseError):
-        msg = str(exc)
-        return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
+        return reply_error(str(exc))
     return None
 
 

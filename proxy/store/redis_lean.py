@@ -5,7 +5,8 @@ TCP or a unix socket (the common deployment, and the one the request path is mea
 It offers the same calls as the redis-py path, with the same reply shapes as redis-py with
 `decode_responses=True` (HGETALL a dict, SMEMBERS a set, HSETNX a bool, ...), and the same
 error translation: an unreachable server is `StoreUnavailable`, an error reply `StoreError`
-(a script's `weir: <message>` without its prefix).
+(a script's `weir: <message>` without its prefix), except the replies that say "try again"
+(`LOADING`, `BUSY`, `OOM`, ...: `TRY_AGAIN_CODES`), which are `StoreUnavailable` too.
 
 Scripts run by SHA; after a `NOSCRIPT` (a `SCRIPT FLUSH`, a restart, a failover) the source
 is loaded and the call retried once, as redis-py's registered scripts do.
@@ -22,7 +23,7 @@ from typing import Any
 from proxy.store.base import StoreError, StoreUnavailable
 from proxy.store.resp import RespClient, RespConnectionError, RespError, Target
 
-__all__ = ["LeanRedis", "Script", "lean_target"]
+__all__ = ["LeanRedis", "Script", "lean_target", "reply_error"]
 
 _LEAN_URL_PARTS = frozenset({"host", "port", "db", "username", "password", "path", "connection_class"})
 
@@ -56,11 +57,30 @@ class Script:
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
-def _error(exc: RespError) -> StoreError:
-    msg = str(exc)
-    if msg.startswith(("MOVED ", "ASK ")):  # a cluster node: this url needs the cluster client
+#: Error codes (a reply's first word) that mean "not now": the server is loading its data,
+#: running a long script, out of memory, a replica or without its primary, a cluster
+#: without all its slots, or unable to persist. The same call can succeed later, so they
+#: are unavailability: refused with 503 at hold time, retried at settlement.
+TRY_AGAIN_CODES = frozenset({
+    "LOADING", "BUSY", "OOM", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF",
+})
+
+
+def reply_error(msg: str) -> StoreError:
+    """The store's error for a Redis error reply `msg`: `StoreUnavailable` when the reply
+    says "try again" (`TRY_AGAIN_CODES`, or a cluster redirection reaching a client that
+    cannot follow it), else a definitive `StoreError` (a script's `weir: <message>` without
+    its prefix)."""
+    code = msg.split(" ", 1)[0]
+    if code in TRY_AGAIN_CODES:
+        return StoreUnavailable(f"redis answered {msg}")
+    if code in ("MOVED", "ASK"):  # a cluster node: this url needs the cluster client
         return StoreUnavailable(f"redis answered {msg}: store.url is a Redis Cluster node, set store.cluster: true")
     return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
+
+
+def _error(exc: RespError) -> StoreError:
+    return reply_error(str(exc))
 
 
 def _unavailable(exc: RespConnectionError) -> StoreUnavailable:

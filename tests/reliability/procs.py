@@ -197,16 +197,18 @@ class RedisServer:
         """redis://127.0.0.1:PORT/0"""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    async def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start (or restart, on the same port and files) and wait until it answers PING."""
+    async def start(self, timeout: float = 10.0, extra: tuple[str, ...] = (), wait: bool = True) -> RedisServer:
+        """Start (or restart, on the same port and files) and, with `wait`, wait until it
+        answers PING. `extra` adds command-line settings (`--name value` pairs)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / "redis.log", "ab") as out:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "yes", "--dir", str(self.directory)],
+                 "--appendonly", "yes", "--dir", str(self.directory), *extra],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        await wait_for(self._answers, timeout, f"redis-server on port {self.port}")
+        if wait:
+            await wait_for(self._answers, timeout, f"redis-server on port {self.port}")
         return self
 
     async def _answers(self) -> bool:
