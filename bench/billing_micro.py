@@ -2,7 +2,8 @@
 
 The billing plugin's hooks run through a real `Pipeline`, as the handler drives them for a
 non-streamed chat request (`on_request` → `on_body` → `on_complete`, the last in a tracked
-task), for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
+task), or with `--events N` a streamed one (`on_request` → N × `on_event` → `on_complete`),
+for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
 no load generator. What is left is what billing itself costs the proxy's event loop.
 
 Backends: `sqlite` and `redis` (127.0.0.1:6379, a throw-away key prefix) are the real
@@ -46,7 +47,7 @@ from plugins.billing.plugin import BillingPlugin
 from proxy import keys
 from proxy.apikeys import hash_key
 from proxy.confbuild import build
-from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, UpstreamInfo
+from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.handler import RequestIds
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
@@ -61,6 +62,10 @@ ANSWER = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "model": MODEL,
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 16}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+})
+CHUNK = orjson.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL,
+    "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}],
 })
 BILLING = {"quota_per_usd": 500_000, "pricing": {"fallback": "none", "models": {"*-bench": {"input": 1, "output": 2}}}}
 
@@ -132,7 +137,9 @@ async def _billed(backend: str) -> AsyncIterator[tuple[Pipeline, str, TaskTracke
             await store.close()
 
 
-async def _rounds(backend: str, requests: int, concurrency: int, rounds: int, callgrind: bool) -> list[tuple[float, float]]:
+async def _rounds(
+    backend: str, requests: int, concurrency: int, rounds: int, callgrind: bool, events: int = 0
+) -> list[tuple[float, float]]:
     async with _billed(backend) as (pipeline, clear, tracker):
         ids = RequestIds()
         headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {clear}", "content-type": "application/json"}))
@@ -140,14 +147,18 @@ async def _rounds(backend: str, requests: int, concurrency: int, rounds: int, ca
 
         async def one() -> None:
             ctx = RequestContext(ids.next(), Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions", query,
-                                 headers, "127.0.0.1", BODY, orjson.loads(BODY), MODEL, False, api_key=clear)
+                                 headers, "127.0.0.1", BODY, orjson.loads(BODY), MODEL, events > 0, api_key=clear)
             run = pipeline.start(ctx)
             await run.request()
             await asyncio.sleep(0)  # the upstream's answer is a loop turn or two away
             await asyncio.sleep(0)
             ctx.upstream, ctx.status = UpstreamInfo("instant", MODEL, 1), 200
-            await run.body(ANSWER)
-            run.complete(Outcome(EndReason.COMPLETED, 200))
+            if events:
+                for _ in range(events):  # each a fresh event: `json` is parsed once per event
+                    await run.event(SSEEvent(CHUNK.decode(), raw=b"data: " + CHUNK + b"\n\n"))
+            else:
+                await run.body(ANSWER)
+            run.complete(Outcome(EndReason.COMPLETED, 200, events))
 
         async def client(n: int) -> None:
             for _ in range(n):
@@ -183,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--callgrind", action="store_true", help="switch callgrind's instrumentation on for each round")
+    p.add_argument("--events", type=int, default=0, help="stream N events per request (default 0: not streamed)")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -190,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    results = runner(_rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind))
+    results = runner(_rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind, args.events))
     for i, (cpu, wall) in enumerate(results):
         print(f"{args.backend} round {i + 1}: {cpu:.1f} us CPU per request, {wall:.1f} us wall")
     return 0

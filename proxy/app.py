@@ -64,7 +64,7 @@ def create_app(
     tracker = TaskTracker()
     metrics = Metrics()
     pool = UpstreamPool(config.upstreams)
-    active = ActiveStreams()
+    active = ActiveStreams(config.server.client_write_timeout)
     trace = config.server.trace_plugins or os.environ.get("PROXY_TRACE_PLUGINS", "") not in ("", "0")
     pipeline = Pipeline(loaded, tracker, trace=trace)
     app[keys.CONFIG] = config
@@ -165,15 +165,30 @@ async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     await keeper.stop()
 
 
+#: After shutdown stopped the relays, how long it waits for them to deliver their outcomes
+#: (a loop turn or two each); well within aiohttp's own timeout (`shutdown_grace + 5`).
+_STOPPED_WAIT = 4.0
+
+
 async def _graceful_shutdown(app: web.Application) -> None:
-    """Let in-flight streams finish for `server.shutdown_grace` seconds, then end them."""
+    """Let in-flight streams finish for `server.shutdown_grace` seconds, then end them.
+
+    Ending one aborts its client connection too, so a relay waiting on a client that stopped
+    reading returns at once and delivers its terminal hook (outcome `shutdown`, the partial
+    charge) before this returns: only then does aiohttp start its own timeout, after which
+    it cancels handlers. Settlement runs in tracked tasks, which `_tracker_ctx` drains."""
     app[keys.SHUTDOWN].set()
     active = app[ACTIVE]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + app[keys.CONFIG].server.shutdown_grace
-    while active.responses and loop.time() < deadline:
+    while active.streams and loop.time() < deadline:
         await asyncio.sleep(0.05)
     active.abort_all()
+    deadline = loop.time() + _STOPPED_WAIT
+    while active.streams and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    if active.streams:
+        log.error("%d relays did not end within %.0f s of being stopped", len(active.streams), _STOPPED_WAIT)
 
 
 def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:

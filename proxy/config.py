@@ -40,6 +40,7 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
     shutdown_grace: float = 10.0
+    client_write_timeout: float = 120.0
     access_log: bool = True
     trace_plugins: bool = False
     instance_id: str | None = None
@@ -179,3 +180,5 @@ def _check(cfg: Config) -> None:
         raise ConfigError("routing.max_attempts", "must be at least 1")
     if cfg.server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
+    if not cfg.server.client_write_timeout > 0:
+        raise ConfigError("server.client_write_timeout", "must be greater than 0")

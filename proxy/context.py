@@ -50,6 +50,7 @@ class EndReason(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     PLUGIN_FAILED = "plugin_failed"
     SHUTDOWN = "shutdown"
+    CLIENT_STALLED = "client_stalled"
     REJECTED = "rejected"
 
 
@@ -170,7 +171,8 @@ class Outcome:
     """How a started response ended; given to `on_complete`.
 
     `reason` is one of completed, client_disconnected, upstream_truncated,
-    upstream_error (an error event mid-stream), plugin_failed or shutdown.
+    upstream_error (an error event mid-stream), plugin_failed, shutdown or client_stalled
+    (the client accepted nothing for `server.client_write_timeout` seconds).
     `drained` is True when the upstream was read to its end after the client left.
     """
 

@@ -167,7 +167,7 @@ async def _relay_success(
         if streaming:
             outcome = await pump_stream(request, resp, upstream, ctx, run, fw.active, idle)
         else:
-            outcome = await _pump_binary(resp, upstream, ctx, idle)
+            outcome = await _pump_binary(request, resp, upstream, fw.active, idle)
         run.complete(outcome)
         return resp
     return await _relay_body(request, ctx, run, upstream, headers, idle)
@@ -201,25 +201,35 @@ async def _relay_body(
 
 
 async def _pump_binary(
-    resp: web.StreamResponse, upstream: aiohttp.ClientResponse, ctx: RequestContext, idle: float
+    request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse, active: ActiveStreams,
+    idle: float,
 ) -> Outcome:
-    """Relay a non-JSON body (audio, images) as it arrives, without body hooks."""
+    """Relay a non-JSON body (audio, images) as it arrives, without body hooks. Shutdown and
+    the stall watch end it like a stream."""
     sent = 0
     reason = EndReason.COMPLETED
     watch = IdleWatch(upstream, idle)
+    relaying = active.open(upstream, request.transport)
     try:
         while chunk := await read_chunk(upstream.content, watch):
+            relaying.writes += 1
             await resp.write(chunk)
+            relaying.writes += 1
+            if relaying.stopped is not None:
+                break
             sent += len(chunk)
-        await resp.write_eof()
+        if relaying.stopped is None:
+            relaying.writes += 1
+            await resp.write_eof()
     except CLIENT_GONE:
         reason = EndReason.CLIENT_DISCONNECTED
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         reason = EndReason.UPSTREAM_TRUNCATED
     finally:
+        active.close(relaying)
         watch.cancel()
         upstream.close()
-    return Outcome(reason, upstream.status, 0, sent)
+    return Outcome(relaying.stopped or reason, upstream.status, 0, sent)
 
 
 async def _send_whole(request: web.Request, resp: web.Response) -> bool:

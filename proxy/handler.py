@@ -111,9 +111,13 @@ class Handler:
         except PluginFailed:
             fail = Failure(500, "plugin_failed", "a proxy plugin failed; the request was not sent")
             return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
-        if ctx.endpoint.value == "models":
-            return await self._models(request, ctx, run)
-        return await forward(self.forwarder, request, ctx, run, candidates)
+        try:
+            if ctx.endpoint.value == "models":
+                return await self._models(request, ctx, run)
+            return await forward(self.forwarder, request, ctx, run, candidates)
+        except asyncio.CancelledError:
+            _end_cancelled(run, ctx)
+            raise
 
     async def _models(self, request: web.Request, ctx: RequestContext, run: Run) -> web.StreamResponse:
         body = orjson.dumps({"object": "list", "data": await list_models(self.forwarder.pool)})
@@ -175,6 +179,18 @@ class Handler:
                 ctx.request_id, ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
                 ctx.events_relayed, seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
             )
+
+
+def _end_cancelled(run: Run, ctx: RequestContext) -> None:
+    """The handler was cancelled (aiohttp's shutdown timeout ran out) before a terminal
+    hook: deliver one now, as `shutdown`, so that the plugins still settle the request
+    (settlement runs in a tracked task, which the cancellation does not reach)."""
+    if run.finished:
+        return
+    if ctx.first_byte_at is not None:  # something was relayed: bill it as a broken stream
+        run.complete(Outcome(EndReason.SHUTDOWN, ctx.status or 0, ctx.events_relayed))
+    else:
+        run.error(ProxyError(EndReason.SHUTDOWN, 503, "shutting_down", "the proxy shut down before answering"))
 
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:

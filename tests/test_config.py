@@ -42,6 +42,8 @@ def test_env_interpolation_and_defaults() -> None:
         ({"upstreams": [{"type": "mock"}]}, r"upstreams\[0\]\.name: required key is missing"),
         ({"upstreams": [{"name": "a", "type": "mock"}, {"name": "a", "type": "mock"}]}, r"upstreams\[1\]\.name: duplicate"),
         ({"plugins": [{"config": {}}]}, r"plugins\[0\]\.use: required"),
+        ({"server": {"client_write_timeout": 0}}, r"server\.client_write_timeout: must be greater than 0"),
+        ({"server": {"client_write_timeout": -1.5}}, r"server\.client_write_timeout: must be greater than 0"),
     ],
 )
 def test_errors_name_their_path(data: dict, message: str) -> None:

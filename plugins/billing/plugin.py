@@ -3,8 +3,9 @@
 Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
   * `on_request`: authenticate, check allowlists, price, estimate, hold; force
     `include_usage` on OpenAI streams;
-  * `on_event` / `on_body`: meter; hide the injected usage chunk; checkpoint long streams;
-  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`).
+  * `on_event` / `on_body`: meter; hide the injected usage chunk;
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`);
+  * a timer (`checkpoint_every`) checkpoints every long-lived request's charge so far.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,8 +73,6 @@ class Billing:
     meter: UsageMeter
     hide_usage: bool
     requests: int
-    last_checkpoint: float = field(default_factory=time.monotonic)
-    checkpointing: bool = False
 
 
 BILLING = StateKey[Billing]("billing")
@@ -101,6 +100,8 @@ class BillingPlugin(Plugin):
         self._instance = ""
         self._settler: Settler | None = None
         self._sweeper = InflightSweeper("")
+        #: The billed requests between their hold and their terminal hook, for the checkpoint timer.
+        self._live: dict[str, tuple[RequestContext, Billing]] = {}
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
@@ -121,8 +122,10 @@ class BillingPlugin(Plugin):
         if self.config.first_run_demo:
             await ensure_demo_user(self._store, self.config)
         replayer = self._tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay")
+        checkpointer = self._tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints")
         yield
         replayer.cancel()
+        checkpointer.cancel()
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -181,10 +184,11 @@ class BillingPlugin(Plugin):
         n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
         # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
         count = self.tokenizer.counter(self.tokenizer.family(model))
-        ctx.state[BILLING] = Billing(
+        st = ctx.state[BILLING] = Billing(
             key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
             n if isinstance(n, int) else 1,
         )
+        self._live[ctx.request_id] = (ctx, st)
         ctx.drain_on_disconnect = self.config.on_client_disconnect == "drain"
         ctx.drain_timeout = self.config.drain_timeout
         ctx.drain_max_bytes = self.config.drain_max_bytes
@@ -230,14 +234,12 @@ class BillingPlugin(Plugin):
         return True
 
     async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
-        """Meter each event; drop the usage chunk the client did not ask for; checkpoint."""
+        """Meter each event; drop the usage chunk the client did not ask for."""
         st = ctx.state.get(BILLING)
         if st is None:
             return event
         payload = event.json
         st.meter.feed_sse(event.data, payload, event.event)
-        if st.checkpointing is False and time.monotonic() - st.last_checkpoint >= self.config.checkpoint_every:
-            self._checkpoint(ctx, st)
         if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
             return None
         return event
@@ -257,6 +259,7 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return
+        self._live.pop(ctx.request_id, None)
         metered = self._metered(st)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
         details = self._details(
@@ -271,6 +274,7 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return
+        self._live.pop(ctx.request_id, None)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
         await self._settler.release(ctx.request_id, details)
@@ -319,23 +323,31 @@ class BillingPlugin(Plugin):
             error[:500],  # error
         )
 
-    def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
-        st.checkpointing = True
-        st.last_checkpoint = time.monotonic()
+    async def _checkpoint_forever(self) -> None:
+        """Every `checkpoint_every` seconds, checkpoint the live requests (`checkpoint_live`).
 
-        async def write() -> None:
-            try:
-                metered = self._metered(st)
-                charge = settle(
-                    _PARTIAL, metered, st.price, st.multiplier, self.config.quota_per_usd
-                ).charge
-                await self.store.checkpoint(ctx.request_id, charge)
-            except Exception as exc:  # a missed checkpoint only weakens the crash guarantee
-                log.warning("checkpoint failed [request %s]: %r", ctx.request_id, exc)
-            finally:
-                st.checkpointing = False
+        A timer, not events: it runs while a relay waits on a client that stopped reading,
+        and costs the event path nothing."""
+        while True:
+            await asyncio.sleep(self.config.checkpoint_every)
+            await self.checkpoint_live()
 
-        self._spawn(write(), f"checkpoint:{ctx.request_id}")
+    async def checkpoint_live(self) -> None:
+        """Write the charge so far on the hold of every live request older than
+        `checkpoint_every` (short requests never checkpoint), even when it is unchanged or
+        0: each checkpoint also keeps the hold alive. A failed one is logged and skipped."""
+        horizon = time.monotonic() - self.config.checkpoint_every
+        due = [(ctx, st) for ctx, st in list(self._live.values()) if ctx.started_at <= horizon]
+        if due:
+            await asyncio.gather(*(self._checkpoint(ctx, st) for ctx, st in due))
+
+    async def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
+        try:
+            charge = settle(_PARTIAL, self._metered(st), st.price, st.multiplier, self.config.quota_per_usd).charge
+            if not await self.store.checkpoint(ctx.request_id, charge):
+                self._live.pop(ctx.request_id, None)  # resolved meanwhile (e.g. as an orphan)
+        except Exception as exc:  # a missed checkpoint only weakens the crash guarantee
+            log.warning("checkpoint failed [request %s]: %r", ctx.request_id, exc)
 
     async def _release_unknown(self, request_id: str) -> None:
         assert self._settler is not None

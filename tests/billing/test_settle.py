@@ -51,7 +51,8 @@ def test_zero_usage_nothing_relayed_is_vector_5() -> None:
 
 
 @pytest.mark.parametrize("reason", [EndReason.UPSTREAM_TRUNCATED, EndReason.UPSTREAM_ERROR, EndReason.SHUTDOWN,
-                                    EndReason.PLUGIN_FAILED, EndReason.CLIENT_DISCONNECTED])
+                                    EndReason.PLUGIN_FAILED, EndReason.CLIENT_DISCONNECTED,
+                                    EndReason.CLIENT_STALLED])
 def test_broken_stream_without_usage_is_partial(reason: EndReason) -> None:
     s = settle(reason, m(None, terminal=False, out=30, prompt=200), GPT, ONE, 500_000)
     assert s.usage_source == "partial" and s.usage == Usage(input=200, output=30)
@@ -66,6 +67,15 @@ def test_broken_stream_with_early_usage_keeps_at_least_the_relayed_output() -> N
 def test_broken_before_any_content_charges_nothing() -> None:
     s = settle(EndReason.UPSTREAM_ERROR, m(None, content=False, terminal=False), GPT, ONE, 500_000)
     assert s.charge == 0
+
+
+@pytest.mark.parametrize("reason", [EndReason.CLIENT_STALLED, EndReason.SHUTDOWN])
+def test_stalled_or_shut_down_is_partial_even_after_the_terminal_event(reason: EndReason) -> None:
+    """Unlike a drained disconnect, a relay stopped on a stalled client or at shutdown is
+    never a finished answer: the partial row, and no per-request charge."""
+    s = settle(reason, m(None, terminal=True, out=30, prompt=200), GPT, ONE, 500_000)
+    assert s.usage_source == "partial" and s.usage == Usage(input=200, output=30)
+    assert settle(reason, Metered(None, True, True, 0, 0, 2), IMAGE, ONE, 500_000).charge == 0
 
 
 def test_drained_disconnect_bills_the_upstream_usage() -> None:

@@ -130,14 +130,15 @@ async def test_killed_mid_stream_without_checkpoint(crash: World, resolver: str)
 async def test_killed_mid_stream_after_checkpoints(crash: World, resolver: str) -> None:
     """Dead mid-stream after checkpoints: the last checkpoint is captured, even above the hold.
 
-    Events come every 0.3 s and billing checkpoints at most every 0.2 s, so every event after
-    the first writes one; the killer sits after billing, so event 8 kills the process before
-    billing sees it: the last checkpoint covers exactly what the client received.
+    Events come every 0.3 s and billing's timer checkpoints the request every 0.05 s, so
+    several checkpoints land between two events; the killer sits after billing, so event 8
+    kills the process before billing sees it: the last checkpoint covers exactly what the
+    client received.
     """
     crash.mock.behaviour.pace, crash.mock.behaviour.words = 0.3, 30
     reserve = 2  # a tiny hold, which the relayed output soon exceeds
     plugins = (
-        billing_plugin(checkpoint_every=0.2, default_output_reserve=reserve),
+        billing_plugin(checkpoint_every=0.05, default_output_reserve=reserve),
         killer_plugin("on_event", 8, marker=crash.marker()),
     )
     victim = await run_to_crash(crash, resolver, plugins)
