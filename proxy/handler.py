@@ -115,8 +115,8 @@ class Handler:
             if ctx.endpoint.value == "models":
                 return await self._models(request, ctx, run)
             return await forward(self.forwarder, request, ctx, run, candidates)
-        except asyncio.CancelledError:
-            _end_cancelled(run, ctx)
+        except BaseException as exc:
+            _end_abandoned(run, ctx, exc)
             raise
 
     async def _models(self, request: web.Request, ctx: RequestContext, run: Run) -> web.StreamResponse:
@@ -181,16 +181,26 @@ class Handler:
             )
 
 
-def _end_cancelled(run: Run, ctx: RequestContext) -> None:
-    """The handler was cancelled (aiohttp's shutdown timeout ran out) before a terminal
-    hook: deliver one now, as `shutdown`, so that the plugins still settle the request
-    (settlement runs in a tracked task, which the cancellation does not reach)."""
+def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
+    """The handler is leaving without a terminal hook: cancelled (aiohttp's shutdown timeout
+    ran out), or an unexpected error (a bug, or a plugin that handed the relay something it
+    cannot send). Deliver one now, so that the plugins still settle the request (settlement
+    runs in a tracked task, which the cancellation does not reach): `shutdown` for a
+    cancellation, `plugin_failed` otherwise; billed as a broken stream when something was
+    relayed, else as a failure before any answer."""
     if run.finished:
         return
-    if ctx.first_byte_at is not None:  # something was relayed: bill it as a broken stream
-        run.complete(Outcome(EndReason.SHUTDOWN, ctx.status or 0, ctx.events_relayed))
+    cancelled = isinstance(exc, asyncio.CancelledError)
+    reason = EndReason.SHUTDOWN if cancelled else EndReason.PLUGIN_FAILED
+    if not cancelled:
+        log.error("request %s failed inside the proxy: %s", ctx.request_id, type(exc).__name__)
+    if ctx.first_byte_at is not None:
+        error = None if cancelled else f"internal error: {type(exc).__name__}"
+        run.complete(Outcome(reason, ctx.status or 0, ctx.events_relayed, error=error))
+    elif cancelled:
+        run.error(ProxyError(reason, 503, "shutting_down", "the proxy shut down before answering"))
     else:
-        run.error(ProxyError(EndReason.SHUTDOWN, 503, "shutting_down", "the proxy shut down before answering"))
+        run.error(ProxyError(reason, 500, "internal_error", f"the request failed inside the proxy: {type(exc).__name__}"))
 
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:

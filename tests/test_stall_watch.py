@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, ProxyError, RequestContext
-from proxy.handler import _end_cancelled
+from proxy.handler import _end_abandoned
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.relay import STALL_TICKS, ActiveStreams, Relaying
@@ -107,9 +108,12 @@ class Recorder(Plugin):
         self.got.append(error)
 
 
-async def test_a_cancelled_handler_delivers_shutdown_once() -> None:
-    """A handler cancelled before its terminal hook delivers one as `shutdown`: on_complete
-    when something was relayed, on_error otherwise; never a second one."""
+@pytest.mark.parametrize("exc", [asyncio.CancelledError(), TypeError("not an SSEEvent")], ids=["cancelled", "error"])
+async def test_an_abandoned_handler_delivers_one_terminal_hook(exc: BaseException) -> None:
+    """A handler leaving before its terminal hook delivers one: `shutdown` when it was
+    cancelled, `plugin_failed` after an unexpected error; on_complete when something was
+    relayed, on_error otherwise; never a second one."""
+    expected = EndReason.SHUTDOWN if isinstance(exc, asyncio.CancelledError) else EndReason.PLUGIN_FAILED
     for relayed in (False, True):
         rec, tracker = Recorder(), TaskTracker()
         ctx = RequestContext("r1", Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions",
@@ -120,9 +124,9 @@ async def test_a_cancelled_handler_delivers_shutdown_once() -> None:
             ctx.first_byte_at = ctx.started_at
         run = Pipeline([rec], tracker).start(ctx)
         await run.request()
-        _end_cancelled(run, ctx)
-        _end_cancelled(run, ctx)
+        _end_abandoned(run, ctx, exc)
+        _end_abandoned(run, ctx, exc)
         await tracker.idle()
         (got,) = rec.got
-        assert isinstance(got, Outcome if relayed else ProxyError) and got.reason is EndReason.SHUTDOWN
-        assert ctx.end_reason == "shutdown"
+        assert isinstance(got, Outcome if relayed else ProxyError) and got.reason is expected
+        assert ctx.end_reason == expected.value

@@ -1,0 +1,79 @@
+"""A plugin that breaks the relay cannot break billing.
+
+A hook that hands the relay something it cannot send (here `on_event` returning a string
+instead of an `SSEEvent`) makes the relay raise mid-stream. The handler still delivers a
+terminal hook (`plugin_failed`), so billing settles what was relayed: the hold is resolved
+at once (not left reserved until a restart), one consume-log row is written, and the books
+balance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from plugins.billing.config import BillingConfig
+from plugins.billing.plugin import BillingPlugin
+from proxy.apikeys import generate_key
+from proxy.context import RequestContext, SSEEvent
+from proxy.mock_upstream import MockUpstream
+from proxy.plugin import Plugin
+from proxy.store.factory import make_store
+from proxy.testing import proxy_config, start_proxy
+from tests.e2e.conftest import PRICES
+
+
+class WrongType(Plugin):
+    """Returns a str from `on_event` after the third event: a plugin author's mistake."""
+
+    name = "wrong-type"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Any:
+        """Pass three events, then hand back something that is not an event."""
+        self.seen += 1
+        return event if self.seen <= 3 else "not an event"
+
+
+async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
+    fake_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    fake_upstream.behaviour.words, fake_upstream.behaviour.pace = 30, 0.01  # one event per chunk
+    cfg = proxy_config(fake_upstream.url, tmp_path)
+    proxy = await start_proxy(cfg, plugins=[WrongType(), BillingPlugin(BillingConfig(pricing={"models": PRICES}))],
+                              store=make_store(cfg))
+    try:
+        store = proxy.store
+        await store.create_user("alice")
+        await store.credit("alice", 500_000, note="test funding")
+        clear, digest, hint = generate_key()
+        await store.create_key("alice", digest, name="k", hint=hint)
+        body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
+        got = b""
+        async with aiohttp.ClientSession() as s, s.post(
+            proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}
+        ) as r:
+            assert r.status == 200
+            rid = r.headers["x-request-id"]
+            try:
+                async for chunk in r.content.iter_any():
+                    got += chunk
+            except aiohttp.ClientPayloadError:
+                pass  # the stream was cut: that is the plugin's doing
+        assert b"[DONE]" not in got and got.count(b"data: ") == 3  # three events reached the client
+        await proxy.settled()
+        assert await store.open_holds() == []
+        (row,) = await store.query_logs(user="alice", limit=10)
+        assert row.request_id == rid and row.details.end_reason == "plugin_failed"
+        assert row.charge > 0  # the prompt and the three relayed chunks are billed (partial)
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.reserved) == (500_000 - row.charge, 0)
+        assert (await store.audit(time.time(), 30)).ok
+    finally:
+        await proxy.stop()
