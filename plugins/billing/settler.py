@@ -281,6 +281,7 @@ class Settler:
         if self.outbox is None:
             return 0
         done = 0
+        stuck: OSError | None = None
         for file, entry in self.outbox.load_all():
             if file == self.outbox.path:
                 continue
@@ -293,7 +294,13 @@ class Settler:
                 # written (its hold call failed) is refused like this, and is harmless.
                 log.error("outbox entry %s could not be applied: %s", entry.get("request_id"), exc)
             done += 1
-            _drop_line(file, entry["request_id"])
+            try:
+                _drop_line(file, entry["request_id"])
+            except OSError as exc:  # a full disk must not stop the other entries' replay
+                stuck = exc
+        if stuck is not None:
+            log.error("billing: cannot remove replayed entries from the outbox (%s); they will be "
+                      "replayed again, as no-ops", stuck)
         return done
 
 

@@ -243,3 +243,29 @@ async def test_cancelled_while_unwritable_says_so(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert lines(caplog, "in no outbox") and settler.pending() == 0
+
+
+async def test_replay_goes_on_when_the_outbox_cannot_be_rewritten(
+    store: FaultyStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead instance's outbox on a full disk: every entry is still applied (none is skipped
+    because its line could not be dropped), and a second replay is a no-op."""
+    key = (await store.real.list_keys("u"))[0]
+    assert isinstance(await store.real.hold("r2", "u", key.id, 500, None, "v1", 3600, "dead"), Hold)
+    outdir = tmp_path / "outbox"
+    dead = Outbox(outdir, "dead")
+    for rid, amount in (("r1", 300), ("r2", 400)):
+        dead.add({"op": "capture", "request_id": rid, "amount": amount, "log": DETAILS._asdict()})
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    settler = settler_for(store, outdir)
+    assert await settler.replay() == 2
+    assert lines(caplog, "replayed again")
+    assert await settler.replay() == 2  # the lines are still there: applied again, no-ops
+    rows = await store.real.query_logs(user="u")
+    assert sorted((r.request_id, r.charge) for r in rows) == [("r1", 300), ("r2", 400)]
+    user = await store.real.get_user("u")
+    assert user is not None and (user.balance, user.reserved) == (FUNDS - 700, 0)
