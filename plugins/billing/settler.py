@@ -264,8 +264,9 @@ class Settler:
             log.warning("billing: %s of %s (amount %d) stopped at shutdown; it stays in %s for the next start",
                         op, request_id, amount, self.outbox.path)
             return
-        log.error("billing: %s of %s (amount %d) stopped at shutdown and is in no outbox; the orphan "
-                  "rule will resolve its hold", op, request_id, amount)
+        log.error("billing: %s of %s (amount %d) stopped at shutdown while the outbox could not be "
+                  "written; unless an earlier copy is there, the orphan rule will resolve its hold",
+                  op, request_id, amount)
 
     async def _apply(self, op: str, request_id: str, amount: int, details: LogDetails) -> Resolution:
         if op == "capture":

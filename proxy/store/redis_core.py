@@ -38,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 
 from proxy.store.base import StoreError, StoreUnavailable
-from proxy.store.redis_lean import LeanRedis, Script, lean_target
+from proxy.store.redis_lean import TRANSIENT_REPLIES, LeanRedis, Script, lean_target
 from proxy.store.redis_layout import SCRIPTS, load_script
 
 _P = ParamSpec("_P")
@@ -65,8 +65,12 @@ def _translated(exc: BaseException) -> StoreError | None:
         return StoreUnavailable(
             f"redis answered {type(exc).__name__} {exc}: store.url is a Redis Cluster node, set store.cluster: true"
         )
+    if isinstance(exc, (rexc.ReadOnlyError, rexc.OutOfMemoryError)):
+        return StoreUnavailable(f"redis cannot take this now: {type(exc).__name__}: {exc}")
     if isinstance(exc, rexc.ResponseError):
         msg = str(exc)
+        if msg.startswith(TRANSIENT_REPLIES):  # redis-py keeps the code of replies it has no class for
+            return StoreUnavailable(f"redis cannot take this now: {msg}")
         return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
     return None
 

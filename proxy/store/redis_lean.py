@@ -56,10 +56,21 @@ class Script:
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
+#: Error replies that mean "not now" rather than "never": the server is loading its dataset
+#: after a restart, runs a long script, is a replica (after a failover), cannot persist (a
+#: full disk: MISCONF) or is out of memory. They are unavailability, so a settlement that
+#: meets one is retried instead of being given up as refused.
+TRANSIENT_REPLIES = (
+    "LOADING ", "BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ", "READONLY ", "MISCONF ", "OOM ", "NOREPLICAS ",
+)
+
+
 def _error(exc: RespError) -> StoreError:
     msg = str(exc)
     if msg.startswith(("MOVED ", "ASK ")):  # a cluster node: this url needs the cluster client
         return StoreUnavailable(f"redis answered {msg}: store.url is a Redis Cluster node, set store.cluster: true")
+    if msg.startswith(TRANSIENT_REPLIES):
+        return StoreUnavailable(f"redis cannot take this now: {msg}")
     return StoreError(msg[6:] if msg.startswith("weir: ") else f"redis error: {msg}")
 
 

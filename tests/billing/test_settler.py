@@ -242,7 +242,7 @@ async def test_cancelled_while_unwritable_says_so(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert lines(caplog, "in no outbox") and settler.pending() == 0
+    assert lines(caplog, "the outbox could not be written") and settler.pending() == 0
 
 
 async def test_replay_goes_on_when_the_outbox_cannot_be_rewritten(
