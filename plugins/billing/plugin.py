@@ -26,6 +26,7 @@ from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import BadRequest, Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
+from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
 from plugins.billing.settle import Metered, settle
@@ -117,15 +118,23 @@ class BillingPlugin(Plugin):
         base = Path(config.source).parent if config.source else Path.cwd()
         self._settler = Settler(self._store, Outbox(base / "weir-outbox", self._instance))
         self._sweeper = InflightSweeper(self._instance)
+        metrics = app.get(keys.METRICS)
+        collector = SettlementMetrics(self._settler)
+        if metrics is not None:
+            metrics.registry.register(collector)
         self.tokenizer.warm()
         await self._replay()
         if self.config.first_run_demo:
             await ensure_demo_user(self._store, self.config)
         replayer = self._tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay")
         checkpointer = self._tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints")
+        reporter = self._tasks.spawn_service(report_pending(self._settler), name="billing-pending-report")
         yield
         replayer.cancel()
         checkpointer.cancel()
+        reporter.cancel()
+        if metrics is not None:
+            metrics.registry.unregister(collector)
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -352,9 +361,9 @@ class BillingPlugin(Plugin):
     async def _release_unknown(self, request_id: str) -> None:
         assert self._settler is not None
         try:
-            await self._settler.release(request_id, LogDetails(end_reason="store_unavailable", usage_source="none"))
-        except StoreError:
-            pass  # the hold was never written: nothing to give back
+            # A refusal means the hold was never written: nothing to give back.
+            details = LogDetails(end_reason="store_unavailable", usage_source="none")
+            await self._settler.release_if_held(request_id, details)
         finally:
             self._sweeper.done(request_id)
 

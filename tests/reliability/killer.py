@@ -107,7 +107,11 @@ class Killer(Plugin):
 
 
 def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    # Written aside and renamed: a test polls for the file to exist and then reads it, and
+    # must never see it created but still empty.
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
