@@ -44,9 +44,6 @@ from proxy.store.redis_layout import SCRIPTS, load_script
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_CLUSTER_SLOTS = 16384
-"""Hash slots in a Redis Cluster; a usable cluster has a node for each."""
-
 Call = tuple[str, Sequence[Any]]
 """One command for `RedisCore.batch`: (method name, arguments)."""
 
@@ -125,6 +122,10 @@ def _new_client(url: str, timeout: float, cluster: bool, max_connections: int) -
     if cluster:
         return RedisCluster.from_url(url, **options)
     return aioredis.Redis.from_url(url, **options)
+
+
+_CLUSTER_SLOTS = 16384
+"""Hash slots in a Redis Cluster; a usable cluster has a node for each."""
 
 
 class RedisCore:
