@@ -3,28 +3,17 @@ come from Weir's own pytest11 harness, `proxy.testing`."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
 import pytest
 
-
-def redis_available(url: str = "redis://127.0.0.1:6379/0") -> bool:
-    """True when a Redis server answers PING at `url`."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-        ok = bool(client.ping())
-        client.close()
-        return ok
-    except Exception:
-        return False
+from tests.redis_server import suite_redis
 
 
-def require_redis() -> None:
-    """Skip (or, with WEIR_REQUIRE_REDIS=1, fail) when Redis is absent."""
-    if redis_available():
-        return
-    if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
-        pytest.fail("Redis on 127.0.0.1:6379 is required (WEIR_REQUIRE_REDIS=1) but not reachable")
-    pytest.skip("Redis on 127.0.0.1:6379 is not reachable")
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL (database 0) of the Redis every test shares: a private `redis-server` started
+    once for the session (or the one WEIR_TEST_REDIS_URL names). Tests keep apart by key
+    prefix. Skips without `redis-server`, unless WEIR_REQUIRE_REDIS=1 (then it fails)."""
+    with suite_redis(lambda: tmp_path_factory.mktemp("redis")) as url:
+        yield url

@@ -27,25 +27,7 @@ from proxy.store.base import Hold, LogDetails, Store
 from proxy.store.factory import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY = 86400.0
-
-
-def _redis_reason() -> str | None:
-    """Why the Redis backend cannot run here, or None."""
-    try:
-        import redis
-
-        import proxy.store.redis_store  # noqa: F401
-    except Exception as exc:
-        return f"proxy.store.redis_store does not import: {exc!r}"
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.ping()
-        client.close()
-    except Exception as exc:
-        return f"Redis at {REDIS_URL} is unreachable: {exc!r}"
-    return None
 
 
 @dataclass
@@ -55,6 +37,7 @@ class Weir:
     backend: str
     config: Path
     prefix: str = ""
+    redis_url: str = ""
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """`python -m proxy ARGV --config CONFIG`, captured."""
@@ -103,7 +86,7 @@ class Weir:
 
         from proxy.store.redis_layout import Layout
 
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(self.redis_url)
         try:
             assert client.hincrby(Layout(self.prefix).user(user), "balance", delta) is not None
         finally:
@@ -118,22 +101,19 @@ def _write_config(path: Path, store: str, quota_per_usd: int | None = None) -> P
 
 @pytest.fixture(params=["sqlite", "redis"])
 def weir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Weir]:
-    """The CLI on a fresh store of each backend (Redis under a unique prefix, dropped after)."""
+    """The CLI on a fresh store of each backend (Redis: the suite's private redis-server,
+    under a unique prefix, dropped after)."""
     if request.param == "sqlite":
         yield Weir("sqlite", _write_config(tmp_path / "proxy.yaml", "{backend: sqlite, path: ./weir.db}"))
         return
-    reason = _redis_reason()
-    if reason is not None:
-        if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
-            pytest.fail(f"WEIR_REQUIRE_REDIS=1 but {reason}")
-        pytest.skip(reason)
+    url: str = request.getfixturevalue("redis_url")
     prefix = f"weirtest:cli:{uuid.uuid4().hex}"
-    store = f'{{backend: redis, url: "{REDIS_URL}", prefix: "{prefix}"}}'
-    yield Weir("redis", _write_config(tmp_path / "proxy.yaml", store), prefix)
+    store = f'{{backend: redis, url: "{url}", prefix: "{prefix}"}}'
+    yield Weir("redis", _write_config(tmp_path / "proxy.yaml", store), prefix, url)
     from proxy.store.redis_store import RedisStore
 
     async def drop() -> None:
-        rs = RedisStore(REDIS_URL, prefix=prefix)
+        rs = RedisStore(url, prefix=prefix)
         await rs.open()
         await rs.drop_all()
         await rs.close()

@@ -129,6 +129,10 @@ def _new_client(url: str, timeout: float, cluster: bool, max_connections: int) -
     return aioredis.Redis.from_url(url, **options)
 
 
+_CLUSTER_SLOTS = 16384
+"""Hash slots in a Redis Cluster; a usable cluster has a node for each."""
+
+
 class RedisCore:
     """One client (a connection pool, or one pool per cluster node) with Weir's scripts."""
 
@@ -211,13 +215,34 @@ class RedisCore:
             await client.aclose()
 
     async def ping(self) -> bool:
-        """True when Redis answers."""
+        """True when the store is usable (what `/healthz` reports).
+
+        One server: it answers PING. A cluster: PING proves nothing there, since a node
+        answers it while no slot is served (the store's commands then fail with
+        CLUSTERDOWN), so every primary the client knows must report `cluster_state:ok`
+        with all 16384 slots assigned: then every user's hash slot has a node.
+        """
         if self._lean is not None:
             return await self._lean.ping()
         try:
+            if self.cluster:
+                return await self._cluster_serves_every_slot()
             return bool(await self.client.ping())
         except (StoreError, rexc.RedisError, rexc.RedisClusterException, OSError):
             return False
+
+    async def _cluster_serves_every_slot(self) -> bool:
+        """`CLUSTER INFO` on every known primary, at once: all say ok and all slots assigned."""
+        client = self.client
+        infos = await asyncio.gather(
+            *(client.execute_command("CLUSTER INFO", target_nodes=node) for node in client.get_primaries()),
+            return_exceptions=True,  # an unreachable primary is an answer here, not an error
+        )
+        return bool(infos) and all(
+            isinstance(info, dict) and info.get("cluster_state") == "ok"
+            and int(info.get("cluster_slots_assigned", 0)) == _CLUSTER_SLOTS
+            for info in infos
+        )
 
     async def _enter(self) -> None:
         """Take one of the `max_connections` slots, waiting at most the timeout for it."""

@@ -21,7 +21,6 @@ from proxy.mock_upstream import MockUpstream
 from proxy.store.base import Store
 from proxy.testing import ProxyHandle, proxy_config, start_proxy
 from proxy.store.factory import make_store
-from tests.conftest import require_redis
 
 PRICES = {
     "mock-gpt*": {"input": 0.15, "output": 0.60, "cache_read": 0.075},
@@ -72,8 +71,9 @@ class Billed:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
+    """Each billed test runs on both stores (Redis: the suite's private redis-server)."""
     if request.param == "redis":
-        require_redis()
+        request.getfixturevalue("redis_url")  # skip (or fail) here, before the proxy starts
     return str(request.param)
 
 
@@ -81,16 +81,19 @@ BilledFactory = Callable[..., Awaitable[Billed]]
 
 
 @pytest_asyncio.fixture
-async def billed(backend: str, fake_upstream: MockUpstream, tmp_path: Path) -> AsyncIterator[BilledFactory]:
+async def billed(
+    backend: str, fake_upstream: MockUpstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BilledFactory]:
     """Factory: `await billed(usd=1, **billing_config)` → a Billed with a funded user."""
     started: list[Billed] = []
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
 
     async def factory(quota: int = 500_000, user: str = "alice", key_quota: int | None = None,
                       store_overrides: dict[str, Any] | None = None, **config: Any) -> Billed:
         store_cfg: dict[str, Any] = {}
         if backend == "redis":
             import uuid
-            store_cfg = {"backend": "redis", "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
+            store_cfg = {"backend": "redis", "url": redis_url, "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
         store_cfg.update(store_overrides or {})
         cfg = proxy_config(fake_upstream.url, tmp_path, store=store_cfg) if store_cfg else proxy_config(fake_upstream.url, tmp_path)
         plugin = BillingPlugin(BillingConfig(**{"pricing": {"models": PRICES}, **config}))

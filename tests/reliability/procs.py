@@ -1,4 +1,5 @@
-"""Real processes for the reliability tests: `weir serve`, a private `redis-server`, the CLI.
+"""Real processes for the reliability tests: `weir serve` and the CLI (a private
+`redis-server` is `tests.redis_server.RedisServer`).
 
 Every process starts in its own session (its own process group), so a test can SIGKILL the
 whole group and nothing outlives it. Every wait here is bounded in time.
@@ -10,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+from tests.redis_server import free_port, kill_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,32 +36,11 @@ FUNDS = 1_000_000
 IN_UNIT, OUT_UNIT = 5, 50
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def child_env() -> dict[str, str]:
     """The environment of a child: the repo root importable (for `tests.reliability.killer`)."""
     env = {k: v for k, v in os.environ.items() if k not in ("WEIR_CONFIG", "PROXY_TRACE_PLUGINS")}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, wait: float = 10.0) -> None:
-    """Send `sig` to the process group of `proc` (its own session) and reap it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=wait)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=wait)
 
 
 async def wait_for(
@@ -182,63 +163,6 @@ def audit_json(config: Path) -> tuple[int, dict[str, Any]]:
     except json.JSONDecodeError:
         raise AssertionError(f"weir audit printed no JSON (exit {res.returncode}): {res.stderr}") from None
     return res.returncode, report
-
-
-class RedisServer:
-    """A private `redis-server` on a free port, with an append-only file in `directory`."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """redis://127.0.0.1:PORT/0"""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self, timeout: float = 10.0, extra: tuple[str, ...] = (), wait: bool = True) -> RedisServer:
-        """Start (or restart, on the same port and files) and, with `wait`, wait until it
-        answers PING. `extra` adds command-line settings (`--name value` pairs)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / "redis.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "yes", "--dir", str(self.directory), *extra],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        if wait:
-            await wait_for(self._answers, timeout, f"redis-server on port {self.port}")
-        return self
-
-    async def _answers(self) -> bool:
-        try:
-            return bool(await self.command("PING"))
-        except OSError:
-            return False
-
-    async def command(self, *argv: str) -> Any:
-        """One command on a fresh connection (decoded replies)."""
-        import redis.asyncio as aioredis
-
-        client: Any = aioredis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
-                                socket_connect_timeout=1, socket_timeout=2)
-        try:
-            return await client.execute_command(*argv)
-        except Exception as exc:
-            raise OSError(str(exc)) from exc
-        finally:
-            await client.aclose()
-
-    def stop(self) -> None:
-        """SIGTERM: Redis fsyncs its append-only file and exits; data survives a restart."""
-        if self.proc is not None and self.proc.poll() is None:
-            kill_group(self.proc, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL (cleanup)."""
-        if self.proc is not None:
-            kill_group(self.proc)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,6 @@ from proxy.config import parse_config
 from proxy.dialects import ANTHROPIC_ROUTES, OPENAI_ROUTES
 from proxy.mock_upstream import MockUpstream
 from proxy.store.factory import make_store
-from tests.conftest import require_redis
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import WeirProcess, fetch, log_rows, money_moved
 
@@ -244,8 +243,7 @@ async def test_no_key_in_clear_in_sqlite_logs_or_metrics(tmp_path: Path, fake_up
 
 
 @pytest.mark.parametrize("backend", ["redis"])  # the SQLite file is covered by the serve test
-async def test_no_key_in_clear_in_redis(billed: BilledFactory, backend: str) -> None:
-    require_redis()
+async def test_no_key_in_clear_in_redis(billed: BilledFactory, backend: str, redis_url: str) -> None:
     b = await billed()
     assert type(b.store).__name__ == "RedisStore"
     other, _ = await new_key(b)
@@ -255,7 +253,7 @@ async def test_no_key_in_clear_in_redis(billed: BilledFactory, backend: str) -> 
     assert (await call(b, "wk-" + "z" * 40))[0] == 401
     await b.proxy.settled()
     prefix = b.store._k.prefix  # type: ignore[attr-defined]
-    client: Any = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client: Any = aioredis.Redis.from_url(redis_url)
     readers = {"string": "get", "hash": "hgetall", "list": "lrange", "set": "smembers", "zset": "zrange",
                "stream": "xrange"}
     try:

@@ -24,7 +24,6 @@ from plugins.billing.tokenizer import Tokenizer
 from proxy.mock_upstream import MockUpstream
 from proxy.store.base import HoldState
 from proxy.testing import unique_prefix
-from tests.conftest import require_redis
 from tests.reliability.procs import (
     IN_UNIT,
     OUT_UNIT,
@@ -45,17 +44,16 @@ HEARTBEAT = 0.2
 @pytest.fixture(params=["sqlite", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Each crash test runs on both stores."""
-    if request.param == "redis":
-        require_redis()
     return str(request.param)
 
 
 @pytest_asyncio.fixture
-async def crash(backend: str, tmp_path: Path) -> AsyncIterator[World]:
+async def crash(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[World]:
     """A `World` on `backend` with fast heartbeats; everything is cleaned up afterwards."""
     timing = {"orphan_after": ORPHAN_AFTER, "heartbeat_every": HEARTBEAT}
     if backend == "redis":
-        store_cfg = {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "prefix": unique_prefix(), **timing}
+        url = request.getfixturevalue("redis_url")  # the suite's private redis-server
+        store_cfg = {"backend": "redis", "url": url, "prefix": unique_prefix(), **timing}
     else:
         store_cfg = {"backend": "sqlite", "path": str(tmp_path / "weir.db"), **timing}
     mock = MockUpstream()

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.reliability.procs import IN_UNIT, OUT_UNIT, Answer, RedisServer, World, billing_plugin, chat, chat_body, wait_for
+from tests.redis_server import RedisServer
+from tests.reliability.procs import IN_UNIT, OUT_UNIT, Answer, World, billing_plugin, chat, chat_body, wait_for
 from tests.reliability.rawserver import RawConn, RawUpstream, chunk, sse_head, usage_chunk
-from tests.reliability.test_store_faults import _ops, redis_cfg, require_redis_server
+from tests.reliability.test_store_faults import _ops, redis_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +68,7 @@ async def upstream() -> AsyncIterator[GatedUpstream]:
 @pytest_asyncio.fixture
 async def redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
     """A private redis-server with an append-only file, padded with `PADDING` keys."""
-    require_redis_server()
-    server = RedisServer(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", appendonly=True)
     await server.start()
     await server.command("EVAL", _PAD, "0", str(PADDING))
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +24,6 @@ from tests.reliability.procs import (
     IN_UNIT,
     OUT_UNIT,
     Answer,
-    RedisServer,
     World,
     billing_plugin,
     chat,
@@ -34,6 +31,7 @@ from tests.reliability.procs import (
     killer_plugin,
     wait_for,
 )
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +42,6 @@ def charge_of(ans: Answer) -> int:
     """What a completed mock-gpt answer costs, from the usage the client saw."""
     assert ans.usage is not None, ans
     return int(ans.usage["prompt_tokens"]) * IN_UNIT + int(ans.usage["completion_tokens"]) * OUT_UNIT
-
-
-def require_redis_server() -> None:
-    """Skip (fail under WEIR_REQUIRE_REDIS=1) without a `redis-server` binary."""
-    if shutil.which("redis-server") is not None:
-        return
-    if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
-        pytest.fail("redis-server is required (WEIR_REQUIRE_REDIS=1) but not installed")
-    pytest.skip("redis-server is not installed")
 
 
 def outbox_entries(files: list[Path]) -> list[dict[str, Any]]:
@@ -102,8 +91,7 @@ async def mock() -> AsyncIterator[MockUpstream]:
 @pytest_asyncio.fixture
 async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     """A private redis-server with an append-only file."""
-    require_redis_server()
-    server = RedisServer(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis", appendonly=True)
     await server.start()
     try:
         yield server
@@ -245,8 +233,7 @@ async def test_capture_outbox_survives_death(
     """
     redis = None
     if store == "redis":
-        require_redis_server()
-        redis = await RedisServer(tmp_path / "redis").start()
+        redis = await RedisServer(tmp_path / "redis", appendonly=True).start()
     try:
         await _outbox_survives_death(tmp_path, mock, closing, redis, resolution)
     finally:

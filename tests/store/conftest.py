@@ -1,7 +1,8 @@
 """Fixtures for the backend-neutral store contract suite.
 
-`store` is parametrised over every backend. The Redis backend skips (with the reason) when
-`proxy.store.redis_store` does not import or Redis does not answer, unless
+`store` is parametrised over every backend. The Redis backend runs on the suite's private
+`redis-server` (the session fixture `redis_url`); it skips (with the reason) when
+`proxy.store.redis_store` does not import or no `redis-server` is installed, unless
 `WEIR_REQUIRE_REDIS=1`, which turns that into a failure. Every test that uses `store` ends
 with an audit: the ledger must balance and no orphaned hold may be left.
 
@@ -12,7 +13,6 @@ so races are real; `backend.spec` describes the backend to a child process.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,8 +23,7 @@ import pytest
 
 from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Preference, Resolution, Store
 from proxy.store.sqlite_store import SQLiteStore
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.redis_server import redis_missing
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 AUDIT_ORPHAN_AFTER = 30.0
 DONE = LogDetails(end_reason="completed", usage_source="upstream")
@@ -63,17 +62,11 @@ class Backend:
         return peer
 
 
-def _redis_unavailable() -> str | None:
+def _redis_store_unimportable() -> str | None:
     try:
         import proxy.store.redis_store  # noqa: F401
     except Exception as exc:  # any import failure means the backend is not there yet
         return f"proxy.store.redis_store does not import: {exc!r}"
-    import redis
-
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except Exception as exc:
-        return f"Redis at {REDIS_URL} is unreachable: {exc!r}"
     return None
 
 
@@ -93,29 +86,29 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
     )
 
 
-def _redis_backend() -> Backend:
+def _redis_backend(url: str) -> Backend:
     from proxy.store.redis_store import RedisStore
 
     prefix = f"weirtest:{uuid.uuid4().hex}"
 
     async def tamper(user: str, delta: int) -> None:
-        await _tamper_redis_wallet(prefix, user, delta)
+        await _tamper_redis_wallet(url, prefix, user, delta)
 
     return Backend(
         name="redis",
-        make=lambda clock: RedisStore(url=REDIS_URL, prefix=prefix, clock=clock),
+        make=lambda clock: RedisStore(url=url, prefix=prefix, clock=clock),
         tamper_wallet=tamper,
-        spec=["redis", REDIS_URL, prefix],
+        spec=["redis", url, prefix],
         broken=lambda: RedisStore(url="redis://127.0.0.1:1/0", prefix=prefix),
     )
 
 
-async def _tamper_redis_wallet(prefix: str, user: str, delta: int) -> None:
+async def _tamper_redis_wallet(url: str, prefix: str, user: str, delta: int) -> None:
     """Bump the `balance` field of the user's hash: the one hash under the prefix with
     `balance` and `preference` fields that names the user (by key suffix or `name` field)."""
     import redis.asyncio as aioredis
 
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
         async for key in client.scan_iter(match=f"{prefix}*", count=500):
             if await client.type(key) != "hash":
@@ -140,12 +133,10 @@ def clock() -> FakeClock:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """The backend under test; closes (and for Redis drops) every store built on it."""
     if request.param == "redis":
-        reason = _redis_unavailable()
+        reason = _redis_store_unimportable()
         if reason is not None:
-            if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
-                pytest.fail(f"WEIR_REQUIRE_REDIS=1 but {reason}")
-            pytest.skip(reason)
-        chosen = _redis_backend()
+            redis_missing(reason)
+        chosen = _redis_backend(request.getfixturevalue("redis_url"))
     else:
         chosen = _sqlite_backend(tmp_path)
     yield chosen

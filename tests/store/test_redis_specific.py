@@ -1,24 +1,19 @@
 """What only the Redis backend has: script caching, hash tags, key prefixes, a server restart.
 
-Runs against the real Redis on 127.0.0.1:6379 (DB 0) under a `weirtest:<uuid>` prefix and
-drops it afterwards. Skips when Redis is unreachable, unless WEIR_REQUIRE_REDIS=1. The
-restart test starts its own `redis-server` on a free port.
+Runs against the suite's private `redis-server` (the session fixture `redis_url`, DB 0)
+under a `weirtest:<uuid>` prefix and drops it afterwards. Skips without `redis-server`,
+unless WEIR_REQUIRE_REDIS=1. The restart test starts a `redis-server` of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
@@ -27,9 +22,10 @@ from proxy.store.base import (
 )
 from proxy.store.redis_store import RedisStore
 
+from tests.redis_server import RedisServer
+
 from .conftest import FakeClock
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DONE = LogDetails(end_reason="completed", usage_source="upstream", upstream="openai")
 
 
@@ -38,18 +34,6 @@ def _tag(key: str) -> str | None:
     start = key.find("{")
     end = key.find("}", start + 1)
     return key[start + 1 : end] if start >= 0 and end > start + 1 else None
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The shared Redis, or a skip (a failure with WEIR_REQUIRE_REDIS=1) when it is down."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("WEIR_REQUIRE_REDIS") == "1":
-            pytest.fail(f"WEIR_REQUIRE_REDIS=1 but Redis at {REDIS_URL} is unreachable: {exc!r}")
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc!r}")
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -254,7 +238,7 @@ async def test_unreachable_redis_names_the_setting_without_the_password() -> Non
 
 def test_a_prefix_with_braces_is_refused() -> None:
     with pytest.raises(ValueError, match="brace-free"):
-        RedisStore(REDIS_URL, prefix="weir{x}")
+        RedisStore("redis://127.0.0.1:1/0", prefix="weir{x}")  # refused before connecting
 
 
 async def test_large_amounts_and_fractional_times_stay_exact(rstore: RedisStore, clock: FakeClock) -> None:
@@ -309,58 +293,29 @@ async def test_a_request_id_of_another_user_returns_that_hold(rstore: RedisStore
     await rstore.release("r1", DONE)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]], list[str]]]:
-    """A redis-server of our own (append-only file in tmp_path): (url, processes, argv)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = _free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    _wait_until_up(port)
-    yield f"redis://127.0.0.1:{port}/0", procs, argv
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _wait_until_up(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, with an append-only file: it is stopped mid-test."""
+    server = RedisServer(tmp_path, appendonly=True).start_blocking()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 async def test_server_restart_is_unavailable_then_recovers_with_fresh_scripts(
-    private_redis: tuple[str, list[subprocess.Popen[bytes]], list[str]], clock: FakeClock
+    private_redis: RedisServer, clock: FakeClock
 ) -> None:
-    url, procs, argv = private_redis
-    store = RedisStore(url, prefix="weir", clock=clock, timeout=1)
+    store = RedisStore(private_redis.url, prefix="weir", clock=clock, timeout=1)
     await store.open()
     try:
         key_id = await _user_with_key(store, "alice", 1000)
         assert isinstance(await store.hold("r1", "alice", key_id, 100, None, "pv", 60, "i1"), Hold)
-        procs[0].terminate()
-        procs[0].wait(10)
+        private_redis.stop()
         with pytest.raises(StoreUnavailable):
             await store.capture("r1", 40, DONE)
         assert not await store.ping()
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_until_up(int(url.rsplit(":", 1)[1].split("/")[0]))
+        private_redis.start_blocking()
         # The new server kept the data (AOF) but not the script cache: NOSCRIPT, reload, retry.
         assert (await store.capture("r1", 40, DONE)).charged == 40
         user = await store.get_user("alice")

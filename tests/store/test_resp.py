@@ -1,13 +1,14 @@
 """The lean RESP connection (`proxy.store.resp`) and its command layer (`proxy.store.redis_lean`).
 
-Against the real Redis on 127.0.0.1:6379 (skipped without it, failed under
-WEIR_REQUIRE_REDIS=1), and, for a server that accepts and then never answers or hangs up,
+Against the suite's private `redis-server` (the session fixture `redis_url`; skipped without
+it, failed under WEIR_REQUIRE_REDIS=1), and, for a server that accepts and then never answers or hangs up,
 a real loopback socket server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,15 +20,21 @@ from proxy.store.redis_core import RedisCore
 from proxy.store.redis_lean import LeanRedis, Script, lean_target
 from proxy.store.resp import RespClient, RespConnectionError, RespError, Target
 from redis.asyncio.connection import parse_url
-from tests.conftest import require_redis
-
-LOCAL = Target("127.0.0.1", 6379)
 
 
 @pytest.fixture
-async def raw() -> AsyncIterator[aioredis.Redis]:
-    require_redis()
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+def local(redis_url: str) -> Target:
+    """Where the suite's Redis is, as the lean connection takes it."""
+    target = lean_target(parse_url(redis_url))
+    if target is None:
+        pytest.skip(f"{redis_url} needs redis-py (TLS or url options), not the lean connection")
+    return target
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A redis-py client on the suite's Redis."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
 
@@ -42,9 +49,9 @@ async def key(raw: aioredis.Redis) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[RespClient]:
-    """A lean connection to the local Redis, closed afterwards."""
-    resp = RespClient(LOCAL)
+async def client(local: Target) -> AsyncIterator[RespClient]:
+    """A lean connection to the suite's Redis, closed afterwards."""
+    resp = RespClient(local)
     yield resp
     await resp.close()
 
@@ -172,17 +179,21 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         await client.execute("PING")
 
 
-async def test_select_and_a_wrong_password_at_connection_setup(raw: aioredis.Redis, key: str) -> None:
-    client = RespClient(Target("127.0.0.1", 6379, db=5))
-    other = aioredis.Redis.from_url("redis://127.0.0.1:6379/5", decode_responses=True)
+async def test_select_and_a_wrong_password_at_connection_setup(
+    raw: aioredis.Redis, key: str, local: Target
+) -> None:
+    db = 5 if local.db != 5 else 6  # another database of the same server
+    client = RespClient(dataclasses.replace(local, db=db))
+    other = aioredis.Redis(host=local.host, port=local.port, unix_socket_path=local.path, db=db,
+                           username=local.username, password=local.password, decode_responses=True)
     try:
-        await client.execute("SET", key, "in db 5")
-        assert await other.get(key) == "in db 5" and await raw.get(key) is None
+        await client.execute("SET", key, f"in db {db}")
+        assert await other.get(key) == f"in db {db}" and await raw.get(key) is None
     finally:
         await other.delete(key)
         await other.aclose()
         await client.close()
-    refused = RespClient(Target("127.0.0.1", 6379, password="not-the-password"))
+    refused = RespClient(dataclasses.replace(local, password="not-the-password"))
     with pytest.raises(RespConnectionError, match="refused the connection setup"):
         await refused.execute("PING")
 
@@ -195,9 +206,11 @@ def test_urls_that_the_lean_connection_takes_and_those_left_to_redis_py() -> Non
     assert lean_target(parse_url("redis://h:6379/0?socket_keepalive=true")) is None  # options: redis-py
 
 
-async def test_scripts_reload_after_a_flush_and_replies_keep_redis_py_shapes(raw: aioredis.Redis, key: str) -> None:
+async def test_scripts_reload_after_a_flush_and_replies_keep_redis_py_shapes(
+    raw: aioredis.Redis, key: str, local: Target
+) -> None:
     script = Script.of("t", "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])")
-    lean = LeanRedis(LOCAL, 2.0, {"t": script})
+    lean = LeanRedis(local, 2.0, {"t": script})
     await lean.open()
     try:
         await raw.script_flush()
@@ -215,8 +228,8 @@ async def test_scripts_reload_after_a_flush_and_replies_keep_redis_py_shapes(raw
         await lean.close()
 
 
-async def test_a_script_error_reaches_the_caller_as_store_error_without_the_weir_prefix(raw: aioredis.Redis) -> None:
-    lean = LeanRedis(LOCAL, 2.0, {"bad": Script.of("bad", "return redis.error_reply('weir: unknown user \"x\"')")})
+async def test_a_script_error_reaches_the_caller_as_store_error_without_the_weir_prefix(local: Target) -> None:
+    lean = LeanRedis(local, 2.0, {"bad": Script.of("bad", "return redis.error_reply('weir: unknown user \"x\"')")})
     await lean.open()
     try:
         with pytest.raises(StoreError, match='^unknown user "x"$'):
@@ -225,9 +238,10 @@ async def test_a_script_error_reaches_the_caller_as_store_error_without_the_weir
         await lean.close()
 
 
-async def test_the_core_uses_the_lean_connection_for_plain_urls_and_reports_an_absent_server() -> None:
-    require_redis()
-    core = RedisCore("redis://127.0.0.1:6379/0", 1.0)
+async def test_the_core_uses_the_lean_connection_for_plain_urls_and_reports_an_absent_server(
+    local: Target, redis_url: str
+) -> None:
+    core = RedisCore(redis_url, 1.0)
     await core.open()
     try:
         assert core.lean and await core.ping()
