@@ -117,12 +117,12 @@ def _list(args: argparse.Namespace, config: Config) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """What `weir holds resolve` did: the hold as found, and its resolution (None: it was
-    resolved before); `captured` says whether the checkpoint was captured, `asked` whether
-    that was asked for."""
+    """What `weir holds resolve` did: the hold as found, and its resolution (`first` False:
+    it was resolved before); `captured` says whether the checkpoint was captured, `asked`
+    whether that was asked for."""
 
     hold: Hold
-    resolution: Resolution | None
+    resolution: Resolution
     captured: bool
     asked: bool = False
 
@@ -152,12 +152,12 @@ async def _resolve_one(store: Store, args: argparse.Namespace, note: str, limits
     hold = await store.get_hold(args.request_id)
     if hold is None:
         raise CLIError(f"unknown hold {args.request_id!r}")
-    if hold.state is not HoldState.OPEN:
-        return _Outcome(hold, None, False, args.capture_checkpoint)
-    if not args.force:
-        _refuse_live(hold, await store.instances(), *limits)
     capture = args.capture_checkpoint and hold.checkpoint is not None
     details = LogDetails(end_reason=HAND_RESOLVED, usage_source="partial" if capture else "none", error=note)
+    if hold.state is not HoldState.OPEN:  # a repeat resolution moves nothing and answers the first
+        return _Outcome(hold, await store.release(hold.request_id, details), False, args.capture_checkpoint)
+    if not args.force:
+        _refuse_live(hold, await store.instances(), *limits)
     if capture and hold.checkpoint is not None:
         return _Outcome(hold, await store.capture(hold.request_id, hold.checkpoint, details), True, True)
     return _Outcome(hold, await store.release(hold.request_id, details), False, args.capture_checkpoint)
@@ -165,9 +165,8 @@ async def _resolve_one(store: Store, args: argparse.Namespace, note: str, limits
 
 def _resolve_text(out: _Outcome, note: str) -> str:
     hold, res = out.hold, out.resolution
-    if res is None or not res.first:
-        state, charged = (hold.state.value, "") if res is None else (res.state.value, f", charged {res.charged}")
-        return f"hold {hold.request_id} was already resolved ({state}{charged}): nothing done"
+    if not res.first:
+        return f"hold {hold.request_id} was already resolved ({res.state.value}, charged {res.charged}): nothing done"
     if out.captured:
         what = f"captured its checkpoint {res.charged} (held {hold.amount}"
         what += f", overage {res.overage} to the wallet)" if res.overage else ")"
@@ -182,17 +181,16 @@ def _resolve(args: argparse.Namespace, config: Config) -> int:
     limits = (now(), config.store.orphan_after, stuck_after_of(args, config))
     out = with_store(config, lambda store: _resolve_one(store, args, note, limits))
     res = out.resolution
-    done = res is not None and res.first
     data = {
         "request_id": out.hold.request_id,
         "user": out.hold.user,
-        "resolved_now": done,
-        "already_resolved": not done,
-        "state": (res.state if res is not None else out.hold.state).value,
-        "charged": None if res is None else res.charged,
-        "overage": None if res is None else res.overage,
-        "end_reason": HAND_RESOLVED if done else None,
-        "note": note if done else None,
+        "resolved_now": res.first,
+        "already_resolved": not res.first,
+        "state": res.state.value,
+        "charged": res.charged,
+        "overage": res.overage,
+        "end_reason": HAND_RESOLVED if res.first else None,
+        "note": note if res.first else None,
     }
     emit(args, data, _resolve_text(out, note))
     return 0
