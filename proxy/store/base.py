@@ -171,12 +171,8 @@ class Subscription:
 
 
 class Hold(NamedTuple):
-    """A recorded reservation. `request_id` is its idempotency key.
-
-    `touched_at` is the last checkpoint's time (None before the first): with `created_at`,
-    the hold's last sign of life. A checkpoint also moves `expires_at` to its time plus the
-    ttl the hold was taken with.
-    """
+    """A recorded reservation. `request_id` is its idempotency key. `touched_at` is the last
+    checkpoint's time (None before the first), which also restarted the ttl (`expires_at`)."""
 
     request_id: str
     user: str

@@ -320,8 +320,7 @@ class RedisStore:
 
     @guarded
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
-        """Record the charge delivered so far on an open hold, stamp `touched_at` and move
-        `expires_at` to now plus the hold's ttl. False if not open."""
+        """Record the charge so far on an open hold, stamp `touched_at`, restart its ttl. False if not open."""
         units(charge_so_far, "a checkpoint")
         user = await self._owner(request_id)
         if user is None:
@@ -398,7 +397,6 @@ class RedisStore:
 
     @guarded
     async def audit(self, now: float, orphan_after: float, *, stuck_after: float | None = None) -> AuditReport:
-        """Recompute every total from the ledger, user by user, from atomic snapshots; with
-        `stuck_after`, also list the open holds with no sign of life for that long."""
+        """Recompute every total from the ledger, user by user, from atomic snapshots (and list stuck holds)."""
         return await records.audit(self._core, self._k, now, orphan_after, stuck_after)
 

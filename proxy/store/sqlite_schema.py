@@ -255,13 +255,9 @@ CREATE INDEX consume_log_ts ON consume_log(ts);
 DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
 """
 
-# Hold liveness: a checkpoint stamps `touched_at` (NULL until the first) and moves
-# `expires_at` to its time plus the hold's ttl, which is `expires_at` minus the last sign
-# of life (`touched_at`, else `created_at`), so the ttl needs no column of its own. An
-# added column with no default costs existing rows nothing (no rewrite).
-_V4 = """
-ALTER TABLE holds ADD COLUMN touched_at REAL;
-"""
+# Hold liveness: `touched_at`, the last checkpoint's time. The ttl needs no column: it is
+# `expires_at` minus the last sign of life (see sqlite_store._CHECKPOINT). No rewrite.
+_V4 = "ALTER TABLE holds ADD COLUMN touched_at REAL;"
 
 MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 """(version, script) in ascending order; each runs once per database file."""
