@@ -92,8 +92,16 @@ def _instance_text(h: dict[str, Any], seen: float | None, at: float) -> str:
     return f"{h['instance_id']} ({state}, seen {ago(at - seen)} ago)"
 
 
+def _row(hold: Hold, h: dict[str, Any], seen: float | None, at: float) -> list[str]:
+    touched = "never" if hold.touched_at is None else f"{ago(at - hold.touched_at)} ago"
+    checkpoint = "-" if hold.checkpoint is None else str(hold.checkpoint)
+    return [hold.request_id, hold.user, hold.key_id, str(hold.amount), checkpoint, ago(h["age_s"]), touched,
+            _instance_text(h, seen, at), "STUCK" if h["stuck"] else ""]
+
+
 def _list(args: argparse.Namespace, config: Config) -> int:
-    orphan_after, stuck_after, money, at = config.store.orphan_after, stuck_after_of(args, config), money_of(config), now()
+    orphan_after, stuck_after = config.store.orphan_after, stuck_after_of(args, config)
+    money, at = money_of(config), now()
 
     async def work(store: Store) -> tuple[list[Hold], dict[str, float]]:
         return await store.open_holds(), await store.instances()
@@ -101,12 +109,7 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     holds, beats = with_store(config, work)
     data = [hold_json(h, beats, at, orphan_after, stuck_after, money) for h in holds]
     rows = [["REQUEST", "USER", "KEY", "AMOUNT", "CHECKPOINT", "AGE", "TOUCHED", "INSTANCE", ""]] if data else []
-    for hold, h in zip(holds, data, strict=True):
-        touched = "never" if hold.touched_at is None else f"{ago(at - hold.touched_at)} ago"
-        rows.append([
-            h["request_id"], h["user"], h["key_id"], str(h["amount"]), str(h["checkpoint"] if h["checkpoint"] is not None else "-"),
-            ago(h["age_s"]), touched, _instance_text(h, beats.get(hold.instance_id), at), "STUCK" if h["stuck"] else "",
-        ])
+    rows += [_row(hold, h, beats.get(hold.instance_id), at) for hold, h in zip(holds, data, strict=True)]
     text = table(rows, "no open holds")
     stuck = sum(1 for h in data if h["stuck"])
     if stuck:
@@ -148,7 +151,10 @@ def _refuse_live(hold: Hold, beats: dict[str, float], at: float, orphan_after: f
     )
 
 
-async def _resolve_one(store: Store, args: argparse.Namespace, note: str, limits: tuple[float, float, float]) -> _Outcome:
+async def _resolve_one(
+    store: Store, args: argparse.Namespace, note: str, limits: tuple[float, float, float]
+) -> _Outcome:
+    """Resolve `args.request_id` as asked; `limits` are (now, orphan_after, stuck_after)."""
     hold = await store.get_hold(args.request_id)
     if hold is None:
         raise CLIError(f"unknown hold {args.request_id!r}")
@@ -203,7 +209,9 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     add_stuck_after(group)
     actions = group.add_subparsers(dest="action", metavar="ACTION")
     group.set_defaults(action="list")  # after the subparsers: `weir holds` alone lists
-    lister = actions.add_parser("list", parents=[common], help="every open hold with its age, last sign of life and instance")
+    lister = actions.add_parser(
+        "list", parents=[common], help="every open hold with its age, last sign of life and instance"
+    )
     add_stuck_after(lister)
     commands["holds list"] = _list
     res = actions.add_parser(
