@@ -3,7 +3,7 @@
 This module holds what the account commands share (money conversion, time parsing, list
 and CIDR validation, opening the configured store around one async function) and
 `register()`, which adds the commands defined in `proxy.cli_users`, `proxy.cli_keys`,
-`proxy.cli_plans` and `proxy.cli_records` to the parser.
+`proxy.cli_plans`, `proxy.cli_records` and `proxy.cli_holds` to the parser.
 
 Money: quota units are integers; `--usd` amounts are parsed as `Decimal` (never float) and
 converted with the billing plugin's `quota_per_usd`, rounded half up. USD figures are shown
@@ -169,7 +169,7 @@ def group_parser(sub: Any, name: str, help_text: str) -> Any:
 
 def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]) -> None:
     """Add the account commands to the `weir` parser and the command table."""
-    from proxy import cli_keys, cli_plans, cli_records, cli_users
+    from proxy import cli_holds, cli_keys, cli_plans, cli_records, cli_users
 
-    for module in (cli_users, cli_keys, cli_plans, cli_records):
+    for module in (cli_users, cli_keys, cli_plans, cli_records, cli_holds):
         module.register(sub, common, commands)

@@ -8,6 +8,7 @@ from typing import Any
 
 from proxy.cli import CLIError, emit
 from proxy.cli_accounts import iso, money_of, now, parse_time, with_store
+from proxy.cli_holds import add_stuck_after, stuck_after_of
 from proxy.config import Config
 from proxy.store.base import AuditReport, LogRow, Store
 
@@ -62,12 +63,18 @@ def _logs(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def audit_text(report: AuditReport) -> str:
+def audit_text(report: AuditReport, stuck_after: float | None = None) -> str:
     """A readable audit report: each finding on its own line, then the verdict."""
     lines = [f"MISMATCH  {m}" for m in report.mismatches]
     lines.append("ledger inconsistent" if report.mismatches else "ledger consistent")
     lines += [f"ORPHAN    {o}" for o in report.orphans]
     lines.append(f"{len(report.orphans)} orphaned hold(s) left" if report.orphans else "no orphaned holds")
+    if stuck_after is not None:
+        lines += [f"STUCK     {s}" for s in report.stuck]
+        lines.append(
+            f"{len(report.stuck)} stuck hold(s): no sign of life for over {stuck_after:.0f}s"
+            " (see `weir holds`, then `weir holds resolve`)" if report.stuck else "no stuck holds"
+        )
     if report.negatives:
         lines.append("negative balances (overage charged above a hold; not a failure):")
         lines += [f"NEGATIVE  {n}" for n in report.negatives]
@@ -75,23 +82,26 @@ def audit_text(report: AuditReport) -> str:
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    orphan_after = config.store.orphan_after
+    orphan_after, stuck_after = config.store.orphan_after, stuck_after_of(args, config)
     at = now()
-    report = with_store(config, lambda store: store.audit(at, orphan_after))
+    report = with_store(config, lambda store: store.audit(at, orphan_after, stuck_after=stuck_after))
     data = {
         "ok": report.ok,
         "consistent": not report.mismatches,
         "checked_at": iso(at),
         "orphan_after": orphan_after,
+        "stuck_after": stuck_after,
         "mismatches": list(report.mismatches),
         "orphans": list(report.orphans),
+        "stuck": list(report.stuck),
         "negatives": list(report.negatives),
     }
-    emit(args, data, audit_text(report))
+    emit(args, data, audit_text(report, stuck_after))
     if report.ok:
         return 0
     print(
-        f"weir: audit failed: {len(report.mismatches)} mismatch(es), {len(report.orphans)} orphaned hold(s)",
+        f"weir: audit failed: {len(report.mismatches)} mismatch(es), {len(report.orphans)} orphaned hold(s),"
+        f" {len(report.stuck)} stuck hold(s)",
         file=sys.stderr,
     )
     return 1
@@ -105,8 +115,9 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p.add_argument("--before", type=int, metavar="ID", help="page on: rows older than this log id")
     p.add_argument("--since", metavar="ISO8601", help="only rows at or after this time")
     commands["logs"] = _logs
-    sub.add_parser(
+    audit = sub.add_parser(
         "audit", parents=[common],
-        help="check every balance against the ledger and look for orphaned holds (exit 1 if not clean)",
+        help="check every balance against the ledger and look for orphaned and stuck holds (exit 1 if not clean)",
     )
+    add_stuck_after(audit)
     commands["audit"] = _audit

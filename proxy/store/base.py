@@ -171,7 +171,8 @@ class Subscription:
 
 
 class Hold(NamedTuple):
-    """A recorded reservation. `request_id` is its idempotency key."""
+    """A recorded reservation. `request_id` is its idempotency key. `touched_at` is the last
+    checkpoint's time (None before the first), which also restarted the ttl (`expires_at`)."""
 
     request_id: str
     user: str
@@ -186,6 +187,12 @@ class Hold(NamedTuple):
     expires_at: float
     state: HoldState
     checkpoint: int | None = None
+    touched_at: float | None = None
+
+    @property
+    def last_sign_of_life(self) -> float:
+        """When the hold was last checkpointed, else when it was taken."""
+        return self.created_at if self.touched_at is None else self.touched_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,16 +262,19 @@ class Resolution(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
-    """What `weir audit` found. `ok` is True only when every list is empty."""
+    """What `weir audit` found. `ok` is True only when mismatches, orphans and stuck are
+    empty (negatives are information). `stuck` lists open holds with no sign of life for
+    longer than the audit's `stuck_after` (empty when it was not given)."""
 
     mismatches: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when the ledger is consistent and no orphaned hold is left."""
-        return not (self.mismatches or self.orphans)
+        """True when the ledger is consistent and no orphaned or stuck hold is left."""
+        return not (self.mismatches or self.orphans or self.stuck)
 
 
 class Store(Protocol):
@@ -372,7 +382,8 @@ class Store(Protocol):
         """
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
-        """Record the charge delivered so far on an open hold. False if not open."""
+        """Record the charge delivered so far on an open hold, stamp its `touched_at` with
+        now and move its `expires_at` to now plus its original ttl. False if not open."""
 
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual`, release the rest, bump counters and append the log row, atomically.
@@ -394,6 +405,9 @@ class Store(Protocol):
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
 
+    async def instances(self) -> dict[str, float]:
+        """Every instance id that ever heartbeat, with its last heartbeat."""
+
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
         """Resolve open holds whose instance's heartbeat is older than `orphan_after`
         (or whose ttl passed): capture the last checkpoint (even above the hold) and
@@ -413,5 +427,7 @@ class Store(Protocol):
     async def upstream_stats(self) -> dict[str, tuple[int, int]]:
         """Per upstream name: (used quota, request count)."""
 
-    async def audit(self, now: float, orphan_after: float) -> AuditReport:
-        """Recompute every total from the ledger and list mismatches, orphans, negatives."""
+    async def audit(self, now: float, orphan_after: float, *, stuck_after: float | None = None) -> AuditReport:
+        """Recompute every total from the ledger and list mismatches, orphans, negatives;
+        with `stuck_after`, also every open hold whose last sign of life (`touched_at`, else
+        `created_at`) is older than `now - stuck_after` (see `stuck_line`)."""

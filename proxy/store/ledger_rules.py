@@ -25,6 +25,11 @@ move numbers. The rules, in one place:
   overage, charged to the wallet. A wallet pays everything.
 - **Request counts** (user, key and upstream): a capture counts; an orphan expiry counts only
   when it captured a checkpoint; a release never counts.
+- **Hand resolutions** (`weir holds resolve`): an ordinary capture or release whose log
+  details say `end_reason` `resolved_by_hand` and carry the operator's note in `error`; the
+  funding source's ledger entry carries the note too (`ledger_note`).
+- **Stuck holds**: an open hold whose last sign of life (its last checkpoint, else its
+  creation) is older than the audit's `stuck_after` (`stuck_line` describes one).
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from fnmatch import fnmatchcase
 
-from proxy.store.base import FundingSource, HoldRefusal, HoldState, Preference, Refusal
+from proxy.store.base import FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Preference, Refusal
 
 DAY = 86400.0
 WEEK = 7 * DAY
 PERIODS = ("day", "week", "month", "none")
 KEY_STATUSES = ("active", "disabled", "revoked")
+HAND_RESOLVED = "resolved_by_hand"
+"""The `end_reason` of a hold resolved by an operator (`weir holds resolve`)."""
 
 
 def validate_period(period: str) -> None:
@@ -213,3 +220,27 @@ def counts_as_request(state: HoldState, checkpoint: int | None) -> bool:
 def account(kind: str, ident: str) -> str:
     """A ledger account name: `wallet:<user>`, `key:<key id>` or `sub:<subscription id>`."""
     return f"{kind}:{ident}"
+
+
+def ledger_note(log: LogDetails) -> str:
+    """The note on a resolution's funding-source ledger entry: the operator's note for a
+    hand resolution, else none."""
+    if log.end_reason != HAND_RESOLVED:
+        return ""
+    return f"resolved by hand: {log.error}"
+
+
+def is_stuck(hold: Hold, now: float, stuck_after: float | None) -> bool:
+    """Whether an open hold has shown no sign of life for longer than `stuck_after`."""
+    return stuck_after is not None and hold.last_sign_of_life < now - stuck_after
+
+
+def stuck_line(hold: Hold, now: float, last_seen: float | None) -> str:
+    """One audit line for a stuck hold; `last_seen` is its instance's last heartbeat."""
+    checkpoint = "none" if hold.checkpoint is None else str(hold.checkpoint)
+    touched = "never checkpointed" if hold.touched_at is None else f"last checkpoint {now - hold.touched_at:.0f}s ago"
+    beat = "never seen" if last_seen is None else f"last seen {now - last_seen:.0f}s ago"
+    return (
+        f"hold {hold.request_id} (user {hold.user}, key {hold.key_id}) amount {hold.amount}, checkpoint"
+        f" {checkpoint}: open for {now - hold.created_at:.0f}s, {touched}; instance {hold.instance_id} {beat}"
+    )

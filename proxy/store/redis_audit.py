@@ -9,6 +9,7 @@ hands them here. The checks match `sqlite_audit`:
   whether it counted `n` and the upstream `up`);
 - one consume-log row per resolution, and no entry for an account that does not exist;
 - orphans: open holds of silent instances or past their ttl;
+- stuck (only with `stuck_after`): open holds with no sign of life for that long;
 - negatives (informational): wallets below zero, with their overage entries.
 """
 
@@ -18,6 +19,9 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from proxy.store.ledger_rules import is_stuck, stuck_line
+from proxy.store.redis_layout import to_hold
 
 _CHARGES = ("capture", "expire")
 
@@ -39,11 +43,12 @@ class UserSnapshot:
 
 @dataclass(slots=True)
 class Findings:
-    """The three lists of an AuditReport, filled user by user."""
+    """The four lists of an AuditReport, filled user by user."""
 
     mismatches: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -117,13 +122,18 @@ def _check_account(
 
 
 def _check_holds(
-    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float
+    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float,
+    stuck_after: float | None,
 ) -> None:
     for rid, h in zip(snap.open_ids, snap.holds, strict=True):
         if h.get("state") != "open":
             out.mismatches.append(f"hold {rid}: in the open set but {h.get('state') or 'missing'}")
             continue
         seen = heartbeats.get(h["instance_id"])
+        if stuck_after is not None:
+            hold = to_hold(h)
+            if is_stuck(hold, now, stuck_after):
+                out.stuck.append(stuck_line(hold, now, seen))
         if float(h["expires_at"]) < now:
             out.orphans.append(f"hold {rid} (user {h['user']}): expired at {h['expires_at']}")
         elif seen is None or seen < now - orphan_after:
@@ -132,7 +142,8 @@ def _check_holds(
 
 
 def audit_user(
-    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float
+    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float,
+    stuck_after: float | None = None,
 ) -> None:
     """Append to `out` what is wrong with one user's accounts and holds."""
     name = snap.user["name"]
@@ -153,7 +164,7 @@ def audit_user(
     for acct in sorted(set(sums.balance) - known):
         out.mismatches.append(f"{acct}: ledger entries for an account that does not exist")
     _check_counts(out, snap, sums)
-    _check_holds(out, snap, heartbeats, now, orphan_after)
+    _check_holds(out, snap, heartbeats, now, orphan_after, stuck_after)
 
 
 def _diff(out: Findings, label: str, stored: int, expected: int, source: str) -> None:

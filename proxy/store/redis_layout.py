@@ -306,7 +306,7 @@ def to_subscription(h: Mapping[str, str]) -> Subscription:
 
 def to_hold(h: Mapping[str, str]) -> Hold:
     """A hold hash as a Hold."""
-    checkpoint = h.get("checkpoint", "")
+    checkpoint, touched = h.get("checkpoint", ""), h.get("touched_at", "")
     return Hold(
         request_id=h["request_id"], user=h["user"], key_id=h["key_id"],
         source=FundingSource(h["source"]), subscription_id=h["subscription_id"] or None,
@@ -314,6 +314,7 @@ def to_hold(h: Mapping[str, str]) -> Hold:
         price_version=h["price_version"], instance_id=h["instance_id"],
         created_at=float(h["created_at"]), expires_at=float(h["expires_at"]),
         state=HoldState(h["state"]), checkpoint=int(checkpoint) if checkpoint else None,
+        touched_at=float(touched) if touched else None,
     )
 
 

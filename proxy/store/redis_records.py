@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
+from proxy.store.ledger_rules import HAND_RESOLVED, ledger_note
 from proxy.store.redis_audit import Findings, UserSnapshot, audit_user
 from proxy.store.redis_core import RedisCore
 from proxy.store.redis_layout import Held, Layout, details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
@@ -43,7 +44,7 @@ async def settle(
         script,
         keys,
         [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
-         held.subscription_id],
+         held.subscription_id, "" if log.end_reason != HAND_RESOLVED else ledger_note(log)],
     )
     if r[0] == "stale":
         return None
@@ -180,15 +181,17 @@ async def heartbeats(core: RedisCore, k: Layout) -> dict[str, float]:
     return {i: float(t) for i, t in (await core.hgetall(k.instances)).items()}
 
 
-async def audit(core: RedisCore, k: Layout, now: float, orphan_after: float) -> AuditReport:
+async def audit(
+    core: RedisCore, k: Layout, now: float, orphan_after: float, stuck_after: float | None = None
+) -> AuditReport:
     """Audit every user from an atomic snapshot of the user's slot."""
     beats = await heartbeats(core, k)
     found = Findings()
     for user in sorted(await core.smembers(k.users)):
         snap = await _snapshot(core, k, user)
         if snap is not None:
-            audit_user(found, snap, beats, now, orphan_after)
-    return AuditReport(found.mismatches, found.orphans, found.negatives)
+            audit_user(found, snap, beats, now, orphan_after, stuck_after)
+    return AuditReport(found.mismatches, found.orphans, found.negatives, found.stuck)
 
 
 async def _snapshot(core: RedisCore, k: Layout, user: str) -> UserSnapshot | None:

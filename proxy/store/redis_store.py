@@ -320,12 +320,13 @@ class RedisStore:
 
     @guarded
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
-        """Record the charge delivered so far on an open hold. False if not open."""
+        """Record the charge so far on an open hold, stamp `touched_at`, restart its ttl. False if not open."""
         units(charge_so_far, "a checkpoint")
         user = await self._owner(request_id)
         if user is None:
             return False
-        return bool(await self._run("checkpoint", [self._k.hold(user, request_id)], [int(charge_so_far)]))
+        args: list[str | int] = [int(charge_so_far), fmt_time(self._clock())]
+        return bool(await self._run("checkpoint", [self._k.hold(user, request_id)], args))
 
     @guarded
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
@@ -361,6 +362,11 @@ class RedisStore:
         await self._core.call("hset", self._k.instances, instance_id, fmt_time(self._clock()))
 
     @guarded
+    async def instances(self) -> dict[str, float]:
+        """Every instance id that ever heartbeat, with its last heartbeat."""
+        return dict(sorted((await records.heartbeats(self._core, self._k)).items()))
+
+    @guarded
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
         """Expire open holds of instances silent since `now - orphan_after` (or never seen) and
         holds past their ttl: capture the checkpoint (overage rule), release the rest; log
@@ -390,7 +396,7 @@ class RedisStore:
         return await records.upstream_stats(self._core, self._k)
 
     @guarded
-    async def audit(self, now: float, orphan_after: float) -> AuditReport:
-        """Recompute every total from the ledger, user by user, from atomic snapshots."""
-        return await records.audit(self._core, self._k, now, orphan_after)
+    async def audit(self, now: float, orphan_after: float, *, stuck_after: float | None = None) -> AuditReport:
+        """Recompute every total from the ledger, user by user, from atomic snapshots (and list stuck holds)."""
+        return await records.audit(self._core, self._k, now, orphan_after, stuck_after)
 

@@ -9,6 +9,8 @@ Checks, each reported as a human-readable line:
 - every resolved hold has exactly one consume-log row, and no ledger entry names a missing
   account;
 - orphans: open holds whose instance is silent for more than `orphan_after`, or past their ttl;
+- stuck (only with `stuck_after`): open holds with no sign of life (checkpoint, else creation)
+  for longer than `stuck_after`, whatever their instance;
 - negatives (informational, not a failure): wallets below zero, with their overage entries.
 
 Synchronous: `SQLiteStore.audit` runs `run_audit` whole on the connection's worker thread,
@@ -20,6 +22,8 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 
+from proxy.store import ledger_rules as rules
+from proxy.store import sqlite_schema as schema
 from proxy.store.base import AuditReport
 from proxy.store.sqlite_ledger import Db, fetch_all
 
@@ -130,6 +134,18 @@ def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
     return out
 
 
+def _stuck(db: Db, now: float, stuck_after: float | None) -> list[str]:
+    if stuck_after is None:
+        return []
+    rows = fetch_all(
+        db,
+        "SELECT h.*, i.last_seen FROM holds h LEFT JOIN instances i ON i.id = h.instance_id"
+        " WHERE h.state = 'open' AND COALESCE(h.touched_at, h.created_at) < ? ORDER BY h.created_at, h.request_id",
+        (now - stuck_after,),
+    )
+    return [rules.stuck_line(schema.to_hold(r), now, r["last_seen"]) for r in rows]
+
+
 def _negatives(db: Db) -> list[str]:
     out = []
     negative = fetch_all(db, "SELECT name, balance FROM users WHERE balance < 0 ORDER BY name")
@@ -145,9 +161,10 @@ def _negatives(db: Db) -> list[str]:
     return out
 
 
-def run_audit(db: Db, now: float, orphan_after: float) -> AuditReport:
+def run_audit(db: Db, now: float, orphan_after: float, stuck_after: float | None = None) -> AuditReport:
     """Every check, inside the caller's read transaction (one consistent snapshot)."""
     mismatches = _account_checks(db) + _usage_checks(db) + _record_checks(db)
     return AuditReport(
-        mismatches=mismatches, orphans=_orphans(db, now, orphan_after), negatives=_negatives(db)
+        mismatches=mismatches, orphans=_orphans(db, now, orphan_after), negatives=_negatives(db),
+        stuck=_stuck(db, now, stuck_after),
     )

@@ -83,6 +83,7 @@ _UPSTREAMS_USED = (
 )
 _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
+_BY_HAND = rules.HAND_RESOLVED  # a hand resolution's ledger note is written one by one
 _KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
 
 
@@ -217,8 +218,8 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     for args in calls:
         _, request_id, state, charge, log = args
         row = found.get(request_id)
-        if row is None or row[3] != _WALLET or row[7] != _OPEN:
-            results.append(resolve_tx(db, *args))  # unknown, subscription-funded or resolved
+        if row is None or row[3] != _WALLET or row[7] != _OPEN or log[0] == _BY_HAND:
+            results.append(resolve_tx(db, *args))  # unknown, subscription-funded, resolved, or noted
             continue
         counted = int(rules.counts_as_request(state, row[8]))
         upstream = log.upstream if state is HoldState.CAPTURED else ""

@@ -142,10 +142,10 @@ def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row:
     return fresh
 
 
-def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int) -> int:
-    """Charge the funding source; returns the overage written to the wallet."""
+def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int, note: str) -> int:
+    """Charge the funding source (its entry carries `note`); returns the overage written to the wallet."""
     if held.source is FundingSource.WALLET:
-        move(db, ts, "wallet", held.user, kind, -charge, -held.amount, held.request_id)
+        move(db, ts, "wallet", held.user, kind, -charge, -held.amount, held.request_id, note)
         return 0
     sub_id = held.subscription_id
     sub = fetch_one(db, _SUB_ROW, (sub_id,))
@@ -153,7 +153,7 @@ def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int) -> in
         raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing subscription")
     sub = roll_subscription(db, sub, ts)
     paid, overage = rules.split_charge(held.source, charge, sub["balance"])
-    move(db, ts, "sub", sub_id, kind, -paid, -held.amount, held.request_id)
+    move(db, ts, "sub", sub_id, kind, -paid, -held.amount, held.request_id, note)
     db.execute(_SUB_USED, (paid, sub_id))
     if overage:
         note = f"subscription {sub_id} could not cover {overage}"
@@ -165,14 +165,15 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
     """Resolve an open hold as `state` with `charge`, with every side effect, in `db`'s transaction."""
     kind = _KINDS[state]
     counted = int(rules.counts_as_request(state, held.checkpoint))
+    note = "" if log.end_reason != rules.HAND_RESOLVED else rules.ledger_note(log)
     if held.source is FundingSource.WALLET:
         overage = 0
         settled = (-charge, -held.amount, charge, counted, held.user)
         if db.execute(WALLET_SETTLED, settled).rowcount != 1:
             raise sqlite3.IntegrityError(f"no account wallet:{held.user}")
-        db.execute(JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, ""))
+        db.execute(JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, note))
     else:
-        overage = _charge_funding(db, ts, held, kind, charge)
+        overage = _charge_funding(db, ts, held, kind, charge, note)
         db.execute(_USER_USED, (charge, counted, held.user))
     key = db.execute(_KEY_USED, (charge, counted, held.key_id)).fetchall()
     if not key:

@@ -255,7 +255,11 @@ CREATE INDEX consume_log_ts ON consume_log(ts);
 DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
+# Hold liveness: `touched_at`, the last checkpoint's time. The ttl needs no column: it is
+# `expires_at` minus the last sign of life (see sqlite_store._CHECKPOINT). No rewrite.
+_V4 = "ALTER TABLE holds ADD COLUMN touched_at REAL;"
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -359,7 +363,7 @@ def to_hold(r: sqlite3.Row) -> Hold:
         source=FundingSource(r["source"]), subscription_id=r["subscription_id"],
         amount=r["amount"], key_amount=r["key_amount"], price_version=r["price_version"],
         instance_id=r["instance_id"], created_at=r["created_at"], expires_at=r["expires_at"],
-        state=HoldState(r["state"]), checkpoint=r["checkpoint"],
+        state=HoldState(r["state"]), checkpoint=r["checkpoint"], touched_at=r["touched_at"],
     )
 
 

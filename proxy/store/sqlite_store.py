@@ -154,11 +154,17 @@ def _subscriptions(db: Db, clock: Clock, user: str) -> list[Subscription]:
     return [schema.to_subscription(roll_subscription(db, r, now)) for r in rows]
 
 
-def _checkpoint(db: Db, request_id: str, charge_so_far: int) -> bool:
-    cur = db.execute(
-        "UPDATE holds SET checkpoint = ? WHERE request_id = ? AND state = 'open'", (charge_so_far, request_id)
-    )
-    return cur.rowcount > 0
+# The ttl a hold was taken with is `expires_at - COALESCE(touched_at, created_at)`: a
+# checkpoint keeps that difference (SQLite evaluates every right-hand side on the old row).
+_CHECKPOINT = (
+    "UPDATE holds SET checkpoint = ?, touched_at = ?, expires_at = ? + (expires_at - COALESCE(touched_at, created_at))"
+    " WHERE request_id = ? AND state = 'open'"
+)
+
+
+def _checkpoint(db: Db, clock: Clock, request_id: str, charge_so_far: int) -> bool:
+    now = clock()
+    return db.execute(_CHECKPOINT, (charge_so_far, now, now, request_id)).rowcount > 0
 
 
 def _heartbeat(db: Db, clock: Clock, instance_id: str) -> None:
@@ -167,6 +173,10 @@ def _heartbeat(db: Db, clock: Clock, instance_id: str) -> None:
         " ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
         (instance_id, clock()),
     )
+
+
+def _instances(db: Db) -> dict[str, float]:
+    return {str(r[0]): float(r[1]) for r in fetch_all(db, "SELECT id, last_seen FROM instances ORDER BY id")}
 
 
 def _query_logs(db: Db, sql: str, params: tuple[object, ...]) -> list[LogRow]:
@@ -312,10 +322,11 @@ class SQLiteStore(SQLiteConnection):
         )
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
-        """Record the charge delivered so far on an open hold. False if not open."""
+        """Record the charge delivered so far on an open hold, stamp `touched_at` and move
+        `expires_at` to now plus the hold's ttl. False if not open."""
         if charge_so_far < 0:
             raise StoreError("a checkpoint must be >= 0")
-        return await self.run(_checkpoint, request_id, charge_so_far, inline=True)
+        return await self.run(_checkpoint, self._clock, request_id, charge_so_far, inline=True)
 
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row, atomically. Idempotent."""
@@ -341,6 +352,10 @@ class SQLiteStore(SQLiteConnection):
     async def heartbeat(self, instance_id: str) -> None:
         """Record that `instance_id` is alive now."""
         await self.run(_heartbeat, self._clock, instance_id, inline=True)
+
+    async def instances(self) -> dict[str, float]:
+        """Every instance id that ever heartbeat, with its last heartbeat."""
+        return await self.run(_instances, mode=_READ)
 
     async def resolve_orphans(self, now: float, orphan_after: float) -> list[Resolution]:
         """Expire holds of silent instances (or past their ttl) in one transaction.
@@ -369,6 +384,7 @@ class SQLiteStore(SQLiteConnection):
         """Per upstream name: (used quota, request count)."""
         return await self.run(_upstream_stats, mode=_READ)
 
-    async def audit(self, now: float, orphan_after: float) -> AuditReport:
-        """Recompute every total from the ledger (one snapshot) and report what disagrees."""
-        return await self.run(run_audit, now, orphan_after, mode=_READ)
+    async def audit(self, now: float, orphan_after: float, *, stuck_after: float | None = None) -> AuditReport:
+        """Recompute every total from the ledger (one snapshot) and report what disagrees;
+        with `stuck_after`, also the open holds with no sign of life for that long."""
+        return await self.run(run_audit, now, orphan_after, stuck_after, mode=_READ)

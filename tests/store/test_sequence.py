@@ -130,6 +130,8 @@ async def op_checkpoint(world: World, rng: random.Random, model: Model) -> None:
     assert recorded == (rid in model.open)
     if recorded:
         model.checkpoints[rid] = value
+        held, now = model.open[rid], world.clock.now  # the ttl starts again from now
+        model.open[rid] = held._replace(expires_at=now + (held.expires_at - held.last_sign_of_life), touched_at=now)
 
 
 async def op_topup(world: World, rng: random.Random, model: Model) -> None:

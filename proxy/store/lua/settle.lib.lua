@@ -7,7 +7,8 @@
 --       for the script to take one itself (see below), 4 log details: their JSON, as a
 --       JSON string literal (the caller escapes it; the row embeds it as it is),
 --       5 upstream name, 6 actual charge (capture only), 7 the hold's key id and 8 its
---       subscription id, as the caller believes them
+--       subscription id, as the caller believes them, 9 a note for the funding source's
+--       ledger entry ('' or absent for none: only hand resolutions have one)
 -- KEYS 11 and 12 (only with ARGV[3] == ''): the global log id counter and log index
 -- Returns {state, charged, overage, first (1|0)}, or {'stale'} (nothing written) when there
 -- is no such hold or its key or subscription is not the one passed: the caller built KEYS
@@ -89,6 +90,10 @@ local function settle(state, kind, charge, counts, usage_source)
     e1 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"' .. kind .. '","b":"' .. nc .. '","r":"' .. nh
       .. '","t":' .. now_json .. ',"ref":' .. rid_json .. ',"c":"' .. c .. '","key":' .. key_json .. ',"n":"' .. n
       .. '","up":' .. encode(upstream) .. '}'
+  end
+  local note = ARGV[9]
+  if note and note ~= '' then
+    e1 = string.sub(e1, 1, -2) .. ',"note":' .. encode(note) .. '}'
   end
   if counts then
     redis.call('HINCRBY', uk, 'used', c)
