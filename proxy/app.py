@@ -27,6 +27,7 @@ from proxy.dialects import (
 )
 from proxy.context import Dialect
 from proxy.forward import Forwarder
+from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
 from proxy.housekeeping import Housekeeper
 from proxy.loader import load_plugins
@@ -83,6 +84,7 @@ def create_app(
         config.server.max_body_bytes,
         config.server.access_log,
         config.server.body_timeout,
+        TrustedProxies.from_config(config.server.trusted_proxies),
     )
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from proxy.confbuild import ConfigError, build
+from proxy.forwarded import parse_networks
 
 __all__ = [
     "Config",
@@ -32,7 +33,11 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """The listener and request limits."""
+    """The listener and request limits.
+
+    `trusted_proxies`: CIDRs of the reverse proxies whose `X-Forwarded-For` names the
+    client (proxy/forwarded.py); empty, the default, trusts nobody.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -44,6 +49,7 @@ class ServerConfig:
     access_log: bool = True
     trace_plugins: bool = False
     instance_id: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +188,4 @@ def _check(cfg: Config) -> None:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if not cfg.server.client_write_timeout > 0:
         raise ConfigError("server.client_write_timeout", "must be greater than 0")
+    parse_networks(cfg.server.trusted_proxies, "server.trusted_proxies")

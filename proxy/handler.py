@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
 from proxy.dialects import Route, client_credential, error_response
 from proxy.forward import Failure, Forwarder, forward, send_error
+from proxy.forwarded import TrustedProxies, client_address
 from proxy.metrics import Metrics
 from proxy.models import list_models
 from proxy.pipeline import Pipeline, PluginFailed, Run
@@ -73,6 +74,7 @@ class Handler:
     max_body: int
     access: bool
     body_timeout: float = 30.0
+    trusted: TrustedProxies = field(default_factory=TrustedProxies)
     ids: RequestIds = field(default_factory=lambda: RequestIds())
 
     async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
@@ -146,6 +148,9 @@ class Handler:
             if not isinstance(payload["stream"], bool):
                 raise BadRequest(400, "invalid_request_error", "'stream' must be a boolean")
             stream = stream or payload["stream"]
+        client_ip = request.remote or ""
+        if self.trusted:  # the hot path when no proxy is trusted: this one check
+            client_ip = client_address(client_ip, request.headers.getall("X-Forwarded-For", ()), self.trusted)
         return RequestContext(
             request_id=rid,
             dialect=route.dialect,
@@ -154,7 +159,7 @@ class Handler:
             path=request.path,
             query=request.query,
             headers=request.headers,
-            client_ip=request.remote or "",
+            client_ip=client_ip,
             body=body,
             json=payload,
             model=model,
@@ -174,9 +179,9 @@ class Handler:
         )
         if self.access:
             access_log.info(
-                "request_id=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s outcome=%s"
-                " events=%d ms=%.1f ttft_ms=%s",
-                ctx.request_id, ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
+                "request_id=%s client=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s"
+                " outcome=%s events=%d ms=%.1f ttft_ms=%s",
+                ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
                 ctx.events_relayed, seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
             )
 
