@@ -84,7 +84,7 @@ def create_app(
         config.server.max_body_bytes,
         config.server.access_log,
         config.server.body_timeout,
-        TrustedProxies.from_config(config.server.trusted_proxies),
+        TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)

@@ -74,7 +74,7 @@ class Handler:
     max_body: int
     access: bool
     body_timeout: float = 30.0
-    trusted: TrustedProxies = field(default_factory=TrustedProxies)
+    trusted: TrustedProxies | None = None  # None unless `server.trusted_proxies` lists some
     ids: RequestIds = field(default_factory=lambda: RequestIds())
 
     async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
@@ -149,7 +149,7 @@ class Handler:
                 raise BadRequest(400, "invalid_request_error", "'stream' must be a boolean")
             stream = stream or payload["stream"]
         client_ip = request.remote or ""
-        if self.trusted:  # the hot path when no proxy is trusted: this one check
+        if self.trusted is not None:  # the hot path when no proxy is trusted: this one check
             client_ip = client_address(client_ip, request.headers.getall("X-Forwarded-For", ()), self.trusted)
         return RequestContext(
             request_id=rid,
