@@ -147,6 +147,7 @@ async def fill_page_cache(target: Target, env: SoakEnv, s: SoakSettings, report:
     """
     db = env.config.parent / "weir.db"
     base, t0, step = db.stat().st_size, time.monotonic(), 0
+    report.rss_before_fill = rss_bytes(env.weir_pid)
     while db.stat().st_size - base < s.fill_bytes and time.monotonic() - t0 < s.fill_cap:
         report.fill_requests += await closed_loop(target, s.fill_clients, 5.0, s.seed + 100 + step)
         step += 1
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=25.0, help="proxied requests/s offered (default 25)")
     p.add_argument("--workdir", type=Path, help="keep the config, database and logs here (default: a temp dir)")
     p.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
+    p.add_argument("--label", default="", help="with --write: added to the section's heading")
     p.add_argument("--fault-mocks", metavar="NAME=PORT,...", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.fault_mocks:
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
     print(report.summary())
     if args.write:
-        write_results(report, command.strip())
+        write_results(report, command.strip(), label=args.label)
     return 0 if report.passed else 1
 
 

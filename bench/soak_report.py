@@ -70,6 +70,7 @@ class SoakReport:
     fill_requests: int = 0
     fill_seconds: float = 0.0
     fill_growth: int = 0  # bytes the database grew during the fill
+    rss_before_fill: int = 0
     rate: float = 0.0
     duration: float = 0.0
     rss: list[tuple[float, int]] = field(default_factory=list)
@@ -122,7 +123,8 @@ class SoakReport:
         rss = [r for _, r in self.rss]
         lines = [
             f"fill: {self.fill_requests} requests in {self.fill_seconds:.0f} s "
-            f"({self.fill_requests / max(self.fill_seconds, 1e-9):.0f} req/s), database +{self.fill_growth / MIB:.1f} MiB",
+            f"({self.fill_requests / max(self.fill_seconds, 1e-9):.0f} req/s), database +{self.fill_growth / MIB:.1f} MiB, "
+            f"RSS before {self.rss_before_fill / MIB:.1f} MiB",
             f"soak: {self.duration:.0f} s at {self.rate:g} req/s, {len(self.shots)} requests "
             f"(+{len(self.direct)} direct), seed {self.settings.seed}, shed {self.shed}",
             f"RSS: start {rss[0] / MIB:.1f} MiB, end {rss[-1] / MIB:.1f} MiB, max {max(rss) / MIB:.1f} MiB, "
@@ -258,7 +260,8 @@ def markdown(r: SoakReport, command: str) -> str:
     rows = [
         (
             f"fill ({r.settings.fill_clients} clients, closed loop, healthy mix)",
-            f"{r.fill_requests} requests in {r.fill_seconds:.0f} s, database +{r.fill_growth / MIB:.1f} MiB",
+            f"{r.fill_requests} requests in {r.fill_seconds:.0f} s, database +{r.fill_growth / MIB:.1f} MiB, "
+            f"RSS of weir serve before it {r.rss_before_fill / MIB:.1f} MiB",
         ),
         ("measured phase", f"{r.duration:.0f} s, {len(r.shots)} requests (+{len(r.direct)} direct), seed {r.settings.seed}"),
         ("offered rate (fixed, open loop)", f"{r.rate:g} req/s, {r.settings.fault_rate:.0%} faults, shed {r.shed}"),
@@ -290,9 +293,11 @@ def markdown(r: SoakReport, command: str) -> str:
     return "\n".join(head + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
-def write_results(r: SoakReport, command: str, path: Path = RESULTS) -> None:
-    """Append (or replace, for the same heading) this run's `## Soak` section; other text is kept."""
-    heading = f"Soak {time.strftime('%Y-%m-%d')} ({r.settings.minutes:g} min, seed {r.settings.seed})"
+def write_results(r: SoakReport, command: str, path: Path = RESULTS, label: str = "") -> None:
+    """Append (or replace, for the same heading) this run's `## Soak` section; other text is
+    kept. `label` tells runs of one day apart in the heading (e.g. "CPU hog")."""
+    extra = f", {label}" if label else ""
+    heading = f"Soak {time.strftime('%Y-%m-%d')} ({r.settings.minutes:g} min, {r.rate:g} req/s, seed {r.settings.seed}{extra})"
     begin, end = f"<!-- soak:begin {heading} -->", f"<!-- soak:end {heading} -->"
     block = f"{begin}\n## {heading}\n\n{markdown(r, command).rstrip()}\n{end}\n"
     text = path.read_text() if path.exists() else "# Weir benchmark results\n\n"
