@@ -6,7 +6,7 @@ injected faults, for minutes, beside a direct baseline; then the books are check
 What runs: a healthy mock upstream (`python -m proxy.mock_upstream`), a second process
 serving the misbehaving mocks (`python -m bench.soak --fault-mocks ...`), and `weir serve`
 with a funded user and a limited key created through the CLI. First a closed-loop fill of
-healthy traffic grows the database by 1.25x SQLite's page cache, so the cache (a bounded
+the same traffic grows the database by 1.25x SQLite's page cache, so the cache (a bounded
 16 MiB that fills with the pages Weir writes) is full before memory is judged. Then an open
 loop offers a fixed rate: stream and non-stream chat requests in the OpenAI wire format,
 5% of them faults (client hang-ups mid-stream, upstream 500s, truncation, resets and error
@@ -17,8 +17,9 @@ The rate is fixed rather than derived from a measured maximum: Weir serves 25 re
 with a few percent of one core, so a busy 2-vCPU machine still has room for it, and every
 run offers the same load. Pass criteria (all must hold; `SoakReport.failures` names each
 one that does not):
-  * RSS plateaus: growth below 128 KiB per 1000 proxied requests by a least-squares fit
-    over the samples after the settle (a leak of 300 bytes a request would show ~300);
+  * RSS plateaus: growth below 128 KiB per 1000 proxied requests, the median slope of RSS
+    against requests started over the samples after the settle (a leak of 300 bytes a
+    request shows ~300; a one-time step in a quarter of the samples or less shows 0);
   * p99 latency of healthy requests in the last minute is within 1.5x of the first
     minute's (or 10 ms above it), or its ratio to the direct baseline's p99 in the same
     minute is within 1.5x of the first minute's ratio: a machine-wide slowdown slows both
@@ -137,19 +138,19 @@ async def _sample(env: SoakEnv, t0: float, report: SoakReport, stop: asyncio.Eve
 
 
 async def fill_page_cache(target: Target, env: SoakEnv, s: SoakSettings, report: SoakReport) -> None:
-    """Warm Weir up before the measured phase: healthy traffic from `s.fill_clients`
-    back-to-back clients until the database has grown by 1.25x SQLite's page cache (or for
-    `s.fill_cap` seconds), then wait until its holds are settled.
+    """Warm Weir up before the measured phase: the soak's mix, faults included, from
+    `s.fill_clients` back-to-back clients until the database has grown by 1.25x SQLite's
+    page cache (or for `s.fill_cap` seconds), then wait until its holds are settled.
 
     Every page a store connection writes stays in its page cache, up to 16 MiB: at the
-    soak's low rate the cache would fill for the whole run, about a kilobyte of RSS per
-    request, the size of a real leak. Filled first, it is flat during the measured phase.
-    """
+    soak's low rate the cache would fill for the whole run, ~450 bytes of RSS per request,
+    the size of a real leak. Filled first, it is flat during the measured phase. The fault
+    paths make their one-time allocations here too, before memory is judged."""
     db = env.config.parent / "weir.db"
     base, t0, step = db.stat().st_size, time.monotonic(), 0
     report.rss_before_fill = rss_bytes(env.weir_pid)
     while db.stat().st_size - base < s.fill_bytes and time.monotonic() - t0 < s.fill_cap:
-        report.fill_requests += await closed_loop(target, s.fill_clients, 5.0, s.seed + 100 + step)
+        report.fill_requests += await closed_loop(target, s.fill_clients, 5.0, s.seed + 100 + step, s.fault_rate)
         step += 1
     report.fill_seconds = time.monotonic() - t0
     report.fill_growth = db.stat().st_size - base
@@ -227,6 +228,8 @@ def run_soak(settings: SoakSettings, workdir: Path) -> SoakReport:
         balance1, key1 = balances(env)
         report.balance_delta, report.key_delta = balance0 - balance1, key0 - key1
     judge(report)
+    samples = {"rss": report.rss, "db": report.db, "starts": [x.started for x in report.shots]}
+    (workdir / "samples.json").write_text(json.dumps(samples))
     return report
 
 
