@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="weir-soak-") as tmp:
         workdir = args.workdir or Path(tmp)
         report = run_soak(settings, workdir)
-    command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.soak " + shlex.join(argv if argv is not None else sys.argv[1:])
     print(report.summary())
     if args.write:
         write_results(report, command.strip(), label=args.label)
