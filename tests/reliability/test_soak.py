@@ -42,7 +42,6 @@ def test_soak_fixed_rate_with_faults_keeps_memory_latency_and_books(tmp_path: Pa
     s = report.settings
     assert len(report.shots) >= s.rate * minutes * 60 * 0.95, report.summary()
     assert len(report.direct) >= s.rate * minutes * 60 * 0.95, report.summary()
-    assert report.fill_growth >= s.fill_bytes or report.memory_warmup > report.windows()[0], report.summary()
     assert report.rss_per_k < s.rss_per_k_limit, report.summary()
     assert not any("p99" in f for f in report.failures), report.summary()
     assert report.open_holds == 0, report.summary()
