@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test bench typecheck clean
+.PHONY: run test soak bench typecheck clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+# The 5-minute soak (tests/reliability/test_soak.py), which `make test` skips; CI runs both.
+soak: $(TEST_STAMP)
+	WEIR_SOAK_MINUTES=$${WEIR_SOAK_MINUTES:-5} $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak tests/reliability/test_soak.py $(PYTEST_ARGS)
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy

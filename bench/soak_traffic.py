@@ -4,11 +4,16 @@ Each request's kind is drawn from a seeded `random.Random`, so a run is reproduc
 mix (not in its timing). Faults on the upstream side are chosen per request by model name:
 Weir routes `soak-e500`, `soak-trunc`, ... to mock upstreams that always misbehave that way
 (`fault_behaviours`), served by one helper process (`serve_fault_mocks`).
+
+The open loop interleaves a baseline: between two proxied requests, one healthy request
+goes straight to the healthy mock upstream, so whatever slows the machine slows both and
+the judge can compare Weir's latency with the direct latency of the same minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import random
 import time
@@ -25,6 +30,7 @@ __all__ = [
     "FAULTS",
     "HEALTHY",
     "Kind",
+    "Load",
     "Shot",
     "Target",
     "choose_kind",
@@ -105,6 +111,7 @@ class Target:
 
     url: str  # Weir's base URL, no /v1
     key: str
+    direct: str = ""  # the healthy mock upstream's base URL: the baseline goes there
 
 
 @dataclass(slots=True)
@@ -221,8 +228,9 @@ def _session(limit: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
 
 
-async def closed_loop(target: Target, clients: int, seconds: float, seed: int) -> int:
-    """`clients` back-to-back healthy requesters for `seconds`; returns requests that succeeded."""
+async def closed_loop(target: Target, clients: int, seconds: float, seed: int, fault_rate: float = 0.0) -> int:
+    """`clients` back-to-back requesters for `seconds`, `fault_rate` of their requests
+    faults; returns how many requests ended (whatever their outcome)."""
     rng = random.Random(seed)
     done = 0
     t0 = time.monotonic()
@@ -231,53 +239,68 @@ async def closed_loop(target: Target, clients: int, seconds: float, seed: int) -
     async def client() -> None:
         nonlocal done
         while time.monotonic() < deadline:
-            shot = await fire(session, target, choose_kind(rng, 0.0), rng, t0)
-            done += shot.outcome == "ok"
+            await fire(session, target, choose_kind(rng, fault_rate), rng, t0)
+            done += 1
 
     async with _session(clients) as session:
         await asyncio.gather(*(client() for _ in range(clients)))
     return done
 
 
+@dataclass(slots=True)
+class Load:
+    """What an open loop sent: the proxied shots, the direct baseline shots (healthy
+    requests sent straight to the mock upstream) and how many starts were shed."""
+
+    shots: list[Shot] = field(default_factory=list)
+    direct: list[Shot] = field(default_factory=list)
+    shed: int = 0
+
+
 async def open_loop(
     target: Target, rate: float, seconds: float, seed: int, fault_rate: float, max_inflight: int
-) -> tuple[list[Shot], int]:
-    """Start requests at a fixed `rate` for `seconds`, whatever the latency (open loop, so a
-    slow proxy cannot slow the offered load). Returns the shots and how many starts were
-    shed because `max_inflight` requests were already open (0 on a healthy run)."""
-    rng = random.Random(seed)
-    shots: list[Shot] = []
+) -> Load:
+    """Start proxied requests at a fixed `rate` for `seconds`, whatever the latency (open
+    loop, so a slow proxy cannot slow the offered load); with `target.direct`, start a
+    healthy request to the mock upstream halfway between each two (the baseline). Starts
+    are shed (counted, not sent) while `max_inflight` requests are open (0 on a healthy run)."""
+    rng, direct_rng = random.Random(seed), random.Random(seed + 1)
+    load = Load()
     pending: set[asyncio.Task[Shot]] = set()
-    shed = 0
     # Start with a collected, frozen heap: in a test process the first full collection can
     # meet a gigabyte of garbage from earlier tests (stopped apps), a pause of ~1 s that let
     # starts pile up past max_inflight at 876 req/s (seen in make test).
     gc.collect()
     gc.freeze()
     t0 = time.monotonic()
-    interval, n = 1.0 / rate, 0
+    half, n = 0.5 / rate, 0
     frozen_at = t0
+    baseline = Target(target.direct, "sk-direct-baseline")
     async with _session(max_inflight) as session:
-        while (due := t0 + n * interval) < t0 + seconds:
+        while (due := t0 + n * half) < t0 + seconds:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            n += 1
+            direct, n = n % 2 == 1, n + 1
             if due - frozen_at >= 5.0:
                 # The driver keeps every shot; without this, its own full GC passes grow with
                 # the run and show up as client-side latency that Weir never caused.
                 gc.freeze()
                 frozen_at = due
-            kind = choose_kind(rng, fault_rate)
-            if len(pending) >= max_inflight:
-                shed += 1
+            if direct and not target.direct:
                 continue
-            task = asyncio.create_task(fire(session, target, kind, random.Random(rng.getrandbits(64)), t0))
+            kind = choose_kind(direct_rng, 0.0) if direct else choose_kind(rng, fault_rate)
+            if len(pending) >= max_inflight:
+                load.shed += 1
+                continue
+            seeded = random.Random((direct_rng if direct else rng).getrandbits(64))
+            task = asyncio.create_task(fire(session, baseline if direct else target, kind, seeded, t0))
             pending.add(task)
-            task.add_done_callback(lambda t: _collect(t, pending, shots))
+            out = load.direct if direct else load.shots
+            task.add_done_callback(functools.partial(_collect, pending=pending, shots=out))
         if pending:
             await asyncio.wait(pending, timeout=90)
     for task in pending:
         task.cancel()
-    return shots, shed
+    return load
 
 
 def _collect(task: asyncio.Task[Shot], pending: set[asyncio.Task[Shot]], shots: list[Shot]) -> None:
