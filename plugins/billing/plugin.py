@@ -182,21 +182,19 @@ class BillingPlugin(Plugin):
         except BadRequest as exc:
             raise Reject(400, exc.code, exc.message) from None
         hold = await self._hold(store, ctx, key, user, estimate)
-        hide = False
-        if ctx.stream:
-            try:
-                hide = self._force_usage(ctx)
-            except Exception:
-                # This plugin will get no terminal hook: give the hold back before failing.
-                self._spawn(self._release_unknown(ctx.request_id), f"release:{ctx.request_id}")
-                raise
-        n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
-        # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
-        count = self.tokenizer.counter(self.tokenizer.family(model))
-        st = ctx.state[BILLING] = Billing(
-            key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
-            n if isinstance(n, int) else 1,
-        )
+        try:
+            hide = self._force_usage(ctx) if ctx.stream else False
+            n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
+            # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
+            count = self.tokenizer.counter(self.tokenizer.family(model))
+            st = ctx.state[BILLING] = Billing(
+                key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
+                n if isinstance(n, int) else 1,
+            )
+        except BaseException:
+            # This plugin will get no terminal hook: give the hold back before failing.
+            self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release:{ctx.request_id}")
+            raise
         self._live[ctx.request_id] = (ctx, st)
         ctx.drain_on_disconnect = self.config.on_client_disconnect == "drain"
         ctx.drain_timeout = self.config.drain_timeout
@@ -213,6 +211,11 @@ class BillingPlugin(Plugin):
             # The hold may or may not have been written: release it once the store is back.
             self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
             raise store_down() from None
+        except BaseException:
+            # A definitive refusal wrote nothing; a cancellation may have: release if held, and
+            # stop tracking the request either way (the stray-hold sweep skips tracked ids).
+            self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release-unknown:{ctx.request_id}")
+            raise
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
             raise self._refusal(result, estimate)
@@ -358,11 +361,13 @@ class BillingPlugin(Plugin):
         except Exception as exc:  # a missed checkpoint only weakens the crash guarantee
             log.warning("checkpoint failed [request %s]: %r", ctx.request_id, exc)
 
-    async def _release_unknown(self, request_id: str) -> None:
+    async def _release_unknown(self, request_id: str, reason: str = "store_unavailable") -> None:
+        """Release a hold that may or may not have been written (logged with end reason
+        `reason`), and stop tracking the request."""
         assert self._settler is not None
         try:
             # A refusal means the hold was never written: nothing to give back.
-            details = LogDetails(end_reason="store_unavailable", usage_source="none")
+            details = LogDetails(end_reason=reason, usage_source="none")
             await self._settler.release_if_held(request_id, details)
         finally:
             self._sweeper.done(request_id)

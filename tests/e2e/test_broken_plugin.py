@@ -77,3 +77,49 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
         assert (await store.audit(time.time(), 30)).ok
     finally:
         await proxy.stop()
+
+
+async def test_a_failure_after_the_hold_releases_it_and_forgets_the_request(
+    fake_upstream: MockUpstream, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Billing's own `on_request` fails after its hold was written (here, setting up the
+    output counter raises). The plugin gets no terminal hook for such a request, so it
+    must give the hold back itself: the client gets the dialect's 500, the upstream is never
+    called, the hold is released (one log row, charge 0), and the request is not left
+    tracked as in flight, where it would shield a stray hold from the sweep."""
+    cfg = proxy_config(fake_upstream.url, tmp_path)
+    billing = BillingPlugin(BillingConfig(pricing={"models": PRICES}))
+    proxy = await start_proxy(cfg, plugins=[billing], store=make_store(cfg))
+    try:
+        store = proxy.store
+        await store.create_user("alice")
+        await store.credit("alice", 500_000, note="test funding")
+        clear, digest, hint = generate_key()
+        await store.create_key("alice", digest, name="k", hint=hint)
+
+        class BrokenCounter:
+            def __init__(self, real: Any) -> None:
+                self.family = real.family
+
+            def counter(self, family: str) -> Any:
+                raise RuntimeError("counter unavailable")
+
+        monkeypatch.setattr(billing, "tokenizer", BrokenCounter(billing.tokenizer))
+        body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+        async with aiohttp.ClientSession() as s, s.post(
+            proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}
+        ) as r:
+            assert r.status == 500
+            assert (await r.json())["error"]["code"] == "plugin_failed"
+            rid = r.headers["x-request-id"]
+        await proxy.settled()
+        assert fake_upstream.requests == []
+        assert await store.open_holds() == []
+        (row,) = await store.query_logs(user="alice", limit=10)
+        assert (row.request_id, row.charge, row.details.end_reason) == (rid, 0, "plugin_failed")
+        assert rid not in billing._sweeper
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.reserved) == (500_000, 0)
+        assert (await store.audit(time.time(), 30)).ok
+    finally:
+        await proxy.stop()
