@@ -4,7 +4,6 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import secrets
@@ -15,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import keys
-from proxy.config import Config, ConfigError
+from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
@@ -30,11 +29,11 @@ from proxy.forward import Forwarder
 from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
 from proxy.housekeeping import Housekeeper
-from proxy.loader import load_plugins
 from proxy.metrics import Metrics
 from proxy.mock_upstream import MockUpstream
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
+from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
 from proxy.store.base import Store
 from proxy.store.factory import make_store
@@ -59,8 +58,9 @@ def create_app(
     `plugins` overrides proxy.yaml's list (the test harness uses it); `store` injects an
     already-built (unopened) store, e.g. one with a fake clock.
     """
-    loaded = list(plugins) if plugins is not None else load_plugins(config.plugins)
-    _check_exposure(config, loaded)
+    loaded, warnings = preflight(config, plugins)
+    for warning in warnings:
+        log.warning("!!! %s", warning)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     tracker = TaskTracker()
     metrics = Metrics()
@@ -103,23 +103,6 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
-
-
-def _check_exposure(config: Config, plugins: Sequence[Plugin]) -> None:
-    host = config.server.host
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback or any(p.authenticates for p in plugins):
-        return
-    if not config.server.allow_unauthenticated:
-        raise ConfigError(
-            "server.host",
-            f"refusing to listen on {host} without an authenticating plugin (such as billing); "
-            "set server.allow_unauthenticated: true to relay anyone's traffic on your upstream keys",
-        )
-    log.warning("!!! server.allow_unauthenticated is set: anyone who reaches %s can use your upstream keys", host)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +24,11 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "UpstreamConfig",
+    "host_problem",
     "load_config",
     "parse_config",
+    "port_problem",
+    "with_listener",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -171,7 +174,43 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     return parse_config(data, env, source=str(p.resolve()))
 
 
+def port_problem(port: int) -> str | None:
+    """Why `port` cannot be `server.port` (or `--port`), or None."""
+    return None if 1 <= port <= 65535 else f"must be between 1 and 65535, got {port}"
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be `server.host` (or `--host`), or None: an address or host name,
+    not empty, not a URL."""
+    if not host:
+        return "must not be empty (127.0.0.1 listens on loopback only, 0.0.0.0 on every IPv4 address)"
+    if "/" in host or any(c.isspace() for c in host):
+        return f"expected an address or a host name such as 127.0.0.1, got {host!r}"
+    return None
+
+
+def with_listener(config: Config, host: str | None = None, port: int | None = None) -> Config:
+    """`config` with `server.host` / `server.port` replaced (the `--host` / `--port` flags),
+    checked by the same rules as proxy.yaml's."""
+    server = replace(config.server, host=config.server.host if host is None else host,
+                     port=config.server.port if port is None else port)
+    _check_server(server)
+    return replace(config, server=server)
+
+
+def _check_server(server: ServerConfig) -> None:
+    for key, problem in (("host", host_problem(server.host)), ("port", port_problem(server.port))):
+        if problem is not None:
+            raise ConfigError(f"server.{key}", problem)
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes", "must be at least 1024")
+    if not server.client_write_timeout > 0:
+        raise ConfigError("server.client_write_timeout", "must be greater than 0")
+    parse_networks(server.trusted_proxies, "server.trusted_proxies")
+
+
 def _check(cfg: Config) -> None:
+    _check_server(cfg.server)
     names: set[str] = set()
     for i, up in enumerate(cfg.upstreams):
         where = f"upstreams[{i}]"
@@ -184,8 +223,3 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.weight", "must be at least 1")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")
-    if cfg.server.max_body_bytes < 1024:
-        raise ConfigError("server.max_body_bytes", "must be at least 1024")
-    if not cfg.server.client_write_timeout > 0:
-        raise ConfigError("server.client_write_timeout", "must be greater than 0")
-    parse_networks(cfg.server.trusted_proxies, "server.trusted_proxies")

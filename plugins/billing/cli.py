@@ -79,4 +79,6 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     imp = actions.add_parser("import-ratios", parents=[common],
                              help="convert a new-api/one-api ratio export into a billing config block")
     imp.add_argument("file")
+    # It needs only the billing defaults (quota_per_usd): no proxy.yaml is fine.
+    imp.set_defaults(config_optional=True)
     commands["pricing import-ratios"] = _import_ratios
