@@ -21,9 +21,22 @@ from proxy.apikeys import generate_key
 from proxy.context import RequestContext, SSEEvent
 from proxy.mock_upstream import MockUpstream
 from proxy.plugin import Plugin
+from proxy.store.base import Store
 from proxy.store.factory import make_store
 from proxy.testing import proxy_config, start_proxy
 from tests.e2e.conftest import PRICES
+
+
+FUNDS = 500_000
+
+
+async def _funded_key(store: Store) -> str:
+    """Create user alice with `FUNDS` and a key; return the key in clear."""
+    await store.create_user("alice")
+    await store.credit("alice", FUNDS, note="test funding")
+    clear, digest, hint = generate_key()
+    await store.create_key("alice", digest, name="k", hint=hint)
+    return clear
 
 
 class WrongType(Plugin):
@@ -50,10 +63,7 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
                               store=make_store(cfg))
     try:
         store = proxy.store
-        await store.create_user("alice")
-        await store.credit("alice", 500_000, note="test funding")
-        clear, digest, hint = generate_key()
-        await store.create_key("alice", digest, name="k", hint=hint)
+        clear = await _funded_key(store)
         body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
         got = b""
         async with aiohttp.ClientSession() as s, s.post(
@@ -73,7 +83,7 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
         assert row.request_id == rid and row.details.end_reason == "plugin_failed"
         assert row.charge > 0  # the prompt and the three relayed chunks are billed (partial)
         user = await store.get_user("alice")
-        assert user is not None and (user.balance, user.reserved) == (500_000 - row.charge, 0)
+        assert user is not None and (user.balance, user.reserved) == (FUNDS - row.charge, 0)
         assert (await store.audit(time.time(), 30)).ok
     finally:
         await proxy.stop()
@@ -92,10 +102,7 @@ async def test_a_failure_after_the_hold_releases_it_and_forgets_the_request(
     proxy = await start_proxy(cfg, plugins=[billing], store=make_store(cfg))
     try:
         store = proxy.store
-        await store.create_user("alice")
-        await store.credit("alice", 500_000, note="test funding")
-        clear, digest, hint = generate_key()
-        await store.create_key("alice", digest, name="k", hint=hint)
+        clear = await _funded_key(store)
 
         class BrokenCounter:
             def __init__(self, real: Any) -> None:
@@ -119,7 +126,7 @@ async def test_a_failure_after_the_hold_releases_it_and_forgets_the_request(
         assert (row.request_id, row.charge, row.details.end_reason) == (rid, 0, "plugin_failed")
         assert rid not in billing._sweeper
         user = await store.get_user("alice")
-        assert user is not None and (user.balance, user.reserved) == (500_000, 0)
+        assert user is not None and (user.balance, user.reserved) == (FUNDS, 0)
         assert (await store.audit(time.time(), 30)).ok
     finally:
         await proxy.stop()
