@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -79,11 +78,6 @@ def _config(args: argparse.Namespace) -> Config:
     if named is None and getattr(args, "config_optional", False) and not path.exists():
         return Config()
     return load_config(path)
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine to completion for a CLI command."""
-    return asyncio.run(coro)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ class Pipeline:
         self.tracker = tracker
         self.trace = trace
         rev = tuple(reversed(self.plugins))
-        self.request_hooks = tuple(p for p in self.plugins if overrides(p, "on_request"))
         self.header_hooks = tuple(p for p in rev if overrides(p, "on_response_headers"))
         self.event_hooks = tuple(p for p in rev if overrides(p, "on_event"))
         self.body_hooks = tuple(p for p in rev if overrides(p, "on_body"))

@@ -21,7 +21,6 @@ class TaskTracker:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._services: set[asyncio.Task[Any]] = set()
-        self._closed = False
 
     def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
         """Start `coro` as a tracked task and return it."""
@@ -37,15 +36,6 @@ class TaskTracker:
         self._services.add(task)
         task.add_done_callback(self._services.discard)
         return task
-
-    async def run(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> T:
-        """Run `coro` in a tracked task and wait for it; cancelling the caller does not cancel it."""
-        task = self.spawn(coro, name)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The caller is gone, but the tracked task carries on; shutdown waits for it.
-            raise
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -72,7 +62,6 @@ class TaskTracker:
         A service is a loop meant to run until stopped; one whose owner stops it later in
         the shutdown (a plugin's, torn down after this drain so that settlement can use
         it) is stopped here without alarm."""
-        self._closed = True
         deadline = asyncio.get_running_loop().time() + timeout
         while self._tasks:
             left = deadline - asyncio.get_running_loop().time()

@@ -168,11 +168,6 @@ _ORDERS = {
 _WALLET_CHOICE = FundingChoice(FundingSource.WALLET)
 
 
-def source_order(preference: Preference) -> tuple[FundingSource, ...]:
-    """The funding sources to try, first choice first."""
-    return _ORDERS[preference]
-
-
 def pick_subscription(offers: Sequence[SubOffer], amount: int) -> SubOffer | None:
     """The usable subscription ending soonest that affords `amount`, or None."""
     for offer in sorted(offers, key=lambda o: (o.end, o.id)):
