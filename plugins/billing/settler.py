@@ -181,15 +181,8 @@ class Settler:
 
     async def release(self, request_id: str, details: LogDetails) -> Resolution:
         """Give the hold back, retrying until the store answers; a definitive refusal is
-        logged, counted and raised."""
-        try:
-            return await self.store.release(request_id, details)
-        except StoreUnavailable as exc:
-            failure = exc
-        except StoreError as exc:
-            self._refused("release", request_id, 0, exc)
-            raise
-        return await self._retry("release", request_id, 0, details, failure)
+        logged, counted and raised (`capture` of 0)."""
+        return await self.capture(request_id, 0, details)
 
     async def release_if_held(self, request_id: str, details: LogDetails) -> Resolution | None:
         """Release a hold that may never have been written (its hold call failed): as
