@@ -218,10 +218,9 @@ def account(kind: str, ident: str) -> str:
 
 
 def ledger_note(log: LogDetails) -> str:
-    """The note on a resolution's funding-source ledger entry: the operator's note for a
-    hand resolution, else none."""
-    if log.end_reason != HAND_RESOLVED:
-        return ""
+    """The note on a hand resolution's funding-source ledger entry (the operator's note).
+    Other resolutions carry none: the settlement paths test `end_reason` themselves rather
+    than pay a call per capture."""
     return f"resolved by hand: {log.error}"
 
 
