@@ -36,25 +36,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import orjson
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy import keys
-from proxy.apikeys import hash_key
+from plugins.billing.apikeys import hash_key
 from proxy.confbuild import build
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.handler import RequestIds
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
-from proxy.store.base import FundingSource, Hold, HoldState, LogDetails, Resolution, Store
-from proxy.store.redis_store import RedisStore
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import FundingSource, Hold, HoldState, LogDetails, Resolution, Store
+from plugins.billing.store.redis.store import RedisStore
+from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.tasks import TaskTracker
+from proxy.testing import host_app
 
 MODEL = "instant-bench"
 BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16})
@@ -93,48 +92,44 @@ def _store(backend: str, workdir: str) -> Store:
     return cls(os.path.join(workdir, "weir.db"))
 
 
-class _Config:
-    source = None  # the plugin's outbox goes to the working directory
-
-
 @asynccontextmanager
 async def _billed(backend: str) -> AsyncIterator[tuple[Pipeline, str, TaskTracker]]:
     """A pipeline (with the billing plugin unless `none`), a funded user's key, the tracker."""
     with tempfile.TemporaryDirectory() as workdir:
         store = _store(backend, workdir)
-        await store.open()
         tracker = TaskTracker()
         plugins: list[Plugin] = []
         life = None
+        cwd = os.getcwd()
         try:
-            await store.create_user("bench")
-            await store.credit("bench", 10**15)
-            clear = "sk-bench-" + uuid.uuid4().hex
-            await store.create_key("bench", hash_key(clear))
-            if backend != "none":
-                app = web.Application()
-                app[keys.STORE] = store
-                app[keys.TASKS] = tracker
-                app[keys.INSTANCE_ID] = "bench-" + uuid.uuid4().hex[:8]
-                app[keys.CONFIG] = cast(Any, _Config())  # the plugin reads only `source`
-                plugin = BillingPlugin(build(BillingConfig, BILLING, "config"))
-                cwd = os.getcwd()
+            if backend == "none":
+                await store.open()
+            else:
+                # The plugin's lifespan opens the store; its outbox goes to the working directory.
+                plugin = BillingPlugin(build(BillingConfig, BILLING, "config"), store=store)
+                app = host_app(instance_id="bench-" + uuid.uuid4().hex[:8], tracker=tracker)
                 os.chdir(workdir)
                 life = plugin.lifespan(app)
                 await life.__anext__()
                 os.chdir(cwd)
                 plugins.append(plugin)
+            await store.create_user("bench")
+            await store.credit("bench", 10**15)
+            clear = "sk-bench-" + uuid.uuid4().hex
+            await store.create_key("bench", hash_key(clear))
             yield Pipeline(plugins, tracker), clear, tracker
         finally:
+            os.chdir(cwd)
             await tracker.idle(30)
-            if life is not None:  # the plugin's teardown (after its `yield`) stops its service
+            if isinstance(store, RedisStore):
+                await store.drop_all()
+            if life is not None:  # the plugin's teardown (after its `yield`) closes the store
                 with contextlib.suppress(StopAsyncIteration):
                     await life.__anext__()
                 await asyncio.sleep(0.05)
+            else:
+                await store.close()
             await tracker.drain(30)
-            if isinstance(store, RedisStore):
-                await store.drop_all()
-            await store.close()
 
 
 async def _rounds(

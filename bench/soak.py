@@ -3,7 +3,7 @@ injected faults, for minutes, beside a direct baseline; then the books are check
 
     python -m bench.soak --minutes 30 [--seed 7] [--rate 25] [--write]
 
-What runs: a healthy mock upstream (`python -m proxy.mock_upstream`), a second process
+What runs: a healthy mock upstream (`python -m proxy.mock.upstream`), a second process
 serving the misbehaving mocks (`python -m bench.soak --fault-mocks ...`), and `weir serve`
 with a funded user and a limited key created through the CLI. First a closed-loop fill of
 the same traffic grows the database by 1.25x SQLite's page cache, so the cache (a bounded
@@ -57,8 +57,8 @@ from bench.soak_traffic import Target, closed_loop, open_loop, serve_fault_mocks
 from bench.targets import rss_bytes
 from bench.upstreams import HOST, child_env, free_port, spawn, wait_http
 from proxy.config import load_config
-from proxy.store.base import LogRow
-from proxy.store.factory import make_store
+from plugins.billing.store.base import LogRow
+from plugins.billing.store.factory import make_store
 
 __all__ = ["SoakEnv", "SoakReport", "SoakSettings", "main", "run_soak", "start_env"]
 
@@ -100,7 +100,7 @@ def start_env(home: Path, stack: ExitStack) -> SoakEnv:
     """Start the mocks and `weir serve` (stopped by `stack`), create the funded user and key."""
     ok_port, weir_port = free_port(), free_port()
     ports = {name: free_port() for name in FAULT_UPSTREAMS}
-    ok = spawn([sys.executable, "-m", "proxy.mock_upstream", "--host", HOST, "--port", str(ok_port)], stack, home / "mock-ok.log")
+    ok = spawn([sys.executable, "-m", "proxy.mock.upstream", "--host", HOST, "--port", str(ok_port)], stack, home / "mock-ok.log")
     spec = ",".join(f"{n}={p}" for n, p in ports.items())
     bad = spawn([sys.executable, "-m", "bench.soak", "--fault-mocks", spec], stack, home / "mock-faults.log")
     wait_http(f"http://{HOST}:{ok_port}/v1/models", ok, home / "mock-ok.log")

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.loadgen import percentile
 from bench.soak_traffic import HEALTHY, Kind, Shot, expected_outcomes
-from proxy.store.base import LogRow
+from plugins.billing.store.base import LogRow
 
 __all__ = [
     "SoakReport", "SoakSettings", "expected_charge", "growth_per_k", "judge", "theil_sen", "write_results",

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from proxy.mock_upstream import MockBehaviour, MockUpstream
+from proxy.mock.upstream import MockBehaviour, MockUpstream
 
 __all__ = [
     "FAULTS",

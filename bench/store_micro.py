@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from proxy.store.base import Hold, LogDetails, Store
+from plugins.billing.store.base import Hold, LogDetails, Store
 
 LOG = LogDetails(end_reason="completed", usage_source="upstream", upstream="bench", model="m")
 
@@ -111,11 +111,11 @@ async def run(backend: str, concurrency: int, pairs: int, redis_url: str, pause:
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as tmp:
         store: Store
         if backend == "sqlite":
-            from proxy.store.sqlite_store import SQLiteStore
+            from plugins.billing.store.sqlite.store import SQLiteStore
 
             store = SQLiteStore(str(Path(tmp) / "bench.db"))
         else:
-            from proxy.store.redis_store import RedisStore
+            from plugins.billing.store.redis.store import RedisStore
 
             store = RedisStore(redis_url, prefix=f"weirbench:{uuid.uuid4().hex}")
         await store.open()

@@ -116,7 +116,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 def _spawn_mock(stack: ExitStack, workdir: Path, name: str, pace: float, words: int) -> tuple[str, subprocess.Popen[bytes], Path]:
     port = free_port()
     log = workdir / f"{name}.log"
-    argv = [sys.executable, "-m", "proxy.mock_upstream", "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", "proxy.mock.upstream", "--host", HOST, "--port", str(port)]
     argv += ["--pace", str(pace), "--words", str(words)]
     return f"http://{HOST}:{port}", spawn(argv, stack, log), log
 

@@ -28,15 +28,13 @@ from proxy.context import Dialect
 from proxy.forward import Forwarder
 from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
-from proxy.housekeeping import Housekeeper
+from proxy.host import HOST, Host
 from proxy.metrics import Metrics
-from proxy.mock_upstream import MockUpstream
+from proxy.mock.upstream import MockUpstream
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
-from proxy.store.base import Store
-from proxy.store.factory import make_store
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
 
@@ -50,13 +48,11 @@ def create_app(
     config: Config,
     *,
     plugins: Sequence[Plugin] | None = None,
-    store: Store | None = None,
     instance_id: str | None = None,
 ) -> web.Application:
     """Build the Weir application for `config`.
 
-    `plugins` overrides proxy.yaml's list (the test harness uses it); `store` injects an
-    already-built (unopened) store, e.g. one with a fake clock.
+    `plugins` overrides proxy.yaml's list (the test harness uses it).
     """
     loaded, warnings = preflight(config, plugins)
     for warning in warnings:
@@ -73,9 +69,9 @@ def create_app(
     app[keys.METRICS] = metrics
     app[keys.UPSTREAMS] = pool
     app[keys.PIPELINE] = pipeline
-    app[keys.STORE] = store if store is not None else make_store(config)
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
+    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN])
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,
@@ -86,12 +82,10 @@ def create_app(
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
-    app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstreams_ctx)
     for plugin in loaded:
         app.cleanup_ctx.append(_plugin_ctx(plugin))
     app.cleanup_ctx.append(_tracker_ctx)
-    app.cleanup_ctx.append(_housekeeping_ctx)
     app.on_shutdown.append(_graceful_shutdown)
     _add_routes(app, loaded)
     return app
@@ -103,13 +97,6 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
-
-
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = app[keys.STORE]
-    await store.open()
-    yield
-    await store.close()
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -139,15 +126,6 @@ async def _tracker_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Before plugins and the store are torn down: settlement must finish first.
     await app[keys.TASKS].drain(timeout=max(30.0, app[keys.CONFIG].server.shutdown_grace))
-
-
-async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[keys.CONFIG].store
-    keeper = Housekeeper(app[keys.STORE], app[keys.INSTANCE_ID], cfg.heartbeat_every, cfg.orphan_after)
-    await keeper.store.heartbeat(keeper.instance_id)
-    keeper.start(app[keys.TASKS])
-    yield
-    await keeper.stop()
 
 
 #: After shutdown stopped the relays, how long it waits for them to deliver their outcomes
@@ -205,13 +183,12 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    store_ok = False
-    try:
-        store_ok = await request.app[keys.STORE].ping()
-    except Exception:
-        store_ok = False
-    body = {"status": "ok" if store_ok else "degraded", "store": store_ok, "instance": request.app[keys.INSTANCE_ID]}
-    return web.json_response(body, status=200 if store_ok else 503)
+    """`ok` (200) when every plugin's health check passes (billing's: its store answers),
+    else `degraded` (503); each check's result is in the body under its name."""
+    checks = await request.app[HOST].health()
+    healthy = all(checks.values())
+    body = {"status": "ok" if healthy else "degraded", **checks, "instance": request.app[keys.INSTANCE_ID]}
+    return web.json_response(body, status=200 if healthy else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

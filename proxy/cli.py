@@ -7,48 +7,28 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import orjson
-
+from proxy.cli_frame import CLIError, Command, plugin_registrars
+from proxy.cli_serve import register as register_serve
 from proxy.config import Config, ConfigError, load_config
 
-Command = Callable[[argparse.Namespace, Config], int]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed to stderr, exit code 1 (or `code`)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print `data` as one JSON document with --json, else `text`."""
-    if getattr(args, "json", False):
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
-    else:
-        sys.stdout.write(text.rstrip("\n") + "\n")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
-    """The argument parser and the command table."""
+    """The argument parser and the command table: the core's commands, then every installed
+    plugin's (the `weir.cli` entry point group, see `proxy.cli_frame`)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="path to proxy.yaml (default: $WEIR_CONFIG, then ./proxy.yaml)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
     parser = argparse.ArgumentParser(prog="weir", description="Weir: a billing reverse proxy for LLM APIs")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Command] = {}
-    from plugins.billing.cli import register as register_pricing
-    from proxy.cli_accounts import register as register_accounts
-    from proxy.cli_serve import register as register_serve
-
     register_serve(sub, common, commands)
-    register_accounts(sub, common, commands)
-    register_pricing(sub, common, commands)
+    for _name, register in plugin_registrars():
+        register(sub, common, commands)
     return parser, commands
 
 

@@ -9,7 +9,7 @@ import gc
 import sys
 from typing import TYPE_CHECKING, Any
 
-from proxy.cli import CLIError, emit
+from proxy.cli_frame import CLIError, emit
 from proxy.config import Config, host_problem, port_problem, with_listener
 from proxy.listen import ListenError, bind_sockets, display_address
 from proxy.preflight import preflight

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.metrics import Metrics
     from proxy.pipeline import Pipeline
-    from proxy.store.base import Store
     from proxy.tasks import TaskTracker
     from proxy.upstream import UpstreamPool
 
@@ -20,6 +19,5 @@ PIPELINE = web.AppKey["Pipeline"]("weir.pipeline")
 UPSTREAMS = web.AppKey["UpstreamPool"]("weir.upstreams")
 TASKS = web.AppKey["TaskTracker"]("weir.tasks")
 METRICS = web.AppKey["Metrics"]("weir.metrics")
-STORE = web.AppKey["Store"]("weir.store")
 INSTANCE_ID = web.AppKey[str]("weir.instance_id")
 SHUTDOWN = web.AppKey[asyncio.Event]("weir.shutdown")

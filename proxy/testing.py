@@ -19,6 +19,7 @@ A plugin test is a dozen lines with no mocks::
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,16 +29,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from proxy import keys
 from proxy.app import create_app
+from proxy.host import HOST, Host, TaskTracker
 from proxy.config import Config, parse_config
 from proxy.context import SSEEvent
-from proxy.mock_upstream import MockBehaviour, MockUpstream
+from proxy.mock.upstream import MockBehaviour, MockUpstream
 from proxy.plugin import Plugin
 from proxy.sse import SSEParser
-from proxy.store.base import Store
-from proxy.store.factory import make_store
 
 try:
     import pytest_asyncio
@@ -46,7 +47,7 @@ try:
 except ImportError:  # the harness needs pytest-asyncio; without it the fixtures are absent
     _async_fixture = None
 
-__all__ = ["MockBehaviour", "ProxyHandle", "proxy_config", "sse_events", "start_proxy"]
+__all__ = ["MockBehaviour", "ProxyHandle", "host_app", "proxy_config", "sse_events", "start_proxy"]
 
 
 @dataclass(slots=True)
@@ -58,9 +59,9 @@ class ProxyHandle:
     runner: web.AppRunner
 
     @property
-    def store(self) -> Store:
-        """The app's account store."""
-        return self.app[keys.STORE]
+    def store(self) -> Any:
+        """The service a plugin published as `store` (billing publishes its ledger there)."""
+        return self.app[HOST].service("store")
 
     @property
     def openai_base(self) -> str:
@@ -79,17 +80,26 @@ class ProxyHandle:
 async def start_proxy(
     config: Config,
     plugins: Sequence[Plugin] | None = None,
-    store: Store | None = None,
     instance_id: str | None = None,
 ) -> ProxyHandle:
     """Start Weir for `config` on a free loopback port."""
-    app = create_app(config, plugins=plugins, store=store, instance_id=instance_id)
+    app = create_app(config, plugins=plugins, instance_id=instance_id)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_grace + 2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     return ProxyHandle(f"http://{host}:{port}", app, runner)
+
+
+def host_app(config: Config | None = None, *, instance_id: str = "test-instance",
+             tracker: TaskTracker | None = None) -> web.Application:
+    """An app with a host and nothing else: run a plugin's `lifespan` on it outside a server
+    (unit tests, benchmarks). Drain `host_of(app).tasks` when done."""
+    app = web.Application()
+    shutdown = asyncio.Event()
+    app[HOST] = Host(config or Config(), instance_id, tracker or TaskTracker(), CollectorRegistry(), shutdown)
+    return app
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> list[SSEEvent]:
@@ -128,15 +138,15 @@ if _async_fixture is not None:
     async def make_proxy(
         fake_upstream: MockUpstream, tmp_path: Path
     ) -> AsyncIterator[Callable[..., Awaitable[ProxyHandle]]]:
-        """Factory: `await make_proxy(plugins=[...], store=None, **config_overrides)`."""
+        """Factory: `await make_proxy(plugins=[...], **config_overrides)`."""
         started: list[ProxyHandle] = []
 
         async def factory(
-            plugins: Sequence[Plugin] = (), store: Store | None = None, **overrides: Any
+            plugins: Sequence[Plugin] = (), **overrides: Any
         ) -> ProxyHandle:
             config = proxy_config(fake_upstream.url, tmp_path / f"p{len(started)}", **overrides)
             (tmp_path / f"p{len(started)}").mkdir(exist_ok=True)
-            handle = await start_proxy(config, plugins=list(plugins), store=store or make_store(config))
+            handle = await start_proxy(config, plugins=list(plugins))
             started.append(handle)
             return handle
 

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import pytest
 import redis
 
-from proxy.store.redis_core import redact
+from plugins.billing.store.redis.client import redact
 
 EXTERNAL_ENV = "WEIR_TEST_REDIS_URL"
 REQUIRE_ENV = "WEIR_REQUIRE_REDIS"

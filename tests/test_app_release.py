@@ -11,15 +11,14 @@ from pathlib import Path
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from plugins.billing.tokenizer import Family
-from proxy.mock_upstream import MockUpstream
-from proxy.store.factory import make_store
+from proxy.mock.upstream import MockUpstream
 from proxy.testing import proxy_config, start_proxy
 
 
 async def test_a_stopped_app_releases_its_plugins(fake_upstream: MockUpstream, tmp_path: Path) -> None:
     config = proxy_config(fake_upstream.url, tmp_path)
     plugin = BillingPlugin(BillingConfig(pricing={"models": {"mock-gpt": {"input": 1, "output": 1}}}))
-    handle = await start_proxy(config, plugins=[plugin], store=make_store(config))
+    handle = await start_proxy(config, plugins=[plugin])
     encodings = [plugin.tokenizer.encoding(f) for f in (Family.O200K, Family.CL100K)]  # warmed by the lifespan
     refs = [weakref.ref(o) for o in (handle.app, plugin, *encodings)]
     await handle.stop()

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from proxy.apikeys import hash_key
+from plugins.billing.apikeys import hash_key
 from proxy.config import load_config
-from proxy.store.base import Hold, LogDetails, Store
-from proxy.store.factory import make_store
+from plugins.billing.store.base import Hold, LogDetails, Store
+from plugins.billing.store.factory import make_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -84,7 +84,7 @@ class Weir:
             return
         import redis
 
-        from proxy.store.redis_layout import Layout
+        from plugins.billing.store.redis.layout import Layout
 
         client = redis.Redis.from_url(self.redis_url)
         try:
@@ -110,7 +110,7 @@ def weir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Weir]:
     prefix = f"weirtest:cli:{uuid.uuid4().hex}"
     store = f'{{backend: redis, url: "{url}", prefix: "{prefix}"}}'
     yield Weir("redis", _write_config(tmp_path / "proxy.yaml", store), prefix, url)
-    from proxy.store.redis_store import RedisStore
+    from plugins.billing.store.redis.store import RedisStore
 
     async def drop() -> None:
         rs = RedisStore(url, prefix=prefix)

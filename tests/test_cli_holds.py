@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from proxy.config import load_config
-from proxy.store.base import Hold
-from proxy.store.factory import make_store
+from plugins.billing.store.base import Hold
+from plugins.billing.store.factory import make_store
 from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
 HOUR = 3600.0

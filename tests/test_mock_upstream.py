@@ -21,8 +21,8 @@ import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 
-from proxy.mock_text import PROMPT_OVERHEAD, THINK_TOKENS
-from proxy.mock_upstream import MockBehaviour, MockUpstream
+from proxy.mock.text import PROMPT_OVERHEAD, THINK_TOKENS
+from proxy.mock.upstream import MockBehaviour, MockUpstream
 
 CHAT = "/v1/chat/completions"
 PROMPT: list[ChatCompletionMessageParam] = [
@@ -441,7 +441,7 @@ def _free_port() -> int:
 
 async def test_cli_entry_serves(http: aiohttp.ClientSession) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.mock_upstream", "--port", str(port), "--pace", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.mock.upstream", "--port", str(port), "--pace", "0"],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     try:
         assert proc.stdout is not None

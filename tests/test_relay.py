@@ -11,7 +11,7 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from proxy.app import create_app
-from proxy.mock_upstream import MockUpstream
+from proxy.mock.upstream import MockUpstream
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}
 

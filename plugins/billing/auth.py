@@ -7,9 +7,9 @@ import ipaddress
 import time
 from collections import OrderedDict
 
-from proxy.apikeys import hash_key, matches
+from plugins.billing.apikeys import hash_key, matches
 from proxy.plugin import Reject, RequestContext
-from proxy.store.base import ApiKey, Store, StoreUnavailable, User
+from plugins.billing.store.base import ApiKey, Store, StoreUnavailable, User
 
 STORE_DOWN = Reject(503, "store_unavailable", "the account store is unavailable; the request was not sent")
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD
+from proxy.host import Config, build_config
+
 
 @dataclass(frozen=True, slots=True)
 class BillingConfig:
     """Billing settings. `pricing`, `groups` and `group_overrides` are parsed, with exact
     Decimal arithmetic and YAML-path errors, by `plugins.billing.pricing`."""
 
-    quota_per_usd: int = 500_000
+    quota_per_usd: int = DEFAULT_QUOTA_PER_USD
     pricing: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, Any] = field(default_factory=dict)
     group_overrides: dict[str, Any] = field(default_factory=dict)
@@ -34,3 +37,22 @@ class BillingConfig:
             "groups": self.groups,
             "group_overrides": self.group_overrides,
         }
+
+
+_BILLING_USES = ("billing", "plugins.billing", "plugins.billing:BillingPlugin")
+
+
+def billing_index(config: Config) -> int | None:
+    """The position of the billing plugin in proxy.yaml's `plugins:`, or None."""
+    for i, spec in enumerate(config.plugins):
+        if spec.use in _BILLING_USES:
+            return i
+    return None
+
+
+def billing_config(config: Config) -> BillingConfig:
+    """The billing plugin's config from proxy.yaml, or the defaults when it is not listed."""
+    i = billing_index(config)
+    if i is None:
+        return BillingConfig()
+    return build_config(BillingConfig, config.plugins[i].config, f"plugins[{i}].config")

@@ -31,7 +31,7 @@ import orjson
 
 from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice, charge_io, charge_requests
 from plugins.billing.tokenizer import Family, Tokenizer
-from proxy.context import Endpoint
+from proxy.plugin import Endpoint
 
 __all__ = ["MAX_N", "MAX_OUTPUT_TOKENS", "BadRequest", "Estimate", "Estimator"]
 

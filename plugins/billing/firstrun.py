@@ -6,8 +6,8 @@ import sys
 from decimal import ROUND_HALF_UP, Decimal
 
 from plugins.billing.config import BillingConfig
-from proxy.apikeys import generate_key
-from proxy.store.base import Store, StoreError
+from plugins.billing.apikeys import generate_key
+from plugins.billing.store.base import Store, StoreError
 
 
 async def ensure_demo_user(store: Store, config: BillingConfig) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from plugins.billing.usage import Usage, normaliser
-from proxy.context import Endpoint, SSEEvent
+from proxy.plugin import Endpoint, SSEEvent
 
 __all__ = ["UsageMeter"]
 

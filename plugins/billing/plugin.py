@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -26,6 +25,7 @@ from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import BadRequest, Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
+from plugins.billing.ledger import running_ledger
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
@@ -35,7 +35,6 @@ from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
-from proxy import keys
 from proxy.plugin import (
     EndReason,
     Endpoint,
@@ -47,8 +46,8 @@ from proxy.plugin import (
     SSEEvent,
     StateKey,
 )
-from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
-from proxy.tasks import TaskTracker
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
+from proxy.host import TaskTracker, host_of
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,11 @@ class BillingPlugin(Plugin):
     Config: ClassVar[type[Any]] = BillingConfig
     authenticates: ClassVar[bool] = True
 
-    def __init__(self, config: BillingConfig | None = None) -> None:
+    def __init__(self, config: BillingConfig | None = None, *, store: Store | None = None) -> None:
+        """`store`: an already built, unopened store to use instead of the one proxy.yaml's
+        `store:` names (tests and benchmarks inject one, e.g. with a fake clock)."""
         super().__init__(config)
+        self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
         self.table = PriceTable(PricingConfig.from_plugin_config(self.config.pricing_block()), self.prices)
@@ -109,32 +111,33 @@ class BillingPlugin(Plugin):
         return self.prices.max_output_tokens(model)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
-        """Bind to the app's store and task tracker, warm the tokenizer, replay the outbox,
-        and on an empty store (with `first_run_demo`) create the demo user."""
-        self._store = app[keys.STORE]
-        self._tasks = app[keys.TASKS]
-        self._instance = app[keys.INSTANCE_ID]
-        config = app[keys.CONFIG]
-        base = Path(config.source).parent if config.source else Path.cwd()
-        self._settler = Settler(self._store, Outbox(base / "weir-outbox", self._instance))
-        self._sweeper = InflightSweeper(self._instance)
-        metrics = app.get(keys.METRICS)
-        collector = SettlementMetrics(self._settler)
-        if metrics is not None:
-            metrics.registry.register(collector)
-        self.tokenizer.warm()
-        await self._replay()
-        if self.config.first_run_demo:
-            await ensure_demo_user(self._store, self.config)
-        replayer = self._tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay")
-        checkpointer = self._tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints")
-        reporter = self._tasks.spawn_service(report_pending(self._settler), name="billing-pending-report")
-        yield
-        replayer.cancel()
-        checkpointer.cancel()
-        reporter.cancel()
-        if metrics is not None:
-            metrics.registry.unregister(collector)
+        """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
+        warm the tokenizer, replay the outbox, and on an empty store (with `first_run_demo`)
+        create the demo user."""
+        host = host_of(app)
+        async with running_ledger(host, self._injected_store) as store:
+            self._store = store
+            self._tasks = host.tasks
+            self._instance = host.instance_id
+            self._settler = Settler(store, Outbox(host.config_dir / "weir-outbox", self._instance))
+            self._sweeper = InflightSweeper(self._instance)
+            collector = SettlementMetrics(self._settler)
+            host.metrics.register(collector)
+            self.tokenizer.warm()
+            await self._replay()
+            if self.config.first_run_demo:
+                await ensure_demo_user(store, self.config)
+            services = [
+                host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
+                host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
+                host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
+            ]
+            try:
+                yield
+            finally:
+                for service in services:
+                    service.cancel()
+                host.metrics.unregister(collector)
 
     async def _replay(self) -> None:
         assert self._settler is not None

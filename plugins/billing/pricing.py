@@ -18,7 +18,7 @@ from math import lcm
 from operator import mul
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from proxy.confbuild import ConfigError
+from proxy.host import ConfigError
 
 if TYPE_CHECKING:
     from plugins.billing.usage import Usage
@@ -283,9 +283,7 @@ class PriceTable:
 
     def __init__(self, config: PricingConfig, fallback: FallbackPrices | None = None) -> None:
         if config.fallback == "litellm" and fallback is None:
-            from plugins.billing.price_data import LiteLLMPrices
-
-            fallback = LiteLLMPrices()
+            raise ValueError("fallback: litellm needs the reference prices (plugins.billing.price_data.LiteLLMPrices)")
         self.config = config
         self._fallback = fallback if config.fallback == "litellm" else None
         self._exact = {n: p for n, p in config.models.items() if not _GLOB_CHARS.search(n)}

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD
+
 __all__ = ["ImportResult", "convert_ratios", "yaml_number"]
 
 _TABLES = {
@@ -43,7 +45,7 @@ class ImportResult:
     warnings: tuple[str, ...]
 
 
-def convert_ratios(export: Any, quota_per_usd: int = 500_000) -> ImportResult:
+def convert_ratios(export: Any, quota_per_usd: int = DEFAULT_QUOTA_PER_USD) -> ImportResult:
     """Convert a parsed ratio export (a dict, or JSON text) into a billing config dict:
     `{"quota_per_usd": ..., "pricing": {"fallback": "none", "models": {...}},
     "groups": {...}}`. Raises `ValueError` when the export is not a JSON object of tables.

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
 from plugins.billing.usage import Usage
-from proxy.context import EndReason
+from proxy.plugin import EndReason
 
 
 # Metered and Settlement are immutable named tuples rather than frozen dataclasses: both

@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from proxy.store.base import LogDetails, Resolution, Store, StoreError, StoreUnavailable
+from plugins.billing.store.base import LogDetails, Resolution, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from proxy.store.base import LogDetails, Store, StoreError
+from plugins.billing.store.base import LogDetails, Store, StoreError
 
 log = logging.getLogger(__name__)
 

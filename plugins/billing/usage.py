@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from proxy.context import Endpoint
+from proxy.plugin import Endpoint
 
 __all__ = [
     "Usage",

@@ -11,29 +11,24 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy import keys
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from proxy.confbuild import build
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, ProxyError, RequestContext, SSEEvent
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.sqlite.store import SQLiteStore
+from proxy.config import Config
 from proxy.tasks import TaskTracker
+from proxy.testing import host_app
 
 BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "tell me about weirs"}], "stream": True}
 BILLING = {"quota_per_usd": 500_000, "pricing": {"models": {"mock-gpt*": {"input": 10, "output": 100}}}}
-
-
-class _Config:
-    def __init__(self, tmp: Path) -> None:
-        self.source = str(tmp / "proxy.yaml")  # the outbox goes next to it
 
 
 class Harness:
@@ -72,12 +67,10 @@ class Harness:
 async def harness(tmp_path: Path, **config: Any) -> AsyncIterator[Harness]:
     """The plugin's lifespan around a test; its services are stopped afterwards."""
     store = SQLiteStore(str(tmp_path / "weir.db"))
-    await store.open()
     tracker = TaskTracker()
-    plugin = BillingPlugin(build(BillingConfig, {**BILLING, **config}, "config"))
-    app = web.Application()
-    app[keys.STORE], app[keys.TASKS], app[keys.INSTANCE_ID] = store, tracker, "test-instance"
-    app[keys.CONFIG] = cast(Any, _Config(tmp_path))
+    plugin = BillingPlugin(build(BillingConfig, {**BILLING, **config}, "config"), store=store)
+    # The outbox goes next to proxy.yaml.
+    app = host_app(Config(source=str(tmp_path / "proxy.yaml")), tracker=tracker)
     life = plugin.lifespan(app)
     await life.__anext__()
     try:
@@ -90,7 +83,6 @@ async def harness(tmp_path: Path, **config: Any) -> AsyncIterator[Harness]:
         with contextlib.suppress(StopAsyncIteration):
             await life.__anext__()
         await tracker.drain(10)
-        await store.close()
 
 
 async def test_live_requests_older_than_the_period_are_checkpointed(tmp_path: Path) -> None:

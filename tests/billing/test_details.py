@@ -16,7 +16,7 @@ from plugins.billing.plugin import Billing, BillingPlugin
 from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.context import Dialect, Endpoint, RequestContext, UpstreamInfo
-from proxy.store.base import ApiKey, FundingSource, Hold, HoldState, LogDetails, Preference, User
+from plugins.billing.store.base import ApiKey, FundingSource, Hold, HoldState, LogDetails, Preference, User
 
 
 def test_details_put_every_value_in_its_field() -> None:

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from plugins.billing.pending import SettlementMetrics, pending_summary, report_pending
 from plugins.billing.settler import Outbox, Settler
-from proxy.store.base import Hold, HoldState, LogDetails, Resolution, StoreError, StoreUnavailable
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import Hold, HoldState, LogDetails, Resolution, StoreError, StoreUnavailable
+from plugins.billing.store.sqlite.store import SQLiteStore
 from tests.reliability.procs import wait_for
 
 DETAILS = LogDetails(end_reason="completed", usage_source="upstream")

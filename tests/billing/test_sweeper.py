@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from plugins.billing.sweeper import InflightSweeper
-from proxy.store.base import Hold, LogDetails
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import Hold, LogDetails
+from plugins.billing.store.sqlite.store import SQLiteStore
 
 
 async def test_strays_resolved_in_flight_and_young_left_alone(tmp_path: Path) -> None:

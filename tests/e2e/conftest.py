@@ -16,11 +16,10 @@ import pytest_asyncio
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy.apikeys import generate_key
-from proxy.mock_upstream import MockUpstream
-from proxy.store.base import Store
+from plugins.billing.apikeys import generate_key
+from proxy.mock.upstream import MockUpstream
+from plugins.billing.store.base import Store
 from proxy.testing import ProxyHandle, proxy_config, start_proxy
-from proxy.store.factory import make_store
 
 PRICES = {
     "mock-gpt*": {"input": 0.15, "output": 0.60, "cache_read": 0.075},
@@ -101,7 +100,7 @@ async def billed(
             overrides["server"] = server
         cfg = proxy_config(fake_upstream.url, tmp_path, **overrides)
         plugin = BillingPlugin(BillingConfig(**{"pricing": {"models": PRICES}, **config}))
-        handle = await start_proxy(cfg, plugins=[plugin], store=make_store(cfg))
+        handle = await start_proxy(cfg, plugins=[plugin])
         store = handle.store
         await store.create_user(user)
         if quota:

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from tests.e2e.conftest import Billed, BilledFactory
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "stream": True}

@@ -108,7 +108,7 @@ async def test_upstream_500_before_first_byte_releases_exactly(billed: BilledFac
 
 
 async def test_failover_then_success_billed_once(billed: BilledFactory, fake_upstream: Any) -> None:
-    from proxy.mock_upstream import MockUpstream
+    from proxy.mock.upstream import MockUpstream
 
     bad = MockUpstream()
     bad.behaviour.fail_status = 502

@@ -17,12 +17,11 @@ import aiohttp
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from proxy.context import RequestContext, SSEEvent
-from proxy.mock_upstream import MockUpstream
+from proxy.mock.upstream import MockUpstream
 from proxy.plugin import Plugin
-from proxy.store.base import Store
-from proxy.store.factory import make_store
+from plugins.billing.store.base import Store
 from proxy.testing import proxy_config, start_proxy
 from tests.e2e.conftest import PRICES
 
@@ -59,8 +58,7 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
 ) -> None:
     fake_upstream.behaviour.words, fake_upstream.behaviour.pace = 30, 0.01  # one event per chunk
     cfg = proxy_config(fake_upstream.url, tmp_path)
-    proxy = await start_proxy(cfg, plugins=[WrongType(), BillingPlugin(BillingConfig(pricing={"models": PRICES}))],
-                              store=make_store(cfg))
+    proxy = await start_proxy(cfg, plugins=[WrongType(), BillingPlugin(BillingConfig(pricing={"models": PRICES}))])
     try:
         store = proxy.store
         clear = await _funded_key(store)
@@ -99,7 +97,7 @@ async def test_a_failure_after_the_hold_releases_it_and_forgets_the_request(
     tracked as in flight, where it would shield a stray hold from the sweep."""
     cfg = proxy_config(fake_upstream.url, tmp_path)
     billing = BillingPlugin(BillingConfig(pricing={"models": PRICES}))
-    proxy = await start_proxy(cfg, plugins=[billing], store=make_store(cfg))
+    proxy = await start_proxy(cfg, plugins=[billing])
     try:
         store = proxy.store
         clear = await _funded_key(store)

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from tests.e2e.conftest import Billed, BilledFactory
 
 CLIENT = "198.51.100.7"  # the key's allowlisted address

@@ -280,9 +280,9 @@ class World:
         return proc
 
     async def _fund(self, config: Path) -> None:
-        from proxy.apikeys import generate_key
+        from plugins.billing.apikeys import generate_key
         from proxy.config import load_config
-        from proxy.store.factory import make_store
+        from plugins.billing.store.factory import make_store
 
         self.store = make_store(load_config(config))
         await self.store.open()

@@ -33,7 +33,7 @@ import orjson
 if TYPE_CHECKING:
     from proxy.config import UpstreamConfig
     from proxy.context import Endpoint, SSEEvent
-    from proxy.store.base import LogRow
+    from plugins.billing.store.base import LogRow
     from tests.e2e.conftest import Billed
 
 __all__ = [

@@ -28,11 +28,11 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from proxy.apikeys import generate_key, hash_key
+from plugins.billing.apikeys import generate_key, hash_key
 from proxy.config import parse_config
 from proxy.dialects import ANTHROPIC_ROUTES, OPENAI_ROUTES
-from proxy.mock_upstream import MockUpstream
-from proxy.store.factory import make_store
+from proxy.mock.upstream import MockUpstream
+from plugins.billing.store.factory import make_store
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import WeirProcess, fetch, log_rows, money_moved
 
@@ -130,7 +130,7 @@ async def test_a_key_bills_only_its_own_user(billed: BilledFactory) -> None:
 
 def test_keys_are_compared_in_constant_time() -> None:
     from plugins.billing import auth
-    from proxy import apikeys
+    from plugins.billing import apikeys
 
     names = apikeys.matches.__code__.co_names
     assert "hmac" in names and "compare_digest" in names

@@ -19,10 +19,10 @@ import yaml
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from proxy.config import parse_config
 from proxy.context import Endpoint
-from proxy.store.factory import make_store
+from plugins.billing.store.factory import make_store
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import (
     RawConn,

@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 
 from plugins.billing.tokenizer import Tokenizer
-from proxy.mock_upstream import MockUpstream
-from proxy.store.base import HoldState
+from proxy.mock.upstream import MockUpstream
+from plugins.billing.store.base import HoldState
 from proxy.testing import unique_prefix
 from tests.reliability.procs import (
     IN_UNIT,

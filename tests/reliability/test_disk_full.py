@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from proxy.mock_upstream import MockUpstream
+from proxy.mock.upstream import MockUpstream
 from tests.reliability.procs import WeirConfig, WeirProcess, World, billing_plugin, chat, chat_body, wait_for
 from tests.reliability.test_store_faults import charge_of
 

@@ -30,10 +30,9 @@ from hypothesis import strategies as st
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from proxy import keys
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from proxy.config import UpstreamConfig
-from proxy.mock_upstream import MockUpstream
-from proxy.store.factory import make_store
+from proxy.mock.upstream import MockUpstream
 from proxy.testing import ProxyHandle, proxy_config, start_proxy
 from proxy.upstream import Upstream
 from tests.e2e.conftest import PRICES
@@ -95,7 +94,7 @@ async def _start(tmp: Path, stream: list[list[bytes]]) -> tuple[ProxyHandle, Moc
     await raw.start()
     cfg = proxy_config(mock.url, tmp)
     plugin = BillingPlugin(BillingConfig(pricing={"models": PRICES}, on_client_disconnect="partial"))
-    proxy = await start_proxy(cfg, plugins=[plugin], store=make_store(cfg))
+    proxy = await start_proxy(cfg, plugins=[plugin])
     # The raw upstream first for RAW_MODEL (it never refuses, so no failover); the mock
     # serves every other model.
     raw_cfg = UpstreamConfig(name="raw", type="openai", base_url=raw.url + "/v1", models=(RAW_MODEL,),

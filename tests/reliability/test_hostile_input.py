@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import fetch, log_rows, money_moved, quota, raw_exchange
 

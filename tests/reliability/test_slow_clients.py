@@ -27,11 +27,11 @@ import yaml
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from proxy.apikeys import generate_key
+from plugins.billing.apikeys import generate_key
 from proxy.config import parse_config
 from proxy.context import Endpoint
-from proxy.store.base import LogRow, Store
-from proxy.store.factory import make_store
+from plugins.billing.store.base import LogRow, Store
+from plugins.billing.store.factory import make_store
 from tests.e2e.conftest import PRICES
 from tests.reliability.procs import audit_json, free_port, wait_for
 from tests.reliability.rawserver import RawUpstream, WeirProcess, chat_text, quota, tokens

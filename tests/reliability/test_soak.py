@@ -19,7 +19,7 @@ import pytest
 from bench.soak import run_soak
 from bench.soak_report import MIB, SoakReport, SoakSettings, expected_charge, growth_per_k, judge
 from bench.soak_traffic import FAULTS, HEALTHY, Kind, Shot
-from proxy.store.base import LogDetails, LogRow
+from plugins.billing.store.base import LogDetails, LogRow
 
 
 @pytest.mark.slow

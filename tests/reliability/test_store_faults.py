@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from proxy.mock_upstream import MockUpstream
-from proxy.store.base import HoldState
+from proxy.mock.upstream import MockUpstream
+from plugins.billing.store.base import HoldState
 from tests.reliability.procs import (
     IN_UNIT,
     OUT_UNIT,

@@ -15,7 +15,7 @@ import pytest
 
 from proxy.config import UpstreamConfig
 from proxy.context import Endpoint
-from proxy.mock_upstream import MockUpstream
+from proxy.mock.upstream import MockUpstream
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, billed  # noqa: F401  (fixture)
 from tests.reliability.rawserver import (
     RawUpstream,

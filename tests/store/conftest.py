@@ -2,7 +2,7 @@
 
 `store` is parametrised over every backend. The Redis backend runs on the suite's private
 `redis-server` (the session fixture `redis_url`); it skips (with the reason) when
-`proxy.store.redis_store` does not import or no `redis-server` is installed, unless
+`plugins.billing.store.redis.store` does not import or no `redis-server` is installed, unless
 `WEIR_REQUIRE_REDIS=1`, which turns that into a failure. Every test that uses `store` ends
 with an audit: the ledger must balance and no orphaned hold may be left.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Preference, Resolution, Store
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Preference, Resolution, Store
+from plugins.billing.store.sqlite.store import SQLiteStore
 from tests.redis_server import redis_missing
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 AUDIT_ORPHAN_AFTER = 30.0
@@ -64,9 +64,9 @@ class Backend:
 
 def _redis_store_unimportable() -> str | None:
     try:
-        import proxy.store.redis_store  # noqa: F401
+        import plugins.billing.store.redis.store  # noqa: F401
     except Exception as exc:  # any import failure means the backend is not there yet
-        return f"proxy.store.redis_store does not import: {exc!r}"
+        return f"plugins.billing.store.redis.store does not import: {exc!r}"
     return None
 
 
@@ -87,7 +87,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
 
 
 def _redis_backend(url: str) -> Backend:
-    from proxy.store.redis_store import RedisStore
+    from plugins.billing.store.redis.store import RedisStore
 
     prefix = f"weirtest:{uuid.uuid4().hex}"
 

@@ -1,4 +1,4 @@
-"""SQLite's set-at-a-time holds and settlements (`proxy.store.sqlite_bulk`) write exactly what
+"""SQLite's set-at-a-time holds and settlements (`plugins.billing.store.sqlite.group_commit`) write exactly what
 the one-by-one functions write.
 
 The same script of concurrent calls runs on two fresh databases: one store with the bulk
@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from proxy.apikeys import hash_key
-from proxy.store import sqlite_bulk, sqlite_store
-from proxy.store.base import LogDetails, Plan, StoreError
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.apikeys import hash_key
+from plugins.billing.store.sqlite import group_commit as sqlite_bulk, store as sqlite_store
+from plugins.billing.store.base import LogDetails, Plan, StoreError
+from plugins.billing.store.sqlite.store import SQLiteStore
 
 from .conftest import START, FakeClock
 

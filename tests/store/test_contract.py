@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.store.base import (
+from plugins.billing.store.base import (
     FundingSource,
     Hold,
     HoldRefusal,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from proxy.store.base import (
+from plugins.billing.store.base import (
     FundingSource,
     HoldRefusal,
     Plan,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store.base import Hold, HoldState, LogDetails, Plan
-from proxy.store.ledger_rules import HAND_RESOLVED
-from proxy.store.sqlite_schema import MIGRATIONS
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import Hold, HoldState, LogDetails, Plan
+from plugins.billing.store.rules import HAND_RESOLVED
+from plugins.billing.store.sqlite.schema import MIGRATIONS
+from plugins.billing.store.sqlite.store import SQLiteStore
 
 from .conftest import DONE, START, Backend, World
 
@@ -105,7 +105,7 @@ def _notes(backend: Backend, user: str, request_id: str) -> list[str]:
             return [n for (n,) in raw.execute("SELECT note FROM ledger WHERE request_id = ? ORDER BY id", (request_id,))]
     import redis
 
-    from proxy.store.redis_layout import Layout
+    from plugins.billing.store.redis.layout import Layout
 
     client = redis.Redis.from_url(backend.spec[1], decode_responses=True)
     try:
@@ -139,7 +139,7 @@ async def test_a_hand_resolution_notes_the_ledger_and_the_log(world: World, back
 
 
 async def test_a_version_3_database_gains_touched_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.store import sqlite_schema
+    from plugins.billing.store.sqlite import schema as sqlite_schema
 
     path = str(tmp_path / "w.db")
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:3])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.store.base import HoldState, Plan
+from plugins.billing.store.base import HoldState, Plan
 
 from .conftest import DONE, World
 

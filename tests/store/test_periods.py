@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.store.ledger_rules import DAY, add_months, period_start
+from plugins.billing.store.rules import DAY, add_months, period_start
 
 # 2001 .. 2096 (across 2^31 s, in 2038, where float sums start to round), with arbitrary fractions of a second (a `time.time()` is rarely a whole µs).
 starts = st.floats(min_value=1_000_000_000.0, max_value=4_000_000_000.0, allow_nan=False)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.store.base import Hold, HoldRefusal, HoldState, Refusal, Resolution
+from plugins.billing.store.base import Hold, HoldRefusal, HoldState, Refusal, Resolution
 
 from .conftest import DONE, Backend, FakeClock, World
 
@@ -84,14 +84,14 @@ async def test_resolutions_racing_the_orphan_sweep_resolve_once(
 
 WORKER = r"""
 import asyncio, json, sys
-from proxy.store.base import Hold, LogDetails
+from plugins.billing.store.base import Hold, LogDetails
 
 async def main(kind, target, extra, now, tag, key_id, rounds):
     if kind == "sqlite":
-        from proxy.store.sqlite_store import SQLiteStore
+        from plugins.billing.store.sqlite.store import SQLiteStore
         store = SQLiteStore(target, clock=lambda: now)
     else:
-        from proxy.store.redis_store import RedisStore
+        from plugins.billing.store.redis.store import RedisStore
         store = RedisStore(url=target, prefix=extra, clock=lambda: now)
     await store.open()
     await store.heartbeat(tag)

@@ -30,11 +30,11 @@ from redis import exceptions as rexc
 from redis.crc import key_slot
 
 from proxy.config import parse_config
-from proxy.store.base import Hold, LogDetails, StoreError, StoreUnavailable
-from proxy.store.factory import make_store
-from proxy.store.redis_core import translate
-from proxy.store.redis_layout import Layout, load_script
-from proxy.store.redis_store import RedisStore
+from plugins.billing.store.base import Hold, LogDetails, StoreError, StoreUnavailable
+from plugins.billing.store.factory import make_store
+from plugins.billing.store.redis.client import translate
+from plugins.billing.store.redis.layout import Layout, load_script
+from plugins.billing.store.redis.store import RedisStore
 from tests.redis_server import redis_missing
 
 from .conftest import Backend, FakeClock

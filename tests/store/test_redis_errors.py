@@ -11,9 +11,9 @@ import pytest
 import redis.exceptions as rexc
 from redis._parsers.base import BaseParser
 
-from proxy.store.base import StoreError, StoreUnavailable
-from proxy.store.redis_core import _translated
-from proxy.store.redis_lean import reply_error
+from plugins.billing.store.base import StoreError, StoreUnavailable
+from plugins.billing.store.redis.client import _translated
+from plugins.billing.store.redis.resp_commands import reply_error
 
 TRY_AGAIN = [
     "LOADING Redis is loading the dataset in memory",

@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from proxy.store.base import (
+from plugins.billing.store.base import (
     FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, Resolution, StoreError, StoreUnavailable,
 )
-from proxy.store.redis_store import RedisStore
+from plugins.billing.store.redis.store import RedisStore
 
 from tests.redis_server import RedisServer
 

@@ -1,4 +1,4 @@
-"""The lean RESP connection (`proxy.store.resp`) and its command layer (`proxy.store.redis_lean`).
+"""The lean RESP connection (`plugins.billing.store.redis.resp`) and its command layer (`plugins.billing.store.redis.resp_commands`).
 
 Against the suite's private `redis-server` (the session fixture `redis_url`; skipped without
 it, failed under WEIR_REQUIRE_REDIS=1), and, for a server that accepts and then never answers or hangs up,
@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.store.base import StoreError, StoreUnavailable
-from proxy.store.redis_core import RedisCore
-from proxy.store.redis_lean import LeanRedis, Script, lean_target
-from proxy.store.resp import RespClient, RespConnectionError, RespError, Target
+from plugins.billing.store.base import StoreError, StoreUnavailable
+from plugins.billing.store.redis.client import RedisCore
+from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target
+from plugins.billing.store.redis.resp import RespClient, RespConnectionError, RespError, Target
 from redis.asyncio.connection import parse_url
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from proxy.store.base import FundingSource, Hold, HoldState, LogDetails, Plan, Preference, Resolution
+from plugins.billing.store.base import FundingSource, Hold, HoldState, LogDetails, Plan, Preference, Resolution
 
 from .conftest import World
 

@@ -13,10 +13,10 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from proxy.store.base import Hold, LogDetails, Plan, StoreError, StoreUnavailable
-from proxy.store.sqlite_conn import require_worker_api
-from proxy.store.sqlite_schema import MIGRATIONS
-from proxy.store.sqlite_store import SQLiteStore
+from plugins.billing.store.base import Hold, LogDetails, Plan, StoreError, StoreUnavailable
+from plugins.billing.store.sqlite.connection import require_worker_api
+from plugins.billing.store.sqlite.schema import MIGRATIONS
+from plugins.billing.store.sqlite.store import SQLiteStore
 
 
 async def test_open_sets_wal_and_migrates_once(tmp_path: Path) -> None:
@@ -338,7 +338,7 @@ async def test_checkpoints_run_in_the_background(tmp_path: Path) -> None:
 
 
 async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path) -> None:
-    from proxy.store.sqlite_schema import _V1, statements
+    from plugins.billing.store.sqlite.schema import _V1, statements
 
     path = str(tmp_path / "w.db")
     raw = sqlite3.connect(path, isolation_level=None)
@@ -400,7 +400,7 @@ async def test_an_idle_store_skips_its_background_checkpoints(
 async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy.store import sqlite_schema
+    from plugins.billing.store.sqlite import schema as sqlite_schema
 
     path = str(tmp_path / "w.db")
     log = LogDetails(end_reason="completed", usage_source="upstream", upstream="up")

@@ -1,0 +1,1 @@
+"""The shared Redis ledger (`RedisStore`): the RESP client, key layout, Lua scripts, audit."""

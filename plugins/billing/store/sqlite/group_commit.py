@@ -1,0 +1,263 @@
+"""Group commit, set by set: a batch of concurrent holds or settlements in a few statements.
+
+`SQLiteConnection` runs the calls that queued while a transaction was under way as one
+batch, in one transaction (group commit). Run one by one, a hold costs four statements and
+a capture seven, each with its Python around it: at 32 concurrent clients that SQL was the
+largest part of what billing cost per request. The functions here do the work of a whole
+group of `hold_tx` or `resolve_tx` calls, for the common case of wallet-funded holds: they
+read the accounts once, decide each call in order with the same rules as
+`plugins.billing.store.sqlite.ledger`, and write with one `executemany` per table and one relative
+UPDATE per account. The rows they write are the rows the one-by-one functions write,
+entry for entry (tests/store/test_bulk.py compares the two).
+
+Anything else goes through the one-by-one function, in the same transaction: a user with an
+active subscription, a subscription-funded hold, a key or user that does not exist, a hold
+that is already resolved or was never made, a request id seen twice in the batch. An
+exception (a request id held already makes the hold INSERT fail) undoes the whole
+transaction; `sqlite_conn` then runs the calls one by one, each in a savepoint, so the call
+at fault is undone and answered alone.
+
+Order: every call in a batch was pending when the batch began, so any order is a valid
+serialisation of them. Holds are decided in arrival order, each against what the holds
+before it left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from plugins.billing.store import rules
+from plugins.billing.store.sqlite import schema
+from plugins.billing.store.base import (
+    FundingSource,
+    Hold,
+    HoldRefusal,
+    HoldState,
+    LogDetails,
+    Preference,
+    Resolution,
+    StoreError,
+)
+from plugins.billing.store.sqlite.ledger import (
+    INSERT_HOLD,
+    INSERT_LOG,
+    JOURNAL,
+    RESOLVED,
+    WALLET_SETTLED,
+    Clock,
+    Db,
+    hold_tx,
+    key_check,
+    resolve_tx,
+)
+
+__all__ = ["BULK", "hold_many", "resolve_many"]
+
+# The hold's checks for one (user, key) pair, without the per-request idempotency lookup:
+# a request id held already fails the hold INSERT (primary key) instead.
+_ACCOUNTS = (
+    "SELECT k.user, k.status, k.expires_at, k.quota, k.balance, k.reserved, u.preference, u.balance, u.reserved,"
+    " EXISTS (SELECT 1 FROM subscriptions WHERE user = u.name AND start <= ? AND end_at > ?)"
+    " FROM api_keys k JOIN users u ON u.name = ? WHERE k.id = ?"
+)
+_RESERVE_WALLET = "UPDATE users SET reserved = reserved + ? WHERE name = ?"
+_RESERVE_KEY = "UPDATE api_keys SET reserved = reserved + ? WHERE id = ?"
+_HOLDS_OF = (
+    "SELECT request_id, user, key_id, source, amount, key_amount, price_version, state, checkpoint,"
+    " charged, overage FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
+)
+# A key's use, and for a key with a quota its balance and reservation, in one statement.
+_KEY_SETTLED = (
+    "UPDATE api_keys SET used = used + ?, request_count = request_count + ?,"
+    " balance = balance + CASE WHEN quota IS NULL THEN 0 ELSE ? END,"
+    " reserved = reserved + CASE WHEN quota IS NULL THEN 0 ELSE ? END"
+    " WHERE id = ? RETURNING quota, name"
+)
+_UPSTREAMS_USED = (
+    "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, ?)"
+    " ON CONFLICT(name) DO UPDATE SET used = used + excluded.used,"
+    " request_count = request_count + excluded.request_count"
+)
+_WALLET = FundingSource.WALLET.value
+_OPEN = HoldState.OPEN.value
+_BY_HAND = rules.HAND_RESOLVED  # a hand resolution's ledger note is written one by one
+_KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
+
+
+def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
+    """`hold_tx(db, *args)` for each `args` of `calls`, as one set of statements.
+
+    Returns each call's Hold or HoldRefusal, in order. Raises (so the caller falls back to
+    one call at a time) when a write fails, e.g. a request id that is held already.
+    """
+    clock: Clock = calls[0][0]
+    now = clock()
+    rows: dict[tuple[str, str], Any] = {}
+    wallets: dict[str, list[int]] = {}  # user -> [available, reserved by this batch]
+    keys: dict[str, list[int]] = {}  # key id -> [available, reserved by this batch]
+    holds: list[tuple[object, ...]] = []
+    journal: list[tuple[object, ...]] = []
+    results: list[object] = []
+    for args in calls:
+        _, request_id, user, key_id, amount, preference, price_version, ttl, instance_id, _model = args
+        pair = (user, key_id)
+        if pair not in rows:
+            rows[pair] = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
+        row = rows[pair]
+        if row is None or row[9]:  # no such key or user, or subscriptions to choose from
+            results.append(hold_tx(db, *args))
+            continue
+        owner, status, expires_at, quota, k_balance, k_reserved, user_pref, u_balance, u_reserved, _ = row
+        wallet = wallets.setdefault(user, [u_balance - u_reserved, 0])
+        key = keys.setdefault(key_id, [k_balance - k_reserved, 0])
+        unlimited = quota is None
+        refusal = key_check(owner == user, status, expires_at, unlimited, key[0], amount, now)
+        if refusal is None:
+            choice = rules.choose_funding(preference or Preference(user_pref), wallet[0], (), amount)
+            refusal = choice if isinstance(choice, HoldRefusal) else None
+        if refusal is not None:
+            results.append(refusal)
+            continue
+        wallet[0] -= amount
+        wallet[1] += amount
+        key_amount = 0 if unlimited else amount
+        expires = now + ttl
+        holds.append((request_id, user, key_id, _WALLET, None, amount, key_amount, price_version, instance_id, now, expires))
+        journal.append((now, rules.account("wallet", user), "hold", 0, amount, request_id, ""))
+        if not unlimited:
+            key[0] -= amount
+            key[1] += amount
+            journal.append((now, rules.account("key", key_id), "hold", 0, key_amount, request_id, ""))
+        results.append(Hold(
+            request_id, user, key_id, FundingSource.WALLET, None, amount, key_amount, price_version,
+            instance_id, now, expires, HoldState.OPEN,
+        ))
+    if holds:
+        _write_holds(db, holds, wallets, keys, journal)
+    return results
+
+
+def _write_holds(
+    db: Db, holds: list[tuple[object, ...]], wallets: dict[str, list[int]], keys: dict[str, list[int]],
+    journal: list[tuple[object, ...]],
+) -> None:
+    """Write what `hold_many` decided: the hold rows, each account's added reservation, the journal."""
+    db.executemany(INSERT_HOLD, holds)
+    _add_each(db, _RESERVE_WALLET, wallets, "wallet")
+    _add_each(db, _RESERVE_KEY, keys, "key")
+    db.executemany(JOURNAL, journal)
+
+
+def _add_each(db: Db, sql: str, accounts: dict[str, list[int]], owner: str) -> None:
+    """Add each account's reservation from this batch (one UPDATE per account)."""
+    for ident, (_, added) in accounts.items():
+        if added and db.execute(sql, (added, ident)).rowcount != 1:
+            raise StoreError(f"no account {owner}:{ident}")
+
+
+class _Totals:
+    """What one batch of settlements adds to each account and counter."""
+
+    __slots__ = ("wallets", "keys", "upstreams")
+
+    def __init__(self) -> None:
+        self.wallets: dict[str, list[int]] = {}  # user -> [d_balance, d_reserved, used, requests]
+        self.keys: dict[str, list[int]] = {}  # key id -> [used, requests, d_balance, d_reserved]
+        self.upstreams: dict[str, list[int]] = {}  # name -> [used, requests]
+
+    def add(self, user: str, key_id: str, charge: int, held: int, key_held: int, counted: int, upstream: str) -> None:
+        w = self.wallets.setdefault(user, [0, 0, 0, 0])
+        w[0] -= charge
+        w[1] -= held
+        w[2] += charge
+        w[3] += counted
+        k = self.keys.setdefault(key_id, [0, 0, 0, 0])
+        k[0] += charge
+        k[1] += counted
+        k[2] -= charge
+        k[3] -= key_held
+        if upstream:
+            u = self.upstreams.setdefault(upstream, [0, 0])
+            u[0] += charge
+            u[1] += 1
+
+    def write(self, db: Db) -> dict[str, tuple[Any, str]]:
+        """Apply the totals; returns each key's (quota, name)."""
+        for user, (d_balance, d_reserved, used, requests) in self.wallets.items():
+            if db.execute(WALLET_SETTLED, (d_balance, d_reserved, used, requests, user)).rowcount != 1:
+                raise StoreError(f"no account wallet:{user}")
+        found: dict[str, tuple[Any, str]] = {}
+        for key_id, (used, requests, d_balance, d_reserved) in self.keys.items():
+            row = db.execute(_KEY_SETTLED, (used, requests, d_balance, d_reserved, key_id)).fetchall()
+            if not row:
+                raise StoreError(f"a hold names a missing key {key_id}")
+            found[key_id] = row[0]
+        for name, (used, requests) in self.upstreams.items():
+            db.execute(_UPSTREAMS_USED, (name, used, requests))
+        return found
+
+
+def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
+    """`resolve_tx(db, *args)` for each `args` of `calls`, as one set of statements.
+
+    Returns each call's Resolution, in order; raises like `resolve_tx` (so the caller
+    falls back to one call at a time).
+    """
+    ids = [args[1] for args in calls]
+    if len(set(ids)) != len(ids):  # the same hold twice: the second must see the first
+        return [resolve_tx(db, *args) for args in calls]
+    clock: Clock = calls[0][0]
+    found = {r[0]: r for r in db.execute(_HOLDS_OF, (orjson.dumps(ids),)).fetchall()}
+    ts = clock()
+    totals = _Totals()
+    mine: list[tuple[tuple[Any, ...], Any]] = []
+    results: list[object] = []
+    for args in calls:
+        _, request_id, state, charge, log = args
+        row = found.get(request_id)
+        if row is None or row[3] != _WALLET or row[7] != _OPEN or log[0] == _BY_HAND:
+            results.append(resolve_tx(db, *args))  # unknown, subscription-funded, resolved, or noted
+            continue
+        counted = int(rules.counts_as_request(state, row[8]))
+        upstream = log.upstream if state is HoldState.CAPTURED else ""
+        totals.add(row[1], row[2], charge, row[4], row[5], counted, upstream)
+        mine.append((args, row))
+        results.append(Resolution(request_id, state, charge, 0, True))
+    if mine:
+        _write_resolutions(db, ts, mine, totals.write(db))
+    return results
+
+
+def _write_resolutions(
+    db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any]], keys: dict[str, tuple[Any, str]]
+) -> None:
+    """The journal entries, the holds' resolutions and the consume-log rows of `mine`."""
+    journal: list[tuple[object, ...]] = []
+    resolved: list[tuple[object, ...]] = []
+    logs: list[tuple[object, ...]] = []
+    for (_, request_id, state, charge, log), row in mine:
+        _, user, key_id, source, held, key_held, price_version = row[:7]
+        kind = _KINDS[state]
+        quota, key_name = keys[key_id]
+        journal.append((ts, rules.account("wallet", user), kind, -charge, -held, request_id, ""))
+        if quota is not None:
+            journal.append((ts, rules.account("key", key_id), kind, -charge, -key_held, request_id, ""))
+        resolved.append((state.value, charge, 0, ts, request_id))
+        details: LogDetails = log
+        logs.append((
+            ts, request_id, user, key_id, source, state.value, held, charge, 0, price_version,
+            *schema.log_values(details, key_name),
+        ))
+    db.executemany(JOURNAL, journal)
+    db.executemany(RESOLVED, resolved)
+    db.executemany(INSERT_LOG, logs)
+
+
+BULK: dict[Callable[..., object], Callable[[Db, Sequence[tuple[Any, ...]]], list[object]]] = {
+    hold_tx: hold_many,
+    resolve_tx: resolve_many,
+}
+"""The one-by-one money steps that have a set-at-a-time form, for `SQLiteConnection`."""

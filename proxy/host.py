@@ -1,0 +1,116 @@
+"""The host: what the core offers a plugin beyond its hooks. Public API.
+
+A plugin reaches the host from its `lifespan` with `host_of(app)`:
+
+    async def lifespan(self, app):
+        host = host_of(app)
+        task = host.tasks.spawn_service(self._loop(), name="my-loop")
+        host.add_health_check("my-db", self._db.ping)
+        yield
+        task.cancel()
+
+It gives the proxy's whole config (read-only), the instance id, the config file's folder,
+the tracked task runner (background work that shutdown drains), the app's Prometheus
+registry, named health checks that `/healthz` reports, and named services a plugin publishes
+for others (billing publishes its ledger store as `store`). Nothing here knows any plugin.
+
+Also re-exported for plugins: `Config`, `StoreConfig`, `ConfigError` and `build_config`
+(frozen dataclasses from YAML with YAML-path errors), and `TaskTracker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.confbuild import ConfigError
+from proxy.confbuild import build as build_config
+from proxy.config import Config, StoreConfig
+from proxy.tasks import TaskTracker
+
+__all__ = [
+    "HOST",
+    "Config",
+    "ConfigError",
+    "HealthCheck",
+    "Host",
+    "StoreConfig",
+    "TaskTracker",
+    "build_config",
+    "host_of",
+]
+
+log = logging.getLogger(__name__)
+
+#: A health check: answers True when the thing it watches works.
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(slots=True, eq=False)
+class Host:
+    """The core's services for plugins; one per app, built by `create_app`."""
+
+    config: Config
+    instance_id: str
+    tasks: TaskTracker
+    metrics: CollectorRegistry
+    shutdown: asyncio.Event
+    _checks: dict[str, HealthCheck] = field(default_factory=dict)
+    _services: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        """The folder of the config file (the working directory for a config built in code):
+        where a plugin keeps files beside proxy.yaml."""
+        return Path(self.config.source).parent if self.config.source else Path.cwd()
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """Report `check` as `name` in `/healthz`; a False answer (or an error) makes the
+        proxy `degraded` with status 503."""
+        if name in self._checks or name in ("status", "instance"):
+            raise ValueError(f"health check {name!r} is already registered")
+        self._checks[name] = check
+
+    def remove_health_check(self, name: str) -> None:
+        """Stop reporting `name` (a plugin's lifespan calls it on the way out)."""
+        self._checks.pop(name, None)
+
+    async def health(self) -> dict[str, bool]:
+        """Run every health check; an exception counts as unhealthy."""
+        results: dict[str, bool] = {}
+        for name, check in self._checks.items():
+            try:
+                results[name] = bool(await check())
+            except Exception:
+                log.debug("health check %s failed", name, exc_info=True)
+                results[name] = False
+        return results
+
+    def publish(self, name: str, service: object) -> None:
+        """Offer `service` to other plugins and to the test harness under `name`."""
+        self._services[name] = service
+
+    def unpublish(self, name: str) -> None:
+        """Withdraw a published service."""
+        self._services.pop(name, None)
+
+    def service(self, name: str) -> object:
+        """The service published under `name`; `KeyError` when none is."""
+        try:
+            return self._services[name]
+        except KeyError:
+            raise KeyError(f"no plugin published a service named {name!r}") from None
+
+
+HOST = web.AppKey("weir.host", Host)
+
+
+def host_of(app: web.Application) -> Host:
+    """The host of `app` (call it from a plugin's `lifespan` or a route handler)."""
+    return app[HOST]
