@@ -18,6 +18,7 @@ from proxy.confbuild import ConfigError, build
 from proxy.forwarded import parse_networks
 
 __all__ = [
+    "AdminConfig",
     "Config",
     "ConfigError",
     "PluginSpec",
@@ -53,6 +54,14 @@ class ServerConfig:
     trace_plugins: bool = False
     instance_id: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operator's credential for the admin API and console (`admin.token`, usually
+    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404."""
+
+    token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +133,7 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     upstreams: tuple[UpstreamConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     plugins: tuple[PluginSpec, ...] = ()
@@ -221,5 +231,7 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.base_url", "required for a non-mock upstream")
         if up.weight < 1:
             raise ConfigError(f"{where}.weight", "must be at least 1")
+    if cfg.admin.token and len(cfg.admin.token) < 16:
+        raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")

@@ -21,6 +21,7 @@ Also re-exported for plugins: `Config`, `StoreConfig`, `ConfigError` and `build_
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,16 @@ class Host:
         """The folder of the config file (the working directory for a config built in code):
         where a plugin keeps files beside proxy.yaml."""
         return Path(self.config.source).parent if self.config.source else Path.cwd()
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether `admin.token` is set; without it admin surfaces answer 404."""
+        return bool(self.config.admin.token)
+
+    def is_admin_token(self, presented: str) -> bool:
+        """Constant-time check of a presented admin token (False when none is configured)."""
+        token = self.config.admin.token
+        return bool(token) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), token.encode())
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         """Report `check` as `name` in `/healthz`; a False answer (or an error) makes the
