@@ -113,3 +113,14 @@ def test_the_checker_sees_imports() -> None:
     assert "proxy.plugin" in GRAPH["plugins.billing.plugin"]
     assert "proxy.host" in GRAPH["plugins.billing.ledger"]
     assert "plugins.billing.store.base" in GRAPH["plugins.billing.store.sqlite.store"]
+
+
+def test_docs_and_code_cite_nothing_outside_the_repository() -> None:
+    """docs/ is self-contained: the design and the billing rules the code cites are in
+    docs/design.md and docs/billing-rules.md, not in files beside the repository."""
+    outside = ("DESIGN.md", "spec/billing.md", "../shared", "seeds/")
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *MODULES.values()]
+    bad = sorted(f"{path.relative_to(ROOT)}: {word}" for path in files for word in outside
+                 if word in path.read_text("utf-8"))
+    assert bad == []
+    assert (ROOT / "docs" / "billing-rules.md").exists() and (ROOT / "docs" / "design.md").exists()

@@ -1,4 +1,4 @@
-"""`mypy --strict` passes on proxy/ and plugins/ (DESIGN.md conventions)."""
+"""`mypy --strict` passes on proxy/ and plugins/ (docs/design.md, Conventions)."""
 
 from __future__ import annotations
 

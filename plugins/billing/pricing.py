@@ -1,4 +1,4 @@
-"""Prices, group multipliers and the charge arithmetic (spec/billing.md §1, §2, §4).
+"""Prices, group multipliers and the charge arithmetic (docs/billing-rules.md §1, §2, §4).
 
 Everything here is exact: prices are `Decimal` parsed from the string form of the YAML
 value (so a YAML float 0.15 becomes exactly 0.15), and a charge is rounded once, at the
