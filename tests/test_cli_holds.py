@@ -37,11 +37,27 @@ async def _plant(cli: Weir, key_id: str) -> None:
         await store.close()
 
 
+def _beat(cli: Weir) -> None:
+    """i-live heartbeats again: it is alive, however long the CLI runs before took (each
+    `weir` run is a new process; on a loaded machine a dozen of them outlast `orphan_after`)."""
+
+    async def beat() -> None:
+        store = make_store(load_config(cli.config))
+        await store.open()
+        try:
+            await store.heartbeat("i-live")
+        finally:
+            await store.close()
+
+    asyncio.run(beat())
+
+
 def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir) -> None:  # noqa: F811
     weir.ok("user", "add", "alice", "--usd", "1")
     key_id = weir.json("key", "create", "alice")["id"]
     asyncio.run(_plant(weir, key_id))
 
+    _beat(weir)
     bad = weir.run("audit")
     assert bad.returncode == 1, bad.stderr
     assert "ledger consistent" in bad.stdout and "no orphaned holds" in bad.stdout
@@ -54,6 +70,7 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
     assert weir.run("audit", "--stuck-after", "7200").returncode == 0
     assert "positive" in weir.fail("audit", "--stuck-after", "0")
 
+    _beat(weir)
     listed = {h["request_id"]: h for h in weir.json("holds")}
     assert set(listed) == {"stuck-1", "fresh"}
     stuck, fresh = listed["stuck-1"], listed["fresh"]
@@ -61,9 +78,11 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
         True, 120, 500, "alice", key_id)
     assert stuck["instance_alive"] and stuck["age_s"] >= HOUR and stuck["touched_at"] is not None
     assert (fresh["stuck"], fresh["checkpoint"], fresh["touched_at"]) == (False, None, None)
+    _beat(weir)
     text = weir.ok("holds", "list")
     assert "STUCK" in text and "i-live (alive" in text and "1 stuck hold(s)" in text
 
+    _beat(weir)
     assert "may still own it" in weir.fail("holds", "resolve", "fresh", "--release", "--note", "testing")
     assert "unknown hold 'ghost'" in weir.fail("holds", "resolve", "ghost", "--release", "--note", "testing")
     assert "--note" in weir.fail("holds", "resolve", "stuck-1", "--release", "--note", "  ")
@@ -78,6 +97,7 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
     [row] = weir.json("logs")
     assert (row["request_id"], row["end_reason"], row["usage_source"], row["charge"], row["error"]) == (
         "stuck-1", "resolved_by_hand", "partial", 120, "capture lost to a Redis error")
+    _beat(weir)
     assert weir.run("audit").returncode == 0  # the fresh hold is open, but alive
     assert [h["request_id"] for h in weir.json("holds", "list")] == ["fresh"]
     weir.ok("holds", "resolve", "fresh", "--capture-checkpoint", "--force", "--note", "end of test")
