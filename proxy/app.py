@@ -36,8 +36,10 @@ from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
+from proxy.task_apis import add_task_routes
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.upstream_call import UpstreamCaller
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def create_app(
     app[keys.PIPELINE] = pipeline
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
-    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN])
+    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN], UpstreamCaller(pool))
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,
@@ -168,6 +170,8 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
         app.router.add_post(path, bind(route))
     app.router.add_get("/v1/models", bind(MODELS_ROUTE))
     app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
+    add_task_routes(lambda method, path, route: app.router.add_route(method, path, bind(route)),
+                    app[keys.CONFIG].task_apis)
 
     async def gemini(request: web.Request) -> web.StreamResponse:
         split = split_gemini_target(request.match_info["target"])

@@ -16,6 +16,7 @@ import yaml
 
 from proxy.confbuild import ConfigError, build
 from proxy.forwarded import parse_networks
+from proxy.task_apis import TaskApiConfig, check_task_apis
 
 __all__ = [
     "AdminConfig",
@@ -139,6 +140,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     plugins: tuple[PluginSpec, ...] = ()
+    task_apis: tuple[TaskApiConfig, ...] = ()
     source: str = ""
 
 
@@ -239,3 +241,4 @@ def _check(cfg: Config) -> None:
         raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")
+    check_task_apis(cfg.task_apis)

@@ -39,6 +39,12 @@ class Endpoint(StrEnum):
     COUNT_TOKENS = "messages.count_tokens"
     GEMINI_GENERATE = "generateContent"
     GEMINI_STREAM = "streamGenerateContent"
+    VIDEOS = "videos"  # POST /v1/videos: submit a video task
+    VIDEO = "videos.retrieve"  # GET /v1/videos/{id}
+    VIDEO_CONTENT = "videos.content"  # GET /v1/videos/{id}/content
+    VIDEO_DELETE = "videos.delete"  # DELETE /v1/videos/{id}
+    TASK_SUBMIT = "tasks.submit"  # the submit route of a task API declared in proxy.yaml
+    TASK_FETCH = "tasks.fetch"  # its fetch route
 
 
 class EndReason(StrEnum):
@@ -208,13 +214,23 @@ class UpstreamInfo:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where a plugin pinned a request (`RequestContext.send_to`): the upstream's name, and
+    the path to send instead of the client's (None keeps the client's)."""
+
+    upstream: str
+    path: str | None = None
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything Weir knows about one proxied request. Mutable; owned by one request.
 
     Plugins may, in `on_request`: replace the body (`set_json`/`set_body`), add upstream
     headers (`upstream_headers`), add response headers (`response_headers`), set
-    `drain_on_disconnect`, and keep their own data in `state`.
+    `drain_on_disconnect`, pin the upstream and the path (`send_to`), and keep their own
+    data in `state`.
     """
 
     request_id: str
@@ -243,6 +259,14 @@ class RequestContext:
     status: int | None = None
     end_reason: str = ""
     events_relayed: int = 0
+    upstream_target: UpstreamTarget | None = None
+
+    def send_to(self, upstream: str, path: str | None = None) -> None:
+        """Send this request to the upstream named `upstream` only (no model routing, no
+        failover), and, with `path`, to that path instead of the client's (the query string
+        is kept; the version prefix is handled as for the client's path). For state that
+        lives on one upstream, such as an async task created there."""
+        self.upstream_target = UpstreamTarget(upstream, path)
 
     def set_json(self, payload: dict[str, Any]) -> None:
         """Replace the JSON request body that will be sent upstream."""

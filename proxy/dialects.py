@@ -54,12 +54,19 @@ _GEMINI_STATUS = {
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A proxied path: its dialect, endpoint and whether the body is JSON."""
+    """A proxied path: its dialect, endpoint and whether the body is JSON.
+
+    `form_ok`: a multipart/form-data body is accepted too (its `model` field is read);
+    `default_model`: the model when the body names none (the model is then optional);
+    `model_field`: the body's key that names the model."""
 
     dialect: Dialect
     endpoint: Endpoint
     json_body: bool = True
     needs_model: bool = True
+    form_ok: bool = False
+    default_model: str | None = None
+    model_field: str = "model"
 
 
 OPENAI_ROUTES: dict[str, Route] = {

@@ -53,6 +53,12 @@ async def forward(
 ) -> web.StreamResponse:
     """Try candidates in order; relay the first usable answer. Returns the sent response."""
     assert fw.pool.session is not None
+    if ctx.upstream_target is not None:  # a plugin pinned the request (`ctx.send_to`)
+        pinned = ctx.upstream_target.upstream
+        candidates = [up for up in fw.pool.upstreams if up.name == pinned]
+        if not candidates:
+            fail = Failure(502, "upstream_unavailable", f"upstream {pinned!r} is not configured")
+            return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_ERROR)
     attempts = candidates[: fw.max_attempts]
     failure = Failure(502, "upstream_unavailable", "no upstream could be reached")
     for i, up in enumerate(attempts):

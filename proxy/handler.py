@@ -136,13 +136,15 @@ class Handler:
         body = await _read_body(request, self.max_body, self.body_timeout)
         payload: dict[str, Any] | None = None
         model = model_in_path
-        if route.json_body:
+        if route.json_body and not (route.form_ok and request.content_type == "multipart/form-data"):
             payload = _parse_json(request, body)
             if model is None:
-                model = _model_field(payload, route.needs_model)
+                model = _model_field(payload, route.needs_model and route.default_model is None, route.model_field)
         elif route.needs_model and body:
             m = _MULTIPART_MODEL.search(body)
             model = m.group(1).decode("utf-8", "replace") if m else None
+        if model is None:
+            model = route.default_model
         stream = route.endpoint.value == "streamGenerateContent"
         if payload is not None and "stream" in payload:
             if not isinstance(payload["stream"], bool):
@@ -236,14 +238,14 @@ def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _model_field(payload: dict[str, Any], required: bool) -> str | None:
-    model = payload.get("model")
+def _model_field(payload: dict[str, Any], required: bool, name: str = "model") -> str | None:
+    model = payload.get(name)
     if model is None:
         if required:
-            raise BadRequest(400, "invalid_request_error", "'model' is required")
+            raise BadRequest(400, "invalid_request_error", f"'{name}' is required")
         return None
     if not isinstance(model, str) or not model.strip() or len(model) > 256:
-        raise BadRequest(400, "invalid_request_error", "'model' must be a non-empty string")
+        raise BadRequest(400, "invalid_request_error", f"'{name}' must be a non-empty string")
     return model
 
 

@@ -14,8 +14,12 @@ the tracked task runner (background work that shutdown drains), the app's Promet
 registry, named health checks that `/healthz` reports, and named services a plugin publishes
 for others (billing publishes its ledger store as `store`). Nothing here knows any plugin.
 
-Also re-exported for plugins: `Config`, `StoreConfig`, `ConfigError` and `build_config`
-(frozen dataclasses from YAML with YAML-path errors), and `TaskTracker`.
+`call_upstream` sends a plugin's own request to a configured upstream (billing polls async
+tasks with it).
+
+Also re-exported for plugins: `Config`, `StoreConfig`, `TaskApiConfig`, `ConfigError` and
+`build_config` (frozen dataclasses from YAML with YAML-path errors), `TaskTracker`, and
+`UpstreamReply` / `UpstreamCallError` (what `call_upstream` answers or raises).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from prometheus_client import CollectorRegistry
 from proxy.confbuild import ConfigError
 from proxy.confbuild import build as build_config
 from proxy.config import Config, StoreConfig
+from proxy.task_apis import TaskApiConfig
 from proxy.tasks import TaskTracker
+from proxy.upstream_call import UpstreamCallError, UpstreamCaller, UpstreamReply
 
 __all__ = [
     "HOST",
@@ -42,7 +48,10 @@ __all__ = [
     "HealthCheck",
     "Host",
     "StoreConfig",
+    "TaskApiConfig",
     "TaskTracker",
+    "UpstreamCallError",
+    "UpstreamReply",
     "build_config",
     "host_of",
 ]
@@ -62,6 +71,7 @@ class Host:
     tasks: TaskTracker
     metrics: CollectorRegistry
     shutdown: asyncio.Event
+    caller: UpstreamCaller | None = None
     _checks: dict[str, HealthCheck] = field(default_factory=dict)
     _services: dict[str, object] = field(default_factory=dict)
 
@@ -80,6 +90,18 @@ class Host:
         """Constant-time check of a presented admin token (False when none is configured)."""
         token = self.config.admin.token
         return bool(token) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), token.encode())
+
+    async def call_upstream(
+        self, upstream: str, method: str, path: str, *, body: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 30.0,
+    ) -> UpstreamReply:
+        """Send `method path` to the configured upstream named `upstream`, with its
+        credentials, and read the whole answer (at most 4 MiB). `path` is written as a
+        client would (`/v1/videos/abc`). Raises `UpstreamCallError` when the upstream is
+        unknown, unreachable or too slow. Only while the app runs (from `lifespan` on)."""
+        if self.caller is None:
+            raise UpstreamCallError("this app has no upstreams to call")
+        return await self.caller(upstream, method, path, body=body, headers=headers, timeout=timeout)
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         """Report `check` as `name` in `/healthz`; a False answer (or an error) makes the

@@ -26,6 +26,7 @@ from proxy.context import (
     SSEEvent,
     StateKey,
     UpstreamResponse,
+    UpstreamTarget,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "SSEEvent",
     "StateKey",
     "UpstreamResponse",
+    "UpstreamTarget",
 ]
 
 

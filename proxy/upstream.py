@@ -160,8 +160,10 @@ class UpstreamPool:
 
 
 def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> str:
-    """The upstream URL: base_url + the path after the dialect's version prefix (+ query)."""
-    path = ctx.path
+    """The upstream URL: base_url + the path after the dialect's version prefix (+ query).
+    The path is the client's, or the one a plugin pinned with `ctx.send_to`."""
+    target = ctx.upstream_target
+    path = target.path if target is not None and target.path is not None else ctx.path
     prefix = VERSION_PREFIX[ctx.dialect]
     # The built-in mock serves every dialect under its own version prefixes.
     if up.config.type != "mock" and path.startswith(prefix):

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from proxy.mock import endpoints as ep
 from proxy.context import Dialect
+from proxy.mock.tasks import TaskBook
 from proxy.mock.text import error_body, request_id
 from proxy.mock.wire import JSON, Reply, Stream
 
@@ -77,6 +78,8 @@ class MockUpstream:
 
     def __init__(self, behaviour: MockBehaviour | None = None, *, keep_requests: int | None = 10_000) -> None:
         self.behaviour = behaviour if behaviour is not None else MockBehaviour()
+        #: The async task APIs' tasks and knobs (`proxy.mock.tasks`).
+        self.tasks = TaskBook()
         self.requests: list[ReceivedRequest] = []
         self.keep_requests = keep_requests
         self._runner: web.AppRunner | None = None
@@ -135,6 +138,8 @@ def build_mock_app(mock: MockUpstream) -> web.Application:
     for path, dialect, answer in post:
         app.router.add_post(path, server.handler(dialect, answer))
     app.router.add_get("/v1/models", server.handler(oa, ep.list_models))
+    for method, path, task_answer in mock.tasks.routes():
+        app.router.add_route(method, path, server.handler(oa, task_answer))
     app.router.add_get("/v1/models/{name}", server.handler(oa, ep.get_model))
     return app
 
