@@ -54,7 +54,7 @@ _TOKEN_FIELDS = (
     "audio_output",
     "image_input",
 )
-_PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request"))
+_PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request", "per_second"))
 # The price of each `Usage` count, in the order `charge_tokens` multiplies them.
 _RATE_FIELDS = (
     "input", "cache_read", "cache_write", "cache_write_1h", "output", "audio_input", "audio_output", "image_input"
@@ -71,6 +71,10 @@ class ModelPrice:
     token prices are zero and unused (`charge_tokens` refuses such a price rather than
     charge nothing). Build with `ModelPrice.tokens(...)` or `ModelPrice.request(...)`, which
     apply the §2 defaults.
+
+    `per_second` (USD per second of a task's output, spec §9) makes the model a task model:
+    a task is charged `per_request + per_second × seconds` (either may be absent), and token
+    prices, when set too, price the token usage a task reports (`with_task_prices`).
     """
 
     input: Decimal = _ZERO
@@ -82,6 +86,7 @@ class ModelPrice:
     audio_output: Decimal = _ZERO
     image_input: Decimal = _ZERO
     per_request: Decimal | None = None
+    per_second: Decimal | None = None
     # The prices as integers over one common denominator (`_scale`), in `_RATE_FIELDS`
     # order, computed once: a charge is then integer arithmetic, exact like the Decimal
     # formula it replaces (which cost ~10 µs a request, twice), with the same rounding.
@@ -126,13 +131,35 @@ class ModelPrice:
         """A model priced per request (image generation and the like)."""
         return cls(per_request=per_request)
 
+    def with_task_prices(self, per_request: Decimal | None, per_second: Decimal | None) -> ModelPrice:
+        """This price (token prices, or none) made a task model's: `per_second` and
+        `per_request` per task."""
+        tokens = {name: getattr(self, name) for name in _TOKEN_FIELDS}
+        return ModelPrice(**tokens, per_request=per_request, per_second=per_second)
+
     @property
     def is_per_request(self) -> bool:
         """True when this model is charged per request rather than per token."""
         return self.per_request is not None
 
+    @property
+    def is_task(self) -> bool:
+        """True for a task model (it has `per_second`, spec §9): priced per task, not per call."""
+        return self.per_second is not None
+
+    @property
+    def has_tokens(self) -> bool:
+        """True when any token price is set (a task model may have them for reported usage)."""
+        return any(getattr(self, name) for name in _TOKEN_FIELDS)
+
     def as_dict(self) -> dict[str, str]:
         """The prices as plain decimal strings (for `weir pricing show` and hashing)."""
+        if self.per_second is not None:
+            out = {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS} if self.has_tokens else {}
+            if self.per_request is not None:
+                out["per_request"] = _plain(self.per_request)
+            out["per_second"] = _plain(self.per_second)
+            return out
         if self.per_request is not None:
             return {"per_request": _plain(self.per_request)}
         return {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS}
@@ -215,6 +242,8 @@ def _model_price(spec: Any, path: str) -> ModelPrice:
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown price (known: {', '.join(sorted(_PRICE_KEYS))})")
     vals = {str(k): _decimal(v, f"{path}.{k}") for k, v in spec.items()}
     model = path.rsplit(".models.", 1)[-1]
+    if "per_second" in vals:
+        return _task_price(vals, path, model)
     if "per_request" in vals:
         tokens = sorted(set(vals) - {"per_request"})
         if tokens:
@@ -226,6 +255,18 @@ def _model_price(spec: Any, path: str) -> ModelPrice:
         if required not in vals:
             raise ConfigError(path, f"model {model!r} needs `{required}` (USD per 1M tokens) or `per_request`")
     return ModelPrice.tokens(**vals)
+
+
+def _task_price(vals: dict[str, Decimal], path: str, model: str) -> ModelPrice:
+    """A task model (spec §9): `per_second`, optionally `per_request`, and optionally token
+    prices (then both `input` and `output`) for the token usage a task reports."""
+    per_request, per_second = vals.pop("per_request", None), vals.pop("per_second")
+    if not vals:
+        return ModelPrice().with_task_prices(per_request, per_second)
+    for required in ("input", "output"):
+        if required not in vals:
+            raise ConfigError(path, f"model {model!r}: token prices for task usage need `{required}` too")
+    return ModelPrice.tokens(**vals).with_task_prices(per_request, per_second)
 
 
 def _decimal(value: Any, path: str) -> Decimal:

@@ -353,7 +353,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path)
         with sqlite3.connect(path) as check:
             indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             versions = [v for (v,) in check.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == [1, 2, 3, 4] and "ledger_account" not in indexes and "consume_log_request" not in indexes
+        assert versions == [v for v, _ in MIGRATIONS] and "ledger_account" not in indexes and "consume_log_request" not in indexes
         assert "consume_log_user" in indexes and "holds_open" in indexes
         log = LogDetails(end_reason="completed", usage_source="upstream")
         await store.create_plan(Plan("p100", 100, "none"))
@@ -407,6 +407,12 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:2])
     to_hold = sqlite_schema.to_hold  # today's reads a column that version 2 lacks
     monkeypatch.setattr(sqlite_schema, "to_hold", lambda r: to_hold({**dict(zip(r.keys(), r)), "touched_at": None}))
+    # ... and writes a consume-log column (a task's seconds, version 6) that it lacks too.
+    from plugins.billing.store.sqlite import ledger as sqlite_ledger
+
+    insert_log, log_values = sqlite_ledger.INSERT_LOG, sqlite_schema.log_values
+    monkeypatch.setattr(sqlite_ledger, "INSERT_LOG", insert_log.replace(", seconds)", ")").replace(", ?)", ")"))
+    monkeypatch.setattr(sqlite_schema, "log_values", lambda d, k="": tuple(log_values(d, k))[:-1])
     store = SQLiteStore(path, checkpoint_every=0)
     await store.open()
     await store.create_user("alice")
@@ -425,11 +431,14 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     before = books()
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)
     monkeypatch.setattr(sqlite_schema, "to_hold", to_hold)
+    monkeypatch.setattr(sqlite_ledger, "INSERT_LOG", insert_log)
+    monkeypatch.setattr(sqlite_schema, "log_values", log_values)
     store = SQLiteStore(path, checkpoint_every=0)
     await store.open()
     try:
-        holds, *rest = books()  # every row, with its id (v4 adds touched_at to holds, NULL)
-        assert rest == list(before[1:]) and [r[:-1] for r in holds] == before[0] and {r[-1] for r in holds} == {None}
+        holds, ledger, logs = books()  # every row, with its id (v4 adds touched_at to holds, NULL)
+        assert ledger == before[1] and [r[:-1] for r in holds] == before[0] and {r[-1] for r in holds} == {None}
+        assert [r[:-1] for r in logs] == before[2] and {r[-1] for r in logs} == {0}  # v6: seconds, 0
         with sqlite3.connect(path) as raw:
             ddl = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
             objects = {n for (n,) in raw.execute("SELECT name FROM sqlite_master")}

@@ -23,8 +23,12 @@ def _show(args: argparse.Namespace, config: Config) -> int:
     if found is None:
         raise CLIError(f"model {args.model!r} is not priced (requests for it are refused with model_not_priced)")
     price, source = found
-    data = {"model": args.model, "source": source, "price_version": table.version,
-            "unit": "USD per request" if price.is_per_request else "USD per 1M tokens", "prices": price.as_dict()}
+    if price.is_task:
+        unit = "USD per task (per_request) and per second of output (per_second); tokens per 1M"
+    else:
+        unit = "USD per request" if price.is_per_request else "USD per 1M tokens"
+    data = {"model": args.model, "source": source, "price_version": table.version, "unit": unit,
+            "prices": price.as_dict()}
     lines = [f"{args.model}: {source} (price version {table.version}), {data['unit']}"]
     lines += [f"  {k:15} {v}" for k, v in price.as_dict().items()]
     emit(args, data, "\n".join(lines))

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from plugins.billing.store.tasks import TaskStore
 from plugins.billing.store.records import (
     StoreError,
     StoreUnavailable,
@@ -70,8 +71,10 @@ __all__ = [
 ]
 
 
-class Store(Protocol):
+class Store(TaskStore, Protocol):
     """The accounting store. Every method is one atomic step against the backend.
+
+    The async tasks (`TaskStore`, `plugins.billing.store.tasks`) are part of it.
 
     Implementations: `plugins.billing.store.sqlite.store.SQLiteStore`,
     `plugins.billing.store.redis.store.RedisStore`. All timestamps are epoch seconds from the

@@ -227,6 +227,7 @@ class LogDetails(NamedTuple):
     ttft_ms: int | None = None
     status: int = 0
     error: str = ""
+    seconds: int = 0  # an async task's seconds of output (spec §9); 0 for requests
 
 
 @dataclass(frozen=True, slots=True)

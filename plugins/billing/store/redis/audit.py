@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from plugins.billing.store.rules import is_stuck, stuck_line
 from plugins.billing.store.redis.layout import to_hold
+from plugins.billing.store.tasks import TASK_OWNER
 
 _CHARGES = ("capture", "expire")
 
@@ -130,6 +131,8 @@ def _check_holds(
             out.mismatches.append(f"hold {rid}: in the open set but {h.get('state') or 'missing'}")
             continue
         seen = heartbeats.get(h["instance_id"])
+        if h["instance_id"] == TASK_OWNER:  # lives as long as its task (checked by task_audit)
+            continue
         if stuck_after is not None:
             hold = to_hold(h)
             if is_stuck(hold, now, stuck_after):

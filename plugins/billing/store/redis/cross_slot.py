@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from plugins.billing.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
 from plugins.billing.store.rules import HAND_RESOLVED, ledger_note
+from plugins.billing.store.tasks import TASK_OWNER
 from plugins.billing.store.redis.audit import Findings, UserSnapshot, audit_user
 from plugins.billing.store.redis.client import RedisCore
 from plugins.billing.store.redis.layout import Held, Layout, details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
@@ -25,6 +26,17 @@ async def settle(
     """Run settlement `script` (capture, release, expire) on hold `rid`: one round trip on a
     single server, two on a cluster (a log id, then the script). A repeat returns the stored
     outcome; None when the hold is not the one `held` describes (nothing was written)."""
+    keys, args = await settle_call(core, k, rid, held, log, actual, now)
+    r = await core.run(script, keys, args)
+    if r[0] == "stale":
+        return None
+    return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+
+
+async def settle_call(
+    core: RedisCore, k: Layout, rid: str, held: Held, log: LogDetails, actual: int, now: float
+) -> tuple[list[str], list[str | int]]:
+    """The KEYS and ARGV of a settlement script (`lua/settle.lib.lua`) for hold `rid`."""
     user = held.user
     sub_key = k.sub(user, held.subscription_id) if held.subscription_id else k.no_sub(user)
     target = sub_target(held.sub_meta, now) if held.subscription_id else ""
@@ -40,15 +52,8 @@ async def settle(
     else:
         log_id = ""
         keys += [k.log_seq, k.log_global]
-    r = await core.run(
-        script,
-        keys,
-        [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
-         held.subscription_id, "" if log.end_reason != HAND_RESOLVED else ledger_note(log)],
-    )
-    if r[0] == "stale":
-        return None
-    return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+    return keys, [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
+                  held.subscription_id, "" if log.end_reason != HAND_RESOLVED else ledger_note(log)]
 
 
 async def settle_by_index(
@@ -90,6 +95,8 @@ async def expire_orphans(
     won: list[Resolution] = []
     for user, h in sorted(await open_hold_hashes(core, k), key=lambda uh: (float(uh[1]["created_at"]), uh[1]["request_id"])):
         seen = beats.get(h["instance_id"])
+        if h["instance_id"] == TASK_OWNER:  # a task's hold lives as long as its task
+            continue
         if float(h["expires_at"]) >= now and seen is not None and seen >= now - orphan_after:
             continue
         details = LogDetails(end_reason="orphaned", usage_source="none", model=h.get("model", ""))

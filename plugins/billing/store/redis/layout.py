@@ -29,6 +29,11 @@ Global indexes, each under its own tag, written in a separate step:
     P:{openusers}   set    users that may have open holds (scanned by the orphan resolver)
     P:{plans}       hash   plan name -> JSON      P:{instances}  hash  instance -> heartbeat
     P:{logs}:seq    string log id counter         P:{logs}:idx   zset  "<id>:<user>" by id
+
+Async tasks (`plugins.billing.store.redis.tasks`): `P:{u:N}:task:<id>` (hash, the task) and
+`P:{u:N}:tasks` (zset, the user's task ids by creation) in the user's slot; globally
+`P:{tasks}:owner` (hash, task id -> user), `P:{tasks}:due` (zset, open task ids by next
+poll: the poll leases) and `P:{tasks}:all` (zset, every task id by creation).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from plugins.billing.store.base import (
 SCRIPTS = (
     "create_user", "set_user", "credit", "create_key", "set_key_status", "grant", "rollover",
     "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id", "forget",
+    "task_open", "task_end", "task_note", "task_claim", "task_snapshot", "task_index",
 )
 """Every Lua script RedisStore registers, by file stem under `plugins/billing/store/redis/lua/`."""
 
@@ -186,6 +192,29 @@ class Layout:
     def upstream_count(self, user: str) -> str:
         """Upstream name -> request count of this user's requests (a hash)."""
         return self._u(user, "up:count")
+
+    def task(self, user: str, task_id: str) -> str:
+        """An async task's hash."""
+        return self._u(user, f"task:{task_id}")
+
+    def user_tasks(self, user: str) -> str:
+        """The user's task ids, scored by creation (a sorted set)."""
+        return self._u(user, "tasks")
+
+    @property
+    def task_owners(self) -> str:
+        """Global hash: task id -> user."""
+        return f"{self.prefix}:{{tasks}}:owner"
+
+    @property
+    def tasks_due(self) -> str:
+        """Global sorted set of open task ids, scored by when to poll them next."""
+        return f"{self.prefix}:{{tasks}}:due"
+
+    @property
+    def tasks_all(self) -> str:
+        """Global sorted set of every task id, scored by creation."""
+        return f"{self.prefix}:{{tasks}}:all"
 
     @property
     def users(self) -> str:

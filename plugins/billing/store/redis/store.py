@@ -49,6 +49,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
+from plugins.billing.store.redis.tasks import RedisTasks
 from plugins.billing.store.redis.layout import (
     MAX_UNITS,
     HeldMemory,
@@ -70,8 +71,9 @@ from plugins.billing.store.redis.layout import (
 __all__ = ["MAX_UNITS", "RedisStore"]
 
 
-class RedisStore:
-    """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring)."""
+class RedisStore(RedisTasks):
+    """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring);
+    the async tasks are in `RedisTasks`."""
 
     def __init__(
         self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,
@@ -397,6 +399,9 @@ class RedisStore:
 
     @guarded
     async def audit(self, now: float, orphan_after: float, *, stuck_after: float | None = None) -> AuditReport:
-        """Recompute every total from the ledger, user by user, from atomic snapshots (and list stuck holds)."""
-        return await records.audit(self._core, self._k, now, orphan_after, stuck_after)
+        """Recompute every total from the ledger, user by user, from atomic snapshots (and list
+        stuck holds); the async tasks' checks are mismatches too."""
+        report = await records.audit(self._core, self._k, now, orphan_after, stuck_after)
+        tasks = await self._task_audit()
+        return AuditReport(report.mismatches + tasks, report.orphans, report.negatives, report.stuck)
 

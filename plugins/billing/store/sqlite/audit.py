@@ -11,6 +11,8 @@ Checks, each reported as a human-readable line:
 - orphans: open holds whose instance is silent for more than `orphan_after`, or past their ttl;
 - stuck (only with `stuck_after`): open holds with no sign of life (checkpoint, else creation)
   for longer than `stuck_after`, whatever their instance;
+  (a task's hold is neither: it lives as long as its task)
+- tasks (`sqlite.tasks.task_audit`): no task hold without a live task, no task ended twice;
 - negatives (informational, not a failure): wallets below zero, with their overage entries.
 
 Synchronous: `SQLiteStore.audit` runs `run_audit` whole on the connection's worker thread,
@@ -26,6 +28,8 @@ from plugins.billing.store import rules
 from plugins.billing.store.sqlite import schema
 from plugins.billing.store.base import AuditReport
 from plugins.billing.store.sqlite.ledger import Db, fetch_all
+from plugins.billing.store.sqlite.tasks import task_audit
+from plugins.billing.store.tasks import TASK_OWNER
 
 _COUNTED = "CASE WHEN state = 'captured' OR (state = 'expired' AND checkpoint IS NOT NULL) THEN 1 ELSE 0 END"
 
@@ -118,9 +122,9 @@ def _orphans(db: Db, now: float, orphan_after: float) -> list[str]:
     rows = fetch_all(
         db,
         "SELECT h.request_id, h.user, h.instance_id, h.expires_at, i.last_seen FROM holds h"
-        " LEFT JOIN instances i ON i.id = h.instance_id WHERE h.state = 'open'"
+        " LEFT JOIN instances i ON i.id = h.instance_id WHERE h.state = 'open' AND h.instance_id != ?"
         " AND (i.last_seen IS NULL OR i.last_seen < ? OR h.expires_at < ?) ORDER BY h.created_at",
-        (now - orphan_after, now),
+        (TASK_OWNER, now - orphan_after, now),
     )
     out = []
     for r in rows:
@@ -140,8 +144,9 @@ def _stuck(db: Db, now: float, stuck_after: float | None) -> list[str]:
     rows = fetch_all(
         db,
         "SELECT h.*, i.last_seen FROM holds h LEFT JOIN instances i ON i.id = h.instance_id"
-        " WHERE h.state = 'open' AND COALESCE(h.touched_at, h.created_at) < ? ORDER BY h.created_at, h.request_id",
-        (now - stuck_after,),
+        " WHERE h.state = 'open' AND h.instance_id != ? AND COALESCE(h.touched_at, h.created_at) < ?"
+        " ORDER BY h.created_at, h.request_id",
+        (TASK_OWNER, now - stuck_after),
     )
     return [rules.stuck_line(schema.to_hold(r), now, r["last_seen"]) for r in rows]
 
@@ -163,7 +168,7 @@ def _negatives(db: Db) -> list[str]:
 
 def run_audit(db: Db, now: float, orphan_after: float, stuck_after: float | None = None) -> AuditReport:
     """Every check, inside the caller's read transaction (one consistent snapshot)."""
-    mismatches = _account_checks(db) + _usage_checks(db) + _record_checks(db)
+    mismatches = _account_checks(db) + _usage_checks(db) + _record_checks(db) + task_audit(db)
     return AuditReport(
         mismatches=mismatches, orphans=_orphans(db, now, orphan_after), negatives=_negatives(db),
         stuck=_stuck(db, now, stuck_after),

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from plugins.billing.store import rules
 from plugins.billing.store.sqlite import schema
+from plugins.billing.store.tasks import TASK_OWNER
 from plugins.billing.store.base import (
     ApiKey,
     FundingSource,
@@ -88,9 +89,11 @@ INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
     ", ".join((*_LOG_FIXED, *schema.log_columns())),
     ", ".join("?" * (len(_LOG_FIXED) + len(schema.log_columns()))),
 )
-_ORPHANS = """
+# A task's hold (instance `TASK_OWNER`) is never an orphan: it lives as long as its task.
+_ORPHANS = f"""
 SELECT h.* FROM holds h LEFT JOIN instances i ON i.id = h.instance_id
 WHERE h.state = 'open' AND (i.last_seen IS NULL OR i.last_seen < ? OR h.expires_at < ?)
+AND h.instance_id != '{TASK_OWNER}'
 ORDER BY h.created_at, h.request_id
 """
 

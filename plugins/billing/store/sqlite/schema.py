@@ -259,7 +259,43 @@ DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
 # `expires_at` minus the last sign of life (see sqlite_store._CHECKPOINT). No rewrite.
 _V4 = "ALTER TABLE holds ADD COLUMN touched_at REAL;"
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+# Async tasks (docs/billing-rules.md §9, docs/tasks.md): one row per task, owned by its id
+# (its hold has the same id), and the task's seconds in its consume-log row. Numbered 6:
+# 5 is the price versions' migration.
+_V6 = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    api TEXT NOT NULL,
+    model TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    upstream_id TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    seconds INTEGER NOT NULL,
+    terms TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    progress INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    end_reason TEXT NOT NULL DEFAULT '',
+    charge INTEGER,
+    note TEXT NOT NULL DEFAULT '',
+    ended_at REAL,
+    next_poll_at REAL NOT NULL,
+    polls INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX tasks_due ON tasks(next_poll_at) WHERE state = 'open';
+CREATE INDEX tasks_user ON tasks(user, created_at);
+ALTER TABLE consume_log ADD COLUMN seconds INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (6, _V6))
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:
