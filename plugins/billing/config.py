@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD
+from plugins.billing.tasks.settings import TasksConfig
 from proxy.host import Config, build_config
 
 
@@ -28,6 +29,7 @@ class BillingConfig:
     auth_cache_ttl: float = 5.0
     first_run_demo: bool = False
     demo_usd: str = "1"
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def pricing_block(self) -> dict[str, Any]:
         """The keys `PricingConfig.from_plugin_config` reads."""

@@ -33,6 +33,9 @@ from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, forma
 from plugins.billing.settle import Metered, settle
 from plugins.billing.settler import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
+from plugins.billing.tasks.apis import TaskApis
+from plugins.billing.tasks.engine import TaskEngine
+from plugins.billing.tasks.requests import TASK_ENDPOINTS, TaskRequests
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
@@ -108,6 +111,7 @@ class BillingPlugin(Plugin):
         self._live: dict[str, tuple[RequestContext, Billing]] = {}
         self.money = MoneyMetrics(self.config.quota_per_usd)
         self.money.live = self._live_holds
+        self._tasks_side: TaskRequests | None = None
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
@@ -130,6 +134,9 @@ class BillingPlugin(Plugin):
                 store, Outbox(host.config_dir / "weir-outbox", self._instance), on_store_error=self.money.store_error
             )
             self._sweeper = InflightSweeper(self._instance)
+            engine = TaskEngine(store, host, self.config.tasks, TaskApis(host.config.task_apis))
+            self._tasks_side = TaskRequests(engine, lambda: self.table, self._settler, self._sweeper, self._instance,
+                                            self.config.hold_ttl, self._refusal)
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
             settler = self._settler
@@ -144,6 +151,7 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
                 host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
+                host.tasks.spawn_service(engine.poll_forever(), name="billing-task-poller"),
             ]
             try:
                 yield
@@ -187,11 +195,16 @@ class BillingPlugin(Plugin):
         key, user = await authenticate(store, ctx, self.keys)
         if ctx.endpoint in FREE:
             return
+        if ctx.endpoint in TASK_ENDPOINTS:  # async tasks: plugins.billing.tasks
+            await self.tasks.on_request(ctx, key, user)
+            return
         model = ctx.model or ""
         found = self.table.describe(model)
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
+        if price.is_task:
+            raise Reject(400, "model_not_priced", f"model {model!r} is priced per second of a task: use it with a task API")
         multiplier = self.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else {}
         try:
@@ -238,10 +251,17 @@ class BillingPlugin(Plugin):
         self.money.hold_latency.observe(time.monotonic() - started)
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
-            raise self._refusal(result, estimate)
+            raise self._refusal(result, estimate.quota)
         return result
 
-    def _refusal(self, refusal: HoldRefusal, estimate: Estimate) -> Reject:
+    @property
+    def tasks(self) -> TaskRequests:
+        """Task billing's request side (bound at startup)."""
+        if self._tasks_side is None:
+            raise RuntimeError("billing plugin used before its lifespan started")
+        return self._tasks_side
+
+    def _refusal(self, refusal: HoldRefusal, amount: int) -> Reject:
         qpu = self.config.quota_per_usd
         if refusal.reason is Refusal.KEY_EXPIRED:
             return Reject(403, "key_expired", "the API key has expired")
@@ -252,7 +272,7 @@ class BillingPlugin(Plugin):
         return Reject(
             402, "insufficient_quota",
             f"insufficient {source}: available {format_usd(refusal.available, qpu)}, "
-            f"this request is estimated at up to {format_usd(estimate.quota, qpu)}",
+            f"this request is estimated at up to {format_usd(amount, qpu)}",
         )
 
     def _force_usage(self, ctx: RequestContext) -> bool:
@@ -277,7 +297,9 @@ class BillingPlugin(Plugin):
         return event
 
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
-        """Meter a non-streamed response body (unchanged)."""
+        """Meter a non-streamed response body (unchanged); swap a task answer's ids."""
+        if self._tasks_side is not None and self._tasks_side.owns(ctx):
+            return await self._tasks_side.on_body(ctx, body)
         st = ctx.state.get(BILLING)
         if st is not None:
             try:
@@ -290,6 +312,8 @@ class BillingPlugin(Plugin):
         """Capture the charge the §6 table gives for this outcome (or release)."""
         st = ctx.state.get(BILLING)
         if st is None:
+            if self._tasks_side is not None and self._tasks_side.owns(ctx):
+                await self._tasks_side.on_complete(ctx, outcome)
             return
         self._live.pop(ctx.request_id, None)
         metered = self._metered(st)
@@ -307,6 +331,8 @@ class BillingPlugin(Plugin):
         """Nothing was delivered: release the whole hold."""
         st = ctx.state.get(BILLING)
         if st is None:
+            if self._tasks_side is not None and self._tasks_side.owns(ctx):
+                await self._tasks_side.on_error(ctx, error)
             return
         self._live.pop(ctx.request_id, None)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
