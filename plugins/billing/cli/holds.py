@@ -21,6 +21,7 @@ from plugins.billing.config import billing_config
 from proxy.host import Config
 from plugins.billing.store.base import Hold, HoldState, LogDetails, Resolution, Store
 from plugins.billing.store.rules import HAND_RESOLVED, is_stuck
+from plugins.billing.store.tasks import TASK_OWNER
 
 MIN_STUCK_AFTER = 300.0
 """The least default `--stuck-after`: 30 checkpoints at the default `checkpoint_every` (10 s)."""
@@ -161,6 +162,8 @@ async def _resolve_one(
     details = LogDetails(end_reason=HAND_RESOLVED, usage_source="partial" if capture else "none", error=note)
     if hold.state is not HoldState.OPEN:  # a repeat resolution moves nothing and answers the first
         return _Outcome(hold, await store.release(hold.request_id, details), False, args.capture_checkpoint)
+    if hold.instance_id == TASK_OWNER:  # its task must end with it (docs/tasks.md)
+        raise CLIError(f"hold {hold.request_id} belongs to an async task: use `weir tasks settle {hold.request_id}`")
     if not args.force:
         _refuse_live(hold, await store.instances(), *limits)
     if capture and hold.checkpoint is not None:

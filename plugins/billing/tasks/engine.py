@@ -36,7 +36,7 @@ from plugins.billing.tasks.terms import TaskTerms
 from plugins.billing.usage import Usage
 from proxy.host import Host, UpstreamCallError
 
-__all__ = ["TaskEngine"]
+__all__ = ["TaskEngine", "task_details"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,19 @@ log = logging.getLogger(__name__)
 MISSES = 2
 #: Polls after which the interval grows by another `poll_every`.
 SLOWER_EVERY = 60
+
+
+def task_details(
+    task: Task, reason: str, source: str, why: str, now: float, usage: Usage | None = None, http: int = 0
+) -> LogDetails:
+    """The consume-log details of a task's end: `reason` (end_reason), `source`
+    (usage_source: `task` for the held price, `upstream` for reported usage, `none` for a
+    release), `why` (in `error`), the task's seconds and its age as the latency."""
+    multiplier = str(TaskTerms.from_json(task.terms).multiplier)
+    return LogDetails(
+        reason, source, task.model, task.upstream_model, task.upstream, task.key_name, task.group, multiplier,
+        False, *(usage or Usage()), int((now - task.created_at) * 1000), None, http, why[:500], task.seconds,
+    )
 
 
 class TaskEngine:
@@ -65,13 +78,8 @@ class TaskEngine:
         """End `task` once: capture `charge` (release when None), logged with `reason` and
         `why`. None when the store could not be written (the task stays open: a later poll
         or read ends it)."""
-        u = usage or Usage()
-        terms = TaskTerms.from_json(task.terms)
-        details = LogDetails(
-            reason, source or ("none" if charge is None else "task"), task.model, task.upstream_model, task.upstream,
-            task.key_name, task.group, str(terms.multiplier), False, *u,
-            int((self.clock() - task.created_at) * 1000), None, http, why[:500], task.seconds,
-        )
+        source = source or ("none" if charge is None else "task")
+        details = task_details(task, reason, source, why, self.clock(), usage, http)
         try:
             ended = await self.store.end_task(task.id, charge, details, status or reason, reason, note)
         except StoreError as exc:
