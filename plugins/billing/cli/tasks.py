@@ -11,6 +11,7 @@ says `resolved_by_hand` with the note.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from plugins.billing.cli.accounts import Money, iso, money_of, now, table, with_store
@@ -40,7 +41,7 @@ def task_json(task: Task, money: Money, at: float) -> dict[str, Any]:
         "created_at": iso(task.created_at), "age_s": round(at - task.created_at, 3), "ended_at": iso(task.ended_at),
         "polls": task.polls, "misses": task.misses, "failures": task.failures,
         "next_poll_at": iso(task.next_poll_at) if task.open else None,
-        "terms": TaskTerms.from_json(task.terms).to_json(),
+        "terms": json.loads(TaskTerms.from_json(task.terms).to_json()),
     }
 
 

@@ -90,7 +90,10 @@ class TaskEngine:
         return ended
 
     async def observe(self, task: Task, seen: Observation) -> TaskEnd | None:
-        """Act on what a read of `task` said: end it, or record its progress."""
+        """Act on what a read of `task` said: end it, or record its progress. A task older
+        than `max_age` is released whatever the read said (the poller may be late)."""
+        if self.too_old(task):
+            return await self.expire(task)
         if seen.state == "completed":
             recomputed = TaskTerms.from_json(task.terms).for_usage(seen.usage) if seen.usage else None
             if recomputed is None:
@@ -131,6 +134,10 @@ class TaskEngine:
         except StoreError as exc:
             log.error("task %s: could not record a poll: %s", task.id, exc)
 
+    async def expire(self, task: Task) -> TaskEnd | None:
+        """Release a task older than `max_age`."""
+        return await self.end(task, "expired", None, f"not finished within max_age ({self.config.max_age:g} s)")
+
     def too_old(self, task: Task) -> bool:
         """Whether `task` is older than `max_age`."""
         return self.clock() - task.created_at > self.config.max_age
@@ -138,8 +145,7 @@ class TaskEngine:
     async def refresh(self, task: Task) -> TaskEnd | None:
         """Poll `task` now, and act on the answer (end it, or record its progress)."""
         if self.too_old(task):
-            why = f"not finished within max_age ({self.config.max_age:g} s)"
-            return await self.end(task, "expired", None, why)
+            return await self.expire(task)
         api = self.apis.by_name.get(task.api)
         if api is None:
             return await self.poll_failed(task, f"task API {task.api!r} is no longer configured")
