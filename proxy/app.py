@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
+    GEMINI_PREFIXES,
     MODELS_ROUTE,
     OPENAI_ROUTES,
     Route,
@@ -175,7 +176,8 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
         model, route = split
         return await handler.handle(request, route, model_in_path=model)
 
-    app.router.add_post("/v1beta/models/{target}", gemini)
+    for prefix in GEMINI_PREFIXES:
+        app.router.add_post(prefix + "/models/{target}", gemini)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     for plugin in plugins:

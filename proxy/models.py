@@ -1,4 +1,9 @@
-"""`GET /v1/models`: the union of the models every upstream serves."""
+"""`GET /v1/models`: the union of the models every upstream serves.
+
+Entries never name the upstream that serves them (`owned_by` is always `OWNER`): which
+provider or account is behind Weir is the operator's business. Plugins narrow the list in
+`on_body` (billing keeps the models the caller's key may use).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import orjson
 from proxy.upstream import Upstream, UpstreamPool, build_headers_for_listing
 
 _GLOB_CHARS = frozenset("*?[")
+#: The neutral `owned_by` of every listed model.
+OWNER = "weir"
 
 
 async def list_models(pool: UpstreamPool) -> list[dict[str, Any]]:
@@ -21,17 +28,17 @@ async def list_models(pool: UpstreamPool) -> list[dict[str, Any]]:
     for up in pool.upstreams:
         for name in (*up.config.models, *up.config.model_map):
             if not _GLOB_CHARS & set(name):
-                found.setdefault(name, _entry(name, up.name))
+                found.setdefault(name, _entry(name))
     listed = await asyncio.gather(*(_ask(pool, up) for up in pool.upstreams))
     for up, names in zip(pool.upstreams, listed):
         for name in names:
             if any(fnmatch.fnmatchcase(name, g) for g in up.config.models):
-                found.setdefault(name, _entry(name, up.name))
+                found.setdefault(name, _entry(name))
     return [found[k] for k in sorted(found)]
 
 
-def _entry(name: str, owner: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+def _entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
 
 
 async def _ask(pool: UpstreamPool, up: Upstream) -> list[str]:

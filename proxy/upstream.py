@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from proxy.config import UpstreamConfig
 from proxy.context import Dialect, RequestContext
-from proxy.dialects import CREDENTIAL_HEADERS, SPEAKS, VERSION_PREFIX, upstream_auth
+from proxy.dialects import CREDENTIAL_HEADERS, GEMINI_PREFIXES, SPEAKS, VERSION_PREFIX, upstream_auth
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -162,10 +162,9 @@ class UpstreamPool:
 def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> str:
     """The upstream URL: base_url + the path after the dialect's version prefix (+ query)."""
     path = ctx.path
-    prefix = VERSION_PREFIX[ctx.dialect]
     # The built-in mock serves every dialect under its own version prefixes.
-    if up.config.type != "mock" and path.startswith(prefix):
-        path = path[len(prefix):]
+    if up.config.type != "mock":
+        path = _strip_version(ctx.dialect, path)
     if ctx.dialect is Dialect.GEMINI and upstream_model and ctx.model and upstream_model != ctx.model:
         path = path.replace(f"/models/{ctx.model}:", f"/models/{upstream_model}:", 1)
     query = [(k, v) for k, v in ctx.query.items() if k != "key"]
@@ -173,6 +172,15 @@ def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> 
     if query:
         url += "?" + "&".join(f"{_q(k)}={_q(v)}" for k, v in query)
     return url
+
+
+def _strip_version(dialect: Dialect, path: str) -> str:
+    """The path after the client's version prefix (`base_url` carries the upstream's own)."""
+    prefixes = GEMINI_PREFIXES if dialect is Dialect.GEMINI else (VERSION_PREFIX[dialect],)
+    for prefix in prefixes:
+        if path.startswith(prefix + "/"):
+            return path[len(prefix):]
+    return path
 
 
 def _q(text: str) -> str:
