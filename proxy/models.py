@@ -23,7 +23,8 @@ OWNER = "weir"
 
 async def list_models(pool: UpstreamPool) -> list[dict[str, Any]]:
     """Literal model names from the config, plus what each upstream lists (filtered by its
-    globs). An upstream that cannot be asked within 5 s contributes only its literal names."""
+    globs). An upstream that cannot be asked within 5 s, or whose circuit breaker is open,
+    contributes only its literal names."""
     found: dict[str, dict[str, Any]] = {}
     for up in pool.upstreams:
         for name in (*up.config.models, *up.config.model_map):
@@ -42,8 +43,8 @@ def _entry(name: str) -> dict[str, Any]:
 
 
 async def _ask(pool: UpstreamPool, up: Upstream) -> list[str]:
-    if pool.session is None or up.config.type not in ("openai", "mock"):
-        return []
+    if pool.session is None or up.config.type not in ("openai", "mock") or up.breaker.is_open:
+        return []  # an upstream the breaker skips would only cost the listing its 5 s
     url = up.base_url + ("/v1/models" if up.config.type == "mock" else "/models")
     try:
         async with pool.session.get(
