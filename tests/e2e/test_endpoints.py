@@ -263,3 +263,21 @@ async def test_models_list_shows_only_what_the_key_may_use(billed: BilledFactory
     listed = sorted([m.id async for m in narrow.models.list()])
     assert listed == ["mock-embed", "mock-gpt", "mock-gpt-mini"]
     assert await rows(b) == 0
+
+
+# -- the upstream's own version prefix -------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["/v1beta", "/v1"])
+async def test_real_gemini_upstream_gets_its_own_version_prefix(make_proxy: Any, fake_upstream: Any, prefix: str) -> None:
+    gem = {"name": "g", "type": "gemini", "base_url": fake_upstream.url + "/v1beta", "api_key": "gk", "models": ["*"]}
+    oai = {"name": "o", "type": "openai", "base_url": fake_upstream.url + "/v1", "api_key": "ok", "models": ["*"]}
+    proxy = await make_proxy(upstreams=[gem, oai])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}{prefix}/models/mock-gemini:countTokens", json={"contents": [CONTENT]}) as resp:
+            assert resp.status == 200 and (await resp.json())["totalTokens"] == 12
+        async with s.post(f"{proxy.url}/v1/audio/speech", json={"model": "mock-tts", "input": "hi", "voice": "x"}) as resp:
+            assert resp.status == 200 and resp.content_type == "audio/mpeg"
+    gemini_call, speech_call = fake_upstream.requests[-2:]
+    assert (gemini_call.path, gemini_call.key) == ("/v1beta/models/mock-gemini:countTokens", "gk")
+    assert (speech_call.path, speech_call.key) == ("/v1/audio/speech", "ok")
