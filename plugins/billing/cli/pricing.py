@@ -11,7 +11,7 @@ import yaml
 
 from plugins.billing.config import billing_config
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import PriceTable, PricingConfig
+from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig
 from plugins.billing.ratios import convert_ratios
 from proxy.cli_frame import CLIError, emit
 from proxy.host import Config
@@ -24,11 +24,17 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         raise CLIError(f"model {args.model!r} is not priced (requests for it are refused with model_not_priced)")
     price, source = found
     data = {"model": args.model, "source": source, "price_version": table.version,
-            "unit": "USD per request" if price.is_per_request else "USD per 1M tokens", "prices": price.as_dict()}
+            "unit": _unit(price), "prices": price.as_dict()}
     lines = [f"{args.model}: {source} (price version {table.version}), {data['unit']}"]
     lines += [f"  {k:15} {v}" for k, v in price.as_dict().items()]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _unit(price: ModelPrice) -> str:
+    if price.is_per_request:
+        return "USD per request"
+    return "USD per 1M input characters" if price.characters is not None else "USD per 1M tokens"
 
 
 def _import_ratios(args: argparse.Namespace, config: Config) -> int:
