@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.forwarded import parse_networks
 
 __all__ = [

@@ -4,7 +4,7 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
   * `on_request`: authenticate, check allowlists, price, estimate, hold; force
     `include_usage` on OpenAI streams;
   * `on_event` / `on_body`: meter; hide the injected usage chunk;
-  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`);
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.charge_table`);
   * a timer (`checkpoint_every`) checkpoints every long-lived request's charge so far.
 """
 
@@ -30,8 +30,8 @@ from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
-from plugins.billing.settle import Metered, settle
-from plugins.billing.settler import Outbox, Settler
+from plugins.billing.charge_table import Metered, settle
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
