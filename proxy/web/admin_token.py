@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 from proxy.config import Config
 from proxy.listen import display_address
 

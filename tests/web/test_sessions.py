@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import parse_config
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 from proxy.web import local_path
 from proxy.web.admin_token import resolve_admin_token
 from proxy.web.attempts import SignInLimiter
