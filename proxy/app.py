@@ -39,6 +39,8 @@ from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.web.admin_token import resolve_admin_token
+from proxy.web.console import mount as mount_web_shell
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,10 @@ def create_app(
 ) -> web.Application:
     """Build the Weir application for `config`.
 
-    `plugins` overrides proxy.yaml's list (the test harness uses it).
+    `plugins` overrides proxy.yaml's list (the test harness uses it). An `admin.token_file`
+    is read (or created, on first start) here.
     """
+    config = resolve_admin_token(config)
     loaded, warnings = preflight(config, plugins)
     for warning in warnings:
         log.warning("!!! %s", warning)
@@ -90,6 +94,7 @@ def create_app(
         app.cleanup_ctx.append(_plugin_ctx(plugin))
     app.cleanup_ctx.append(_tracker_ctx)
     app.on_shutdown.append(_graceful_shutdown)
+    mount_web_shell(app, config)
     _add_routes(app, loaded)
     return app
 
