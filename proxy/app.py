@@ -4,6 +4,7 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import secrets
@@ -192,4 +193,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition; with `server.metrics_token` set, only for that bearer token."""
+    token = request.app[HOST].config.server.metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error_response(
+                Dialect.OPENAI, 401, "unauthorized", "/metrics needs the metrics token",
+                {"WWW-Authenticate": "Bearer"},
+            )
     return web.Response(body=request.app[keys.METRICS].render(), content_type="text/plain", charset="utf-8")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.forwarded import parse_networks
 
 __all__ = [
@@ -41,6 +41,7 @@ class ServerConfig:
 
     `trusted_proxies`: CIDRs of the reverse proxies whose `X-Forwarded-For` names the
     client (proxy/forwarded.py); empty, the default, trusts nobody.
+    `metrics_token`: when set, `/metrics` answers only `Authorization: Bearer <token>`.
     """
 
     host: str = "127.0.0.1"
@@ -54,6 +55,7 @@ class ServerConfig:
     trace_plugins: bool = False
     instance_id: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,8 @@ def _check_server(server: ServerConfig) -> None:
     if not server.client_write_timeout > 0:
         raise ConfigError("server.client_write_timeout", "must be greater than 0")
     parse_networks(server.trusted_proxies, "server.trusted_proxies")
+    if server.metrics_token and len(server.metrics_token) < 16:
+        raise ConfigError("server.metrics_token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
 
 
 def _check(cfg: Config) -> None:

@@ -4,7 +4,7 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
   * `on_request`: authenticate, check allowlists, price, estimate, hold; force
     `include_usage` on OpenAI streams;
   * `on_event` / `on_body`: meter; hide the injected usage chunk;
-  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`);
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.charge_table`);
   * a timer (`checkpoint_every`) checkpoints every long-lived request's charge so far.
 """
 
@@ -26,12 +26,13 @@ from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import BadRequest, Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
+from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices.book import PriceBook
 from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
-from plugins.billing.settle import Metered, settle
-from plugins.billing.settler import Outbox, Settler
+from plugins.billing.charge_table import Metered, settle
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
@@ -107,24 +108,35 @@ class BillingPlugin(Plugin):
         self._sweeper = InflightSweeper("")
         #: The billed requests between their hold and their terminal hook, for the checkpoint timer.
         self._live: dict[str, tuple[RequestContext, Billing]] = {}
+        self.money = MoneyMetrics(self.config.quota_per_usd)
+        self.money.live = self._live_holds
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
         return self.prices.max_output_tokens(model)
+
+    def _live_holds(self) -> tuple[int, float | None]:
+        live = self._live
+        return len(live), min((ctx.started_at for ctx, _ in live.values()), default=None)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
         warm the tokenizer, replay the outbox, and on an empty store (with `first_run_demo`)
         create the demo user."""
         host = host_of(app)
-        async with running_ledger(host, self._injected_store) as store:
+        async with running_ledger(host, self._injected_store, self.money.orphans_resolved) as store:
             self._store = store
             self._tasks = host.tasks
             self._instance = host.instance_id
-            self._settler = Settler(store, Outbox(host.config_dir / "weir-outbox", self._instance))
+            self._settler = Settler(
+                store, Outbox(host.config_dir / "weir-outbox", self._instance), on_store_error=self.money.store_error
+            )
             self._sweeper = InflightSweeper(self._instance)
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
+            settler = self._settler
+            self.money.retries = lambda: settler.retried
+            host.metrics.register(self.money)
             self.tokenizer.warm()
             await self._start_prices(store)
             await self._replay()
@@ -134,6 +146,7 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
+                host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
                 host.tasks.spawn_service(
                     self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
                 ),
@@ -144,6 +157,7 @@ class BillingPlugin(Plugin):
                 for service in services:
                     service.cancel()
                 host.metrics.unregister(collector)
+                host.metrics.unregister(self.money)
 
     async def _start_prices(self, store: Store) -> None:
         """proxy.yaml's prices become version 1 of an empty store, or the store's head is
@@ -227,12 +241,14 @@ class BillingPlugin(Plugin):
         self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate, price_version: str
     ) -> Hold:
         self._sweeper.track(ctx.request_id)
+        started = time.monotonic()
         try:
             result = await store.hold(
                 ctx.request_id, user.name, key.id, estimate.quota, None,
                 price_version, self.config.hold_ttl, self._instance, ctx.model or "",
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            self.money.store_error("hold", exc)
             # The hold may or may not have been written: release it once the store is back.
             self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
             raise store_down() from None
@@ -241,6 +257,7 @@ class BillingPlugin(Plugin):
             # stop tracking the request either way (the stray-hold sweep skips tracked ids).
             self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release-unknown:{ctx.request_id}")
             raise
+        self.money.hold_latency.observe(time.monotonic() - started)
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
             raise self._refusal(result, estimate)
@@ -303,7 +320,9 @@ class BillingPlugin(Plugin):
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
         )
         assert self._settler is not None
-        await self._settler.capture(ctx.request_id, decision.charge, details)
+        started = time.monotonic()
+        resolution = await self._settler.capture(ctx.request_id, decision.charge, details)
+        self.money.settled(details.model, details.group, resolution.charged, time.monotonic() - started)
         self._sweeper.done(ctx.request_id)
 
     async def on_error(self, ctx: RequestContext, error: ProxyError) -> None:
@@ -314,7 +333,10 @@ class BillingPlugin(Plugin):
         self._live.pop(ctx.request_id, None)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
+        started = time.monotonic()
         await self._settler.release(ctx.request_id, details)
+        self.money.settle_latency.observe(time.monotonic() - started)
+        self.money.released(details.end_reason)
         self._sweeper.done(ctx.request_id)
 
     def _metered(self, st: Billing) -> Metered:
