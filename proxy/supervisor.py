@@ -236,7 +236,8 @@ class Supervisor:
         pid, slot.pid, slot.ready = slot.pid, 0, False
         self._close_pipes(slot)
         if self._stopping:
-            if code != 0:
+            # Killed by the SIGTERM itself: it was still starting (nothing in flight yet).
+            if code not in (0, -signal.SIGTERM):
                 self._code = self._code or 1
                 log.error("worker %d (pid %d) %s while stopping", slot.index, pid, how)
             return
