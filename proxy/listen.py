@@ -4,7 +4,9 @@ Binding first means a taken port (or an address this host does not have, or a pr
 port) is one clear error before the store opens or any plugin starts, and that nothing
 claims to be serving until the sockets really are bound. The sockets are bound here as
 asyncio's `create_server` would bind them for a host name (every address it resolves to,
-SO_REUSEADDR, IPv6 sockets IPv6-only); aiohttp starts listening on them.
+SO_REUSEADDR, IPv6 sockets IPv6-only); aiohttp starts listening on them. With `--workers`
+the supervisor binds once this way to check the address, then binds each worker's sockets
+with SO_REUSEPORT (proxy/supervisor.py).
 """
 
 from __future__ import annotations
