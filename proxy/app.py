@@ -190,6 +190,11 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
     for path, route in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}.items():
         app.router.add_post(path, bind(route))
     app.router.add_get("/v1/models", bind(MODELS_ROUTE))
+
+    async def one_model(request: web.Request) -> web.StreamResponse:
+        return await handler.handle(request, MODELS_ROUTE, model_in_path=request.match_info["model"])
+
+    app.router.add_get("/v1/models/{model:.+}", one_model)
     app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
 
     async def gemini(request: web.Request) -> web.StreamResponse:

@@ -24,7 +24,7 @@ from proxy.dialects import Route, client_credential, error_response
 from proxy.forward import Failure, Forwarder, forward, send_error
 from proxy.forwarded import TrustedProxies, client_address
 from proxy.metrics import Metrics
-from proxy.models import list_models
+from proxy.models import list_models, one_model
 from proxy.multipart import form_fields
 from proxy.pipeline import Pipeline, PluginFailed, Run
 from proxy.plugin import Reject
@@ -129,6 +129,12 @@ class Handler:
             body = await run.body(body)
         except PluginFailed as exc:
             return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+        if ctx.model is not None:  # GET /v1/models/{model}: one entry of that list
+            found = one_model(body, ctx.model)
+            if found is None:
+                fail = Failure(404, "model_not_found", f"the model {ctx.model!r} does not exist")
+                return await send_error(request, ctx, run, fail, EndReason.REJECTED)
+            body = found
         ctx.status = 200
         resp = web.Response(body=body, content_type="application/json", headers={"x-request-id": ctx.request_id})
         await resp.prepare(request)

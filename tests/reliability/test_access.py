@@ -152,6 +152,7 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
     expected = {("POST", p) for p in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}}
     expected |= {("GET", "/v1/models"), ("HEAD", "/v1/models"), ("POST", "/v1/audio/{tail}"),
                  ("POST", "/v1beta/models/{target}"), ("POST", "/v1/models/{target}"),
+                 ("GET", "/v1/models/{model}"), ("HEAD", "/v1/models/{model}"),
                  ("GET", "/healthz"), ("HEAD", "/healthz"),
                  ("GET", "/metrics"), ("HEAD", "/metrics")}
     assert expected <= found
