@@ -23,7 +23,8 @@ from aiohttp import web
 
 from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
-from plugins.billing.estimate import BadRequest, Estimate, Estimator
+from plugins.billing.estimate import IMAGE_ENDPOINTS, BadRequest, Estimate, Estimator, form_payload
+from plugins.billing.models_list import keep_allowed
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
@@ -54,12 +55,17 @@ from proxy.host import TaskTracker, host_of
 log = logging.getLogger(__name__)
 
 #: Endpoints that are authenticated but never held or charged.
-FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
+FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_TOKENS})
 #: Endpoints whose streams get `stream_options.include_usage` forced on.
 USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 _NO_USAGE = Usage()
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
-_IMAGES = Endpoint.IMAGES
+_MODELS = Endpoint.MODELS
+_MODERATIONS = Endpoint.MODERATIONS
+#: The model OpenAI moderates with when a request names none: priced (or free) as that.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+#: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
+MODEL_ALLOWLIST = StateKey[tuple[str, ...]]("billing.model_allowlist")
 
 
 @dataclass(slots=True)
@@ -204,16 +210,25 @@ class BillingPlugin(Plugin):
         """Authenticate; for billable endpoints price, estimate and hold (or refuse)."""
         store = self.store
         key, user = await authenticate(store, ctx, self.keys)
-        if ctx.endpoint in FREE:
+        endpoint = ctx.endpoint
+        if endpoint in FREE:
+            if endpoint is _MODELS and key.models:
+                ctx.state[MODEL_ALLOWLIST] = key.models
             return
-        model = ctx.model or ""
+        model = ctx.model
+        if model is None:
+            if endpoint is not _MODERATIONS:
+                raise Reject(400, "invalid_request_error", "'model' is required: it decides the price")
+            model = DEFAULT_MODERATION_MODEL
         prices = self.book.current  # one version for the whole request, even if a new one lands
         found = prices.table.describe(model)
+        if endpoint is _MODERATIONS and (found is None or found[0].is_free):
+            return  # moderation is free unless the operator prices it
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
         multiplier = prices.table.multiplier(user.group, key.group)
-        body = ctx.json if ctx.json is not None else {}
+        body = ctx.json if ctx.json is not None else form_payload(ctx.form)
         try:
             estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         except BadRequest as exc:
@@ -221,7 +236,7 @@ class BillingPlugin(Plugin):
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
-            n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
+            n = body.get("n", 1) if endpoint in IMAGE_ENDPOINTS else 1
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
@@ -299,9 +314,14 @@ class BillingPlugin(Plugin):
         return event
 
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
-        """Meter a non-streamed response body (unchanged)."""
+        """Meter a non-streamed response body (unchanged); narrow `/v1/models` to the
+        models the caller's key may use."""
         st = ctx.state.get(BILLING)
-        if st is not None:
+        if st is None:
+            if ctx.endpoint is _MODELS:
+                allowed = ctx.state.get(MODEL_ALLOWLIST)
+                return body if allowed is None else keep_allowed(body, allowed)
+        else:
             try:
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
@@ -315,6 +335,9 @@ class BillingPlugin(Plugin):
             return
         self._live.pop(ctx.request_id, None)
         metered = self._metered(st)
+        if outcome.bytes_relayed and st.price.characters is not None:
+            # Speech audio is relayed as bytes the meter never sees: delivered is delivered.
+            metered = metered._replace(has_content=True)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
         details = self._details(
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage

@@ -49,7 +49,8 @@ def price_from_entry(entry: Mapping[str, Any]) -> ModelPrice | None:
 
     Token prices need `input_cost_per_token` and `output_cost_per_token` (an embedding
     model may omit the output price: it has no output tokens, so output = input). Without
-    token prices, `output_cost_per_image` becomes a per-request price.
+    token prices, `input_cost_per_character` (text-to-speech) becomes a per-character price,
+    else `output_cost_per_image` a per-request price.
     """
     inp = _per_million(entry, "input_cost_per_token")
     out = _per_million(entry, "output_cost_per_token")
@@ -66,14 +67,17 @@ def price_from_entry(entry: Mapping[str, Any]) -> ModelPrice | None:
             audio_output=_per_million(entry, "output_cost_per_audio_token"),
             image_input=_per_million(entry, "input_cost_per_image_token"),
         )
+    per_char = _per_million(entry, "input_cost_per_character")
+    if per_char is not None:
+        return ModelPrice.per_character(per_char)
     per_image = entry.get("output_cost_per_image")
     if isinstance(per_image, (int, Decimal)) and not isinstance(per_image, bool) and per_image >= 0:
         return ModelPrice.request(Decimal(per_image))
     return None
 
 
-def _rank(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal]:
-    return (price.per_request or Decimal(0), price.output, price.input)
+def _rank(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    return (price.per_request or Decimal(0), price.characters or Decimal(0), price.output, price.input)
 
 
 class LiteLLMPrices:
