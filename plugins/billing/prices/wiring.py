@@ -1,0 +1,56 @@
+"""Billing's pricing side, as the plugin holds it: the price book, the desk behind the
+pricing page and the editor, the channels' health, and their routes. Kept here so that the
+plugin wires it in a few lines (`plugins.billing.plugin`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from plugins.billing.config import BillingConfig
+from plugins.billing.price_data import LiteLLMPrices
+from plugins.billing.prices.book import PriceBook
+from plugins.billing.prices.health import ChannelHealth
+from plugins.billing.prices.service import PriceDesk
+from plugins.billing.store.base import Store, StoreError
+from plugins.billing.web.guard import api_error
+from plugins.billing.web.pricing_api import pricing_api_routes
+from proxy.host import Host
+
+log = logging.getLogger(__name__)
+
+
+class Pricing:
+    """The pricing side of one billing plugin."""
+
+    def __init__(self, config: BillingConfig, reference: LiteLLMPrices) -> None:
+        self.config = config
+        self.reference = reference
+        #: The price version charged now (read by `on_request`).
+        self.book = PriceBook(config.pricing_block(), reference)
+        self.health = ChannelHealth()
+        self._desk: PriceDesk | None = None
+
+    async def start(self, host: Host, store: Store) -> asyncio.Task[None]:
+        """Seed or adopt the store's price version, and start the poll (the returned task,
+        which the caller cancels at shutdown). An unreachable store leaves proxy.yaml's
+        prices in force until a poll succeeds."""
+        try:
+            await self.book.start(store)
+        except StoreError as exc:
+            log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
+        self._desk = PriceDesk(self.book, store, host.config, self.reference, self.health)
+        return host.tasks.spawn_service(self.book.poll_forever(store, self.config.price_poll_every),
+                                        name="billing-price-versions")
+
+    def desk(self) -> PriceDesk:
+        """The desk (a 503 JSON error before startup finished)."""
+        if self._desk is None:
+            raise api_error(503, "starting", "billing is starting; try again in a moment")
+        return self._desk
+
+    def routes(self) -> list[web.RouteDef]:
+        """`/api/pricing` and `/api/admin/prices...`."""
+        return pricing_api_routes(self.desk, self.config.pricing_page)
