@@ -63,7 +63,7 @@ def find_conflicts(models: Mapping[str, Mapping[str, Any]], served: Sequence[Lis
     except Exception:  # noqa: BLE001 - other errors are reported by the save itself, with their path
         return found
     found += _shadows(prices, served, reference)
-    found += _unpriced(prices, served, fallback)
+    found += _unpriced(prices, served, fallback, set(map(str, models)))
     found += _zeros(prices)
     found += _far(prices, reference)
     return found
@@ -84,10 +84,11 @@ def _shadows(prices: Mapping[str, ModelPrice], served: Sequence[Listed], referen
     return out
 
 
-def _unpriced(prices: Mapping[str, ModelPrice], served: Sequence[Listed], fallback: bool) -> list[Conflict]:
+def _unpriced(prices: Mapping[str, ModelPrice], served: Sequence[Listed], fallback: bool,
+              named: set[str]) -> list[Conflict]:
     out = []
     for item in served:
-        if item.model in prices or any(fnmatch.fnmatchcase(item.model, g) for g in prices if is_pattern(g)):
+        if item.model in named or any(fnmatch.fnmatchcase(item.model, g) for g in prices if is_pattern(g)):
             continue
         if fallback and (item.pattern or item.reference is not None):
             continue
