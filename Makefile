@@ -37,4 +37,4 @@ bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.report
 
 clean:
-	rm -rf $(VENV) weir.db weir.db-wal weir.db-shm
+	rm -rf $(VENV) weir.db weir.db-wal weir.db-shm weir-admin-token

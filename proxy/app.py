@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import keys
+from proxy.access_log import AccessLog
 from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
@@ -38,6 +39,8 @@ from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.web.admin_token import resolve_admin_token
+from proxy.web.console import mount as mount_web_shell
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,10 @@ def create_app(
 ) -> web.Application:
     """Build the Weir application for `config`.
 
-    `plugins` overrides proxy.yaml's list (the test harness uses it).
+    `plugins` overrides proxy.yaml's list (the test harness uses it). An `admin.token_file`
+    is read (or created, on first start) here.
     """
+    config = resolve_admin_token(config)
     loaded, warnings = preflight(config, plugins)
     for warning in warnings:
         log.warning("!!! %s", warning)
@@ -79,15 +84,17 @@ def create_app(
         Forwarder(pool, config.routing.max_attempts, metrics, active),
         metrics,
         config.server.max_body_bytes,
-        config.server.access_log,
+        AccessLog() if config.server.access_log else None,
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
+    app.cleanup_ctx.append(_access_log_ctx)  # first in, so its cleanup writes the last lines
     app.cleanup_ctx.append(_upstreams_ctx)
     for plugin in loaded:
         app.cleanup_ctx.append(_plugin_ctx(plugin))
     app.cleanup_ctx.append(_tracker_ctx)
     app.on_shutdown.append(_graceful_shutdown)
+    mount_web_shell(app, config)
     _add_routes(app, loaded)
     return app
 
@@ -98,6 +105,20 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
+
+
+async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write the access log once a second while the app runs, and what is left at the end."""
+    access = app[HANDLER].access
+    if access is None:
+        yield
+        return
+    writer = app[keys.TASKS].spawn_service(access.run(), name="access-log")
+    try:
+        yield
+    finally:
+        writer.cancel()
+        access.flush()
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:

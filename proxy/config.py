@@ -61,9 +61,13 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The operator's credential for the admin API and console (`admin.token`, usually
-    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404."""
+    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404.
+
+    `token_file` (relative to proxy.yaml): used when `token` is empty; on first start a
+    fresh token is written there (mode 0600) and printed once (`proxy.web.admin_token`)."""
 
     token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
