@@ -15,7 +15,7 @@ from plugins.billing.prices.book import PriceBook
 from plugins.billing.prices.health import ChannelHealth
 from plugins.billing.prices.service import PriceDesk
 from plugins.billing.store.base import Store, StoreError
-from plugins.billing.web.guard import api_error
+from proxy.web import api_error
 from plugins.billing.web.pricing_api import pricing_api_routes
 from proxy.host import Host
 

@@ -30,7 +30,7 @@ from plugins.billing.prices.service import PriceDesk
 from plugins.billing.prices.view import PricingQuery, pricing_document
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.store.base import PriceConflict, PriceVersion
-from plugins.billing.web.guard import api_error, require_admin_api
+from proxy.web import api_error, require_admin_api
 from proxy.host import ConfigError, host_of
 
 __all__ = ["pricing_api_routes"]
