@@ -140,7 +140,7 @@ class BillingPlugin(Plugin):
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
             self.tokenizer.warm()
-            price_poll = await self.pricing.start(host, store)
+            price_poll = await self.pricing.start(app, store)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
@@ -15,9 +16,12 @@ from plugins.billing.prices.book import PriceBook
 from plugins.billing.prices.health import ChannelHealth
 from plugins.billing.prices.service import PriceDesk
 from plugins.billing.store.base import Store, StoreError
-from proxy.web import api_error
 from plugins.billing.web.pricing_api import pricing_api_routes
-from proxy.host import Host
+from plugins.billing.web.pricing_page import pricing_page_routes
+from proxy.host import host_of
+from proxy.web import api_error, shell_of
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "web" / "pricing_templates"
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +37,16 @@ class Pricing:
         self.health = ChannelHealth()
         self._desk: PriceDesk | None = None
 
-    async def start(self, host: Host, store: Store) -> asyncio.Task[None]:
-        """Seed or adopt the store's price version, and start the poll (the returned task,
-        which the caller cancels at shutdown). An unreachable store leaves proxy.yaml's
-        prices in force until a poll succeeds."""
+    async def start(self, app: web.Application, store: Store) -> asyncio.Task[None]:
+        """Seed or adopt the store's price version, put the pages on the web shell, and start
+        the poll (the returned task, which the caller cancels at shutdown). An unreachable
+        store leaves proxy.yaml's prices in force until a poll succeeds."""
+        host = host_of(app)
+        shell = shell_of(app)
+        shell.add_templates("pricing", TEMPLATES)
+        if self.config.pricing_page:
+            shell.add_link("Prices", "/pricing", "What each model costs, per group, with the available channels.")
+        shell.add_admin_section("Prices", "/admin/prices", "Edit prices, compare them with reference prices, roll back.")
         try:
             await self.book.start(store)
         except StoreError as exc:
@@ -52,5 +62,6 @@ class Pricing:
         return self._desk
 
     def routes(self) -> list[web.RouteDef]:
-        """`/api/pricing` and `/api/admin/prices...`."""
-        return pricing_api_routes(self.desk, self.config.pricing_page)
+        """`/pricing`, `/api/pricing` and `/api/admin/prices...`."""
+        return [*pricing_api_routes(self.desk, self.config.pricing_page),
+                *pricing_page_routes(self.desk, self.config.pricing_page)]
