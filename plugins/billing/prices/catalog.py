@@ -95,6 +95,12 @@ def _served(config: Config, priced: Iterable[str]) -> dict[str, set[str]]:
     return names
 
 
+def serving(config: Config, name: str) -> tuple[str, ...]:
+    """The upstreams whose model list accepts `name` (a pattern is compared as text)."""
+    return tuple(up.name for up in config.upstreams
+                 if name in up.model_map or any(fnmatch.fnmatchcase(name, g) for g in up.models))
+
+
 def served_models(config: Config, table: PriceTable, configured: Mapping[str, ModelPrice],
                   reference: LiteLLMPrices) -> list[Listed]:
     """Every served model of `config`'s upstreams, by name, priced by `table` (see module doc)."""

@@ -14,8 +14,9 @@ from typing import Any
 
 from plugins.billing.price_data import SNAPSHOT, SNAPSHOT_DATE, LiteLLMPrices
 from plugins.billing.prices import document as doc
+from plugins.billing.prices import editing
 from plugins.billing.prices.book import Current, PriceBook
-from plugins.billing.prices.catalog import Listed, is_pattern, served_models
+from plugins.billing.prices.catalog import Listed, is_pattern, served_models, serving
 from plugins.billing.prices.conflicts import Conflict, find_conflicts
 from plugins.billing.prices.health import ChannelHealth
 from plugins.billing.prices.view import REFERENCE_LABEL, plain, price_fields
@@ -100,30 +101,45 @@ class PriceDesk:
         """`GET /api/admin/prices`: the current version, its models as written, a row per
         served or configured model (configured, reference and the difference), conflicts."""
         cur = self.book.current
-        items = self.catalog()
-        listed = {i.model for i in items}
-        extra = [m for m in cur.models if m not in listed]  # configured, but no upstream serves it
-        rows = [self._row(i.model, cur.models.get(i.model), i.price, i.reference, i.reference_key, i.source,
-                          i.upstreams, i.pattern) for i in items]
-        for name in extra:
-            ref = None if is_pattern(name) else self.reference.lookup(name)
-            rows.append(self._row(name, cur.models[name], cur.table.config.models.get(name), ref[0] if ref else None,
-                                  ref[1] if ref else "", "configured", (), is_pattern(name)))
-        rows.sort(key=lambda r: r["model"])
         return {
             "version": cur.number, "price_version": cur.label, "models": cur.models,
             "conflicts": [c.as_dict() for c in self.conflicts_of(cur.models)],
-            "unpriced": [i.model for i in items if i.source == "unpriced"],
-            "rows": rows,
-            "reference": {"label": REFERENCE_LABEL, "snapshot": SNAPSHOT, "date": SNAPSHOT_DATE,
-                          "fallback": cur.table.config.fallback == "litellm"},
+            "unpriced": [i.model for i in self.catalog() if i.source == "unpriced"],
+            "rows": self.rows_for(cur.models),
+            "reference": self.reference_info(),
         }
+
+    def reference_info(self) -> dict[str, Any]:
+        """The reference snapshot, as the pages label it."""
+        return {"label": REFERENCE_LABEL, "snapshot": SNAPSHOT, "date": SNAPSHOT_DATE,
+                "fallback": self.book.config.fallback == "litellm"}
+
+    def rows_for(self, draft: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+        """A row per served or drafted model, priced as `draft` would price it. A drafted
+        model that does not validate gets `source` "invalid" and its `error`."""
+        good, bad = editing.split({k: dict(v) for k, v in draft.items()})
+        items = self.catalog() if good == self.book.current.models else self._served_for(good)
+        table_models = self.book.table_of(good).config.models
+        rows = []
+        for i in items:
+            source = "invalid" if i.model in bad else i.source
+            rows.append(self._row(i.model, draft.get(i.model), i.price, i.reference, i.reference_key, source,
+                                  i.upstreams, i.pattern, bad.get(i.model, "")))
+        listed = {i.model for i in items}
+        for name in (m for m in draft if m not in listed):  # drafted, but no upstream serves it
+            ref = None if is_pattern(name) else self.reference.lookup(name)
+            rows.append(self._row(name, draft[name], table_models.get(name), ref[0] if ref else None,
+                                  ref[1] if ref else "", "invalid" if name in bad else "configured",
+                                  serving(self.config, name),
+                                  is_pattern(name), bad.get(name, "")))
+        rows.sort(key=lambda r: r["model"])
+        return rows
 
     @staticmethod
     def _row(model: str, written: Mapping[str, str] | None, charged: ModelPrice | None, ref: ModelPrice | None,
-             ref_key: str, source: str, upstreams: Sequence[str], pattern: bool) -> dict[str, Any]:
+             ref_key: str, source: str, upstreams: Sequence[str], pattern: bool, error: str = "") -> dict[str, Any]:
         return {
-            "model": model, "pattern": pattern, "source": source, "upstreams": list(upstreams),
+            "model": model, "pattern": pattern, "source": source, "upstreams": list(upstreams), "error": error,
             "configured": dict(written) if written is not None else None,
             "charged": price_fields(charged), "reference": price_fields(ref), "reference_key": ref_key,
             "difference": _difference(written, ref),
@@ -140,7 +156,9 @@ def _difference(written: Mapping[str, str] | None, ref: ModelPrice | None) -> di
         mine, theirs = written.get(f), ref_fields.get(f)
         if mine is None or theirs is None or Decimal(theirs) == 0:
             continue
-        pct = ((Decimal(mine) - Decimal(theirs)) * 100 / Decimal(theirs)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        try:
+            pct = ((Decimal(mine) - Decimal(theirs)) * 100 / Decimal(theirs)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        except ArithmeticError:  # a draft's price that is not a number yet (InvalidOperation)
+            continue
         out[f] = ("+" if pct > 0 else "") + plain(pct) + "%"
     return out
-

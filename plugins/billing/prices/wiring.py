@@ -18,6 +18,7 @@ from plugins.billing.prices.service import PriceDesk
 from plugins.billing.store.base import Store, StoreError
 from plugins.billing.web.pricing_api import pricing_api_routes
 from plugins.billing.web.pricing_page import pricing_page_routes
+from plugins.billing.web.prices_editor import prices_editor_routes
 from proxy.host import host_of
 from proxy.web import api_error, shell_of
 
@@ -62,6 +63,7 @@ class Pricing:
         return self._desk
 
     def routes(self) -> list[web.RouteDef]:
-        """`/pricing`, `/api/pricing` and `/api/admin/prices...`."""
+        """`/pricing`, `/api/pricing`, `/admin/prices` and `/api/admin/prices...`."""
         return [*pricing_api_routes(self.desk, self.config.pricing_page),
-                *pricing_page_routes(self.desk, self.config.pricing_page)]
+                *pricing_page_routes(self.desk, self.config.pricing_page),
+                *prices_editor_routes(self.desk, self.config.price_poll_every)]
