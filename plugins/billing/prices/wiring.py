@@ -43,11 +43,7 @@ class Pricing:
         the poll (the returned task, which the caller cancels at shutdown). An unreachable
         store leaves proxy.yaml's prices in force until a poll succeeds."""
         host = host_of(app)
-        shell = shell_of(app)
-        shell.add_templates("pricing", TEMPLATES)
-        if self.config.pricing_page:
-            shell.add_link("Prices", "/pricing", "What each model costs, per group, with the available channels.")
-        shell.add_admin_section("Prices", "/admin/prices", "Edit prices, compare them with reference prices, roll back.")
+        self._add_pages(app)
         try:
             await self.book.start(store)
         except StoreError as exc:
@@ -55,6 +51,16 @@ class Pricing:
         self._desk = PriceDesk(self.book, store, host.config, self.reference, self.health)
         return host.tasks.spawn_service(self.book.poll_forever(store, self.config.price_poll_every),
                                         name="billing-price-versions")
+
+    def _add_pages(self, app: web.Application) -> None:
+        try:
+            shell = shell_of(app)
+        except KeyError:  # a lifespan run without a server (`proxy.testing.host_app`): no pages
+            return
+        shell.add_templates("pricing", TEMPLATES)
+        if self.config.pricing_page:
+            shell.add_link("Prices", "/pricing", "What each model costs, per group, with the available channels.")
+        shell.add_admin_section("Prices", "/admin/prices", "Edit prices, compare them with reference prices, roll back.")
 
     def desk(self) -> PriceDesk:
         """The desk (a 503 JSON error before startup finished)."""
