@@ -69,31 +69,38 @@ def _saved(result: PriceVersion | PriceConflict) -> web.Response:
     return web.json_response({"version": result.number, "base_version": result.base, "digest": result.digest})
 
 
-def pricing_api_routes(desk: Callable[[], PriceDesk], pricing_page: bool) -> list[web.RouteDef]:
-    """The routes above, on the plugin's `PriceDesk` (bound at startup)."""
+class _PricingAPI:
+    """The handlers, on the plugin's `PriceDesk` (bound at startup)."""
 
-    async def public(request: web.Request) -> web.Response:
-        if not pricing_page:
+    def __init__(self, desk: Callable[[], PriceDesk], pricing_page: bool) -> None:
+        self.desk = desk
+        self.pricing_page = pricing_page
+
+    async def public(self, request: web.Request) -> web.Response:
+        """`GET /api/pricing`."""
+        if not self.pricing_page:
             raise api_error(404, "not_found", "the price list is not published (billing: pricing_page: false)")
         try:
             query = PricingQuery.from_query(request.query)
         except ValueError as exc:
             raise api_error(400, "invalid_query", str(exc)) from None
-        d = desk()
+        d = self.desk()
         cur = d.book.current
         ups = [(u.name, u.type) for u in host_of(request.app).config.upstreams]
         body = pricing_document(d.catalog(), cur.table, cur.label, cur.number, query, ups, d.health)
         return web.json_response(body, headers={"Cache-Control": "no-cache"})
 
-    async def get_prices(request: web.Request) -> web.Response:
+    async def get_prices(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/prices`."""
         require_admin_api(request)
-        return web.json_response(desk().editor_state())
+        return web.json_response(self.desk().editor_state())
 
-    async def put_prices(request: web.Request) -> web.Response:
+    async def put_prices(self, request: web.Request) -> web.Response:
+        """`PUT /api/admin/prices`: 409 on a stale base, 422 on unconfirmed conflicts."""
         require_admin_api(request)
         body = await _json(request)
         base = _int(body, "base_version")
-        d = desk()
+        d = self.desk()
         conflicts = d.conflicts_of(body.get("models"))
         blocking = [c for c in conflicts if c.blocking]
         if blocking or (conflicts and body.get("confirm") is not True):
@@ -107,39 +114,45 @@ def pricing_api_routes(desk: Callable[[], PriceDesk], pricing_page: bool) -> lis
         except ConfigError as exc:
             raise api_error(400, "invalid_prices", str(exc)) from None
 
-    async def preview(request: web.Request) -> web.Response:
+    async def preview(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/prices/preview`."""
         require_admin_api(request)
         body = await _json(request)
-        return web.json_response(desk().preview(body.get("models")))
+        return web.json_response(self.desk().preview(body.get("models")))
 
-    async def versions(request: web.Request) -> web.Response:
+    async def versions(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/prices/versions`."""
         require_admin_api(request)
-        found = await desk().store().list_price_versions(int(request.query.get("limit", "100") or 100))
+        limit = request.query.get("limit", "100")
+        found = await self.desk().store().list_price_versions(int(limit) if limit.isdigit() else 100)
         head = found[0].number if found else 0
         return web.json_response({"head": head, "versions": [PriceDesk.version_dict(v, with_models=False) for v in found]})
 
-    async def one_version(request: web.Request) -> web.Response:
+    async def one_version(self, request: web.Request) -> web.Response:
+        """`GET /api/admin/prices/versions/{n}`."""
         require_admin_api(request)
         number = request.match_info["number"]
-        found = await desk().store().get_price_version(int(number)) if number.isdigit() else None
+        found = await self.desk().store().get_price_version(int(number)) if number.isdigit() else None
         if found is None:
             raise api_error(404, "not_found", f"there is no price version {number}")
         return web.json_response(PriceDesk.version_dict(found, with_models=True))
 
-    async def rollback(request: web.Request) -> web.Response:
+    async def rollback(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/prices/rollback`."""
         require_admin_api(request)
         body = await _json(request)
         number, base = _int(body, "version"), _int(body, "base_version")
-        d = desk()
+        d = self.desk()
         target = await d.store().get_price_version(number)
         if target is None:
             raise api_error(404, "not_found", f"there is no price version {number}")
         return _saved(await d.save(base, doc.loads(target.document), "rollback", f"rollback to version {number}"))
 
-    async def import_ratios(request: web.Request) -> web.Response:
+    async def import_ratios(self, request: web.Request) -> web.Response:
+        """`POST /api/admin/prices/import-ratios`: a proposal, not saved."""
         require_admin_api(request)
         body = await _json(request)
-        d = desk()
+        d = self.desk()
         try:
             result = convert_ratios(body.get("export", body), d.book.config.quota_per_usd)
         except ValueError as exc:
@@ -147,14 +160,17 @@ def pricing_api_routes(desk: Callable[[], PriceDesk], pricing_page: bool) -> lis
         proposal = d.merged(result.config["pricing"]["models"])
         return web.json_response({**d.preview(proposal), "models": proposal, "warnings": list(result.warnings)})
 
-    return [
-        web.get("/api/pricing", public),
-        web.get("/api/admin/prices", get_prices),
-        web.put("/api/admin/prices", put_prices),
-        web.post("/api/admin/prices/preview", preview),
-        web.get("/api/admin/prices/versions", versions),
-        web.get("/api/admin/prices/versions/{number}", one_version),
-        web.post("/api/admin/prices/rollback", rollback),
-        web.post("/api/admin/prices/import-ratios", import_ratios),
-    ]
 
+def pricing_api_routes(desk: Callable[[], PriceDesk], pricing_page: bool) -> list[web.RouteDef]:
+    """The routes above, on the plugin's `PriceDesk` (bound at startup)."""
+    api = _PricingAPI(desk, pricing_page)
+    return [
+        web.get("/api/pricing", api.public),
+        web.get("/api/admin/prices", api.get_prices),
+        web.put("/api/admin/prices", api.put_prices),
+        web.post("/api/admin/prices/preview", api.preview),
+        web.get("/api/admin/prices/versions", api.versions),
+        web.get("/api/admin/prices/versions/{number}", api.one_version),
+        web.post("/api/admin/prices/rollback", api.rollback),
+        web.post("/api/admin/prices/import-ratios", api.import_ratios),
+    ]
