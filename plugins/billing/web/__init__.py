@@ -1,0 +1,1 @@
+"""Billing's pages and HTTP API routes."""
