@@ -49,6 +49,8 @@ from proxy.plugin import (
 )
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
+from plugins.billing import web as pages
+from plugins.billing.cli.accounts import Money
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class BillingPlugin(Plugin):
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
             self.tokenizer.warm()
+            pages.install(app)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -152,6 +155,10 @@ class BillingPlugin(Plugin):
                     service.cancel()
                 host.metrics.unregister(collector)
                 host.metrics.unregister(self.money)
+
+    def routes(self) -> list[web.RouteDef]:
+        """The user API, the dashboard and the admin API and console (`plugins.billing.web`)."""
+        return pages.routes(pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd)))
 
     async def _replay(self) -> None:
         assert self._settler is not None
