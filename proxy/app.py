@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import keys
+from proxy.access_log import AccessLog
 from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
@@ -83,10 +84,11 @@ def create_app(
         Forwarder(pool, config.routing.max_attempts, metrics, active),
         metrics,
         config.server.max_body_bytes,
-        config.server.access_log,
+        AccessLog() if config.server.access_log else None,
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
+    app.cleanup_ctx.append(_access_log_ctx)  # first in, so its cleanup writes the last lines
     app.cleanup_ctx.append(_upstreams_ctx)
     for plugin in loaded:
         app.cleanup_ctx.append(_plugin_ctx(plugin))
@@ -103,6 +105,20 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
+
+
+async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write the access log once a second while the app runs, and what is left at the end."""
+    access = app[HANDLER].access
+    if access is None:
+        yield
+        return
+    writer = app[keys.TASKS].spawn_service(access.run(), name="access-log")
+    try:
+        yield
+    finally:
+        writer.cancel()
+        access.flush()
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -29,7 +29,8 @@ from plugins.billing.ledger import running_ledger
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
+from plugins.billing.prices.book import PriceBook
+from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
 from plugins.billing.charge_table import Metered, settle
 from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
@@ -95,7 +96,8 @@ class BillingPlugin(Plugin):
         self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
-        self.table = PriceTable(PricingConfig.from_plugin_config(self.config.pricing_block()), self.prices)
+        #: The price version charged now; kept current from the store (plugins.billing.prices.book).
+        self.book = PriceBook(self.config.pricing_block(), self.prices)
         self.tokenizer = Tokenizer()
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
@@ -139,6 +141,7 @@ class BillingPlugin(Plugin):
             host.metrics.register(self.money)
             self.tokenizer.warm()
             pages.install(app)
+            await self._start_prices(store)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -147,6 +150,9 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
                 host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
+                host.tasks.spawn_service(
+                    self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
+                ),
             ]
             try:
                 yield
@@ -159,6 +165,14 @@ class BillingPlugin(Plugin):
     def routes(self) -> list[web.RouteDef]:
         """The user API, the dashboard and the admin API and console (`plugins.billing.web`)."""
         return pages.routes(pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd)))
+
+    async def _start_prices(self, store: Store) -> None:
+        """proxy.yaml's prices become version 1 of an empty store, or the store's head is
+        adopted; an unreachable store leaves proxy.yaml's prices until the poll succeeds."""
+        try:
+            await self.book.start(store)
+        except StoreError as exc:
+            log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -182,6 +196,11 @@ class BillingPlugin(Plugin):
                 log.error("billing: stray-hold sweep failed: %s", exc)
 
     @property
+    def table(self) -> PriceTable:
+        """The price table charged now (the current price version's)."""
+        return self.book.current.table
+
+    @property
     def store(self) -> Store:
         """The account store (bound at startup)."""
         if self._store is None:
@@ -195,17 +214,18 @@ class BillingPlugin(Plugin):
         if ctx.endpoint in FREE:
             return
         model = ctx.model or ""
-        found = self.table.describe(model)
+        prices = self.book.current  # one version for the whole request, even if a new one lands
+        found = prices.table.describe(model)
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
-        multiplier = self.table.multiplier(user.group, key.group)
+        multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else {}
         try:
             estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         except BadRequest as exc:
             raise Reject(400, exc.code, exc.message) from None
-        hold = await self._hold(store, ctx, key, user, estimate)
+        hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
             n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
@@ -224,13 +244,15 @@ class BillingPlugin(Plugin):
         ctx.drain_timeout = self.config.drain_timeout
         ctx.drain_max_bytes = self.config.drain_max_bytes
 
-    async def _hold(self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate) -> Hold:
+    async def _hold(
+        self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate, price_version: str
+    ) -> Hold:
         self._sweeper.track(ctx.request_id)
         started = time.monotonic()
         try:
             result = await store.hold(
                 ctx.request_id, user.name, key.id, estimate.quota, None,
-                self.table.version, self.config.hold_ttl, self._instance, ctx.model or "",
+                price_version, self.config.hold_ttl, self._instance, ctx.model or "",
             )
         except StoreUnavailable as exc:
             self.money.store_error("hold", exc)
