@@ -74,11 +74,11 @@ async def forward(
                 allow_redirects=False,
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            fw.metrics.attempts.labels(up.name, "timeout").inc()
+            fw.metrics.attempt(up.name, "timeout")
             failure = Failure(504, "upstream_timeout", f"upstream {up.name} timed out")
             continue
         except (aiohttp.ClientError, OSError) as exc:
-            fw.metrics.attempts.labels(up.name, "unreachable").inc()
+            fw.metrics.attempt(up.name, "unreachable")
             failure = Failure(502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})")
             continue
         except ValueError as exc:
@@ -87,7 +87,7 @@ async def forward(
             fail = Failure(500, "plugin_failed", f"the upstream request could not be built: {exc}")
             return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
         retryable = upstream.status == 429 or upstream.status >= 500
-        fw.metrics.attempts.labels(up.name, str(upstream.status)).inc()
+        fw.metrics.attempt(up.name, str(upstream.status))
         if retryable and not last:
             upstream.close()
             continue
