@@ -164,7 +164,9 @@ class BillingPlugin(Plugin):
 
     def routes(self) -> list[web.RouteDef]:
         """The user API, the dashboard and the admin API and console (`plugins.billing.web`)."""
-        return pages.routes(pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd)))
+        return pages.routes(
+            pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
+        )
 
     async def _start_prices(self, store: Store) -> None:
         """proxy.yaml's prices become version 1 of an empty store, or the store's head is

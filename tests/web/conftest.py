@@ -170,3 +170,17 @@ async def console(fake_upstream: MockUpstream, tmp_path: Path) -> AsyncIterator[
     for made in started:
         await made.audit_ok()
         await made.proxy.stop()
+
+
+async def admin_client(url: str) -> aiohttp.ClientSession:
+    """An HTTP client signed in to the console (close it when done)."""
+    import re
+
+    s = browser_session()
+    async with s.get(url + "/admin/login") as r:
+        found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+    assert found
+    async with s.post(url + "/admin/login", data={"csrf": found.group(1), "token": ADMIN_TOKEN},
+                      allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+    return s

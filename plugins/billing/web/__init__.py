@@ -1,7 +1,8 @@
 """Billing's pages and HTTP API, on the public web shell (`proxy.web`).
 
   * the user API (`/api/me`, `/api/me/logs`, `/api/me/keys`) with the user's API key;
-  * `/dashboard`, a user's page, signed in with an API key.
+  * `/dashboard`, a user's page, signed in with an API key;
+  * the console's pages under `/admin` (`console_*`).
 
 `routes(web_)` gives the routes (the plugin's `routes()`); `install(app)` registers the
 templates and links in the plugin's `lifespan`.
@@ -14,18 +15,24 @@ from pathlib import Path
 
 from aiohttp import web
 
-from plugins.billing.web import api_user, dashboard
+from plugins.billing.web import api_user, console_records, dashboard
 from plugins.billing.web.common import BillingWeb
 from proxy.web import shell_of
 
 __all__ = ["BillingWeb", "install", "routes"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: The console's sections billing adds, in the navigation's order.
+SECTIONS = (
+    ("Logs", "/admin/logs", "Every billed request: filter by user, key, model, outcome and time; export CSV."),
+    ("Upstreams", "/admin/upstreams", "Each upstream's recent errors and latency, and what it served."),
+    ("Audit", "/admin/audit", "Check every balance against the ledger; find orphaned and stuck holds."),
+)
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """Every route billing serves besides the proxied APIs."""
-    return [*api_user.routes(web_), *dashboard.routes(web_)]
+    return [*api_user.routes(web_), *dashboard.routes(web_), *console_records.routes(web_)]
 
 
 def _when(ts: float | None) -> str:
@@ -44,5 +51,7 @@ def install(app: web.Application) -> None:
         return
     shell.add_templates("billing", TEMPLATES)
     shell.env.filters["when"] = _when
+    for title, href, description in SECTIONS:
+        shell.add_admin_section(title, href, description)
     shell.add_link("Your dashboard", "/dashboard", "Your balance, what you spent, your requests and keys "
                                                    "(sign in with your API key).")

@@ -43,6 +43,8 @@ class BillingWeb:
 
     get_store: Callable[[], Store]
     money: Money
+    #: The plugin's `checkpoint_every` (an open hold silent for 30 of them is stuck).
+    checkpoint_every: float = 10.0
 
     @property
     def store(self) -> Store:
