@@ -30,6 +30,7 @@ __all__ = [
     "parse_config",
     "port_problem",
     "with_listener",
+    "workers_problem",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -42,10 +43,12 @@ class ServerConfig:
     `trusted_proxies`: CIDRs of the reverse proxies whose `X-Forwarded-For` names the
     client (proxy/forwarded.py); empty, the default, trusts nobody.
     `metrics_token`: when set, `/metrics` answers only `Authorization: Bearer <token>`.
+    `workers`: processes serving the port (proxy/supervisor.py); 1 is one plain process.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     allow_unauthenticated: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
@@ -195,6 +198,16 @@ def port_problem(port: int) -> str | None:
     return None if 1 <= port <= 65535 else f"must be between 1 and 65535, got {port}"
 
 
+#: The most worker processes `server.workers` / `--workers` may ask for: a typo such as 800
+#: must not fork hundreds of processes on one store.
+MAX_WORKERS = 64
+
+
+def workers_problem(workers: int) -> str | None:
+    """Why `workers` cannot be `server.workers` (or `--workers`), or None."""
+    return None if 1 <= workers <= MAX_WORKERS else f"must be between 1 and {MAX_WORKERS}, got {workers}"
+
+
 def host_problem(host: str) -> str | None:
     """Why `host` cannot be `server.host` (or `--host`), or None: an address or host name,
     not empty, not a URL."""
@@ -205,11 +218,14 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def with_listener(config: Config, host: str | None = None, port: int | None = None) -> Config:
-    """`config` with `server.host` / `server.port` replaced (the `--host` / `--port` flags),
-    checked by the same rules as proxy.yaml's."""
+def with_listener(
+    config: Config, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> Config:
+    """`config` with `server.host` / `server.port` / `server.workers` replaced (the `--host`
+    / `--port` / `--workers` flags), checked by the same rules as proxy.yaml's."""
     server = replace(config.server, host=config.server.host if host is None else host,
-                     port=config.server.port if port is None else port)
+                     port=config.server.port if port is None else port,
+                     workers=config.server.workers if workers is None else workers)
     _check_server(server)
     return replace(config, server=server)
 
@@ -218,6 +234,9 @@ def _check_server(server: ServerConfig) -> None:
     for key, problem in (("host", host_problem(server.host)), ("port", port_problem(server.port))):
         if problem is not None:
             raise ConfigError(f"server.{key}", problem)
+    problem = workers_problem(server.workers)
+    if problem is not None:
+        raise ConfigError("server.workers", problem)
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if not server.client_write_timeout > 0:
