@@ -1,6 +1,7 @@
 """Billing's pages and HTTP API, on the public web shell (`proxy.web`).
 
   * the user API (`/api/me`, `/api/me/logs`, `/api/me/keys`) with the user's API key;
+  * the admin API (`/api/admin/...`) with the admin token (`api_admin`, over `admin_ops`);
   * `/dashboard`, a user's page, signed in with an API key;
   * the console's pages under `/admin` (`console_*`).
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from plugins.billing.web import api_user, console_records, dashboard
+from plugins.billing.web import api_admin, api_user, console_records, dashboard
 from plugins.billing.web.common import BillingWeb
 from proxy.web import shell_of
 
@@ -32,7 +33,7 @@ SECTIONS = (
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """Every route billing serves besides the proxied APIs."""
-    return [*api_user.routes(web_), *dashboard.routes(web_), *console_records.routes(web_)]
+    return [*api_user.routes(web_), *api_admin.routes(web_), *dashboard.routes(web_), *console_records.routes(web_)]
 
 
 def _when(ts: float | None) -> str:
