@@ -103,6 +103,8 @@ class BillingPlugin(Plugin):
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
         )
         self.keys = KeyCache(self.config.auth_cache_ttl)
+        #: What billing's pages and HTTP API read (`plugins.billing.web`).
+        self.web = pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
         self._store: Store | None = None
         self._tasks: TaskTracker | None = None
         self._instance = ""
@@ -140,7 +142,7 @@ class BillingPlugin(Plugin):
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
             self.tokenizer.warm()
-            pages.install(app)
+            pages.install(app, self.web)
             await self._start_prices(store)
             await self._replay()
             if self.config.first_run_demo:
@@ -164,9 +166,7 @@ class BillingPlugin(Plugin):
 
     def routes(self) -> list[web.RouteDef]:
         """The user API, the dashboard and the admin API and console (`plugins.billing.web`)."""
-        return pages.routes(
-            pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
-        )
+        return pages.routes(self.web)
 
     async def _start_prices(self, store: Store) -> None:
         """proxy.yaml's prices become version 1 of an empty store, or the store's head is

@@ -16,15 +16,26 @@ from pathlib import Path
 
 from aiohttp import web
 
-from plugins.billing.web import api_admin, api_user, console_records, dashboard
+from plugins.billing.web import (
+    api_admin,
+    api_user,
+    console_keys,
+    console_records,
+    console_users,
+    dashboard,
+)
 from plugins.billing.web.common import BillingWeb
-from proxy.web import shell_of
+from proxy.host import host_of
+from proxy.web import AdminCard, shell_of
 
 __all__ = ["BillingWeb", "install", "routes"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: The console's sections billing adds, in the navigation's order.
 SECTIONS = (
+    ("Users", "/admin/users", "Add users, top up or adjust wallets, manage their keys and subscriptions."),
+    ("Keys", "/admin/keys", "Every key: its limits and use; enable, disable or revoke."),
+    ("Plans", "/admin/plans", "Subscription plans and who has them."),
     ("Logs", "/admin/logs", "Every billed request: filter by user, key, model, outcome and time; export CSV."),
     ("Upstreams", "/admin/upstreams", "Each upstream's recent errors and latency, and what it served."),
     ("Audit", "/admin/audit", "Check every balance against the ledger; find orphaned and stuck holds."),
@@ -33,7 +44,8 @@ SECTIONS = (
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """Every route billing serves besides the proxied APIs."""
-    return [*api_user.routes(web_), *api_admin.routes(web_), *dashboard.routes(web_), *console_records.routes(web_)]
+    return [*api_user.routes(web_), *api_admin.routes(web_), *dashboard.routes(web_), *console_users.routes(web_),
+            *console_keys.routes(web_), *console_records.routes(web_)]
 
 
 def _when(ts: float | None) -> str:
@@ -43,9 +55,25 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def install(app: web.Application) -> None:
-    """Register billing's templates (`billing/…`), filters and front-page link on the shell
-    (nothing to do on an app without one, such as `proxy.testing.host_app`)."""
+async def _cards(request: web.Request, web_: BillingWeb) -> list[AdminCard]:
+    """The console home's figures: users, money in wallets, requests, upstream health."""
+    users = await web_.store.list_users()
+    ups = host_of(request.app).upstreams()
+    healthy = sum(1 for u in ups if u.healthy)
+    return [
+        AdminCard("Users", f"{len(users):,}", "/admin/users"),
+        AdminCard("In wallets", web_.show_usd(sum(u.balance for u in users)), "/admin/users",
+                  f"{web_.show_usd(sum(u.reserved for u in users))} reserved now"),
+        AdminCard("Requests", f"{sum(u.request_count for u in users):,}", "/admin/logs",
+                  f"{web_.show_usd(sum(u.used for u in users))} billed in all"),
+        AdminCard("Upstreams healthy", f"{healthy} of {len(ups)}", "/admin/upstreams", ok=healthy == len(ups)),
+    ]
+
+
+def install(app: web.Application, web_: BillingWeb) -> None:
+    """Register billing's templates (`billing/…`), filters, console sections and home figures,
+    and front-page link on the shell (nothing to do on an app without one, such as
+    `proxy.testing.host_app`)."""
     try:
         shell = shell_of(app)
     except KeyError:
@@ -54,5 +82,10 @@ def install(app: web.Application) -> None:
     shell.env.filters["when"] = _when
     for title, href, description in SECTIONS:
         shell.add_admin_section(title, href, description)
+
+    async def cards(request: web.Request) -> list[AdminCard]:
+        return await _cards(request, web_)
+
+    shell.add_admin_cards(cards)
     shell.add_link("Your dashboard", "/dashboard", "Your balance, what you spent, your requests and keys "
                                                    "(sign in with your API key).")

@@ -114,7 +114,8 @@ async def show_user(web_: BillingWeb, name: str) -> dict[str, Any]:
     user = await user_of(web_, name)
     data = await _user_json(web_, user)
     at = time.time()
-    data["subscriptions"] = [subscription_json(s, web_.money, at) for s in await web_.store.list_subscriptions(name)]
+    data["subscriptions"] = [{**subscription_json(s, web_.money, at), "user": s.user}
+                             for s in await web_.store.list_subscriptions(name)]
     return data
 
 
@@ -274,7 +275,7 @@ async def grant(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[str, 
     if end <= start or end <= at:
         raise BadInput("invalid_time", "the subscription must end after it starts, and after now")
     sub = await web_.store.grant_subscription(user, plan.name, start, end)
-    return subscription_json(sub, web_.money, at)
+    return {**subscription_json(sub, web_.money, at), "user": sub.user}
 
 
 async def list_subscriptions(web_: BillingWeb, user: str | None) -> list[dict[str, Any]]:
@@ -283,4 +284,5 @@ async def list_subscriptions(web_: BillingWeb, user: str | None) -> list[dict[st
         await user_of(web_, user)
     names = [user] if user is not None else [u.name for u in await web_.store.list_users()]
     at = time.time()
-    return [subscription_json(s, web_.money, at) for n in names for s in await web_.store.list_subscriptions(n)]
+    return [{**subscription_json(s, web_.money, at), "user": s.user}
+            for n in names for s in await web_.store.list_subscriptions(n)]

@@ -8,9 +8,11 @@ which an API route turns into a 400 JSON error and a page into a message beside 
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -36,6 +38,27 @@ class BadInput(Exception):
         self.message = message
 
 
+class OnceTokens:
+    """Confirmation tokens, each usable once (a double-clicked "Confirm" moves money once).
+    In memory, bounded: a token from another worker or an old page is simply unknown."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._open: OrderedDict[str, None] = OrderedDict()
+
+    def new(self) -> str:
+        """A fresh token for a confirmation page."""
+        token = secrets.token_urlsafe(16)
+        self._open[token] = None
+        while len(self._open) > self.size:
+            self._open.popitem(last=False)
+        return token
+
+    def use(self, token: str) -> bool:
+        """True the first time `token` is used, False after (or for an unknown token)."""
+        return self._open.pop(token, "gone") is None
+
+
 @dataclass(frozen=True, slots=True)
 class BillingWeb:
     """What the routes need from the billing plugin, bound when its routes are built (the
@@ -45,6 +68,8 @@ class BillingWeb:
     money: Money
     #: The plugin's `checkpoint_every` (an open hold silent for 30 of them is stuck).
     checkpoint_every: float = 10.0
+    #: The console's one-time confirmation tokens (money moves once per confirmation page).
+    once: OnceTokens = field(default_factory=lambda: OnceTokens())
 
     @property
     def store(self) -> Store:
