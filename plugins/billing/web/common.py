@@ -86,10 +86,13 @@ class BillingWeb:
         return self.money.usd(quota)
 
     def show_usd(self, quota: int) -> str:
-        """Quota units for people: `$12.50`, `$0.000008` (exact to 6 places, at least 2)."""
-        text = self.usd(quota)
-        sign = "-" if text.startswith("-") else ""
-        whole, _, frac = text.lstrip("-").partition(".")
+        """Quota units for people: to the cent from a dollar up (`$1,234.50`), exact to 6
+        places below (`$0.000008`, the size of one request's charge)."""
+        exact = Decimal(self.usd(quota))
+        if abs(exact) >= 1:
+            exact = exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        sign = "-" if exact < 0 else ""
+        whole, _, frac = str(abs(exact)).partition(".")
         frac = frac.rstrip("0").ljust(2, "0")
         return f"{sign}${int(whole):,}.{frac}"
 
