@@ -150,14 +150,21 @@ ConsoleFactory = Callable[..., Awaitable[Console]]
 
 
 @pytest_asyncio.fixture
-async def console(fake_upstream: MockUpstream, tmp_path: Path) -> AsyncIterator[ConsoleFactory]:
-    """Factory: `await console(admin=True)` → a running Weir with billing on SQLite."""
+async def console(fake_upstream: MockUpstream, tmp_path: Path,
+                  request: pytest.FixtureRequest) -> AsyncIterator[ConsoleFactory]:
+    """Factory: `await console(admin=True, backend="sqlite")` → a running Weir with billing
+    (on Redis: the suite's private redis-server, under a fresh prefix)."""
     started: list[Console] = []
 
-    async def factory(admin: bool = True, **billing: Any) -> Console:
+    async def factory(admin: bool = True, backend: str = "sqlite", **billing: Any) -> Console:
         folder = tmp_path / f"c{len(started)}"
         folder.mkdir()
         overrides: dict[str, Any] = {"admin": {"token": ADMIN_TOKEN}} if admin else {}
+        if backend == "redis":
+            import uuid
+
+            overrides["store"] = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
+                                  "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
         config = proxy_config(fake_upstream.url, folder, **overrides)
         plugin = BillingPlugin(BillingConfig(**{"pricing": {"models": PRICES}, "quota_per_usd": QUOTA_PER_USD,
                                                 **billing}))
@@ -170,6 +177,11 @@ async def console(fake_upstream: MockUpstream, tmp_path: Path) -> AsyncIterator[
     for made in started:
         await made.audit_ok()
         await made.proxy.stop()
+        drop = getattr(made.store, "drop_all", None)
+        if drop is not None:  # Redis: leave nothing behind under the test's prefix
+            await made.store.open()
+            await drop()
+            await made.store.close()
 
 
 async def admin_client(url: str) -> aiohttp.ClientSession:

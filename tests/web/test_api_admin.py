@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from proxy.web import shell_of
 from tests.web.conftest import ADMIN_TOKEN, QUOTA_PER_USD, Console, ConsoleFactory
@@ -60,8 +61,9 @@ async def test_repeated_wrong_tokens_are_limited(console: ConsoleFactory) -> Non
     assert status == 429 and body["error"]["code"] == "too_many_attempts"
 
 
-async def test_a_top_up_writes_a_ledger_entry_and_the_audit_stays_clean(console: ConsoleFactory) -> None:
-    c = await console()
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_top_up_writes_a_ledger_entry_and_the_audit_stays_clean(console: ConsoleFactory, backend: str) -> None:
+    c = await console(backend=backend)
     status, user = await call(c, "POST", "/api/admin/users", {"name": "alice", "usd": "2.50", "group": "team"})
     assert status == 201 and user["balance_quota"] == int(2.5 * QUOTA_PER_USD) and user["group"] == "team"
     status, after = await call(c, "POST", "/api/admin/users/alice/topup", {"usd": "1.25", "note": "invoice 42"})

@@ -114,3 +114,23 @@ async def test_a_hostile_user_name_is_shown_as_text(console: ConsoleFactory) -> 
             html = await r.text()
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+async def test_a_dashboard_session_is_not_an_admin_session(console: ConsoleFactory) -> None:
+    c = await console()
+    key = await c.user("alice")
+    async with browser_session() as s:
+        await sign_in(s, c.url, key)
+        for path in ("/admin", "/admin/users", "/admin/logs"):
+            async with s.get(c.url + path, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"].startswith("/admin/login"), path
+        async with s.get(c.url + "/admin/users", headers={"Authorization": f"Bearer {key}"},
+                         allow_redirects=False) as r:
+            assert r.status == 303  # a user key as Bearer is no console session either
+        user = (await c.store.list_keys("alice"))[0]
+        forged = next(ck.value for ck in s.cookie_jar if ck.key == "weir_user")
+        async with aiohttp.ClientSession() as other:
+            async with other.get(c.url + "/admin", headers={"Cookie": f"weir_admin={forged}"},
+                                 allow_redirects=False) as r:
+                assert r.status == 303  # the user realm's cookie does not open the admin realm
+    assert user.status == "active"
