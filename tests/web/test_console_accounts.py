@@ -146,3 +146,20 @@ async def test_the_home_page_shows_the_figures(console: ConsoleFactory) -> None:
         html = await get(s, c.url + "/admin")
     for text in ("Users", "In wallets", "Requests", "Upstreams healthy", "1 of 1", "/admin/logs", "/admin/audit"):
         assert text in html, text
+
+
+async def test_no_key_or_token_on_any_page_after_its_one_time_display(console: ConsoleFactory) -> None:
+    c = await console()
+    user_key = await c.user("alice")
+    assert await c.chat(user_key) == 200
+    async with await admin_client(c.url) as s:
+        page = await get(s, c.url + "/admin/users/alice")
+        status, shown = await post(s, c.url + "/admin/users/alice/keys", {"name": "ci"}, page)
+        made = re.search(r'<code class="secret">(wk-[^<]+)</code>', shown)
+        assert made
+        secrets = (user_key, made.group(1), ADMIN_TOKEN)
+        for path in ("/", "/admin", "/admin/users", "/admin/users/alice", "/admin/keys", "/admin/plans",
+                     "/admin/logs", "/admin/logs.csv", "/admin/upstreams", "/admin/audit"):
+            async with s.get(c.url + path) as r:
+                body = await r.text()
+            assert r.status == 200 and not any(secret in body for secret in secrets), path
