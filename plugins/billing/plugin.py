@@ -52,6 +52,8 @@ from proxy.plugin import (
 )
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
+from plugins.billing import web as pages
+from plugins.billing.cli.accounts import Money
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class BillingPlugin(Plugin):
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
         )
         self.keys = KeyCache(self.config.auth_cache_ttl)
+        #: What billing's pages and HTTP API read (`plugins.billing.web`).
+        self.web = pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
         self._store: Store | None = None
         self._tasks: TaskTracker | None = None
         self._instance = ""
@@ -147,6 +151,7 @@ class BillingPlugin(Plugin):
             host.metrics.register(self.money)
             self.tokenizer.warm()
             price_poll = await self.pricing.start(app, store)
+            pages.install(app, self.web)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -166,8 +171,9 @@ class BillingPlugin(Plugin):
                 host.metrics.unregister(self.money)
 
     def routes(self) -> list[web.RouteDef]:
-        """The price list (`/api/pricing`) and the price editor's API (`/api/admin/prices`)."""
-        return self.pricing.routes()
+        """The price list and editor (`/api/pricing`, `/api/admin/prices` and their pages), the
+        user API, the dashboard, and the admin API and console (`plugins.billing.web`)."""
+        return [*self.pricing.routes(), *pages.routes(self.web)]
 
     async def _replay(self) -> None:
         assert self._settler is not None
