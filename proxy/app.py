@@ -40,6 +40,7 @@ from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.upstream_health import UpstreamHealth
 from proxy.web.admin_token import resolve_admin_token
 from proxy.web.console import mount as mount_web_shell
 
@@ -66,7 +67,7 @@ def create_app(
         log.warning("!!! %s", warning)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     tracker = TaskTracker()
-    metrics = Metrics()
+    metrics = Metrics(UpstreamHealth(config.upstreams))
     pool = UpstreamPool(config.upstreams, breaker=config.routing.breaker, on_breaker=metrics.breaker_changed)
     metrics.upstreams(up.name for up in pool.upstreams)
     active = ActiveStreams(config.server.client_write_timeout)
@@ -79,7 +80,7 @@ def create_app(
     app[keys.PIPELINE] = pipeline
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
-    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN])
+    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN], metrics.health)
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,

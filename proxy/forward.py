@@ -123,7 +123,7 @@ def _all_cooling(ctx: RequestContext, candidates: list[Upstream]) -> Failure:
 
 def _attempted(fw: Forwarder, up: Upstream, result: str, status: int) -> None:
     """Count an attempt and tell its upstream's breaker (a 5xx or no answer is a failure)."""
-    fw.metrics.attempts.labels(up.name, result).inc()
+    fw.metrics.attempt(up.name, result)
     if status >= 500:
         up.breaker.failure()
     else:

@@ -7,14 +7,18 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from proxy.upstream_health import UpstreamHealth
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
     """Request, status, latency, TTFT, relayed events and upstream attempts, per upstream."""
 
-    def __init__(self) -> None:
+    def __init__(self, health: UpstreamHealth | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: Recent attempts and first-byte times per upstream (the admin API's health view).
+        self.health = health or UpstreamHealth()
         self.requests = Counter(
             "weir_requests_total", "Proxied requests by endpoint, upstream, status and outcome",
             ("endpoint", "upstream", "status", "outcome"), registry=self.registry,
@@ -46,6 +50,15 @@ class Metrics:
         # Labelled children, looked up once per label set: `labels()` validates and locks on
         # every call, which showed up in profiles of the request path.
         self._children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def attempt(self, upstream: str, result: str) -> None:
+        """Record one upstream attempt: its result is an HTTP status, `timeout` or `unreachable`."""
+        child = self._attempt_children.get((upstream, result))
+        if child is None:
+            child = self._attempt_children[(upstream, result)] = self.attempts.labels(upstream, result)
+        child.inc()
+        self.health.attempt(upstream, result)
 
     def observe(
         self,
@@ -73,6 +86,8 @@ class Metrics:
         latency.observe(seconds)
         if ttft is not None:
             ttft_hist.observe(ttft)
+            if 200 <= status < 300:
+                self.health.first_byte(upstream, ttft)
         if events:
             events_counter.inc(events)
 

@@ -30,7 +30,8 @@ from plugins.billing.ledger import running_ledger
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.prices.book import PriceBook
+from plugins.billing.prices import health as channel_health
+from plugins.billing.prices.wiring import Pricing
 from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
 from plugins.billing.charge_table import Metered, settle
 from plugins.billing.outbox import Outbox, Settler
@@ -51,6 +52,8 @@ from proxy.plugin import (
 )
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
+from plugins.billing import web as pages
+from plugins.billing.cli.accounts import Money
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +103,16 @@ class BillingPlugin(Plugin):
         self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
-        #: The price version charged now; kept current from the store (plugins.billing.prices.book).
-        self.book = PriceBook(self.config.pricing_block(), self.prices)
+        #: Prices: the version charged now (`book`), kept current from the store; the pages' desk.
+        self.pricing = Pricing(self.config, self.prices)
+        self.book = self.pricing.book
         self.tokenizer = Tokenizer()
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
         )
         self.keys = KeyCache(self.config.auth_cache_ttl)
+        #: What billing's pages and HTTP API read (`plugins.billing.web`).
+        self.web = pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
         self._store: Store | None = None
         self._tasks: TaskTracker | None = None
         self._instance = ""
@@ -144,7 +150,8 @@ class BillingPlugin(Plugin):
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
             self.tokenizer.warm()
-            await self._start_prices(store)
+            price_poll = await self.pricing.start(app, store)
+            pages.install(app, self.web)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -153,9 +160,7 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
                 host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
-                host.tasks.spawn_service(
-                    self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
-                ),
+                price_poll,
             ]
             try:
                 yield
@@ -165,13 +170,10 @@ class BillingPlugin(Plugin):
                 host.metrics.unregister(collector)
                 host.metrics.unregister(self.money)
 
-    async def _start_prices(self, store: Store) -> None:
-        """proxy.yaml's prices become version 1 of an empty store, or the store's head is
-        adopted; an unreachable store leaves proxy.yaml's prices until the poll succeeds."""
-        try:
-            await self.book.start(store)
-        except StoreError as exc:
-            log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
+    def routes(self) -> list[web.RouteDef]:
+        """The price list and editor (`/api/pricing`, `/api/admin/prices` and their pages), the
+        user API, the dashboard, and the admin API and console (`plugins.billing.web`)."""
+        return [*self.pricing.routes(), *pages.routes(self.web)]
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -334,6 +336,7 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.completed(self.pricing.health, ctx, outcome)
         metered = self._metered(st)
         if outcome.bytes_relayed and st.price.characters is not None:
             # Speech audio is relayed as bytes the meter never sees: delivered is delivered.
@@ -354,6 +357,7 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.failed(self.pricing.health, ctx, error)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
         started = time.monotonic()

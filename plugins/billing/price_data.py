@@ -23,11 +23,13 @@ from typing import Any
 
 from plugins.billing.pricing import ModelPrice
 
-__all__ = ["DEFAULT_PATH", "SNAPSHOT", "LiteLLMPrices", "price_from_entry"]
+__all__ = ["DEFAULT_PATH", "SNAPSHOT", "SNAPSHOT_DATE", "LiteLLMPrices", "price_from_entry"]
 
 DEFAULT_PATH = Path(__file__).with_name("litellm_prices.json")
 # Changing the JSON file means changing this, so price-table versions change with it.
 SNAPSHOT = "litellm-1.109.1"
+#: When the copy was taken into the repository (what the pricing page shows beside it).
+SNAPSHOT_DATE = "2026-11-23"
 _MILLION = Decimal(1_000_000)
 _ONE = Decimal(1)
 
@@ -151,6 +153,15 @@ class LiteLLMPrices:
             return None
         price = self._price(key)
         return (price, key) if price is not None else None
+
+    def entry(self, model: str) -> Mapping[str, Any] | None:
+        """The raw LiteLLM entry `model` is found under (mode, provider, `supports_*` flags),
+        or None. Prices in it are Decimal; read them through `lookup`."""
+        key = self.resolve(model)
+        if key is None:
+            return None
+        assert self._entries is not None
+        return self._entries[key]
 
     def max_output_tokens(self, model: str) -> int | None:
         """The model's `max_output_tokens` from the price data, or None when unknown."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def _rollback(args: argparse.Namespace, config: Config) -> int:
 def _import_ratios(args: argparse.Namespace, config: Config) -> int:
     path = Path(args.file)
     try:
-        export: Any = json.loads(path.read_text(encoding="utf-8"))
+        export: Any = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
