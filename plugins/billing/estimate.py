@@ -21,13 +21,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from plugins.billing.pricing import (
-    DEFAULT_QUOTA_PER_USD,
-    ModelPrice,
-    charge_characters,
-    charge_io,
-    charge_requests,
-)
+from plugins.billing.charges import charge_characters, charge_io, charge_requests
+from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice
 from plugins.billing.prompt import BadRequest, count_prompt, obj
 from plugins.billing.tokenizer import Tokenizer
 from proxy.plugin import Endpoint
