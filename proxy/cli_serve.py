@@ -44,7 +44,7 @@ def _add_listener_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from aiohttp import web
 
-    from proxy.app import create_app
+    from proxy.app import PluginStartupError, create_app
 
     try:
         import uvloop
@@ -71,6 +71,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             loop=uvloop.new_event_loop() if uvloop is not None else None,
             handle_signals=True,
         )
+    except PluginStartupError as exc:
+        # One line that names the plugin, and a non-zero exit: never a hang or a bare traceback.
+        raise CLIError(f"startup failed: {exc}", code=3) from None
     finally:
         for sock in sockets:
             sock.close()

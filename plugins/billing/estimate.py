@@ -18,7 +18,8 @@ Gemini `generationConfig.maxOutputTokens`); when none is given, the model's
 `max_output_tokens` from the price data capped at `default_output_reserve`. Chat `n`,
 completions `best_of`, and Gemini `candidateCount` multiply it; embeddings produce none.
 
-Hostile bodies raise only `BadRequest` (a `ValueError`) with a message a client can act on.
+Hostile bodies raise only `BadRequest` (a `Reject` with status 400, and a `ValueError`) with
+a message a client can act on; raised from `on_request`, it is the client's answer as it is.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import orjson
 
 from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice, charge_io, charge_requests
 from plugins.billing.tokenizer import Family, Tokenizer
-from proxy.plugin import Endpoint
+from proxy.plugin import Endpoint, Reject
 
 __all__ = ["MAX_N", "MAX_OUTPUT_TOKENS", "BadRequest", "Estimate", "Estimator"]
 
@@ -69,13 +70,12 @@ def _bad(where: Where, problem: str) -> BadRequest:
     return BadRequest(f"{name} {problem}", param=name)
 
 
-class BadRequest(ValueError):
-    """A request body the estimate cannot accept; answer 400 with `code` and `message`."""
+class BadRequest(Reject, ValueError):
+    """A request body the estimate cannot accept: the public `Reject`, with status 400, the
+    `code` and the `message`, so it reaches the client as it is; `param` names the field."""
 
     def __init__(self, message: str, code: str = "invalid_request_error", param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        super().__init__(400, code, message)
         self.param = param
 
 

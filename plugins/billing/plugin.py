@@ -23,7 +23,7 @@ from aiohttp import web
 
 from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
-from plugins.billing.estimate import BadRequest, Estimate, Estimator
+from plugins.billing.estimate import Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
 from plugins.billing.pending import SettlementMetrics, report_pending
@@ -36,6 +36,8 @@ from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import (
+    DROP,
+    Drop,
     EndReason,
     Endpoint,
     Outcome,
@@ -180,10 +182,8 @@ class BillingPlugin(Plugin):
         price = found[0]
         multiplier = self.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else {}
-        try:
-            estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
-        except BadRequest as exc:
-            raise Reject(400, exc.code, exc.message) from None
+        # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
+        estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         hold = await self._hold(store, ctx, key, user, estimate)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
@@ -245,21 +245,22 @@ class BillingPlugin(Plugin):
         if isinstance(options, dict) and options.get("include_usage") is True:
             return False
         merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-        ctx.set_json({**ctx.json, "stream_options": merged})
+        # In place: what `ctx.json` holds after `on_request` is what is sent upstream.
+        ctx.json["stream_options"] = merged
         return True
 
-    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""
         st = ctx.state.get(BILLING)
         if st is None:
-            return event
+            return None
         payload = event.json
         st.meter.feed_sse(event.data, payload, event.event)
         if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
-            return None
-        return event
+            return DROP
+        return None
 
-    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
+    async def on_body(self, ctx: RequestContext, body: bytes) -> None:
         """Meter a non-streamed response body (unchanged)."""
         st = ctx.state.get(BILLING)
         if st is not None:
@@ -267,7 +268,6 @@ class BillingPlugin(Plugin):
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
                 pass
-        return body
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """Capture the charge the §6 table gives for this outcome (or release)."""
