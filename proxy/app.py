@@ -4,6 +4,7 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -89,14 +90,13 @@ def create_app(
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
+    contexts: list[Context] = []
     if config.server.loop_lag_warning > 0:
         app[LOOP_WATCH] = LoopWatch(loaded, config.server.loop_lag_warning)
-        app.cleanup_ctx.append(_loop_watch_ctx)
+        contexts.append(_loop_watch_ctx)
         app.on_startup.append(_serving)
-    app.cleanup_ctx.append(_upstreams_ctx)
-    for plugin in loaded:
-        app.cleanup_ctx.append(_plugin_ctx(plugin))
-    app.cleanup_ctx.append(_tracker_ctx)
+    contexts += [_upstreams_ctx, *(_plugin_ctx(plugin) for plugin in loaded), _tracker_ctx]
+    app.cleanup_ctx.append(_lifecycle(contexts))
     app.on_shutdown.append(_graceful_shutdown)
     _add_routes(app, loaded)
     return app
@@ -123,6 +123,37 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
     for mock in mocks:
         await mock.stop()
+
+
+#: A resource paired with its teardown: an async generator function that yields once.
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _lifecycle(contexts: Sequence[Context]) -> Context:
+    """The app's resources as one cleanup context: started in order, torn down in reverse.
+
+    One context rather than one each, because aiohttp's `run_app` does not tear down what
+    had started when a later startup step fails: here, a failing step first tears down the
+    ones before it (each resumed normally after its `yield`, as aiohttp would), so a plugin
+    whose startup fails leaves no store open and no thread running behind it."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for context in contexts:
+                steps = context(app).__aiter__()
+                await steps.__anext__()
+                stack.push_async_callback(_finish, steps)
+            yield
+
+    return lifecycle
+
+
+async def _finish(steps: AsyncIterator[None]) -> None:
+    try:
+        await steps.__anext__()
+    except StopAsyncIteration:
+        return
+    raise RuntimeError(f"{steps!r} has more than one 'yield'")
 
 
 async def _loop_watch_ctx(app: web.Application) -> AsyncIterator[None]:

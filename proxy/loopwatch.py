@@ -5,7 +5,7 @@ every request the process serves. Two parts find it, at no cost per request or e
 
   * a tick on the event loop (a tracked service) that measures how late it wakes: a lag
     of `server.loop_lag_warning` seconds or more is logged when the loop runs again (a
-    warning once Weir serves; during startup, when it delays nobody, at INFO);
+    warning once Weir serves; during startup, when it delays nobody, at DEBUG);
   * a sampler thread that notices a tick overdue while the loop is still blocked and
     looks at the loop thread's Python stack then: the innermost frame that is a plugin's
     hook names the plugin, the hook and the request (`self` and `ctx` of that frame).
@@ -81,7 +81,7 @@ class LoopWatch:
         culprit = suspect[1] if suspect is not None and suspect[0] == beat else "nothing the sampler saw"
         self._suspect = None
         self.stalls += 1
-        level = logging.WARNING if serving else logging.INFO
+        level = logging.WARNING if serving else logging.DEBUG
         log.log(level, "event loop blocked for %.2f s%s; running then: %s", lag, "" if serving else " during startup", culprit)
 
     def _sample_forever(self) -> None:

@@ -185,23 +185,23 @@ class Run:
             self.entered += 1
             if result is not None:
                 self._request_failure(plugin, _wrong(plugin, "on_request", result, "None"))
-            problem = header_problem(ctx)
-            if problem is not None:
-                self._request_failure(plugin, HookResultError(f"{hook_name(plugin, 'on_request')}: {problem}"))
+            if ctx.upstream_headers or ctx.response_headers:
+                problem = header_problem(ctx)
+                if problem is not None:
+                    self._request_failure(plugin, HookResultError(f"{hook_name(plugin, 'on_request')}: {problem}"))
         if ctx.json is not None and self.pipeline.requests_hooked:
-            self._serialise_json()
+            try:
+                ctx.body = orjson.dumps(ctx.json)
+            except TypeError as exc:  # orjson's JSONEncodeError: something a plugin put in ctx.json
+                self._unserialisable(exc)
 
-    def _serialise_json(self) -> None:
-        ctx = self.ctx
-        try:
-            ctx.body = orjson.dumps(ctx.json)
-        except TypeError as exc:  # orjson's JSONEncodeError: something a plugin put in ctx.json
-            names = ", ".join(p.name for p, hooked in self.pipeline.request_plan if hooked)
-            log.error(
-                "ctx.json cannot be serialised after on_request (plugins: %s) [request %s]",
-                names, ctx.request_id, exc_info=exc,
-            )
-            raise PluginFailed(None, "on_request", exc) from exc
+    def _unserialisable(self, exc: TypeError) -> NoReturn:
+        names = ", ".join(p.name for p, hooked in self.pipeline.request_plan if hooked)
+        log.error(
+            "ctx.json cannot be serialised after on_request (plugins: %s) [request %s]",
+            names, self.ctx.request_id, exc_info=exc,
+        )
+        raise PluginFailed(None, "on_request", exc) from exc
 
     def _request_failure(self, plugin: Plugin, exc: BaseException) -> NoReturn:
         log.error("plugin %s failed in on_request [request %s]", plugin.name, self.ctx.request_id, exc_info=exc)
@@ -248,11 +248,15 @@ class Run:
 
     async def body(self, body: bytes) -> bytes:
         """Pass a non-streamed body through `on_body` in reverse order."""
+        direct = self.pipeline.direct
         for plugin in self.pipeline.body_hooks:
             if id(plugin) in self.skipped:
                 continue
             try:
-                out = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
+                if direct:
+                    out = await plugin.on_body(self.ctx, body)
+                else:
+                    out = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
                 if out is None:
                     continue  # unchanged
                 if not isinstance(out, bytes):
@@ -293,11 +297,15 @@ class Run:
         return True
 
     async def _terminal(self, hook: str, plan: Sequence[tuple[int, Plugin]], arg: Any) -> None:
+        direct = self.pipeline.direct
         for position, plugin in plan:
             if position >= self.entered:
                 continue
             try:
-                result = await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
+                if direct:
+                    result = await getattr(plugin, hook)(self.ctx, arg)
+                else:
+                    result = await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
                 if result is not None:
                     raise _wrong(plugin, hook, result, "None")
             except Exception as exc:
