@@ -150,7 +150,8 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
     expected = {("POST", p) for p in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}}
     expected |= {("GET", "/v1/models"), ("HEAD", "/v1/models"), ("POST", "/v1/audio/{tail}"),
                  ("POST", "/v1beta/models/{target}"), ("GET", "/healthz"), ("HEAD", "/healthz"),
-                 ("GET", "/metrics"), ("HEAD", "/metrics")}
+                 ("GET", "/metrics"), ("HEAD", "/metrics"),
+                 ("*", "/{tail}")}  # the catch-all: it only answers 404 or 405 (proxy/respond.py)
     assert found == expected
     before = await b.balance()
     for path in ("/admin", "/v1/users", "/v1/keys", "/debug", "/v1/admin/topup"):
