@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import keys
+from proxy.access_log import AccessLog
 from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
@@ -39,6 +41,8 @@ from proxy.relay import ActiveStreams
 from proxy.respond import error_response, unmatched
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.web.admin_token import resolve_admin_token
+from proxy.web.console import mount as mount_web_shell
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,10 @@ def create_app(
 ) -> web.Application:
     """Build the Weir application for `config`.
 
-    `plugins` overrides proxy.yaml's list (the test harness uses it).
+    `plugins` overrides proxy.yaml's list (the test harness uses it). An `admin.token_file`
+    is read (or created, on first start) here.
     """
+    config = resolve_admin_token(config)
     loaded, warnings = preflight(config, plugins)
     for warning in warnings:
         log.warning("!!! %s", warning)
@@ -86,11 +92,12 @@ def create_app(
         Forwarder(pool, config.routing.max_attempts, metrics, active),
         metrics,
         config.server.max_body_bytes,
-        config.server.access_log,
+        AccessLog() if config.server.access_log else None,
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
-    contexts: list[Context] = []
+    # The access log first in, so that its cleanup writes the last lines.
+    contexts: list[Context] = [_access_log_ctx]
     if config.server.loop_lag_warning > 0:
         app[LOOP_WATCH] = LoopWatch(loaded, config.server.loop_lag_warning)
         contexts.append(_loop_watch_ctx)
@@ -98,6 +105,7 @@ def create_app(
     contexts += [_upstreams_ctx, *(_plugin_ctx(plugin) for plugin in loaded), _tracker_ctx]
     app.cleanup_ctx.append(_lifecycle(contexts))
     app.on_shutdown.append(_graceful_shutdown)
+    mount_web_shell(app, config)
     _add_routes(app, loaded)
     return app
 
@@ -108,6 +116,20 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
+
+
+async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write the access log once a second while the app runs, and what is left at the end."""
+    access = app[HANDLER].access
+    if access is None:
+        yield
+        return
+    writer = app[keys.TASKS].spawn_service(access.run(), name="access-log")
+    try:
+        yield
+    finally:
+        writer.cancel()
+        access.flush()
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -277,4 +299,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition; with `server.metrics_token` set, only for that bearer token."""
+    token = request.app[HOST].config.server.metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error_response(
+                Dialect.OPENAI, 401, "unauthorized", "/metrics needs the metrics token",
+                {"WWW-Authenticate": "Bearer"},
+            )
     return web.Response(body=request.app[keys.METRICS].render(), content_type="text/plain", charset="utf-8")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.forwarded import parse_networks
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "parse_config",
     "port_problem",
     "with_listener",
+    "workers_problem",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -41,10 +42,13 @@ class ServerConfig:
 
     `trusted_proxies`: CIDRs of the reverse proxies whose `X-Forwarded-For` names the
     client (proxy/forwarded.py); empty, the default, trusts nobody.
+    `metrics_token`: when set, `/metrics` answers only `Authorization: Bearer <token>`.
+    `workers`: processes serving the port (proxy/supervisor.py); 1 is one plain process.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     allow_unauthenticated: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
@@ -54,15 +58,20 @@ class ServerConfig:
     trace_plugins: bool = False
     instance_id: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = field(default="", repr=False)
     loop_lag_warning: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The operator's credential for the admin API and console (`admin.token`, usually
-    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404."""
+    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404.
+
+    `token_file` (relative to proxy.yaml): used when `token` is empty; on first start a
+    fresh token is written there (mode 0600) and printed once (`proxy.web.admin_token`)."""
 
     token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,16 @@ def port_problem(port: int) -> str | None:
     return None if 1 <= port <= 65535 else f"must be between 1 and 65535, got {port}"
 
 
+#: The most worker processes `server.workers` / `--workers` may ask for: a typo such as 800
+#: must not fork hundreds of processes on one store.
+MAX_WORKERS = 64
+
+
+def workers_problem(workers: int) -> str | None:
+    """Why `workers` cannot be `server.workers` (or `--workers`), or None."""
+    return None if 1 <= workers <= MAX_WORKERS else f"must be between 1 and {MAX_WORKERS}, got {workers}"
+
+
 def host_problem(host: str) -> str | None:
     """Why `host` cannot be `server.host` (or `--host`), or None: an address or host name,
     not empty, not a URL."""
@@ -206,11 +225,14 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def with_listener(config: Config, host: str | None = None, port: int | None = None) -> Config:
-    """`config` with `server.host` / `server.port` replaced (the `--host` / `--port` flags),
-    checked by the same rules as proxy.yaml's."""
+def with_listener(
+    config: Config, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> Config:
+    """`config` with `server.host` / `server.port` / `server.workers` replaced (the `--host`
+    / `--port` / `--workers` flags), checked by the same rules as proxy.yaml's."""
     server = replace(config.server, host=config.server.host if host is None else host,
-                     port=config.server.port if port is None else port)
+                     port=config.server.port if port is None else port,
+                     workers=config.server.workers if workers is None else workers)
     _check_server(server)
     return replace(config, server=server)
 
@@ -219,6 +241,9 @@ def _check_server(server: ServerConfig) -> None:
     for key, problem in (("host", host_problem(server.host)), ("port", port_problem(server.port))):
         if problem is not None:
             raise ConfigError(f"server.{key}", problem)
+    problem = workers_problem(server.workers)
+    if problem is not None:
+        raise ConfigError("server.workers", problem)
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if not server.client_write_timeout > 0:
@@ -226,6 +251,8 @@ def _check_server(server: ServerConfig) -> None:
     if server.loop_lag_warning < 0:
         raise ConfigError("server.loop_lag_warning", "must be 0 (off) or more seconds")
     parse_networks(server.trusted_proxies, "server.trusted_proxies")
+    if server.metrics_token and len(server.metrics_token) < 16:
+        raise ConfigError("server.metrics_token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
 
 
 def _check(cfg: Config) -> None:

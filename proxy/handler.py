@@ -12,12 +12,14 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from proxy.access_log import AccessLog
 from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
 from proxy.dialects import Route, client_credential
 from proxy.forward import Forwarder, forward
@@ -29,7 +31,6 @@ from proxy.plugin import Reject
 from proxy.respond import PLUGIN_FAILED, error_response, internal_message, reject_response, rejected, send_error
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("weir.access")
 
 _MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
 _JSON_TYPES = ("application/json", "text/plain", "")
@@ -64,7 +65,7 @@ class Handler:
     forwarder: Forwarder
     metrics: Metrics
     max_body: int
-    access: bool
+    access: AccessLog | None  # None: `server.access_log: false`
     body_timeout: float = 30.0
     trusted: TrustedProxies | None = None  # None unless `server.trusted_proxies` lists some
     ids: RequestIds = field(default_factory=lambda: RequestIds())
@@ -167,13 +168,11 @@ class Handler:
             ctx.endpoint.value, upstream, status, outcome, seconds, None if ttft is None else ttft / 1000.0,
             ctx.events_relayed,
         )
-        if self.access:
-            access_log.info(
-                "request_id=%s client=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s"
-                " outcome=%s events=%d ms=%.1f ttft_ms=%s",
-                ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
-                ctx.events_relayed, seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
-            )
+        if self.access is not None:
+            self.access.add((
+                time.time(), ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status,
+                ctx.stream, outcome, ctx.events_relayed, seconds * 1000, ttft,
+            ))
 
 
 def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:

@@ -30,8 +30,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.confbuild import ConfigError
-from proxy.confbuild import build as build_config
+from proxy.dataclass_builder import ConfigError
+from proxy.dataclass_builder import build as build_config
 from proxy.config import Config, StoreConfig
 from proxy.tasks import TaskTracker
 

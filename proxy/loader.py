@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.config import PluginSpec
 from proxy.plugin import Plugin
 

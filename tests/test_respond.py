@@ -28,7 +28,7 @@ async def fetch(method: str, url: str, **kw: Any) -> tuple[int, CIMultiDict[str]
     [
         ("GET", "/nope", 404, "openai"),
         ("POST", "/v1/chat/completion", 404, "openai"),
-        ("GET", "/", 404, "openai"),
+        ("GET", "/v2/anything", 404, "openai"),
         ("GET", "/v1/chat/completions", 405, "openai"),
         ("DELETE", "/v1/embeddings", 405, "openai"),
         ("GET", "/v1/messages", 405, "anthropic"),

@@ -4,7 +4,7 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
   * `on_request`: authenticate, check allowlists, price, estimate, hold; force
     `include_usage` on OpenAI streams;
   * `on_event` / `on_body`: meter; hide the injected usage chunk;
-  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`);
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.charge_table`);
   * a timer (`checkpoint_every`) checkpoints every long-lived request's charge so far.
 """
 
@@ -26,11 +26,13 @@ from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import Estimate, Estimator
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
+from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
-from plugins.billing.settle import Metered, settle
-from plugins.billing.settler import Outbox, Settler
+from plugins.billing.prices.book import PriceBook
+from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
+from plugins.billing.charge_table import Metered, settle
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
@@ -94,7 +96,8 @@ class BillingPlugin(Plugin):
         self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
-        self.table = PriceTable(PricingConfig.from_plugin_config(self.config.pricing_block()), self.prices)
+        #: The price version charged now; kept current from the store (plugins.billing.prices.book).
+        self.book = PriceBook(self.config.pricing_block(), self.prices)
         self.tokenizer = Tokenizer()
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
@@ -107,25 +110,37 @@ class BillingPlugin(Plugin):
         self._sweeper = InflightSweeper("")
         #: The billed requests between their hold and their terminal hook, for the checkpoint timer.
         self._live: dict[str, tuple[RequestContext, Billing]] = {}
+        self.money = MoneyMetrics(self.config.quota_per_usd)
+        self.money.live = self._live_holds
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
         return self.prices.max_output_tokens(model)
+
+    def _live_holds(self) -> tuple[int, float | None]:
+        live = self._live
+        return len(live), min((ctx.started_at for ctx, _ in live.values()), default=None)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
         warm the tokenizer, replay the outbox, and on an empty store (with `first_run_demo`)
         create the demo user."""
         host = host_of(app)
-        async with running_ledger(host, self._injected_store) as store:
+        async with running_ledger(host, self._injected_store, self.money.orphans_resolved) as store:
             self._store = store
             self._tasks = host.tasks
             self._instance = host.instance_id
-            self._settler = Settler(store, Outbox(host.config_dir / "weir-outbox", self._instance))
+            self._settler = Settler(
+                store, Outbox(host.config_dir / "weir-outbox", self._instance), on_store_error=self.money.store_error
+            )
             self._sweeper = InflightSweeper(self._instance)
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
+            settler = self._settler
+            self.money.retries = lambda: settler.retried
+            host.metrics.register(self.money)
             self.tokenizer.warm()
+            await self._start_prices(store)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -133,6 +148,10 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
+                host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
+                host.tasks.spawn_service(
+                    self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
+                ),
             ]
             try:
                 yield
@@ -140,6 +159,15 @@ class BillingPlugin(Plugin):
                 for service in services:
                     service.cancel()
                 host.metrics.unregister(collector)
+                host.metrics.unregister(self.money)
+
+    async def _start_prices(self, store: Store) -> None:
+        """proxy.yaml's prices become version 1 of an empty store, or the store's head is
+        adopted; an unreachable store leaves proxy.yaml's prices until the poll succeeds."""
+        try:
+            await self.book.start(store)
+        except StoreError as exc:
+            log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -163,6 +191,11 @@ class BillingPlugin(Plugin):
                 log.error("billing: stray-hold sweep failed: %s", exc)
 
     @property
+    def table(self) -> PriceTable:
+        """The price table charged now (the current price version's)."""
+        return self.book.current.table
+
+    @property
     def store(self) -> Store:
         """The account store (bound at startup)."""
         if self._store is None:
@@ -176,15 +209,16 @@ class BillingPlugin(Plugin):
         if ctx.endpoint in FREE:
             return
         model = ctx.model or ""
-        found = self.table.describe(model)
+        prices = self.book.current  # one version for the whole request, even if a new one lands
+        found = prices.table.describe(model)
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
-        multiplier = self.table.multiplier(user.group, key.group)
+        multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else {}
         # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
         estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
-        hold = await self._hold(store, ctx, key, user, estimate)
+        hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
             n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
@@ -203,14 +237,18 @@ class BillingPlugin(Plugin):
         ctx.drain_timeout = self.config.drain_timeout
         ctx.drain_max_bytes = self.config.drain_max_bytes
 
-    async def _hold(self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate) -> Hold:
+    async def _hold(
+        self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate, price_version: str
+    ) -> Hold:
         self._sweeper.track(ctx.request_id)
+        started = time.monotonic()
         try:
             result = await store.hold(
                 ctx.request_id, user.name, key.id, estimate.quota, None,
-                self.table.version, self.config.hold_ttl, self._instance, ctx.model or "",
+                price_version, self.config.hold_ttl, self._instance, ctx.model or "",
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            self.money.store_error("hold", exc)
             # The hold may or may not have been written: release it once the store is back.
             self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
             raise store_down() from None
@@ -219,6 +257,7 @@ class BillingPlugin(Plugin):
             # stop tracking the request either way (the stray-hold sweep skips tracked ids).
             self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release-unknown:{ctx.request_id}")
             raise
+        self.money.hold_latency.observe(time.monotonic() - started)
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
             raise self._refusal(result, estimate)
@@ -281,7 +320,9 @@ class BillingPlugin(Plugin):
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
         )
         assert self._settler is not None
-        await self._settler.capture(ctx.request_id, decision.charge, details)
+        started = time.monotonic()
+        resolution = await self._settler.capture(ctx.request_id, decision.charge, details)
+        self.money.settled(details.model, details.group, resolution.charged, time.monotonic() - started)
         self._sweeper.done(ctx.request_id)
 
     async def on_error(self, ctx: RequestContext, error: ProxyError) -> None:
@@ -292,7 +333,10 @@ class BillingPlugin(Plugin):
         self._live.pop(ctx.request_id, None)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
+        started = time.monotonic()
         await self._settler.release(ctx.request_id, details)
+        self.money.settle_latency.observe(time.monotonic() - started)
+        self.money.released(details.end_reason)
         self._sweeper.done(ctx.request_id)
 
     def _metered(self, st: Billing) -> Metered:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from proxy.context import Dialect
+from proxy.mock.behaviour import MockBehaviour
 from proxy.mock.text import (
     CREATED,
     MODELS,
@@ -46,7 +47,7 @@ from proxy.mock.wire import (
 )
 
 if TYPE_CHECKING:
-    from proxy.mock.upstream import MockBehaviour, ReceivedRequest
+    from proxy.mock.upstream import ReceivedRequest
 
 
 class BadRequest(Exception):
@@ -86,7 +87,7 @@ def _plan(rec: ReceivedRequest, b: MockBehaviour, dialect: Dialect, body: dict[s
           model: str, limit: int | None, n: int = 1) -> Plan:
     every, last = prompt_texts(dialect, rec.path, body)
     return make_plan(rid=rec.request_id, model=model, every=every, last_user=last, words=b.words,
-                     limit=limit, n=n, anthropic=dialect is Dialect.ANTHROPIC)
+                     limit=limit, n=n, anthropic=dialect is Dialect.ANTHROPIC, reply=b.reply, usage=b.usage)
 
 
 def chat(rec: ReceivedRequest, b: MockBehaviour) -> Reply | Stream:
@@ -169,6 +170,8 @@ def embeddings(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
         value: Any = base64.b64encode(pack_floats(vector)).decode() if as_b64 else vector
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = word_count(texts(items)) + PROMPT_OVERHEAD
+    if b.usage is not None and b.usage.input is not None:
+        tokens = b.usage.input
     out: dict[str, Any] = {"object": "list", "data": data, "model": body["model"]}
     usage = shaped({"prompt_tokens": tokens, "total_tokens": tokens}, _policy(b))
     if usage is not None:

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from plugins.billing.pricing import ModelPrice
-from plugins.billing.settle import Metered, settle
+from plugins.billing.charge_table import Metered, settle
 from plugins.billing.usage import Usage
 from proxy.context import EndReason
 
