@@ -47,7 +47,9 @@ class PluginFailed(Exception):
 
     def __init__(self, plugin: Plugin | None, hook: str, cause: BaseException) -> None:
         who = f"plugin {plugin.name}" if plugin is not None else "the plugins"
-        super().__init__(f"{who} failed in {hook}: {cause}")
+        # The exception's type only: this text reaches plugins (`Outcome.error`) and the
+        # consume log; its message and traceback are in the proxy's log line.
+        super().__init__(f"{who} failed in {hook} ({type(cause).__name__})")
         self.plugin = plugin
         self.hook = hook
 

@@ -180,7 +180,7 @@ async def test_a_misbehaving_plugin_is_blamed_and_billing_settles_once(
     status, rid, body = await c.post(STREAM if hook == "on_event" else CHAT)
     assert SECRET not in body.decode()
     row = await c.settled_once(rid)
-    assert row.details.end_reason == "plugin_failed"
+    assert row.details.end_reason == "plugin_failed" and SECRET not in repr(row)  # nor in the log row
     assert_blamed(caplog, "guilty", hook)
     if hook == "on_event":
         # Two events reached the client, then the dialect's error event; no [DONE].
