@@ -21,6 +21,7 @@ from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
+    GEMINI_PREFIXES,
     MODELS_ROUTE,
     OPENAI_ROUTES,
     Route,
@@ -41,6 +42,7 @@ from proxy.relay import ActiveStreams
 from proxy.respond import error_response, unmatched
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.upstream_health import UpstreamHealth
 from proxy.web.admin_token import resolve_admin_token
 from proxy.web.console import mount as mount_web_shell
 
@@ -73,8 +75,9 @@ def create_app(
         log.warning("!!! %s", warning)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     tracker = TaskTracker()
-    metrics = Metrics()
-    pool = UpstreamPool(config.upstreams)
+    metrics = Metrics(UpstreamHealth(config.upstreams))
+    pool = UpstreamPool(config.upstreams, breaker=config.routing.breaker, on_breaker=metrics.breaker_changed)
+    metrics.upstreams(up.name for up in pool.upstreams)
     active = ActiveStreams(config.server.client_write_timeout)
     trace = config.server.trace_plugins or os.environ.get("PROXY_TRACE_PLUGINS", "") not in ("", "0")
     pipeline = Pipeline(loaded, tracker, trace=trace)
@@ -85,7 +88,7 @@ def create_app(
     app[keys.PIPELINE] = pipeline
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
-    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN])
+    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN], metrics.health)
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,
@@ -280,7 +283,8 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
         model, route = split
         return await handler.handle(request, route, model_in_path=model)
 
-    app.router.add_post("/v1beta/models/{target}", gemini)
+    for prefix in GEMINI_PREFIXES:
+        app.router.add_post(prefix + "/models/{target}", gemini)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     for plugin in plugins:

@@ -19,6 +19,7 @@ from proxy.forwarded import parse_networks
 
 __all__ = [
     "AdminConfig",
+    "BreakerConfig",
     "Config",
     "ConfigError",
     "PluginSpec",
@@ -94,6 +95,15 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """The circuit breaker (proxy/breaker.py): after `failures` consecutive failed attempts
+    an upstream is skipped for `cooldown_s` seconds, then probed once. 0 failures: off."""
+
+    failures: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """One upstream API. `type` decides the dialects it serves and its auth header style.
 
@@ -113,6 +123,7 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     headers: dict[str, str] = field(default_factory=dict)
+    breaker: BreakerConfig | None = None  # None: `routing.breaker`
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -124,9 +135,11 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """Failover: how many upstream attempts one request may make before anything is relayed."""
+    """Failover: how many upstream attempts one request may make before anything is relayed,
+    and the circuit breaker every upstream without its own `breaker:` uses."""
 
     max_attempts: int = 3
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +280,8 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.base_url", "required for a non-mock upstream")
         if up.weight < 1:
             raise ConfigError(f"{where}.weight", "must be at least 1")
+        if up.breaker is not None:
+            _check_breaker(up.breaker, f"{where}.breaker")
     if cfg.admin.token and len(cfg.admin.token) < 16:
         raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
@@ -276,3 +291,11 @@ def _check(cfg: Config) -> None:
             value = getattr(spec, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"plugins[{i}].{key}", f"must be greater than 0 seconds, got {value}")
+    _check_breaker(cfg.routing.breaker, "routing.breaker")
+
+
+def _check_breaker(breaker: BreakerConfig, where: str) -> None:
+    if breaker.failures < 0:
+        raise ConfigError(f"{where}.failures", "must be 0 (off) or more")
+    if not breaker.cooldown_s > 0:
+        raise ConfigError(f"{where}.cooldown_s", "must be greater than 0")

@@ -43,12 +43,20 @@ async def forward(
 ) -> web.StreamResponse:
     """Try candidates in order; relay the first usable answer. Returns the sent response."""
     assert fw.pool.session is not None
-    attempts = candidates[: fw.max_attempts]
+    attempts = _admitted(candidates, fw.max_attempts)
     failure = ProxyError(EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", "no upstream could be reached")
+    if not attempts:
+        failure = _all_cooling(ctx, candidates)
+    tried = False
     for i, up in enumerate(attempts):
         if fw.active.shutting_down:
             failure = ProxyError(EndReason.UPSTREAM_ERROR, 503, "shutting_down", "the proxy is shutting down")
             break
+        if not up.breaker.acquire():  # half-open, and another request is the probe
+            if not tried:
+                failure = _all_cooling(ctx, candidates)
+            continue
+        tried = True
         last = i + 1 == len(attempts)
         model = up.map_model(ctx.model)
         ctx.upstream = UpstreamInfo(up.name, model, i + 1)
@@ -64,11 +72,11 @@ async def forward(
                 allow_redirects=False,
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            fw.metrics.attempts.labels(up.name, "timeout").inc()
+            _attempted(fw, up, "timeout", 599)
             failure = ProxyError(EndReason.UPSTREAM_ERROR, 504, "upstream_timeout", f"upstream {up.name} timed out")
             continue
         except (aiohttp.ClientError, OSError) as exc:
-            fw.metrics.attempts.labels(up.name, "unreachable").inc()
+            _attempted(fw, up, "unreachable", 599)
             failure = ProxyError(
                 EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})"
             )
@@ -79,7 +87,7 @@ async def forward(
             log.error("request %s: the upstream request could not be built: %s", ctx.request_id, exc, exc_info=exc)
             return await send_error(request, ctx, run, _plugin_failed(ctx))
         retryable = upstream.status == 429 or upstream.status >= 500
-        fw.metrics.attempts.labels(up.name, str(upstream.status)).inc()
+        _attempted(fw, up, str(upstream.status), upstream.status)
         if retryable and not last:
             upstream.close()
             continue
@@ -92,6 +100,31 @@ async def forward(
 def _plugin_failed(ctx: RequestContext) -> ProxyError:
     """A plugin failed before the response started: a 500 whose message names no exception."""
     return ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, internal_message(ctx.request_id))
+
+
+def _admitted(candidates: list[Upstream], limit: int) -> list[Upstream]:
+    """The first `limit` candidates whose circuit breaker lets them be tried."""
+    if all(not up.breaker.is_open for up in candidates):  # the usual case: no copy, no clock
+        return candidates[:limit]
+    return [up for up in candidates if up.breaker.admits()][:limit]
+
+
+def _all_cooling(ctx: RequestContext, candidates: list[Upstream]) -> ProxyError:
+    wait = min(up.breaker.retry_in() for up in candidates)
+    return ProxyError(
+        EndReason.UPSTREAM_ERROR, 503, "upstream_unavailable",
+        f"every upstream serving {ctx.model or 'this request'!r} failed repeatedly and is skipped for a"
+        f" cooling period (about {max(1, round(wait))} s)",
+    )
+
+
+def _attempted(fw: Forwarder, up: Upstream, result: str, status: int) -> None:
+    """Count an attempt and tell its upstream's breaker (a 5xx or no answer is a failure)."""
+    fw.metrics.attempt(up.name, result)
+    if status >= 500:
+        up.breaker.failure()
+    else:
+        up.breaker.success()
 
 
 async def _relay_error(
@@ -170,8 +203,7 @@ async def _relay_body(
         upstream.close()
     if not body:
         fail = ProxyError(
-            EndReason.UPSTREAM_ERROR, 502, "upstream_empty_response", "upstream answered with an empty body",
-            upstream.status,
+            EndReason.UPSTREAM_ERROR, 502, "upstream_empty_response", "upstream answered with an empty body", upstream.status,
         )
         return await send_error(request, ctx, run, fail)
     try:

@@ -11,7 +11,8 @@ Weir mounts the shell on every app (`create_app`). It gives:
   * helpers for handlers: `render`, `require_admin` (console pages), `require_admin_api`
     (Bearer admin token), `require_session` / `start_session` / `end_session` for a plugin's
     own sign-in realm (billing's dashboard signs users in with their API key),
-    `checked_form` (CSRF), `api_error` (a JSON error), `error_page`, `local_path`;
+    `checked_form` (CSRF), `api_error` (a JSON error), `error_page`, `local_path`,
+    `flash` / `take_flash` (a message across a POST-redirect-GET);
   * the console's navigation: `add_admin_section`, and figures on its home page with
     `add_admin_cards`.
 
@@ -26,6 +27,7 @@ from proxy.web.helpers import (
     checked_form,
     end_session,
     error_page,
+    flash,
     local_path,
     render,
     require_admin,
@@ -33,6 +35,7 @@ from proxy.web.helpers import (
     require_session,
     session_of,
     start_session,
+    take_flash,
 )
 from proxy.web.sessions import CSRF_FIELD, Session
 from proxy.web.shell import ADMIN_SESSION_SECONDS, AdminCard, AdminSection, WebShell, shell_of
@@ -48,6 +51,7 @@ __all__ = [
     "checked_form",
     "end_session",
     "error_page",
+    "flash",
     "local_path",
     "render",
     "require_admin",
@@ -56,4 +60,5 @@ __all__ = [
     "session_of",
     "shell_of",
     "start_session",
+    "take_flash",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "checked_form",
     "end_session",
     "error_page",
+    "flash",
     "local_path",
     "render",
     "require_admin",
@@ -34,7 +35,12 @@ __all__ = [
     "require_session",
     "session_of",
     "start_session",
+    "take_flash",
 ]
+
+FLASH_COOKIE = "weir_flash"
+#: A flash message waits at most this long for the page that shows it.
+FLASH_SECONDS = 300
 
 #: Pages never load anything from elsewhere, run no script, and cannot be framed.
 _PAGE_HEADERS = {
@@ -48,6 +54,7 @@ _PAGE_HEADERS = {
 }
 #: The CSRF cookie value this request created (to be set on its response).
 _FRESH_CSRF: Any = web.RequestKey("weir.csrf_cookie", str) if hasattr(web, "RequestKey") else "weir.csrf_cookie"
+_FLASH_TAKEN: Any = web.RequestKey("weir.flash_taken", bool) if hasattr(web, "RequestKey") else "weir.flash_taken"
 _ERRORS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
     405: web.HTTPMethodNotAllowed, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
@@ -97,6 +104,9 @@ def _finish(request: web.Request, response: web.StreamResponse) -> web.StreamRes
     fresh = request.get(_FRESH_CSRF)
     if isinstance(fresh, str):
         _set_cookie(request, response, CSRF_COOKIE, fresh, None)
+    if request.get(_FLASH_TAKEN):
+        response.del_cookie(FLASH_COOKIE, path="/", samesite="Strict", httponly=True,
+                            secure=is_secure(request, shell_of(request.app).trusted))
     return response
 
 
@@ -138,6 +148,24 @@ def error_page(request: web.Request, status: int, title: str, message: str,
         if name.lower() not in ("content-type", "content-length"):
             exc.headers.add(name, value)
     return exc
+
+
+def flash(request: web.Request, response: web.StreamResponse, **data: Any) -> None:
+    """Hand `data` (small, JSON) to the next page this browser renders, across a redirect
+    (POST, then redirect, then GET: a reload never repeats the POST). A signed cookie, kept in
+    memory by the browser only and deleted by the page that takes it; at most 5 minutes old."""
+    sealed = shell_of(request.app).signer.seal("flash", data)
+    _set_cookie(request, response, FLASH_COOKIE, sealed, None)
+
+
+def take_flash(request: web.Request) -> dict[str, Any] | None:
+    """What `flash` handed to this page (the cookie is deleted by `render`), or None."""
+    value = request.cookies.get(FLASH_COOKIE)
+    if not value:
+        return None
+    request[_FLASH_TAKEN] = True
+    found = shell_of(request.app).signer.unseal("flash", value, FLASH_SECONDS)
+    return None if found is None else found[0]
 
 
 def local_path(target: str | None, default: str) -> str:

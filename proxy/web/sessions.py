@@ -21,6 +21,7 @@ import ipaddress
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -71,29 +72,42 @@ class Signer:
     def _mac(self, purpose: bytes, data: bytes) -> bytes:
         return hmac.new(self._secret, purpose + b"\0" + data, hashlib.sha256).digest()
 
-    def issue(self, realm: str, subject: str, now: float | None = None) -> str:
-        """A cookie value for a new session."""
-        payload = orjson.dumps({"r": realm, "s": subject, "i": time.time() if now is None else now,
-                                "n": secrets.token_hex(8)})
-        return f"{_b64(payload)}.{_b64(self._mac(b'session', payload))}"
+    def seal(self, purpose: str, data: dict[str, Any], now: float | None = None) -> str:
+        """`data` (small, JSON) signed for `purpose`, with the time it was sealed. Signed, not
+        encrypted: the browser can read what it holds, never change it."""
+        payload = orjson.dumps({"d": data, "i": time.time() if now is None else now, "n": secrets.token_hex(8)})
+        return f"{_b64(payload)}.{_b64(self._mac(purpose.encode(), payload))}"
 
-    def verify(self, value: str, realm: str, max_age: float, now: float | None = None) -> Session | None:
-        """The session in `value` if its signature is good, it belongs to `realm` and it is
+    def unseal(self, purpose: str, value: str, max_age: float, now: float | None = None
+               ) -> tuple[dict[str, Any], float] | None:
+        """What `seal(purpose, …)` put in `value`, and when, if the signature is good and it is
         younger than `max_age` seconds; otherwise None (never an exception)."""
         body, _, mac = value.partition(".")
         try:
             payload = _unb64(body)
-            good = hmac.compare_digest(_unb64(mac), self._mac(b"session", payload))
-            data = orjson.loads(payload) if good else None
+            good = hmac.compare_digest(_unb64(mac), self._mac(purpose.encode(), payload))
+            sealed = orjson.loads(payload) if good else None
         except (ValueError, orjson.JSONDecodeError):
             return None
-        if not isinstance(data, dict) or data.get("r") != realm:
+        if not isinstance(sealed, dict) or not isinstance(sealed.get("d"), dict):
             return None
-        issued, subject = data.get("i"), data.get("s")
-        if not isinstance(issued, (int, float)) or not isinstance(subject, str):
+        issued = sealed.get("i")
+        if not isinstance(issued, (int, float)) or isinstance(issued, bool):
             return None
         age = (time.time() if now is None else now) - issued
-        return Session(realm, subject, float(issued)) if 0 <= age < max_age else None
+        return (sealed["d"], float(issued)) if 0 <= age < max_age else None
+
+    def issue(self, realm: str, subject: str, now: float | None = None) -> str:
+        """A cookie value for a new session of `realm`."""
+        return self.seal(f"session {realm}", {"s": subject}, now)
+
+    def verify(self, value: str, realm: str, max_age: float, now: float | None = None) -> Session | None:
+        """The session in `value` if its signature is good, it belongs to `realm` and it is
+        younger than `max_age` seconds; otherwise None (never an exception)."""
+        found = self.unseal(f"session {realm}", value, max_age, now)
+        if found is None or not isinstance(found[0].get("s"), str):
+            return None
+        return Session(realm, found[0]["s"], found[1])
 
     def csrf_token(self, cookie: str) -> str:
         """The form token that goes with a `weir_csrf` cookie value."""
