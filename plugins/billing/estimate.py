@@ -12,7 +12,8 @@ characters (Unicode code points); the estimate's `prompt_tokens` then carries th
 count, which settlement charges. Multipart bodies reach the estimate as their text fields
 (`form_payload`).
 
-Hostile bodies raise only `BadRequest` (a `ValueError`) with a message a client can act on.
+Hostile bodies raise only `BadRequest` (a `Reject` with status 400, and a `ValueError`) with
+a message a client can act on.
 """
 
 from __future__ import annotations
