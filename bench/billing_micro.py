@@ -44,7 +44,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from plugins.billing.apikeys import hash_key
-from proxy.confbuild import build
+from proxy.dataclass_builder import build
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.handler import RequestIds
 from proxy.pipeline import Pipeline

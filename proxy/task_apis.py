@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 from proxy.context import Dialect, Endpoint
 from proxy.dialects import Route
 

@@ -1,20 +1,26 @@
 """The test harness for plugin authors, shipped as a pytest plugin (entry point `pytest11`).
 
 Fixtures:
-  * `fake_upstream`: a real loopback mock upstream (OpenAI, Anthropic and Gemini formats)
-    whose `behaviour` knobs make it error, truncate, stall or omit usage.
+  * `fake_upstream`: a real loopback mock upstream (OpenAI, Anthropic and Gemini formats).
+    `fake_upstream.script(reply=..., usage=Usage(...), status=..., ...)` says what it
+    answers to the next request(s) (`Script`); its `behaviour` knobs hold for every request.
   * `make_proxy`: `await make_proxy(plugins=[MyPlugin(cfg)])` starts a real Weir in front
-    of `fake_upstream` and returns a `ProxyHandle` (`.url`, `.store`, `await .settled()`).
+    of `fake_upstream` and returns a `ProxyHandle` (`.url`, `.store`, `await .chat(...)`,
+    `await .settled()`).
   * `read_sse`: `events = await read_sse(response)` parses an aiohttp response's SSE body
     (also importable as `proxy.testing.sse_events`).
 
-A plugin test is a dozen lines with no mocks::
+Billing's own harness (`billing_proxy`: the proxy with billing and your plugin, a funded
+user and key) ships in `plugins.billing.testing`. A plugin test is a dozen lines with no
+mocks::
 
-    async def test_adds_header(make_proxy, fake_upstream):
-        proxy = await make_proxy(plugins=[InjectHeadersPlugin(...)])
-        async with aiohttp.ClientSession() as s:
-            r = await s.post(proxy.url + "/v1/chat/completions", json={...})
-        assert fake_upstream.requests[-1].headers["x-team"] == "blue"
+    async def test_masks_a_split_email(make_proxy, fake_upstream):
+        fake_upstream.script(reply=["Write to bob@exa", "mple.com"])
+        proxy = await make_proxy(plugins=[RedactEmails()])
+        answer = await proxy.chat("hi", stream=True)
+        assert answer.text == "Write to [email]"
+
+See docs/plugins.md, "Testing a plugin".
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from proxy import keys
@@ -36,7 +44,8 @@ from proxy.app import create_app
 from proxy.host import HOST, Host, TaskTracker
 from proxy.config import Config, parse_config
 from proxy.context import SSEEvent
-from proxy.mock.upstream import MockBehaviour, MockUpstream
+from proxy.mock.behaviour import MockBehaviour, Script, Usage
+from proxy.mock.upstream import MockUpstream
 from proxy.plugin import Plugin
 from proxy.sse import SSEParser
 
@@ -47,7 +56,55 @@ try:
 except ImportError:  # the harness needs pytest-asyncio; without it the fixtures are absent
     _async_fixture = None
 
-__all__ = ["MockBehaviour", "ProxyHandle", "host_app", "proxy_config", "sse_events", "start_proxy"]
+__all__ = [
+    "Answer",
+    "MockBehaviour",
+    "MockUpstream",
+    "ProxyHandle",
+    "Script",
+    "Usage",
+    "host_app",
+    "proxy_config",
+    "reply_text",
+    "sse_events",
+    "start_proxy",
+]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a client got from Weir: the status, headers and body, and for a stream its events."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    events: tuple[SSEEvent, ...] = ()
+
+    @property
+    def json(self) -> Any:
+        """The body parsed as JSON (None for a stream or a body that is not JSON)."""
+        if self.events or not self.body:
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    @property
+    def text(self) -> str:
+        """The model's answer as the client reads it (see `reply_text`)."""
+        return reply_text(self.events) if self.events else _text_of(self.json)
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The error object of an error answer (`{"message", "code", ...}`), else None."""
+        payload = self.json
+        if self.status < 400 or not isinstance(payload, dict):
+            return None
+        error = payload.get("error")
+        return error if isinstance(error, dict) else None
 
 
 @dataclass(slots=True)
@@ -67,6 +124,26 @@ class ProxyHandle:
     def openai_base(self) -> str:
         """The base URL for `openai.AsyncOpenAI(base_url=...)`."""
         return self.url + "/v1"
+
+    async def post(self, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Answer:
+        """POST `json` to `path` (e.g. "/v1/messages") and read the whole answer."""
+        async with aiohttp.ClientSession() as session:
+            async with session.post(self.url + path, json=json, headers=headers) as resp:
+                is_sse = resp.content_type == "text/event-stream"
+                events = tuple(await sse_events(resp)) if is_sse else ()
+                body = b"" if is_sse else await resp.read()
+                return Answer(resp.status, resp.headers, body, events)
+
+    async def chat(
+        self, content: str = "hi", *, model: str = DEFAULT_MODEL, stream: bool = False,
+        headers: dict[str, str] | None = None, **body: Any,
+    ) -> Answer:
+        """One chat completion with a single user message; `body` adds request fields
+        (`max_tokens=...`). A stream asks for usage (`stream_options.include_usage`)."""
+        payload: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}], **body}
+        if stream:
+            payload = {"stream": True, "stream_options": {"include_usage": True}, **payload}
+        return await self.post("/v1/chat/completions", payload, headers)
 
     async def settled(self, timeout: float = 10.0) -> None:
         """Wait until every terminal hook (settlement) has finished."""
@@ -112,6 +189,45 @@ async def sse_events(response: aiohttp.ClientResponse) -> list[SSEEvent]:
     return events
 
 
+def reply_text(events: Sequence[SSEEvent]) -> str:
+    """The answer's text from events or a whole body of any dialect Weir speaks: OpenAI
+    chat (`delta.content`, `message.content`) and completions (`text`), the Responses API
+    (`output_text` deltas), Anthropic (`text_delta`, text blocks) and Gemini (`parts`)."""
+    return "".join(_text_of(e.json) for e in events)
+
+
+def _text_of(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    if payload.get("type") == "response.output_text.delta":
+        return str(payload.get("delta") or "")
+    if payload.get("type") == "content_block_delta":
+        delta = payload.get("delta") or {}
+        return str(delta.get("text") or "") if isinstance(delta, dict) else ""
+    if payload.get("type") == "message":  # Anthropic, whole body
+        return _texts(payload.get("content"))
+    if payload.get("object") == "response":  # the Responses API, whole body
+        return "".join(_texts(item.get("content")) for item in payload.get("output") or [] if isinstance(item, dict))
+    parts: list[str] = []
+    for choice in payload.get("choices") or payload.get("candidates") or []:
+        if not isinstance(choice, dict):
+            continue
+        for holder in (choice.get("delta"), choice.get("message")):
+            if isinstance(holder, dict) and isinstance(holder.get("content"), str):
+                parts.append(holder["content"])
+        if isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+        content = choice.get("content")
+        if isinstance(content, dict):  # Gemini
+            parts.append(_texts(content.get("parts")))
+    return "".join(parts)
+
+
+def _texts(blocks: Any) -> str:
+    """The `text` fields of a list of content blocks or parts."""
+    return "".join(str(b.get("text") or "") for b in blocks or [] if isinstance(b, dict))
+
+
 def proxy_config(upstream_url: str, tmp: Path, **overrides: Any) -> Config:
     """A harness config: one mock-type upstream at `upstream_url`, SQLite in `tmp`."""
     data: dict[str, Any] = {
@@ -128,7 +244,8 @@ if _async_fixture is not None:
 
     @_async_fixture  # type: ignore[untyped-decorator]
     async def fake_upstream() -> AsyncIterator[MockUpstream]:
-        """A real loopback mock upstream; flip `fake_upstream.behaviour` knobs in tests."""
+        """A real loopback mock upstream: `fake_upstream.script(...)` scripts the next
+        request(s); `fake_upstream.behaviour` knobs hold for every request."""
         mock = MockUpstream()
         await mock.start()
         yield mock

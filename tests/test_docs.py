@@ -1,4 +1,5 @@
-"""Keeps docs/plugins.md honest about the hooks of `proxy.plugin.Plugin`.
+"""Keeps docs/plugins.md honest about the hooks of `proxy.plugin.Plugin` and the objects
+they receive.
 
 A hook is every public method defined on `Plugin` plus every name in `proxy.pipeline.HOOKS`.
 Each must have a docstring in proxy/plugin.py and one `### `name`` section in the guide,
@@ -6,24 +7,31 @@ whose first code block shows its real signature and which says when it fires, it
 what it may mutate and its error policy, with an example. A `### `name`` heading for
 anything that is not a hook is a stale section. The checkers are plain functions so the
 tests below can also prove that they notice a missing or stale section.
+
+The guide's "Field reference" has a `### Name` table for each object a hook receives
+(`REFERENCED`): every public field, property and method must have a row, no row may name
+something that is gone, and a field's row shows its declared type.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
 from pathlib import Path
 
 import pytest
 
+from proxy.context import UpstreamInfo
 from proxy.pipeline import HOOKS
-from proxy.plugin import Plugin
+from proxy.plugin import Outcome, Plugin, ProxyError, RequestContext, SSEEvent, UpstreamResponse
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 HEADING = re.compile(r"^### `([^`]+)`[ \t]*$", re.M)
 CODE = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 PARTS = ("**When:**", "**Order:**", "**May mutate:**", "**Errors:**")
+REFERENCED: tuple[type, ...] = (RequestContext, UpstreamInfo, SSEEvent, UpstreamResponse, Outcome, ProxyError)
 
 
 def plugin_methods() -> set[str]:
@@ -148,8 +156,8 @@ def test_the_checker_notices_a_section_for_a_removed_hook() -> None:
 
 def test_the_checker_notices_an_incomplete_or_wrong_section() -> None:
     text = guide().replace(
-        "async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None\n",
-        "async def on_event(self, ctx: RequestContext) -> SSEEvent | None\n",
+        "async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | Drop | None\n",
+        "async def on_event(self, ctx: RequestContext) -> SSEEvent | Drop | None\n",
         1,
     )
     problems = section_problems(text, public_hooks())
@@ -159,3 +167,78 @@ def test_the_checker_notices_an_incomplete_or_wrong_section() -> None:
     section = guide()[start:end]
     text = guide().replace(section, section.replace("**Order:**", "Order:"))
     assert "section 'on_complete' lacks **Order:**" in section_problems(text, public_hooks())
+
+
+# ---- the field reference ---------------------------------------------------------------
+
+
+def public_members(cls: type) -> dict[str, str]:
+    """Public name → its declared type (fields), or "method" / "property"."""
+    members: dict[str, str] = {}
+    if dataclasses.is_dataclass(cls):
+        members.update({f.name: str(f.type) for f in dataclasses.fields(cls) if not f.name.startswith("_")})
+    members.update({n: "field" for n in getattr(cls, "__slots__", ()) if not n.startswith("_") and n not in members})
+    for name, value in vars(cls).items():
+        if name.startswith("_") or name in members:
+            continue
+        if isinstance(value, property):
+            members[name] = "property"
+        elif inspect.isfunction(value):
+            members[name] = "method"
+    return members
+
+
+def reference_tables(text: str) -> dict[str, dict[str, str]]:
+    """`### Name` tables of the "Field reference" section: object → {member: type cell}."""
+    head = "\n## Field reference\n"
+    if head not in text:
+        return {}
+    part = re.split(r"^## ", text.split(head, 1)[1], maxsplit=1, flags=re.M)[0]
+    tables: dict[str, dict[str, str]] = {}
+    for match in re.finditer(r"^### (\w+)[ \t]*\n(.*?)(?=^### |\Z)", part, re.M | re.S):
+        rows: dict[str, str] = {}
+        for line in match.group(2).splitlines():
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            name = re.match(r"`(\w+)", cells[0]) if len(cells) >= 3 else None
+            if name is not None:
+                rows[name.group(1)] = cells[1].replace("\\|", "|").strip("`")
+        tables[match.group(1)] = rows
+    return tables
+
+
+def reference_problems(text: str, classes: tuple[type, ...]) -> list[str]:
+    """Everything wrong with the field reference; empty when it is in order."""
+    tables = reference_tables(text)
+    problems: list[str] = []
+    for cls in classes:
+        rows = tables.get(cls.__name__)
+        if rows is None:
+            problems.append(f"no field reference table for {cls.__name__}")
+            continue
+        members = public_members(cls)
+        problems += [f"{cls.__name__}.{n} is not in the field reference" for n in sorted(set(members) - set(rows))]
+        problems += [f"the field reference lists {cls.__name__}.{n}, which does not exist" for n in sorted(set(rows) - set(members))]
+        for name in sorted(set(members) & set(rows)):
+            declared = members[name]
+            if declared not in ("method", "property", "field") and rows[name] != declared:
+                problems.append(f"{cls.__name__}.{name}: the reference says {rows[name]!r}, the code {declared!r}")
+            if declared in ("method", "property") and rows[name] != declared:
+                problems.append(f"{cls.__name__}.{name} is a {declared}, the reference says {rows[name]!r}")
+    return problems
+
+
+def test_the_field_reference_lists_every_public_member() -> None:
+    assert reference_problems(guide(), REFERENCED) == []
+
+
+def test_the_reference_checker_notices_missing_stale_and_wrong_rows() -> None:
+    text = guide().replace("| `drained` | `bool` |", "| `drainedx` | `bool` |")
+    problems = reference_problems(text, REFERENCED)
+    assert "Outcome.drained is not in the field reference" in problems
+    assert "the field reference lists Outcome.drainedx, which does not exist" in problems
+    text = guide().replace("| `upstream_status` | `int \\| None` |", "| `upstream_status` | `int` |")
+    assert "ProxyError.upstream_status: the reference says 'int', the code 'int | None'" in reference_problems(text, REFERENCED)
+    text = guide().replace("| `with_json(payload)` | method |", "| `with_json(payload)` | property |")
+    assert "SSEEvent.with_json is a method, the reference says 'property'" in reference_problems(text, REFERENCED)
+    text = guide().replace("### UpstreamResponse\n", "### UpstreamAnswer\n")
+    assert "no field reference table for UpstreamResponse" in reference_problems(text, REFERENCED)

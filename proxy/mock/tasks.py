@@ -37,7 +37,8 @@ from proxy.mock.endpoints import BadRequest
 from proxy.mock.wire import Reply
 
 if TYPE_CHECKING:
-    from proxy.mock.upstream import MockBehaviour, ReceivedRequest
+    from proxy.mock.behaviour import MockBehaviour
+    from proxy.mock.upstream import ReceivedRequest
 
 __all__ = ["SCRIPTS", "MockTask", "Step", "TaskBook"]
 

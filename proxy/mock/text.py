@@ -12,6 +12,8 @@ bytes. The rules, which tests and the benchmark rely on:
   Anthropic another quarter as written to cache, split evenly between 5m and 1h.
 - A model whose name contains `think` reports `THINK_TOKENS` hidden reasoning tokens
   (OpenAI `reasoning_tokens`, Gemini `thoughtsTokenCount`), on top of the visible output.
+- A scripted reply (`proxy.mock.behaviour.Script`) replaces the answer's pieces, and
+  scripted `Usage` counts replace the counted ones.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import orjson
 
 from proxy.context import Dialect
+from proxy.mock.behaviour import Usage
 
 CREATED = 1_700_000_000
 PROMPT_OVERHEAD = 5
@@ -68,11 +71,12 @@ class Plan:
     reasoning: int
     capped: bool
     n: int = 1
+    output_tokens: int | None = None
 
     @property
     def output(self) -> int:
-        """Visible output tokens of one choice: one per piece."""
-        return len(self.pieces)
+        """Visible output tokens of one choice: one per piece, unless scripted."""
+        return len(self.pieces) if self.output_tokens is None else self.output_tokens
 
     @property
     def text(self) -> str:
@@ -151,17 +155,25 @@ def make_plan(
     limit: int | None,
     n: int = 1,
     anthropic: bool = False,
+    reply: str | tuple[str, ...] | None = None,
+    usage: Usage | None = None,
 ) -> Plan:
     """Decide the answer and its token counts (see the module docstring for the rules)."""
     want = max(0, words)
     count = want if limit is None else max(0, min(want, limit))
-    echo = [w[:_MAX_ECHO] for w in last_user.split()]
-    chosen = (["Mock", "answer", *echo] + [str(i) for i in range(1, count + 1)])[:count]
-    pieces = tuple(w if i == 0 else " " + w for i, w in enumerate(chosen))
-    prompt = word_count(every) + PROMPT_OVERHEAD
+    if reply is None:
+        echo = [w[:_MAX_ECHO] for w in last_user.split()]
+        chosen = (["Mock", "answer", *echo] + [str(i) for i in range(1, count + 1)])[:count]
+        pieces = as_pieces(chosen)
+    else:
+        pieces = as_pieces(reply.split()) if isinstance(reply, str) else tuple(reply)
+        want = count = len(pieces)  # a scripted reply is never cut
+    u = usage or Usage()
+    prompt = word_count(every) + PROMPT_OVERHEAD if u.input is None else u.input
     cache = "cache" in model
-    cached = prompt // 2 if cache else 0
+    cached = (prompt // 2 if cache else 0) if u.cached is None else u.cached
     written = prompt // 4 if cache and anthropic else 0
+    reasoning = THINK_TOKENS if "think" in model and not anthropic else 0
     return Plan(
         rid=rid,
         model=model,
@@ -170,10 +182,16 @@ def make_plan(
         cached=cached,
         cache_write_5m=written - written // 2,
         cache_write_1h=written // 2,
-        reasoning=THINK_TOKENS if "think" in model and not anthropic else 0,
+        reasoning=reasoning if u.reasoning is None else u.reasoning,
         capped=count < want,
         n=max(1, n),
+        output_tokens=u.output,
     )
+
+
+def as_pieces(words: list[str]) -> tuple[str, ...]:
+    """Words as streamed pieces: the first bare, every other one after a space."""
+    return tuple(w if i == 0 else " " + w for i, w in enumerate(words))
 
 
 def zeroed(value: Any) -> Any:

@@ -5,9 +5,13 @@ are the real formats (`proxy.mock.wire`). `MockBehaviour` injects faults: error 
 stalls, pacing, truncation, resets, error events, odd usage, gzip, empty bodies, a required
 key. Fault counts (`truncate_after`, `reset_after`, `error_event_after`) count SSE frames of
 any kind from the first one, so `truncate_after=0` ends a stream before its first event.
+A `Script` (`MockUpstream.script`, or a request's `x-mock-script` header) sets the reply,
+events, usage, error, faults and delays of the next request(s) only
+(`proxy.mock.behaviour`).
 
 Used by `upstreams: [{name: mock, type: mock}]`, by the `fake_upstream` test fixture and by
-the benchmark. Run by hand with `python -m proxy.mock.upstream --port 9000 [--pace 0.02]`.
+the benchmark. Run by hand with `python -m proxy.mock.upstream --port 9000 [--pace 0.02]`
+(README "Running the mock upstream").
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import gzip
 import socket
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,32 +32,11 @@ from aiohttp import web
 from proxy.mock import endpoints as ep
 from proxy.context import Dialect
 from proxy.mock.tasks import TaskBook
+from proxy.mock.behaviour import SCRIPT_HEADER, MockBehaviour, Script, ScriptError, Usage
 from proxy.mock.text import error_body, request_id
-from proxy.mock.wire import JSON, Reply, Stream
+from proxy.mock.wire import JSON, Reply, Stream, scripted_stream
 
-__all__ = ["MockBehaviour", "MockUpstream", "ReceivedRequest", "build_mock_app", "main"]
-
-
-@dataclass(slots=True)
-class MockBehaviour:
-    """Fault knobs, read at the start of each request. Mutable on purpose: tests flip them."""
-
-    fail_status: int | None = None
-    fail_times: int = 0
-    stall_before_headers: float = 0.0
-    stall_first_byte: float = 0.0
-    pace: float = 0.0
-    truncate_after: int | None = None
-    reset_after: int | None = None
-    error_event_after: int | None = None
-    omit_usage: bool = False
-    zero_usage: bool = False
-    repeat_usage: bool = False
-    never_close: bool = False
-    words: int = 12
-    gzip: bool = False
-    empty_body: bool = False
-    require_key: str | None = None
+__all__ = ["MockBehaviour", "MockUpstream", "ReceivedRequest", "Script", "Usage", "build_mock_app", "main"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +66,40 @@ class MockUpstream:
         self.tasks = TaskBook()
         self.requests: list[ReceivedRequest] = []
         self.keep_requests = keep_requests
+        self._scripts: deque[list[Any]] = deque()  # [script, uses left], oldest first
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+
+    def script(self, script: Script | None = None, /, **fields: Any) -> Script:
+        """Queue what to answer to the next request(s): a `Script`, or its fields as keywords.
+
+        `fake_upstream.script(reply=["Write to bob@exa", "mple.com"])` streams those two
+        pieces to the next request; `script(status=429, headers={"retry-after": "1"},
+        times=2)` refuses the next two. Scripts are used in the order queued, each for
+        `times` requests (whatever their path), laid over `behaviour`; with none left, the
+        standing `behaviour` answers.
+        """
+        chosen = script if script is not None else Script.of(**fields)
+        if script is not None and fields:
+            raise TypeError("pass a Script or its fields, not both")
+        self._scripts.append([chosen, chosen.times])
+        return chosen
+
+    @property
+    def pending_scripts(self) -> int:
+        """How many scripted requests are still to come."""
+        return sum(left for _, left in self._scripts)
+
+    def next_script(self) -> Script | None:
+        """Take one use of the oldest queued script, or None when none is queued."""
+        if not self._scripts:
+            return None
+        head = self._scripts[0]
+        head[1] -= 1
+        if head[1] <= 0:
+            self._scripts.popleft()
+        chosen: Script = head[0]
+        return chosen
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (0 picks a free port) and return the base URL."""
@@ -127,6 +143,9 @@ def build_mock_app(mock: MockUpstream) -> web.Application:
         ("/v1/responses", oa, ep.responses),
         ("/v1/embeddings", oa, ep.embeddings),
         ("/v1/images/generations", oa, ep.images),
+        ("/v1/images/edits", oa, ep.image_edits),
+        ("/v1/images/variations", oa, ep.image_edits),
+        ("/v1/moderations", oa, ep.moderations),
         ("/v1/audio/transcriptions", oa, ep.transcription),
         ("/v1/audio/translations", oa, ep.transcription),
         ("/v1/audio/speech", oa, ep.speech),
@@ -176,25 +195,39 @@ class _Server:
         return handle
 
     async def serve(self, request: web.Request, dialect: Dialect, answer: Answer) -> web.StreamResponse:
-        """Record the request, then answer it with the faults the behaviour asks for."""
+        """Record the request, then answer it as its script and the behaviour say."""
         rec = await self._record(request)
-        b = self.mock.behaviour
+        headers = {"x-request-id": "req_" + rec.request_id, "request-id": "req_" + rec.request_id}
+        try:
+            script = self._script_for(request)
+        except ScriptError as exc:
+            body = error_body(dialect, 400, str(exc))
+            return web.Response(status=400, body=body, headers={**headers, "Content-Type": JSON})
+        standing = self.mock.behaviour
+        b = standing if script is None else script.apply(standing)
+        headers.update(b.headers)
         if b.stall_before_headers > 0:
             await asyncio.sleep(b.stall_before_headers)
-        headers = {"x-request-id": "req_" + rec.request_id, "request-id": "req_" + rec.request_id}
-        refusal = self._refusal(dialect, rec)
+        refusal = self._refusal(dialect, rec, b, counted=script is None or script.status is None)
         if refusal is not None:
             return web.Response(status=refusal[0], body=refusal[1], headers={**headers, "Content-Type": JSON})
         if b.empty_body:
             return web.Response(status=200, body=b"", headers={**headers, "Content-Type": JSON})
         try:
-            out = answer(rec, b)
+            out = scripted_stream(b.events, dialect) if b.events is not None else answer(rec, b)
         except ep.BadRequest as exc:
             body = error_body(dialect, exc.status, str(exc))
             return web.Response(status=exc.status, body=body, headers={**headers, "Content-Type": JSON})
         if isinstance(out, Stream):
             return await _send_stream(request, out, b, headers)
         return await _send_reply(request, out, b, headers)
+
+    def _script_for(self, request: web.Request) -> Script | None:
+        """The request's own `x-mock-script`, else the next queued script, else None."""
+        raw = request.headers.get(SCRIPT_HEADER)
+        if raw is not None:
+            return Script.from_json(raw)
+        return self.mock.next_script()
 
     async def _record(self, request: web.Request) -> ReceivedRequest:
         body = await request.read()
@@ -220,18 +253,19 @@ class _Server:
             del kept[: len(kept) - cap]
         return rec
 
-    def _refusal(self, dialect: Dialect, rec: ReceivedRequest) -> tuple[int, bytes] | None:
-        b = self.mock.behaviour
+    def _refusal(self, dialect: Dialect, rec: ReceivedRequest, b: MockBehaviour, counted: bool) -> tuple[int, bytes] | None:
+        """The error to answer, if any; `counted`: a standing failure, which `fail_times` counts."""
         if b.require_key is not None and rec.key != b.require_key:
             return 401, error_body(dialect, 401, "Incorrect API key provided.")
         if b.fail_status is None:
             return None
         status = b.fail_status
-        if b.fail_times > 0:
-            b.fail_times -= 1
-            if b.fail_times == 0:
-                b.fail_status = None
-        return status, error_body(dialect, status, f"Mock upstream failure ({status}).")
+        standing = self.mock.behaviour
+        if counted and standing.fail_times > 0:
+            standing.fail_times -= 1
+            if standing.fail_times == 0:
+                standing.fail_status = None
+        return status, error_body(dialect, status, b.fail_message or f"Mock upstream failure ({status}).")
 
 
 async def _send_reply(

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from proxy.context import Dialect
 from proxy.mock.text import (
     CREATED,
     Plan,
@@ -351,3 +352,27 @@ def gemini_stream(plan: Plan, policy: UsagePolicy, sse: bool) -> Stream:
         return Stream(tuple(frames), len(frames) - 1, b"data: " + _j(_GEMINI_ERROR) + b"\r\n\r\n")
     frames = [(b"[" if i == 0 else b",\r\n") + b for i, b in enumerate(bodies)] + [b"]"]
     return Stream(tuple(frames), len(frames) - 2, b",\r\n" + _j(_GEMINI_ERROR) + b"]", JSON)
+
+
+# ---- Scripted events -------------------------------------------------------------------
+
+
+def scripted_stream(events: tuple[Any, ...], dialect: Dialect) -> Stream:
+    """A stream of a script's raw events (`proxy.mock.behaviour.Event`), ending with the
+    dialect's error frame should a fault knob ask for one."""
+    frames = tuple(_event_frame(e) for e in events)
+    if dialect is Dialect.ANTHROPIC:
+        error = _ANTHROPIC_STREAM_ERROR
+    elif dialect is Dialect.GEMINI:
+        error = b"data: " + _j(_GEMINI_ERROR) + b"\r\n\r\n"
+    else:
+        error = _OPENAI_STREAM_ERROR
+    return Stream(frames, len(frames), error)
+
+
+def _event_frame(event: Any) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    if isinstance(event, str):
+        return b"".join(b"data: " + line.encode() + b"\n" for line in event.split("\n")) + b"\n"
+    return _data(event)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from plugins.billing.store.prices import PriceConflict, PriceStore, PriceVersion
 from plugins.billing.store.tasks import TaskStore
 from plugins.billing.store.records import (
     StoreError,
@@ -67,14 +68,18 @@ __all__ = [
     "LogRow",
     "Resolution",
     "AuditReport",
+    "PriceConflict",
+    "PriceStore",
+    "PriceVersion",
     "Store",
 ]
 
 
-class Store(TaskStore, Protocol):
+class Store(PriceStore, TaskStore, Protocol):
     """The accounting store. Every method is one atomic step against the backend.
 
-    The async tasks (`TaskStore`, `plugins.billing.store.tasks`) are part of it.
+    The price versions (`PriceStore`, `plugins.billing.store.prices`) and the async tasks
+    (`TaskStore`, `plugins.billing.store.tasks`) are part of it.
 
     Implementations: `plugins.billing.store.sqlite.store.SQLiteStore`,
     `plugins.billing.store.redis.store.RedisStore`. All timestamps are epoch seconds from the

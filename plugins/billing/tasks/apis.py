@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 
 from plugins.billing.usage import Usage, from_openai, from_openai_responses
@@ -188,21 +186,9 @@ def _template(template: str) -> re.Pattern[str]:
     return re.compile(f"^{re.escape(head)}([^/]+){re.escape(tail)}$")
 
 
-def submit_fields(ctx: RequestContext) -> dict[str, Any]:
-    """A submit's fields: the JSON body, or a multipart/form-data body's text fields."""
+def submit_fields(ctx: RequestContext) -> Mapping[str, Any]:
+    """A submit's fields: the JSON body, or a multipart/form-data body's text fields (the
+    core parsed them into `ctx.form`)."""
     if ctx.json is not None:
         return ctx.json
-    ctype = ctx.headers.get("Content-Type", "")
-    if not ctype.startswith("multipart/form-data"):
-        return {}
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + ctx.body)
-    fields: dict[str, Any] = {}
-    if not message.is_multipart():
-        return fields
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str) and part.get_filename() is None:
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes) and len(payload) <= 4096:
-                fields[name] = payload.decode("utf-8", "replace")
-    return fields
+    return ctx.form or {}

@@ -24,15 +24,15 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from plugins.billing.auth import store_down
-from plugins.billing.pricing import PriceTable
-from plugins.billing.settler import Settler
+from plugins.billing.prices.book import Current
+from plugins.billing.outbox import Settler
 from plugins.billing.store.base import ApiKey, HoldRefusal, LogDetails, StoreUnavailable, User
 from plugins.billing.store.tasks import Task
 from plugins.billing.sweeper import InflightSweeper
@@ -75,7 +75,7 @@ SUBMIT = StateKey[Submit]("billing.task_submit")
 READ = StateKey[Read]("billing.task_read")
 
 
-def _count(fields: dict[str, Any], name: str, default: int, limit: int) -> int:
+def _count(fields: Mapping[str, Any], name: str, default: int, limit: int) -> int:
     if not name or fields.get(name) in (None, ""):
         return default
     raw = fields[name]
@@ -93,7 +93,7 @@ class TaskRequests:
     """Task billing on the request path (see the module docstring)."""
 
     engine: TaskEngine
-    table: Callable[[], PriceTable]
+    prices: Callable[[], Current]
     settler: Settler
     sweeper: InflightSweeper
     instance: str
@@ -112,7 +112,8 @@ class TaskRequests:
         api = self.engine.apis.submitted_to(ctx)
         if api is None:
             raise Reject(404, "not_found", f"no task API is declared at {ctx.path}")
-        model, table = ctx.model or "", self.table()
+        model, prices = ctx.model or "", self.prices()  # one version for the whole submit
+        table = prices.table
         found = table.describe(model)
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
@@ -127,11 +128,11 @@ class TaskRequests:
         multiplier = table.multiplier(user.group, key.group)
         cfg = self.engine.config
         terms = TaskTerms.of(model, price, seconds, n, size, cfg.size_factor(model, size), multiplier,
-                             table.config.quota_per_usd, table.version)
+                             table.config.quota_per_usd, prices.label)
         amount, task_id, now = terms.held(), api.prefix + secrets.token_hex(12), self.clock()
         self.sweeper.track(task_id)
         try:
-            held = await self.engine.store.hold(task_id, user.name, key.id, amount, None, table.version, self.hold_ttl,
+            held = await self.engine.store.hold(task_id, user.name, key.id, amount, None, prices.label, self.hold_ttl,
                                                 self.instance, model)
         except StoreUnavailable:
             self._give_back_later(task_id, LogDetails("store_unavailable", "none", model))

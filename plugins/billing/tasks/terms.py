@@ -20,7 +20,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from plugins.billing.pricing import ModelPrice, charge_tokens
+from plugins.billing.charges import charge_tokens
+from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 
 __all__ = ["TaskTerms", "round_units"]

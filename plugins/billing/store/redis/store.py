@@ -49,6 +49,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
+from plugins.billing.store.redis.prices import RedisPrices
 from plugins.billing.store.redis.tasks import RedisTasks
 from plugins.billing.store.redis.layout import (
     MAX_UNITS,
@@ -71,9 +72,9 @@ from plugins.billing.store.redis.layout import (
 __all__ = ["MAX_UNITS", "RedisStore"]
 
 
-class RedisStore(RedisTasks):
+class RedisStore(RedisPrices, RedisTasks):
     """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring);
-    the async tasks are in `RedisTasks`."""
+    the price versions are in `RedisPrices`, the async tasks in `RedisTasks`."""
 
     def __init__(
         self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,

@@ -259,9 +259,22 @@ DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
 # `expires_at` minus the last sign of life (see sqlite_store._CHECKPOINT). No rewrite.
 _V4 = "ALTER TABLE holds ADD COLUMN touched_at REAL;"
 
+# Price versions (docs/billing-rules.md §9): the numbered price lists every instance
+# charges with; `plugins.billing.store.sqlite.prices` reads and appends them.
+_V5 = """
+CREATE TABLE price_versions (
+    number INTEGER PRIMARY KEY,
+    base INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+"""
+
 # Async tasks (docs/billing-rules.md §9, docs/tasks.md): one row per task, owned by its id
-# (its hold has the same id), and the task's seconds in its consume-log row. Numbered 6:
-# 5 is the price versions' migration.
+# (its hold has the same id), and the task's seconds in its consume-log row.
 _V6 = """
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
@@ -295,7 +308,7 @@ CREATE INDEX tasks_user ON tasks(user, created_at);
 ALTER TABLE consume_log ADD COLUMN seconds INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (6, _V6))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6))
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:

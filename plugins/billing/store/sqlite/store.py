@@ -34,6 +34,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.sqlite.audit import run_audit
 from plugins.billing.store.sqlite.group_commit import BULK
+from plugins.billing.store.sqlite.prices import SQLitePrices
 from plugins.billing.store.sqlite.tasks import SQLiteTasks
 from plugins.billing.store.sqlite.ledger import (
     Clock,
@@ -197,9 +198,10 @@ def _all(db: Db, sql: str, params: tuple[object, ...], convert: Callable[[sqlite
     return [convert(r) for r in fetch_all(db, sql, params)]
 
 
-class SQLiteStore(SQLiteTasks):
+class SQLiteStore(SQLitePrices, SQLiteTasks):
     """The `plugins.billing.store.base.Store` protocol on one SQLite file (safe across processes).
-    The async tasks are in `SQLiteTasks` (on `SQLiteConnection`)."""
+    The price versions are in `SQLitePrices`, the async tasks in `SQLiteTasks` (both on
+    `SQLiteConnection`)."""
 
     bulk = BULK
 
