@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 import yaml
 
 from plugins.billing.apikeys import generate_key, hash_key
+from proxy.task_apis import task_routes
 from proxy.config import parse_config
 from proxy.dialects import ANTHROPIC_ROUTES, OPENAI_ROUTES
 from proxy.mock.upstream import MockUpstream
@@ -156,6 +157,7 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
                  ("GET", "/healthz"), ("HEAD", "/healthz"),
                  ("GET", "/metrics"), ("HEAD", "/metrics"),
                  ("*", "/{tail}")}  # the catch-all: it only answers 404 or 405 (proxy/respond.py)
+    expected |= {(method, path) for method, path, _ in task_routes(())}  # /v1/videos (docs/tasks.md)
     assert expected <= found
     # The rest is the web shell and plugins' pages and APIs (docs/console.md).
     pages = ("/", "/admin", "/api/", "/dashboard", "/pricing", "/static/")
