@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 
 from plugins.billing.store.base import HoldState
@@ -254,3 +255,12 @@ async def test_insufficient_funds_refuse_the_submit(tasks: TasksFactory) -> None
     assert status == 402 and answer["error"]["code"] == "insufficient_quota"
     assert "$0.4" in answer["error"]["message"]
     assert t.upstream.requests == []
+
+
+async def test_the_price_list_shows_task_prices(tasks: TasksFactory) -> None:
+    t = await tasks()
+    async with aiohttp.ClientSession() as s, s.get(t.proxy.url + "/api/pricing") as r:
+        assert r.status == 200
+        models = {m["model"]: m for m in (await r.json())["models"]}
+    assert (models["sora-2"]["unit"], models["sora-2"]["price"]) == ("per_task", {"per_second": "0.1"})
+    assert models["chirp-v3-5"]["price"]["per_request"] == "0.1" and models["chirp-v3-5"]["price"]["input"] == "1"

@@ -41,6 +41,8 @@ def price_fields(price: ModelPrice | None, multiplier: Decimal = Decimal(1)) -> 
     if price is None:
         return None
     with localcontext(_WIDE):
+        if price.per_second is not None:  # a task model (docs/tasks.md)
+            return {k: plain(Decimal(v) * multiplier) for k, v in price.as_dict().items()}
         if price.per_request is not None:
             return {"per_request": plain(price.per_request * multiplier)}
         return {f: plain(getattr(price, f) * multiplier) for f in TOKEN_FIELDS}
@@ -91,7 +93,8 @@ class PricingQuery:
 
 
 def _model(item: Listed, groups: Mapping[str, Decimal]) -> dict[str, Any]:
-    unit = None if item.price is None else ("per_request" if item.price.is_per_request else "per_1m_tokens")
+    unit = None if item.price is None else (
+        "per_task" if item.price.is_task else "per_request" if item.price.is_per_request else "per_1m_tokens")
     return {
         "model": item.model, "pattern": item.pattern, "source": item.source, "unit": unit,
         "price": price_fields(item.price),

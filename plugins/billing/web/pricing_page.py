@@ -24,7 +24,7 @@ COLUMNS = (
 )
 #: The rarer prices, shown together in one column: (field, label).
 OTHERS = (("cache_write_1h", "cache 1h"), ("audio_input", "audio in"), ("audio_output", "audio out"),
-          ("image_input", "image in"))
+          ("image_input", "image in"), ("per_second", "per second of a task"))
 
 
 def _links(query: Mapping[str, str], current: PricingQuery) -> dict[str, str]:
