@@ -37,7 +37,7 @@ from plugins.billing.charge_table import Metered, settle
 from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.meter import UsageMeter
+from plugins.billing.stream_meter import StreamMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import (
     DROP,
@@ -83,7 +83,7 @@ class Billing:
     price: ModelPrice
     multiplier: Decimal
     estimate: Estimate
-    meter: UsageMeter
+    meter: StreamMeter
     hide_usage: bool
     requests: int
 
@@ -242,7 +242,7 @@ class BillingPlugin(Plugin):
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
-                key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
+                key, user, hold, price, multiplier, estimate, StreamMeter(ctx.endpoint, count), hide,
                 n if isinstance(n, int) else 1,
             )
         except BaseException:
@@ -310,10 +310,11 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return None
-        payload = event.json
-        st.meter.feed_sse(event.data, payload, event.event)
-        if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
-            return DROP
+        st.meter.add(event)  # read when the response ends (plugins.billing.stream_meter)
+        if st.hide_usage and "usage" in event.data:
+            payload = event.json
+            if type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
+                return DROP
         return None
 
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
@@ -372,7 +373,7 @@ class BillingPlugin(Plugin):
         # Positional: keyword arguments to a class call cost a dict per request.
         return Metered(
             meter.usage,
-            meter.has_content,
+            meter.has_content,  # has_content: looked at only if a row needs it
             meter.terminal,
             meter.output_count,  # output_count: counted only if a row needs it
             st.estimate.prompt_tokens,  # prompt_estimate
