@@ -20,6 +20,7 @@ from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
+    GEMINI_PREFIXES,
     MODELS_ROUTE,
     OPENAI_ROUTES,
     Route,
@@ -67,7 +68,8 @@ def create_app(
     app = web.Application(client_max_size=config.server.max_body_bytes)
     tracker = TaskTracker()
     metrics = Metrics(UpstreamHealth(config.upstreams))
-    pool = UpstreamPool(config.upstreams)
+    pool = UpstreamPool(config.upstreams, breaker=config.routing.breaker, on_breaker=metrics.breaker_changed)
+    metrics.upstreams(up.name for up in pool.upstreams)
     active = ActiveStreams(config.server.client_write_timeout)
     trace = config.server.trace_plugins or os.environ.get("PROXY_TRACE_PLUGINS", "") not in ("", "0")
     pipeline = Pipeline(loaded, tracker, trace=trace)
@@ -198,7 +200,8 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
         model, route = split
         return await handler.handle(request, route, model_in_path=model)
 
-    app.router.add_post("/v1beta/models/{target}", gemini)
+    for prefix in GEMINI_PREFIXES:
+        app.router.add_post(prefix + "/models/{target}", gemini)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     for plugin in plugins:

@@ -19,6 +19,7 @@ from proxy.forwarded import parse_networks
 
 __all__ = [
     "AdminConfig",
+    "BreakerConfig",
     "Config",
     "ConfigError",
     "PluginSpec",
@@ -93,6 +94,15 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """The circuit breaker (proxy/breaker.py): after `failures` consecutive failed attempts
+    an upstream is skipped for `cooldown_s` seconds, then probed once. 0 failures: off."""
+
+    failures: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """One upstream API. `type` decides the dialects it serves and its auth header style.
 
@@ -112,6 +122,7 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     headers: dict[str, str] = field(default_factory=dict)
+    breaker: BreakerConfig | None = None  # None: `routing.breaker`
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -123,9 +134,11 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """Failover: how many upstream attempts one request may make before anything is relayed."""
+    """Failover: how many upstream attempts one request may make before anything is relayed,
+    and the circuit breaker every upstream without its own `breaker:` uses."""
 
     max_attempts: int = 3
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +271,17 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.base_url", "required for a non-mock upstream")
         if up.weight < 1:
             raise ConfigError(f"{where}.weight", "must be at least 1")
+        if up.breaker is not None:
+            _check_breaker(up.breaker, f"{where}.breaker")
     if cfg.admin.token and len(cfg.admin.token) < 16:
         raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")
+    _check_breaker(cfg.routing.breaker, "routing.breaker")
+
+
+def _check_breaker(breaker: BreakerConfig, where: str) -> None:
+    if breaker.failures < 0:
+        raise ConfigError(f"{where}.failures", "must be 0 (off) or more")
+    if not breaker.cooldown_s > 0:
+        raise ConfigError(f"{where}.cooldown_s", "must be greater than 0")

@@ -53,12 +53,20 @@ async def forward(
 ) -> web.StreamResponse:
     """Try candidates in order; relay the first usable answer. Returns the sent response."""
     assert fw.pool.session is not None
-    attempts = candidates[: fw.max_attempts]
+    attempts = _admitted(candidates, fw.max_attempts)
     failure = Failure(502, "upstream_unavailable", "no upstream could be reached")
+    if not attempts:
+        failure = _all_cooling(ctx, candidates)
+    tried = False
     for i, up in enumerate(attempts):
         if fw.active.shutting_down:
             failure = Failure(503, "shutting_down", "the proxy is shutting down")
             break
+        if not up.breaker.acquire():  # half-open, and another request is the probe
+            if not tried:
+                failure = _all_cooling(ctx, candidates)
+            continue
+        tried = True
         last = i + 1 == len(attempts)
         model = up.map_model(ctx.model)
         ctx.upstream = UpstreamInfo(up.name, model, i + 1)
@@ -74,11 +82,11 @@ async def forward(
                 allow_redirects=False,
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            fw.metrics.attempt(up.name, "timeout")
+            _attempted(fw, up, "timeout", 599)
             failure = Failure(504, "upstream_timeout", f"upstream {up.name} timed out")
             continue
         except (aiohttp.ClientError, OSError) as exc:
-            fw.metrics.attempt(up.name, "unreachable")
+            _attempted(fw, up, "unreachable", 599)
             failure = Failure(502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})")
             continue
         except ValueError as exc:
@@ -87,7 +95,7 @@ async def forward(
             fail = Failure(500, "plugin_failed", f"the upstream request could not be built: {exc}")
             return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
         retryable = upstream.status == 429 or upstream.status >= 500
-        fw.metrics.attempt(up.name, str(upstream.status))
+        _attempted(fw, up, str(upstream.status), upstream.status)
         if retryable and not last:
             upstream.close()
             continue
@@ -95,6 +103,31 @@ async def forward(
             return await _relay_error(request, ctx, run, upstream, up.config.read_timeout)
         return await _relay_success(fw, request, ctx, run, upstream, up.config.read_timeout)
     return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
+
+
+def _admitted(candidates: list[Upstream], limit: int) -> list[Upstream]:
+    """The first `limit` candidates whose circuit breaker lets them be tried."""
+    if all(not up.breaker.is_open for up in candidates):  # the usual case: no copy, no clock
+        return candidates[:limit]
+    return [up for up in candidates if up.breaker.admits()][:limit]
+
+
+def _all_cooling(ctx: RequestContext, candidates: list[Upstream]) -> Failure:
+    wait = min(up.breaker.retry_in() for up in candidates)
+    return Failure(
+        503, "upstream_unavailable",
+        f"every upstream serving {ctx.model or 'this request'!r} failed repeatedly and is skipped for a"
+        f" cooling period (about {max(1, round(wait))} s)",
+    )
+
+
+def _attempted(fw: Forwarder, up: Upstream, result: str, status: int) -> None:
+    """Count an attempt and tell its upstream's breaker (a 5xx or no answer is a failure)."""
+    fw.metrics.attempt(up.name, result)
+    if status >= 500:
+        up.breaker.failure()
+    else:
+        up.breaker.success()
 
 
 async def send_error(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +25,12 @@ from proxy.forward import Failure, Forwarder, forward, send_error
 from proxy.forwarded import TrustedProxies, client_address
 from proxy.metrics import Metrics
 from proxy.models import list_models
+from proxy.multipart import form_fields
 from proxy.pipeline import Pipeline, PluginFailed, Run
 from proxy.plugin import Reject
 
 log = logging.getLogger(__name__)
 
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
 _JSON_TYPES = ("application/json", "text/plain", "")
 
 
@@ -124,6 +124,11 @@ class Handler:
 
     async def _models(self, request: web.Request, ctx: RequestContext, run: Run) -> web.StreamResponse:
         body = orjson.dumps({"object": "list", "data": await list_models(self.forwarder.pool)})
+        try:
+            # Plugins see the list as any JSON answer: billing keeps what the caller's key may use.
+            body = await run.body(body)
+        except PluginFailed as exc:
+            return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
         ctx.status = 200
         resp = web.Response(body=body, content_type="application/json", headers={"x-request-id": ctx.request_id})
         await resp.prepare(request)
@@ -136,14 +141,16 @@ class Handler:
     ) -> RequestContext:
         body = await _read_body(request, self.max_body, self.body_timeout)
         payload: dict[str, Any] | None = None
+        form: dict[str, str] | None = None
         model = model_in_path
         if route.json_body:
             payload = _parse_json(request, body)
             if model is None:
                 model = _model_field(payload, route.needs_model)
-        elif route.needs_model and body:
-            m = _MULTIPART_MODEL.search(body)
-            model = m.group(1).decode("utf-8", "replace") if m else None
+        elif body:
+            form = form_fields(request.headers.get("Content-Type", ""), body)
+            if form is not None and route.needs_model:
+                model = _model_field(form, required=False)
         stream = route.endpoint.value == "streamGenerateContent"
         if payload is not None and "stream" in payload:
             if not isinstance(payload["stream"], bool):
@@ -166,6 +173,7 @@ class Handler:
             model=model,
             stream=stream,
             api_key=client_credential(request.headers, request.query),
+            form=form,
         )
 
     def _record(self, ctx: RequestContext) -> None:
@@ -235,7 +243,7 @@ def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _model_field(payload: dict[str, Any], required: bool) -> str | None:
+def _model_field(payload: Mapping[str, Any], required: bool) -> str | None:
     model = payload.get("model")
     if model is None:
         if required:

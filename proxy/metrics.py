@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +39,14 @@ class Metrics:
             ("upstream", "result"), registry=self.registry,
         )
         self.inflight = Gauge("weir_inflight_requests", "Requests in progress", registry=self.registry)
+        self.breaker_open = Gauge(
+            "weir_upstream_breaker_open", "1 while the upstream's circuit breaker is open (skipped or probing)",
+            ("upstream",), registry=self.registry,
+        )
+        self.breaker_trips = Counter(
+            "weir_upstream_breaker_trips_total", "Times the upstream's circuit breaker opened",
+            ("upstream",), registry=self.registry,
+        )
         # Labelled children, looked up once per label set: `labels()` validates and locks on
         # every call, which showed up in profiles of the request path.
         self._children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
@@ -81,6 +90,18 @@ class Metrics:
                 self.health.first_byte(upstream, ttft)
         if events:
             events_counter.inc(events)
+
+    def upstreams(self, names: Iterable[str]) -> None:
+        """Show every upstream's breaker (closed, no trips) before anything happens to it."""
+        for name in names:
+            self.breaker_open.labels(name).set(0)
+            self.breaker_trips.labels(name)
+
+    def breaker_changed(self, upstream: str, is_open: bool, tripped: bool) -> None:
+        """A circuit breaker opened (`tripped`) or closed (proxy.breaker)."""
+        self.breaker_open.labels(upstream).set(1 if is_open else 0)
+        if tripped:
+            self.breaker_trips.labels(upstream).inc()
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from aiohttp.web import GracefulExit
+
 __all__ = ["Supervisor", "WorkerLink"]
 
 log = logging.getLogger(__name__)
@@ -86,17 +88,15 @@ class WorkerLink:
         that signals the whole group, or Ctrl-C in a terminal beside the supervisor's
         forwarded SIGTERM) would cut the drain short and lose settlements."""
         for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._drain, loop)
+            loop.add_signal_handler(sig, self._drain)
         loop.add_reader(self.life_fd, self._supervisor_gone, loop)
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
         if self._stopping:
             log.info("worker %d: already draining; signal ignored", self.index)
             return
         self._stopping = True
-        from aiohttp.web_runner import GracefulExit
-
-        raise GracefulExit()
+        raise GracefulExit()  # what aiohttp's own handler raises: run_app then drains
 
     def _supervisor_gone(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

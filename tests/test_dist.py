@@ -167,3 +167,26 @@ def test_the_preamble_refuses_another_python_in_one_line(tmp_path: Path, capsys:
     built = site / "orjson" / "orjson.cpython-39-x86_64-linux-gnu.so"
     built.rename(site / "orjson" / f"orjson{sysconfig.get_config_var('EXT_SUFFIX')}")
     runpy.run_path(str(ROOT / "dist" / "preamble.py"), init_globals={"site_packages": site})
+
+
+def test_the_systemd_unit_runs_valid_commands_and_outlasts_the_drain() -> None:
+    unit: dict[str, list[str]] = {}
+    for line in (ROOT / "dist" / "weir.service").read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            name, _, value = line.partition("=")
+            unit.setdefault(name, []).append(value)
+    for required in ("User", "WorkingDirectory", "ExecStart", "KillSignal", "TimeoutStopSec", "NoNewPrivileges"):
+        assert required in unit, required
+    assert (unit["Restart"], unit["KillSignal"], unit["KillMode"]) == (["on-failure"], ["SIGTERM"], ["mixed"])
+    # Each command is one `weir` accepts (parsed by the real parser, not run).
+    from proxy.cli import build_parser
+
+    parser, commands = build_parser()
+    for command in (*unit["ExecStartPre"], *unit["ExecStart"]):
+        program, *argv = command.split()
+        assert program == "/opt/weir/weir"
+        assert parser.parse_args(argv).command in commands
+    # systemd must not kill a draining worker before the supervisor would (grace + 20 s).
+    from proxy.config import ServerConfig
+
+    assert int(unit["TimeoutStopSec"][0]) > ServerConfig().shutdown_grace + 20

@@ -12,7 +12,11 @@ Rows:
 * Responses `response.incomplete`/`failed` carrying usage → that usage (`upstream`);
 * a client disconnect under `drain` that read the upstream to its end → its usage.
 Per-request models are charged their price when the request completed (or was drained to
-completion), and nothing otherwise.
+completion), and nothing otherwise. Per-character models (text-to-speech) are charged the
+characters of the request's input once any audio was delivered (`has_content`) or the
+response completed: the upstream bills the whole synthesis, and a client that leaves before
+the last byte has its audio (`usage_source` "request"; the log's `input` holds the
+characters).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import NamedTuple
 
-from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
+from plugins.billing.pricing import ModelPrice, charge_characters, charge_requests, charge_tokens
 from plugins.billing.usage import Usage
 from proxy.plugin import EndReason
 
@@ -73,6 +77,10 @@ def settle(
     if price.per_request is not None:
         charge = charge_requests(price, metered.requests, multiplier, quota_per_usd) if finished else 0
         return Settlement(charge, metered.usage or Usage(), "upstream")
+    if price.characters is not None:
+        # The estimate carried the request's characters as its prompt (plugins.billing.estimate).
+        chars = metered.prompt_estimate if finished or metered.has_content else 0
+        return Settlement(charge_characters(price, chars, multiplier, quota_per_usd), Usage(chars), "request")
     usage, source = _usage_for(finished, metered)
     return Settlement(charge_tokens(price, usage, multiplier, quota_per_usd), usage, source)
 

@@ -23,13 +23,15 @@ from aiohttp import web
 
 from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
-from plugins.billing.estimate import BadRequest, Estimate, Estimator
+from plugins.billing.estimate import IMAGE_ENDPOINTS, BadRequest, Estimate, Estimator, form_payload
+from plugins.billing.models_list import keep_allowed
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.prices.book import PriceBook
+from plugins.billing.prices import health as channel_health
+from plugins.billing.prices.wiring import Pricing
 from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
 from plugins.billing.charge_table import Metered, settle
 from plugins.billing.outbox import Outbox, Settler
@@ -56,12 +58,17 @@ from plugins.billing.cli.accounts import Money
 log = logging.getLogger(__name__)
 
 #: Endpoints that are authenticated but never held or charged.
-FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
+FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_TOKENS})
 #: Endpoints whose streams get `stream_options.include_usage` forced on.
 USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 _NO_USAGE = Usage()
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
-_IMAGES = Endpoint.IMAGES
+_MODELS = Endpoint.MODELS
+_MODERATIONS = Endpoint.MODERATIONS
+#: The model OpenAI moderates with when a request names none: priced (or free) as that.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+#: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
+MODEL_ALLOWLIST = StateKey[tuple[str, ...]]("billing.model_allowlist")
 
 
 @dataclass(slots=True)
@@ -96,8 +103,9 @@ class BillingPlugin(Plugin):
         self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
-        #: The price version charged now; kept current from the store (plugins.billing.prices.book).
-        self.book = PriceBook(self.config.pricing_block(), self.prices)
+        #: Prices: the version charged now (`book`), kept current from the store; the pages' desk.
+        self.pricing = Pricing(self.config, self.prices)
+        self.book = self.pricing.book
         self.tokenizer = Tokenizer()
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
@@ -143,7 +151,7 @@ class BillingPlugin(Plugin):
             host.metrics.register(self.money)
             self.tokenizer.warm()
             pages.install(app, self.web)
-            await self._start_prices(store)
+            price_poll = await self.pricing.start(app, store)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -152,9 +160,7 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
                 host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
-                host.tasks.spawn_service(
-                    self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
-                ),
+                price_poll,
             ]
             try:
                 yield
@@ -165,16 +171,9 @@ class BillingPlugin(Plugin):
                 host.metrics.unregister(self.money)
 
     def routes(self) -> list[web.RouteDef]:
-        """The user API, the dashboard and the admin API and console (`plugins.billing.web`)."""
-        return pages.routes(self.web)
-
-    async def _start_prices(self, store: Store) -> None:
-        """proxy.yaml's prices become version 1 of an empty store, or the store's head is
-        adopted; an unreachable store leaves proxy.yaml's prices until the poll succeeds."""
-        try:
-            await self.book.start(store)
-        except StoreError as exc:
-            log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
+        """Billing's pages and HTTP API (`plugins.billing.web`): the price list and editor, the
+        user API and dashboard, the admin API and console."""
+        return [*self.pricing.routes(), *pages.routes(self.web)]
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -213,16 +212,25 @@ class BillingPlugin(Plugin):
         """Authenticate; for billable endpoints price, estimate and hold (or refuse)."""
         store = self.store
         key, user = await authenticate(store, ctx, self.keys)
-        if ctx.endpoint in FREE:
+        endpoint = ctx.endpoint
+        if endpoint in FREE:
+            if endpoint is _MODELS and key.models:
+                ctx.state[MODEL_ALLOWLIST] = key.models
             return
-        model = ctx.model or ""
+        model = ctx.model
+        if model is None:
+            if endpoint is not _MODERATIONS:
+                raise Reject(400, "invalid_request_error", "'model' is required: it decides the price")
+            model = DEFAULT_MODERATION_MODEL
         prices = self.book.current  # one version for the whole request, even if a new one lands
         found = prices.table.describe(model)
+        if endpoint is _MODERATIONS and (found is None or found[0].is_free):
+            return  # moderation is free unless the operator prices it
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
         multiplier = prices.table.multiplier(user.group, key.group)
-        body = ctx.json if ctx.json is not None else {}
+        body = ctx.json if ctx.json is not None else form_payload(ctx.form)
         try:
             estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         except BadRequest as exc:
@@ -230,7 +238,7 @@ class BillingPlugin(Plugin):
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
-            n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
+            n = body.get("n", 1) if endpoint in IMAGE_ENDPOINTS else 1
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
@@ -308,9 +316,14 @@ class BillingPlugin(Plugin):
         return event
 
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
-        """Meter a non-streamed response body (unchanged)."""
+        """Meter a non-streamed response body (unchanged); narrow `/v1/models` to the
+        models the caller's key may use."""
         st = ctx.state.get(BILLING)
-        if st is not None:
+        if st is None:
+            if ctx.endpoint is _MODELS:
+                allowed = ctx.state.get(MODEL_ALLOWLIST)
+                return body if allowed is None else keep_allowed(body, allowed)
+        else:
             try:
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
@@ -323,7 +336,11 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.completed(self.pricing.health, ctx, outcome)
         metered = self._metered(st)
+        if outcome.bytes_relayed and st.price.characters is not None:
+            # Speech audio is relayed as bytes the meter never sees: delivered is delivered.
+            metered = metered._replace(has_content=True)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
         details = self._details(
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
@@ -340,6 +357,7 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.failed(self.pricing.health, ctx, error)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
         started = time.monotonic()

@@ -86,12 +86,16 @@ async def shop(backend: str, fake_upstream: MockUpstream, tmp_path: Path,
     Redis prefix), alice funded with 10 M units and one key."""
     started: list[Instance] = []
 
-    async def factory(instances: int = 1, models: dict[str, Any] | None = None, **config: Any) -> Shop:
+    async def factory(instances: int = 1, models: dict[str, Any] | None = None,
+                      upstreams: list[dict[str, Any]] | None = None, **config: Any) -> Shop:
         store_cfg: dict[str, Any] = {"backend": "sqlite", "path": str(tmp_path / "weir.db")}
         if backend == "redis":
             store_cfg = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
                          "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
-        cfg = proxy_config(fake_upstream.url, tmp_path, store=store_cfg, admin={"token": ADMIN})
+        more: dict[str, Any] = {}
+        if upstreams is not None:  # each gets the fake upstream's address
+            more["upstreams"] = [{"type": "mock", "base_url": fake_upstream.url, **u} for u in upstreams]
+        cfg = proxy_config(fake_upstream.url, tmp_path, store=store_cfg, admin={"token": ADMIN}, **more)
         result = Shop(fake_upstream)
         for _ in range(instances):
             settings = {"pricing": {"models": PRICES if models is None else models}, **config}

@@ -35,6 +35,9 @@ def test_pricing_show_config_glob_and_litellm(tmp_path: Path) -> None:
     assert data["source"].startswith("litellm:") and data["prices"]["input"] == "0.15"
     res = weir("pricing", "show", "no-such-model-xyz", "--config", cfg, cwd=tmp_path)
     assert res.returncode == 1 and "not priced" in res.stderr
+    res = weir("pricing", "show", "tts-1", "--config", cfg, "--json", cwd=tmp_path)
+    data = json.loads(res.stdout)
+    assert (data["unit"], data["prices"]) == ("USD per 1M input characters", {"characters": "15"})
 
 
 def test_import_ratios_round_trips_into_a_config(tmp_path: Path) -> None:

@@ -151,7 +151,8 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
         found.add((route.method, info.get("path") or info.get("formatter") or info.get("prefix")))
     expected = {("POST", p) for p in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}}
     expected |= {("GET", "/v1/models"), ("HEAD", "/v1/models"), ("POST", "/v1/audio/{tail}"),
-                 ("POST", "/v1beta/models/{target}"), ("GET", "/healthz"), ("HEAD", "/healthz"),
+                 ("POST", "/v1beta/models/{target}"), ("POST", "/v1/models/{target}"),
+                 ("GET", "/healthz"), ("HEAD", "/healthz"),
                  ("GET", "/metrics"), ("HEAD", "/metrics")}
     assert expected <= found
     # The rest is the web shell and plugins' pages and APIs (docs/console.md).

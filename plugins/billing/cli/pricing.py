@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from plugins.billing.config import billing_config
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices import document as doc
 from plugins.billing.prices.book import Current, PriceBook
+from plugins.billing.pricing import ModelPrice
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.store.base import PriceConflict, PriceVersion, Store
 from proxy.cli_frame import CLIError, emit
@@ -62,11 +64,17 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         raise CLIError(f"model {args.model!r} is not priced (requests for it are refused with model_not_priced)")
     price, source = found
     data = {"model": args.model, "source": source, "version": cur.number, "price_version": cur.label,
-            "unit": "USD per request" if price.is_per_request else "USD per 1M tokens", "prices": price.as_dict()}
+            "unit": _unit(price), "prices": price.as_dict()}
     lines = [f"{args.model}: {source} (price version {cur.number}, {cur.label}), {data['unit']}"]
     lines += [f"  {k:15} {v}" for k, v in price.as_dict().items()]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _unit(price: ModelPrice) -> str:
+    if price.is_per_request:
+        return "USD per request"
+    return "USD per 1M input characters" if price.characters is not None else "USD per 1M tokens"
 
 
 def _show_all(args: argparse.Namespace, cur: Current) -> int:
@@ -130,7 +138,7 @@ def _rollback(args: argparse.Namespace, config: Config) -> int:
 def _import_ratios(args: argparse.Namespace, config: Config) -> int:
     path = Path(args.file)
     try:
-        export: Any = json.loads(path.read_text(encoding="utf-8"))
+        export: Any = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
     except OSError as exc:
         raise CLIError(f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:

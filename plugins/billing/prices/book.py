@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.billing.prices import document as doc
@@ -39,18 +39,21 @@ _SEED_ATTEMPTS = 8
 
 @dataclass(frozen=True, slots=True)
 class Current:
-    """One adopted price version. `number` 0: proxy.yaml's prices before the store was read."""
+    """One adopted price version. `number` 0: proxy.yaml's prices before the store was read.
+
+    `label` is what a hold and its log row record as `price_version`: `v<number>:<table
+    hash>` (the hash alone before the store was read); computed once, read per request.
+    """
 
     number: int
     table: PriceTable
     models: doc.Models
     version: PriceVersion | None = None
+    label: str = field(init=False)
 
-    @property
-    def label(self) -> str:
-        """What a hold and its log row record as `price_version`: `v<number>:<table hash>`
-        (the hash alone before the store was read)."""
-        return f"v{self.number}:{self.table.version}" if self.number else self.table.version
+    def __post_init__(self) -> None:
+        label = f"v{self.number}:{self.table.version}" if self.number else self.table.version
+        object.__setattr__(self, "label", label)
 
 
 class PriceBook:
