@@ -150,8 +150,8 @@ class BillingPlugin(Plugin):
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
             self.tokenizer.warm()
-            pages.install(app, self.web)
             price_poll = await self.pricing.start(app, store)
+            pages.install(app, self.web)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -171,8 +171,8 @@ class BillingPlugin(Plugin):
                 host.metrics.unregister(self.money)
 
     def routes(self) -> list[web.RouteDef]:
-        """Billing's pages and HTTP API (`plugins.billing.web`): the price list and editor, the
-        user API and dashboard, the admin API and console."""
+        """The price list and editor (`/api/pricing`, `/api/admin/prices` and their pages), the
+        user API, the dashboard, and the admin API and console (`plugins.billing.web`)."""
         return [*self.pricing.routes(), *pages.routes(self.web)]
 
     async def _replay(self) -> None:
