@@ -4,6 +4,7 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -24,7 +25,6 @@ from proxy.dialects import (
     MODELS_ROUTE,
     OPENAI_ROUTES,
     Route,
-    error_response,
     split_gemini_target,
 )
 from proxy.context import Dialect
@@ -32,12 +32,14 @@ from proxy.forward import Forwarder
 from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
 from proxy.host import HOST, Host
+from proxy.loopwatch import LoopWatch
 from proxy.metrics import Metrics
 from proxy.mock.upstream import MockUpstream
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
+from proxy.respond import error_response, unmatched
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
 from proxy.upstream_health import UpstreamHealth
@@ -48,6 +50,12 @@ log = logging.getLogger(__name__)
 
 ACTIVE = web.AppKey("weir.active_streams", ActiveStreams)
 HANDLER = web.AppKey("weir.handler", Handler)
+LOOP_WATCH = web.AppKey("weir.loop_watch", LoopWatch)
+
+
+class PluginStartupError(Exception):
+    """A plugin's `lifespan` failed, returned, or did not reach its `yield` in time: startup
+    stops, and the message names the plugin."""
 
 
 def create_app(
@@ -91,11 +99,14 @@ def create_app(
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
-    app.cleanup_ctx.append(_access_log_ctx)  # first in, so its cleanup writes the last lines
-    app.cleanup_ctx.append(_upstreams_ctx)
-    for plugin in loaded:
-        app.cleanup_ctx.append(_plugin_ctx(plugin))
-    app.cleanup_ctx.append(_tracker_ctx)
+    # The access log first in, so that its cleanup writes the last lines.
+    contexts: list[Context] = [_access_log_ctx]
+    if config.server.loop_lag_warning > 0:
+        app[LOOP_WATCH] = LoopWatch(loaded, config.server.loop_lag_warning)
+        contexts.append(_loop_watch_ctx)
+        app.on_startup.append(_serving)
+    contexts += [_upstreams_ctx, *(_plugin_ctx(plugin) for plugin in loaded), _tracker_ctx]
+    app.cleanup_ctx.append(_lifecycle(contexts))
     app.on_shutdown.append(_graceful_shutdown)
     mount_web_shell(app, config)
     _add_routes(app, loaded)
@@ -139,10 +150,82 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         await mock.stop()
 
 
-def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async for _ in plugin.lifespan(app):
+#: A resource paired with its teardown: an async generator function that yields once.
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _lifecycle(contexts: Sequence[Context]) -> Context:
+    """The app's resources as one cleanup context: started in order, torn down in reverse.
+
+    One context rather than one each, because aiohttp's `run_app` does not tear down what
+    had started when a later startup step fails: here, a failing step first tears down the
+    ones before it (each resumed normally after its `yield`, as aiohttp would), so a plugin
+    whose startup fails leaves no store open and no thread running behind it."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for context in contexts:
+                steps = context(app).__aiter__()
+                await steps.__anext__()
+                stack.push_async_callback(_finish, steps)
             yield
+
+    return lifecycle
+
+
+async def _finish(steps: AsyncIterator[None]) -> None:
+    try:
+        await steps.__anext__()
+    except StopAsyncIteration:
+        return
+    raise RuntimeError(f"{steps!r} has more than one 'yield'")
+
+
+async def _loop_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    # First in, so that it also watches the plugins' startup; the tracker stops it at shutdown.
+    app[keys.TASKS].spawn_service(app[LOOP_WATCH].run(), name="loop-watch")
+    yield
+
+
+async def _serving(app: web.Application) -> None:
+    """Startup is over (on_startup runs after every cleanup context): stalls now delay requests."""
+    app[LOOP_WATCH].serving = True
+
+
+def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The plugin's `lifespan` as a cleanup context, each half bounded by its
+    `lifespan_timeout`: a startup that fails or hangs stops startup with the plugin's name;
+    a teardown that fails or hangs is logged, and the other plugins' teardown still runs."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        life = plugin.lifespan(app)
+        bound = plugin.lifespan_timeout
+        try:
+            async with asyncio.timeout(bound):
+                await anext(life)
+        except StopAsyncIteration:
+            raise PluginStartupError(f"plugin {plugin.name}: lifespan returned without reaching its yield") from None
+        except TimeoutError as exc:
+            raise PluginStartupError(
+                f"plugin {plugin.name}: lifespan did not reach its yield within {bound:g} s (lifespan_timeout)"
+            ) from exc
+        except Exception as exc:
+            raise PluginStartupError(f"plugin {plugin.name}: lifespan failed at startup: {exc!r}") from exc
+        yield
+        try:
+            async with asyncio.timeout(bound):
+                await anext(life)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            log.error("plugin %s: lifespan teardown did not finish within %g s", plugin.name, bound)
+        except Exception:
+            log.exception("plugin %s: lifespan teardown failed", plugin.name)
+        else:
+            log.error("plugin %s: lifespan yielded more than once", plugin.name)
+            close = getattr(life, "aclose", None)
+            if close is not None:
+                await close()
 
     return ctx
 
@@ -191,6 +274,11 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
     for path, route in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}.items():
         app.router.add_post(path, bind(route))
     app.router.add_get("/v1/models", bind(MODELS_ROUTE))
+
+    async def one_model(request: web.Request) -> web.StreamResponse:
+        return await handler.handle(request, MODELS_ROUTE, model_in_path=request.match_info["model"])
+
+    app.router.add_get("/v1/models/{model:.+}", one_model)
     app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
 
     async def gemini(request: web.Request) -> web.StreamResponse:
@@ -206,6 +294,8 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
     app.router.add_get("/metrics", _metrics)
     for plugin in plugins:
         app.router.add_routes(plugin.routes())
+    # Last, and at the root of the route index: only requests no other route takes reach it.
+    app.router.add_route("*", "/{tail:.*}", unmatched)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -98,6 +98,8 @@ def _run(app: web.Application, config: Config, sockets: list[socket.socket],
     listen (after startup): only then may anything say it serves."""
     from aiohttp import web
 
+    from proxy.app import PluginStartupError
+
     try:
         import uvloop
     except ImportError:  # optional speed-up
@@ -112,6 +114,11 @@ def _run(app: web.Application, config: Config, sockets: list[socket.socket],
             loop=uvloop.new_event_loop() if uvloop is not None else None,
             handle_signals=True,
         )
+    except PluginStartupError as exc:
+        # One line that names the plugin, and a non-zero exit: never a hang or a bare
+        # traceback (the plugins that had started are already torn down).
+        print(f"weir: startup failed: {exc}", file=sys.stderr, flush=True)
+        return 3
     finally:
         for sock in sockets:
             sock.close()

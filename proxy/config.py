@@ -60,6 +60,7 @@ class ServerConfig:
     instance_id: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     metrics_token: str = field(default="", repr=False)
+    loop_lag_warning: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +144,16 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class PluginSpec:
-    """One `plugins:` entry: `use` is an entry-point name or a `module:attr` path."""
+    """One `plugins:` entry: `use` is an entry-point name or a `module:attr` path.
+
+    `timeout` limits each hook call (seconds; an overrun is the plugin's failure) and
+    `lifespan_timeout` each half of its `lifespan`; unset, the plugin's own defaults hold.
+    """
 
     use: str
     config: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    lifespan_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +261,8 @@ def _check_server(server: ServerConfig) -> None:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if not server.client_write_timeout > 0:
         raise ConfigError("server.client_write_timeout", "must be greater than 0")
+    if server.loop_lag_warning < 0:
+        raise ConfigError("server.loop_lag_warning", "must be 0 (off) or more seconds")
     parse_networks(server.trusted_proxies, "server.trusted_proxies")
     if server.metrics_token and len(server.metrics_token) < 16:
         raise ConfigError("server.metrics_token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
@@ -277,6 +286,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")
+    for i, spec in enumerate(cfg.plugins):
+        for key in ("timeout", "lifespan_timeout"):
+            value = getattr(spec, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"plugins[{i}].{key}", f"must be greater than 0 seconds, got {value}")
     _check_breaker(cfg.routing.breaker, "routing.breaker")
 
 

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
 
 from proxy.context import Dialect, Endpoint, SSEEvent
 
@@ -31,6 +30,7 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     413: "request_too_large",
     415: "invalid_request_error",
@@ -43,6 +43,7 @@ _GEMINI_STATUS = {
     402: "RESOURCE_EXHAUSTED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
     408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
@@ -130,16 +131,14 @@ def error_body(dialect: Dialect, status: int, code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}})
 
 
-def error_response(
-    dialect: Dialect, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """A complete aiohttp error response in `dialect`'s shape."""
-    return web.Response(
-        status=status,
-        body=error_body(dialect, status, code, message),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
+def error_event(endpoint: Endpoint, dialect: Dialect, status: int, code: str, message: str) -> bytes:
+    """An SSE event that reports an error in the middle of a stream, in the shape the
+    dialect's SDKs raise on: Anthropic's `event: error`; an OpenAI or Gemini error object as
+    the event's data (and `event: error` on the Responses API, whose events are named)."""
+    body = error_body(dialect, status, code, message)
+    if dialect is Dialect.ANTHROPIC or endpoint is Endpoint.RESPONSES:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"
 
 
 def client_credential(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:

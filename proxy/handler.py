@@ -1,7 +1,8 @@
 """The API handler: read and check the body, build the context, run `on_request`, forward.
 
-Every refusal here answers in the endpoint's dialect and happens before any plugin runs
-(bad input) or is reported to the plugins that entered (a `Reject` or plugin failure).
+Every refusal here answers in the endpoint's dialect (through `proxy.respond`) and happens
+before any plugin runs (bad input, raised as a `Reject` like a plugin's) or is reported to
+the plugins that entered (a `Reject` or a plugin failure).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from aiohttp import web
 
 from proxy.access_log import AccessLog
 from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
-from proxy.dialects import Route, client_credential, error_response
-from proxy.forward import Failure, Forwarder, forward, send_error
+from proxy.dialects import Route, client_credential
+from proxy.forward import Forwarder, forward
 from proxy.forwarded import TrustedProxies, client_address
 from proxy.metrics import Metrics
-from proxy.models import list_models
+from proxy.models import list_models, one_model
 from proxy.multipart import form_fields
 from proxy.pipeline import Pipeline, PluginFailed, Run
 from proxy.plugin import Reject
+from proxy.respond import PLUGIN_FAILED, error_response, internal_message, reject_response, rejected, send_error
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +57,6 @@ class RequestIds:
         return f"{self._prefix}{next(self._count):08x}"
 
 
-class BadRequest(Exception):
-    """Input Weir refuses before any plugin sees it."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 @dataclass(slots=True)
 class Handler:
     """The per-app API handler."""
@@ -84,8 +76,8 @@ class Handler:
         rid = self.ids.next()
         try:
             ctx = await self._context(request, route, rid, model_in_path)
-        except BadRequest as exc:
-            return error_response(route.dialect, exc.status, exc.code, exc.message, {"x-request-id": rid})
+        except Reject as exc:  # input refused before any plugin sees it
+            return reject_response(route.dialect, exc, rid)
         self.metrics.inflight.inc()
         try:
             resp = await self._run(request, ctx)
@@ -108,12 +100,10 @@ class Handler:
         try:
             await run.request()
         except Reject as exc:
-            ctx.status = exc.status
-            run.error(ProxyError(EndReason.REJECTED, exc.status, exc.code, exc.message))
-            return error_response(ctx.dialect, exc.status, exc.code, exc.message, {**exc.headers, "x-request-id": ctx.request_id})
+            return await send_error(request, ctx, run, rejected(exc), exc.headers)
         except PluginFailed:
-            fail = Failure(500, "plugin_failed", "a proxy plugin failed; the request was not sent")
-            return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
+            message = internal_message(ctx.request_id, "a proxy plugin failed; the request was not sent")
+            return await send_error(request, ctx, run, ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, message))
         try:
             if ctx.endpoint.value == "models":
                 return await self._models(request, ctx, run)
@@ -127,8 +117,15 @@ class Handler:
         try:
             # Plugins see the list as any JSON answer: billing keeps what the caller's key may use.
             body = await run.body(body)
-        except PluginFailed as exc:
-            return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+        except PluginFailed:
+            message = internal_message(ctx.request_id)
+            return await send_error(request, ctx, run, ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, message))
+        if ctx.model is not None:  # GET /v1/models/{model}: one entry of that list
+            found = one_model(body, ctx.model)
+            if found is None:
+                fail = ProxyError(EndReason.REJECTED, 404, "model_not_found", f"the model {ctx.model!r} does not exist")
+                return await send_error(request, ctx, run, fail)
+            body = found
         ctx.status = 200
         resp = web.Response(body=body, content_type="application/json", headers={"x-request-id": ctx.request_id})
         await resp.prepare(request)
@@ -154,7 +151,7 @@ class Handler:
         stream = route.endpoint.value == "streamGenerateContent"
         if payload is not None and "stream" in payload:
             if not isinstance(payload["stream"], bool):
-                raise BadRequest(400, "invalid_request_error", "'stream' must be a boolean")
+                raise Reject(400, "invalid_request_error", "'stream' must be a boolean")
             stream = stream or payload["stream"]
         client_ip = request.remote or ""
         if self.trusted is not None:  # the hot path when no proxy is trusted: this one check
@@ -217,29 +214,29 @@ def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes")
+        raise Reject(413, "request_too_large", f"request body exceeds {limit} bytes")
     try:
         # A client trickling (or withholding) its body must not hold a handler forever.
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes") from None
+        raise Reject(413, "request_too_large", f"request body exceeds {limit} bytes") from None
     except TimeoutError:
-        raise BadRequest(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+        raise Reject(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
 
 
 def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
-        raise BadRequest(415, "invalid_request_error", f"expected a JSON body, got Content-Type {ctype!r}")
+        raise Reject(415, "invalid_request_error", f"expected a JSON body, got Content-Type {ctype!r}")
     if not body:
-        raise BadRequest(400, "invalid_request_error", "the request body is empty; expected a JSON object")
+        raise Reject(400, "invalid_request_error", "the request body is empty; expected a JSON object")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(400, "invalid_request_error", f"the request body is not valid JSON: {exc.msg}") from None
+        raise Reject(400, "invalid_request_error", f"the request body is not valid JSON: {exc.msg}") from None
     if not isinstance(payload, dict):
-        raise BadRequest(400, "invalid_request_error", "the request body must be a JSON object")
+        raise Reject(400, "invalid_request_error", "the request body must be a JSON object")
     return payload
 
 
@@ -247,11 +244,11 @@ def _model_field(payload: Mapping[str, Any], required: bool) -> str | None:
     model = payload.get("model")
     if model is None:
         if required:
-            raise BadRequest(400, "invalid_request_error", "'model' is required")
+            raise Reject(400, "invalid_request_error", "'model' is required")
         return None
     if not isinstance(model, str) or not model.strip() or len(model) > 256:
-        raise BadRequest(400, "invalid_request_error", "'model' must be a non-empty string")
+        raise Reject(400, "invalid_request_error", "'model' must be a non-empty string")
     return model
 
 
-__all__ = ["BadRequest", "Dialect", "Handler"]
+__all__ = ["Dialect", "Handler", "RequestIds"]

@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the union of the models every upstream serves.
+"""`GET /v1/models` (and `/v1/models/{model}`): the union of the models every upstream serves.
 
 Entries never name the upstream that serves them (`owned_by` is always `OWNER`): which
 provider or account is behind Weir is the operator's business. Plugins narrow the list in
@@ -36,6 +36,18 @@ async def list_models(pool: UpstreamPool) -> list[dict[str, Any]]:
             if any(fnmatch.fnmatchcase(name, g) for g in up.config.models):
                 found.setdefault(name, _entry(name))
     return [found[k] for k in sorted(found)]
+
+
+def one_model(listing: bytes, model: str) -> bytes | None:
+    """The entry for `model` in a (plugin-narrowed) model list, or None."""
+    try:
+        data = orjson.loads(listing).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    for entry in data if isinstance(data, list) else ():
+        if isinstance(entry, dict) and entry.get("id") == model:
+            return orjson.dumps(entry)
+    return None
 
 
 def _entry(name: str) -> dict[str, Any]:

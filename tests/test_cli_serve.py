@@ -221,8 +221,10 @@ def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
     res = weir("serve", "--config", str(config), "--workers", "2", cwd=tmp_path, timeout=120)
     assert res.returncode == 1
     assert "serving on" not in res.stdout
+    # The worker's one line names the plugin; it exits 3, as a single process would.
+    assert "weir: startup failed: plugin billing: lifespan failed at startup" in res.stderr
     assert "cannot open SQLite database" in res.stderr
-    assert "weir: worker 1 exited with code 1 before it was serving (its error is above)" in res.stderr
+    assert "weir: worker 1 exited with code 3 before it was serving (its error is above)" in res.stderr
     assert "worker 2 started" not in res.stderr
 
 

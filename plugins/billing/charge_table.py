@@ -25,7 +25,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import NamedTuple
 
-from plugins.billing.pricing import ModelPrice, charge_characters, charge_requests, charge_tokens
+from plugins.billing.charges import charge_characters, charge_requests, charge_tokens
+from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.plugin import EndReason
 

@@ -12,7 +12,8 @@ characters (Unicode code points); the estimate's `prompt_tokens` then carries th
 count, which settlement charges. Multipart bodies reach the estimate as their text fields
 (`form_payload`).
 
-Hostile bodies raise only `BadRequest` (a `ValueError`) with a message a client can act on.
+Hostile bodies raise only `BadRequest` (a `Reject` with status 400, and a `ValueError`) with
+a message a client can act on.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from plugins.billing.pricing import (
-    DEFAULT_QUOTA_PER_USD,
-    ModelPrice,
-    charge_characters,
-    charge_io,
-    charge_requests,
-)
+from plugins.billing.charges import charge_characters, charge_io, charge_requests
+from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice
 from plugins.billing.prompt import BadRequest, count_prompt, obj
 from plugins.billing.tokenizer import Tokenizer
 from proxy.plugin import Endpoint

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
-from plugins.billing.estimate import IMAGE_ENDPOINTS, BadRequest, Estimate, Estimator, form_payload
+from plugins.billing.estimate import IMAGE_ENDPOINTS, Estimate, Estimator, form_payload
 from plugins.billing.models_list import keep_allowed
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
@@ -40,6 +40,8 @@ from plugins.billing.tokenizer import Tokenizer
 from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import (
+    DROP,
+    Drop,
     EndReason,
     Endpoint,
     Outcome,
@@ -231,10 +233,8 @@ class BillingPlugin(Plugin):
         price = found[0]
         multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else form_payload(ctx.form)
-        try:
-            estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
-        except BadRequest as exc:
-            raise Reject(400, exc.code, exc.message) from None
+        # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
+        estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
@@ -301,34 +301,35 @@ class BillingPlugin(Plugin):
         if isinstance(options, dict) and options.get("include_usage") is True:
             return False
         merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-        ctx.set_json({**ctx.json, "stream_options": merged})
+        # In place: what `ctx.json` holds after `on_request` is what is sent upstream.
+        ctx.json["stream_options"] = merged
         return True
 
-    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""
         st = ctx.state.get(BILLING)
         if st is None:
-            return event
+            return None
         payload = event.json
         st.meter.feed_sse(event.data, payload, event.event)
         if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
-            return None
-        return event
+            return DROP
+        return None
 
-    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
+    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
         """Meter a non-streamed response body (unchanged); narrow `/v1/models` to the
         models the caller's key may use."""
         st = ctx.state.get(BILLING)
         if st is None:
             if ctx.endpoint is _MODELS:
                 allowed = ctx.state.get(MODEL_ALLOWLIST)
-                return body if allowed is None else keep_allowed(body, allowed)
+                return None if allowed is None else keep_allowed(body, allowed)
         else:
             try:
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
                 pass
-        return body
+        return None
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """Capture the charge the §6 table gives for this outcome (or release)."""

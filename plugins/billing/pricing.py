@@ -1,8 +1,10 @@
-"""Prices, group multipliers and the charge arithmetic (docs/billing-rules.md §1, §2, §4).
+"""Prices and group multipliers (docs/billing-rules.md §1, §2); the charge arithmetic that
+uses them is `plugins.billing.charges` (re-exported here).
 
 Everything here is exact: prices are `Decimal` parsed from the string form of the YAML
 value (so a YAML float 0.15 becomes exactly 0.15), and a charge is rounded once, at the
-end, with ROUND_HALF_UP. Prices are USD per 1M tokens, or USD per request.
+end, with ROUND_HALF_UP. Prices are USD per 1M tokens, USD per request, or USD per 1M
+input characters (text-to-speech).
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 from math import lcm
-from operator import mul
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
+# The charges live in their own module; imported from here by many callers.
+from plugins.billing.charges import charge_characters, charge_io, charge_requests, charge_tokens
 from proxy.host import ConfigError
-
-if TYPE_CHECKING:
-    from plugins.billing.usage import Usage
 
 __all__ = [
     "DEFAULT_QUOTA_PER_USD",
@@ -393,65 +393,6 @@ def multiplier(
         if m is not None:
             return m
     return groups.get(using, _ONE)
-
-
-def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_per_usd: int) -> int:
-    """Quota units for token usage: Σ tokens × price / 1M × quota_per_usd × multiplier,
-    rounded half-up once. Zero usage costs 0; any other non-zero amount costs at least 1.
-
-    Exact: the prices are integers over `price._scale` and the multiplier a ratio of
-    integers, so the sum is one fraction, rounded once (`_round_ratio`).
-    """
-    if price.per_request is not None or price.characters is not None:
-        raise ValueError("charge_tokens called with a per-request or per-character price")
-    if usage.is_zero:
-        return 0
-    # `Usage` is a named tuple whose counts are in `_RATE_FIELDS` order: one count per rate.
-    per_million = sum(map(mul, usage, price._rates))
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio(per_million * quota_per_usd * m, price._scale * 1_000_000 * d)
-
-
-def charge_io(price: ModelPrice, input: int, output: int, multiplier: Decimal, quota_per_usd: int) -> int:
-    """`charge_tokens` of a usage with only uncached `input` and `output` tokens (a hold
-    estimate), without building the `Usage`: the same arithmetic, term for term."""
-    if price.per_request is not None or price.characters is not None:
-        raise ValueError("charge_tokens called with a per-request or per-character price")
-    if not (input or output):
-        return 0
-    r = price._rates
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio((input * r[0] + output * r[4]) * quota_per_usd * m, price._scale * 1_000_000 * d)
-
-
-def charge_requests(price: ModelPrice, n: int, multiplier: Decimal, quota_per_usd: int) -> int:
-    """Quota units for `n` requests of a per-request model, rounded half-up once."""
-    if price.per_request is None:
-        raise ValueError("charge_requests called with a token price")
-    if n <= 0:
-        return 0
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio(price._rates[-1] * n * quota_per_usd * m, price._scale * d)
-
-
-def charge_characters(price: ModelPrice, characters: int, multiplier: Decimal, quota_per_usd: int) -> int:
-    """Quota units for `characters` input characters of a per-character model:
-    characters × price / 1M × quota_per_usd × multiplier, rounded half-up once."""
-    if price.characters is None:
-        raise ValueError("charge_characters called without a per-character price")
-    if characters <= 0:
-        return 0
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio(price._rates[-1] * characters * quota_per_usd * m, price._scale * 1_000_000 * d)
-
-
-def _round_ratio(num: int, den: int) -> int:
-    """`num / den` (den > 0) rounded half away from zero, as Decimal's ROUND_HALF_UP does."""
-    if num >= 0:
-        q = (2 * num + den) // (2 * den)
-        # A priced, non-empty request is never free: 0.075 units still costs 1 (spec §1).
-        return 1 if q == 0 and num > 0 else q
-    return -((-2 * num + den) // (2 * den))
 
 
 def usd(quota: int, quota_per_usd: int) -> Decimal:

@@ -15,7 +15,8 @@ Prompt counting, per endpoint:
 * A media part of unknown size (image, audio, file, document) counts 765 tokens, 85 when
   its `detail` is "low".
 
-Hostile bodies raise only `BadRequest` (a `ValueError`) with a message a client can act on.
+Hostile bodies raise only `BadRequest` (a `Reject` with status 400, and a `ValueError`) with
+a message a client can act on; raised from `on_request`, it is the client's answer as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 
 from plugins.billing.tokenizer import Family, Tokenizer
-from proxy.plugin import Endpoint
+from proxy.plugin import Endpoint, Reject
 
 __all__ = ["BadRequest", "count_prompt", "obj"]
 
@@ -59,13 +60,12 @@ def _bad(where: Where, problem: str) -> BadRequest:
     return BadRequest(f"{name} {problem}", param=name)
 
 
-class BadRequest(ValueError):
-    """A request body the estimate cannot accept; answer 400 with `code` and `message`."""
+class BadRequest(Reject, ValueError):
+    """A request body the estimate cannot accept: the public `Reject`, with status 400, the
+    `code` and the `message`, so it reaches the client as it is; `param` names the field."""
 
     def __init__(self, message: str, code: str = "invalid_request_error", param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        super().__init__(400, code, message)
         self.param = param
 
 

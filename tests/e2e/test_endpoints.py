@@ -262,6 +262,12 @@ async def test_models_list_shows_only_what_the_key_may_use(billed: BilledFactory
     narrow = openai.AsyncOpenAI(base_url=b.proxy.openai_base, api_key=clear, max_retries=0)
     listed = sorted([m.id async for m in narrow.models.list()])
     assert listed == ["mock-embed", "mock-gpt", "mock-gpt-mini"]
+    one = await narrow.models.retrieve("mock-gpt-mini")
+    assert (one.id, one.owned_by) == ("mock-gpt-mini", "weir")
+    with pytest.raises(openai.PermissionDeniedError):  # the key may not use it
+        await narrow.models.retrieve("mock-claude")
+    with pytest.raises(openai.NotFoundError):
+        await b.openai().models.retrieve("no-such-model")
     assert await rows(b) == 0
 
 

@@ -152,8 +152,10 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
     expected = {("POST", p) for p in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}}
     expected |= {("GET", "/v1/models"), ("HEAD", "/v1/models"), ("POST", "/v1/audio/{tail}"),
                  ("POST", "/v1beta/models/{target}"), ("POST", "/v1/models/{target}"),
+                 ("GET", "/v1/models/{model}"), ("HEAD", "/v1/models/{model}"),
                  ("GET", "/healthz"), ("HEAD", "/healthz"),
-                 ("GET", "/metrics"), ("HEAD", "/metrics")}
+                 ("GET", "/metrics"), ("HEAD", "/metrics"),
+                 ("*", "/{tail}")}  # the catch-all: it only answers 404 or 405 (proxy/respond.py)
     assert expected <= found
     # The rest is the web shell and plugins' pages and APIs (docs/console.md).
     pages = ("/", "/admin", "/api/", "/dashboard", "/pricing", "/static/")
