@@ -151,7 +151,9 @@ class BillingPlugin(Plugin):
             settler = self._settler
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
-            self.tokenizer.warm()
+            # Loading the vocabularies takes about a second: off the event loop, which serves
+            # /healthz and the other apps' requests meanwhile.
+            await asyncio.to_thread(self.tokenizer.warm)
             price_poll = await self.pricing.start(app, store)
             pages.install(app, self.web)
             await self._replay()
