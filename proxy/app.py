@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -192,7 +193,7 @@ async def _loop_watch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _serving(app: web.Application) -> None:
     """Startup is over (on_startup runs after every cleanup context): stalls now delay requests."""
-    app[LOOP_WATCH].serving = True
+    app[LOOP_WATCH].serving_since = time.monotonic()
 
 
 def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:

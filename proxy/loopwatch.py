@@ -51,7 +51,8 @@ class LoopWatch:
                     if isinstance(code, CodeType):
                         self._hooks[code] = hook
         self.stalls = 0
-        self.serving = False
+        #: When startup ended (monotonic), set by the app; stalls before it delay nobody.
+        self.serving_since: float | None = None
         self._beat = time.monotonic()
         self._suspect: tuple[float, str] | None = None
         self._told = 0.0
@@ -67,12 +68,14 @@ class LoopWatch:
         try:
             while True:
                 beat = self._beat = time.monotonic()
-                serving = self.serving  # as the stall began: startup's own stalls delay nobody
                 start = loop.time()
                 await asyncio.sleep(self.interval)
                 lag = loop.time() - start - self.interval
                 if lag >= self.threshold:
-                    self._report(beat, lag, serving)
+                    # The block began in [beat, beat + interval]: after startup if that
+                    # window reaches past its end (a startup stall ends before it does).
+                    since = self.serving_since
+                    self._report(beat, lag, since is not None and beat + self.interval >= since)
         finally:
             self._stop.set()
 

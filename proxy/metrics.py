@@ -99,6 +99,7 @@ class Metrics:
 
     def breaker_changed(self, upstream: str, is_open: bool, tripped: bool) -> None:
         """A circuit breaker opened (`tripped`) or closed (proxy.breaker)."""
+        self.health.breaker_changed(upstream, is_open)
         self.breaker_open.labels(upstream).set(1 if is_open else 0)
         if tripped:
             self.breaker_trips.labels(upstream).inc()

@@ -27,7 +27,9 @@ SAMPLES = 500
 class UpstreamStatus:
     """One upstream's configuration and recent health.
 
-    `healthy`: its most recent attempt in the window succeeded (True when it had none).
+    `healthy`: its circuit breaker is closed and its most recent attempt in the window
+    succeeded (True when it had none). `breaker_open`: the breaker (`routing.breaker`) is
+    skipping it, or letting a probe through.
     `recent_errors` / `recent_attempts`: attempts in the last five minutes that failed (timeout,
     unreachable, 429 or 5xx) / all of them. `p50_ms`: the median time to first byte of its
     recent successful requests (None without any). `last_error`: what the last failure was.
@@ -37,6 +39,7 @@ class UpstreamStatus:
     type: str
     models: tuple[str, ...]
     healthy: bool
+    breaker_open: bool
     recent_errors: int
     recent_attempts: int
     p50_ms: float | None
@@ -61,6 +64,14 @@ class UpstreamHealth:
         self._attempts: dict[str, deque[tuple[float, bool]]] = {u.name: deque(maxlen=SAMPLES) for u in upstreams}
         self._ttfb: dict[str, deque[tuple[float, float]]] = {u.name: deque(maxlen=SAMPLES) for u in upstreams}
         self._last_error: dict[str, tuple[str, float]] = {}
+        self._open: set[str] = set()
+
+    def breaker_changed(self, upstream: str, is_open: bool) -> None:
+        """The upstream's circuit breaker opened or closed."""
+        if is_open:
+            self._open.add(upstream)
+        else:
+            self._open.discard(upstream)
 
     def attempt(self, upstream: str, result: str) -> None:
         """Record one attempt on `upstream` (an HTTP status, `timeout` or `unreachable`)."""
@@ -86,8 +97,9 @@ class UpstreamHealth:
             attempts = [ok for t, ok in self._attempts[name] if t >= since]
             ttfb = [s for t, s in self._ttfb[name] if t >= since]
             last = self._last_error.get(name)
+            is_open = name in self._open
             found.append(UpstreamStatus(
-                name, config.type, tuple(config.models), not attempts or attempts[-1],
+                name, config.type, tuple(config.models), not is_open and (not attempts or attempts[-1]), is_open,
                 attempts.count(False), len(attempts),
                 round(statistics.median(ttfb) * 1000, 1) if ttfb else None,
                 last[0] if last else None, last[1] if last else None,

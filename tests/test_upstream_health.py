@@ -41,3 +41,16 @@ async def test_errors_and_first_byte_times_are_reported(make_proxy: Callable[...
     [status] = host_of(proxy.app).upstreams()
     assert status.healthy and status.recent_errors == 1 and status.recent_attempts == 2
     assert status.p50_ms is not None and status.p50_ms >= 0
+
+
+async def test_an_open_breaker_makes_the_upstream_unhealthy(make_proxy: Callable[..., Awaitable[ProxyHandle]],
+                                                            fake_upstream: MockUpstream) -> None:
+    proxy = await make_proxy(routing={"breaker": {"failures": 2, "cooldown_s": 60}})
+    fake_upstream.behaviour.fail_status = 503
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.post(proxy.url + "/v1/chat/completions", json=CHAT) as r:
+                await r.read()
+    await proxy.settled()
+    [status] = host_of(proxy.app).upstreams()
+    assert status.breaker_open and not status.healthy and status.recent_errors == 2

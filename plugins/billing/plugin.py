@@ -40,7 +40,7 @@ from plugins.billing.tasks.apis import TaskApis
 from plugins.billing.tasks.engine import TaskEngine
 from plugins.billing.tasks.requests import TASK_ENDPOINTS, TaskRequests
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.meter import UsageMeter
+from plugins.billing.stream_meter import StreamMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import (
     DROP,
@@ -86,7 +86,7 @@ class Billing:
     price: ModelPrice
     multiplier: Decimal
     estimate: Estimate
-    meter: UsageMeter
+    meter: StreamMeter
     hide_usage: bool
     requests: int
 
@@ -158,7 +158,9 @@ class BillingPlugin(Plugin):
             settler = self._settler
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
-            self.tokenizer.warm()
+            # Loading the vocabularies takes about a second: off the event loop, which serves
+            # /healthz and the other apps' requests meanwhile.
+            await asyncio.to_thread(self.tokenizer.warm)
             price_poll = await self.pricing.start(app, store)
             pages.install(app, self.web)
             await self._replay()
@@ -255,7 +257,7 @@ class BillingPlugin(Plugin):
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
-                key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
+                key, user, hold, price, multiplier, estimate, StreamMeter(ctx.endpoint, count), hide,
                 n if isinstance(n, int) else 1,
             )
         except BaseException:
@@ -330,10 +332,11 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return None
-        payload = event.json
-        st.meter.feed_sse(event.data, payload, event.event)
-        if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
-            return DROP
+        st.meter.add(event)  # read when the response ends (plugins.billing.stream_meter)
+        if st.hide_usage and "usage" in event.data:
+            payload = event.json
+            if type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
+                return DROP
         return None
 
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
@@ -398,7 +401,7 @@ class BillingPlugin(Plugin):
         # Positional: keyword arguments to a class call cost a dict per request.
         return Metered(
             meter.usage,
-            meter.has_content,
+            meter.has_content,  # has_content: looked at only if a row needs it
             meter.terminal,
             meter.output_count,  # output_count: counted only if a row needs it
             st.estimate.prompt_tokens,  # prompt_estimate

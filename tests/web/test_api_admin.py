@@ -84,6 +84,7 @@ BAD_INPUT = [
     ("/api/admin/users/alice/topup", {}, 400, "invalid_amount"),
     ("/api/admin/users/alice/topup", {"usd": "1", "bonus": True}, 400, "unknown_field"),
     ("/api/admin/users/alice/adjust", {"usd": "-1"}, 400, "note_required"),
+    ("/api/admin/users/alice/adjust", {"usd": "1", "note": "bonus"}, 400, "invalid_amount"),
     ("/api/admin/users/nobody/topup", {"usd": "1"}, 404, "unknown_user"),
     ("/api/admin/users", {"name": "alice"}, 409, "user_exists"),
     ("/api/admin/users", {"name": " spaced"}, 400, "invalid_name"),

@@ -52,19 +52,19 @@ async def test_add_a_user_and_top_up_with_confirmation(console: ConsoleFactory) 
     assert user is not None and user.balance == int(3.5 * QUOTA_PER_USD)  # moved once
 
 
-async def test_an_adjustment_needs_a_note_and_can_take_money(console: ConsoleFactory) -> None:
+async def test_a_deduction_needs_a_note_and_takes_money(console: ConsoleFactory) -> None:
     c = await console()
     await c.user("alice", quota=2 * QUOTA_PER_USD)
     async with await admin_client(c.url) as s:
         page = await get(s, c.url + "/admin/users/alice")
         status, answer = await post(s, c.url + "/admin/users/alice/credit/review",
-                                    {"usd": "-1", "kind": "adjust"}, page)
+                                    {"usd": "1", "kind": "adjust"}, page)
         assert status == 400 and "say why" in answer
         status, answer = await post(s, c.url + "/admin/users/alice/credit/review", {"usd": "-1", "kind": "topup"}, page)
         assert status == 400
         status, confirm = await post(s, c.url + "/admin/users/alice/credit/review",
-                                     {"usd": "-0.5", "note": "refund", "kind": "adjust"}, page)
-        assert "Confirm the adjustment" in confirm and "$1.50" in confirm
+                                     {"usd": "0.5", "note": "refund", "kind": "adjust"}, page)
+        assert "Confirm the deduction" in confirm and "$1.50" in confirm
         token = re.search(r'name="token" value="([^"]+)"', confirm)
         assert token
         status, done = await post(s, c.url + "/admin/users/alice/credit", {

@@ -3,7 +3,8 @@
   * the user API (`/api/me`, `/api/me/logs`, `/api/me/keys`) with the user's API key;
   * the admin API (`/api/admin/...`) with the admin token (`api_admin`, over `admin_ops`);
   * `/dashboard`, a user's page, signed in with an API key;
-  * the console's pages under `/admin` (`console_*`).
+  * the console's pages under `/admin` (`console_*`);
+  * the price list and editor (`pricing_*`, `prices_editor`; wired by `plugins.billing.prices`).
 
 `routes(web_)` gives the routes (the plugin's `routes()`); `install(app)` registers the
 templates and links in the plugin's `lifespan`.

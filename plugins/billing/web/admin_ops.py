@@ -159,15 +159,18 @@ async def edit_user(web_: BillingWeb, name: str, data: dict[str, Any]) -> dict[s
 
 
 async def credit(web_: BillingWeb, name: str, data: dict[str, Any], *, adjust: bool) -> dict[str, Any]:
-    """`topup` ({"usd" | "quota", "note"?}, a positive amount) or `adjust` (any non-zero
-    amount, a note required): a `credit` entry in the ledger. The answer is the user after
-    it, with `credited_quota` / `credited_usd`."""
+    """`topup` ({"usd" | "quota", "note"?}: a positive amount) or `adjust` ({"usd" | "quota",
+    "note"}: a negative amount, which takes money away and must say why): a `credit` entry in
+    the ledger. The answer is the user after it, with `credited_quota` / `credited_usd` and
+    the `note`."""
     _fields(data, {"usd", "quota", "note"})
     quota = amount(web_, data)
     if quota is None or quota == 0:
         raise BadInput("invalid_amount", "give a non-zero amount in usd or quota")
     if not adjust and quota < 0:
         raise BadInput("invalid_amount", "a top-up adds money; take money away with an adjustment and a note")
+    if adjust and quota > 0:
+        raise BadInput("invalid_amount", "an adjustment takes money away: give a negative amount (to add, top up)")
     note = note_of(data, required=adjust) or "top-up"
     await user_of(web_, name)
     user = await web_.store.credit(name, quota, note)

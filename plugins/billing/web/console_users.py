@@ -79,8 +79,8 @@ async def edit_user(request: web.Request, web_: BillingWeb) -> web.StreamRespons
 
 
 async def review_credit(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
-    """Step 1 of a top-up or adjustment: check the input, then show the confirmation page
-    with the balance before and after. Nothing moves yet."""
+    """Step 1 of a top-up or a deduction (an adjustment, with a note): check the input, then
+    show the confirmation page with the balance before and after. Nothing moves yet."""
     require_admin(request)
     name = request.match_info["name"]
     data = form_dict(await checked_form(request), ("usd", "note", "kind"))
@@ -88,9 +88,10 @@ async def review_credit(request: web.Request, web_: BillingWeb) -> web.StreamRes
     try:
         user = await ops.show_user(web_, name)
         quota = ops.amount(web_, data)
-        if quota is None or quota == 0 or (quota < 0 and not adjust):
-            raise BadInput("invalid_amount", "give a positive amount in USD (take money away with an adjustment)")
+        if quota is None or quota <= 0:
+            raise BadInput("invalid_amount", "give a positive amount in USD: the button says which way it moves")
         ops.note_of(data, required=adjust)
+        quota = -quota if adjust else quota  # a deduction is a negative credit
     except ops.NotFound:
         raise error_page(request, 404, "No such user", "There is no user by that name.") from None
     except BadInput as exc:

@@ -42,6 +42,7 @@ async def upstreams_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
         quota, requests = used.get(status.name, (0, 0))
         found.append({
             "name": status.name, "type": status.type, "models": list(status.models), "healthy": status.healthy,
+            "breaker_open": status.breaker_open,
             "recent_errors": status.recent_errors, "recent_attempts": status.recent_attempts,
             "p50_ms": status.p50_ms, "last_error": status.last_error, "last_error_at": iso(status.last_error_at),
             "used_quota": quota, "used_usd": web_.usd(quota), "request_count": requests,
