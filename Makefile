@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+DIST_STAMP := $(VENV)/.installed-dist
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test soak bench typecheck clean
+.PHONY: run test soak bench typecheck clean dist
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +20,10 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 $(TEST_STAMP): pyproject.toml $(RUN_STAMP)
 	$(PIP) -e '.[test,fast]'
 	touch $(TEST_STAMP)
+
+$(DIST_STAMP): pyproject.toml $(RUN_STAMP)
+	$(PIP) -e '.[dist,fast]'
+	touch $(DIST_STAMP)
 
 run: $(RUN_STAMP)
 	$(BIN)/weir serve --config proxy.yaml
@@ -36,5 +41,16 @@ typecheck: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.report
 
+# dist/weir: Weir and its dependencies in one zipapp (shiv) for this platform and this Python
+# version, run with no virtualenv and no network (docs/operations.md, "Single-file build").
+# build/ is removed first: setuptools would otherwise pack files left there by an older build.
+dist: $(DIST_STAMP)
+	rm -rf build dist/weir.part
+	$(BIN)/shiv --compressed --reproducible --python '/usr/bin/env python3' \
+		--entry-point proxy.cli:main --preamble dist/preamble.py --output-file dist/weir.part '.[fast]'
+	rm -rf build
+	mv dist/weir.part dist/weir
+	@echo "dist/weir: copy it to the server and run ./weir serve --config proxy.yaml"
+
 clean:
-	rm -rf $(VENV) weir.db weir.db-wal weir.db-shm
+	rm -rf $(VENV) weir.db weir.db-wal weir.db-shm weir-admin-token

@@ -2,7 +2,8 @@
 
 The billing plugin's hooks run through a real `Pipeline`, as the handler drives them for a
 non-streamed chat request (`on_request` → `on_body` → `on_complete`, the last in a tracked
-task), or with `--events N` a streamed one (`on_request` → N × `on_event` → `on_complete`),
+task), or with `--events N` a streamed one (`on_request` → N × `on_event` → `on_complete`; the
+last three events are a finish chunk, a usage chunk and `[DONE]`, as OpenAI ends a stream),
 for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
 no load generator. What is left is what billing itself costs the proxy's event loop.
 
@@ -44,7 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from plugins.billing.apikeys import hash_key
-from proxy.confbuild import build
+from proxy.dataclass_builder import build
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.handler import RequestIds
 from proxy.pipeline import Pipeline
@@ -66,6 +67,14 @@ CHUNK = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL,
     "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}],
 })
+#: How a streamed answer ends, as OpenAI ends one asked for usage (billing asks for it).
+TAIL = (
+    orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL,
+                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL, "choices": [],
+                  "usage": {"prompt_tokens": 9, "completion_tokens": 97, "total_tokens": 106}}),
+    b"[DONE]",
+)
 BILLING = {"quota_per_usd": 500_000, "pricing": {"fallback": "none", "models": {"*-bench": {"input": 1, "output": 2}}}}
 
 
@@ -149,8 +158,11 @@ async def _rounds(
             await asyncio.sleep(0)
             ctx.upstream, ctx.status = UpstreamInfo("instant", MODEL, 1), 200
             if events:
-                for _ in range(events):  # each a fresh event: `json` is parsed once per event
-                    await run.event(SSEEvent(CHUNK.decode(), raw=b"data: " + CHUNK + b"\n\n"))
+                # `events` in all: content chunks, then a finish, a usage chunk and [DONE];
+                # each a fresh event (`json` is parsed at most once per event).
+                for i in range(events):
+                    chunk = CHUNK if i < events - len(TAIL) else TAIL[i - events + len(TAIL)]
+                    await run.event(SSEEvent(chunk.decode(), raw=b"data: " + chunk + b"\n\n"))
             else:
                 await run.body(ANSWER)
             run.complete(Outcome(EndReason.COMPLETED, 200, events))

@@ -4,24 +4,28 @@ so tests build many apps in one process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from proxy import keys
+from proxy.access_log import AccessLog
 from proxy.config import Config
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
+    GEMINI_PREFIXES,
     MODELS_ROUTE,
     OPENAI_ROUTES,
     Route,
-    error_response,
     split_gemini_target,
 )
 from proxy.context import Dialect
@@ -29,19 +33,30 @@ from proxy.forward import Forwarder
 from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
 from proxy.host import HOST, Host
+from proxy.loopwatch import LoopWatch
 from proxy.metrics import Metrics
 from proxy.mock.upstream import MockUpstream
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.preflight import preflight
 from proxy.relay import ActiveStreams
+from proxy.respond import error_response, unmatched
 from proxy.tasks import TaskTracker
 from proxy.upstream import UpstreamPool
+from proxy.upstream_health import UpstreamHealth
+from proxy.web.admin_token import resolve_admin_token
+from proxy.web.console import mount as mount_web_shell
 
 log = logging.getLogger(__name__)
 
 ACTIVE = web.AppKey("weir.active_streams", ActiveStreams)
 HANDLER = web.AppKey("weir.handler", Handler)
+LOOP_WATCH = web.AppKey("weir.loop_watch", LoopWatch)
+
+
+class PluginStartupError(Exception):
+    """A plugin's `lifespan` failed, returned, or did not reach its `yield` in time: startup
+    stops, and the message names the plugin."""
 
 
 def create_app(
@@ -52,15 +67,18 @@ def create_app(
 ) -> web.Application:
     """Build the Weir application for `config`.
 
-    `plugins` overrides proxy.yaml's list (the test harness uses it).
+    `plugins` overrides proxy.yaml's list (the test harness uses it). An `admin.token_file`
+    is read (or created, on first start) here.
     """
+    config = resolve_admin_token(config)
     loaded, warnings = preflight(config, plugins)
     for warning in warnings:
         log.warning("!!! %s", warning)
     app = web.Application(client_max_size=config.server.max_body_bytes)
     tracker = TaskTracker()
-    metrics = Metrics()
-    pool = UpstreamPool(config.upstreams)
+    metrics = Metrics(UpstreamHealth(config.upstreams))
+    pool = UpstreamPool(config.upstreams, breaker=config.routing.breaker, on_breaker=metrics.breaker_changed)
+    metrics.upstreams(up.name for up in pool.upstreams)
     active = ActiveStreams(config.server.client_write_timeout)
     trace = config.server.trace_plugins or os.environ.get("PROXY_TRACE_PLUGINS", "") not in ("", "0")
     pipeline = Pipeline(loaded, tracker, trace=trace)
@@ -71,22 +89,27 @@ def create_app(
     app[keys.PIPELINE] = pipeline
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
-    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN])
+    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN], metrics.health)
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,
         Forwarder(pool, config.routing.max_attempts, metrics, active),
         metrics,
         config.server.max_body_bytes,
-        config.server.access_log,
+        AccessLog() if config.server.access_log else None,
         config.server.body_timeout,
         TrustedProxies.from_config(config.server.trusted_proxies) or None,
     )
-    app.cleanup_ctx.append(_upstreams_ctx)
-    for plugin in loaded:
-        app.cleanup_ctx.append(_plugin_ctx(plugin))
-    app.cleanup_ctx.append(_tracker_ctx)
+    # The access log first in, so that its cleanup writes the last lines.
+    contexts: list[Context] = [_access_log_ctx]
+    if config.server.loop_lag_warning > 0:
+        app[LOOP_WATCH] = LoopWatch(loaded, config.server.loop_lag_warning)
+        contexts.append(_loop_watch_ctx)
+        app.on_startup.append(_serving)
+    contexts += [_upstreams_ctx, *(_plugin_ctx(plugin) for plugin in loaded), _tracker_ctx]
+    app.cleanup_ctx.append(_lifecycle(contexts))
     app.on_shutdown.append(_graceful_shutdown)
+    mount_web_shell(app, config)
     _add_routes(app, loaded)
     return app
 
@@ -97,6 +120,20 @@ def _instance_id(name: str | None = None) -> str:
     # predecessor, whose open holds would then never be resolved as orphans.
     base = name or f"{socket.gethostname()}-{os.getpid()}"
     return f"{base}-{secrets.token_hex(4)}"
+
+
+async def _access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Write the access log once a second while the app runs, and what is left at the end."""
+    access = app[HANDLER].access
+    if access is None:
+        yield
+        return
+    writer = app[keys.TASKS].spawn_service(access.run(), name="access-log")
+    try:
+        yield
+    finally:
+        writer.cancel()
+        access.flush()
 
 
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -114,10 +151,82 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         await mock.stop()
 
 
-def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async for _ in plugin.lifespan(app):
+#: A resource paired with its teardown: an async generator function that yields once.
+Context = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _lifecycle(contexts: Sequence[Context]) -> Context:
+    """The app's resources as one cleanup context: started in order, torn down in reverse.
+
+    One context rather than one each, because aiohttp's `run_app` does not tear down what
+    had started when a later startup step fails: here, a failing step first tears down the
+    ones before it (each resumed normally after its `yield`, as aiohttp would), so a plugin
+    whose startup fails leaves no store open and no thread running behind it."""
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for context in contexts:
+                steps = context(app).__aiter__()
+                await steps.__anext__()
+                stack.push_async_callback(_finish, steps)
             yield
+
+    return lifecycle
+
+
+async def _finish(steps: AsyncIterator[None]) -> None:
+    try:
+        await steps.__anext__()
+    except StopAsyncIteration:
+        return
+    raise RuntimeError(f"{steps!r} has more than one 'yield'")
+
+
+async def _loop_watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    # First in, so that it also watches the plugins' startup; the tracker stops it at shutdown.
+    app[keys.TASKS].spawn_service(app[LOOP_WATCH].run(), name="loop-watch")
+    yield
+
+
+async def _serving(app: web.Application) -> None:
+    """Startup is over (on_startup runs after every cleanup context): stalls now delay requests."""
+    app[LOOP_WATCH].serving_since = time.monotonic()
+
+
+def _plugin_ctx(plugin: Plugin) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The plugin's `lifespan` as a cleanup context, each half bounded by its
+    `lifespan_timeout`: a startup that fails or hangs stops startup with the plugin's name;
+    a teardown that fails or hangs is logged, and the other plugins' teardown still runs."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        life = plugin.lifespan(app)
+        bound = plugin.lifespan_timeout
+        try:
+            async with asyncio.timeout(bound):
+                await anext(life)
+        except StopAsyncIteration:
+            raise PluginStartupError(f"plugin {plugin.name}: lifespan returned without reaching its yield") from None
+        except TimeoutError as exc:
+            raise PluginStartupError(
+                f"plugin {plugin.name}: lifespan did not reach its yield within {bound:g} s (lifespan_timeout)"
+            ) from exc
+        except Exception as exc:
+            raise PluginStartupError(f"plugin {plugin.name}: lifespan failed at startup: {exc!r}") from exc
+        yield
+        try:
+            async with asyncio.timeout(bound):
+                await anext(life)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            log.error("plugin %s: lifespan teardown did not finish within %g s", plugin.name, bound)
+        except Exception:
+            log.exception("plugin %s: lifespan teardown failed", plugin.name)
+        else:
+            log.error("plugin %s: lifespan yielded more than once", plugin.name)
+            close = getattr(life, "aclose", None)
+            if close is not None:
+                await close()
 
     return ctx
 
@@ -166,6 +275,11 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
     for path, route in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}.items():
         app.router.add_post(path, bind(route))
     app.router.add_get("/v1/models", bind(MODELS_ROUTE))
+
+    async def one_model(request: web.Request) -> web.StreamResponse:
+        return await handler.handle(request, MODELS_ROUTE, model_in_path=request.match_info["model"])
+
+    app.router.add_get("/v1/models/{model:.+}", one_model)
     app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
 
     async def gemini(request: web.Request) -> web.StreamResponse:
@@ -175,11 +289,14 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
         model, route = split
         return await handler.handle(request, route, model_in_path=model)
 
-    app.router.add_post("/v1beta/models/{target}", gemini)
+    for prefix in GEMINI_PREFIXES:
+        app.router.add_post(prefix + "/models/{target}", gemini)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     for plugin in plugins:
         app.router.add_routes(plugin.routes())
+    # Last, and at the root of the route index: only requests no other route takes reach it.
+    app.router.add_route("*", "/{tail:.*}", unmatched)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -192,4 +309,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition; with `server.metrics_token` set, only for that bearer token."""
+    token = request.app[HOST].config.server.metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error_response(
+                Dialect.OPENAI, 401, "unauthorized", "/metrics needs the metrics token",
+                {"WWW-Authenticate": "Bearer"},
+            )
     return web.Response(body=request.app[keys.METRICS].render(), content_type="text/plain", charset="utf-8")

@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 import yaml
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.forwarded import parse_networks
 
 __all__ = [
     "AdminConfig",
+    "BreakerConfig",
     "Config",
     "ConfigError",
     "PluginSpec",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_config",
     "port_problem",
     "with_listener",
+    "workers_problem",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -41,10 +43,13 @@ class ServerConfig:
 
     `trusted_proxies`: CIDRs of the reverse proxies whose `X-Forwarded-For` names the
     client (proxy/forwarded.py); empty, the default, trusts nobody.
+    `metrics_token`: when set, `/metrics` answers only `Authorization: Bearer <token>`.
+    `workers`: processes serving the port (proxy/supervisor.py); 1 is one plain process.
     """
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     allow_unauthenticated: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
     body_timeout: float = 30.0
@@ -54,14 +59,20 @@ class ServerConfig:
     trace_plugins: bool = False
     instance_id: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = field(default="", repr=False)
+    loop_lag_warning: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The operator's credential for the admin API and console (`admin.token`, usually
-    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404."""
+    `${WEIR_ADMIN_TOKEN}`). Empty, the default: the admin API and console answer 404.
+
+    `token_file` (relative to proxy.yaml): used when `token` is empty; on first start a
+    fresh token is written there (mode 0600) and printed once (`proxy.web.admin_token`)."""
 
     token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,15 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """The circuit breaker (proxy/breaker.py): after `failures` consecutive failed attempts
+    an upstream is skipped for `cooldown_s` seconds, then probed once. 0 failures: off."""
+
+    failures: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """One upstream API. `type` decides the dialects it serves and its auth header style.
 
@@ -103,6 +123,7 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     headers: dict[str, str] = field(default_factory=dict)
+    breaker: BreakerConfig | None = None  # None: `routing.breaker`
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -114,17 +135,25 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
-    """Failover: how many upstream attempts one request may make before anything is relayed."""
+    """Failover: how many upstream attempts one request may make before anything is relayed,
+    and the circuit breaker every upstream without its own `breaker:` uses."""
 
     max_attempts: int = 3
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
 
 
 @dataclass(frozen=True, slots=True)
 class PluginSpec:
-    """One `plugins:` entry: `use` is an entry-point name or a `module:attr` path."""
+    """One `plugins:` entry: `use` is an entry-point name or a `module:attr` path.
+
+    `timeout` limits each hook call (seconds; an overrun is the plugin's failure) and
+    `lifespan_timeout` each half of its `lifespan`; unset, the plugin's own defaults hold.
+    """
 
     use: str
     config: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+    lifespan_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +218,16 @@ def port_problem(port: int) -> str | None:
     return None if 1 <= port <= 65535 else f"must be between 1 and 65535, got {port}"
 
 
+#: The most worker processes `server.workers` / `--workers` may ask for: a typo such as 800
+#: must not fork hundreds of processes on one store.
+MAX_WORKERS = 64
+
+
+def workers_problem(workers: int) -> str | None:
+    """Why `workers` cannot be `server.workers` (or `--workers`), or None."""
+    return None if 1 <= workers <= MAX_WORKERS else f"must be between 1 and {MAX_WORKERS}, got {workers}"
+
+
 def host_problem(host: str) -> str | None:
     """Why `host` cannot be `server.host` (or `--host`), or None: an address or host name,
     not empty, not a URL."""
@@ -199,11 +238,14 @@ def host_problem(host: str) -> str | None:
     return None
 
 
-def with_listener(config: Config, host: str | None = None, port: int | None = None) -> Config:
-    """`config` with `server.host` / `server.port` replaced (the `--host` / `--port` flags),
-    checked by the same rules as proxy.yaml's."""
+def with_listener(
+    config: Config, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> Config:
+    """`config` with `server.host` / `server.port` / `server.workers` replaced (the `--host`
+    / `--port` / `--workers` flags), checked by the same rules as proxy.yaml's."""
     server = replace(config.server, host=config.server.host if host is None else host,
-                     port=config.server.port if port is None else port)
+                     port=config.server.port if port is None else port,
+                     workers=config.server.workers if workers is None else workers)
     _check_server(server)
     return replace(config, server=server)
 
@@ -212,11 +254,18 @@ def _check_server(server: ServerConfig) -> None:
     for key, problem in (("host", host_problem(server.host)), ("port", port_problem(server.port))):
         if problem is not None:
             raise ConfigError(f"server.{key}", problem)
+    problem = workers_problem(server.workers)
+    if problem is not None:
+        raise ConfigError("server.workers", problem)
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
     if not server.client_write_timeout > 0:
         raise ConfigError("server.client_write_timeout", "must be greater than 0")
+    if server.loop_lag_warning < 0:
+        raise ConfigError("server.loop_lag_warning", "must be 0 (off) or more seconds")
     parse_networks(server.trusted_proxies, "server.trusted_proxies")
+    if server.metrics_token and len(server.metrics_token) < 16:
+        raise ConfigError("server.metrics_token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
 
 
 def _check(cfg: Config) -> None:
@@ -231,7 +280,22 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"{where}.base_url", "required for a non-mock upstream")
         if up.weight < 1:
             raise ConfigError(f"{where}.weight", "must be at least 1")
+        if up.breaker is not None:
+            _check_breaker(up.breaker, f"{where}.breaker")
     if cfg.admin.token and len(cfg.admin.token) < 16:
         raise ConfigError("admin.token", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if cfg.routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts", "must be at least 1")
+    for i, spec in enumerate(cfg.plugins):
+        for key in ("timeout", "lifespan_timeout"):
+            value = getattr(spec, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"plugins[{i}].{key}", f"must be greater than 0 seconds, got {value}")
+    _check_breaker(cfg.routing.breaker, "routing.breaker")
+
+
+def _check_breaker(breaker: BreakerConfig, where: str) -> None:
+    if breaker.failures < 0:
+        raise ConfigError(f"{where}.failures", "must be 0 (off) or more")
+    if not breaker.cooldown_s > 0:
+        raise ConfigError(f"{where}.cooldown_s", "must be greater than 0")

@@ -34,11 +34,18 @@ class Endpoint(StrEnum):
     EMBEDDINGS = "embeddings"
     MODELS = "models"
     IMAGES = "images.generations"
+    IMAGE_EDITS = "images.edits"
+    IMAGE_VARIATIONS = "images.variations"
     AUDIO = "audio"
+    SPEECH = "audio.speech"
+    MODERATIONS = "moderations"
     MESSAGES = "messages"
     COUNT_TOKENS = "messages.count_tokens"
     GEMINI_GENERATE = "generateContent"
     GEMINI_STREAM = "streamGenerateContent"
+    GEMINI_COUNT_TOKENS = "countTokens"
+    GEMINI_EMBED = "embedContent"
+    GEMINI_BATCH_EMBED = "batchEmbedContents"
 
 
 class EndReason(StrEnum):
@@ -215,6 +222,9 @@ class RequestContext:
     Plugins may, in `on_request`: replace the body (`set_json`/`set_body`), add upstream
     headers (`upstream_headers`), add response headers (`response_headers`), set
     `drain_on_disconnect`, and keep their own data in `state`.
+
+    `form` holds the text fields of a `multipart/form-data` body (image edits, audio
+    uploads) as received, without the file parts; None for other bodies.
     """
 
     request_id: str
@@ -230,6 +240,7 @@ class RequestContext:
     model: str | None
     stream: bool
     api_key: str | None = field(default=None, repr=False)
+    form: dict[str, str] | None = None
     state: RequestState = field(default_factory=RequestState)
     upstream_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
 
 from proxy.context import Dialect, Endpoint, SSEEvent
 
@@ -31,6 +30,7 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     413: "request_too_large",
     415: "invalid_request_error",
@@ -43,6 +43,7 @@ _GEMINI_STATUS = {
     402: "RESOURCE_EXHAUSTED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
     408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
@@ -68,6 +69,12 @@ OPENAI_ROUTES: dict[str, Route] = {
     "/v1/responses": Route(Dialect.OPENAI, Endpoint.RESPONSES),
     "/v1/embeddings": Route(Dialect.OPENAI, Endpoint.EMBEDDINGS),
     "/v1/images/generations": Route(Dialect.OPENAI, Endpoint.IMAGES),
+    "/v1/images/edits": Route(Dialect.OPENAI, Endpoint.IMAGE_EDITS, json_body=False),
+    "/v1/images/variations": Route(Dialect.OPENAI, Endpoint.IMAGE_VARIATIONS, json_body=False),
+    # Speech takes JSON ({"model", "input", "voice"}), unlike the other audio uploads.
+    "/v1/audio/speech": Route(Dialect.OPENAI, Endpoint.SPEECH),
+    # The model is optional: OpenAI then uses its default moderation model.
+    "/v1/moderations": Route(Dialect.OPENAI, Endpoint.MODERATIONS, needs_model=False),
 }
 ANTHROPIC_ROUTES: dict[str, Route] = {
     "/v1/messages": Route(Dialect.ANTHROPIC, Endpoint.MESSAGES),
@@ -77,6 +84,17 @@ AUDIO_ROUTE = Route(Dialect.OPENAI, Endpoint.AUDIO, json_body=False)
 MODELS_ROUTE = Route(Dialect.OPENAI, Endpoint.MODELS, json_body=False, needs_model=False)
 GEMINI_GENERATE = Route(Dialect.GEMINI, Endpoint.GEMINI_GENERATE, needs_model=False)
 GEMINI_STREAM = Route(Dialect.GEMINI, Endpoint.GEMINI_STREAM, needs_model=False)
+#: Gemini methods by name (the model is in the path, so no route reads it from the body).
+GEMINI_METHODS: Mapping[str, Route] = {
+    "generateContent": GEMINI_GENERATE,
+    "streamGenerateContent": GEMINI_STREAM,
+    "countTokens": Route(Dialect.GEMINI, Endpoint.GEMINI_COUNT_TOKENS, needs_model=False),
+    "embedContent": Route(Dialect.GEMINI, Endpoint.GEMINI_EMBED, needs_model=False),
+    "batchEmbedContents": Route(Dialect.GEMINI, Endpoint.GEMINI_BATCH_EMBED, needs_model=False),
+}
+#: Where Gemini clients send `models/{model}:{method}`: the google-genai SDK's `v1beta`
+#: default, and `v1`. Both reach the upstream's own `base_url` (which names its version).
+GEMINI_PREFIXES = ("/v1beta", "/v1")
 
 VERSION_PREFIX = {Dialect.OPENAI: "/v1", Dialect.ANTHROPIC: "/v1", Dialect.GEMINI: "/v1beta"}
 
@@ -113,16 +131,14 @@ def error_body(dialect: Dialect, status: int, code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}})
 
 
-def error_response(
-    dialect: Dialect, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """A complete aiohttp error response in `dialect`'s shape."""
-    return web.Response(
-        status=status,
-        body=error_body(dialect, status, code, message),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
+def error_event(endpoint: Endpoint, dialect: Dialect, status: int, code: str, message: str) -> bytes:
+    """An SSE event that reports an error in the middle of a stream, in the shape the
+    dialect's SDKs raise on: Anthropic's `event: error`; an OpenAI or Gemini error object as
+    the event's data (and `event: error` on the Responses API, whose events are named)."""
+    body = error_body(dialect, status, code, message)
+    if dialect is Dialect.ANTHROPIC or endpoint is Endpoint.RESPONSES:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"
 
 
 def client_credential(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
@@ -154,11 +170,8 @@ def split_gemini_target(target: str) -> tuple[str, Route] | None:
     model, sep, method = target.rpartition(":")
     if not sep or not model:
         return None
-    if method == "generateContent":
-        return model, GEMINI_GENERATE
-    if method == "streamGenerateContent":
-        return model, GEMINI_STREAM
-    return None
+    route = GEMINI_METHODS.get(method)
+    return None if route is None else (model, route)
 
 
 def is_terminal(endpoint: Endpoint, event: SSEEvent) -> bool:
@@ -171,6 +184,8 @@ def is_terminal(endpoint: Endpoint, event: SSEEvent) -> bool:
         )
     if endpoint is Endpoint.GEMINI_STREAM:
         return '"finishReason"' in event.data
+    if endpoint is Endpoint.SPEECH:  # `stream_format: "sse"`
+        return '"speech.audio.done"' in event.data
     return event.data == "[DONE]"
 
 

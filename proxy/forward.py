@@ -15,10 +15,10 @@ import aiohttp
 from aiohttp import web
 
 from proxy.context import EndReason, Outcome, ProxyError, RequestContext, UpstreamInfo, UpstreamResponse
-from proxy.dialects import error_body
 from proxy.metrics import Metrics
 from proxy.pipeline import PluginFailed, Run
-from proxy.relay import CLIENT_GONE, ActiveStreams, IdleWatch, pump_stream, read_body, read_chunk
+from proxy.relay import ActiveStreams, IdleWatch, pump_stream, read_body, read_chunk
+from proxy.respond import CLIENT_GONE, PLUGIN_FAILED, internal_message, send_error, send_whole
 from proxy.upstream import Upstream, UpstreamPool, build_body, build_headers, build_url, response_headers
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,25 @@ class Forwarder:
     active: ActiveStreams
 
 
-@dataclass(slots=True)
-class Failure:
-    """Why the last attempt failed, as the client will be told."""
-
-    status: int
-    code: str
-    message: str
-    upstream_status: int | None = None
-
-
 async def forward(
     fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, candidates: list[Upstream]
 ) -> web.StreamResponse:
     """Try candidates in order; relay the first usable answer. Returns the sent response."""
     assert fw.pool.session is not None
-    attempts = candidates[: fw.max_attempts]
-    failure = Failure(502, "upstream_unavailable", "no upstream could be reached")
+    attempts = _admitted(candidates, fw.max_attempts)
+    failure = ProxyError(EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", "no upstream could be reached")
+    if not attempts:
+        failure = _all_cooling(ctx, candidates)
+    tried = False
     for i, up in enumerate(attempts):
         if fw.active.shutting_down:
-            failure = Failure(503, "shutting_down", "the proxy is shutting down")
+            failure = ProxyError(EndReason.UPSTREAM_ERROR, 503, "shutting_down", "the proxy is shutting down")
             break
+        if not up.breaker.acquire():  # half-open, and another request is the probe
+            if not tried:
+                failure = _all_cooling(ctx, candidates)
+            continue
+        tried = True
         last = i + 1 == len(attempts)
         model = up.map_model(ctx.model)
         ctx.upstream = UpstreamInfo(up.name, model, i + 1)
@@ -74,43 +72,59 @@ async def forward(
                 allow_redirects=False,
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            fw.metrics.attempts.labels(up.name, "timeout").inc()
-            failure = Failure(504, "upstream_timeout", f"upstream {up.name} timed out")
+            _attempted(fw, up, "timeout", 599)
+            failure = ProxyError(EndReason.UPSTREAM_ERROR, 504, "upstream_timeout", f"upstream {up.name} timed out")
             continue
         except (aiohttp.ClientError, OSError) as exc:
-            fw.metrics.attempts.labels(up.name, "unreachable").inc()
-            failure = Failure(502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})")
+            _attempted(fw, up, "unreachable", 599)
+            failure = ProxyError(
+                EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})"
+            )
             continue
-        except ValueError as exc:
-            # aiohttp refuses what a plugin put into the request (e.g. a header with a
-            # control character): a plugin failure, reported as such.
-            fail = Failure(500, "plugin_failed", f"the upstream request could not be built: {exc}")
-            return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
+        except (ValueError, TypeError) as exc:
+            # aiohttp refuses what a plugin put into the request that the pipeline's checks
+            # let through: a plugin failure, reported as such (the client sees no exception text).
+            log.error("request %s: the upstream request could not be built: %s", ctx.request_id, exc, exc_info=exc)
+            return await send_error(request, ctx, run, _plugin_failed(ctx))
         retryable = upstream.status == 429 or upstream.status >= 500
-        fw.metrics.attempts.labels(up.name, str(upstream.status)).inc()
+        _attempted(fw, up, str(upstream.status), upstream.status)
         if retryable and not last:
             upstream.close()
             continue
         if not 200 <= upstream.status < 300:
             return await _relay_error(request, ctx, run, upstream, up.config.read_timeout)
         return await _relay_success(fw, request, ctx, run, upstream, up.config.read_timeout)
-    return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
+    return await send_error(request, ctx, run, failure)
 
 
-async def send_error(
-    request: web.Request, ctx: RequestContext, run: Run, failure: Failure, reason: EndReason
-) -> web.StreamResponse:
-    """Answer with Weir's own error in the dialect's shape, then deliver `on_error`."""
-    ctx.status = failure.status
-    resp = web.Response(
-        status=failure.status,
-        body=error_body(ctx.dialect, failure.status, failure.code, failure.message),
-        content_type="application/json",
-        headers={"x-request-id": ctx.request_id},
+def _plugin_failed(ctx: RequestContext) -> ProxyError:
+    """A plugin failed before the response started: a 500 whose message names no exception."""
+    return ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, internal_message(ctx.request_id))
+
+
+def _admitted(candidates: list[Upstream], limit: int) -> list[Upstream]:
+    """The first `limit` candidates whose circuit breaker lets them be tried."""
+    if all(not up.breaker.is_open for up in candidates):  # the usual case: no copy, no clock
+        return candidates[:limit]
+    return [up for up in candidates if up.breaker.admits()][:limit]
+
+
+def _all_cooling(ctx: RequestContext, candidates: list[Upstream]) -> ProxyError:
+    wait = min(up.breaker.retry_in() for up in candidates)
+    return ProxyError(
+        EndReason.UPSTREAM_ERROR, 503, "upstream_unavailable",
+        f"every upstream serving {ctx.model or 'this request'!r} failed repeatedly and is skipped for a"
+        f" cooling period (about {max(1, round(wait))} s)",
     )
-    await _send_whole(request, resp)
-    run.error(ProxyError(reason, failure.status, failure.code, failure.message, failure.upstream_status))
-    return resp
+
+
+def _attempted(fw: Forwarder, up: Upstream, result: str, status: int) -> None:
+    """Count an attempt and tell its upstream's breaker (a 5xx or no answer is a failure)."""
+    fw.metrics.attempt(up.name, result)
+    if status >= 500:
+        up.breaker.failure()
+    else:
+        up.breaker.success()
 
 
 async def _relay_error(
@@ -129,13 +143,13 @@ async def _relay_error(
     if status in (401, 403, 407) or not body:
         # Never show a client what the upstream said about *our* credential.
         code = "upstream_auth_failed" if status in (401, 403, 407) else "upstream_error"
-        failure = Failure(502, code, f"upstream {name} answered {status}", status)
-        return await send_error(request, ctx, run, failure, EndReason.UPSTREAM_ERROR)
+        failure = ProxyError(EndReason.UPSTREAM_ERROR, 502, code, f"upstream {name} answered {status}", status)
+        return await send_error(request, ctx, run, failure)
     ctx.status = status
     headers = response_headers(upstream.headers)
     headers["x-request-id"] = ctx.request_id
     resp = web.Response(status=status, body=body, headers=headers)
-    await _send_whole(request, resp)
+    await send_whole(request, resp)
     run.error(ProxyError(EndReason.UPSTREAM_ERROR, status, "upstream_error", f"upstream {name} answered {status}", status))
     return resp
 
@@ -149,9 +163,9 @@ async def _relay_success(
     streaming = ctype.startswith("text/event-stream")
     try:
         await run.response_headers(UpstreamResponse(upstream.status, upstream.headers, name, streaming))
-    except PluginFailed as exc:
+    except PluginFailed:
         upstream.close()
-        return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+        return await send_error(request, ctx, run, _plugin_failed(ctx))
     headers = response_headers(upstream.headers)
     headers.update(ctx.response_headers)
     headers["x-request-id"] = ctx.request_id
@@ -180,19 +194,24 @@ async def _relay_body(
     try:
         body = await read_body(upstream, MAX_RESPONSE_BODY, idle)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-        fail = Failure(502, "upstream_error", f"upstream body could not be read ({type(exc).__name__})", upstream.status)
-        return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_TRUNCATED)
+        fail = ProxyError(
+            EndReason.UPSTREAM_TRUNCATED, 502, "upstream_error",
+            f"upstream body could not be read ({type(exc).__name__})", upstream.status,
+        )
+        return await send_error(request, ctx, run, fail)
     finally:
         upstream.close()
     if not body:
-        fail = Failure(502, "upstream_empty_response", "upstream answered with an empty body", upstream.status)
-        return await send_error(request, ctx, run, fail, EndReason.UPSTREAM_ERROR)
+        fail = ProxyError(
+            EndReason.UPSTREAM_ERROR, 502, "upstream_empty_response", "upstream answered with an empty body", upstream.status,
+        )
+        return await send_error(request, ctx, run, fail)
     try:
         body = await run.body(body)
-    except PluginFailed as exc:
-        return await send_error(request, ctx, run, Failure(500, "plugin_failed", str(exc)), EndReason.PLUGIN_FAILED)
+    except PluginFailed:
+        return await send_error(request, ctx, run, _plugin_failed(ctx))
     resp = web.Response(status=upstream.status, body=body, headers=headers)
-    gone = not await _send_whole(request, resp)
+    gone = not await send_whole(request, resp)
     if not gone and ctx.first_byte_at is None:
         ctx.first_byte_at = ctx.started_at + ctx.elapsed_ms / 1000.0
     reason = EndReason.CLIENT_DISCONNECTED if gone else EndReason.COMPLETED
@@ -230,13 +249,3 @@ async def _pump_binary(
         watch.cancel()
         upstream.close()
     return Outcome(relaying.stopped or reason, upstream.status, 0, sent)
-
-
-async def _send_whole(request: web.Request, resp: web.Response) -> bool:
-    """Send a complete response now (so terminal hooks run after the client has it)."""
-    try:
-        await resp.prepare(request)
-        await resp.write_eof()
-    except CLIENT_GONE:
-        return False
-    return True

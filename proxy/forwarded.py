@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 
 __all__ = ["Network", "TrustedProxies", "client_address", "parse_networks"]
 

@@ -1,7 +1,8 @@
 """The API handler: read and check the body, build the context, run `on_request`, forward.
 
-Every refusal here answers in the endpoint's dialect and happens before any plugin runs
-(bad input) or is reported to the plugins that entered (a `Reject` or plugin failure).
+Every refusal here answers in the endpoint's dialect (through `proxy.respond`) and happens
+before any plugin runs (bad input, raised as a `Reject` like a plugin's) or is reported to
+the plugins that entered (a `Reject` or a plugin failure).
 """
 
 from __future__ import annotations
@@ -9,27 +10,29 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import secrets
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from proxy.access_log import AccessLog
 from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
-from proxy.dialects import Route, client_credential, error_response
-from proxy.forward import Failure, Forwarder, forward, send_error
+from proxy.dialects import Route, client_credential
+from proxy.forward import Forwarder, forward
 from proxy.forwarded import TrustedProxies, client_address
 from proxy.metrics import Metrics
-from proxy.models import list_models
+from proxy.models import list_models, one_model
+from proxy.multipart import form_fields
 from proxy.pipeline import Pipeline, PluginFailed, Run
 from proxy.plugin import Reject
+from proxy.respond import PLUGIN_FAILED, error_response, internal_message, reject_response, rejected, send_error
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("weir.access")
 
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n')
 _JSON_TYPES = ("application/json", "text/plain", "")
 
 
@@ -54,16 +57,6 @@ class RequestIds:
         return f"{self._prefix}{next(self._count):08x}"
 
 
-class BadRequest(Exception):
-    """Input Weir refuses before any plugin sees it."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 @dataclass(slots=True)
 class Handler:
     """The per-app API handler."""
@@ -72,7 +65,7 @@ class Handler:
     forwarder: Forwarder
     metrics: Metrics
     max_body: int
-    access: bool
+    access: AccessLog | None  # None: `server.access_log: false`
     body_timeout: float = 30.0
     trusted: TrustedProxies | None = None  # None unless `server.trusted_proxies` lists some
     ids: RequestIds = field(default_factory=lambda: RequestIds())
@@ -83,8 +76,8 @@ class Handler:
         rid = self.ids.next()
         try:
             ctx = await self._context(request, route, rid, model_in_path)
-        except BadRequest as exc:
-            return error_response(route.dialect, exc.status, exc.code, exc.message, {"x-request-id": rid})
+        except Reject as exc:  # input refused before any plugin sees it
+            return reject_response(route.dialect, exc, rid)
         self.metrics.inflight.inc()
         try:
             resp = await self._run(request, ctx)
@@ -107,12 +100,10 @@ class Handler:
         try:
             await run.request()
         except Reject as exc:
-            ctx.status = exc.status
-            run.error(ProxyError(EndReason.REJECTED, exc.status, exc.code, exc.message))
-            return error_response(ctx.dialect, exc.status, exc.code, exc.message, {**exc.headers, "x-request-id": ctx.request_id})
+            return await send_error(request, ctx, run, rejected(exc), exc.headers)
         except PluginFailed:
-            fail = Failure(500, "plugin_failed", "a proxy plugin failed; the request was not sent")
-            return await send_error(request, ctx, run, fail, EndReason.PLUGIN_FAILED)
+            message = internal_message(ctx.request_id, "a proxy plugin failed; the request was not sent")
+            return await send_error(request, ctx, run, ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, message))
         try:
             if ctx.endpoint.value == "models":
                 return await self._models(request, ctx, run)
@@ -123,6 +114,18 @@ class Handler:
 
     async def _models(self, request: web.Request, ctx: RequestContext, run: Run) -> web.StreamResponse:
         body = orjson.dumps({"object": "list", "data": await list_models(self.forwarder.pool)})
+        try:
+            # Plugins see the list as any JSON answer: billing keeps what the caller's key may use.
+            body = await run.body(body)
+        except PluginFailed:
+            message = internal_message(ctx.request_id)
+            return await send_error(request, ctx, run, ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, message))
+        if ctx.model is not None:  # GET /v1/models/{model}: one entry of that list
+            found = one_model(body, ctx.model)
+            if found is None:
+                fail = ProxyError(EndReason.REJECTED, 404, "model_not_found", f"the model {ctx.model!r} does not exist")
+                return await send_error(request, ctx, run, fail)
+            body = found
         ctx.status = 200
         resp = web.Response(body=body, content_type="application/json", headers={"x-request-id": ctx.request_id})
         await resp.prepare(request)
@@ -135,18 +138,20 @@ class Handler:
     ) -> RequestContext:
         body = await _read_body(request, self.max_body, self.body_timeout)
         payload: dict[str, Any] | None = None
+        form: dict[str, str] | None = None
         model = model_in_path
         if route.json_body:
             payload = _parse_json(request, body)
             if model is None:
                 model = _model_field(payload, route.needs_model)
-        elif route.needs_model and body:
-            m = _MULTIPART_MODEL.search(body)
-            model = m.group(1).decode("utf-8", "replace") if m else None
+        elif body:
+            form = form_fields(request.headers.get("Content-Type", ""), body)
+            if form is not None and route.needs_model:
+                model = _model_field(form, required=False)
         stream = route.endpoint.value == "streamGenerateContent"
         if payload is not None and "stream" in payload:
             if not isinstance(payload["stream"], bool):
-                raise BadRequest(400, "invalid_request_error", "'stream' must be a boolean")
+                raise Reject(400, "invalid_request_error", "'stream' must be a boolean")
             stream = stream or payload["stream"]
         client_ip = request.remote or ""
         if self.trusted is not None:  # the hot path when no proxy is trusted: this one check
@@ -165,6 +170,7 @@ class Handler:
             model=model,
             stream=stream,
             api_key=client_credential(request.headers, request.query),
+            form=form,
         )
 
     def _record(self, ctx: RequestContext) -> None:
@@ -177,13 +183,11 @@ class Handler:
             ctx.endpoint.value, upstream, status, outcome, seconds, None if ttft is None else ttft / 1000.0,
             ctx.events_relayed,
         )
-        if self.access:
-            access_log.info(
-                "request_id=%s client=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s"
-                " outcome=%s events=%d ms=%.1f ttft_ms=%s",
-                ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status, ctx.stream, outcome,
-                ctx.events_relayed, seconds * 1000, "-" if ttft is None else f"{ttft:.1f}",
-            )
+        if self.access is not None:
+            self.access.add((
+                time.time(), ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status,
+                ctx.stream, outcome, ctx.events_relayed, seconds * 1000, ttft,
+            ))
 
 
 def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
@@ -210,41 +214,41 @@ def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes")
+        raise Reject(413, "request_too_large", f"request body exceeds {limit} bytes")
     try:
         # A client trickling (or withholding) its body must not hold a handler forever.
         async with asyncio.timeout(timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(413, "request_too_large", f"request body exceeds {limit} bytes") from None
+        raise Reject(413, "request_too_large", f"request body exceeds {limit} bytes") from None
     except TimeoutError:
-        raise BadRequest(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
+        raise Reject(408, "request_timeout", f"the request body did not arrive within {timeout:g} s") from None
 
 
 def _parse_json(request: web.Request, body: bytes) -> dict[str, Any]:
     ctype = request.content_type if request.headers.get("Content-Type") else ""
     if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
-        raise BadRequest(415, "invalid_request_error", f"expected a JSON body, got Content-Type {ctype!r}")
+        raise Reject(415, "invalid_request_error", f"expected a JSON body, got Content-Type {ctype!r}")
     if not body:
-        raise BadRequest(400, "invalid_request_error", "the request body is empty; expected a JSON object")
+        raise Reject(400, "invalid_request_error", "the request body is empty; expected a JSON object")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(400, "invalid_request_error", f"the request body is not valid JSON: {exc.msg}") from None
+        raise Reject(400, "invalid_request_error", f"the request body is not valid JSON: {exc.msg}") from None
     if not isinstance(payload, dict):
-        raise BadRequest(400, "invalid_request_error", "the request body must be a JSON object")
+        raise Reject(400, "invalid_request_error", "the request body must be a JSON object")
     return payload
 
 
-def _model_field(payload: dict[str, Any], required: bool) -> str | None:
+def _model_field(payload: Mapping[str, Any], required: bool) -> str | None:
     model = payload.get("model")
     if model is None:
         if required:
-            raise BadRequest(400, "invalid_request_error", "'model' is required")
+            raise Reject(400, "invalid_request_error", "'model' is required")
         return None
     if not isinstance(model, str) or not model.strip() or len(model) > 256:
-        raise BadRequest(400, "invalid_request_error", "'model' must be a non-empty string")
+        raise Reject(400, "invalid_request_error", "'model' must be a non-empty string")
     return model
 
 
-__all__ = ["BadRequest", "Dialect", "Handler"]
+__all__ = ["Dialect", "Handler", "RequestIds"]

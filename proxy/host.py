@@ -11,8 +11,9 @@ A plugin reaches the host from its `lifespan` with `host_of(app)`:
 
 It gives the proxy's whole config (read-only), the instance id, the config file's folder,
 the tracked task runner (background work that shutdown drains), the app's Prometheus
-registry, named health checks that `/healthz` reports, and named services a plugin publishes
-for others (billing publishes its ledger store as `store`). Nothing here knows any plugin.
+registry, named health checks that `/healthz` reports, named services a plugin publishes
+for others (billing publishes its ledger store as `store`), and each upstream's recent health
+(`upstreams()`). Nothing here knows any plugin.
 
 Also re-exported for plugins: `Config`, `StoreConfig`, `ConfigError` and `build_config`
 (frozen dataclasses from YAML with YAML-path errors), and `TaskTracker`.
@@ -30,10 +31,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.confbuild import ConfigError
-from proxy.confbuild import build as build_config
+from proxy.dataclass_builder import ConfigError
+from proxy.dataclass_builder import build as build_config
 from proxy.config import Config, StoreConfig
 from proxy.tasks import TaskTracker
+from proxy.upstream_health import UpstreamHealth, UpstreamStatus
 
 __all__ = [
     "HOST",
@@ -43,6 +45,7 @@ __all__ = [
     "Host",
     "StoreConfig",
     "TaskTracker",
+    "UpstreamStatus",
     "build_config",
     "host_of",
 ]
@@ -62,8 +65,14 @@ class Host:
     tasks: TaskTracker
     metrics: CollectorRegistry
     shutdown: asyncio.Event
+    upstream_health: UpstreamHealth = field(default_factory=UpstreamHealth)
     _checks: dict[str, HealthCheck] = field(default_factory=dict)
     _services: dict[str, object] = field(default_factory=dict)
+
+    def upstreams(self) -> list[UpstreamStatus]:
+        """Every configured upstream with its recent health (errors and time to first byte
+        over the last five minutes), in config order."""
+        return self.upstream_health.snapshot()
 
     @property
     def config_dir(self) -> Path:

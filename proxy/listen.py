@@ -4,7 +4,9 @@ Binding first means a taken port (or an address this host does not have, or a pr
 port) is one clear error before the store opens or any plugin starts, and that nothing
 claims to be serving until the sockets really are bound. The sockets are bound here as
 asyncio's `create_server` would bind them for a host name (every address it resolves to,
-SO_REUSEADDR, IPv6 sockets IPv6-only); aiohttp starts listening on them.
+SO_REUSEADDR, IPv6 sockets IPv6-only); aiohttp starts listening on them. With `--workers`
+the supervisor binds once this way to check the address, then binds each worker's sockets
+with SO_REUSEPORT (proxy/supervisor.py).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def display_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind_sockets(host: str, port: int) -> list[socket.socket]:
+def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bound (not yet listening), non-blocking sockets for every address `host` resolves to.
 
-    Raises `ListenError` naming `host:port` and the reason when none can be bound, or when
-    one fails for a reason other than its address family being unavailable."""
+    `reuse_port` sets SO_REUSEPORT, so that the sockets of several worker processes share
+    the port and the kernel spreads new connections over those listening (`weir serve
+    --workers`). Raises `ListenError` naming `host:port` and the reason when none can be
+    bound, or when one fails for a reason other than its address family being unavailable."""
     where = display_address(host, port)
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -49,7 +53,7 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     try:
         for family, _type, proto, _name, address in dict.fromkeys(infos):
             try:
-                sockets.append(_bind_one(family, proto, address))
+                sockets.append(_bind_one(family, proto, address, reuse_port))
             except OSError as exc:
                 # Like asyncio: an address family this host has disabled is skipped.
                 if exc.errno != errno.EADDRNOTAVAIL or len(infos) == 1:
@@ -64,10 +68,12 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind_one(family: int, proto: int, address: Any) -> socket.socket:
+def _bind_one(family: int, proto: int, address: Any, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)

@@ -2,7 +2,8 @@
 
 `use:` is an entry-point name in the `weir.plugins` group (built-ins register there too),
 or a `module:attr` import path. An installed plugin is inactive until it is listed.
-Any load or config error stops startup with the YAML path in the message.
+Any load or config error stops startup with the YAML path in the message. An entry's
+`timeout:` and `lifespan_timeout:` become the plugin's time limits.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from proxy.confbuild import ConfigError, build
+from proxy.dataclass_builder import ConfigError, build
 from proxy.config import PluginSpec
 from proxy.plugin import Plugin
 
@@ -50,7 +51,12 @@ def load_plugins(specs: tuple[PluginSpec, ...]) -> list[Plugin]:
         cls = resolve(spec.use, f"plugins[{i}].use")
         config = build(cls.Config, spec.config, f"plugins[{i}].config")
         try:
-            plugins.append(cls(config))
+            plugin = cls(config)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"plugins[{i}].config", str(exc)) from exc
+        if spec.timeout is not None:
+            plugin.timeout = spec.timeout
+        if spec.lifespan_timeout is not None:
+            plugin.lifespan_timeout = spec.lifespan_timeout
+        plugins.append(plugin)
     return plugins

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy.upstream_health import UpstreamHealth
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -12,8 +15,10 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class Metrics:
     """Request, status, latency, TTFT, relayed events and upstream attempts, per upstream."""
 
-    def __init__(self) -> None:
+    def __init__(self, health: UpstreamHealth | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: Recent attempts and first-byte times per upstream (the admin API's health view).
+        self.health = health or UpstreamHealth()
         self.requests = Counter(
             "weir_requests_total", "Proxied requests by endpoint, upstream, status and outcome",
             ("endpoint", "upstream", "status", "outcome"), registry=self.registry,
@@ -34,9 +39,26 @@ class Metrics:
             ("upstream", "result"), registry=self.registry,
         )
         self.inflight = Gauge("weir_inflight_requests", "Requests in progress", registry=self.registry)
+        self.breaker_open = Gauge(
+            "weir_upstream_breaker_open", "1 while the upstream's circuit breaker is open (skipped or probing)",
+            ("upstream",), registry=self.registry,
+        )
+        self.breaker_trips = Counter(
+            "weir_upstream_breaker_trips_total", "Times the upstream's circuit breaker opened",
+            ("upstream",), registry=self.registry,
+        )
         # Labelled children, looked up once per label set: `labels()` validates and locks on
         # every call, which showed up in profiles of the request path.
         self._children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def attempt(self, upstream: str, result: str) -> None:
+        """Record one upstream attempt: its result is an HTTP status, `timeout` or `unreachable`."""
+        child = self._attempt_children.get((upstream, result))
+        if child is None:
+            child = self._attempt_children[(upstream, result)] = self.attempts.labels(upstream, result)
+        child.inc()
+        self.health.attempt(upstream, result)
 
     def observe(
         self,
@@ -64,8 +86,23 @@ class Metrics:
         latency.observe(seconds)
         if ttft is not None:
             ttft_hist.observe(ttft)
+            if 200 <= status < 300:
+                self.health.first_byte(upstream, ttft)
         if events:
             events_counter.inc(events)
+
+    def upstreams(self, names: Iterable[str]) -> None:
+        """Show every upstream's breaker (closed, no trips) before anything happens to it."""
+        for name in names:
+            self.breaker_open.labels(name).set(0)
+            self.breaker_trips.labels(name)
+
+    def breaker_changed(self, upstream: str, is_open: bool, tripped: bool) -> None:
+        """A circuit breaker opened (`tripped`) or closed (proxy.breaker)."""
+        self.health.breaker_changed(upstream, is_open)
+        self.breaker_open.labels(upstream).set(1 if is_open else 0)
+        if tripped:
+            self.breaker_trips.labels(upstream).inc()
 
     def render(self) -> bytes:
         """The exposition text."""

@@ -1,19 +1,29 @@
-"""Hook dispatch: order, exactly-one terminal hook, isolation by phase, tracing.
+"""Hook dispatch: order, exactly-one terminal hook, isolation by phase, checked results,
+time limits, tracing.
 
 `Pipeline` is built once per app from the loaded plugins. Each request gets a `Run`, which
 remembers which plugins entered (their `on_request` returned) and guarantees that each of
-them receives exactly one terminal hook, whatever happens.
+them receives exactly one terminal hook, whatever another plugin returns or raises.
+
+What a hook hands back is checked where it returns, so a mistake is blamed on the plugin
+that made it (not on the next plugin, or the relay): `on_event` returns an `SSEEvent`,
+None (unchanged) or `DROP`; `on_body` bytes or None (unchanged); the other hooks None.
+Headers a plugin set for the upstream or the client must be strings without line breaks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import orjson
+from multidict import CIMultiDict
 
 from proxy.context import Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
-from proxy.plugin import Plugin, Reject
+from proxy.plugin import DROP, Plugin, Reject
 from proxy.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -32,17 +42,72 @@ HOOKS = (
 
 
 class PluginFailed(Exception):
-    """A critical plugin raised in a response hook; the response ends with plugin_failed."""
+    """A plugin failed in a hook; the request is refused or the response ends with
+    `plugin_failed`. `plugin` is None when no single plugin can be blamed."""
 
-    def __init__(self, plugin: Plugin, hook: str, cause: BaseException) -> None:
-        super().__init__(f"plugin {plugin.name} failed in {hook}: {cause!r}")
+    def __init__(self, plugin: Plugin | None, hook: str, cause: BaseException) -> None:
+        who = f"plugin {plugin.name}" if plugin is not None else "the plugins"
+        # The exception's type only: this text reaches plugins (`Outcome.error`) and the
+        # consume log; its message and traceback are in the proxy's log line.
+        super().__init__(f"{who} failed in {hook} ({type(cause).__name__})")
         self.plugin = plugin
         self.hook = hook
+
+
+class HookResultError(TypeError):
+    """A hook returned something of the wrong type (or set a header that cannot be sent)."""
+
+
+class HookTimeout(TimeoutError):
+    """A hook did not finish within its plugin's `timeout`."""
 
 
 def overrides(plugin: Plugin, hook: str) -> bool:
     """True when `plugin`'s class overrides `hook` of the base `Plugin`."""
     return getattr(type(plugin), hook) is not getattr(Plugin, hook)
+
+
+def hook_name(plugin: Plugin, hook: str) -> str:
+    """`module.Class.hook`: where a plugin author finds the hook that misbehaved."""
+    cls = type(plugin)
+    return f"{cls.__module__}.{cls.__qualname__}.{hook}"
+
+
+def _wrong(plugin: Plugin, hook: str, value: object, expected: str) -> HookResultError:
+    return HookResultError(f"{hook_name(plugin, hook)} returned {type(value).__name__}; expected {expected}")
+
+
+def _bad_header(headers: CIMultiDict[str], where: str) -> str | None:
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            return f"ctx.{where}[{name!r}] is a {type(value).__name__}, not a str"
+        if "\n" in value or "\r" in value or "\x00" in value or "\n" in name or "\r" in name:
+            return f"ctx.{where}[{name!r}] contains a line break or NUL"
+    return None
+
+
+def header_problem(ctx: RequestContext) -> str | None:
+    """Why the headers plugins set on `ctx` cannot be sent, or None (the usual case, cheaply)."""
+    if ctx.upstream_headers:
+        problem = _bad_header(ctx.upstream_headers, "upstream_headers")
+        if problem is not None:
+            return problem
+    if ctx.response_headers:
+        return _bad_header(ctx.response_headers, "response_headers")
+    return None
+
+
+def reject_problem(exc: Reject) -> str | None:
+    """Why a `Reject` cannot be answered as it is (a status that is not an error, a header
+    that cannot be sent), or None."""
+    if not (type(exc.status) is int and 400 <= exc.status <= 599):
+        return f"Reject status must be an int from 400 to 599, got {exc.status!r}"
+    if not (isinstance(exc.code, str) and isinstance(exc.message, str)):
+        return "Reject code and message must be strings"
+    for name, value in exc.headers.items():
+        if not (isinstance(name, str) and isinstance(value, str)) or "\n" in name + value or "\r" in name + value:
+            return f"Reject header {name!r} must be a str without line breaks"
+    return None
 
 
 class Pipeline:
@@ -61,9 +126,12 @@ class Pipeline:
         # Per request, computed once here: which plugins run `on_request`, and each terminal
         # hook's plugins with their position (a Run's entered plugins are a prefix).
         self.request_plan = tuple((p, overrides(p, "on_request")) for p in self.plugins)
+        self.requests_hooked = any(hooked for _, hooked in self.request_plan)
         position = {id(p): i for i, p in enumerate(self.plugins)}
         self.complete_plan = tuple((position[id(p)], p) for p in self.complete_hooks)
         self.error_plan = tuple((position[id(p)], p) for p in self.error_hooks)
+        # Hooks are awaited directly unless tracing or a plugin's time limit needs a wrapper.
+        self.direct = not trace and all(p.timeout is None for p in self.plugins)
 
     def start(self, ctx: RequestContext) -> Run:
         """Begin the hook sequence for one request."""
@@ -93,64 +161,112 @@ class Run:
     async def request(self) -> None:
         """Run `on_request` in order. Raises Reject, or PluginFailed (fail closed).
 
-        Plugins that do not override `on_request` count as entered when reached.
+        Plugins that do not override `on_request` count as entered when reached. A plugin
+        whose hook returned has entered even when what it returned or set is refused: it
+        is owed its terminal hook. Afterwards `ctx.json` (changes made in place included)
+        becomes the body sent upstream.
         """
         ctx = self.ctx
-        trace = self.pipeline.trace
+        direct = self.pipeline.direct
         for plugin, hooked in self.pipeline.request_plan:
-            if hooked:
-                try:
-                    if trace:
-                        await self._call(plugin, "on_request", plugin.on_request(ctx))
-                    else:
-                        await plugin.on_request(ctx)
-                except Reject:
+            if not hooked:
+                self.entered += 1
+                continue
+            try:
+                if direct:
+                    result = await plugin.on_request(ctx)  # type: ignore[func-returns-value]
+                else:
+                    result = await self._call(plugin, "on_request", plugin.on_request(ctx))
+            except Reject as exc:
+                problem = reject_problem(exc)
+                if problem is None:
                     raise
-                except Exception as exc:
-                    log.exception("plugin %s failed in on_request [request %s]", plugin.name, ctx.request_id)
-                    raise PluginFailed(plugin, "on_request", exc) from exc
+                self._request_failure(plugin, HookResultError(f"{hook_name(plugin, 'on_request')}: {problem}"))
+            except Exception as exc:
+                self._request_failure(plugin, exc)
             self.entered += 1
+            if result is not None:
+                self._request_failure(plugin, _wrong(plugin, "on_request", result, "None"))
+            if ctx.upstream_headers or ctx.response_headers:
+                problem = header_problem(ctx)
+                if problem is not None:
+                    self._request_failure(plugin, HookResultError(f"{hook_name(plugin, 'on_request')}: {problem}"))
+        if ctx.json is not None and self.pipeline.requests_hooked:
+            try:
+                ctx.body = orjson.dumps(ctx.json)
+            except TypeError as exc:  # orjson's JSONEncodeError: something a plugin put in ctx.json
+                self._unserialisable(exc)
+
+    def _unserialisable(self, exc: TypeError) -> NoReturn:
+        names = ", ".join(p.name for p, hooked in self.pipeline.request_plan if hooked)
+        log.error(
+            "ctx.json cannot be serialised after on_request (plugins: %s) [request %s]",
+            names, self.ctx.request_id, exc_info=exc,
+        )
+        raise PluginFailed(None, "on_request", exc) from exc
+
+    def _request_failure(self, plugin: Plugin, exc: BaseException) -> NoReturn:
+        log.error("plugin %s failed in on_request [request %s]", plugin.name, self.ctx.request_id, exc_info=exc)
+        raise PluginFailed(plugin, "on_request", exc) from exc
 
     async def response_headers(self, upstream: UpstreamResponse) -> None:
         """Run `on_response_headers` in reverse order."""
+        ctx = self.ctx
         for plugin in self.pipeline.header_hooks:
             if id(plugin) in self.skipped:
                 continue
             try:
-                await self._call(plugin, "on_response_headers", plugin.on_response_headers(self.ctx, upstream))
+                result = await self._call(plugin, "on_response_headers", plugin.on_response_headers(ctx, upstream))
+                if result is not None:
+                    raise _wrong(plugin, "on_response_headers", result, "None")
+                problem = header_problem(ctx)
+                if problem is not None:
+                    raise HookResultError(f"{hook_name(plugin, 'on_response_headers')}: {problem}")
             except Exception as exc:
                 self._response_failure(plugin, "on_response_headers", exc)
 
     async def event(self, event: SSEEvent) -> SSEEvent | None:
         """Pass one event through `on_event` in reverse order; None means dropped."""
         ctx = self.ctx
-        current: SSEEvent | None = event
+        direct = self.pipeline.direct
+        current = event
         for plugin in self.event_hooks:
             try:
-                if self.pipeline.trace:
-                    current = await self._call(plugin, "on_event", plugin.on_event(ctx, current))  # type: ignore[arg-type]
+                if direct:
+                    out = await plugin.on_event(ctx, current)
                 else:
-                    current = await plugin.on_event(ctx, current)  # type: ignore[arg-type]
+                    out = await self._call(plugin, "on_event", plugin.on_event(ctx, current))
+                if out is None:
+                    continue  # unchanged
+                if not isinstance(out, SSEEvent):
+                    if out is DROP:
+                        return None
+                    raise _wrong(plugin, "on_event", out, "an SSEEvent, None (unchanged) or DROP")
             except Exception as exc:
                 self._response_failure(plugin, "on_event", exc)
                 continue
-            if current is None:
-                return None
+            current = out
         return current
 
     async def body(self, body: bytes) -> bytes:
         """Pass a non-streamed body through `on_body` in reverse order."""
-        trace = self.pipeline.trace
+        direct = self.pipeline.direct
         for plugin in self.pipeline.body_hooks:
             if id(plugin) in self.skipped:
                 continue
             try:
-                if trace:
-                    body = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
+                if direct:
+                    out = await plugin.on_body(self.ctx, body)
                 else:
-                    body = await plugin.on_body(self.ctx, body)
+                    out = await self._call(plugin, "on_body", plugin.on_body(self.ctx, body))
+                if out is None:
+                    continue  # unchanged
+                if not isinstance(out, bytes):
+                    raise _wrong(plugin, "on_body", out, "bytes or None (unchanged)")
             except Exception as exc:
                 self._response_failure(plugin, "on_body", exc)
+                continue
+            body = out
         return body
 
     def complete(self, outcome: Outcome) -> None:
@@ -183,36 +299,51 @@ class Run:
         return True
 
     async def _terminal(self, hook: str, plan: Sequence[tuple[int, Plugin]], arg: Any) -> None:
-        trace = self.pipeline.trace
+        direct = self.pipeline.direct
         for position, plugin in plan:
             if position >= self.entered:
                 continue
             try:
-                if trace:
-                    await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
+                if direct:
+                    result = await getattr(plugin, hook)(self.ctx, arg)
                 else:
-                    await getattr(plugin, hook)(self.ctx, arg)
-            except Exception:
-                log.exception("plugin %s failed in %s [request %s]", plugin.name, hook, self.ctx.request_id)
+                    result = await self._call(plugin, hook, getattr(plugin, hook)(self.ctx, arg))
+                if result is not None:
+                    raise _wrong(plugin, hook, result, "None")
+            except Exception as exc:
+                log.error("plugin %s failed in %s [request %s]", plugin.name, hook, self.ctx.request_id, exc_info=exc)
 
     def _response_failure(self, plugin: Plugin, hook: str, exc: Exception) -> None:
-        log.error(
-            "plugin %s failed in %s [request %s]: %r", plugin.name, hook, self.ctx.request_id, exc
-        )
+        log.error("plugin %s failed in %s [request %s]", plugin.name, hook, self.ctx.request_id, exc_info=exc)
         if plugin.critical:
             raise PluginFailed(plugin, hook, exc) from exc
         self.skipped = self.skipped | {id(plugin)}
         self.event_hooks = tuple(p for p in self.event_hooks if p is not plugin)
 
     async def _call(self, plugin: Plugin, hook: str, aw: Awaitable[Any]) -> Any:
+        """Await one hook call within the plugin's `timeout` (when it has one), timed when
+        tracing is on."""
+        timeout = plugin.timeout
         if not self.pipeline.trace:
-            return await aw
+            return await (aw if timeout is None else _limited(plugin, hook, aw, timeout))
         t0 = time.perf_counter()
         try:
-            return await aw
+            return await (aw if timeout is None else _limited(plugin, hook, aw, timeout))
         finally:
             trace_log.info(
                 "plugin=%s hook=%s request=%s took_us=%d",
                 plugin.name, hook, self.ctx.request_id, (time.perf_counter() - t0) * 1e6,
             )
 
+
+async def _limited(plugin: Plugin, hook: str, aw: Awaitable[Any], timeout: float) -> Any:
+    """`aw` within `timeout` seconds; a `HookTimeout` (a plugin failure) when it overruns.
+    A TimeoutError the hook raises itself passes through as the hook's own error."""
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            return await aw
+    except TimeoutError:
+        if limit.expired():
+            raise HookTimeout(f"{hook_name(plugin, hook)} did not finish within its timeout of {timeout:g} s") from None
+        raise

@@ -6,13 +6,18 @@ example, and `tests/test_docs.py` fails when a hook is undocumented.
 Ordering: `on_request` runs in proxy.yaml order; every response hook and terminal hook
 runs in reverse order, as an onion would. Every plugin whose `on_request` returned gets
 exactly one terminal hook (`on_complete` or `on_error`), exactly once.
+
+What a hook returns is checked: `on_event` returns an `SSEEvent`, None (unchanged) or
+`DROP`; `on_body` bytes or None (unchanged); every other hook None. A wrong type is a
+failure of the plugin that returned it, handled by the phase's rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from enum import Enum
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
@@ -29,7 +34,9 @@ from proxy.context import (
 )
 
 __all__ = [
+    "DROP",
     "Dialect",
+    "Drop",
     "EndReason",
     "Endpoint",
     "NoConfig",
@@ -66,6 +73,17 @@ class Reject(Exception):
         self.headers = headers or {}
 
 
+class Drop(Enum):
+    """The type of `DROP`."""
+
+    DROP = "drop"
+
+
+#: Returned from `on_event` to drop the event: it is not relayed, and the plugins after
+#: this one do not see it. (None means "unchanged", so a forgotten `return` drops nothing.)
+DROP: Final = Drop.DROP
+
+
 @dataclass(frozen=True, slots=True)
 class NoConfig:
     """The config of a plugin that takes none."""
@@ -84,6 +102,12 @@ class Plugin:
       * `authenticates`: True for a plugin that refuses requests without a valid client
         credential. Weir refuses to listen beyond loopback unless one is listed (or
         `server.allow_unauthenticated` is set).
+      * `timeout`: seconds each hook call may take (None: no limit); an overrun is a
+        failure of the plugin in that hook. proxy.yaml's `timeout:` on the plugin's entry
+        sets it.
+      * `lifespan_timeout`: seconds `lifespan` may take to reach its `yield`, and its
+        teardown to finish; proxy.yaml's `lifespan_timeout:` sets it. An overrun at
+        startup stops startup, naming the plugin.
 
     Only overridden hooks are called, so an unused hook costs nothing per event.
     """
@@ -92,6 +116,8 @@ class Plugin:
     Config: ClassVar[type[Any]] = NoConfig
     critical: ClassVar[bool] = True
     authenticates: ClassVar[bool] = False
+    timeout: float | None = None
+    lifespan_timeout: float = 30.0
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -101,7 +127,8 @@ class Plugin:
 
         Runs once at startup, before the first request, in proxy.yaml order; the code after
         `yield` runs at shutdown in reverse order, after in-flight terminal hooks have
-        finished. An exception before `yield` stops startup.
+        finished. An exception before `yield`, or not reaching it within `lifespan_timeout`
+        seconds, stops startup with the plugin's name (`weir serve` exits non-zero).
         """
         yield
 
@@ -117,10 +144,12 @@ class Plugin:
         """Inspect or change a request before it is sent upstream.
 
         Fires once per request, in proxy.yaml order, after the body is read and parsed.
-        May mutate `ctx` (body via `ctx.set_json`, `ctx.upstream_headers`,
-        `ctx.response_headers`, `ctx.state`, `ctx.drain_on_disconnect`). Raise `Reject` to
-        refuse the request. Fails closed: any other exception refuses the request with a
-        500 and the plugins already entered get `on_error`. Once it returns, this plugin is
+        May mutate `ctx`: `ctx.json` in place or with `ctx.set_json` (what it holds after
+        the last `on_request` is what is sent upstream), `ctx.set_body`,
+        `ctx.upstream_headers`, `ctx.response_headers` (str values), `ctx.state`,
+        `ctx.drain_on_disconnect`. Raise `Reject` to refuse the request. Fails closed: any
+        other exception, a time-out or a returned value refuses the request with a 500 and
+        the plugins already entered get `on_error`. Once it returns, this plugin is
         guaranteed exactly one terminal hook.
         """
 
@@ -131,23 +160,25 @@ class Plugin:
         May add to `ctx.response_headers`. Error policy: see `critical`.
         """
 
-    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
-        """See each SSE event of a streamed response; return it, a replacement, or None.
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | Drop | None:
+        """See each SSE event of a streamed response; return a replacement, `DROP` or None.
 
         Fires per event, in reverse order; each plugin sees what the previous one returned.
-        None drops the event (later plugins do not see it). An event returned unchanged is
-        relayed as its original bytes. Also fires for events read while draining after a
-        client disconnect (they are not relayed). Error policy: see `critical`.
+        None (or the event itself) leaves it unchanged; `DROP` drops it (later plugins do
+        not see it). An event passed on unchanged is relayed as its original bytes. Also
+        fires for events read while draining after a client disconnect (they are not
+        relayed). Any other return value is a failure. Error policy: see `critical`.
         """
-        return event
+        return None
 
-    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
+    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
         """See, and optionally replace, the whole body of a non-streamed 2xx response.
 
-        Fires once, in reverse order, before the body is written to the client.
-        Error policy: see `critical`.
+        Fires once, in reverse order, before the body is written to the client. Return new
+        bytes to replace it; None (or the body itself) leaves it unchanged. Error policy:
+        see `critical`.
         """
-        return body
+        return None
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """A response was started; this is how it ended. Terminal: fires exactly once.

@@ -11,6 +11,7 @@ waiting on a client: either way the transport is aborted and the outcome still d
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -20,12 +21,15 @@ from aiohttp import web
 from proxy.context import EndReason, Outcome, RequestContext
 from proxy.dialects import is_error_event, is_terminal
 from proxy.pipeline import PluginFailed, Run
+from proxy.respond import CLIENT_GONE, PLUGIN_FAILED, internal_message, stream_error
 from proxy.sse import SSEOverflow, SSEParser
+
+log = logging.getLogger(__name__)
 
 #: Errors reading from the upstream mid-response: a reset, a timeout, a broken payload.
 UPSTREAM_READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-#: Errors writing to a client that went away.
-CLIENT_GONE = (ConnectionError, aiohttp.ClientConnectionResetError)
+
+__all__ = ["CLIENT_GONE", "UPSTREAM_READ_ERRORS", "ActiveStreams", "pump_stream", "read_body", "read_chunk"]
 
 
 @dataclass(slots=True)
@@ -145,7 +149,7 @@ async def pump_stream(
     try:
         reason = await _relay(request, resp, upstream, ctx, run, st, relaying, idle)
         if relaying.stopped is None:
-            await _end(request, resp, st, reason, relaying)
+            await _end(request, resp, ctx, st, reason, relaying)
     finally:
         active.close(relaying)
     if relaying.stopped is not None:
@@ -170,6 +174,12 @@ async def _relay(
         # An event too large to relay whole: the stream cannot go on, like a reset.
         st.error = f"upstream stream unusable: {exc}"
         st.broken = True
+    except Exception as exc:
+        # Something the pipeline's checks did not catch (a bug, or an event a plugin built
+        # that cannot be sent): the stream ends as a plugin failure would, visibly.
+        log.exception("request %s: the relay failed", ctx.request_id)
+        st.error = f"internal error: {type(exc).__name__}"
+        return EndReason.PLUGIN_FAILED
     finally:
         if watch is not None:
             watch.cancel()
@@ -178,9 +188,17 @@ async def _relay(
 
 
 async def _end(
-    request: web.Request, resp: web.StreamResponse, st: StreamState, reason: EndReason, relaying: Relaying
+    request: web.Request, resp: web.StreamResponse, ctx: RequestContext, st: StreamState, reason: EndReason,
+    relaying: Relaying,
 ) -> None:
-    """End the client's response: its terminating chunk, or an abort when the upstream broke."""
+    """End the client's response: its terminating chunk, or an abort when the upstream broke.
+
+    A stream that a plugin's failure cut short gets an error event in the dialect first,
+    so that the client's SDK raises rather than taking the cut for a complete answer."""
+    if reason is EndReason.PLUGIN_FAILED and not st.client_gone:
+        relaying.writes += 1
+        st.client_gone = not await stream_error(resp, ctx, PLUGIN_FAILED, internal_message(ctx.request_id))
+        relaying.writes += 1
     if st.broken and not st.terminal and not st.client_gone and request.transport is not None:
         # Mirror the upstream's failure: end the client's stream without its terminating
         # chunk, so the client knows the answer is incomplete (a clean EOF would hide it).
@@ -241,7 +259,13 @@ async def _relay_loop(
             elif is_error_event(endpoint, item):
                 st.errored = True
             if run.event_hooks:
-                passed = await run.event(item)
+                try:
+                    passed = await run.event(item)
+                except PluginFailed:
+                    # What every plugin passed before the failure still reaches the client.
+                    if out:
+                        await _write(resp, b"".join(out), ctx, st, relaying)
+                    raise
                 if passed is None:
                     continue
                 item = passed

@@ -16,9 +16,10 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from proxy.config import UpstreamConfig
+from proxy.breaker import Breaker, BreakerListener
+from proxy.config import BreakerConfig, UpstreamConfig
 from proxy.context import Dialect, RequestContext
-from proxy.dialects import CREDENTIAL_HEADERS, SPEAKS, VERSION_PREFIX, upstream_auth
+from proxy.dialects import CREDENTIAL_HEADERS, GEMINI_PREFIXES, SPEAKS, VERSION_PREFIX, upstream_auth
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
 HOP_BY_HOP = frozenset(
@@ -65,10 +66,11 @@ def connection_listed(headers: CIMultiDict[str] | object) -> set[str]:
 
 @dataclass(slots=True)
 class Upstream:
-    """A configured upstream with its key rotation cursor and resolved base URL."""
+    """A configured upstream with its key rotation cursor, resolved base URL and breaker."""
 
     config: UpstreamConfig
     base_url: str
+    breaker: Breaker = field(default_factory=Breaker)
     _keys: Iterator[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,11 +100,31 @@ class Upstream:
         return self.config.model_map.get(model, model)
 
 
+def _breaker(config: UpstreamConfig, default: BreakerConfig | None, listener: BreakerListener | None) -> Breaker:
+    chosen = config.breaker or default
+    if chosen is None:
+        return Breaker(config.name)
+    if listener is None:
+        return Breaker.from_config(config.name, chosen)
+    return Breaker.from_config(config.name, chosen, on_change=listener)
+
+
 class UpstreamPool:
     """All upstreams plus the one pooled ClientSession (created in the app lifespan)."""
 
-    def __init__(self, configs: tuple[UpstreamConfig, ...], rng: random.Random | None = None) -> None:
-        self.upstreams = [Upstream(c, c.base_url.rstrip("/")) for c in configs]
+    def __init__(
+        self,
+        configs: tuple[UpstreamConfig, ...],
+        rng: random.Random | None = None,
+        *,
+        breaker: BreakerConfig | None = None,
+        on_breaker: BreakerListener | None = None,
+    ) -> None:
+        """`breaker`: the default for upstreams without their own (None: no breaker);
+        `on_breaker` hears every breaker's state changes (the metrics)."""
+        self.upstreams = [
+            Upstream(c, c.base_url.rstrip("/"), _breaker(c, breaker, on_breaker)) for c in configs
+        ]
         self.session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()
         # (dialect, model) -> able upstreams grouped by priority; bounded by _MAX_ROUTES.
@@ -162,10 +184,9 @@ class UpstreamPool:
 def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> str:
     """The upstream URL: base_url + the path after the dialect's version prefix (+ query)."""
     path = ctx.path
-    prefix = VERSION_PREFIX[ctx.dialect]
     # The built-in mock serves every dialect under its own version prefixes.
-    if up.config.type != "mock" and path.startswith(prefix):
-        path = path[len(prefix):]
+    if up.config.type != "mock":
+        path = _strip_version(ctx.dialect, path)
     if ctx.dialect is Dialect.GEMINI and upstream_model and ctx.model and upstream_model != ctx.model:
         path = path.replace(f"/models/{ctx.model}:", f"/models/{upstream_model}:", 1)
     query = [(k, v) for k, v in ctx.query.items() if k != "key"]
@@ -173,6 +194,15 @@ def build_url(up: Upstream, ctx: RequestContext, upstream_model: str | None) -> 
     if query:
         url += "?" + "&".join(f"{_q(k)}={_q(v)}" for k, v in query)
     return url
+
+
+def _strip_version(dialect: Dialect, path: str) -> str:
+    """The path after the client's version prefix (`base_url` carries the upstream's own)."""
+    prefixes = GEMINI_PREFIXES if dialect is Dialect.GEMINI else (VERSION_PREFIX[dialect],)
+    for prefix in prefixes:
+        if path.startswith(prefix + "/"):
+            return path[len(prefix):]
+    return path
 
 
 def _q(text: str) -> str:

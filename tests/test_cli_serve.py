@@ -1,7 +1,9 @@
 """`weir serve` and `weir check-config` as real processes (`python -m proxy …`): `--host` /
-`--port` override proxy.yaml; a bind error is one line on stderr and exit 2, with nothing
-claiming to serve; check-config refuses what serve refuses; `pricing import-ratios` runs
-without any proxy.yaml. Every wait is bounded."""
+`--port` / `--workers` override proxy.yaml; a bind error is one line on stderr and exit 2,
+with nothing claiming to serve (with workers too, and a second Weir on a port that workers
+serve is refused, not joined); a worker that cannot start fails the start; check-config
+refuses what serve refuses; `pricing import-ratios` runs without any proxy.yaml. Every wait
+is bounded."""
 
 from __future__ import annotations
 
@@ -139,6 +141,9 @@ def test_check_config_accepts_an_open_bind_with_its_warning(tmp_path: Path) -> N
     (["--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
     (["--port", "http"], "argument --port: expected a port number, got 'http'"),
     (["--host", "http://0.0.0.0"], "argument --host: expected an address or a host name"),
+    (["--workers", "0"], "argument --workers: must be between 1 and 64, got 0"),
+    (["--workers", "65"], "argument --workers: must be between 1 and 64, got 65"),
+    (["--workers", "two"], "argument --workers: expected a number of processes, got 'two'"),
 ])
 def test_bad_flags_are_refused(tmp_path: Path, command: str, flags: list[str], message: str) -> None:
     config = write_config(tmp_path)
@@ -167,3 +172,70 @@ def test_import_ratios_needs_no_config(tmp_path: Path) -> None:
     # A config that is named but missing is still an error.
     res = weir("pricing", "import-ratios", "ratios.json", "--config", "missing.yaml", cwd=tmp_path)
     assert res.returncode == 2 and "cannot read missing.yaml" in res.stderr
+
+
+def test_workers_on_a_taken_port_is_one_line_and_exit_2(tmp_path: Path, listener: int) -> None:
+    config = write_config(tmp_path, port=listener)
+    res = weir("serve", "--config", str(config), "--workers", "2", cwd=tmp_path)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == f"weir: cannot listen on 127.0.0.1:{listener}: {ADDRESS_IN_USE}\n"
+
+
+def _wait_for_line(out: Path, proc: subprocess.Popen[bytes], text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in out.read_text():
+        assert proc.poll() is None, f"weir serve exited with {proc.returncode}: {out.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout:.0f}s: {out.read_text()}"
+        time.sleep(0.05)
+
+
+def test_workers_from_the_config_serve_and_a_second_weir_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path, workers=2)
+    port = yaml.safe_load(config.read_text())["server"]["port"]
+    out = tmp_path / "stdout"
+    with open(out, "wb") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                                cwd=ROOT, env=child_env(), stdout=stdout, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        _wait_for_line(out, proc, "serving on")
+        assert out.read_text() == f"weir: serving on http://127.0.0.1:{port} with 2 workers (config {config})\n"
+        assert healthz(port) == 200
+        # SO_REUSEPORT would let a second process of the same user join the port: refused instead.
+        for flags in ([], ["--workers", "3"]):
+            res = weir("serve", "--config", str(config), *flags, cwd=tmp_path)
+            assert (res.returncode, res.stdout) == (2, "")
+            assert res.stderr == f"weir: cannot listen on 127.0.0.1:{port}: {ADDRESS_IN_USE}\n"
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        kill_group(proc)
+
+
+def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["store"]["path"] = str(tmp_path / "missing" / "weir.db")  # a folder that does not exist
+    data["plugins"] = [{"use": "billing"}]
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    res = weir("serve", "--config", str(config), "--workers", "2", cwd=tmp_path, timeout=120)
+    assert res.returncode == 1
+    assert "serving on" not in res.stdout
+    # The worker's one line names the plugin; it exits 3, as a single process would.
+    assert "weir: startup failed: plugin billing: lifespan failed at startup" in res.stderr
+    assert "cannot open SQLite database" in res.stderr
+    assert "weir: worker 1 exited with code 3 before it was serving (its error is above)" in res.stderr
+    assert "worker 2 started" not in res.stderr
+
+
+def test_check_config_takes_workers(tmp_path: Path) -> None:
+    config = write_config(tmp_path, workers=2)
+    res = weir("check-config", "--config", str(config), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["workers"] == 2
+    res = weir("check-config", "--config", str(config), "--json", "--workers", "3", cwd=tmp_path)
+    assert json.loads(res.stdout)["workers"] == 3
+    config = write_config(tmp_path, workers=0)
+    res = weir("check-config", "--config", str(config), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr == "weir: config error: server.workers: must be between 1 and 64, got 0\n"

@@ -44,6 +44,8 @@ def test_env_interpolation_and_defaults() -> None:
         ({"plugins": [{"config": {}}]}, r"plugins\[0\]\.use: required"),
         ({"server": {"client_write_timeout": 0}}, r"server\.client_write_timeout: must be greater than 0"),
         ({"server": {"client_write_timeout": -1.5}}, r"server\.client_write_timeout: must be greater than 0"),
+        ({"server": {"metrics_token": "short"}}, r"server\.metrics_token: must be at least 16 characters"),
+        ({"admin": {"token": "short"}}, r"admin\.token: must be at least 16 characters"),
     ],
 )
 def test_errors_name_their_path(data: dict, message: str) -> None:

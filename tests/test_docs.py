@@ -156,8 +156,8 @@ def test_the_checker_notices_a_section_for_a_removed_hook() -> None:
 
 def test_the_checker_notices_an_incomplete_or_wrong_section() -> None:
     text = guide().replace(
-        "async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None\n",
-        "async def on_event(self, ctx: RequestContext) -> SSEEvent | None\n",
+        "async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | Drop | None\n",
+        "async def on_event(self, ctx: RequestContext) -> SSEEvent | Drop | None\n",
         1,
     )
     problems = section_problems(text, public_hooks())

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.plugin import EndReason, Outcome, Plugin, ProxyError, Reject, RequestContext, SSEEvent, UpstreamResponse
+from proxy.plugin import DROP, Drop, EndReason, Outcome, Plugin, ProxyError, Reject, RequestContext, SSEEvent, UpstreamResponse
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}
 STREAM = {**CHAT, "stream": True}
@@ -220,12 +220,12 @@ async def test_event_drop_and_replace(make_proxy: Any, fake_upstream: Any) -> No
     class Rewriter(Plugin):
         name = "rewriter"
 
-        async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
+        async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | Drop | None:
             data = event.json
             if isinstance(data, dict) and data.get("choices"):
                 delta = data["choices"][0].get("delta", {})
                 if delta.get("content") == "Mock":
-                    return None
+                    return DROP
                 if "content" in delta:
                     delta["content"] = delta["content"].upper()
                     return event.with_json(data)

@@ -28,6 +28,10 @@ class BillingConfig:
     auth_cache_ttl: float = 5.0
     first_run_demo: bool = False
     demo_usd: str = "1"
+    #: Seconds between checks for a new price version saved by another instance (§9: within 5 s).
+    price_poll_every: float = 1.0
+    #: False turns off the public `/pricing` page and `GET /api/pricing` (they answer 404).
+    pricing_page: bool = True
 
     def pricing_block(self) -> dict[str, Any]:
         """The keys `PricingConfig.from_plugin_config` reads."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from plugins.billing.store.base import Store, StoreError
 from proxy.host import TaskTracker
@@ -23,8 +23,11 @@ class Housekeeper:
         heartbeat_every: float,
         orphan_after: float,
         clock: Callable[[], float] = time.time,
+        on_resolved: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
+        """`on_resolved(states)` is told the final state of every orphan this instance resolves."""
         self.store = store
+        self.on_resolved = on_resolved
         self.clock = clock
         self.instance_id = instance_id
         self.heartbeat_every = heartbeat_every
@@ -50,6 +53,8 @@ class Housekeeper:
         resolved = await self.store.resolve_orphans(now, self.orphan_after)
         for r in resolved:
             log.warning("resolved orphaned hold %s: %s, charged %d", r.request_id, r.state.value, r.charged)
+        if resolved and self.on_resolved is not None:
+            self.on_resolved([r.state.value for r in resolved])
         return len(resolved)
 
     async def _loop(self) -> None:

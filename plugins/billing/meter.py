@@ -348,6 +348,8 @@ _HANDLERS: Mapping[Endpoint, tuple[_Handler, _Handler]] = {
     Endpoint.MESSAGES: (UsageMeter._anthropic, UsageMeter._anthropic_body),
     Endpoint.GEMINI_GENERATE: (UsageMeter._gemini, UsageMeter._gemini),
     Endpoint.GEMINI_STREAM: (UsageMeter._gemini, UsageMeter._gemini),
+    Endpoint.GEMINI_EMBED: (UsageMeter._gemini, UsageMeter._gemini),
+    Endpoint.GEMINI_BATCH_EMBED: (UsageMeter._gemini, UsageMeter._gemini),
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from plugins.billing.settler import Settler
+from plugins.billing.outbox import Settler
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Built only on the public plugin API (`proxy.plugin`) and the `Store` protocol:
   * `on_request`: authenticate, check allowlists, price, estimate, hold; force
     `include_usage` on OpenAI streams;
   * `on_event` / `on_body`: meter; hide the injected usage chunk;
-  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.settle`);
+  * `on_complete` / `on_error`: capture or release per spec §6 (`plugins.billing.charge_table`);
   * a timer (`checkpoint_every`) checkpoints every long-lived request's charge so far.
 """
 
@@ -23,19 +23,25 @@ from aiohttp import web
 
 from plugins.billing.auth import KeyCache, authenticate, store_down
 from plugins.billing.config import BillingConfig
-from plugins.billing.estimate import BadRequest, Estimate, Estimator
+from plugins.billing.estimate import IMAGE_ENDPOINTS, Estimate, Estimator, form_payload
+from plugins.billing.models_list import keep_allowed
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
+from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, PriceTable, PricingConfig, format_usd
-from plugins.billing.settle import Metered, settle
-from plugins.billing.settler import Outbox, Settler
+from plugins.billing.prices import health as channel_health
+from plugins.billing.prices.wiring import Pricing
+from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
+from plugins.billing.charge_table import Metered, settle
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.meter import UsageMeter
+from plugins.billing.stream_meter import StreamMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import (
+    DROP,
+    Drop,
     EndReason,
     Endpoint,
     Outcome,
@@ -48,16 +54,23 @@ from proxy.plugin import (
 )
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
+from plugins.billing import web as pages
+from plugins.billing.cli.accounts import Money
 
 log = logging.getLogger(__name__)
 
 #: Endpoints that are authenticated but never held or charged.
-FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS})
+FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_TOKENS})
 #: Endpoints whose streams get `stream_options.include_usage` forced on.
 USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
 _NO_USAGE = Usage()
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
-_IMAGES = Endpoint.IMAGES
+_MODELS = Endpoint.MODELS
+_MODERATIONS = Endpoint.MODERATIONS
+#: The model OpenAI moderates with when a request names none: priced (or free) as that.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+#: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
+MODEL_ALLOWLIST = StateKey[tuple[str, ...]]("billing.model_allowlist")
 
 
 @dataclass(slots=True)
@@ -70,7 +83,7 @@ class Billing:
     price: ModelPrice
     multiplier: Decimal
     estimate: Estimate
-    meter: UsageMeter
+    meter: StreamMeter
     hide_usage: bool
     requests: int
 
@@ -92,12 +105,16 @@ class BillingPlugin(Plugin):
         self._injected_store = store
         self.config: BillingConfig = self.config
         self.prices = LiteLLMPrices()
-        self.table = PriceTable(PricingConfig.from_plugin_config(self.config.pricing_block()), self.prices)
+        #: Prices: the version charged now (`book`), kept current from the store; the pages' desk.
+        self.pricing = Pricing(self.config, self.prices)
+        self.book = self.pricing.book
         self.tokenizer = Tokenizer()
         self.estimator = Estimator(
             self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
         )
         self.keys = KeyCache(self.config.auth_cache_ttl)
+        #: What billing's pages and HTTP API read (`plugins.billing.web`).
+        self.web = pages.BillingWeb(lambda: self.store, Money(self.config.quota_per_usd), self.config.checkpoint_every)
         self._store: Store | None = None
         self._tasks: TaskTracker | None = None
         self._instance = ""
@@ -105,25 +122,40 @@ class BillingPlugin(Plugin):
         self._sweeper = InflightSweeper("")
         #: The billed requests between their hold and their terminal hook, for the checkpoint timer.
         self._live: dict[str, tuple[RequestContext, Billing]] = {}
+        self.money = MoneyMetrics(self.config.quota_per_usd)
+        self.money.live = self._live_holds
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
         return self.prices.max_output_tokens(model)
+
+    def _live_holds(self) -> tuple[int, float | None]:
+        live = self._live
+        return len(live), min((ctx.started_at for ctx, _ in live.values()), default=None)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
         warm the tokenizer, replay the outbox, and on an empty store (with `first_run_demo`)
         create the demo user."""
         host = host_of(app)
-        async with running_ledger(host, self._injected_store) as store:
+        async with running_ledger(host, self._injected_store, self.money.orphans_resolved) as store:
             self._store = store
             self._tasks = host.tasks
             self._instance = host.instance_id
-            self._settler = Settler(store, Outbox(host.config_dir / "weir-outbox", self._instance))
+            self._settler = Settler(
+                store, Outbox(host.config_dir / "weir-outbox", self._instance), on_store_error=self.money.store_error
+            )
             self._sweeper = InflightSweeper(self._instance)
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
-            self.tokenizer.warm()
+            settler = self._settler
+            self.money.retries = lambda: settler.retried
+            host.metrics.register(self.money)
+            # Loading the vocabularies takes about a second: off the event loop, which serves
+            # /healthz and the other apps' requests meanwhile.
+            await asyncio.to_thread(self.tokenizer.warm)
+            price_poll = await self.pricing.start(app, store)
+            pages.install(app, self.web)
             await self._replay()
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
@@ -131,6 +163,8 @@ class BillingPlugin(Plugin):
                 host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
                 host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
+                host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
+                price_poll,
             ]
             try:
                 yield
@@ -138,6 +172,12 @@ class BillingPlugin(Plugin):
                 for service in services:
                     service.cancel()
                 host.metrics.unregister(collector)
+                host.metrics.unregister(self.money)
+
+    def routes(self) -> list[web.RouteDef]:
+        """The price list and editor (`/api/pricing`, `/api/admin/prices` and their pages), the
+        user API, the dashboard, and the admin API and console (`plugins.billing.web`)."""
+        return [*self.pricing.routes(), *pages.routes(self.web)]
 
     async def _replay(self) -> None:
         assert self._settler is not None
@@ -161,6 +201,11 @@ class BillingPlugin(Plugin):
                 log.error("billing: stray-hold sweep failed: %s", exc)
 
     @property
+    def table(self) -> PriceTable:
+        """The price table charged now (the current price version's)."""
+        return self.book.current.table
+
+    @property
     def store(self) -> Store:
         """The account store (bound at startup)."""
         if self._store is None:
@@ -171,27 +216,35 @@ class BillingPlugin(Plugin):
         """Authenticate; for billable endpoints price, estimate and hold (or refuse)."""
         store = self.store
         key, user = await authenticate(store, ctx, self.keys)
-        if ctx.endpoint in FREE:
+        endpoint = ctx.endpoint
+        if endpoint in FREE:
+            if endpoint is _MODELS and key.models:
+                ctx.state[MODEL_ALLOWLIST] = key.models
             return
-        model = ctx.model or ""
-        found = self.table.describe(model)
+        model = ctx.model
+        if model is None:
+            if endpoint is not _MODERATIONS:
+                raise Reject(400, "invalid_request_error", "'model' is required: it decides the price")
+            model = DEFAULT_MODERATION_MODEL
+        prices = self.book.current  # one version for the whole request, even if a new one lands
+        found = prices.table.describe(model)
+        if endpoint is _MODERATIONS and (found is None or found[0].is_free):
+            return  # moderation is free unless the operator prices it
         if found is None:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
-        multiplier = self.table.multiplier(user.group, key.group)
-        body = ctx.json if ctx.json is not None else {}
-        try:
-            estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
-        except BadRequest as exc:
-            raise Reject(400, exc.code, exc.message) from None
-        hold = await self._hold(store, ctx, key, user, estimate)
+        multiplier = prices.table.multiplier(user.group, key.group)
+        body = ctx.json if ctx.json is not None else form_payload(ctx.form)
+        # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
+        estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
+        hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
             hide = self._force_usage(ctx) if ctx.stream else False
-            n = body.get("n", 1) if ctx.endpoint is _IMAGES else 1
+            n = body.get("n", 1) if endpoint in IMAGE_ENDPOINTS else 1
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
-                key, user, hold, price, multiplier, estimate, UsageMeter(ctx.endpoint, count), hide,
+                key, user, hold, price, multiplier, estimate, StreamMeter(ctx.endpoint, count), hide,
                 n if isinstance(n, int) else 1,
             )
         except BaseException:
@@ -203,14 +256,18 @@ class BillingPlugin(Plugin):
         ctx.drain_timeout = self.config.drain_timeout
         ctx.drain_max_bytes = self.config.drain_max_bytes
 
-    async def _hold(self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate) -> Hold:
+    async def _hold(
+        self, store: Store, ctx: RequestContext, key: ApiKey, user: User, estimate: Estimate, price_version: str
+    ) -> Hold:
         self._sweeper.track(ctx.request_id)
+        started = time.monotonic()
         try:
             result = await store.hold(
                 ctx.request_id, user.name, key.id, estimate.quota, None,
-                self.table.version, self.config.hold_ttl, self._instance, ctx.model or "",
+                price_version, self.config.hold_ttl, self._instance, ctx.model or "",
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            self.money.store_error("hold", exc)
             # The hold may or may not have been written: release it once the store is back.
             self._spawn(self._release_unknown(ctx.request_id), f"release-unknown:{ctx.request_id}")
             raise store_down() from None
@@ -219,6 +276,7 @@ class BillingPlugin(Plugin):
             # stop tracking the request either way (the stray-hold sweep skips tracked ids).
             self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release-unknown:{ctx.request_id}")
             raise
+        self.money.hold_latency.observe(time.monotonic() - started)
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
             raise self._refusal(result, estimate)
@@ -245,29 +303,36 @@ class BillingPlugin(Plugin):
         if isinstance(options, dict) and options.get("include_usage") is True:
             return False
         merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-        ctx.set_json({**ctx.json, "stream_options": merged})
+        # In place: what `ctx.json` holds after `on_request` is what is sent upstream.
+        ctx.json["stream_options"] = merged
         return True
 
-    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> SSEEvent | None:
+    async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""
         st = ctx.state.get(BILLING)
         if st is None:
-            return event
-        payload = event.json
-        st.meter.feed_sse(event.data, payload, event.event)
-        if st.hide_usage and type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
             return None
-        return event
+        st.meter.add(event)  # read when the response ends (plugins.billing.stream_meter)
+        if st.hide_usage and "usage" in event.data:
+            payload = event.json
+            if type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
+                return DROP
+        return None
 
-    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes:
-        """Meter a non-streamed response body (unchanged)."""
+    async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
+        """Meter a non-streamed response body (unchanged); narrow `/v1/models` to the
+        models the caller's key may use."""
         st = ctx.state.get(BILLING)
-        if st is not None:
+        if st is None:
+            if ctx.endpoint is _MODELS:
+                allowed = ctx.state.get(MODEL_ALLOWLIST)
+                return None if allowed is None else keep_allowed(body, allowed)
+        else:
             try:
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
                 pass
-        return body
+        return None
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
         """Capture the charge the §6 table gives for this outcome (or release)."""
@@ -275,13 +340,19 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.completed(self.pricing.health, ctx, outcome)
         metered = self._metered(st)
+        if outcome.bytes_relayed and st.price.characters is not None:
+            # Speech audio is relayed as bytes the meter never sees: delivered is delivered.
+            metered = metered._replace(has_content=True)
         decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
         details = self._details(
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
         )
         assert self._settler is not None
-        await self._settler.capture(ctx.request_id, decision.charge, details)
+        started = time.monotonic()
+        resolution = await self._settler.capture(ctx.request_id, decision.charge, details)
+        self.money.settled(details.model, details.group, resolution.charged, time.monotonic() - started)
         self._sweeper.done(ctx.request_id)
 
     async def on_error(self, ctx: RequestContext, error: ProxyError) -> None:
@@ -290,9 +361,13 @@ class BillingPlugin(Plugin):
         if st is None:
             return
         self._live.pop(ctx.request_id, None)
+        channel_health.failed(self.pricing.health, ctx, error)
         details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
+        started = time.monotonic()
         await self._settler.release(ctx.request_id, details)
+        self.money.settle_latency.observe(time.monotonic() - started)
+        self.money.released(details.end_reason)
         self._sweeper.done(ctx.request_id)
 
     def _metered(self, st: Billing) -> Metered:
@@ -300,7 +375,7 @@ class BillingPlugin(Plugin):
         # Positional: keyword arguments to a class call cost a dict per request.
         return Metered(
             meter.usage,
-            meter.has_content,
+            meter.has_content,  # has_content: looked at only if a row needs it
             meter.terminal,
             meter.output_count,  # output_count: counted only if a row needs it
             st.estimate.prompt_tokens,  # prompt_estimate

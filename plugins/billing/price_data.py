@@ -23,11 +23,13 @@ from typing import Any
 
 from plugins.billing.pricing import ModelPrice
 
-__all__ = ["DEFAULT_PATH", "SNAPSHOT", "LiteLLMPrices", "price_from_entry"]
+__all__ = ["DEFAULT_PATH", "SNAPSHOT", "SNAPSHOT_DATE", "LiteLLMPrices", "price_from_entry"]
 
 DEFAULT_PATH = Path(__file__).with_name("litellm_prices.json")
 # Changing the JSON file means changing this, so price-table versions change with it.
 SNAPSHOT = "litellm-1.109.1"
+#: When the copy was taken into the repository (what the pricing page shows beside it).
+SNAPSHOT_DATE = "2026-11-23"
 _MILLION = Decimal(1_000_000)
 _ONE = Decimal(1)
 
@@ -49,7 +51,8 @@ def price_from_entry(entry: Mapping[str, Any]) -> ModelPrice | None:
 
     Token prices need `input_cost_per_token` and `output_cost_per_token` (an embedding
     model may omit the output price: it has no output tokens, so output = input). Without
-    token prices, `output_cost_per_image` becomes a per-request price.
+    token prices, `input_cost_per_character` (text-to-speech) becomes a per-character price,
+    else `output_cost_per_image` a per-request price.
     """
     inp = _per_million(entry, "input_cost_per_token")
     out = _per_million(entry, "output_cost_per_token")
@@ -66,14 +69,17 @@ def price_from_entry(entry: Mapping[str, Any]) -> ModelPrice | None:
             audio_output=_per_million(entry, "output_cost_per_audio_token"),
             image_input=_per_million(entry, "input_cost_per_image_token"),
         )
+    per_char = _per_million(entry, "input_cost_per_character")
+    if per_char is not None:
+        return ModelPrice.per_character(per_char)
     per_image = entry.get("output_cost_per_image")
     if isinstance(per_image, (int, Decimal)) and not isinstance(per_image, bool) and per_image >= 0:
         return ModelPrice.request(Decimal(per_image))
     return None
 
 
-def _rank(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal]:
-    return (price.per_request or Decimal(0), price.output, price.input)
+def _rank(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    return (price.per_request or Decimal(0), price.characters or Decimal(0), price.output, price.input)
 
 
 class LiteLLMPrices:
@@ -147,6 +153,15 @@ class LiteLLMPrices:
             return None
         price = self._price(key)
         return (price, key) if price is not None else None
+
+    def entry(self, model: str) -> Mapping[str, Any] | None:
+        """The raw LiteLLM entry `model` is found under (mode, provider, `supports_*` flags),
+        or None. Prices in it are Decimal; read them through `lookup`."""
+        key = self.resolve(model)
+        if key is None:
+            return None
+        assert self._entries is not None
+        return self._entries[key]
 
     def max_output_tokens(self, model: str) -> int | None:
         """The model's `max_output_tokens` from the price data, or None when unknown."""

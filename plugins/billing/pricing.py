@@ -1,8 +1,10 @@
-"""Prices, group multipliers and the charge arithmetic (docs/billing-rules.md §1, §2, §4).
+"""Prices and group multipliers (docs/billing-rules.md §1, §2); the charge arithmetic that
+uses them is `plugins.billing.charges` (re-exported here).
 
 Everything here is exact: prices are `Decimal` parsed from the string form of the YAML
 value (so a YAML float 0.15 becomes exactly 0.15), and a charge is rounded once, at the
-end, with ROUND_HALF_UP. Prices are USD per 1M tokens, or USD per request.
+end, with ROUND_HALF_UP. Prices are USD per 1M tokens, USD per request, or USD per 1M
+input characters (text-to-speech).
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 from math import lcm
-from operator import mul
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
+# The charges live in their own module; imported from here by many callers.
+from plugins.billing.charges import charge_characters, charge_io, charge_requests, charge_tokens
 from proxy.host import ConfigError
-
-if TYPE_CHECKING:
-    from plugins.billing.usage import Usage
 
 __all__ = [
     "DEFAULT_QUOTA_PER_USD",
@@ -30,6 +30,7 @@ __all__ = [
     "ModelPrice",
     "PriceTable",
     "PricingConfig",
+    "charge_characters",
     "charge_io",
     "charge_requests",
     "charge_tokens",
@@ -54,7 +55,7 @@ _TOKEN_FIELDS = (
     "audio_output",
     "image_input",
 )
-_PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request"))
+_PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request", "characters"))
 # The price of each `Usage` count, in the order `charge_tokens` multiplies them.
 _RATE_FIELDS = (
     "input", "cache_read", "cache_write", "cache_write_1h", "output", "audio_input", "audio_output", "image_input"
@@ -65,12 +66,14 @@ _PRICING_KEYS = ("fallback", "group_overrides", "groups", "models", "quota_per_u
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """The resolved price of one model: every token price filled in, or a per-request price.
+    """The resolved price of one model: every token price filled in, a per-request price,
+    or a per-character price.
 
-    Token prices are USD per 1M tokens. For a per-request model `per_request` is set and the
+    Token prices are USD per 1M tokens. For a per-request model `per_request` is set, for a
+    per-character one (text-to-speech) `characters` (USD per 1M input characters); their
     token prices are zero and unused (`charge_tokens` refuses such a price rather than
-    charge nothing). Build with `ModelPrice.tokens(...)` or `ModelPrice.request(...)`, which
-    apply the §2 defaults.
+    charge nothing). Build with `ModelPrice.tokens(...)`, `ModelPrice.request(...)` or
+    `ModelPrice.per_character(...)`, which apply the §2 defaults.
     """
 
     input: Decimal = _ZERO
@@ -82,6 +85,7 @@ class ModelPrice:
     audio_output: Decimal = _ZERO
     image_input: Decimal = _ZERO
     per_request: Decimal | None = None
+    characters: Decimal | None = None
     # The prices as integers over one common denominator (`_scale`), in `_RATE_FIELDS`
     # order, computed once: a charge is then integer arithmetic, exact like the Decimal
     # formula it replaces (which cost ~10 µs a request, twice), with the same rounding.
@@ -90,8 +94,11 @@ class ModelPrice:
 
     def __post_init__(self) -> None:
         ratios = [getattr(self, name).as_integer_ratio() for name in _RATE_FIELDS]
+        # At most one of these is set (`_model_price` refuses both): it is `_rates[-1]`.
         if self.per_request is not None:
             ratios.append(self.per_request.as_integer_ratio())
+        elif self.characters is not None:
+            ratios.append(self.characters.as_integer_ratio())
         scale = lcm(*(d for _, d in ratios))
         object.__setattr__(self, "_scale", scale)
         object.__setattr__(self, "_rates", tuple(n * (scale // d) for n, d in ratios))
@@ -126,6 +133,16 @@ class ModelPrice:
         """A model priced per request (image generation and the like)."""
         return cls(per_request=per_request)
 
+    @classmethod
+    def per_character(cls, characters: Decimal) -> ModelPrice:
+        """A model priced per 1M input characters (text-to-speech)."""
+        return cls(characters=characters)
+
+    @property
+    def is_free(self) -> bool:
+        """True when every price is zero (LiteLLM lists moderation models so)."""
+        return not any(self._rates)
+
     @property
     def is_per_request(self) -> bool:
         """True when this model is charged per request rather than per token."""
@@ -135,6 +152,8 @@ class ModelPrice:
         """The prices as plain decimal strings (for `weir pricing show` and hashing)."""
         if self.per_request is not None:
             return {"per_request": _plain(self.per_request)}
+        if self.characters is not None:
+            return {"characters": _plain(self.characters)}
         return {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS}
 
 
@@ -215,6 +234,14 @@ def _model_price(spec: Any, path: str) -> ModelPrice:
         raise ConfigError(f"{path}.{unknown[0]}", f"unknown price (known: {', '.join(sorted(_PRICE_KEYS))})")
     vals = {str(k): _decimal(v, f"{path}.{k}") for k, v in spec.items()}
     model = path.rsplit(".models.", 1)[-1]
+    if "characters" in vals:
+        others = sorted(set(vals) - {"characters"})
+        if others:
+            raise ConfigError(
+                path, f"model {model!r} sets both characters and {', '.join(others)}; a per-character "
+                "(text-to-speech) price stands alone"
+            )
+        return ModelPrice.per_character(vals["characters"])
     if "per_request" in vals:
         tokens = sorted(set(vals) - {"per_request"})
         if tokens:
@@ -366,54 +393,6 @@ def multiplier(
         if m is not None:
             return m
     return groups.get(using, _ONE)
-
-
-def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_per_usd: int) -> int:
-    """Quota units for token usage: Σ tokens × price / 1M × quota_per_usd × multiplier,
-    rounded half-up once. Zero usage costs 0; any other non-zero amount costs at least 1.
-
-    Exact: the prices are integers over `price._scale` and the multiplier a ratio of
-    integers, so the sum is one fraction, rounded once (`_round_ratio`).
-    """
-    if price.per_request is not None:
-        raise ValueError("charge_tokens called with a per-request price")
-    if usage.is_zero:
-        return 0
-    # `Usage` is a named tuple whose counts are in `_RATE_FIELDS` order: one count per rate.
-    per_million = sum(map(mul, usage, price._rates))
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio(per_million * quota_per_usd * m, price._scale * 1_000_000 * d)
-
-
-def charge_io(price: ModelPrice, input: int, output: int, multiplier: Decimal, quota_per_usd: int) -> int:
-    """`charge_tokens` of a usage with only uncached `input` and `output` tokens (a hold
-    estimate), without building the `Usage`: the same arithmetic, term for term."""
-    if price.per_request is not None:
-        raise ValueError("charge_tokens called with a per-request price")
-    if not (input or output):
-        return 0
-    r = price._rates
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio((input * r[0] + output * r[4]) * quota_per_usd * m, price._scale * 1_000_000 * d)
-
-
-def charge_requests(price: ModelPrice, n: int, multiplier: Decimal, quota_per_usd: int) -> int:
-    """Quota units for `n` requests of a per-request model, rounded half-up once."""
-    if price.per_request is None:
-        raise ValueError("charge_requests called with a token price")
-    if n <= 0:
-        return 0
-    m, d = multiplier.as_integer_ratio()
-    return _round_ratio(price._rates[-1] * n * quota_per_usd * m, price._scale * d)
-
-
-def _round_ratio(num: int, den: int) -> int:
-    """`num / den` (den > 0) rounded half away from zero, as Decimal's ROUND_HALF_UP does."""
-    if num >= 0:
-        q = (2 * num + den) // (2 * den)
-        # A priced, non-empty request is never free: 0.075 units still costs 1 (spec §1).
-        return 1 if q == 0 and num > 0 else q
-    return -((-2 * num + den) // (2 * den))
 
 
 def usd(quota: int, quota_per_usd: int) -> Decimal:

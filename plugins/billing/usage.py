@@ -8,8 +8,11 @@ This is the one place where upstream usage objects become `Usage`. The rules:
   when `prompt_tokens_details.cached_tokens` is absent.
 * OpenAI responses: `input_tokens` includes `input_tokens_details.cached_tokens`;
   `output_tokens` includes reasoning.
-* OpenAI images (gpt-image-*): `input_tokens` includes `input_tokens_details.image_tokens`,
-  which become `images` (image input tokens, priced at `image_input`).
+* OpenAI images (gpt-image-*; generations and edits): `input_tokens` includes
+  `input_tokens_details.image_tokens`, which become `images` (image input tokens, priced at
+  `image_input`).
+* OpenAI speech (`stream_format: "sse"`, `speech.audio.done`): `input_tokens` is the text,
+  `output_tokens` the audio produced (`audio_out`, priced at `audio_output`).
 * Anthropic: `input_tokens` excludes cache tokens; `cache_creation_input_tokens` is split
   by `cache_creation.ephemeral_5m/1h_input_tokens`, and without the split all of it is 5m.
 * Gemini: `promptTokenCount` includes `cachedContentTokenCount`; `toolUsePromptTokenCount`
@@ -33,6 +36,7 @@ __all__ = [
     "from_openai",
     "from_openai_images",
     "from_openai_responses",
+    "from_openai_speech",
     "normaliser",
     "normalise",
 ]
@@ -136,6 +140,11 @@ def from_openai_images(u: Mapping[str, Any]) -> Usage:
     )
 
 
+def from_openai_speech(u: Mapping[str, Any]) -> Usage:
+    """OpenAI text-to-speech `usage` (gpt-4o-mini-tts): the output tokens are audio."""
+    return Usage(_n(u.get("input_tokens")), 0, 0, 0, 0, 0, _n(u.get("output_tokens")))  # input, audio_out
+
+
 def from_anthropic(u: Mapping[str, Any]) -> Usage:
     """Anthropic Messages `usage` (or the merged usage of a stream)."""
     creation = _n(u.get("cache_creation_input_tokens"))
@@ -175,6 +184,12 @@ _NORMALISERS: Mapping[Endpoint, Callable[[Mapping[str, Any]], Usage]] = {
     Endpoint.EMBEDDINGS: from_openai,
     Endpoint.RESPONSES: from_openai_responses,
     Endpoint.IMAGES: from_openai_images,
+    Endpoint.IMAGE_EDITS: from_openai_images,
+    Endpoint.IMAGE_VARIATIONS: from_openai_images,
+    Endpoint.SPEECH: from_openai_speech,
+    Endpoint.MODERATIONS: from_openai,
+    Endpoint.GEMINI_EMBED: from_gemini,
+    Endpoint.GEMINI_BATCH_EMBED: from_gemini,
     Endpoint.MESSAGES: from_anthropic,
     Endpoint.GEMINI_GENERATE: from_gemini,
     Endpoint.GEMINI_STREAM: from_gemini,

@@ -141,12 +141,15 @@ def count_tokens(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
 
 
 def gemini(rec: ReceivedRequest, b: MockBehaviour) -> Reply | Stream:
-    """POST /v1beta/models/{model}:generateContent, :streamGenerateContent, :countTokens."""
+    """POST /v1beta/models/{model}:generateContent, :streamGenerateContent, :countTokens,
+    :embedContent and :batchEmbedContents (also under /v1/models/)."""
     model, _, method = rec.path.rsplit("/", 1)[-1].partition(":")
     body = _body(rec)
     if method == "countTokens":
         every, _ = prompt_texts(Dialect.GEMINI, rec.path, body)
         return Reply(orjson.dumps({"totalTokens": word_count(every) + PROMPT_OVERHEAD}))
+    if method in ("embedContent", "batchEmbedContents"):
+        return _gemini_embed(body, method)
     if method not in ("generateContent", "streamGenerateContent"):
         raise BadRequest(f"Method '{method}' not found for model '{model}'.", 404)
     config = body.get("generationConfig") or {}
@@ -155,6 +158,26 @@ def gemini(rec: ReceivedRequest, b: MockBehaviour) -> Reply | Stream:
     if method == "streamGenerateContent":
         return gemini_stream(plan, _policy(b), sse=rec.query.get("alt") == "sse")
     return gemini_reply(plan, _policy(b))
+
+
+def _gemini_embed(body: dict[str, Any], method: str) -> Reply:
+    """Gemini embeddings: like the real API, the answer carries no usage."""
+    if method == "embedContent":
+        return Reply(orjson.dumps({"embedding": {"values": _gemini_vector(body)}}))
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise BadRequest("* BatchEmbedContentsRequest.requests: must not be empty")
+    vectors = [{"values": _gemini_vector(r if isinstance(r, dict) else {})} for r in requests]
+    return Reply(orjson.dumps({"embeddings": vectors}))
+
+
+def _gemini_vector(request: dict[str, Any]) -> list[float]:
+    content = request.get("content")
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        raise BadRequest("* EmbedContentRequest.content: contents.parts must not be empty")
+    words = texts(content["parts"])
+    dims = request.get("outputDimensionality")
+    return embedding(" ".join(words), dims if isinstance(dims, int) and 0 < dims <= 3072 else 8)
 
 
 def embeddings(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
@@ -189,6 +212,52 @@ def images(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
         data = [{"url": f"https://mock.weir.invalid/images/{rec.request_id}-{i}.png",
                  "revised_prompt": body["prompt"]} for i in range(n)]
     return Reply(orjson.dumps({"created": CREATED, "data": data}))
+
+
+def image_edits(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
+    """POST /v1/images/edits and /variations (multipart): `n` tiny PNGs. A `gpt-image`
+    model reports token usage as OpenAI's does (text prompt words, 65 tokens per image)."""
+    fields = _form(rec)
+    if "image" not in fields and "image[]" not in fields:
+        raise BadRequest("Missing required parameter: 'image'.")
+    edit = rec.path.endswith("/edits")
+    if edit and "prompt" not in fields:
+        raise BadRequest("Missing required parameter: 'prompt'.")
+    try:
+        n = int(fields.get("n", b"1"))
+    except ValueError:
+        raise BadRequest("Invalid type for 'n': expected an integer.") from None
+    if not 1 <= n <= 10:
+        raise BadRequest("Invalid 'n': must be between 1 and 10.")
+    out: dict[str, Any] = {"created": CREATED, "data": [{"b64_json": TINY_PNG_B64} for _ in range(n)]}
+    model = fields.get("model", b"").decode("utf-8", "replace")
+    if "gpt-image" in model:
+        prompt = word_count([fields.get("prompt", b"").decode("utf-8", "replace")])
+        images = 65 * sum(1 for name in fields if name.startswith("image"))
+        usage = {"input_tokens": prompt + images, "output_tokens": 272 * n, "total_tokens": prompt + images + 272 * n,
+                 "input_tokens_details": {"text_tokens": prompt, "image_tokens": images}}
+        shaped_usage = shaped(usage, _policy(b))
+        if shaped_usage is not None:
+            out["usage"] = shaped_usage
+    return Reply(orjson.dumps(out))
+
+
+def moderations(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
+    """POST /v1/moderations: one result per input; flagged when a text says `kill`."""
+    body = _body(rec, "input")
+    given = body["input"]
+    items = given if isinstance(given, list) else [given]
+    results = []
+    for item in items:
+        text = " ".join(texts(item)) if not isinstance(item, str) else item
+        flagged = "kill" in text.lower()
+        results.append({
+            "flagged": flagged,
+            "categories": {"violence": flagged, "harassment": False, "self-harm": False},
+            "category_scores": {"violence": 0.9 if flagged else 0.001, "harassment": 0.001, "self-harm": 0.0},
+        })
+    model = str(body.get("model") or "omni-moderation-latest")
+    return Reply(orjson.dumps({"id": f"modr-{rec.request_id}", "model": model, "results": results}))
 
 
 def _form(rec: ReceivedRequest) -> dict[str, bytes]:

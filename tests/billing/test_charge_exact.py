@@ -1,6 +1,6 @@
 """The integer charge arithmetic gives exactly what the spec's Decimal formula gives (§1, §4).
 
-`charge_tokens`, `charge_requests` and `charge_io` work on integer price coefficients computed once per
+`charge_tokens`, `charge_requests`, `charge_characters` and `charge_io` work on integer price coefficients computed once per
 price; here they are compared, on random prices, usages, multipliers and quotas per USD and
 on every bundled LiteLLM price, with the formula written out in `Decimal` at 60 digits:
 `round_half_up(Σ tokens × price / 1M × quota_per_usd × multiplier)`, minimum 1 when
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.billing.price_data import DEFAULT_PATH, LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, charge_io, charge_requests, charge_tokens
+from plugins.billing.pricing import ModelPrice, charge_characters, charge_io, charge_requests, charge_tokens
 from plugins.billing.usage import Usage
 
 _EXACT = Context(prec=60, rounding=ROUND_HALF_UP)
@@ -53,6 +53,15 @@ def reference_requests(price: ModelPrice, n: int, multiplier: Decimal, qpu: int)
         return 0
     with localcontext(_EXACT):
         return _rounded(price.per_request * n * qpu * multiplier)
+
+
+def reference_characters(price: ModelPrice, chars: int, multiplier: Decimal, qpu: int) -> int:
+    """Speech: characters × USD per 1M characters, the same formula as tokens."""
+    assert price.characters is not None
+    if chars <= 0:
+        return 0
+    with localcontext(_EXACT):
+        return _rounded(chars * price.characters / Decimal(1_000_000) * qpu * multiplier)
 
 
 # Prices as operators write them (0.15, 2.5, 0.0375) and as LiteLLM's floats scale (2.5e-06
@@ -106,6 +115,13 @@ def test_request_charges_equal_the_decimal_formula(per_request: Decimal, n: int,
     assert charge_requests(price, n, multiplier, qpu) == reference_requests(price, n, multiplier, qpu)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(prices, st.integers(-2, 10**7), multipliers, quotas)
+def test_character_charges_equal_the_decimal_formula(per_m: Decimal, chars: int, multiplier: Decimal, qpu: int) -> None:
+    price = ModelPrice.per_character(per_m)
+    assert charge_characters(price, chars, multiplier, qpu) == reference_characters(price, chars, multiplier, qpu)
+
+
 def test_half_unit_boundaries_round_up_and_tiny_charges_cost_one() -> None:
     price = ModelPrice.tokens(Decimal(1), Decimal(3))  # 1 token of input = 0.5 units at qpu 500000
     one = Decimal(1)
@@ -130,6 +146,12 @@ def test_every_bundled_litellm_price_charges_as_the_decimal_formula() -> None:
                 n = rng.randint(1, 10)
                 assert charge_requests(price, n, multiplier, 500_000) == reference_requests(
                     price, n, multiplier, 500_000
+                ), name
+                continue
+            if price.characters is not None:
+                chars = rng.randint(1, 5000)
+                assert charge_characters(price, chars, multiplier, 500_000) == reference_characters(
+                    price, chars, multiplier, 500_000
                 ), name
                 continue
             usage = Usage(*(rng.choice((0, 1, rng.randint(0, 10**6))) for _ in range(8)))

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from plugins.billing.apikeys import generate_key
-from proxy.confbuild import build
+from proxy.dataclass_builder import build
 from proxy.context import Dialect, EndReason, Endpoint, Outcome, ProxyError, RequestContext, SSEEvent
 from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.config import Config

@@ -385,3 +385,47 @@ def test_bodies_that_are_not_json_hold_the_default(estimator: Estimator) -> None
     assert estimator.estimate(Endpoint.AUDIO, None, "gpt-4o-transcribe", MINI, ONE) == Estimate(0, 4096, 1229)
     with pytest.raises(BadRequest):
         estimator.estimate(Endpoint.CHAT, None, "gpt-4o-mini", MINI, ONE)
+
+
+# -- the endpoints of issue 19 --------------------------------------------------------------
+
+TTS = ModelPrice.per_character(Decimal(15))
+
+
+def test_speech_holds_the_exact_per_character_charge(estimator: Estimator, tokenizer: Tokenizer) -> None:
+    body = {"model": "tts-1", "input": "ü" * 1000, "voice": "alloy"}
+    assert estimator.estimate(Endpoint.SPEECH, body, "tts-1", TTS, ONE) == Estimate(1000, 0, 7500)
+    with pytest.raises(BadRequest, match="input must be a string"):
+        estimator.estimate(Endpoint.SPEECH, {"input": ["x"]}, "tts-1", TTS, ONE)
+    with pytest.raises(BadRequest, match="priced per character") as err:
+        estimator.estimate(Endpoint.CHAT, {"messages": []}, "tts-1", TTS, ONE)
+    assert err.value.code == "model_not_priced"
+    # A token-priced speech model (gpt-4o-mini-tts) holds its input and the output reserve.
+    held = estimator.estimate(Endpoint.SPEECH, {"input": "hello world", "instructions": "calm"}, "gpt-4o-mini", MINI, ONE)
+    words = tokenizer.count("hello world", "gpt-4o-mini") + tokenizer.count("calm", "gpt-4o-mini")
+    assert (held.prompt_tokens, held.output_tokens) == (words, 4096)
+
+
+def test_moderation_and_gemini_embeddings_count_input_only(estimator: Estimator, tokenizer: Tokenizer) -> None:
+    count = tokenizer.count
+    est = estimator.estimate(Endpoint.MODERATIONS, {"input": ["hello world", "again"]}, "gpt-4o-mini", MINI, ONE)
+    assert (est.prompt_tokens, est.output_tokens) == (count("hello world", "gpt-4o-mini") + count("again", "gpt-4o-mini"), 0)
+    parts = {"input": [{"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}
+    assert estimator.prompt_tokens(Endpoint.MODERATIONS, parts, "gpt-4o-mini") == 2 + 765
+    embed = {"content": {"parts": [{"text": "one two three"}, {"text": "four"}]}}
+    gem = estimator.estimate(Endpoint.GEMINI_EMBED, embed, "gemini-x", MINI, ONE)
+    assert (gem.prompt_tokens, gem.output_tokens) == (count("one two three", "gemini-x") + count("four", "gemini-x"), 0)
+    batch = {"requests": [embed, {"content": {"parts": [{"text": "five"}]}}]}
+    assert estimator.prompt_tokens(Endpoint.GEMINI_BATCH_EMBED, batch, "gemini-x") == gem.prompt_tokens + count("five", "gemini-x")
+    with pytest.raises(BadRequest, match=r"requests\[0\] must be an object"):
+        estimator.estimate(Endpoint.GEMINI_BATCH_EMBED, {"requests": [3]}, "gemini-x", MINI, ONE)
+
+
+def test_multipart_image_fields_hold_per_image(estimator: Estimator) -> None:
+    from plugins.billing.estimate import form_payload
+
+    for endpoint in (Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS):
+        assert estimator.estimate(endpoint, form_payload({"n": " 3", "prompt": "hat"}), "x", DALLE, ONE).quota == 60000
+    with pytest.raises(BadRequest, match="n must be an integer"):
+        estimator.estimate(Endpoint.IMAGE_EDITS, form_payload({"n": "three"}), "x", DALLE, ONE)
+    assert form_payload(None) == {}

@@ -15,6 +15,7 @@ from plugins.billing.pricing import (
     ModelPrice,
     PriceTable,
     PricingConfig,
+    charge_characters,
     charge_requests,
     charge_tokens,
     format_usd,
@@ -189,6 +190,28 @@ def test_per_request_and_token_prices_is_an_error_naming_the_model() -> None:
     assert "dall-e-3" in str(err.value) and "per_request" in str(err.value)
 
 
+def test_per_character_prices_stand_alone() -> None:
+    cfg = parse_pricing({"models": {"tts": {"characters": 15}}})
+    price = cfg.models["tts"]
+    assert price.characters == Decimal(15) and price.as_dict() == {"characters": "15"}
+    assert charge_characters(price, 1000, Decimal(1), 500_000) == 7500
+    assert charge_characters(price, 0, Decimal(1), 500_000) == 0
+    with pytest.raises(ValueError):
+        charge_tokens(price, Usage(input=1), Decimal(1), 500_000)
+    with pytest.raises(ValueError):
+        charge_characters(ModelPrice.tokens(Decimal(1), Decimal(1)), 1, Decimal(1), 500_000)
+    for other in ({"input": 1, "output": 1}, {"per_request": 0.01}):
+        with pytest.raises(ConfigError) as err:
+            parse_pricing({"models": {"tts": {"characters": 15, **other}}})
+        assert "'tts' sets both characters and" in str(err.value)
+
+
+def test_zero_prices_are_free_and_others_are_not() -> None:
+    assert ModelPrice.tokens(Decimal(0), Decimal(0)).is_free
+    assert not ModelPrice.tokens(Decimal(0), Decimal("0.1")).is_free
+    assert not ModelPrice.per_character(Decimal(15)).is_free
+
+
 @pytest.mark.parametrize(
     ("models", "needle"),
     [
@@ -327,6 +350,7 @@ def small_litellm(tmp_path: Path) -> LiteLLMPrices:
         "painter": {"output_cost_per_image": 0.04, "mode": "image_generation"},
         "embedder": {"input_cost_per_token": 2e-08, "mode": "embedding"},
         "no-price": {"mode": "chat", "max_output_tokens": 100},
+        "speaker": {"input_cost_per_character": 1.5e-05, "mode": "audio_speech"},
     }
     path = tmp_path / "prices.json"
     path.write_text(json.dumps(data))
@@ -365,7 +389,7 @@ def test_litellm_sample_spec_and_unpriced_entries_are_skipped(small_litellm: Lit
     assert small_litellm.max_output_tokens("sample_spec") is None
     assert small_litellm.lookup("no-price") is None
     assert small_litellm.max_output_tokens("no-price") == 100
-    assert len(small_litellm) == 8
+    assert len(small_litellm) == 9
 
 
 def test_litellm_per_image_and_embedding_entries(small_litellm: LiteLLMPrices) -> None:
@@ -373,6 +397,8 @@ def test_litellm_per_image_and_embedding_entries(small_litellm: LiteLLMPrices) -
     assert painter.per_request == Decimal("0.04")
     embedder = small_litellm.lookup("embedder")[0]  # type: ignore[index]
     assert embedder.input == embedder.output == Decimal("0.02")
+    speaker = small_litellm.lookup("speaker")[0]  # type: ignore[index]
+    assert speaker.characters == Decimal(15) and str(speaker.characters) == "15"  # $ per 1M characters
 
 
 def test_litellm_loads_lazily(small_litellm: LiteLLMPrices) -> None:

@@ -83,12 +83,14 @@ BilledFactory = Callable[..., Awaitable[Billed]]
 async def billed(
     backend: str, fake_upstream: MockUpstream, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[BilledFactory]:
-    """Factory: `await billed(usd=1, server={...}, **billing_config)` → a Billed with a funded user."""
+    """Factory: `await billed(usd=1, server={...}, upstreams=[...], routing={...}, **billing_config)`
+    → a Billed with a funded user."""
     started: list[Billed] = []
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
 
     async def factory(quota: int = 500_000, user: str = "alice", key_quota: int | None = None,
                       store_overrides: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
+                      upstreams: list[dict[str, Any]] | None = None, routing: dict[str, Any] | None = None,
                       **config: Any) -> Billed:
         store_cfg: dict[str, Any] = {}
         if backend == "redis":
@@ -98,6 +100,10 @@ async def billed(
         overrides: dict[str, Any] = {"store": store_cfg} if store_cfg else {}
         if server:
             overrides["server"] = server
+        if upstreams is not None:
+            overrides["upstreams"] = upstreams
+        if routing is not None:
+            overrides["routing"] = routing
         cfg = proxy_config(fake_upstream.url, tmp_path, **overrides)
         plugin = BillingPlugin(BillingConfig(**{"pricing": {"models": PRICES}, **config}))
         handle = await start_proxy(cfg, plugins=[plugin])

@@ -1,10 +1,10 @@
 """A plugin that breaks the relay cannot break billing.
 
-A hook that hands the relay something it cannot send (here `on_event` returning a string
-instead of an `SSEEvent`) makes the relay raise mid-stream. The handler still delivers a
-terminal hook (`plugin_failed`), so billing settles what was relayed: the hold is resolved
-at once (not left reserved until a restart), one consume-log row is written, and the books
-balance.
+A hook that returns something the relay cannot send (here `on_event` returning a string
+instead of an `SSEEvent`) is caught where it returns, blamed on that plugin, and ends the
+stream with the dialect's error event. Every plugin still gets its terminal hook
+(`plugin_failed`), so billing settles what was relayed: the hold is resolved at once (not
+left reserved until a restart), one consume-log row is written, and the books balance.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
@@ -69,12 +70,14 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
         ) as r:
             assert r.status == 200
             rid = r.headers["x-request-id"]
-            try:
-                async for chunk in r.content.iter_any():
-                    got += chunk
-            except aiohttp.ClientPayloadError:
-                pass  # the stream was cut: that is the plugin's doing
-        assert b"[DONE]" not in got and got.count(b"data: ") == 3  # three events reached the client
+            async for chunk in r.content.iter_any():
+                got += chunk
+        # Three events reached the client, then the dialect's error event (no exception
+        # text, the request id), and no [DONE]: the stream visibly failed.
+        *events, last = [e for e in got.split(b"\n\n") if e]
+        assert b"[DONE]" not in got and len(events) == 3
+        error = orjson.loads(last.removeprefix(b"data: "))["error"]
+        assert error["code"] == "plugin_failed" and rid in error["message"] and "str" not in error["message"]
         await proxy.settled()
         assert await store.open_holds() == []
         (row,) = await store.query_logs(user="alice", limit=10)

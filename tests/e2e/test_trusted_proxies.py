@@ -5,7 +5,6 @@ The test client connects from 127.0.0.1, so it plays the part of nginx on the sa
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import aiohttp
@@ -13,6 +12,7 @@ import orjson
 import pytest
 
 from plugins.billing.apikeys import generate_key
+from proxy.app import HANDLER
 from tests.e2e.conftest import Billed, BilledFactory
 
 CLIENT = "198.51.100.7"  # the key's allowlisted address
@@ -64,10 +64,9 @@ async def test_without_trusted_proxies_the_header_is_ignored(billed: BilledFacto
     assert await state(b) == before  # no hold, no charge, nothing sent upstream
 
 
-async def test_a_trusted_proxy_names_the_client(billed: BilledFactory, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_trusted_proxy_names_the_client(billed: BilledFactory, capsys: pytest.CaptureFixture[str]) -> None:
     b = await billed(server={"trusted_proxies": ["127.0.0.1/32"], "access_log": True})
     key = await allowlisted_key(b)
-    caplog.set_level(logging.INFO, logger="weir.access")
     balance, _, sent = await state(b)
     status, body = await post(b, key, CLIENT)
     assert status == 200 and body["choices"][0]["message"]["content"]
@@ -76,7 +75,10 @@ async def test_a_trusted_proxy_names_the_client(billed: BilledFactory, caplog: p
     status, body = await post(b, key, STRANGER)
     assert refused(status, body), body
     assert await state(b) == charged
-    lines = [r.getMessage() for r in caplog.records if r.name == "weir.access"]
+    access = b.proxy.app[HANDLER].access
+    assert access is not None
+    access.flush()  # written once a second otherwise
+    lines = [line for line in capsys.readouterr().err.splitlines() if " weir.access: " in line]
     assert f"client={CLIENT} " in lines[0] and "status=200" in lines[0]
     assert f"client={STRANGER} " in lines[1] and "status=403" in lines[1]
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 from proxy.config import PluginSpec
 from proxy.loader import load_plugins
 from proxy.plugin import Plugin, RequestContext

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.confbuild import ConfigError
+from proxy.dataclass_builder import ConfigError
 from proxy.config import PluginSpec
 from proxy.loader import load_plugins
 from plugins.examples.rate_limit import RateLimitConfig, RateLimitPlugin

@@ -99,10 +99,11 @@ def killer_plugin(hook: str, at: int = 0, action: str = "kill", marker: Path | N
 
 
 class WeirProcess:
-    """A `weir serve --config PATH` subprocess (cwd = the repo root)."""
+    """A `weir serve --config PATH [ARGS]` subprocess (cwd = the repo root)."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, args: tuple[str, ...] = ("--quiet",)) -> None:
         self.config = config
+        self.args = args
         self.url = f"http://127.0.0.1:{port}"
         self.log = config.parent / f"weir-{port}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -111,7 +112,7 @@ class WeirProcess:
         """Start the process and wait until /healthz answers 200."""
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve", "--quiet", "--config", str(self.config)],
+                [sys.executable, "-m", "proxy", "serve", *self.args, "--config", str(self.config)],
                 cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         try:

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -266,6 +267,17 @@ class WeirProcess:
         """Everything the server printed so far (stdout then stderr)."""
         parts: Sequence[Path | None] = (self.out, self.err)
         return "".join(p.read_text(errors="replace") for p in parts if p is not None and p.exists())
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> str:
+        """The logs once `pattern` (a regex) appears in them; fails after `timeout` seconds.
+        Access-log lines are written once a second, so a running server's line can lag."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = self.logs()
+            if re.search(pattern, logs) or time.monotonic() > deadline:
+                assert re.search(pattern, logs), f"{pattern!r} not in the logs after {timeout} s:\n{logs[-3000:]}"
+                return logs
+            time.sleep(0.05)
 
 
 # ---- billed-request helpers shared by the reliability tests -----------------------------

@@ -218,7 +218,7 @@ async def test_a_stalled_client_is_cut_off_and_billed_partially(served: Callable
     assert_partial(row, client, "client_stalled")
     assert await asyncio.to_thread(client.read_to_end), "the client's stream must end as broken"
     assert await s.store.open_holds() == []
-    assert re.search(rf"request_id={client.request_id} .* outcome=client_stalled ", s.weir.logs())
+    await asyncio.to_thread(s.weir.wait_log, rf"request_id={client.request_id} .* outcome=client_stalled ")
     assert s.weir.proc is not None and s.weir.proc.poll() is None
     code, report = audit_json(s.config)
     assert code == 0 and report["ok"], report

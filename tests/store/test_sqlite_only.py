@@ -353,7 +353,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path)
         with sqlite3.connect(path) as check:
             indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             versions = [v for (v,) in check.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == [1, 2, 3, 4] and "ledger_account" not in indexes and "consume_log_request" not in indexes
+        assert versions == [v for v, _ in MIGRATIONS] and "ledger_account" not in indexes and "consume_log_request" not in indexes
         assert "consume_log_user" in indexes and "holds_open" in indexes
         log = LogDetails(end_reason="completed", usage_source="upstream")
         await store.create_plan(Plan("p100", 100, "none"))

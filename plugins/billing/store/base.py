@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from plugins.billing.store.prices import PriceConflict, PriceStore, PriceVersion
 from plugins.billing.store.records import (
     StoreError,
     StoreUnavailable,
@@ -66,12 +67,17 @@ __all__ = [
     "LogRow",
     "Resolution",
     "AuditReport",
+    "PriceConflict",
+    "PriceStore",
+    "PriceVersion",
     "Store",
 ]
 
 
-class Store(Protocol):
+class Store(PriceStore, Protocol):
     """The accounting store. Every method is one atomic step against the backend.
+
+    The price versions (`PriceStore`, `plugins.billing.store.prices`) are part of it.
 
     Implementations: `plugins.billing.store.sqlite.store.SQLiteStore`,
     `plugins.billing.store.redis.store.RedisStore`. All timestamps are epoch seconds from the

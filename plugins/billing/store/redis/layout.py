@@ -28,6 +28,7 @@ Global indexes, each under its own tag, written in a separate step:
     P:{keyhash}     hash   key hash -> "id user"  P:{keyid}      hash  key id -> user
     P:{openusers}   set    users that may have open holds (scanned by the orphan resolver)
     P:{plans}       hash   plan name -> JSON      P:{instances}  hash  instance -> heartbeat
+    P:{prices}:head string price version head     P:{prices}:versions hash number -> JSON
     P:{logs}:seq    string log id counter         P:{logs}:idx   zset  "<id>:<user>" by id
 """
 
@@ -60,6 +61,7 @@ from plugins.billing.store.base import (
 SCRIPTS = (
     "create_user", "set_user", "credit", "create_key", "set_key_status", "grant", "rollover",
     "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id", "forget",
+    "save_prices",
 )
 """Every Lua script RedisStore registers, by file stem under `plugins/billing/store/redis/lua/`."""
 

@@ -49,6 +49,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
+from plugins.billing.store.redis.prices import RedisPrices
 from plugins.billing.store.redis.layout import (
     MAX_UNITS,
     HeldMemory,
@@ -70,8 +71,9 @@ from plugins.billing.store.redis.layout import (
 __all__ = ["MAX_UNITS", "RedisStore"]
 
 
-class RedisStore:
-    """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring)."""
+class RedisStore(RedisPrices):
+    """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring);
+    the price versions are in `RedisPrices`."""
 
     def __init__(
         self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,

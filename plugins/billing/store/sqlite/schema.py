@@ -259,7 +259,21 @@ DELETE FROM sqlite_sequence WHERE name IN ('ledger', 'consume_log');
 # `expires_at` minus the last sign of life (see sqlite_store._CHECKPOINT). No rewrite.
 _V4 = "ALTER TABLE holds ADD COLUMN touched_at REAL;"
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+# Price versions (docs/billing-rules.md §9): the numbered price lists every instance
+# charges with; `plugins.billing.store.sqlite.prices` reads and appends them.
+_V5 = """
+CREATE TABLE price_versions (
+    number INTEGER PRIMARY KEY,
+    base INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -34,7 +34,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.sqlite.audit import run_audit
 from plugins.billing.store.sqlite.group_commit import BULK
-from plugins.billing.store.sqlite.connection import SQLiteConnection
+from plugins.billing.store.sqlite.prices import SQLitePrices
 from plugins.billing.store.sqlite.ledger import (
     Clock,
     Db,
@@ -197,8 +197,9 @@ def _all(db: Db, sql: str, params: tuple[object, ...], convert: Callable[[sqlite
     return [convert(r) for r in fetch_all(db, sql, params)]
 
 
-class SQLiteStore(SQLiteConnection):
-    """The `plugins.billing.store.base.Store` protocol on one SQLite file (safe across processes)."""
+class SQLiteStore(SQLitePrices):
+    """The `plugins.billing.store.base.Store` protocol on one SQLite file (safe across processes).
+    The price versions are in `SQLitePrices` (on `SQLiteConnection`)."""
 
     bulk = BULK
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from plugins.billing.pricing import ModelPrice
-from plugins.billing.settle import Metered, settle
+from plugins.billing.charge_table import Metered, settle
 from plugins.billing.usage import Usage
 from proxy.context import EndReason
 
@@ -87,6 +87,19 @@ def test_per_request_is_vector_6_and_only_when_finished() -> None:
     done = Metered(None, True, True, 0, 0, requests=2)
     assert settle(EndReason.COMPLETED, done, IMAGE, ONE, 500_000).charge == 40000
     assert settle(EndReason.UPSTREAM_TRUNCATED, Metered(None, True, False, 0, 0, 2), IMAGE, ONE, 500_000).charge == 0
+
+
+TTS = ModelPrice.per_character(Decimal(15))
+
+
+def test_per_character_charges_the_request_characters_once_audio_was_delivered() -> None:
+    # The estimate carries the characters as its prompt: 1000 × $15 / 1M = $0.015 = 7500 units.
+    done = settle(EndReason.COMPLETED, Metered(None, False, True, 0, 1000), TTS, ONE, 500_000)
+    assert (done.charge, done.usage, done.usage_source) == (7500, Usage(input=1000), "request")
+    left = settle(EndReason.CLIENT_DISCONNECTED, Metered(None, True, False, 0, 1000), TTS, Decimal("0.8"), 500_000)
+    assert left.charge == 6000  # the client had audio before it left: the synthesis is paid
+    nothing = settle(EndReason.UPSTREAM_TRUNCATED, Metered(None, False, False, 0, 1000), TTS, ONE, 500_000)
+    assert (nothing.charge, nothing.usage) == (0, Usage())
 
 
 def _counting(tokens: int) -> tuple[list[int], Metered, Metered, Metered]:

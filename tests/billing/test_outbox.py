@@ -21,7 +21,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
 from plugins.billing.pending import SettlementMetrics, pending_summary, report_pending
-from plugins.billing.settler import Outbox, Settler
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.store.base import Hold, HoldState, LogDetails, Resolution, StoreError, StoreUnavailable
 from plugins.billing.store.sqlite.store import SQLiteStore
 from tests.reliability.procs import wait_for

@@ -12,7 +12,11 @@ Rows:
 * Responses `response.incomplete`/`failed` carrying usage → that usage (`upstream`);
 * a client disconnect under `drain` that read the upstream to its end → its usage.
 Per-request models are charged their price when the request completed (or was drained to
-completion), and nothing otherwise.
+completion), and nothing otherwise. Per-character models (text-to-speech) are charged the
+characters of the request's input once any audio was delivered (`has_content`) or the
+response completed: the upstream bills the whole synthesis, and a client that leaves before
+the last byte has its audio (`usage_source` "request"; the log's `input` holds the
+characters).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import NamedTuple
 
-from plugins.billing.pricing import ModelPrice, charge_requests, charge_tokens
+from plugins.billing.charges import charge_characters, charge_requests, charge_tokens
+from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.plugin import EndReason
 
@@ -36,15 +41,21 @@ class Metered(NamedTuple):
 
     `output_count` is the token count of the relayed output, or a function that counts it:
     only the estimated and partial rows need it, so a completed response with upstream
-    usage never pays for tokenizing its output.
+    usage never pays for tokenizing its output. `has_content` likewise may be a function
+    (a stream's content events are read only when a row needs them).
     """
 
     usage: Usage | None
-    has_content: bool
+    has_content: bool | Callable[[], bool]
     terminal: bool
     output_count: int | Callable[[], int]
     prompt_estimate: int
     requests: int = 1
+
+    def content(self) -> bool:
+        """Whether any output was delivered (looked at now if it was given as a function)."""
+        seen = self.has_content
+        return seen if isinstance(seen, bool) else seen()
 
     def output(self) -> int:
         """The relayed output's token count (counted now if it was given as a function)."""
@@ -73,6 +84,10 @@ def settle(
     if price.per_request is not None:
         charge = charge_requests(price, metered.requests, multiplier, quota_per_usd) if finished else 0
         return Settlement(charge, metered.usage or Usage(), "upstream")
+    if price.characters is not None:
+        # The estimate carried the request's characters as its prompt (plugins.billing.estimate).
+        chars = metered.prompt_estimate if finished or metered.content() else 0
+        return Settlement(charge_characters(price, chars, multiplier, quota_per_usd), Usage(chars), "request")
     usage, source = _usage_for(finished, metered)
     return Settlement(charge_tokens(price, usage, multiplier, quota_per_usd), usage, source)
 
@@ -82,7 +97,7 @@ def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
     if finished:
         if real is not None and not real.is_zero:
             return real, "upstream"
-        if real is not None and real.is_zero and not m.has_content:
+        if real is not None and real.is_zero and not m.content():
             return Usage(), "upstream"
         return estimated(m), "estimated"
     if real is not None and not real.is_zero:
@@ -92,7 +107,7 @@ def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
             # already relayed; the client received at least this much.
             real = _with_output(real, relayed)
         return real, "upstream"
-    if not m.has_content:
+    if not m.content():
         return Usage(), "partial"
     return estimated(m), "partial"
 

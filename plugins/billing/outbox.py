@@ -144,13 +144,18 @@ class Settler:
         clock: Callable[[], float] = time.monotonic,
         first_delay: float = 0.05,
         max_delay: float = 5.0,
+        on_store_error: Callable[[str, BaseException], None] | None = None,
     ) -> None:
+        """`on_store_error(op, exc)` is told of every store failure met (for metrics)."""
         self.store = store
         self.outbox = outbox
         self.first_delay = first_delay
         self.max_delay = max_delay
         #: Definitive refusals so far, by operation ("capture", "release").
         self.failures = {"capture": 0, "release": 0}
+        #: Resolutions that had to wait for the store (kept pending and retried).
+        self.retried = 0
+        self._on_store_error = on_store_error
         self._clock = clock
         self._pending: dict[str, float] = {}  # request id → when its first attempt failed
 
@@ -206,6 +211,8 @@ class Settler:
         """After a first attempt failed with `exc`: keep it pending, queue it in the outbox,
         retry with capped backoff until the store answers (or the task is cancelled)."""
         log.error("store unavailable resolving %s; kept pending and retried: %s", request_id, exc)
+        self.retried += 1
+        self._store_error(op, exc)
         self._pending[request_id] = self._clock()
         try:
             if self.outbox is not None:
@@ -229,7 +236,8 @@ class Settler:
                 self.outbox.flush()
             try:
                 result = await self._apply(op, request_id, amount, details)
-            except StoreUnavailable:
+            except StoreUnavailable as again:
+                self._store_error(op, again)
                 continue
             except StoreError as refusal:
                 # The store answered and refused (e.g. a hold that was never written): no
@@ -245,8 +253,13 @@ class Settler:
                 self.outbox.remove(request_id)
             return result
 
+    def _store_error(self, op: str, exc: BaseException) -> None:
+        if self._on_store_error is not None:
+            self._on_store_error(op, exc)
+
     def _refused(self, op: str, request_id: str, amount: int, exc: StoreError) -> None:
         self.failures[op] = self.failures.get(op, 0) + 1
+        self._store_error(op, exc)
         log.error(
             "billing: the store refused to %s request %s (amount %d): %s; the hold is left as it is "
             "for `weir audit`", op, request_id, amount, exc,

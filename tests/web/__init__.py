@@ -1,0 +1,1 @@
+"""Tests of the web shell (proxy/web) and the pages plugins build on it."""
