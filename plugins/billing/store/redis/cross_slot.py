@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from plugins.billing.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
-from plugins.billing.store.rules import HAND_RESOLVED, ledger_note
+from plugins.billing.store.rules import ledger_note
 from plugins.billing.store.tasks import TASK_OWNER
 from plugins.billing.store.redis.audit import Findings, UserSnapshot, audit_user
 from plugins.billing.store.redis.client import RedisCore
@@ -53,7 +53,7 @@ async def settle_call(
         log_id = ""
         keys += [k.log_seq, k.log_global]
     return keys, [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
-                  held.subscription_id, "" if log.end_reason != HAND_RESOLVED else ledger_note(log)]
+                  held.subscription_id, ledger_note(log)]
 
 
 async def settle_by_index(

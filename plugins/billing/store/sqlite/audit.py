@@ -5,7 +5,7 @@ Checks, each reported as a human-readable line:
 - reserved also equals the sum of the open holds drawing on that account;
 - used counters equal the charges: users and subscriptions from the ledger's capture, expire
   and overage entries, keys from their resolved holds; request counts from the resolved holds
-  (see `ledger_rules.counts_as_request`); upstream counters from the consume log;
+  (see `rules.counts_as_request`); upstream counters from the consume log;
 - every resolved hold has exactly one consume-log row, and no ledger entry names a missing
   account;
 - orphans: open holds whose instance is silent for more than `orphan_after`, or past their ttl;

@@ -6,15 +6,16 @@ a capture seven, each with its Python around it: at 32 concurrent clients that S
 largest part of what billing cost per request. The functions here do the work of a whole
 group of `hold_tx` or `resolve_tx` calls, for the common case of wallet-funded holds: they
 read the accounts once, decide each call in order with the same rules as
-`plugins.billing.store.sqlite.ledger`, and write with one `executemany` per table and one relative
-UPDATE per account. The rows they write are the rows the one-by-one functions write,
-entry for entry (tests/store/test_bulk.py compares the two).
+`plugins.billing.store.sqlite.ledger` (a settlement is the capture rule's,
+`rules.settlement`, as one by one), and write with one `executemany` per table and one
+relative UPDATE per account. The rows they write are the rows the one-by-one functions
+write, entry for entry (tests/store/test_bulk.py compares the two).
 
 Anything else goes through the one-by-one function, in the same transaction: a user with an
 active subscription, a subscription-funded hold, a key or user that does not exist, a hold
 that is already resolved or was never made, a request id seen twice in the batch. An
 exception (a request id held already makes the hold INSERT fail) undoes the whole
-transaction; `sqlite_conn` then runs the calls one by one, each in a savepoint, so the call
+transaction; `SQLiteConnection` then runs the calls one by one, each in a savepoint, so the call
 at fault is undone and answered alone.
 
 Order: every call in a batch was pending when the batch began, so any order is a valid
@@ -65,16 +66,18 @@ _ACCOUNTS = (
 )
 _RESERVE_WALLET = "UPDATE users SET reserved = reserved + ? WHERE name = ?"
 _RESERVE_KEY = "UPDATE api_keys SET reserved = reserved + ? WHERE id = ?"
+# The holds of a batch with what the capture rule needs of their keys (whether the key has a
+# quota, its name; NULL for a key that is gone, which the one-by-one path reports).
 _HOLDS_OF = (
-    "SELECT request_id, user, key_id, source, amount, key_amount, price_version, state, checkpoint,"
-    " charged, overage FROM holds WHERE request_id IN (SELECT value FROM json_each(?))"
+    "SELECT h.request_id, h.user, h.key_id, h.source, h.amount, h.key_amount, h.price_version, h.state,"
+    " h.checkpoint, k.quota IS NOT NULL, k.name"
+    " FROM holds h LEFT JOIN api_keys k ON k.id = h.key_id"
+    " WHERE h.request_id IN (SELECT value FROM json_each(?))"
 )
-# A key's use, and for a key with a quota its balance and reservation, in one statement.
+# A key's use and the movement of its account (zeros for a key without a quota), in one statement.
 _KEY_SETTLED = (
-    "UPDATE api_keys SET used = used + ?, request_count = request_count + ?,"
-    " balance = balance + CASE WHEN quota IS NULL THEN 0 ELSE ? END,"
-    " reserved = reserved + CASE WHEN quota IS NULL THEN 0 ELSE ? END"
-    " WHERE id = ? RETURNING quota, name"
+    "UPDATE api_keys SET used = used + ?, request_count = request_count + ?, balance = balance + ?,"
+    " reserved = reserved + ? WHERE id = ?"
 )
 _UPSTREAMS_USED = (
     "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, ?)"
@@ -83,8 +86,7 @@ _UPSTREAMS_USED = (
 )
 _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
-_BY_HAND = rules.HAND_RESOLVED  # a hand resolution's ledger note is written one by one
-_KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
+_OPEN_STATE, _FUNDED_BY_WALLET = HoldState.OPEN, FundingSource.WALLET
 
 
 def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
@@ -168,43 +170,48 @@ class _Totals:
         self.keys: dict[str, list[int]] = {}  # key id -> [used, requests, d_balance, d_reserved]
         self.upstreams: dict[str, list[int]] = {}  # name -> [used, requests]
 
-    def add(self, user: str, key_id: str, charge: int, held: int, key_held: int, counted: int, upstream: str) -> None:
+    def add(self, user: str, key_id: str, done: rules.Settlement) -> None:
+        """Add one settlement of a wallet-funded hold: its entries, counters and upstream."""
+        _, charge, _, counted, _, upstream, entries = done
         w = self.wallets.setdefault(user, [0, 0, 0, 0])
-        w[0] -= charge
-        w[1] -= held
+        k = self.keys.setdefault(key_id, [0, 0, 0, 0])
+        for owner, _, _, d_balance, d_reserved, _ in entries:
+            if owner == "wallet":
+                w[0] += d_balance
+                w[1] += d_reserved
+            elif owner == "key":
+                k[2] += d_balance
+                k[3] += d_reserved
+            else:  # never for a wallet hold; the batch would rather fail than guess
+                raise StoreError(f"a batch settles wallet and key accounts only, not {owner}")
         w[2] += charge
         w[3] += counted
-        k = self.keys.setdefault(key_id, [0, 0, 0, 0])
         k[0] += charge
         k[1] += counted
-        k[2] -= charge
-        k[3] -= key_held
         if upstream:
             u = self.upstreams.setdefault(upstream, [0, 0])
             u[0] += charge
             u[1] += 1
 
-    def write(self, db: Db) -> dict[str, tuple[Any, str]]:
-        """Apply the totals; returns each key's (quota, name)."""
+    def write(self, db: Db) -> None:
+        """Apply the totals."""
         for user, (d_balance, d_reserved, used, requests) in self.wallets.items():
             if db.execute(WALLET_SETTLED, (d_balance, d_reserved, used, requests, user)).rowcount != 1:
                 raise StoreError(f"no account wallet:{user}")
-        found: dict[str, tuple[Any, str]] = {}
         for key_id, (used, requests, d_balance, d_reserved) in self.keys.items():
-            row = db.execute(_KEY_SETTLED, (used, requests, d_balance, d_reserved, key_id)).fetchall()
-            if not row:
+            if db.execute(_KEY_SETTLED, (used, requests, d_balance, d_reserved, key_id)).rowcount != 1:
                 raise StoreError(f"a hold names a missing key {key_id}")
-            found[key_id] = row[0]
         for name, (used, requests) in self.upstreams.items():
             db.execute(_UPSTREAMS_USED, (name, used, requests))
-        return found
 
 
 def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     """`resolve_tx(db, *args)` for each `args` of `calls`, as one set of statements.
 
-    Returns each call's Resolution, in order; raises like `resolve_tx` (so the caller
-    falls back to one call at a time).
+    Each wallet-funded hold is settled by the capture rule (`rules.settlement`), as one by
+    one; the batch only adds up what the settlements move per account. Returns each call's
+    Resolution, in order; raises like `resolve_tx` (so the caller falls back to one call
+    at a time).
     """
     ids = [args[1] for args in calls]
     if len(set(ids)) != len(ids):  # the same hold twice: the second must see the first
@@ -213,43 +220,43 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     found = {r[0]: r for r in db.execute(_HOLDS_OF, (orjson.dumps(ids),)).fetchall()}
     ts = clock()
     totals = _Totals()
-    mine: list[tuple[tuple[Any, ...], Any]] = []
+    mine: list[tuple[tuple[Any, ...], Any, rules.Settlement]] = []
     results: list[object] = []
     for args in calls:
         _, request_id, state, charge, log = args
         row = found.get(request_id)
-        if row is None or row[3] != _WALLET or row[7] != _OPEN or log[0] == _BY_HAND:
-            results.append(resolve_tx(db, *args))  # unknown, subscription-funded, resolved, or noted
+        # Unknown, subscription-funded, resolved, or its key gone: one by one.
+        if row is None or row[3] != _WALLET or row[7] != _OPEN or row[10] is None:
+            results.append(resolve_tx(db, *args))
             continue
-        counted = int(rules.counts_as_request(state, row[8]))
-        upstream = log.upstream if state is HoldState.CAPTURED else ""
-        totals.add(row[1], row[2], charge, row[4], row[5], counted, upstream)
-        mine.append((args, row))
+        # The rule reads the hold's owner, key, source, amounts and checkpoint; the times and
+        # instance it does not read are not fetched.
+        held = Hold._make((request_id, row[1], row[2], _FUNDED_BY_WALLET, None, row[4], row[5], row[6], "", 0.0, 0.0,
+                           _OPEN_STATE, row[8], None))
+        done = rules.settlement(held, state, charge, log, key_limited=bool(row[9]))
+        totals.add(row[1], row[2], done)
+        mine.append((args, row, done))
         results.append(Resolution(request_id, state, charge, 0, True))
     if mine:
-        _write_resolutions(db, ts, mine, totals.write(db))
+        totals.write(db)
+        _write_resolutions(db, ts, mine)
     return results
 
 
-def _write_resolutions(
-    db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any]], keys: dict[str, tuple[Any, str]]
-) -> None:
+def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any, rules.Settlement]]) -> None:
     """The journal entries, the holds' resolutions and the consume-log rows of `mine`."""
     journal: list[tuple[object, ...]] = []
     resolved: list[tuple[object, ...]] = []
     logs: list[tuple[object, ...]] = []
-    for (_, request_id, state, charge, log), row in mine:
-        _, user, key_id, source, held, key_held, price_version = row[:7]
-        kind = _KINDS[state]
-        quota, key_name = keys[key_id]
-        journal.append((ts, rules.account("wallet", user), kind, -charge, -held, request_id, ""))
-        if quota is not None:
-            journal.append((ts, rules.account("key", key_id), kind, -charge, -key_held, request_id, ""))
-        resolved.append((state.value, charge, 0, ts, request_id))
+    for (_, request_id, state, _, log), row, (_, charge, overage, _, _, _, entries) in mine:
+        _, user, key_id, source, held, _, price_version = row[:7]
+        for owner, ident, kind, d_balance, d_reserved, note in entries:
+            journal.append((ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
+        resolved.append((state.value, charge, overage, ts, request_id))
         details: LogDetails = log
         logs.append((
-            ts, request_id, user, key_id, source, state.value, held, charge, 0, price_version,
-            *schema.log_values(details, key_name),
+            ts, request_id, user, key_id, source, state.value, held, charge, overage, price_version,
+            *schema.log_values(details, row[10]),
         ))
     db.executemany(JOURNAL, journal)
     db.executemany(RESOLVED, resolved)

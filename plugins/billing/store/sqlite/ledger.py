@@ -7,7 +7,8 @@ capture costs a single thread hop, however many statements it runs.
 `move()` is the only code that changes a balance or a reservation, and it always appends the
 matching ledger entry in the same transaction, so stored totals cannot drift from the ledger.
 `settle()` resolves one open hold (capture, release or expiry) with every side effect:
-funding and key entries, overage, counters, the hold's resolution and the consume-log row.
+what the capture rule (`plugins.billing.store.rules.settlement`) says to write, the hold's
+resolution and the consume-log row.
 
 Every SQL string is a constant, so sqlite3's per-connection statement cache prepares each
 statement once.
@@ -46,7 +47,6 @@ JOURNAL = (
     "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_KINDS = {HoldState.CAPTURED: "capture", HoldState.RELEASED: "release", HoldState.EXPIRED: "expire"}
 _HOLD = "SELECT * FROM holds WHERE request_id = ?"
 _KEY_ROW = "SELECT * FROM api_keys WHERE id = ?"
 _SUB_ROW = "SELECT * FROM subscriptions WHERE id = ?"
@@ -145,54 +145,50 @@ def roll_subscription(db: Db, row: sqlite3.Row, now: float) -> sqlite3.Row:
     return fresh
 
 
-def _charge_funding(db: Db, ts: float, held: Hold, kind: str, charge: int, note: str) -> int:
-    """Charge the funding source (its entry carries `note`); returns the overage written to the wallet."""
-    if held.source is FundingSource.WALLET:
-        move(db, ts, "wallet", held.user, kind, -charge, -held.amount, held.request_id, note)
-        return 0
-    sub_id = held.subscription_id
-    sub = fetch_one(db, _SUB_ROW, (sub_id,))
-    if sub is None or sub_id is None:
+def _sub_balance(db: Db, ts: float, held: Hold) -> int:
+    """The balance left in the period of the hold's subscription at `ts` (rolled first)."""
+    sub = fetch_one(db, _SUB_ROW, (held.subscription_id,))
+    if sub is None or held.subscription_id is None:
         raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing subscription")
-    sub = roll_subscription(db, sub, ts)
-    paid, overage = rules.split_charge(held.source, charge, sub["balance"])
-    move(db, ts, "sub", sub_id, kind, -paid, -held.amount, held.request_id, note)
-    db.execute(_SUB_USED, (paid, sub_id))
-    if overage:
-        note = f"subscription {sub_id} could not cover {overage}"
-        move(db, ts, "wallet", held.user, "overage", -overage, 0, held.request_id, note)
-    return overage
+    balance: int = roll_subscription(db, sub, ts)["balance"]
+    return balance
 
 
 def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: LogDetails) -> Resolution:
-    """Resolve an open hold as `state` with `charge`, with every side effect, in `db`'s transaction."""
-    kind = _KINDS[state]
+    """Resolve an open hold as `state` with `charge`, in `db`'s transaction: write what the
+    capture rule (`rules.settlement`) says, then the hold's resolution and the log row."""
+    # The key's counters move first: the same statement says whether it has a quota, which
+    # the rule needs (its `counted` is this same `counts_as_request`).
     counted = int(rules.counts_as_request(state, held.checkpoint))
-    note = "" if log.end_reason != rules.HAND_RESOLVED else rules.ledger_note(log)
-    if held.source is FundingSource.WALLET:
-        overage = 0
-        settled = (-charge, -held.amount, charge, counted, held.user)
-        if db.execute(WALLET_SETTLED, settled).rowcount != 1:
-            raise sqlite3.IntegrityError(f"no account wallet:{held.user}")
-        db.execute(JOURNAL, (ts, rules.account("wallet", held.user), kind, -charge, -held.amount, held.request_id, note))
-    else:
-        overage = _charge_funding(db, ts, held, kind, charge, note)
-        db.execute(_USER_USED, (charge, counted, held.user))
     key = db.execute(_KEY_USED, (charge, counted, held.key_id)).fetchall()
     if not key:
         raise sqlite3.IntegrityError(f"hold {held.request_id} names a missing key")
     quota, key_name = key[0]
-    if quota is not None:
-        move(db, ts, "key", held.key_id, kind, -charge, -held.key_amount, held.request_id)
-    if state is HoldState.CAPTURED and log.upstream:
-        db.execute(_UPSTREAM_USED, (log.upstream, charge))
-    db.execute(RESOLVED, (state.value, charge, overage, ts, held.request_id))
+    sub_balance = 0 if held.source is FundingSource.WALLET else _sub_balance(db, ts, held)
+    _, charge, overage, counted, sub_used, upstream, entries = rules.settlement(
+        held, state, charge, log, key_limited=quota is not None, sub_balance=sub_balance)
+    rid = held.request_id
+    (owner, ident, kind, d_balance, d_reserved, note), *others = entries
+    if owner == "wallet":
+        # The wallet's entry and the user's counters in one statement.
+        if db.execute(WALLET_SETTLED, (d_balance, d_reserved, charge, counted, ident)).rowcount != 1:
+            raise sqlite3.IntegrityError(f"no account wallet:{ident}")
+        db.execute(JOURNAL, (ts, rules.account(owner, ident), kind, d_balance, d_reserved, rid, note))
+    else:
+        move(db, ts, owner, ident, kind, d_balance, d_reserved, rid, note)
+        db.execute(_SUB_USED, (sub_used, ident))
+        db.execute(_USER_USED, (charge, counted, held.user))
+    for entry in others:
+        move(db, ts, *entry[:5], rid, entry[5])
+    if upstream:
+        db.execute(_UPSTREAM_USED, (upstream, charge))
+    db.execute(RESOLVED, (state.value, charge, overage, ts, rid))
     db.execute(
         INSERT_LOG,
-        (ts, held.request_id, held.user, held.key_id, held.source.value, state.value,
+        (ts, rid, held.user, held.key_id, held.source.value, state.value,
          held.amount, charge, overage, held.price_version, *schema.log_values(log, key_name)),
     )
-    return Resolution(held.request_id, state, charge, overage, True)
+    return Resolution(rid, state, charge, overage, True)
 
 
 def key_refusal(key: ApiKey | None, user: str, amount: int, now: float) -> HoldRefusal | None:

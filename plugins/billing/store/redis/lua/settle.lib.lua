@@ -26,10 +26,18 @@ local function neg(s)
 end
 
 -- Resolve the open hold in KEYS[2] as `state` with ledger entries of `kind`: `charge` is
--- what the request cost; a subscription pays what is left of its period, the wallet pays
--- the rest. `counts` says whether the request counters move (upstream counters: captures
--- only); `usage_source` overrides the caller's details in the log row when not nil
--- (orphans only know it here); the key's name fills in when the caller gave none.
+-- what the request cost. What this writes is the capture rule, `rules.settlement` in
+-- plugins/billing/store/rules.py, encoded here because a script cannot call Python (the
+-- shared cases of tests/store/test_capture_rule.py hold the two together):
+--   funding entry: a wallet pays the charge; a subscription pays what is left of its period
+--     and the rest is an `overage` entry on the wallet, noted; either frees the whole hold;
+--     a hand resolution's note (ARGV[9]) goes on it;
+--   key entry: only for a key with a quota, the charge and the key's part of the hold;
+--   counters: user and key used/requests only when `counts` (a resolution that does not
+--     count charges 0, so skipping them writes what the rule does); subscription used by
+--     what it paid; upstream counters for a capture naming an upstream.
+-- `usage_source` overrides the caller's details in the log row when not nil (orphans only
+-- know it here); the key's name fills in when the caller gave none.
 local function settle(state, kind, charge, counts, usage_source)
   local uk, hk, kk, lk, now = KEYS[1], KEYS[2], KEYS[3], KEYS[6], ARGV[1]
   local h = redis.call('HMGET', hk, 'state', 'key_id', 'subscription_id', 'request_id', 'user',
@@ -80,7 +88,7 @@ local function settle(state, kind, charge, counts, usage_source)
       o = int(overage)
       redis.call('HINCRBY', uk, 'balance', '-' .. o)
       e2 = '{"a":' .. encode('wallet:' .. user) .. ',"k":"overage","b":"-' .. o .. '","r":"0","t":' .. now_json .. ',"ref":'
-        .. rid_json .. '}'
+        .. rid_json .. ',"note":' .. encode('subscription ' .. h[3] .. ' could not cover ' .. o) .. '}'
     end
   else
     redis.call('HINCRBY', uk, 'balance', nc)
