@@ -1,4 +1,5 @@
-"""`weir logs` (the consume log) and `weir audit` (the ledger check)."""
+"""`weir logs` (the consume log) and `weir audit` (the ledger check); see
+`plugins.billing.accounts.records`."""
 
 from __future__ import annotations
 
@@ -6,32 +7,12 @@ import argparse
 import sys
 from typing import Any
 
-from proxy.cli_frame import CLIError, emit
-from plugins.billing.cli.accounts import iso, money_of, now, parse_time, with_store
-from plugins.billing.cli.holds import add_stuck_after, stuck_after_of
+from plugins.billing.accounts import records
+from plugins.billing.accounts.holds import stuck_after_of
+from plugins.billing.cli.accounts import checked, run, time_from
+from plugins.billing.cli.holds import add_stuck_after
+from proxy.cli_frame import emit
 from proxy.host import Config
-from plugins.billing.store.base import AuditReport, LogRow, Store
-
-MAX_LIMIT = 10_000
-
-
-def log_json(row: LogRow, usd: str) -> dict[str, Any]:
-    """A consume-log row as flat wire JSON (the request details beside the money)."""
-    return {
-        "id": row.id,
-        "time": iso(row.ts),
-        "ts": row.ts,
-        "request_id": row.request_id,
-        "user": row.user,
-        "key_id": row.key_id,
-        "source": row.source,
-        "estimate": row.estimate,
-        "charge": row.charge,
-        "charge_usd": usd,
-        "overage": row.overage,
-        "price_version": row.price_version,
-        **row.details._asdict(),
-    }
 
 
 def _log_line(r: dict[str, Any]) -> str:
@@ -45,63 +26,44 @@ def _log_line(r: dict[str, Any]) -> str:
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    if not 1 <= args.limit <= MAX_LIMIT:
-        raise CLIError(f"--limit must be between 1 and {MAX_LIMIT}")
-    since = None if args.since is None else parse_time(args.since, "--since")
-    money = money_of(config)
-
-    async def work(store: Store) -> list[LogRow]:
-        if args.user is not None and await store.get_user(args.user) is None:
-            raise CLIError(f"unknown user {args.user!r}")
-        return await store.query_logs(user=args.user, since=since, limit=args.limit, before_id=args.before)
-
-    data = [log_json(r, money.usd(r.charge)) for r in with_store(config, work)]
-    text = "\n".join(_log_line(r) for r in data) or "no log rows"
-    if len(data) == args.limit:
-        text += f"\n(more with --before {data[-1]['id']})"
-    emit(args, data, text)
+    since = time_from(args, "since")
+    data = run(config, args, lambda acc: records.logs(
+        acc, user=args.user, since=since, limit=args.limit, before=args.before))
+    rows = data["logs"]
+    text = "\n".join(_log_line(r) for r in rows) or "no log rows"
+    if data["next_before"] is not None:
+        text += f"\n(more with --before {data['next_before']})"
+    emit(args, rows, text)
     return 0
 
 
-def audit_text(report: AuditReport, stuck_after: float | None = None) -> str:
+def audit_text(a: dict[str, Any]) -> str:
     """A readable audit report: each finding on its own line, then the verdict."""
-    lines = [f"MISMATCH  {m}" for m in report.mismatches]
-    lines.append("ledger inconsistent" if report.mismatches else "ledger consistent")
-    lines += [f"ORPHAN    {o}" for o in report.orphans]
-    lines.append(f"{len(report.orphans)} orphaned hold(s) left" if report.orphans else "no orphaned holds")
-    if stuck_after is not None:
-        lines += [f"STUCK     {s}" for s in report.stuck]
+    lines = [f"MISMATCH  {m}" for m in a["mismatches"]]
+    lines.append("ledger inconsistent" if a["mismatches"] else "ledger consistent")
+    lines += [f"ORPHAN    {o}" for o in a["orphans"]]
+    lines.append(f"{len(a['orphans'])} orphaned hold(s) left" if a["orphans"] else "no orphaned holds")
+    if a["stuck_after"] is not None:
+        lines += [f"STUCK     {s}" for s in a["stuck"]]
         lines.append(
-            f"{len(report.stuck)} stuck hold(s): no sign of life for over {stuck_after:.0f}s"
-            " (see `weir holds`, then `weir holds resolve`)" if report.stuck else "no stuck holds"
+            f"{len(a['stuck'])} stuck hold(s): no sign of life for over {a['stuck_after']:.0f}s"
+            " (see `weir holds`, then `weir holds resolve`)" if a["stuck"] else "no stuck holds"
         )
-    if report.negatives:
+    if a["negatives"]:
         lines.append("negative balances (overage charged above a hold; not a failure):")
-        lines += [f"NEGATIVE  {n}" for n in report.negatives]
+        lines += [f"NEGATIVE  {n}" for n in a["negatives"]]
     return "\n".join(lines)
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    orphan_after, stuck_after = config.store.orphan_after, stuck_after_of(args, config)
-    at = now()
-    report = with_store(config, lambda store: store.audit(at, orphan_after, stuck_after=stuck_after))
-    data = {
-        "ok": report.ok,
-        "consistent": not report.mismatches,
-        "checked_at": iso(at),
-        "orphan_after": orphan_after,
-        "stuck_after": stuck_after,
-        "mismatches": list(report.mismatches),
-        "orphans": list(report.orphans),
-        "stuck": list(report.stuck),
-        "negatives": list(report.negatives),
-    }
-    emit(args, data, audit_text(report, stuck_after))
-    if report.ok:
+    stuck_after = checked(args, lambda: stuck_after_of(config, args.stuck_after))
+    data = run(config, args, lambda acc: records.audit(acc, config.store.orphan_after, stuck_after))
+    emit(args, data, audit_text(data))
+    if data["ok"]:
         return 0
     print(
-        f"weir: audit failed: {len(report.mismatches)} mismatch(es), {len(report.orphans)} orphaned hold(s),"
-        f" {len(report.stuck)} stuck hold(s)",
+        f"weir: audit failed: {len(data['mismatches'])} mismatch(es), {len(data['orphans'])} orphaned hold(s),"
+        f" {len(data['stuck'])} stuck hold(s)",
         file=sys.stderr,
     )
     return 1
