@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from plugins.billing.accounts.errors import invalid, refused_as_conflict
+from plugins.billing.accounts.errors import invalid, not_found, refused_as_conflict
 from plugins.billing.accounts.service import Accounts, plan_of, user_of
 from plugins.billing.accounts.shapes import plan_json, subscription_json
 from plugins.billing.accounts.values import check_items, check_name, iso
@@ -73,3 +73,23 @@ async def list_subscriptions(acc: Accounts, user: str) -> list[dict[str, Any]]:
     await user_of(acc, user)
     at = acc.now()
     return [subscription_json(s, acc.money, at) for s in await acc.store.list_subscriptions(user)]
+
+
+async def delete_plan(acc: Accounts, name: str) -> dict[str, Any]:
+    """Delete a plan; refused (conflict) while a subscription to it has not ended. Ended and
+    cancelled subscriptions keep their own copy of its terms."""
+    plan = await plan_of(acc, name)
+    with refused_as_conflict():
+        await acc.store.delete_plan(name)
+    return {**plan_json(plan, acc.money), "deleted": True}
+
+
+async def cancel_subscription(acc: Accounts, sub_id: str) -> dict[str, Any]:
+    """End a subscription now (at its start if it has not begun). No new request draws on
+    it; requests already holding on it settle on it; what its period had left stays on it,
+    unused (nothing goes to the wallet: a grant is not a purchase)."""
+    if await acc.store.get_subscription(sub_id) is None:
+        raise not_found(f"unknown subscription {sub_id!r}")
+    with refused_as_conflict():
+        sub = await acc.store.cancel_subscription(sub_id)
+    return subscription_json(sub, acc.money, acc.now())

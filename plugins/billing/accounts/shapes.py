@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugins.billing.accounts.values import Money, iso
-from plugins.billing.store.base import ApiKey, LogRow, Plan, Subscription, User
+from plugins.billing.store.base import ApiKey, LedgerEntry, LogRow, LogTotals, Plan, Subscription, User
 
 
 def user_json(user: User, money: Money) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def user_json(user: User, money: Money) -> dict[str, Any]:
         "available_usd": money.usd(user.available),
         "used_usd": money.usd(user.used),
         "created_at": iso(user.created_at),
+        "disabled": user.disabled,
     }
 
 
@@ -48,6 +49,7 @@ def subscription_json(sub: Subscription, money: Money, at: float) -> dict[str, A
         "available_quota": sub.available,
         "used_quota": sub.used,
         "models": list(sub.models),
+        "cancelled_at": iso(sub.cancelled_at),
     }
 
 
@@ -88,8 +90,14 @@ def plan_json(plan: Plan, money: Money) -> dict[str, Any]:
     }
 
 
+def is_refund(charge: int, estimate: int) -> bool:
+    """A request that held something and was charged nothing: its hold was given back whole."""
+    return charge == 0 and estimate > 0
+
+
 def log_json(row: LogRow, money: Money) -> dict[str, Any]:
-    """A consume-log row, flat: the request's details beside the money."""
+    """A consume-log row, flat: the request's details beside the money. `refund` is true when
+    the hold was given back whole (nothing was charged)."""
     return {
         "id": row.id,
         "time": iso(row.ts),
@@ -103,5 +111,53 @@ def log_json(row: LogRow, money: Money) -> dict[str, Any]:
         "charge_usd": money.usd(row.charge),
         "overage": row.overage,
         "price_version": row.price_version,
+        "refund": is_refund(row.charge, row.estimate),
         **row.details._asdict(),
+    }
+
+
+def totals_json(totals: LogTotals, money: Money) -> dict[str, Any]:
+    """What a consume-log filter adds up to."""
+    return {
+        "requests": totals.requests,
+        "charged_quota": totals.charged,
+        "charged_usd": money.usd(totals.charged),
+        "overage_quota": totals.overage,
+        "refunds": totals.refunds,
+        "refunded_quota": totals.refunded,
+        "refunded_usd": money.usd(totals.refunded),
+    }
+
+
+LABELS = {"capture": "charge", "expire": "charge", "overage": "overage", "hold": "hold", "release": "release"}
+
+
+def entry_label(entry: LedgerEntry) -> str:
+    """What a ledger entry is, for people: a wallet credit is a top-up (positive) or an
+    adjustment (negative); a capture or an orphan's expiry is a charge."""
+    if entry.kind == "credit":
+        if not entry.account.startswith("wallet:"):
+            return "credit"
+        return "top-up" if entry.d_balance > 0 else "adjustment"
+    return LABELS.get(entry.kind, entry.kind)
+
+
+def entry_json(entry: LedgerEntry, money: Money, balance: int | None) -> dict[str, Any]:
+    """A ledger entry; `balance_quota` is the wallet's balance right after it (null for the
+    entries of other accounts)."""
+    return {
+        "id": entry.id,
+        "time": iso(entry.ts),
+        "ts": entry.ts,
+        "account": entry.account,
+        "kind": entry.kind,
+        "label": entry_label(entry),
+        "amount_quota": entry.d_balance,
+        "amount_usd": money.usd(entry.d_balance),
+        "reserved_quota": entry.d_reserved,
+        "balance_quota": balance,
+        "balance_usd": None if balance is None else money.usd(balance),
+        "request_id": entry.request_id or None,
+        "note": entry.note,
+        "actor": entry.actor,
     }

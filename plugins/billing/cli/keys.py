@@ -1,4 +1,4 @@
-"""`weir key create | show | list | revoke | disable | enable`: API keys (see
+"""`weir key create | show | list | set | revoke | disable | enable`: API keys (see
 `plugins.billing.accounts.keys`).
 
 The clear key is printed once, by `key create`; nothing else derived from it (not the hash,
@@ -77,6 +77,18 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _set(args: argparse.Namespace, config: Config) -> int:
+    quota = None if args.unlimited else amount_from(args, money_of(config))
+    never = args.expires is not None and args.expires.strip().lower() == "never"
+    expires_at = None if never else time_from(args, "expires")
+    models, ips = list_option(args, "models"), list_option(args, "ips")
+    data = run(config, args, lambda acc: keys.update_key(
+        acc, args.id, name=args.name, quota=quota, unlimited=args.unlimited, models=models, ips=ips,
+        group=args.group, expires_at=expires_at, no_expiry=never, enabled=args.enabled))
+    emit(args, data, f"changed key {data['id']}\n" + key_text(data))
+    return 0
+
+
 def _set_status(args: argparse.Namespace, config: Config) -> int:
     status = keys.STATUS_OF_ACTION[args.action]
     data = run(config, args, lambda acc: keys.set_key_status(acc, args.id, status))
@@ -105,6 +117,21 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p = actions.add_parser("list", parents=[common], help="a user's keys")
     p.add_argument("user")
     commands["key list"] = _list
+    p = actions.add_parser("set", parents=[common], help="change a key: name, quota, allowlists, group, expiry, state")
+    p.add_argument("id")
+    p.add_argument("--name", help="a new label")
+    limits = p.add_mutually_exclusive_group()
+    limits.add_argument("--quota", type=int, metavar="N", help="the key may spend N more units (its remaining quota)")
+    limits.add_argument("--usd", metavar="X", help="the same, in USD")
+    limits.add_argument("--unlimited", action="store_true", help="drop the key's own quota")
+    p.add_argument("--models", metavar="GLOB,...", help="replace the allowed models ('' allows any)")
+    p.add_argument("--ips", metavar="CIDR,...", help="replace the allowed client networks ('' allows any)")
+    p.add_argument("--group", help="the key's price group ('' removes it)")
+    p.add_argument("--expires", metavar="ISO8601", help="a new expiry, or 'never'")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable a disabled key")
+    state.add_argument("--disable", dest="enabled", action="store_false", default=None, help="disable the key")
+    commands["key set"] = _set
     for action, help_text in (
         ("revoke", "revoke a key for good"),
         ("disable", "stop a key until it is enabled again"),

@@ -1,4 +1,4 @@
-"""`weir plan add | list` and `weir sub grant | list`: subscription plans and their instances
+"""`weir plan add | list | delete` and `weir sub grant | list | cancel`: subscription plans and their instances
 (see `plugins.billing.accounts.plans`)."""
 
 from __future__ import annotations
@@ -38,6 +38,18 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _delete(args: argparse.Namespace, config: Config) -> int:
+    data = run(config, args, lambda acc: plans.delete_plan(acc, args.name))
+    emit(args, data, f"deleted {plan_line(data)}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace, config: Config) -> int:
+    data = run(config, args, lambda acc: plans.cancel_subscription(acc, args.id))
+    emit(args, data, f"cancelled: {subscription_line(data)}")
+    return 0
+
+
 def _grant(args: argparse.Namespace, config: Config) -> int:
     start, end = time_from(args, "start"), time_from(args, "end")
     data = run(config, args, lambda acc: plans.grant(acc, args.user, args.plan, start=start, end=end))
@@ -70,6 +82,9 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     commands["plan add"] = _add
     actions.add_parser("list", parents=[common], help="every plan")
     commands["plan list"] = _list
+    p = actions.add_parser("delete", parents=[common], help="delete a plan nobody is subscribed to")
+    p.add_argument("name")
+    commands["plan delete"] = _delete
     actions = group_parser(sub, "sub", "subscriptions (a plan granted to a user)")
     p = actions.add_parser("grant", parents=[common], help="give a user a subscription")
     p.add_argument("user")
@@ -80,3 +95,6 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p = actions.add_parser("list", parents=[common], help="a user's subscriptions")
     p.add_argument("user")
     commands["sub list"] = _subs
+    p = actions.add_parser("cancel", parents=[common], help="end a subscription now (see `weir sub list USER` for ids)")
+    p.add_argument("id")
+    commands["sub cancel"] = _cancel

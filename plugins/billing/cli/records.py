@@ -19,20 +19,35 @@ def _log_line(r: dict[str, Any]) -> str:
     where = f"{r['model'] or '-'} via {r['upstream'] or '-'}"
     tokens = f"in {r['input']} cache {r['cache_read']} out {r['output']}"
     overage = f" overage {r['overage']}" if r["overage"] else ""
+    money = f"refunded {r['estimate']} (charged 0)" if r["refund"] else f"charge {r['charge']} (${r['charge_usd']})"
     return (
         f"#{r['id']} {r['time']} {r['user']} key {r['key_id']} {where} {r['end_reason']}/{r['usage_source']}"
-        f"  charge {r['charge']} (${r['charge_usd']}) est {r['estimate']}{overage}  {tokens}  [{r['request_id']}]"
+        f"  {money} est {r['estimate']}{overage}  {tokens}  [{r['request_id']}]"
+    )
+
+
+def totals_line(t: dict[str, Any]) -> str:
+    """What the filter adds up to, for text output."""
+    return (
+        f"total: {t['requests']} request(s), charged {t['charged_quota']} quota (${t['charged_usd']}),"
+        f" {t['refunds']} refund(s) ({t['refunded_quota']} quota given back), overage {t['overage_quota']}"
     )
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    since = time_from(args, "since")
+    since, until = time_from(args, "since"), time_from(args, "until")
     data = run(config, args, lambda acc: records.logs(
-        acc, user=args.user, since=since, limit=args.limit, before=args.before))
+        acc, user=args.user, key_id=args.key, model=args.model, outcome=args.outcome, since=since, until=until,
+        limit=args.limit, before=args.before, totals=args.totals or not args.json))
+    if args.totals:
+        emit(args, data["totals"], totals_line(data["totals"]))
+        return 0
     rows = data["logs"]
     text = "\n".join(_log_line(r) for r in rows) or "no log rows"
     if data["next_before"] is not None:
         text += f"\n(more with --before {data['next_before']})"
+    if "totals" in data:
+        text += "\n" + totals_line(data["totals"])
     emit(args, rows, text)
     return 0
 
@@ -71,11 +86,17 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]) -> None:
     """Add `weir logs` and `weir audit`."""
-    p = sub.add_parser("logs", parents=[common], help="the consume log, newest first")
+    p = sub.add_parser("logs", parents=[common], help="the consume log, newest first, with totals")
     p.add_argument("--user", help="only this user's requests")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.add_argument("--before", type=int, metavar="ID", help="page on: rows older than this log id")
+    p.add_argument("--key", metavar="ID", help="only this key's requests")
+    p.add_argument("--model", metavar="GLOB", help="only requests for these models (the name the client sent)")
+    p.add_argument("--outcome", metavar="END_REASON",
+                   help="only rows that ended so: completed, upstream_error, client_disconnected, orphaned, ...")
     p.add_argument("--since", metavar="ISO8601", help="only rows at or after this time")
+    p.add_argument("--until", metavar="ISO8601", help="only rows before this time")
+    p.add_argument("--totals", action="store_true", help="print only what every matching row adds up to")
     commands["logs"] = _logs
     audit = sub.add_parser(
         "audit", parents=[common],
