@@ -111,7 +111,9 @@ def cidrs(items: Sequence[str], field: str = "ips") -> tuple[str, ...]:
 def check_name(name: str, what: str) -> str:
     """A user, plan or group name: non-empty, no surrounding blanks or control characters."""
     if not isinstance(name, str) or not name or name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise invalid(f"invalid {what} name {name!r}: it must be non-empty, without control characters or surrounding spaces")
+        raise invalid(
+            f"invalid {what} name {name!r}: it must be non-empty, without control characters or surrounding spaces"
+        )
     return name
 
 

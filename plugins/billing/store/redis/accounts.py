@@ -132,7 +132,9 @@ class RedisAccounts:
     async def update_key(self, key_id: str, changes: KeyChanges, *, actor: str = "") -> ApiKey:
         """Apply `changes` to a key in one script (see `Store.update_key`)."""
         edits.check_key_changes(changes)
-        quota = "unlimited" if changes.unlimited else "" if changes.quota is None else str(units(changes.quota, "a key quota"))
+        quota = "unlimited" if changes.unlimited else ""
+        if changes.quota is not None:
+            quota = str(units(changes.quota, "a key quota"))
         user = await self._core.hget(self._k.key_ids, key_id)
         if user is None:
             raise StoreError(f"unknown key {key_id!r}")
