@@ -128,7 +128,7 @@ def test_user_add_topup_show_move_exact_quota(weir: Weir) -> None:
     assert weir.json("user", "topup", "alice", "--usd", "2.01")["balance_quota"] == 1555000
     # 0.000001 × 500000 = 0.5 rounds half up to 1 (banker's rounding would give 0).
     assert weir.json("user", "topup", "alice", "--usd", "0.000001")["credited_quota"] == 1
-    assert weir.json("user", "topup", "alice", "--quota", "-1001", "--note", "refund")["balance_quota"] == 1554000
+    assert weir.json("user", "adjust", "alice", "--quota", "-1001", "--note", "refund")["balance_quota"] == 1554000
     shown = weir.json("user", "show", "alice")
     assert shown["balance_quota"] == shown["available_quota"] == 1554000
     assert shown["balance_usd"] == "3.108000"
@@ -344,9 +344,12 @@ def test_json_output_is_one_document(weir: Weir) -> None:
     commands: list[tuple[str, ...]] = [
         ("user", "add", "bob"), ("user", "topup", "bob", "--quota", "3"), ("user", "show", "alice"),
         ("user", "list"), ("key", "create", "bob"), ("key", "show", key_id), ("key", "list", "alice"),
-        ("key", "disable", key_id), ("key", "enable", key_id), ("key", "revoke", key_id),
+        ("key", "disable", key_id), ("key", "enable", key_id),
         ("plan", "add", "basic", "--quota", "9", "--period", "none"), ("plan", "list"),
         ("sub", "grant", "alice", "pro"), ("sub", "list", "alice"), ("logs",), ("audit",),
+        ("user", "set", "bob", "--disable"), ("user", "adjust", "bob", "--quota", "-1", "--note", "typo"),
+        ("ledger", "bob"), ("key", "set", key_id, "--name", "renamed"), ("logs", "--totals"),
+        ("plan", "delete", "basic"), ("key", "revoke", key_id),
     ]
     for argv in commands:
         res = weir.run(*argv, "--json")

@@ -23,8 +23,9 @@ class KeyCache:
     """A short-lived cache of (key, user) by key digest, bounded in size.
 
     Safe for money: the hold re-checks the key's status, expiry and quota and the funding
-    source atomically in the store, so a cached entry can at worst apply an allowlist or a
-    group that changed less than `ttl` seconds ago. Unknown keys are never cached.
+    source atomically in the store, so a cached entry can at worst apply an allowlist, a
+    group or a user's disabled flag that changed less than `ttl` seconds ago. Unknown keys
+    are never cached.
     """
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
@@ -55,7 +56,8 @@ async def authenticate(
     """The caller's key and user, or a `Reject` in the endpoint's terms.
 
     Keys are looked up by their SHA-256 (timing reveals nothing about the clear key) and
-    confirmed with a constant-time comparison.
+    confirmed with a constant-time comparison. A disabled user is refused first (403
+    `user_disabled`), then the key's own state (`check_key`).
     """
     clear = ctx.api_key
     if not clear:
@@ -74,6 +76,8 @@ async def authenticate(
             cache.put(digest, key, user)
     else:
         key, user = found
+    if user.disabled:
+        raise Reject(403, "user_disabled", "the account this API key belongs to is disabled")
     check_key(key, ctx, time.time() if now is None else now)
     return key, user
 

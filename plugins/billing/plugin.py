@@ -58,7 +58,7 @@ from proxy.plugin import (
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
 from plugins.billing import web as pages
-from plugins.billing.cli.accounts import Money
+from plugins.billing.accounts.values import Money
 
 log = logging.getLogger(__name__)
 

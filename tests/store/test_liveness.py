@@ -143,15 +143,21 @@ async def test_a_version_3_database_gains_touched_at(tmp_path: Path, monkeypatch
 
     path = str(tmp_path / "w.db")
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:3])
+    to_user = sqlite_schema.to_user
+    monkeypatch.setattr(sqlite_schema, "to_user", lambda r: to_user({**dict(zip(r.keys(), r)), "disabled": 0}))
     store = SQLiteStore(path, checkpoint_every=0, clock=lambda: START)
     await store.open()
-    await store.create_user("alice")
-    await store.credit("alice", 1000)
+    with sqlite3.connect(path) as raw:  # a funded user as version 3 wrote one (today's reads newer columns)
+        raw.execute("INSERT INTO users(name, grp, preference, balance, created_at)"
+                    " VALUES ('alice', 'default', 'subscription_first', 1000, ?)", (START,))
+        raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
+                    " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')", (START,))
     key = await store.create_key("alice", "h-alice")
     assert isinstance(await store.hold("old", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
     await store.close()
 
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.setattr(sqlite_schema, "to_user", to_user)
     store = SQLiteStore(path, checkpoint_every=0, clock=lambda: START + 20)
     await store.open()
     try:

@@ -1,7 +1,8 @@
 """RedisStore on a real Redis Cluster: three primaries started here, on free loopback ports.
 
-The store contract (test_contract, test_funding, test_orphans, test_tasks: users, credit, keys,
-holds, capture, release, checkpoints, orphans, logs, audit, subscriptions, async tasks) and two races (the
+The store contract (test_contract, test_funding, test_orphans, test_tasks, test_accounts: users,
+credit, keys, holds, capture, release, checkpoints, orphans, logs, audit, subscriptions, async
+tasks, account edits) and two races (the
 200-holds race, resolutions racing the orphan sweep) are re-run on the cluster by importing
 those tests and overriding their `backend` fixture; the tests written here check what only a cluster
 has: users on different nodes, per-node NOSCRIPT, a slot moved under a live store, cluster
@@ -39,7 +40,7 @@ from tests.redis_server import redis_missing
 
 from .conftest import Backend, FakeClock
 
-from . import test_contract, test_funding, test_orphans, test_tasks
+from . import test_accounts, test_contract, test_funding, test_orphans, test_tasks
 from .test_races import (  # noqa: F401
     test_200_concurrent_holds_exactly_37_fit,
     test_resolutions_racing_the_orphan_sweep_resolve_once,
@@ -48,7 +49,7 @@ from .test_races import (  # noqa: F401
 # The whole contract (every test of these modules) runs again here, on the cluster `backend`
 # below: pytest collects the test functions found in this module's namespace.
 globals().update(
-    {name: test for module in (test_contract, test_funding, test_orphans, test_tasks)
+    {name: test for module in (test_contract, test_funding, test_orphans, test_tasks, test_accounts)
      for name, test in vars(module).items() if name.startswith("test_")}
 )
 

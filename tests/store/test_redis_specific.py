@@ -141,7 +141,8 @@ async def test_every_key_of_a_user_shares_its_hash_tag(
         suffixes = {k.rsplit("}:", 1)[1].split(":")[0] for k in by_tag[tag]}
         assert {"user", "keys", "key", "subs", "sub", "hold", "ledger", "log", "logidx", "up"} <= suffixes
     # Global indexes each have a tag of their own, none of them a user's.
-    assert set(by_tag) - user_tags == {"users", "openusers", "requests", "keyhash", "keyid", "plans", "instances", "logs"}
+    assert set(by_tag) - user_tags == {
+        "users", "openusers", "requests", "keyhash", "keyid", "subid", "plans", "instances", "logs"}
 
 
 async def _monitor(redis_url: str, store: RedisStore, action: Callable[[], Awaitable[object]]) -> list[dict[str, str]]:

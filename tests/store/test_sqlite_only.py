@@ -373,6 +373,44 @@ async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path)
         await store.close()
 
 
+async def test_a_version_4_database_gains_the_account_edit_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 5 adds users.disabled, subscriptions.cancelled_at and ledger.actor to a file
+    with money in it: existing rows read as enabled, not cancelled, made by the system."""
+    from plugins.billing.store.sqlite import schema as sqlite_schema
+
+    path = str(tmp_path / "w.db")
+    now = time.time()
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:4])
+    raw = sqlite3.connect(path, isolation_level=None)
+    sqlite_schema.migrate(raw)
+    raw.execute("INSERT INTO users(name, grp, preference, balance, created_at) VALUES ('alice', 'default',"
+                " 'subscription_first', 700, ?)", (now,))
+    raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'wallet:alice',"
+                " 'credit', 700, 0, 'top-up')", (now,))
+    raw.execute("INSERT INTO subscriptions(id, user, plan, quota, period, start, end_at, period_start, balance, models)"
+                " VALUES ('s_1', 'alice', 'p', 100, 'none', ?, ?, ?, 100, '[]')", (now - 60, now + 3600, now - 60))
+    raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'sub:s_1',"
+                " 'credit', 100, 0, 'plan p: first period')", (now,))
+    raw.close()
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)
+    store = SQLiteStore(path, checkpoint_every=0)
+    await store.open()
+    try:
+        user = await store.get_user("alice")
+        assert user is not None and (user.balance, user.disabled) == (700, False)
+        found = await store.get_subscription("s_1")
+        assert found is not None and (found.balance, found.cancelled_at) == (100, None)
+        [entry] = (await store.ledger_entries("alice")).entries
+        assert (entry.d_balance, entry.note, entry.actor) == (700, "top-up", "")
+        assert (await store.set_user("alice", disabled=True)).disabled
+        assert (await store.cancel_subscription("s_1")).cancelled_at is not None
+        assert (await store.audit(time.time(), 30)).ok
+    finally:
+        await store.close()
+
+
 async def test_an_idle_store_skips_its_background_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -405,7 +443,7 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     path = str(tmp_path / "w.db")
     log = LogDetails(end_reason="completed", usage_source="upstream", upstream="up")
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:2])
-    to_hold = sqlite_schema.to_hold  # today's reads a column that version 2 lacks
+    to_hold, to_user = sqlite_schema.to_hold, sqlite_schema.to_user  # today's read columns version 2 lacks
     monkeypatch.setattr(sqlite_schema, "to_hold", lambda r: to_hold({**dict(zip(r.keys(), r)), "touched_at": None}))
     # ... and writes a consume-log column (a task's seconds, version 6) that it lacks too.
     from plugins.billing.store.sqlite import ledger as sqlite_ledger
@@ -413,10 +451,14 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     insert_log, log_values = sqlite_ledger.INSERT_LOG, sqlite_schema.log_values
     monkeypatch.setattr(sqlite_ledger, "INSERT_LOG", insert_log.replace(", seconds)", ")").replace(", ?)", ")"))
     monkeypatch.setattr(sqlite_schema, "log_values", lambda d, k="": tuple(log_values(d, k))[:-1])
+    monkeypatch.setattr(sqlite_schema, "to_user", lambda r: to_user({**dict(zip(r.keys(), r)), "disabled": 0}))
     store = SQLiteStore(path, checkpoint_every=0)
     await store.open()
     await store.create_user("alice")
-    await store.credit("alice", 1000)
+    with sqlite3.connect(path) as raw:  # a top-up as version 2 wrote it (today's records its actor)
+        raw.execute("UPDATE users SET balance = 1000 WHERE name = 'alice'")
+        raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
+                    " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')", (time.time(),))
     key = await store.create_key("alice", "h-alice", quota=500)
     for i in range(3):
         assert isinstance(await store.hold(f"r{i}", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
@@ -433,11 +475,15 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     monkeypatch.setattr(sqlite_schema, "to_hold", to_hold)
     monkeypatch.setattr(sqlite_ledger, "INSERT_LOG", insert_log)
     monkeypatch.setattr(sqlite_schema, "log_values", log_values)
+    monkeypatch.setattr(sqlite_schema, "to_user", to_user)
     store = SQLiteStore(path, checkpoint_every=0)
     await store.open()
     try:
-        holds, ledger, logs = books()  # every row, with its id (v4 adds touched_at to holds, NULL)
-        assert ledger == before[1] and [r[:-1] for r in holds] == before[0] and {r[-1] for r in holds} == {None}
+        # Every row, with its id (v4 adds touched_at to holds, NULL; v6 seconds to the log, 0;
+        # v7 the ledger's actor, '').
+        holds, ledger, logs = books()
+        assert [r[:-1] for r in holds] == before[0] and {r[-1] for r in holds} == {None}
+        assert [r[:-1] for r in ledger] == before[1] and {r[-1] for r in ledger} == {""}
         assert [r[:-1] for r in logs] == before[2] and {r[-1] for r in logs} == {0}  # v6: seconds, 0
         with sqlite3.connect(path) as raw:
             ddl = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())

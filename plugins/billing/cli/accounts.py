@@ -1,125 +1,71 @@
-"""Account commands of `weir`: users, keys, plans, subscriptions, logs and audit.
+"""What billing's `weir` commands share: running an account function on the configured store,
+turning its refusals into CLI errors, and parsing the options every command uses.
 
-What the account commands share: money conversion, time parsing, list and CIDR
-validation, and opening the configured store around one async function. The commands
-themselves live beside it (`users`, `keys`, `plans`, `records`, `holds`); the package's
-`register` adds them to the `weir` parser.
+The commands themselves (`users`, `keys`, `plans`, `records`, `holds`) are thin: they parse
+their arguments, call the account functions of `plugins.billing.accounts` (the same ones
+the admin API calls) and print the JSON those return, or a text rendering of it.
 
-Money: quota units are integers; `--usd` amounts are parsed as `Decimal` (never float) and
-converted with the billing plugin's `quota_per_usd`, rounded half up. USD figures are shown
-as Decimal strings with 6 places.
-
-Exit codes: 0 success; 1 a user error (unknown user, bad input) or a failed audit; 2 a
-config error; 3 the store could not be reached.
+Exit codes: 0 success; 1 a user error (unknown user, bad input, a refused change) or a
+failed audit; 2 a config error; 3 the store could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, TypeVar
 
-from proxy.cli_frame import CLIError
-from plugins.billing.config import billing_config, billing_index
-from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD
-from proxy.host import Config, ConfigError
+from plugins.billing.accounts import AccountError, Accounts, money_of
+from plugins.billing.accounts.values import Money, os_actor, parse_time
 from plugins.billing.store.base import Store, StoreError, StoreUnavailable
 from plugins.billing.store.factory import make_store
+from proxy.cli_frame import CLIError
+from proxy.host import Config
 
 T = TypeVar("T")
 
 UNAVAILABLE_EXIT = 3
-_USD_PLACES = Decimal("0.000001")
-@dataclass(frozen=True, slots=True)
-class Money:
-    """Conversion between USD and quota units at one `quota_per_usd` rate."""
+# "expires: 'x' is not …", "note must say why": a message that starts with an option's name.
+_FIELD = re.compile(r"^([a-z][a-z_-]*)(?=:| must)")
 
-    quota_per_usd: int = DEFAULT_QUOTA_PER_USD
 
-    def quota(self, text: str, flag: str = "--usd") -> int:
-        """Quota units for a USD amount written as text, rounded half up (never via float)."""
+def flagged(message: str, args: argparse.Namespace) -> str:
+    """An account error's message with the field it starts with written as the option
+    (`expires: …` becomes `--expires: …`) when the command has that option."""
+    match = _FIELD.match(message)
+    if match and hasattr(args, match.group(1).replace("-", "_")):
+        return "--" + message
+    return message
+
+
+def run(config: Config, args: argparse.Namespace, work: Callable[[Accounts], Awaitable[T]]) -> T:
+    """Open the configured store, run `work` on an `Accounts` over it (the OS user acting)
+    in a fresh event loop, close the store. Account errors and store refusals exit 1, an
+    unreachable store exits 3."""
+    money = money_of(config)
+
+    async def go() -> T:
+        store = make_store(config)
         try:
-            usd = Decimal(text.strip().removeprefix("$"))
-        except InvalidOperation:
-            raise CLIError(f"{flag}: {text!r} is not a USD amount (e.g. 1.10)") from None
-        if not usd.is_finite():
-            raise CLIError(f"{flag}: {text!r} is not a finite USD amount")
-        return int((usd * self.quota_per_usd).to_integral_value(rounding=ROUND_HALF_UP))
+            await store.open()
+        except StoreError as exc:
+            raise CLIError(f"store unavailable: {exc}", UNAVAILABLE_EXIT) from None
+        try:
+            return await work(Accounts(store, money, os_actor()))
+        finally:
+            await store.close()
 
-    def usd(self, quota: int) -> str:
-        """A quota amount in USD, as a Decimal string with 6 places."""
-        return str((Decimal(quota) / self.quota_per_usd).quantize(_USD_PLACES, rounding=ROUND_HALF_UP))
-
-
-def money_of(config: Config) -> Money:
-    """The USD rate of the billing plugin listed in proxy.yaml, else the default 500 000."""
-    index = billing_index(config)
-    if index is None:
-        return Money()
-    rate = billing_config(config).quota_per_usd
-    if rate <= 0:
-        raise ConfigError(f"plugins[{index}].config.quota_per_usd", f"expected a positive integer, got {rate!r}")
-    return Money(rate)
-
-
-def amount_from(args: argparse.Namespace, money: Money) -> int | None:
-    """The quota given by `--usd X` or `--quota N` (None when neither was given)."""
-    if getattr(args, "usd", None) is not None:
-        return money.quota(args.usd)
-    quota: int | None = getattr(args, "quota", None)
-    return quota
-
-
-def parse_time(text: str, flag: str) -> float:
-    """Epoch seconds of an ISO 8601 date or date-time; a time without offset is UTC."""
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CLIError(f"{flag}: {text!r} is not an ISO 8601 date or time (e.g. 2030-01-31T12:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def iso(ts: float | None) -> str | None:
-    """An epoch time as ISO 8601 UTC with a `Z` (None stays None)."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def split_list(text: str | None, flag: str) -> tuple[str, ...]:
-    """A comma-separated option as a tuple; an empty item is an error."""
-    if text is None:
-        return ()
-    items = tuple(part.strip() for part in text.split(","))
-    if any(not item for item in items):
-        raise CLIError(f"{flag}: empty item in {text!r}")
-    return items
-
-
-def parse_cidrs(text: str | None) -> tuple[str, ...]:
-    """`--ips` as normalised networks (`10.0.0.7` becomes `10.0.0.7/32`)."""
-    nets = []
-    for item in split_list(text, "--ips"):
-        try:
-            nets.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise CLIError(f"--ips: {item!r} is not an IP address or CIDR network") from None
-    return tuple(nets)
-
-
-def check_name(name: str, what: str) -> str:
-    """A user, plan or group name: non-empty, no surrounding blanks or control characters."""
-    if not name or name != name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise CLIError(f"invalid {what} name {name!r}: it must be non-empty, without control characters or surrounding spaces")
-    return name
+        return asyncio.run(go())
+    except AccountError as exc:
+        raise CLIError(flagged(exc.message, args)) from None
+    except StoreUnavailable as exc:
+        raise CLIError(f"store unavailable: {exc}", UNAVAILABLE_EXIT) from None
+    except StoreError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def now() -> float:
@@ -128,12 +74,11 @@ def now() -> float:
 
 
 def with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the configured store, run `work` on it in a fresh event loop, close the store.
+    """Open the configured store, run `work` on the bare store in a fresh event loop, close
+    it (for the commands that are not account functions: pricing, tasks). Store refusals
+    exit 1, an unreachable store exits 3."""
 
-    Store errors become `CLIError`s: bad input exits 1, an unreachable store exits 3.
-    """
-
-    async def run() -> T:
+    async def go() -> T:
         store = make_store(config)
         try:
             await store.open()
@@ -145,11 +90,32 @@ def with_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
             await store.close()
 
     try:
-        return asyncio.run(run())
+        return asyncio.run(go())
     except StoreUnavailable as exc:
         raise CLIError(f"store unavailable: {exc}", UNAVAILABLE_EXIT) from None
     except StoreError as exc:
         raise CLIError(str(exc)) from None
+
+
+def checked(args: argparse.Namespace, parse: Callable[[], T]) -> T:
+    """`parse()`, with an account error (bad input) turned into a CLI error."""
+    try:
+        return parse()
+    except AccountError as exc:
+        raise CLIError(flagged(exc.message, args)) from None
+
+
+def amount_from(args: argparse.Namespace, money: Money) -> int | None:
+    """The quota given by `--usd X` or `--quota N` (None when neither was given)."""
+    return checked(args, lambda: money.amount(getattr(args, "usd", None), getattr(args, "quota", None)))
+
+
+def time_from(args: argparse.Namespace, name: str) -> float | None:
+    """The epoch seconds of an ISO 8601 option (None when not given)."""
+    text: str | None = getattr(args, name)
+    if text is None:
+        return None
+    return checked(args, lambda: parse_time(text, name))
 
 
 def table(rows: Sequence[Sequence[str]], empty: str) -> str:
@@ -164,4 +130,3 @@ def group_parser(sub: Any, name: str, help_text: str) -> Any:
     """A `weir <name> <action>` command group; its actions store their name in `args.action`."""
     parser = sub.add_parser(name, help=help_text, description=help_text)
     return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-

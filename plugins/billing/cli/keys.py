@@ -1,8 +1,8 @@
-"""`weir key create | show | list | revoke | disable | enable`: API keys.
+"""`weir key create | show | list | set | revoke | disable | enable`: API keys (see
+`plugins.billing.accounts.keys`).
 
-The clear key exists only inside `key create`: it is generated, hashed, written to stdout
-once and dropped. Nothing else derived from it (not the hash, not a hint) is ever printed;
-keys are named by their public id (`k_…`) and optional name.
+The clear key is printed once, by `key create`; nothing else derived from it (not the hash,
+not a hint) is ever printed. Keys are named by their public id (`k_…`) and optional name.
 """
 
 from __future__ import annotations
@@ -10,54 +10,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from plugins.billing.apikeys import generate_key
-from proxy.cli_frame import CLIError, emit
-from plugins.billing.cli.accounts import (
-    Money,
-    amount_from,
-    check_name,
-    group_parser,
-    iso,
-    money_of,
-    now,
-    parse_cidrs,
-    parse_time,
-    split_list,
-    table,
-    with_store,
-)
+from plugins.billing.accounts import keys, money_of
+from plugins.billing.accounts.values import split_list
+from plugins.billing.cli.accounts import amount_from, checked, group_parser, run, table, time_from
+from proxy.cli_frame import emit
 from proxy.host import Config
-from plugins.billing.store.base import ApiKey, Store
-
-_STATUS_ACTIONS = {"revoke": "revoked", "disable": "disabled", "enable": "active"}
 
 
-def key_json(key: ApiKey, money: Money) -> dict[str, Any]:
-    """A key as wire JSON. `quota`/`remaining_quota` are null for an unlimited key."""
-    expired = key.expires_at is not None and key.expires_at <= now()
-    return {
-        "id": key.id,
-        "user": key.user,
-        "name": key.name,
-        "status": key.status,
-        "usable": key.status == "active" and not expired,
-        "expires_at": iso(key.expires_at),
-        "unlimited": key.unlimited,
-        "quota": key.quota,
-        "remaining_quota": None if key.unlimited else key.balance,
-        "remaining_usd": None if key.unlimited else money.usd(key.balance),
-        "reserved_quota": key.reserved,
-        "used_quota": key.used,
-        "used_usd": money.usd(key.used),
-        "request_count": key.request_count,
-        "models": list(key.models),
-        "ips": list(key.ips),
-        "group": key.group,
-        "created_at": iso(key.created_at),
-    }
-
-
-def _limit(k: dict[str, Any]) -> str:
+def limit_text(k: dict[str, Any]) -> str:
+    """A key's own quota, short."""
     return "unlimited" if k["unlimited"] else f"{k['remaining_quota']} of {k['quota']} left"
 
 
@@ -65,7 +26,7 @@ def key_text(k: dict[str, Any]) -> str:
     """A key's details, for text output."""
     lines = [
         f"key {k['id']}  user {k['user']}  name {k['name'] or '-'}  status {k['status']}",
-        f"  quota      {_limit(k)}  (reserved {k['reserved_quota']})",
+        f"  quota      {limit_text(k)}  (reserved {k['reserved_quota']})",
         f"  used       {k['used_quota']} quota (${k['used_usd']}) over {k['request_count']} request(s)",
         f"  expires    {k['expires_at'] or 'never'}",
         f"  models     {', '.join(k['models']) or 'any'}",
@@ -76,66 +37,39 @@ def key_text(k: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _create_options(args: argparse.Namespace, money: Money) -> dict[str, Any]:
-    """The validated `create_key` keyword arguments (everything but the hash)."""
-    quota = None if args.unlimited else amount_from(args, money)
-    if quota is not None and quota < 0:
-        raise CLIError("a key quota cannot be negative")
-    expires_at = None
-    if args.expires is not None:
-        expires_at = parse_time(args.expires, "--expires")
-        if expires_at <= now():
-            raise CLIError(f"--expires: {args.expires!r} is in the past")
-    return {
-        "name": args.name or "",
-        "quota": quota,
-        "models": split_list(args.models, "--models"),
-        "ips": parse_cidrs(args.ips),
-        "group": None if args.group is None else check_name(args.group, "group"),
-        "expires_at": expires_at,
-    }
+def list_option(args: argparse.Namespace, name: str) -> tuple[str, ...] | None:
+    """A comma-separated option as a tuple (None when not given, () for "")."""
+    text: str | None = getattr(args, name)
+    if text is None:
+        return None
+    return checked(args, lambda: split_list(text, name))
 
 
 def _create(args: argparse.Namespace, config: Config) -> int:
-    money = money_of(config)
-    options = _create_options(args, money)
-    clear, digest, _hint = generate_key()
-
-    async def work(store: Store) -> ApiKey:
-        if await store.get_user(args.user) is None:
-            raise CLIError(f"unknown user {args.user!r}")
-        return await store.create_key(args.user, digest, **options)
-
-    data = key_json(with_store(config, work), money)
+    quota = None if args.unlimited else amount_from(args, money_of(config))
+    models, ips = list_option(args, "models") or (), list_option(args, "ips") or ()
+    expires_at = time_from(args, "expires")
+    data = run(config, args, lambda acc: keys.create_key(
+        acc, args.user, name=args.name or "", quota=quota, models=models, ips=ips, group=args.group,
+        expires_at=expires_at))
     text = (
-        f"created key {data['id']} for {data['user']} ({_limit(data)})\n{clear}\n"
+        f"created key {data['id']} for {data['user']} ({limit_text(data)})\n{data['key']}\n"
         "This is the only time the key is shown: store it now."
     )
-    emit(args, {"id": data["id"], "key": clear, **data}, text)
+    emit(args, data, text)
     return 0
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    money = money_of(config)
-    key = with_store(config, lambda store: store.get_key(args.id))
-    if key is None:
-        raise CLIError(f"unknown key {args.id!r}")
-    data = key_json(key, money)
+    data = run(config, args, lambda acc: keys.show_key(acc, args.id))
     emit(args, data, key_text(data))
     return 0
 
 
 def _list(args: argparse.Namespace, config: Config) -> int:
-    money = money_of(config)
-
-    async def work(store: Store) -> list[ApiKey]:
-        if await store.get_user(args.user) is None:
-            raise CLIError(f"unknown user {args.user!r}")
-        return await store.list_keys(args.user)
-
-    data = [key_json(k, money) for k in with_store(config, work)]
+    data = run(config, args, lambda acc: keys.list_keys(acc, args.user))
     rows = [["ID", "NAME", "STATUS", "QUOTA", "USED", "REQUESTS", "EXPIRES"]] + [
-        [k["id"], k["name"] or "-", k["status"], _limit(k), str(k["used_quota"]), str(k["request_count"]),
+        [k["id"], k["name"] or "-", k["status"], limit_text(k), str(k["used_quota"]), str(k["request_count"]),
          k["expires_at"] or "never"]
         for k in data
     ]
@@ -143,15 +77,21 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _set(args: argparse.Namespace, config: Config) -> int:
+    quota = None if args.unlimited else amount_from(args, money_of(config))
+    never = args.expires is not None and args.expires.strip().lower() == "never"
+    expires_at = None if never else time_from(args, "expires")
+    models, ips = list_option(args, "models"), list_option(args, "ips")
+    data = run(config, args, lambda acc: keys.update_key(
+        acc, args.id, name=args.name, quota=quota, unlimited=args.unlimited, models=models, ips=ips,
+        group=args.group, expires_at=expires_at, no_expiry=never, enabled=args.enabled))
+    emit(args, data, f"changed key {data['id']}\n" + key_text(data))
+    return 0
+
+
 def _set_status(args: argparse.Namespace, config: Config) -> int:
-    status = _STATUS_ACTIONS[args.action]
-
-    async def work(store: Store) -> ApiKey:
-        if await store.get_key(args.id) is None:
-            raise CLIError(f"unknown key {args.id!r}")
-        return await store.set_key_status(args.id, status)
-
-    data = key_json(with_store(config, work), money_of(config))
+    status = keys.STATUS_OF_ACTION[args.action]
+    data = run(config, args, lambda acc: keys.set_key_status(acc, args.id, status))
     emit(args, data, f"key {data['id']} ({data['user']}) is now {data['status']}")
     return 0
 
@@ -177,6 +117,21 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p = actions.add_parser("list", parents=[common], help="a user's keys")
     p.add_argument("user")
     commands["key list"] = _list
+    p = actions.add_parser("set", parents=[common], help="change a key: name, quota, allowlists, group, expiry, state")
+    p.add_argument("id")
+    p.add_argument("--name", help="a new label")
+    limits = p.add_mutually_exclusive_group()
+    limits.add_argument("--quota", type=int, metavar="N", help="the key may spend N more units (its remaining quota)")
+    limits.add_argument("--usd", metavar="X", help="the same, in USD")
+    limits.add_argument("--unlimited", action="store_true", help="drop the key's own quota")
+    p.add_argument("--models", metavar="GLOB,...", help="replace the allowed models ('' allows any)")
+    p.add_argument("--ips", metavar="CIDR,...", help="replace the allowed client networks ('' allows any)")
+    p.add_argument("--group", help="the key's price group ('' removes it)")
+    p.add_argument("--expires", metavar="ISO8601", help="a new expiry, or 'never'")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None, help="enable a disabled key")
+    state.add_argument("--disable", dest="enabled", action="store_false", default=None, help="disable the key")
+    commands["key set"] = _set
     for action, help_text in (
         ("revoke", "revoke a key for good"),
         ("disable", "stop a key until it is enabled again"),

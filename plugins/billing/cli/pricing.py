@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from plugins.billing.cli.accounts import iso, with_store
+from plugins.billing.accounts.values import iso
+from plugins.billing.cli.accounts import with_store
 from plugins.billing.config import billing_config
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices import document as doc

@@ -1,4 +1,5 @@
-"""`weir logs` (the consume log) and `weir audit` (the ledger check)."""
+"""`weir logs` (the consume log) and `weir audit` (the ledger check); see
+`plugins.billing.accounts.records`."""
 
 from __future__ import annotations
 
@@ -6,102 +7,78 @@ import argparse
 import sys
 from typing import Any
 
-from proxy.cli_frame import CLIError, emit
-from plugins.billing.cli.accounts import iso, money_of, now, parse_time, with_store
-from plugins.billing.cli.holds import add_stuck_after, stuck_after_of
+from plugins.billing.accounts import records
+from plugins.billing.accounts.holds import stuck_after_of
+from plugins.billing.cli.accounts import checked, run, time_from
+from plugins.billing.cli.holds import add_stuck_after
+from proxy.cli_frame import emit
 from proxy.host import Config
-from plugins.billing.store.base import AuditReport, LogRow, Store
-
-MAX_LIMIT = 10_000
-
-
-def log_json(row: LogRow, usd: str) -> dict[str, Any]:
-    """A consume-log row as flat wire JSON (the request details beside the money)."""
-    return {
-        "id": row.id,
-        "time": iso(row.ts),
-        "ts": row.ts,
-        "request_id": row.request_id,
-        "user": row.user,
-        "key_id": row.key_id,
-        "source": row.source,
-        "estimate": row.estimate,
-        "charge": row.charge,
-        "charge_usd": usd,
-        "overage": row.overage,
-        "price_version": row.price_version,
-        **row.details._asdict(),
-    }
 
 
 def _log_line(r: dict[str, Any]) -> str:
     where = f"{r['model'] or '-'} via {r['upstream'] or '-'}"
     tokens = f"in {r['input']} cache {r['cache_read']} out {r['output']}"
     overage = f" overage {r['overage']}" if r["overage"] else ""
+    money = f"refunded {r['estimate']} (charged 0)" if r["refund"] else f"charge {r['charge']} (${r['charge_usd']})"
     return (
         f"#{r['id']} {r['time']} {r['user']} key {r['key_id']} {where} {r['end_reason']}/{r['usage_source']}"
-        f"  charge {r['charge']} (${r['charge_usd']}) est {r['estimate']}{overage}  {tokens}  [{r['request_id']}]"
+        f"  {money} est {r['estimate']}{overage}  {tokens}  [{r['request_id']}]"
+    )
+
+
+def totals_line(t: dict[str, Any]) -> str:
+    """What the filter adds up to, for text output."""
+    return (
+        f"total: {t['requests']} request(s), charged {t['charged_quota']} quota (${t['charged_usd']}),"
+        f" {t['refunds']} refund(s) ({t['refunded_quota']} quota given back), overage {t['overage_quota']}"
     )
 
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
-    if not 1 <= args.limit <= MAX_LIMIT:
-        raise CLIError(f"--limit must be between 1 and {MAX_LIMIT}")
-    since = None if args.since is None else parse_time(args.since, "--since")
-    money = money_of(config)
-
-    async def work(store: Store) -> list[LogRow]:
-        if args.user is not None and await store.get_user(args.user) is None:
-            raise CLIError(f"unknown user {args.user!r}")
-        return await store.query_logs(user=args.user, since=since, limit=args.limit, before_id=args.before)
-
-    data = [log_json(r, money.usd(r.charge)) for r in with_store(config, work)]
-    text = "\n".join(_log_line(r) for r in data) or "no log rows"
-    if len(data) == args.limit:
-        text += f"\n(more with --before {data[-1]['id']})"
-    emit(args, data, text)
+    since, until = time_from(args, "since"), time_from(args, "until")
+    data = run(config, args, lambda acc: records.logs(
+        acc, user=args.user, key_id=args.key, model=args.model, outcome=args.outcome, since=since, until=until,
+        limit=args.limit, before=args.before, totals=args.totals or not args.json))
+    if args.totals:
+        emit(args, data["totals"], totals_line(data["totals"]))
+        return 0
+    rows = data["logs"]
+    text = "\n".join(_log_line(r) for r in rows) or "no log rows"
+    if data["next_before"] is not None:
+        text += f"\n(more with --before {data['next_before']})"
+    if "totals" in data:
+        text += "\n" + totals_line(data["totals"])
+    emit(args, rows, text)
     return 0
 
 
-def audit_text(report: AuditReport, stuck_after: float | None = None) -> str:
+def audit_text(a: dict[str, Any]) -> str:
     """A readable audit report: each finding on its own line, then the verdict."""
-    lines = [f"MISMATCH  {m}" for m in report.mismatches]
-    lines.append("ledger inconsistent" if report.mismatches else "ledger consistent")
-    lines += [f"ORPHAN    {o}" for o in report.orphans]
-    lines.append(f"{len(report.orphans)} orphaned hold(s) left" if report.orphans else "no orphaned holds")
-    if stuck_after is not None:
-        lines += [f"STUCK     {s}" for s in report.stuck]
+    lines = [f"MISMATCH  {m}" for m in a["mismatches"]]
+    lines.append("ledger inconsistent" if a["mismatches"] else "ledger consistent")
+    lines += [f"ORPHAN    {o}" for o in a["orphans"]]
+    lines.append(f"{len(a['orphans'])} orphaned hold(s) left" if a["orphans"] else "no orphaned holds")
+    if a["stuck_after"] is not None:
+        lines += [f"STUCK     {s}" for s in a["stuck"]]
         lines.append(
-            f"{len(report.stuck)} stuck hold(s): no sign of life for over {stuck_after:.0f}s"
-            " (see `weir holds`, then `weir holds resolve`)" if report.stuck else "no stuck holds"
+            f"{len(a['stuck'])} stuck hold(s): no sign of life for over {a['stuck_after']:.0f}s"
+            " (see `weir holds`, then `weir holds resolve`)" if a["stuck"] else "no stuck holds"
         )
-    if report.negatives:
+    if a["negatives"]:
         lines.append("negative balances (overage charged above a hold; not a failure):")
-        lines += [f"NEGATIVE  {n}" for n in report.negatives]
+        lines += [f"NEGATIVE  {n}" for n in a["negatives"]]
     return "\n".join(lines)
 
 
 def _audit(args: argparse.Namespace, config: Config) -> int:
-    orphan_after, stuck_after = config.store.orphan_after, stuck_after_of(args, config)
-    at = now()
-    report = with_store(config, lambda store: store.audit(at, orphan_after, stuck_after=stuck_after))
-    data = {
-        "ok": report.ok,
-        "consistent": not report.mismatches,
-        "checked_at": iso(at),
-        "orphan_after": orphan_after,
-        "stuck_after": stuck_after,
-        "mismatches": list(report.mismatches),
-        "orphans": list(report.orphans),
-        "stuck": list(report.stuck),
-        "negatives": list(report.negatives),
-    }
-    emit(args, data, audit_text(report, stuck_after))
-    if report.ok:
+    stuck_after = checked(args, lambda: stuck_after_of(config, args.stuck_after))
+    data = run(config, args, lambda acc: records.audit(acc, config.store.orphan_after, stuck_after))
+    emit(args, data, audit_text(data))
+    if data["ok"]:
         return 0
     print(
-        f"weir: audit failed: {len(report.mismatches)} mismatch(es), {len(report.orphans)} orphaned hold(s),"
-        f" {len(report.stuck)} stuck hold(s)",
+        f"weir: audit failed: {len(data['mismatches'])} mismatch(es), {len(data['orphans'])} orphaned hold(s),"
+        f" {len(data['stuck'])} stuck hold(s)",
         file=sys.stderr,
     )
     return 1
@@ -109,11 +86,17 @@ def _audit(args: argparse.Namespace, config: Config) -> int:
 
 def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]) -> None:
     """Add `weir logs` and `weir audit`."""
-    p = sub.add_parser("logs", parents=[common], help="the consume log, newest first")
+    p = sub.add_parser("logs", parents=[common], help="the consume log, newest first, with totals")
     p.add_argument("--user", help="only this user's requests")
     p.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     p.add_argument("--before", type=int, metavar="ID", help="page on: rows older than this log id")
+    p.add_argument("--key", metavar="ID", help="only this key's requests")
+    p.add_argument("--model", metavar="GLOB", help="only requests for these models (the name the client sent)")
+    p.add_argument("--outcome", metavar="END_REASON",
+                   help="only rows that ended so: completed, upstream_error, client_disconnected, orphaned, ...")
     p.add_argument("--since", metavar="ISO8601", help="only rows at or after this time")
+    p.add_argument("--until", metavar="ISO8601", help="only rows before this time")
+    p.add_argument("--totals", action="store_true", help="print only what every matching row adds up to")
     commands["logs"] = _logs
     audit = sub.add_parser(
         "audit", parents=[common],

@@ -14,8 +14,9 @@ import argparse
 import json
 from typing import Any
 
-from plugins.billing.cli.accounts import Money, iso, money_of, now, table, with_store
-from plugins.billing.cli.holds import ago
+from plugins.billing.accounts.holds import ago
+from plugins.billing.accounts.values import Money, iso, money_of
+from plugins.billing.cli.accounts import now, table, with_store
 from plugins.billing.store.base import Store
 from plugins.billing.store.rules import HAND_RESOLVED
 from plugins.billing.store.tasks import Task, TaskEnd, TaskState

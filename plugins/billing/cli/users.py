@@ -1,59 +1,20 @@
-"""`weir user add | topup | show | list`: users and their wallets."""
+"""`weir user add | topup | adjust | set | show | list` and `weir ledger`: users and their
+wallets (see `plugins.billing.accounts.users`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from proxy.cli_frame import CLIError, emit
-from plugins.billing.cli.accounts import Money, amount_from, check_name, group_parser, iso, money_of, now, table, with_store
+from plugins.billing.accounts import money_of, users
+from plugins.billing.cli.accounts import amount_from, group_parser, run, table
+from proxy.cli_frame import emit
 from proxy.host import Config
-from plugins.billing.store.base import Preference, Store, Subscription, User
-
-PREFERENCES = tuple(p.value for p in Preference)
-
-
-def user_json(user: User, money: Money) -> dict[str, Any]:
-    """A user's totals as wire JSON (quota units, and USD as 6-place Decimal strings)."""
-    return {
-        "name": user.name,
-        "group": user.group,
-        "preference": user.preference.value,
-        "balance_quota": user.balance,
-        "reserved_quota": user.reserved,
-        "available_quota": user.available,
-        "used_quota": user.used,
-        "request_count": user.request_count,
-        "balance_usd": money.usd(user.balance),
-        "available_usd": money.usd(user.available),
-        "used_usd": money.usd(user.used),
-        "created_at": iso(user.created_at),
-    }
-
-
-def subscription_json(sub: Subscription, money: Money, at: float) -> dict[str, Any]:
-    """A subscription as wire JSON; `balance_quota` is what is left of the current period."""
-    return {
-        "id": sub.id,
-        "plan": sub.plan,
-        "period": sub.period,
-        "quota": sub.quota,
-        "quota_usd": money.usd(sub.quota),
-        "start": iso(sub.start),
-        "end": iso(sub.end),
-        "period_start": iso(sub.period_start),
-        "active": sub.start <= at < sub.end,
-        "balance_quota": sub.balance,
-        "reserved_quota": sub.reserved,
-        "available_quota": sub.available,
-        "used_quota": sub.used,
-        "models": list(sub.models),
-    }
 
 
 def subscription_line(s: dict[str, Any]) -> str:
     """One subscription, for text output."""
-    state = "active" if s["active"] else "inactive"
+    state = "active" if s["active"] else f"cancelled {s['cancelled_at']}" if s["cancelled_at"] else "inactive"
     models = f"  models {','.join(s['models'])}" if s["models"] else ""
     return (
         f"{s['id']}  plan {s['plan']} ({s['period']}, {state})  {s['start']} -> {s['end']}"
@@ -61,9 +22,10 @@ def subscription_line(s: dict[str, Any]) -> str:
     )
 
 
-def _wallet_text(u: dict[str, Any]) -> str:
+def wallet_text(u: dict[str, Any]) -> str:
+    """A user's wallet, for text output."""
     return (
-        f"user {u['name']}  group {u['group']}  preference {u['preference']}\n"
+        f"user {u['name']}  group {u['group']}  preference {u['preference']}{'  DISABLED' if u['disabled'] else ''}\n"
         f"  balance    {u['balance_quota']} quota (${u['balance_usd']})\n"
         f"  reserved   {u['reserved_quota']} quota\n"
         f"  available  {u['available_quota']} quota (${u['available_usd']})\n"
@@ -72,70 +34,72 @@ def _wallet_text(u: dict[str, Any]) -> str:
 
 
 def _add(args: argparse.Namespace, config: Config) -> int:
-    name, group = check_name(args.name, "user"), check_name(args.group, "group")
-    money = money_of(config)
-    amount = amount_from(args, money)
-    if amount is not None and amount < 0:
-        raise CLIError("the initial balance cannot be negative")
-
-    async def work(store: Store) -> User:
-        if await store.get_user(name) is not None:
-            raise CLIError(f"user {name!r} already exists")
-        user = await store.create_user(name, group, Preference(args.preference))
-        if amount:
-            user = await store.credit(name, amount, "initial balance")
-        return user
-
-    data = user_json(with_store(config, work), money)
-    emit(args, data, f"created user {name}\n" + _wallet_text(data))
+    quota = amount_from(args, money_of(config))
+    data = run(config, args, lambda acc: users.add_user(
+        acc, args.name, group=args.group, preference=args.preference, quota=quota))
+    emit(args, data, f"created user {args.name}\n" + wallet_text(data))
     return 0
 
 
 def _topup(args: argparse.Namespace, config: Config) -> int:
     money = money_of(config)
-    amount = amount_from(args, money)
-    if not amount:
-        raise CLIError("a top-up must move a non-zero amount")
-    note = args.note if args.note is not None else ("top-up" if amount > 0 else "adjustment")
+    quota = amount_from(args, money)
+    assert quota is not None  # argparse requires --usd or --quota
+    data = run(config, args, lambda acc: users.topup(acc, args.name, quota, args.note))
+    sign = "+" if quota > 0 else ""
+    emit(args, data, f"credited {sign}{quota} quota (${money.usd(quota)}) to {args.name}\n" + wallet_text(data))
+    return 0
 
-    async def work(store: Store) -> User:
-        if await store.get_user(args.name) is None:
-            raise CLIError(f"unknown user {args.name!r}")
-        return await store.credit(args.name, amount, note)
 
-    data = user_json(with_store(config, work), money)
-    data["credited_quota"] = amount
-    data["credited_usd"] = money.usd(amount)
-    sign = "+" if amount > 0 else ""
-    emit(args, data, f"credited {sign}{amount} quota (${money.usd(amount)}) to {args.name}\n" + _wallet_text(data))
+def _adjust(args: argparse.Namespace, config: Config) -> int:
+    money = money_of(config)
+    quota = amount_from(args, money)
+    assert quota is not None  # argparse requires --usd or --quota
+    data = run(config, args, lambda acc: users.adjust(acc, args.name, quota, args.note))
+    emit(args, data, f"adjusted {args.name} by {quota} quota (${money.usd(quota)}): {data['note']}\n" + wallet_text(data))
+    return 0
+
+
+def _set(args: argparse.Namespace, config: Config) -> int:
+    disabled = None if args.enabled is None else not args.enabled
+    data = run(config, args, lambda acc: users.set_user(
+        acc, args.name, group=args.group, preference=args.preference, disabled=disabled))
+    emit(args, data, f"changed user {args.name}\n" + wallet_text(data))
+    return 0
+
+
+def _ledger_line(e: dict[str, Any]) -> str:
+    amount = f"{e['amount_quota']:+d}" if e["amount_quota"] else "0"
+    after = "" if e["balance_quota"] is None else f"  balance {e['balance_quota']} (${e['balance_usd']})"
+    held = f"  reserved {e['reserved_quota']:+d}" if e["reserved_quota"] else ""
+    who = f"  by {e['actor']}" if e["actor"] else ""
+    why = f"  {e['note']}" if e["note"] else ""
+    request = f"  [{e['request_id']}]" if e["request_id"] else ""
+    return f"#{e['id']} {e['time']}  {e['label']:<10} {e['account']}  {amount}{held}{after}{who}{why}{request}"
+
+
+def _ledger(args: argparse.Namespace, config: Config) -> int:
+    data = run(config, args, lambda acc: users.ledger(
+        acc, args.user, limit=args.limit, before=args.before, everything=args.all))
+    lines = [_ledger_line(e) for e in data["entries"]] or ["no ledger entries"]
+    if data["next_before"] is not None:
+        lines.insert(0, f"(older with --before {data['next_before']})")
+    lines.append(f"balance now {data['balance_quota']} quota (${data['balance_usd']})")
+    emit(args, data, "\n".join(lines))
     return 0
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
-    money = money_of(config)
-
-    async def work(store: Store) -> tuple[User, list[Subscription], int]:
-        user = await store.get_user(args.name)
-        if user is None:
-            raise CLIError(f"unknown user {args.name!r}")
-        return user, await store.list_subscriptions(args.name), len(await store.list_keys(args.name))
-
-    user, subs, n_keys = with_store(config, work)
-    at = now()
-    data = user_json(user, money)
-    data["subscriptions"] = [subscription_json(s, money, at) for s in subs]
-    data["keys"] = n_keys
-    lines = [_wallet_text(data), f"  keys       {n_keys}"]
-    lines.append("  subscriptions:" if subs else "  subscriptions: none")
+    data = run(config, args, lambda acc: users.show_user(acc, args.name))
+    lines = [wallet_text(data), f"  keys       {data['keys']}"]
+    lines.append("  subscriptions:" if data["subscriptions"] else "  subscriptions: none")
     lines += ["    " + subscription_line(s) for s in data["subscriptions"]]
     emit(args, data, "\n".join(lines))
     return 0
 
 
 def _list(args: argparse.Namespace, config: Config) -> int:
-    money = money_of(config)
-    users = with_store(config, lambda store: store.list_users())
-    data = [user_json(u, money) for u in users]
+    data = run(config, args, users.list_users)
     rows = [["NAME", "GROUP", "PREFERENCE", "BALANCE", "USD", "RESERVED", "USED", "REQUESTS"]] + [
         [u["name"], u["group"], u["preference"], str(u["balance_quota"]), u["balance_usd"],
          str(u["reserved_quota"]), str(u["used_quota"]), str(u["request_count"])]
@@ -145,7 +109,8 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _amount_options(parser: argparse.ArgumentParser, required: bool) -> None:
+def amount_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """`--usd X | --quota N`."""
     amounts = parser.add_mutually_exclusive_group(required=required)
     amounts.add_argument("--usd", metavar="X", help="amount in USD (exact decimal, converted with quota_per_usd)")
     amounts.add_argument("--quota", type=int, metavar="N", help="amount in quota units")
@@ -157,17 +122,37 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p = actions.add_parser("add", parents=[common], help="create a user, optionally with a starting balance")
     p.add_argument("name")
     p.add_argument("--group", default="default", help="price group (default: default)")
-    p.add_argument("--preference", choices=PREFERENCES, default=Preference.SUBSCRIPTION_FIRST.value,
+    p.add_argument("--preference", choices=users.PREFERENCES, default=users.PREFERENCES[0],
                    help="which funding source holds draw on first")
-    _amount_options(p, required=False)
+    amount_options(p, required=False)
     commands["user add"] = _add
-    p = actions.add_parser("topup", parents=[common], help="credit (or, negative, debit) a wallet")
+    p = actions.add_parser("topup", parents=[common], help="credit a wallet (to take quota away: adjust)")
     p.add_argument("name")
-    _amount_options(p, required=True)
-    p.add_argument("--note", help="recorded on the ledger entry")
+    amount_options(p, required=True)
+    p.add_argument("--note", help="recorded on the ledger entry (default: top-up)")
     commands["user topup"] = _topup
+    p = actions.add_parser("adjust", parents=[common], help="take quota away from a wallet, saying why")
+    p.add_argument("name")
+    amount_options(p, required=True)
+    p.add_argument("--note", required=True, help="why (recorded on the ledger entry, with who you are)")
+    commands["user adjust"] = _adjust
+    p = actions.add_parser("set", parents=[common], help="change a user's group or preference, disable or enable")
+    p.add_argument("name")
+    p.add_argument("--group", help="price group")
+    p.add_argument("--preference", choices=users.PREFERENCES, help="which funding source holds draw on first")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--disable", dest="enabled", action="store_false", default=None,
+                       help="refuse the user's keys (403 user_disabled)")
+    state.add_argument("--enable", dest="enabled", action="store_true", default=None, help="accept the user's keys again")
+    commands["user set"] = _set
     p = actions.add_parser("show", parents=[common], help="a user's balances, subscriptions and key count")
     p.add_argument("name")
     commands["user show"] = _show
     actions.add_parser("list", parents=[common], help="every user")
     commands["user list"] = _list
+    p = sub.add_parser("ledger", parents=[common], help="a user's top-ups, adjustments and charges, in order")
+    p.add_argument("user")
+    p.add_argument("--limit", type=int, default=50, help="the newest N entries (default 50)")
+    p.add_argument("--before", type=int, metavar="ID", help="page back: entries older than this id")
+    p.add_argument("--all", action="store_true", help="every entry: holds and releases, keys and subscriptions too")
+    commands["ledger"] = _ledger

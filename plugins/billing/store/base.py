@@ -9,7 +9,8 @@ Entry kinds and their deltas (h = held amount, a = actual charge):
 
 | kind    | d_balance | d_reserved | notes                                              |
 |---------|-----------|------------|----------------------------------------------------|
-| credit  | +x        | 0          | top-up / admin adjustment (x may be negative)      |
+| credit  | +x        | 0          | top-up / admin adjustment (x may be negative); a   |
+|         |           |            | hand movement records its `actor` (who)            |
 | hold    | 0         | +h         | on the funding source and on a limited key         |
 | capture | -a        | -h         | a may exceed h; a subscription's overage spills    |
 | release | 0         | -h         | the whole hold back                                |
@@ -49,6 +50,10 @@ from plugins.billing.store.records import (
     LogRow,
     Resolution,
     AuditReport,
+    KeyChanges,
+    LedgerEntry,
+    LedgerPage,
+    LogTotals,
 )
 
 __all__ = [
@@ -71,6 +76,10 @@ __all__ = [
     "PriceConflict",
     "PriceStore",
     "PriceVersion",
+    "KeyChanges",
+    "LedgerEntry",
+    "LedgerPage",
+    "LogTotals",
     "Store",
 ]
 
@@ -107,13 +116,23 @@ class Store(PriceStore, TaskStore, Protocol):
     async def list_users(self) -> list[User]:
         """Every user, by name."""
 
-    async def credit(self, user: str, amount: int, note: str = "") -> User:
-        """Add `amount` (may be negative: an adjustment) to the wallet, with a ledger entry."""
+    async def credit(self, user: str, amount: int, note: str = "", *, actor: str = "") -> User:
+        """Add `amount` (may be negative: an adjustment) to the wallet, with a ledger entry
+        that records `note` and who made it (`actor`)."""
 
     async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None
+        self, name: str, *, group: str | None = None, preference: Preference | None = None,
+        disabled: bool | None = None,
     ) -> User:
-        """Change a user's group or billing preference."""
+        """Change a user's group, billing preference or disabled flag (None keeps it)."""
+
+    async def ledger_entries(
+        self, user: str, *, limit: int = 50, before_id: int | None = None, everything: bool = False
+    ) -> LedgerPage:
+        """The user's wallet entries that moved its balance (credits, charges, overages),
+        newest first, below `before_id`; with `everything`, every entry of every account of
+        the user (holds and releases, its keys and subscriptions too). StoreError for an
+        unknown user."""
 
     # keys -------------------------------------------------------------------
     async def create_key(
@@ -143,6 +162,11 @@ class Store(PriceStore, TaskStore, Protocol):
     async def set_key_status(self, key_id: str, status: str) -> ApiKey:
         """Set "active", "disabled" or "revoked"."""
 
+    async def update_key(self, key_id: str, changes: KeyChanges, *, actor: str = "") -> ApiKey:
+        """Apply `changes` (see KeyChanges) in one atomic step; a quota change is a `credit`
+        entry on the key's account recording `actor`. StoreError for an unknown or revoked
+        key, or for `unlimited` while requests in flight hold some of the key's quota."""
+
     # plans and subscriptions -------------------------------------------------
     async def create_plan(self, plan: Plan) -> Plan:
         """Create or replace a plan."""
@@ -158,6 +182,20 @@ class Store(PriceStore, TaskStore, Protocol):
 
     async def list_subscriptions(self, user: str) -> list[Subscription]:
         """A user's subscriptions, rolled over to the current period."""
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        """A subscription by id, as stored (not rolled over), or None."""
+
+    async def cancel_subscription(self, sub_id: str) -> Subscription:
+        """End a subscription now: roll it to its current period, then set `end` and
+        `cancelled_at` to now (to its start, if it has not started), in one atomic step. No
+        new hold draws on it; holds already open settle on it as usual; what its period had
+        left stays on it, unused. StoreError if unknown, cancelled or ended already."""
+
+    async def delete_plan(self, name: str) -> None:
+        """Delete a plan. StoreError if unknown, or while a subscription to it has not ended
+        (existing subscriptions keep their own copy of the terms, but a plan people are
+        subscribed to is kept so that the listing still explains them)."""
 
     # holds --------------------------------------------------------------------
     async def hold(
@@ -222,8 +260,25 @@ class Store(PriceStore, TaskStore, Protocol):
         until: float | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
     ) -> list[LogRow]:
-        """Consume-log rows, newest first; page with `before_id` (the last row's id)."""
+        """Consume-log rows, newest first, `since <= ts < until`; page with `before_id` (the
+        last row's id). `model` is a glob on the requested model."""
+
+    async def log_totals(
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
+    ) -> LogTotals:
+        """Sums over every consume-log row the filters match (as `query_logs`, unpaged)."""
 
     async def upstream_stats(self) -> dict[str, tuple[int, int]]:
         """Per upstream name: (used quota, request count)."""

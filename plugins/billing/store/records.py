@@ -26,6 +26,10 @@ __all__ = [
     "LogRow",
     "Resolution",
     "AuditReport",
+    "KeyChanges",
+    "LedgerEntry",
+    "LedgerPage",
+    "LogTotals",
 ]
 
 
@@ -75,7 +79,8 @@ class Refusal(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A paying user. `balance` is the wallet; `reserved` its open holds."""
+    """A paying user. `balance` is the wallet; `reserved` its open holds. A `disabled`
+    user's keys are refused by billing's authentication (403 `user_disabled`)."""
 
     name: str
     group: str
@@ -85,6 +90,7 @@ class User:
     used: int
     request_count: int
     created_at: float
+    disabled: bool = False
 
     @property
     def available(self) -> int:
@@ -138,7 +144,8 @@ class Subscription:
     """An instance of a plan for a user, valid from `start` to `end` (epoch seconds).
 
     `balance` is what is left in the current period, which began at `period_start`;
-    `used` is the total ever captured, `reserved` the open holds.
+    `used` is the total ever captured, `reserved` the open holds. A cancelled subscription
+    has `cancelled_at` set and ended then (`end` was moved to it).
     """
 
     id: str
@@ -153,6 +160,7 @@ class Subscription:
     reserved: int
     used: int
     models: tuple[str, ...] = ()
+    cancelled_at: float | None = None
 
     @property
     def available(self) -> int:
@@ -272,3 +280,64 @@ class AuditReport:
     def ok(self) -> bool:
         """True when the ledger is consistent and no orphaned or stuck hold is left."""
         return not (self.mismatches or self.orphans or self.stuck)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """What `Store.update_key` changes on a key; a field left None stays as it is.
+
+    `quota` sets the key's remaining quota to that many units (a `credit` entry of the
+    difference on the key's account; an unlimited key becomes limited); `unlimited` drops
+    the key's own quota (refused while requests in flight hold some of it). `group` ""
+    removes the key's group; `no_expiry` removes its expiry. A revoked key cannot change.
+    """
+
+    name: str | None = None
+    status: str | None = None
+    quota: int | None = None
+    unlimited: bool = False
+    models: tuple[str, ...] | None = None
+    ips: tuple[str, ...] | None = None
+    group: str | None = None
+    expires_at: float | None = None
+    no_expiry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One ledger entry. `id` orders a user's entries (SQLite: the row id; Redis: the
+    position in the user's ledger list, from 1). `actor` is who made a movement by hand
+    (a top-up, an adjustment, a key quota set): the OS user for the CLI, "admin" for the
+    admin API, "" for the system."""
+
+    id: int
+    ts: float
+    account: str
+    kind: str
+    d_balance: int
+    d_reserved: int
+    request_id: str
+    note: str
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    """Some of a user's ledger entries, newest first, read in one snapshot; `balance` is the
+    wallet's balance right after the newest entry of the page."""
+
+    balance: int
+    entries: list[LedgerEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class LogTotals:
+    """Sums over the consume-log rows a filter matches. A refund is a row that held
+    something and charged nothing (the hold was given back whole); `refunded` is what
+    those rows had held."""
+
+    requests: int = 0
+    charged: int = 0
+    overage: int = 0
+    refunds: int = 0
+    refunded: int = 0

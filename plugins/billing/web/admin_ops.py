@@ -10,8 +10,7 @@ import time
 from typing import Any
 
 from plugins.billing.apikeys import generate_key
-from plugins.billing.cli.keys import key_json
-from plugins.billing.cli.users import subscription_json, user_json
+from plugins.billing.accounts.shapes import key_json, subscription_json, user_json
 from plugins.billing.store.base import Plan, Preference, StoreError, StoreUnavailable, User
 from plugins.billing.web.common import BadInput, BillingWeb, check_name, parse_cidrs, parse_int, parse_list, parse_time
 
@@ -204,7 +203,7 @@ async def create_key(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[
     await user_of(web_, user)
     clear, digest, hint = generate_key()
     key = await web_.store.create_key(user, digest, hint=hint, **options)
-    made = key_json(key, web_.money)
+    made = key_json(key, web_.money, time.time())
     return {"id": key.id, "key": clear, **made}
 
 
@@ -213,7 +212,7 @@ async def list_keys(web_: BillingWeb, user: str | None) -> list[dict[str, Any]]:
     if user is not None:
         await user_of(web_, user)
     names = [user] if user is not None else [u.name for u in await web_.store.list_users()]
-    return [key_json(k, web_.money) for name in names for k in await web_.store.list_keys(name)]
+    return [key_json(k, web_.money, time.time()) for name in names for k in await web_.store.list_keys(name)]
 
 
 async def show_key(web_: BillingWeb, key_id: str) -> dict[str, Any]:
@@ -221,7 +220,7 @@ async def show_key(web_: BillingWeb, key_id: str) -> dict[str, Any]:
     key = await web_.store.get_key(key_id)
     if key is None:
         raise NotFound("unknown_key", f"unknown key {key_id!r}")
-    return key_json(key, web_.money)
+    return key_json(key, web_.money, time.time())
 
 
 async def set_key_status(web_: BillingWeb, key_id: str, status: object) -> dict[str, Any]:
@@ -233,7 +232,7 @@ async def set_key_status(web_: BillingWeb, key_id: str, status: object) -> dict[
         raise NotFound("unknown_key", f"unknown key {key_id!r}")
     if key.status == "revoked" and status != "revoked":
         raise Conflict("key_revoked", f"key {key_id} is revoked; make a new one")
-    return key_json(await web_.store.set_key_status(key_id, str(status)), web_.money)
+    return key_json(await web_.store.set_key_status(key_id, str(status)), web_.money, time.time())
 
 
 async def add_plan(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:

@@ -15,9 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from plugins.billing.apikeys import generate_key
-from plugins.billing.cli.keys import key_json
-from plugins.billing.cli.records import log_json
-from plugins.billing.cli.users import subscription_json, user_json
+from plugins.billing.accounts.shapes import key_json, log_json, subscription_json, user_json
 from plugins.billing.store.base import ApiKey, LogRow, StoreError, StoreUnavailable, User
 from plugins.billing.web.common import (
     MAX_LIMIT,
@@ -40,7 +38,7 @@ PRIVATE_LOG_FIELDS = ("upstream", "upstream_model")
 
 def user_log_json(row: LogRow, web_: BillingWeb) -> dict[str, Any]:
     """A consume-log row as its user sees it."""
-    data = log_json(row, web_.usd(row.charge))
+    data = log_json(row, web_.money)
     for name in PRIVATE_LOG_FIELDS:
         data.pop(name, None)
     return data
@@ -52,7 +50,7 @@ async def me_json(web_: BillingWeb, key: ApiKey, user: User) -> dict[str, Any]:
     subs = await web_.store.list_subscriptions(user.name)
     return {
         "user": user_json(user, web_.money),
-        "key": key_json(key, web_.money),
+        "key": key_json(key, web_.money, time.time()),
         "subscriptions": [subscription_json(s, web_.money, at) for s in subs],
         "manages_account": manages_account(key),
     }
@@ -148,7 +146,7 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def keys(request: web.Request) -> web.Response:
         key, _user = await caller_of(request, web_)
         own = await web_.store.list_keys(key.user) if manages_account(key) else [key]
-        return _json({"keys": [key_json(k, web_.money) for k in own]})
+        return _json({"keys": [key_json(k, web_.money, time.time()) for k in own]})
 
     async def create(request: web.Request) -> web.Response:
         key, _user = await caller_of(request, web_)
@@ -157,7 +155,7 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
             clear, made = await create_own_key(web_, key, data)
         except BadInput as exc:
             raise api_error(403 if exc.code == "key_not_allowed" else 400, exc.code, exc.message) from None
-        return _json({"id": made.id, "key": clear, **key_json(made, web_.money)}, status=201)
+        return _json({"id": made.id, "key": clear, **key_json(made, web_.money, time.time())}, status=201)
 
     async def revoke(request: web.Request) -> web.Response:
         key, _user = await caller_of(request, web_)
@@ -167,7 +165,7 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
             raise api_error(403, exc.code, exc.message) from None
         except LookupError:
             raise api_error(404, "unknown_key", "no such key for this account") from None
-        return _json(key_json(done, web_.money))
+        return _json(key_json(done, web_.money, time.time()))
 
     return [web.get("/api/me", _guard(me)), web.get("/api/me/logs", _guard(logs)),
             web.get("/api/me/keys", _guard(keys)), web.post("/api/me/keys", _guard(create)),

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from plugins.billing.apikeys import hash_key, matches
 from plugins.billing.auth import ip_allowed
-from plugins.billing.cli.accounts import Money
+from plugins.billing.accounts.values import Money
 from plugins.billing.store.base import ApiKey, Store, StoreUnavailable, User
 from proxy.web import api_error, shell_of
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from plugins.billing.cli.records import log_json
+from plugins.billing.accounts.shapes import log_json
 from plugins.billing.web.common import BillingWeb, iso
 from proxy.host import Host
 
@@ -17,7 +17,7 @@ MIN_STUCK_AFTER = 300.0
 
 def log_row_json(row: Any, web_: BillingWeb) -> dict[str, Any]:
     """A consume-log row as the CLI's `weir logs --json` prints it."""
-    return log_json(row, web_.usd(row.charge))
+    return log_json(row, web_.money)
 
 
 async def audit_json(host: Host, web_: BillingWeb) -> dict[str, Any]:

@@ -121,8 +121,10 @@ async def query_logs(
     until: float | None,
     limit: int,
     before_id: int | None,
+    match: Callable[[LogRow], bool] | None = None,
 ) -> list[LogRow]:
-    """Log rows newest first (by id) with `since <= ts < until`, below `before_id`.
+    """Log rows newest first (by id) with `since <= ts < until`, below `before_id`, that
+    `match` accepts (every row without it).
 
     The global index may hold ids whose settlement lost a race or never ran (an id is
     reserved before the script); they have no row and are skipped.
@@ -142,7 +144,8 @@ async def query_logs(
             calls.append(("hget", (k.log_rows(owner), log_id)))
         for raw in await core.batch(calls):
             row = None if raw is None else to_log_row(raw)
-            if row and (since is None or row.ts >= since) and (until is None or row.ts < until):
+            if row and (since is None or row.ts >= since) and (until is None or row.ts < until) \
+                    and (match is None or match(row)):
                 rows.append(row)
         top = f"({int(batch[-1][1])}"
     return rows[: max(limit, 0)]

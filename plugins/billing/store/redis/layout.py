@@ -13,7 +13,8 @@ slot (`{`, `}` and `%` in a name are %-escaped inside the tag):
     P:{u:N}:key:<id>      hash   one API key (its SHA-256, never the clear key), totals
     P:{u:N}:subs          list   subscription ids, in grant order
     P:{u:N}:sub:<id>      hash   one subscription, with its current period and balance
-    P:{u:N}:submeta       hash   sub id -> JSON of its immutable start/end/period/models
+    P:{u:N}:submeta       hash   sub id -> JSON of its start/end/period/models (only a
+                                 cancellation changes one: its end moves earlier)
     P:{u:N}:hold:<rid>    hash   one hold; kept after resolution with state/charged/overage
     P:{u:N}:open          set    request ids of open holds
     P:{u:N}:unmarked      string set when a resolver dropped the user from P:{openusers}
@@ -26,6 +27,7 @@ Global indexes, each under its own tag, written in a separate step:
 
     P:{users}       set    user names            P:{requests}   hash  request id -> user
     P:{keyhash}     hash   key hash -> "id user"  P:{keyid}      hash  key id -> user
+    P:{subid}       hash   subscription id -> user (subscriptions granted before it: found by a scan)
     P:{openusers}   set    users that may have open holds (scanned by the orphan resolver)
     P:{plans}       hash   plan name -> JSON      P:{instances}  hash  instance -> heartbeat
     P:{prices}:head string price version head     P:{prices}:versions hash number -> JSON
@@ -68,6 +70,7 @@ SCRIPTS = (
     "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id", "forget",
     "save_prices",
     "task_open", "task_end", "task_note", "task_claim", "task_snapshot", "task_index",
+    "update_key", "cancel", "ledger_head",
 )
 """Every Lua script RedisStore registers, by file stem under `plugins/billing/store/redis/lua/`."""
 
@@ -160,7 +163,8 @@ class Layout:
         return self._u(user, "subs")
 
     def sub_meta(self, user: str) -> str:
-        """Subscription id -> immutable JSON (start, end, period, models) for hold filtering."""
+        """Subscription id -> JSON (start, end, period, models) for hold filtering; only a
+        cancellation changes it (its end moves earlier)."""
         return self._u(user, "submeta")
 
     def hold(self, user: str, request_id: str) -> str:
@@ -244,6 +248,11 @@ class Layout:
         return f"{self.prefix}:{{keyid}}"
 
     @property
+    def sub_ids(self) -> str:
+        """Global hash: subscription id -> user."""
+        return f"{self.prefix}:{{subid}}"
+
+    @property
     def plans(self) -> str:
         """Global hash: plan name -> plan JSON."""
         return f"{self.prefix}:{{plans}}"
@@ -289,6 +298,7 @@ def to_user(h: Mapping[str, str]) -> User:
         name=h["name"], group=h["group"], preference=Preference(h["preference"]),
         balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
         request_count=int(h["request_count"]), created_at=float(h["created_at"]),
+        disabled=h.get("disabled") == "1",
     )
 
 
@@ -331,7 +341,7 @@ def to_subscription(h: Mapping[str, str]) -> Subscription:
         id=h["id"], user=h["user"], plan=h["plan"], quota=int(h["quota"]), period=h["period"],
         start=float(h["start"]), end=float(h["end"]), period_start=float(h["period_start"]),
         balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
-        models=_strs(h["models"]),
+        models=_strs(h["models"]), cancelled_at=float(h["cancelled_at"]) if h.get("cancelled_at") else None,
     )
 
 
@@ -398,8 +408,9 @@ def usable_subscriptions(metas: dict[str, str], now: float, model: str) -> list[
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What settling a hold needs to name its keys: all fixed when the hold is made
-    (a subscription's meta JSON never changes once granted)."""
+    """What settling a hold needs to name its keys: all fixed when the hold is made (a
+    subscription's meta JSON changes only when it is cancelled, and then the scripts go by
+    the subscription's own `end`: a stale copy never rolls it into a period after it)."""
 
     user: str
     key_id: str
@@ -445,7 +456,10 @@ class KnownTerms(Bounded[dict[str, str]]):
     """The subscription terms (id -> meta JSON) last read per user, so a hold can be sent in
     the same round trip as that read. Terms are only ever added, so the hold script can tell
     a stale entry by its count alone (and then the read that came with it is the fresh one).
-    A user not remembered is guessed to have none."""
+    A cancellation changes an entry in place (its end moves earlier) without changing the
+    count: the hold script checks each subscription's own `end`, so a stale view can still
+    offer a cancelled subscription but never draw on it. A user not remembered is guessed
+    to have none."""
 
 
 class HeldMemory(Bounded[Held]):

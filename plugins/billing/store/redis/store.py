@@ -47,6 +47,7 @@ from plugins.billing.store.base import (
     Subscription,
     User,
 )
+from plugins.billing.store.redis.accounts import RedisAccounts, log_matcher
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
 from plugins.billing.store.redis.prices import RedisPrices
@@ -72,9 +73,10 @@ from plugins.billing.store.redis.layout import (
 __all__ = ["MAX_UNITS", "RedisStore"]
 
 
-class RedisStore(RedisPrices, RedisTasks):
+class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
     """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring);
-    the price versions are in `RedisPrices`, the async tasks in `RedisTasks`."""
+    the price versions are in `RedisPrices`, the async tasks in `RedisTasks`, the account
+    edits in `RedisAccounts`."""
 
     def __init__(
         self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,
@@ -140,27 +142,6 @@ class RedisStore(RedisPrices, RedisTasks):
         """Every user, by name."""
         names = sorted(await self._core.smembers(self._k.users))
         return [to_user(h) for h in await self._core.batch([("hgetall", (self._k.user(n),)) for n in names]) if h]
-
-    @guarded
-    async def credit(self, user: str, amount: int, note: str = "") -> User:
-        """Add `amount` (negative for an adjustment) to the wallet, with a ledger entry."""
-        reply = await self._run(
-            "credit", [self._k.user(user), self._k.ledger(user)],
-            [units(amount, "a credit", signed=True), fmt_time(self._clock()), note],
-        )
-        return to_user(pairs(reply))
-
-    @guarded
-    async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None
-    ) -> User:
-        """Change a user's group or billing preference (None or "" keeps the current one)."""
-        args: list[str] = []
-        if group:
-            args += ["group", group]
-        if preference:
-            args += ["preference", Preference(preference).value]
-        return to_user(pairs(await self._run("set_user", [self._k.user(name)], args)))
 
     # keys -----------------------------------------------------------------------------
     @guarded
@@ -268,6 +249,7 @@ class RedisStore(RedisPrices, RedisTasks):
         k, sub_id, now = self._k, "s_" + secrets.token_hex(6), self._clock()
         first = rules.period_start(start, p.period, min(now, end))
         meta = json.dumps({"start": fmt_time(start), "end": fmt_time(end), "period": p.period, "models": list(p.models)})
+        await self._core.call("hset", k.sub_ids, sub_id, user)  # first: an id that names nothing is skipped
         reply = await self._run(
             "grant", [k.user(user), k.sub(user, sub_id), k.sub_list(user), k.ledger(user), k.sub_meta(user)],
             [sub_id, p.name, p.quota, p.period, fmt_time(start), fmt_time(end), dump_opt(list(p.models)), fmt_time(now), meta, fmt_time(first)],
@@ -389,9 +371,19 @@ class RedisStore(RedisPrices, RedisTasks):
         until: float | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
     ) -> list[LogRow]:
-        """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`."""
-        return await records.query_logs(self._core, self._k, user, since, until, limit, before_id)
+        """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`;
+        `model` is a glob. A key's rows are read from its user's log alone."""
+        if key_id is not None and user is None:
+            user = await self._core.hget(self._k.key_ids, key_id)
+            if user is None:
+                return []
+        match = log_matcher(key_id, model, end_reason)
+        return await records.query_logs(self._core, self._k, user, since, until, limit, before_id, match)
 
     @guarded
     async def upstream_stats(self) -> dict[str, tuple[int, int]]:

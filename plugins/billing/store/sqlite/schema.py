@@ -308,7 +308,17 @@ CREATE INDEX tasks_user ON tasks(user, created_at);
 ALTER TABLE consume_log ADD COLUMN seconds INTEGER NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6))
+# Accounts people can edit: a user's disabled flag, a subscription's cancellation, and who
+# made a ledger entry by hand (top-ups, adjustments). Columns only: no rewrite.
+_V7 = """
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE subscriptions ADD COLUMN cancelled_at REAL;
+ALTER TABLE ledger ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6), (7, _V7)
+)
 """(version, script) in ascending order; each runs once per database file."""
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -372,7 +382,7 @@ def to_user(r: sqlite3.Row) -> User:
     return User(
         name=r["name"], group=r["grp"], preference=Preference(r["preference"]),
         balance=r["balance"], reserved=r["reserved"], used=r["used"],
-        request_count=r["request_count"], created_at=r["created_at"],
+        request_count=r["request_count"], created_at=r["created_at"], disabled=bool(r["disabled"]),
     )
 
 
@@ -401,7 +411,7 @@ def to_subscription(r: sqlite3.Row) -> Subscription:
         id=r["id"], user=r["user"], plan=r["plan"], quota=r["quota"], period=r["period"],
         start=r["start"], end=r["end_at"], period_start=r["period_start"],
         balance=r["balance"], reserved=r["reserved"], used=r["used"],
-        models=_load_list(r["models"]),
+        models=_load_list(r["models"]), cancelled_at=r["cancelled_at"],
     )
 
 
@@ -437,12 +447,16 @@ def to_log_row(r: sqlite3.Row) -> LogRow:
 
 
 def log_filter(
-    user: str | None, since: float | None, until: float | None, before_id: int | None
+    user: str | None, since: float | None, until: float | None, before_id: int | None,
+    key_id: str | None = None, model: str | None = None, end_reason: str | None = None,
 ) -> tuple[str, list[object]]:
-    """The WHERE clause (or "") and its parameters for a consume-log query."""
+    """The WHERE clause (or "") and its parameters for a consume-log query (`model` is a glob)."""
     clauses: list[str] = []
     params: list[object] = []
-    for clause, value in (("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id)):
+    for clause, value in (
+        ("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id), ("key_id = ?", key_id),
+        ("model GLOB ?", model), ("end_reason = ?", end_reason),
+    ):
         if value is not None:
             clauses.append(clause)
             params.append(value)

@@ -36,6 +36,7 @@ from plugins.billing.store.sqlite.audit import run_audit
 from plugins.billing.store.sqlite.group_commit import BULK
 from plugins.billing.store.sqlite.prices import SQLitePrices
 from plugins.billing.store.sqlite.tasks import SQLiteTasks
+from plugins.billing.store.sqlite.accounts import SQLiteAccounts
 from plugins.billing.store.sqlite.ledger import (
     Clock,
     Db,
@@ -72,21 +73,6 @@ def _create_user(db: Db, clock: Clock, name: str, group: str, preference: str) -
     db.execute(
         "INSERT INTO users(name, grp, preference, created_at) VALUES (?, ?, ?, ?)",
         (name, group, preference, clock()),
-    )
-    return _user(db, name)
-
-
-def _credit(db: Db, clock: Clock, user: str, amount: int, note: str) -> User:
-    _user(db, user)
-    move(db, clock(), "wallet", user, "credit", amount, 0, note=note)
-    return _user(db, user)
-
-
-def _set_user(db: Db, name: str, group: str | None, preference: Preference | None) -> User:
-    current = _user(db, name)
-    db.execute(
-        "UPDATE users SET grp = ?, preference = ? WHERE name = ?",
-        (group or current.group, Preference(preference or current.preference).value, name),
     )
     return _user(db, name)
 
@@ -198,10 +184,10 @@ def _all(db: Db, sql: str, params: tuple[object, ...], convert: Callable[[sqlite
     return [convert(r) for r in fetch_all(db, sql, params)]
 
 
-class SQLiteStore(SQLitePrices, SQLiteTasks):
+class SQLiteStore(SQLitePrices, SQLiteTasks, SQLiteAccounts):
     """The `plugins.billing.store.base.Store` protocol on one SQLite file (safe across processes).
-    The price versions are in `SQLitePrices`, the async tasks in `SQLiteTasks` (both on
-    `SQLiteConnection`)."""
+    The price versions are in `SQLitePrices`, the async tasks in `SQLiteTasks`, the account
+    edits in `SQLiteAccounts` (all on `SQLiteConnection`)."""
 
     bulk = BULK
 
@@ -220,16 +206,6 @@ class SQLiteStore(SQLitePrices, SQLiteTasks):
     async def list_users(self) -> list[User]:
         """Every user, by name."""
         return await self.run(_all, "SELECT * FROM users ORDER BY name", (), schema.to_user, mode=_READ)
-
-    async def credit(self, user: str, amount: int, note: str = "") -> User:
-        """Add `amount` (may be negative: an adjustment) to the wallet, with a ledger entry."""
-        return await self.run(_credit, self._clock, user, int(amount), note)
-
-    async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None
-    ) -> User:
-        """Change a user's group or billing preference."""
-        return await self.run(_set_user, name, group, preference)
 
     # keys ---------------------------------------------------------------------------
     async def create_key(
@@ -377,9 +353,14 @@ class SQLiteStore(SQLitePrices, SQLiteTasks):
         until: float | None = None,
         limit: int = 50,
         before_id: int | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
     ) -> list[LogRow]:
-        """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`."""
-        where, params = schema.log_filter(user, since, until, before_id)
+        """Consume-log rows, newest first, `since <= ts < until`; page with `before_id`;
+        `model` is a glob."""
+        where, params = schema.log_filter(user, since, until, before_id, key_id, model, end_reason)
         sql = f"SELECT * FROM consume_log{where} ORDER BY id DESC LIMIT ?"
         return await self.run(_query_logs, sql, (*params, max(limit, 0)), mode=_READ)
 

@@ -1,7 +1,8 @@
 -- grant: give a user a subscription; its first period's quota is a `credit` entry.
 -- KEYS: 1 user, 2 subscription, 3 user's subscription list, 4 ledger, 5 subscription meta.
 -- ARGV: 1 id, 2 plan, 3 quota, 4 period, 5 start, 6 end, 7 models (JSON), 8 now,
---       9 immutable meta (JSON: start, end, period, models) for holds to filter on,
+--       9 meta (JSON: start, end, period, models) for holds to filter on (a cancellation
+--         alone changes it later, moving its end earlier),
 --       10 the start of the period current at grant time (the first one credited).
 -- Returns the subscription hash.
 -- requires: ledger

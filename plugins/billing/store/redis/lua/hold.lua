@@ -60,19 +60,24 @@ local sub_pick, pick_id, best = nil, nil, nil
 local claim = ARGV[11] == '1'
 local first = 8
 if claim then first = 10 end
+local now_n = tonumber(now)
 for i = first, #KEYS do
   local target = ARGV[i - first + 12]
-  local s = redis.call('HMGET', KEYS[i], 'period_start', 'balance', 'quota', 'id', 'reserved')
-  local bal, rolled = num(s[2]), {}
-  if roll(s, target, now, rolled) then
-    local b = int(num(s[3]))
-    redis.call('RPUSH', lk, unpack(rolled))
-    redis.call('HSET', KEYS[i], 'balance', b, 'period_start', target)
-    bal = num(b)
+  local s = redis.call('HMGET', KEYS[i], 'period_start', 'balance', 'quota', 'id', 'reserved', 'end')
+  -- The caller chose by the terms it remembers; a subscription cancelled since then has
+  -- ended by its own `end`, and cannot pay.
+  if s[6] and tonumber(s[6]) > now_n then
+    local bal, rolled = num(s[2]), {}
+    if roll(s, target, now, rolled) then
+      local b = int(num(s[3]))
+      redis.call('RPUSH', lk, unpack(rolled))
+      redis.call('HSET', KEYS[i], 'balance', b, 'period_start', target)
+      bal = num(b)
+    end
+    local av = bal - num(s[5])
+    if not sub_pick and av > 0 and av >= amount then sub_pick, pick_id = i, s[4] end
+    if best == nil or av > best then best = av end
   end
-  local av = bal - num(s[5])
-  if not sub_pick and av > 0 and av >= amount then sub_pick, pick_id = i, s[4] end
-  if best == nil or av > best then best = av end
 end
 
 -- The funding source, by preference: subscription_first and wallet_first try both,

@@ -6,11 +6,18 @@
 -- `s` is the subscription's {period_start, balance, quota, id} as read (HMGET, in this
 -- order). The entries (JSON) go to `out`; the caller writes the rest: balance =
 -- int(quota) and period_start = target. True if the subscription rolled over.
-local function roll(s, target, ts, out)
+-- `skey` (the subscription's key) guards against a stale target: a period that starts
+-- at or after the subscription's own `end` never begins (a cancellation moves `end`
+-- earlier than the terms a caller may remember). Read only when a period would begin.
+local function roll(s, target, ts, out, skey)
   if target == nil or target == '' then return false end
   local t = tonumber(target)
   local ps = tonumber(s[1])
   if ps == nil or t <= ps then return false end
+  if skey then
+    local ends = redis.call('HGET', skey, 'end')
+    if ends and ends ~= '' and t >= tonumber(ends) then return false end
+  end
   local bal = num(s[2])
   local quota = num(s[3])
   local acct = 'sub:' .. s[4]

@@ -7,7 +7,7 @@ local function rollover(skey, lkey, target, ts)
   if target == nil or target == '' then return end
   local s = redis.call('HMGET', skey, 'period_start', 'balance', 'quota', 'id')
   local out = {}
-  if roll(s, target, ts, out) then
+  if roll(s, target, ts, out, skey) then
     redis.call('RPUSH', lkey, unpack(out))
     redis.call('HSET', skey, 'balance', int(num(s[3])), 'period_start', target)
   end

@@ -69,7 +69,7 @@ local function settle(state, kind, charge, counts, usage_source)
     local s = redis.call('HMGET', sk, 'period_start', 'balance', 'quota', 'id')
     local bal = num(s[2])
     local rolled = {}
-    if roll(s, ts, now, rolled) then
+    if roll(s, ts, now, rolled, sk) then
       local q = int(num(s[3]))
       redis.call('HSET', sk, 'balance', q, 'period_start', ts)
       redis.call('RPUSH', lk, unpack(rolled))
