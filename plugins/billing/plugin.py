@@ -30,7 +30,7 @@ from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices import health as channel_health
 from plugins.billing.prices.wiring import Pricing
-from plugins.billing.pricing import PriceTable
+from plugins.billing.price_table import PriceTable
 from plugins.billing.charge_table import settle
 from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper

@@ -9,10 +9,6 @@ input characters (text-to-speech).
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
@@ -60,7 +56,6 @@ _PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request", "characters", "per_secon
 _RATE_FIELDS = (
     "input", "cache_read", "cache_write", "cache_write_1h", "output", "audio_input", "audio_output", "image_input"
 )
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _PRICING_KEYS = ("fallback", "group_overrides", "groups", "models", "quota_per_usd")
 
 
@@ -172,16 +167,16 @@ class ModelPrice:
     def as_dict(self) -> dict[str, str]:
         """The prices as plain decimal strings (for `weir pricing show` and hashing)."""
         if self.per_second is not None:
-            out = {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS} if self.has_tokens else {}
+            out = {name: plain_decimal(getattr(self, name)) for name in _TOKEN_FIELDS} if self.has_tokens else {}
             if self.per_request is not None:
-                out["per_request"] = _plain(self.per_request)
-            out["per_second"] = _plain(self.per_second)
+                out["per_request"] = plain_decimal(self.per_request)
+            out["per_second"] = plain_decimal(self.per_second)
             return out
         if self.per_request is not None:
-            return {"per_request": _plain(self.per_request)}
+            return {"per_request": plain_decimal(self.per_request)}
         if self.characters is not None:
-            return {"characters": _plain(self.characters)}
-        return {name: _plain(getattr(self, name)) for name in _TOKEN_FIELDS}
+            return {"characters": plain_decimal(self.characters)}
+        return {name: plain_decimal(getattr(self, name)) for name in _TOKEN_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,98 +319,9 @@ def _mapping(value: Any, path: str) -> Mapping[Any, Any]:
     return value
 
 
-def _plain(d: Decimal) -> str:
+def plain_decimal(d: Decimal) -> str:
     """A canonical string: 0.150 and 0.15 and 1.5E-1 all give "0.15"."""
     return format(d.normalize(), "f") if d else "0"
-
-
-@dataclass(frozen=True, slots=True)
-class _Glob:
-    pattern: str
-    regex: re.Pattern[str]
-    price: ModelPrice
-
-
-class PriceTable:
-    """One loaded, immutable price list: exact names, globs, then the fallback table.
-
-    `version` is a short hash of the normalised content (prices, groups, quota per USD,
-    fallback snapshot), so a hold can be settled with the prices it was estimated with.
-    """
-
-    __slots__ = ("config", "version", "_fallback", "_globs", "_exact", "_matched")
-
-    #: Model names whose glob or fallback answer is remembered (clients choose the names,
-    #: so the memo is bounded; the table never changes, so an answer never goes stale).
-    MATCH_MEMO = 1024
-
-    def __init__(self, config: PricingConfig, fallback: FallbackPrices | None = None) -> None:
-        if config.fallback == "litellm" and fallback is None:
-            raise ValueError("fallback: litellm needs the reference prices (plugins.billing.price_data.LiteLLMPrices)")
-        self.config = config
-        self._fallback = fallback if config.fallback == "litellm" else None
-        self._exact = {n: p for n, p in config.models.items() if not _GLOB_CHARS.search(n)}
-        globs = [
-            _Glob(n, re.compile(fnmatch.translate(n)), p) for n, p in config.models.items() if _GLOB_CHARS.search(n)
-        ]
-        # The longest literal prefix is the most specific pattern; ties go to the longer
-        # pattern, then to the name, so the order never depends on YAML key order.
-        globs.sort(key=lambda g: (-_literal_prefix_len(g.pattern), -len(g.pattern), g.pattern))
-        self._globs = tuple(globs)
-        self._matched: dict[str, tuple[ModelPrice, str] | None] = {}
-        self.version = self._hash()
-
-    def lookup(self, model: str) -> ModelPrice | None:
-        """The price for the model name the client sent, or None (answer `model_not_priced`)."""
-        found = self.describe(model)
-        return found[0] if found else None
-
-    def describe(self, model: str) -> tuple[ModelPrice, str] | None:
-        """The price and where it came from: "config", "config-glob:<pattern>" or
-        "litellm:<key>"; None when the model is not priced."""
-        price = self._exact.get(model)
-        if price is not None:
-            return price, "config"
-        if model in self._matched:
-            return self._matched[model]
-        found = self._match(model)
-        if len(self._matched) >= self.MATCH_MEMO:
-            self._matched.clear()
-        self._matched[model] = found
-        return found
-
-    def _match(self, model: str) -> tuple[ModelPrice, str] | None:
-        for g in self._globs:
-            if g.regex.match(model):
-                return g.price, f"config-glob:{g.pattern}"
-        if self._fallback is not None:
-            hit = self._fallback.lookup(model)
-            if hit is not None:
-                return hit[0], f"litellm:{hit[1]}"
-        return None
-
-    def multiplier(self, user_group: str, key_group: str | None) -> Decimal:
-        """The price multiplier for a user's group and the using key's group."""
-        return self.config.multiplier(user_group, key_group)
-
-    def _hash(self) -> str:
-        c = self.config
-        doc = {
-            "quota_per_usd": c.quota_per_usd,
-            "fallback": self._fallback.snapshot if self._fallback is not None else "none",
-            "models": {n: p.as_dict() for n, p in sorted(c.models.items())},
-            "groups": {g: _plain(m) for g, m in sorted(c.groups.items())},
-            "group_overrides": {
-                u: {k: _plain(m) for k, m in sorted(inner.items())} for u, inner in sorted(c.group_overrides.items())
-            },
-        }
-        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def _literal_prefix_len(pattern: str) -> int:
-    m = _GLOB_CHARS.search(pattern)
-    return m.start() if m else len(pattern)
 
 
 def multiplier(

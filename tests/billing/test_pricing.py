@@ -13,7 +13,6 @@ from plugins.billing.price_data import LiteLLMPrices, price_from_entry
 from plugins.billing.pricing import (
     ConfigError,
     ModelPrice,
-    PriceTable,
     PricingConfig,
     charge_characters,
     charge_requests,
@@ -23,6 +22,7 @@ from plugins.billing.pricing import (
     parse_pricing,
     usd,
 )
+from plugins.billing.price_table import PriceTable
 from plugins.billing.usage import Usage, from_anthropic, from_openai
 
 SPEC_YAML = """

@@ -11,7 +11,8 @@ from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices.catalog import served_models
 from plugins.billing.prices.conflicts import find_conflicts
 from plugins.billing.prices.document import normalise, parse
-from plugins.billing.pricing import PriceTable, PricingConfig
+from plugins.billing.pricing import PricingConfig
+from plugins.billing.price_table import PriceTable
 from proxy.config import parse_config
 
 REFERENCE = LiteLLMPrices()

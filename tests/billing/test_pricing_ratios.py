@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from plugins.billing.prices import document as doc
-from plugins.billing.pricing import PriceTable, PricingConfig, charge_requests, charge_tokens
+from plugins.billing.pricing import PricingConfig, charge_requests, charge_tokens
+from plugins.billing.price_table import PriceTable
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.usage import Usage
 from tests.billing.pricing_world import ADMIN, PRICES, ShopFactory, backend, shop  # noqa: F401

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.billing.prices import document as doc
-from plugins.billing.pricing import FallbackPrices, PriceTable, PricingConfig
+from plugins.billing.pricing import FallbackPrices, PricingConfig
+from plugins.billing.price_table import PriceTable
 from plugins.billing.store.base import PriceConflict, PriceStore, PriceVersion, StoreError
 from proxy.host import ConfigError
 

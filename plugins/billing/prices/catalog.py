@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import ModelPrice, PriceTable
+from plugins.billing.pricing import ModelPrice
+from plugins.billing.price_table import PriceTable
 from proxy.host import Config
 
 __all__ = ["Listed", "Source", "capabilities", "served_models"]

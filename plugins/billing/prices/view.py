@@ -15,7 +15,8 @@ from typing import Any
 from plugins.billing.price_data import SNAPSHOT, SNAPSHOT_DATE
 from plugins.billing.prices.catalog import Listed, filtered, sort_key
 from plugins.billing.prices.health import ChannelHealth
-from plugins.billing.pricing import ModelPrice, PriceTable
+from plugins.billing.pricing import ModelPrice
+from plugins.billing.price_table import PriceTable
 
 __all__ = ["PricingQuery", "REFERENCE_LABEL", "SORTS", "groups_of", "price_fields", "pricing_document"]
 
