@@ -81,6 +81,29 @@ async def add_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse
                                                    f"{web_.show_usd(plan['quota'])} per {plan['period']}.")
 
 
+async def delete_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
+    """Delete a plan (refused while a subscription to it runs)."""
+    require_admin(request)
+    await checked_form(request)
+    name = request.match_info["plan"]
+    try:
+        await ops.delete_plan(web_, name)
+    except BadInput as exc:
+        return back_to(request, "/admin/plans", notice=f"Not done: {exc.message}.")
+    return back_to(request, "/admin/plans", notice=f"Plan {name} deleted.")
+
+
+async def cancel_subscription(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
+    """End a subscription now."""
+    require_admin(request)
+    await checked_form(request)
+    try:
+        sub = await ops.cancel_subscription(web_, request.match_info["sub_id"])
+    except BadInput as exc:
+        return back_to(request, "/admin/plans", notice=f"Not done: {exc.message}.")
+    return back_to(request, "/admin/plans", notice=f"{sub['user']}'s subscription to {sub['plan']} ended.")
+
+
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The key and plan pages of the console."""
 
@@ -92,4 +115,5 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
 
     return [web.get("/admin/keys", bind(keys_page)), web.post("/admin/users/{name}/keys", bind(create_key)),
             web.post("/admin/keys/{key_id}/status", bind(set_status)), web.get("/admin/plans", bind(plans_page)),
-            web.post("/admin/plans", bind(add_plan))]
+            web.post("/admin/plans", bind(add_plan)), web.post("/admin/plans/{plan}/delete", bind(delete_plan)),
+            web.post("/admin/subscriptions/{sub_id}/cancel", bind(cancel_subscription))]
