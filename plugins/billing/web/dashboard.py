@@ -129,13 +129,13 @@ async def _create_key(request: web.Request, web_: BillingWeb) -> web.StreamRespo
     form = await checked_form(request)
     data = {name: form.get(name, "") for name in ("name", "usd", "models", "expires")}
     try:
-        clear, made = await create_own_key(web_, key, {k: v for k, v in data.items() if v})
+        made = await create_own_key(web_, key, {k: v for k, v in data.items() if v})
     except BadInput as exc:
         return await _dashboard(request, web_, problem=exc.message, status=400)
     # POST, redirect, GET: a reload shows the page again instead of making another key. The
     # clear key rides in the flash cookie to the one page that shows it.
     response = web.Response(status=303, headers={"Location": "/dashboard#keys"})
-    flash(request, response, created={"key": clear, "name": made.name or made.id})
+    flash(request, response, created={"key": made["key"], "name": made["name"] or made["id"]})
     return response
 
 
