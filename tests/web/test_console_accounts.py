@@ -185,3 +185,21 @@ async def test_a_disabled_user_is_refused_and_keeps_their_keys(console: ConsoleF
         status, page = await post(s, c.url + "/admin/users/alice/edit", {"disabled": "false"}, page)
         assert "Disable this user" in page
     assert await c.chat(key) == 200
+
+
+async def test_a_key_is_edited_on_its_page(console: ConsoleFactory) -> None:
+    c = await console()
+    key = await c.user("alice", quota=2 * QUOTA_PER_USD)
+    own = (await c.store.list_keys("alice"))[0]
+    async with await admin_client(c.url) as s:
+        page = await get(s, c.url + f"/admin/keys/{own.id}")
+        assert "no limit" in page
+        status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit",
+                                  {"name": "laptop", "usd": "0.25", "models": "mock-gpt*", "expires": "2099-01-01"}, page)
+        assert status == 200 and "Saved." in page and "$0.25" in page
+        status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit", {"ips": "nonsense"}, page)
+        assert status == 400 and "not an IP address" in page
+    edited = await c.store.get_key(own.id)
+    assert edited is not None and edited.name == "laptop" and edited.balance == QUOTA_PER_USD // 4
+    assert edited.models == ("mock-gpt*",) and edited.expires_at is not None
+    assert await c.chat(key) == 200 and await c.chat(key, model="mock-claude") == 403
