@@ -22,7 +22,7 @@ ROUTES = [
     ("PATCH", "/api/admin/keys/k_x"), ("DELETE", "/api/admin/keys/k_x"), ("GET", "/api/admin/plans"),
     ("POST", "/api/admin/plans"), ("GET", "/api/admin/subscriptions"), ("GET", "/api/admin/logs"),
     ("GET", "/api/admin/audit"), ("GET", "/api/admin/upstreams"), ("GET", "/api/admin/users/alice/ledger"),
-    ("DELETE", "/api/admin/plans/gold"), ("DELETE", "/api/admin/subscriptions/s_x"),
+    ("DELETE", "/api/admin/plans/gold"), ("DELETE", "/api/admin/subscriptions/s_x"), ("GET", "/api/admin/holds"),
 ]
 
 
@@ -76,6 +76,8 @@ async def test_a_top_up_writes_a_ledger_entry_and_the_audit_stays_clean(console:
     assert stored is not None and stored.balance == after["balance_quota"]
     status, report = await call(c, "GET", "/api/admin/audit")
     assert status == 200 and report["ok"] is True and report["mismatches"] == []
+    status, holds = await call(c, "GET", "/api/admin/holds")
+    assert status == 200 and holds == {"holds": []}
 
 
 BAD_INPUT = [

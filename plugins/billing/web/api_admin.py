@@ -17,7 +17,7 @@ from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import MAX_LIMIT, BadInput, BillingWeb, json_body, parse_int, unavailable
 from plugins.billing.web.console_records import write_csv
 from plugins.billing.web.logsearch import query_from
-from plugins.billing.web.records import audit_json, upstreams_json
+from plugins.billing.web.records import audit_json, holds_json, upstreams_json
 from proxy.host import host_of
 from proxy.web import api_error, require_admin_api
 
@@ -143,8 +143,11 @@ def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def upstreams(request: web.Request) -> web.StreamResponse:
         return _json(await upstreams_json(host_of(request.app), web_))
 
+    async def holds(request: web.Request) -> web.StreamResponse:
+        return _json(await holds_json(host_of(request.app), web_))
+
     return [web.get("/api/admin/logs", admin_route(logs)), web.get("/api/admin/audit", admin_route(audit)),
-            web.get("/api/admin/upstreams", admin_route(upstreams))]
+            web.get("/api/admin/upstreams", admin_route(upstreams)), web.get("/api/admin/holds", admin_route(holds))]
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
