@@ -14,8 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, ClassVar
 
 import orjson
@@ -32,16 +30,16 @@ from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices import health as channel_health
 from plugins.billing.prices.wiring import Pricing
-from plugins.billing.pricing import ModelPrice, PriceTable, format_usd
-from plugins.billing.charge_table import Metered, settle
+from plugins.billing.pricing import PriceTable
+from plugins.billing.charge_table import settle
 from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tasks.apis import TaskApis
 from plugins.billing.tasks.engine import TaskEngine
 from plugins.billing.tasks.requests import TASK_ENDPOINTS, TaskRequests
 from plugins.billing.tokenizer import Tokenizer
+from plugins.billing.request_state import BILLING, Billing, ask_for_usage, log_details, metered, refusal
 from plugins.billing.stream_meter import StreamMeter
-from plugins.billing.usage import Usage
 from proxy.plugin import (
     DROP,
     Drop,
@@ -55,7 +53,7 @@ from proxy.plugin import (
     SSEEvent,
     StateKey,
 )
-from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, Store, StoreError, StoreUnavailable, User
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Store, StoreError, StoreUnavailable, User
 from proxy.host import TaskTracker, host_of
 from plugins.billing import web as pages
 from plugins.billing.accounts.values import Money
@@ -64,9 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Endpoints that are authenticated but never held or charged.
 FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_TOKENS})
-#: Endpoints whose streams get `stream_options.include_usage` forced on.
-USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
-_NO_USAGE = Usage()
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
 _MODELS = Endpoint.MODELS
 _MODERATIONS = Endpoint.MODERATIONS
@@ -74,24 +69,6 @@ _MODERATIONS = Endpoint.MODERATIONS
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 #: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
 MODEL_ALLOWLIST = StateKey[tuple[str, ...]]("billing.model_allowlist")
-
-
-@dataclass(slots=True)
-class Billing:
-    """One request's billing state."""
-
-    key: ApiKey
-    user: User
-    hold: Hold
-    price: ModelPrice
-    multiplier: Decimal
-    estimate: Estimate
-    meter: StreamMeter
-    hide_usage: bool
-    requests: int
-
-
-BILLING = StateKey[Billing]("billing")
 
 
 class BillingPlugin(Plugin):
@@ -150,9 +127,11 @@ class BillingPlugin(Plugin):
                 store, Outbox(host.config_dir / "weir-outbox", self._instance), on_store_error=self.money.store_error
             )
             self._sweeper = InflightSweeper(self._instance)
+            qpu = self.config.quota_per_usd
             engine = TaskEngine(store, host, self.config.tasks, TaskApis(host.config.task_apis))
             self._tasks_side = TaskRequests(engine, lambda: self.book.current, self._settler, self._sweeper,
-                                            self._instance, self.config.hold_ttl, self._refusal)
+                                            self._instance, self.config.hold_ttl,
+                                            lambda refused, amount: refusal(refused, amount, qpu))
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
             settler = self._settler
@@ -252,7 +231,7 @@ class BillingPlugin(Plugin):
         estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
         try:
-            hide = self._force_usage(ctx) if ctx.stream else False
+            hide = ask_for_usage(ctx) if ctx.stream else False
             n = body.get("n", 1) if endpoint in IMAGE_ENDPOINTS else 1
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
@@ -292,7 +271,7 @@ class BillingPlugin(Plugin):
         self.money.hold_latency.observe(time.monotonic() - started)
         if isinstance(result, HoldRefusal):
             self._sweeper.done(ctx.request_id)
-            raise self._refusal(result, estimate.quota)
+            raise refusal(result, estimate.quota, self.config.quota_per_usd)
         return result
 
     @property
@@ -301,31 +280,6 @@ class BillingPlugin(Plugin):
         if self._tasks_side is None:
             raise RuntimeError("billing plugin used before its lifespan started")
         return self._tasks_side
-
-    def _refusal(self, refusal: HoldRefusal, amount: int) -> Reject:
-        qpu = self.config.quota_per_usd
-        if refusal.reason is Refusal.KEY_EXPIRED:
-            return Reject(403, "key_expired", "the API key has expired")
-        if refusal.reason in (Refusal.KEY_DISABLED, Refusal.UNKNOWN_KEY):
-            return Reject(403, "key_disabled", "the API key is disabled")
-        what = {Refusal.INSUFFICIENT_KEY_QUOTA: "key quota", Refusal.INSUFFICIENT_SUBSCRIPTION: "subscription balance"}
-        source = what.get(refusal.reason, "balance")
-        return Reject(
-            402, "insufficient_quota",
-            f"insufficient {source}: available {format_usd(refusal.available, qpu)}, "
-            f"this request is estimated at up to {format_usd(amount, qpu)}",
-        )
-
-    def _force_usage(self, ctx: RequestContext) -> bool:
-        if not (ctx.stream and ctx.endpoint in USAGE_OPT_IN and ctx.json is not None):
-            return False
-        options = ctx.json.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return False
-        merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-        # In place: what `ctx.json` holds after `on_request` is what is sent upstream.
-        ctx.json["stream_options"] = merged
-        return True
 
     async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""
@@ -365,12 +319,12 @@ class BillingPlugin(Plugin):
             return
         self._live.pop(ctx.request_id, None)
         channel_health.completed(self.pricing.health, ctx, outcome)
-        metered = self._metered(st)
+        reading = metered(st)
         if outcome.bytes_relayed and st.price.characters is not None:
             # Speech audio is relayed as bytes the meter never sees: delivered is delivered.
-            metered = metered._replace(has_content=True)
-        decision = settle(outcome.reason, metered, st.price, st.multiplier, self.config.quota_per_usd)
-        details = self._details(
+            reading = reading._replace(has_content=True)
+        decision = settle(outcome.reason, reading, st.price, st.multiplier, self.config.quota_per_usd)
+        details = log_details(
             ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
         )
         assert self._settler is not None
@@ -388,56 +342,13 @@ class BillingPlugin(Plugin):
             return
         self._live.pop(ctx.request_id, None)
         channel_health.failed(self.pricing.health, ctx, error)
-        details = self._details(ctx, st, error.reason.value, "none", error.status, error.message)
+        details = log_details(ctx, st, error.reason.value, "none", error.status, error.message)
         assert self._settler is not None
         started = time.monotonic()
         await self._settler.release(ctx.request_id, details)
         self.money.settle_latency.observe(time.monotonic() - started)
         self.money.released(details.end_reason)
         self._sweeper.done(ctx.request_id)
-
-    def _metered(self, st: Billing) -> Metered:
-        meter = st.meter
-        # Positional: keyword arguments to a class call cost a dict per request.
-        return Metered(
-            meter.usage,
-            meter.has_content,  # has_content: looked at only if a row needs it
-            meter.terminal,
-            meter.output_count,  # output_count: counted only if a row needs it
-            st.estimate.prompt_tokens,  # prompt_estimate
-            st.requests,
-        )
-
-    def _details(
-        self, ctx: RequestContext, st: Billing, end: str, source: str, status: int, error: str, u: Usage = _NO_USAGE
-    ) -> LogDetails:
-        ttft = ctx.ttft_ms
-        upstream = ctx.upstream
-        # Positional, in field order: 21 keyword arguments cost ~1 µs more per request.
-        # tests/billing/test_details.py keeps this order honest.
-        return LogDetails(
-            end,  # end_reason
-            source,  # usage_source
-            ctx.model or "",  # model
-            (upstream.model or "") if upstream else "",  # upstream_model
-            upstream.name if upstream else "",  # upstream
-            st.key.name,  # key_name
-            st.key.group or st.user.group,  # group
-            str(st.multiplier),  # multiplier
-            ctx.stream,  # stream
-            u.input,
-            u.cache_read,
-            u.cache_write_5m,
-            u.cache_write_1h,
-            u.output,
-            u.audio_in,
-            u.audio_out,
-            u.images,
-            int(ctx.elapsed_ms),  # latency_ms
-            None if ttft is None else int(ttft),  # ttft_ms
-            status,
-            error[:500],  # error
-        )
 
     async def _checkpoint_forever(self) -> None:
         """Every `checkpoint_every` seconds, checkpoint the live requests (`checkpoint_live`).
@@ -459,7 +370,7 @@ class BillingPlugin(Plugin):
 
     async def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
         try:
-            charge = settle(_PARTIAL, self._metered(st), st.price, st.multiplier, self.config.quota_per_usd).charge
+            charge = settle(_PARTIAL, metered(st), st.price, st.multiplier, self.config.quota_per_usd).charge
             if not await self.store.checkpoint(ctx.request_id, charge):
                 self._live.pop(ctx.request_id, None)  # resolved meanwhile (e.g. as an orphan)
         except Exception as exc:  # a missed checkpoint only weakens the crash guarantee

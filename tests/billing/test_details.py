@@ -1,6 +1,6 @@
 """The log details the plugin hands the store: every field where it belongs.
 
-`BillingPlugin._details` builds `LogDetails` positionally (for speed); this checks each value
+`plugins.billing.request_state.log_details` builds `LogDetails` positionally (for speed); this checks each value
 against the same details built by keyword, so a reordered field fails here.
 """
 
@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from plugins.billing.estimate import Estimate
 from plugins.billing.meter import UsageMeter
-from plugins.billing.plugin import Billing, BillingPlugin
+from plugins.billing.request_state import Billing, log_details
 from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.context import Dialect, Endpoint, RequestContext, UpstreamInfo
@@ -35,7 +35,7 @@ def test_details_put_every_value_in_its_field() -> None:
         UsageMeter(Endpoint.CHAT), False, 1,
     )
     usage = Usage(1, 2, 3, 4, 5, 6, 7, 8)
-    got = BillingPlugin()._details(ctx, st, "completed", "upstream", 200, "x" * 600, usage)
+    got = log_details(ctx, st, "completed", "upstream", 200, "x" * 600, usage)
     assert got == LogDetails(
         end_reason="completed",
         usage_source="upstream",

@@ -1,0 +1,117 @@
+"""What billing keeps for one request, and what it derives from it: the meter's reading
+(`metered`), the consume-log details (`log_details`), the answer to a refused hold
+(`refusal`) and the usage a stream must report (`ask_for_usage`). Pure functions: the
+plugin's hooks call them (plugins.billing.plugin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from plugins.billing.charge_table import Metered
+from plugins.billing.estimate import Estimate
+from plugins.billing.pricing import ModelPrice, format_usd
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Refusal, User
+from plugins.billing.stream_meter import StreamMeter
+from plugins.billing.usage import Usage
+from proxy.plugin import Endpoint, Reject, RequestContext, StateKey
+
+#: Endpoints whose streams get `stream_options.include_usage` forced on.
+USAGE_OPT_IN = frozenset({Endpoint.CHAT, Endpoint.COMPLETIONS})
+_NO_USAGE = Usage()
+
+
+@dataclass(slots=True)
+class Billing:
+    """One request's billing state."""
+
+    key: ApiKey
+    user: User
+    hold: Hold
+    price: ModelPrice
+    multiplier: Decimal
+    estimate: Estimate
+    meter: StreamMeter
+    hide_usage: bool
+    requests: int
+
+
+BILLING = StateKey[Billing]("billing")
+
+
+def metered(st: Billing) -> Metered:
+    """What the meter saw, for the §6 table (content and output read only if a row needs them)."""
+    meter = st.meter
+    # Positional: keyword arguments to a class call cost a dict per request.
+    return Metered(
+        meter.usage,
+        meter.has_content,  # has_content: looked at only if a row needs it
+        meter.terminal,
+        meter.output_count,  # output_count: counted only if a row needs it
+        st.estimate.prompt_tokens,  # prompt_estimate
+        st.requests,
+    )
+
+
+def log_details(
+    ctx: RequestContext, st: Billing, end: str, source: str, status: int, error: str, u: Usage = _NO_USAGE
+) -> LogDetails:
+    """The consume-log row's details of a request that ends with `end` (usage `u`)."""
+    ttft = ctx.ttft_ms
+    upstream = ctx.upstream
+    # Positional, in field order: 21 keyword arguments cost ~1 µs more per request.
+    # tests/billing/test_details.py keeps this order honest.
+    return LogDetails(
+        end,  # end_reason
+        source,  # usage_source
+        ctx.model or "",  # model
+        (upstream.model or "") if upstream else "",  # upstream_model
+        upstream.name if upstream else "",  # upstream
+        st.key.name,  # key_name
+        st.key.group or st.user.group,  # group
+        str(st.multiplier),  # multiplier
+        ctx.stream,  # stream
+        u.input,
+        u.cache_read,
+        u.cache_write_5m,
+        u.cache_write_1h,
+        u.output,
+        u.audio_in,
+        u.audio_out,
+        u.images,
+        int(ctx.elapsed_ms),  # latency_ms
+        None if ttft is None else int(ttft),  # ttft_ms
+        status,
+        error[:500],  # error
+    )
+
+
+def refusal(refused: HoldRefusal, amount: int, qpu: int) -> Reject:
+    """The client's answer to a hold the store refused (`amount` was asked)."""
+    reason = refused.reason
+    if reason is Refusal.KEY_EXPIRED:
+        return Reject(403, "key_expired", "the API key has expired")
+    if reason in (Refusal.KEY_DISABLED, Refusal.UNKNOWN_KEY):
+        return Reject(403, "key_disabled", "the API key is disabled")
+    what = {Refusal.INSUFFICIENT_KEY_QUOTA: "key quota", Refusal.INSUFFICIENT_SUBSCRIPTION: "subscription balance"}
+    source = what.get(reason, "balance")
+    return Reject(
+        402, "insufficient_quota",
+        f"insufficient {source}: available {format_usd(refused.available, qpu)}, "
+        f"this request is estimated at up to {format_usd(amount, qpu)}",
+    )
+
+
+def ask_for_usage(ctx: RequestContext) -> bool:
+    """Make a chat or completions stream report its usage (`stream_options.include_usage`);
+    True when the client had not asked for it (its usage chunk is then hidden from it)."""
+    if not (ctx.stream and ctx.endpoint in USAGE_OPT_IN and ctx.json is not None):
+        return False
+    options = ctx.json.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    # In place: what `ctx.json` holds after `on_request` is what is sent upstream.
+    ctx.json["stream_options"] = merged
+    return True
