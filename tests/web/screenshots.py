@@ -125,6 +125,9 @@ async def _console(page: Any, base: str, out: Path) -> None:
                        ("/admin/upstreams", "admin-upstreams"), ("/admin/audit", "admin-audit")):
         await _shot(page, base + path, out, name)
     await _shot(page, base + "/admin/users/alice", out, "admin-user")
+    await page.locator("a[href^='/admin/keys/k_']").first.click()
+    await page.screenshot(path=out / "admin-key.png", full_page=True)
+    await page.goto(base + "/admin/users/alice")
     await page.fill("input[name=usd]", "10")
     await page.fill("input[name=note]", "invoice 2026-12")
     await page.click("text=Review top-up")

@@ -21,7 +21,8 @@ ROUTES = [
     ("POST", "/api/admin/users/alice/subscriptions"), ("GET", "/api/admin/keys"), ("GET", "/api/admin/keys/k_x"),
     ("PATCH", "/api/admin/keys/k_x"), ("DELETE", "/api/admin/keys/k_x"), ("GET", "/api/admin/plans"),
     ("POST", "/api/admin/plans"), ("GET", "/api/admin/subscriptions"), ("GET", "/api/admin/logs"),
-    ("GET", "/api/admin/audit"), ("GET", "/api/admin/upstreams"),
+    ("GET", "/api/admin/audit"), ("GET", "/api/admin/upstreams"), ("GET", "/api/admin/users/alice/ledger"),
+    ("DELETE", "/api/admin/plans/gold"), ("DELETE", "/api/admin/subscriptions/s_x"), ("GET", "/api/admin/holds"),
 ]
 
 
@@ -75,6 +76,8 @@ async def test_a_top_up_writes_a_ledger_entry_and_the_audit_stays_clean(console:
     assert stored is not None and stored.balance == after["balance_quota"]
     status, report = await call(c, "GET", "/api/admin/audit")
     assert status == 200 and report["ok"] is True and report["mismatches"] == []
+    status, holds = await call(c, "GET", "/api/admin/holds")
+    assert status == 200 and holds == {"holds": []}
 
 
 BAD_INPUT = [
@@ -139,7 +142,8 @@ async def test_a_user_disabled_and_enabled_again(console: ConsoleFactory) -> Non
     key = await c.user("alice")
     status, user = await call(c, "PATCH", "/api/admin/users/alice", {"disabled": True, "group": "vip"})
     assert status == 200 and user["disabled"] is True and user["group"] == "vip"
-    assert await c.chat(key) == 403
+    assert await c.chat(key) == 403  # user_disabled
+    assert (await c.store.list_keys("alice"))[0].status == "active"  # the keys are as they were
     status, user = await call(c, "PATCH", "/api/admin/users/alice", {"disabled": False})
     assert user["disabled"] is False
     assert await c.chat(key) == 200
@@ -167,8 +171,12 @@ async def test_logs_with_filters_and_csv_and_upstreams(console: ConsoleFactory) 
     assert status == 200 and [r["model"] for r in body["logs"]] == ["mock-claude"]
     status, body = await call(c, "GET", "/api/admin/logs?limit=1")
     assert len(body["logs"]) == 1 and body["next_before"] == body["logs"][0]["id"]
-    status, body = await call(c, "GET", "/api/admin/logs?outcome=nonsense")
-    assert status == 400 and body["error"]["code"] == "invalid_outcome"
+    status, body = await call(c, "GET", "/api/admin/logs?user=alice")
+    assert body["totals"]["requests"] == 2 and body["totals"]["charged_quota"] == sum(r["charge"] for r in body["logs"])
+    status, body = await call(c, "GET", "/api/admin/logs?outcome=upstream_error")
+    assert status == 200 and body["logs"] == [] and body["totals"]["requests"] == 0
+    status, body = await call(c, "GET", "/api/admin/logs?user=nobody")
+    assert status == 404 and body["error"]["code"] == "not_found"
     async with aiohttp.ClientSession() as s:
         async with s.get(c.url + "/api/admin/logs?format=csv&user=alice", headers=c.admin) as r:
             rows = list(csv.DictReader(io.StringIO(await r.text())))
@@ -177,3 +185,35 @@ async def test_logs_with_filters_and_csv_and_upstreams(console: ConsoleFactory) 
     [up] = body["upstreams"]
     assert up["name"] == "fake" and up["healthy"] is True and up["request_count"] == 2
     assert set(up) >= {"name", "type", "models", "healthy", "recent_errors", "p50_ms"}
+
+
+async def test_a_key_is_edited_and_the_ledger_says_who_moved_money(console: ConsoleFactory) -> None:
+    c = await console()
+    await c.user("alice", quota=QUOTA_PER_USD)
+    status, made = await call(c, "POST", "/api/admin/users/alice/keys", {"name": "ci"})
+    status, edited = await call(c, "PATCH", f"/api/admin/keys/{made['id']}",
+                                {"name": "ci-2", "usd": "0.5", "models": "mock-*", "expires": None})
+    assert status == 200 and edited["name"] == "ci-2" and edited["quota"] is not None
+    assert edited["remaining_quota"] == QUOTA_PER_USD // 2 and edited["models"] == ["mock-*"]
+    status, body = await call(c, "PATCH", f"/api/admin/keys/{made['id']}", {"colour": "red"})
+    assert status == 400 and body["error"]["code"] == "unknown_field"
+    await call(c, "POST", "/api/admin/users/alice/topup", {"usd": "2", "note": "invoice 9"})
+    status, ledger = await call(c, "GET", "/api/admin/users/alice/ledger")
+    assert status == 200 and ledger["balance_quota"] == 3 * QUOTA_PER_USD
+    last = ledger["entries"][-1]
+    assert last["actor"] == "admin" and "invoice 9" in str(last)
+
+
+async def test_plans_are_deleted_and_subscriptions_cancelled(console: ConsoleFactory) -> None:
+    c = await console()
+    await c.user("alice", quota=0)
+    await call(c, "POST", "/api/admin/plans", {"name": "gold", "usd": "3", "period": "month"})
+    status, sub = await call(c, "POST", "/api/admin/users/alice/subscriptions", {"plan": "gold"})
+    status, body = await call(c, "DELETE", "/api/admin/plans/gold")
+    assert status == 409 and body["error"]["code"] == "conflict"  # a subscription to it runs
+    status, ended = await call(c, "DELETE", f"/api/admin/subscriptions/{sub['id']}")
+    assert status == 200 and ended["active"] is False
+    status, gone = await call(c, "DELETE", "/api/admin/plans/gold")
+    assert status == 200 and gone["deleted"] is True
+    status, body = await call(c, "DELETE", "/api/admin/subscriptions/s_nope")
+    assert status == 404

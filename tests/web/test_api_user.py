@@ -45,6 +45,10 @@ async def test_auth_is_required_and_checked(console: ConsoleFactory) -> None:
     await c.store.set_key_status(keys[0].id, "disabled")
     status, body = await call(c.url + "/api/me", key)
     assert status == 403 and body["error"]["code"] == "key_disabled"
+    other = await c.key("alice", name="second")
+    await c.store.set_user("alice", disabled=True)
+    status, body = await call(c.url + "/api/me/keys", other, "POST", {"name": "sneaky"})
+    assert status == 403 and body["error"]["code"] == "user_disabled"
 
 
 async def test_logs_show_only_the_callers_requests_without_upstream_details(console: ConsoleFactory) -> None:

@@ -70,6 +70,8 @@ async def test_a_deduction_needs_a_note_and_takes_money(console: ConsoleFactory)
         status, done = await post(s, c.url + "/admin/users/alice/credit", {
             "token": token.group(1), "kind": "adjust", "quota": str(-QUOTA_PER_USD // 2), "note": "refund"}, confirm)
         assert "Took $0.50 (refund). The balance is now $1.50." in done
+        history = done[done.index("Wallet history"):done.index("<h2>Keys")]
+        assert "adjustment" in history and "refund" in history and "admin" in history
     await c.audit_ok()
 
 
@@ -108,6 +110,13 @@ async def test_plans_and_a_subscription(console: ConsoleFactory) -> None:
         assert "Subscribed to gold" in page
         page = await get(s, c.url + "/admin/plans")
         assert "alice" in page and "active" in page
+        sub = (await c.store.list_subscriptions("alice"))[0]
+        status, page = await post(s, c.url + "/admin/plans/gold/delete", {}, page)
+        assert "Not done" in page  # a subscription to it runs
+        status, page = await post(s, c.url + f"/admin/subscriptions/{sub.id}/cancel", {}, page)
+        assert "subscription to gold ended." in page
+        status, page = await post(s, c.url + "/admin/plans/gold/delete", {}, page)
+        assert "Plan gold deleted." in page and await c.store.get_plan("gold") is None
 
 
 async def test_console_forms_refuse_a_missing_csrf_token(console: ConsoleFactory) -> None:
@@ -163,3 +172,34 @@ async def test_no_key_or_token_on_any_page_after_its_one_time_display(console: C
             async with s.get(c.url + path) as r:
                 body = await r.text()
             assert r.status == 200 and not any(secret in body for secret in secrets), path
+
+
+async def test_a_disabled_user_is_refused_and_keeps_their_keys(console: ConsoleFactory) -> None:
+    c = await console(auth_cache_ttl=0)
+    key = await c.user("alice")
+    async with await admin_client(c.url) as s:
+        page = await get(s, c.url + "/admin/users/alice")
+        status, page = await post(s, c.url + "/admin/users/alice/edit", {"disabled": "true"}, page)
+        assert "Disabled: every key of theirs is refused" in page and "Enable this user" in page
+        assert await c.chat(key) == 403
+        status, page = await post(s, c.url + "/admin/users/alice/edit", {"disabled": "false"}, page)
+        assert "Disable this user" in page
+    assert await c.chat(key) == 200
+
+
+async def test_a_key_is_edited_on_its_page(console: ConsoleFactory) -> None:
+    c = await console()
+    key = await c.user("alice", quota=2 * QUOTA_PER_USD)
+    own = (await c.store.list_keys("alice"))[0]
+    async with await admin_client(c.url) as s:
+        page = await get(s, c.url + f"/admin/keys/{own.id}")
+        assert "no limit" in page
+        status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit",
+                                  {"name": "laptop", "usd": "0.25", "models": "mock-gpt*", "expires": "2099-01-01"}, page)
+        assert status == 200 and "Saved." in page and "$0.25" in page
+        status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit", {"ips": "nonsense"}, page)
+        assert status == 400 and "not an IP address" in page
+    edited = await c.store.get_key(own.id)
+    assert edited is not None and edited.name == "laptop" and edited.balance == QUOTA_PER_USD // 4
+    assert edited.models == ("mock-gpt*",) and edited.expires_at is not None
+    assert await c.chat(key) == 200 and await c.chat(key, model="mock-claude") == 403

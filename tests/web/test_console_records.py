@@ -40,7 +40,7 @@ async def test_logs_filter_page_and_export(console: ConsoleFactory) -> None:
         async with s.get(c.url + "/admin/logs", params={"user": "alice", "model": "mock-c*"}) as r:
             html = await r.text()
         assert html.count("<tr>") == 2 and "mock-claude" in html
-        async with s.get(c.url + "/admin/logs", params={"outcome": "error"}) as r:
+        async with s.get(c.url + "/admin/logs", params={"outcome": "upstream_error"}) as r:
             html = await r.text()
         assert html.count("<tr>") == 2 and "upstream_error" in html
         key_id = (await c.store.list_keys("alice"))[0].id

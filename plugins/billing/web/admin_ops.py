@@ -1,32 +1,60 @@
 """The admin's account operations with HTTP inputs: a JSON body or a console form (a dict of
 strings) in, the CLI's `--json` shapes out. The admin API and the console call these same
-functions, so the two can never disagree; each refusal is a `BadInput` (400), `NotFound`
-(404) or `Conflict` (409) whose message names the field.
+functions, and each calls the account function of `plugins.billing.accounts` that the
+matching `weir` command calls ("two faces of the same functions"), acting as "admin" (the
+ledger records who moved money).
+
+Inputs are read here (amounts as `usd` or `quota`, lists as JSON arrays or comma-separated
+text, times as ISO 8601 or epoch seconds); each refusal is a `BadInput` (400), `NotFound`
+(404) or `Conflict` (409) whose code names the problem. An account function's own refusal
+keeps its code (`invalid`, `not_found`, `conflict`) and message.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from plugins.billing.apikeys import generate_key
-from plugins.billing.accounts.shapes import key_json, subscription_json, user_json
-from plugins.billing.store.base import Plan, Preference, StoreError, StoreUnavailable, User
+from plugins.billing.accounts import CONFLICT, NOT_FOUND, AccountError, Accounts
+from plugins.billing.accounts import keys as account_keys
+from plugins.billing.accounts import plans as account_plans
+from plugins.billing.accounts import records as account_records
+from plugins.billing.accounts import users as account_users
+from plugins.billing.store.base import Preference, User
+from plugins.billing.web.logsearch import LogQuery
 from plugins.billing.web.common import BadInput, BillingWeb, check_name, parse_cidrs, parse_int, parse_list, parse_time
 
 PREFERENCES = tuple(p.value for p in Preference)
 PERIODS = ("day", "week", "month", "none")
 KEY_STATUSES = ("active", "disabled", "revoked")
 MAX_NOTE = 500
-DAY = 86400.0
+#: Who the ledger says moved money through the admin API or the console.
+ACTOR = "admin"
 
 
 class NotFound(BadInput):
-    """An unknown user, key or plan (404)."""
+    """An unknown user, key, plan or subscription (404)."""
 
 
 class Conflict(BadInput):
     """Input that is fine but that the state refuses (409): a name taken, a revoked key."""
+
+
+def accounts(web_: BillingWeb, actor: str = ACTOR) -> Accounts:
+    """The account functions' context: billing's store and USD rate, and who acts."""
+    return Accounts(web_.store, web_.money, actor)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """An account function's refusal as this module's errors (same code and message)."""
+    try:
+        yield
+    except AccountError as exc:
+        kind = {NOT_FOUND: NotFound, CONFLICT: Conflict}.get(exc.code, BadInput)
+        raise kind(exc.code, exc.message) from None
 
 
 def _fields(data: dict[str, Any], allowed: set[str]) -> None:
@@ -85,37 +113,23 @@ def flag(value: object, name: str) -> bool:
 
 
 async def user_of(web_: BillingWeb, name: str) -> User:
-    """The user `name`, or NotFound."""
+    """The user `name`, or NotFound (`unknown_user`)."""
     user = await web_.store.get_user(name)
     if user is None:
         raise NotFound("unknown_user", f"unknown user {name!r}")
     return user
 
 
-async def _user_json(web_: BillingWeb, user: User) -> dict[str, Any]:
-    keys = await web_.store.list_keys(user.name)
-    data = user_json(user, web_.money)
-    data["keys"] = len(keys)
-    # A user is disabled when none of their keys may be used and at least one is only
-    # disabled (not revoked): `PATCH disabled` switches every such key.
-    data["disabled"] = bool(keys) and all(k.status != "active" for k in keys) and any(
-        k.status == "disabled" for k in keys)
-    return data
-
-
 async def list_users(web_: BillingWeb) -> list[dict[str, Any]]:
-    """Every user, by name."""
-    return [await _user_json(web_, u) for u in await web_.store.list_users()]
+    """Every user, by name (`weir user list --json`)."""
+    return await account_users.list_users(accounts(web_))
 
 
 async def show_user(web_: BillingWeb, name: str) -> dict[str, Any]:
-    """A user's totals, key count, `disabled` and subscriptions."""
-    user = await user_of(web_, name)
-    data = await _user_json(web_, user)
-    at = time.time()
-    data["subscriptions"] = [{**subscription_json(s, web_.money, at), "user": s.user}
-                             for s in await web_.store.list_subscriptions(name)]
-    return data
+    """A user's totals, key count and subscriptions (`weir user show --json`)."""
+    await user_of(web_, name)
+    with refusals():
+        return await account_users.show_user(accounts(web_), name)
 
 
 async def add_user(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
@@ -129,39 +143,28 @@ async def add_user(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
         raise BadInput("invalid_amount", "the starting balance cannot be negative")
     if await web_.store.get_user(name) is not None:
         raise Conflict("user_exists", f"user {name!r} already exists")
-    try:
-        user = await web_.store.create_user(name, group, pref)
-        if quota:
-            user = await web_.store.credit(name, quota, "initial balance")
-    except StoreUnavailable:
-        raise
-    except StoreError as exc:
-        raise Conflict("conflict", str(exc)) from None
-    return await _user_json(web_, user)
+    with refusals():
+        return await account_users.add_user(accounts(web_), name, group=group, preference=pref.value, quota=quota)
 
 
 async def edit_user(web_: BillingWeb, name: str, data: dict[str, Any]) -> dict[str, Any]:
-    """`PATCH /api/admin/users/{name}`: {"group"?, "preference"?, "disabled"?}."""
+    """`PATCH /api/admin/users/{name}`: {"group"?, "preference"?, "disabled"?}. A disabled
+    user's keys are refused (403 `user_disabled`); their money stays as it is."""
     _fields(data, {"group", "preference", "disabled"})
     await user_of(web_, name)
-    group = _text(data, "group")
-    pref = _text(data, "preference")
-    if group is not None or pref is not None:
-        await web_.store.set_user(name, group=None if group is None else check_name(group, "group"),
-                                  preference=None if pref is None else preference_of(pref))
-    if data.get("disabled") not in (None, ""):
-        to, frm = ("disabled", "active") if flag(data["disabled"], "disabled") else ("active", "disabled")
-        for key in await web_.store.list_keys(name):
-            if key.status == frm:
-                await web_.store.set_key_status(key.id, to)
+    group, pref = _text(data, "group"), _text(data, "preference")
+    disabled = None if data.get("disabled") in (None, "") else flag(data["disabled"], "disabled")
+    with refusals():
+        await account_users.set_user(accounts(web_), name, group=None if group is None else check_name(group, "group"),
+                                     preference=None if pref is None else preference_of(pref).value, disabled=disabled)
     return await show_user(web_, name)
 
 
 async def credit(web_: BillingWeb, name: str, data: dict[str, Any], *, adjust: bool) -> dict[str, Any]:
     """`topup` ({"usd" | "quota", "note"?}: a positive amount) or `adjust` ({"usd" | "quota",
     "note"}: a negative amount, which takes money away and must say why): a `credit` entry in
-    the ledger. The answer is the user after it, with `credited_quota` / `credited_usd` and
-    the `note`."""
+    the ledger recording the note and who. The answer is the user after it, with
+    `credited_quota`, `credited_usd`, `note` and `actor`."""
     _fields(data, {"usd", "quota", "note"})
     quota = amount(web_, data)
     if quota is None or quota == 0:
@@ -170,16 +173,27 @@ async def credit(web_: BillingWeb, name: str, data: dict[str, Any], *, adjust: b
         raise BadInput("invalid_amount", "a top-up adds money; take money away with an adjustment and a note")
     if adjust and quota > 0:
         raise BadInput("invalid_amount", "an adjustment takes money away: give a negative amount (to add, top up)")
-    note = note_of(data, required=adjust) or "top-up"
+    note = note_of(data, required=adjust)
     await user_of(web_, name)
-    user = await web_.store.credit(name, quota, note)
-    result = await _user_json(web_, user)
-    result.update(credited_quota=quota, credited_usd=web_.usd(quota), note=note)
-    return result
+    with refusals():
+        if adjust:
+            return await account_users.adjust(accounts(web_), name, quota, note or "")
+        return await account_users.topup(accounts(web_), name, quota, note)
+
+
+async def ledger(web_: BillingWeb, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A user's wallet entries, oldest first, each with the balance after it (`weir user
+    ledger --json`); `limit`, `before` and `everything` (every account of the user's)."""
+    await user_of(web_, name)
+    everything = params.get("everything") not in (None, "") and flag(params["everything"], "everything")
+    with refusals():
+        return await account_users.ledger(
+            accounts(web_), name, limit=parse_int(params.get("limit"), "limit", 1, 10_000, 50) or 50,
+            before=parse_int(params.get("before"), "before", 1, 2**62), everything=everything)
 
 
 def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
-    """An admin's key options: name, a quota (`usd`/`quota`) or `unlimited`, `models`, `ips`,
+    """An admin's new key: name, a quota (`usd`/`quota`) or `unlimited`, `models`, `ips`,
     `group`, `expires`."""
     _fields(data, {"name", "usd", "quota", "unlimited", "models", "ips", "group", "expires"})
     quota = amount(web_, data)
@@ -187,52 +201,98 @@ def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
         raise BadInput("invalid_amount", "an unlimited key takes no quota")
     if quota is not None and quota < 0:
         raise BadInput("invalid_amount", "a key quota cannot be negative")
-    name = _text(data, "name") or ""
-    group = _text(data, "group")
-    expires = parse_time(data.get("expires"), "expires")
-    if expires is not None and expires <= time.time():
-        raise BadInput("invalid_time", "expires: that time is in the past")
+    name, group = _text(data, "name") or "", _text(data, "group")
     return {"name": check_name(name, "key") if name else "", "quota": quota,
             "models": parse_list(data.get("models"), "models"), "ips": parse_cidrs(data.get("ips")),
-            "group": None if group is None else check_name(group, "group"), "expires_at": expires}
+            "group": None if group is None else check_name(group, "group"),
+            "expires_at": _future(parse_time(data.get("expires"), "expires"))}
 
 
-async def create_key(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[str, Any]:
-    """A key for `user`; the clear key is in the answer's "key", the only time it is shown."""
+def _future(at: float | None) -> float | None:
+    if at is not None and at <= time.time():
+        raise BadInput("invalid_time", "expires: that time is in the past")
+    return at
+
+
+async def create_key(web_: BillingWeb, user: str, data: dict[str, Any], actor: str = ACTOR) -> dict[str, Any]:
+    """A key for `user` (`weir key create --json`): the clear key is in the answer's "key",
+    the only time it is shown."""
     options = key_options(web_, data)
     await user_of(web_, user)
-    clear, digest, hint = generate_key()
-    key = await web_.store.create_key(user, digest, hint=hint, **options)
-    made = key_json(key, web_.money, time.time())
-    return {"id": key.id, "key": clear, **made}
+    with refusals():
+        return await account_keys.create_key(accounts(web_, actor), user, **options)
 
 
 async def list_keys(web_: BillingWeb, user: str | None) -> list[dict[str, Any]]:
     """A user's keys (every user's without one), oldest first per user."""
     if user is not None:
         await user_of(web_, user)
+    acc = accounts(web_)
     names = [user] if user is not None else [u.name for u in await web_.store.list_users()]
-    return [key_json(k, web_.money, time.time()) for name in names for k in await web_.store.list_keys(name)]
+    found: list[dict[str, Any]] = []
+    with refusals():
+        for name in names:
+            found.extend(await account_keys.list_keys(acc, name))
+    return found
+
+
+async def _key(web_: BillingWeb, key_id: str) -> str:
+    key = await web_.store.get_key(key_id)
+    if key is None:
+        raise NotFound("unknown_key", f"unknown key {key_id!r}")
+    return key.status
 
 
 async def show_key(web_: BillingWeb, key_id: str) -> dict[str, Any]:
     """One key (never the key itself)."""
-    key = await web_.store.get_key(key_id)
-    if key is None:
-        raise NotFound("unknown_key", f"unknown key {key_id!r}")
-    return key_json(key, web_.money, time.time())
+    await _key(web_, key_id)
+    with refusals():
+        return await account_keys.show_key(accounts(web_), key_id)
 
 
-async def set_key_status(web_: BillingWeb, key_id: str, status: object) -> dict[str, Any]:
+async def set_key_status(web_: BillingWeb, key_id: str, status: object, actor: str = ACTOR) -> dict[str, Any]:
     """Set a key "active", "disabled" or "revoked" (revoked is final)."""
     if status not in KEY_STATUSES:
         raise BadInput("invalid_status", f"status: {status!r} is not one of {', '.join(KEY_STATUSES)}")
-    key = await web_.store.get_key(key_id)
-    if key is None:
-        raise NotFound("unknown_key", f"unknown key {key_id!r}")
-    if key.status == "revoked" and status != "revoked":
+    if await _key(web_, key_id) == "revoked" and status != "revoked":
         raise Conflict("key_revoked", f"key {key_id} is revoked; make a new one")
-    return key_json(await web_.store.set_key_status(key_id, str(status)), web_.money, time.time())
+    with refusals():
+        return await account_keys.set_key_status(accounts(web_, actor), key_id, str(status))
+
+
+async def edit_key(web_: BillingWeb, key_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """`PATCH /api/admin/keys/{id}`: {"status"?} and/or {"name"?, "usd"? | "quota"? |
+    "unlimited"?, "models"?, "ips"?, "group"? ("" removes it), "expires"? (null: never)}. A
+    quota sets what the key has left (a ledger entry of the difference)."""
+    _fields(data, {"status", "name", "usd", "quota", "unlimited", "models", "ips", "group", "expires"})
+    status = data.pop("status", None)
+    if status is not None and status not in KEY_STATUSES:
+        raise BadInput("invalid_status", f"status: {status!r} is not one of {', '.join(KEY_STATUSES)}")
+    if await _key(web_, key_id) == "revoked":
+        raise Conflict("key_revoked", f"key {key_id} is revoked; make a new one")
+    if status == "revoked":
+        if data:
+            raise BadInput("invalid_field", "revoke a key on its own, without other changes")
+        return await set_key_status(web_, key_id, status)
+    changes: dict[str, Any] = {}
+    if "name" in data:
+        changes["name"] = _text(data, "name") or ""
+    if "usd" in data or "quota" in data:
+        changes["quota"] = amount(web_, data)
+    if data.get("unlimited") not in (None, ""):
+        changes["unlimited"] = flag(data["unlimited"], "unlimited")
+    for name, parse in (("models", parse_list), ("ips", parse_cidrs)):
+        if name in data:
+            changes[name] = parse(data[name], name)
+    if "group" in data:
+        changes["group"] = _text(data, "group") or ""
+    if "expires" in data:
+        expires = parse_time(data["expires"], "expires")
+        changes.update(expires_at=_future(expires), no_expiry=expires is None)
+    if status is not None:
+        changes["enabled"] = status == "active"
+    with refusals():
+        return await account_keys.update_key(accounts(web_), key_id, **changes)
 
 
 async def add_plan(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
@@ -245,22 +305,23 @@ async def add_plan(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
     period = _text(data, "period") or ""
     if period not in PERIODS:
         raise BadInput("invalid_period", f"period: {period!r} is not one of {', '.join(PERIODS)}")
-    plan = Plan(name, quota, period, parse_int(data.get("days"), "days", 1, 36_500),
-                parse_list(data.get("models"), "models"))
-    replaced = await web_.store.get_plan(name) is not None
-    await web_.store.create_plan(plan)
-    return {**plan_json(plan, web_), "replaced": replaced}
-
-
-def plan_json(plan: Plan, web_: BillingWeb) -> dict[str, Any]:
-    """A plan as the CLI prints it."""
-    return {"name": plan.name, "quota": plan.quota, "quota_usd": web_.usd(plan.quota), "period": plan.period,
-            "days": plan.duration_days, "models": list(plan.models)}
+    with refusals():
+        return await account_plans.add_plan(accounts(web_), name, quota=quota, period=period,
+                                            days=parse_int(data.get("days"), "days", 1, 36_500),
+                                            models=parse_list(data.get("models"), "models"))
 
 
 async def list_plans(web_: BillingWeb) -> list[dict[str, Any]]:
     """Every plan."""
-    return [plan_json(p, web_) for p in await web_.store.list_plans()]
+    return await account_plans.list_plans(accounts(web_))
+
+
+async def delete_plan(web_: BillingWeb, name: str) -> dict[str, Any]:
+    """Delete a plan (refused while a subscription to it runs)."""
+    if await web_.store.get_plan(name) is None:
+        raise NotFound("unknown_plan", f"unknown plan {name!r}")
+    with refusals():
+        return await account_plans.delete_plan(accounts(web_), name)
 
 
 async def grant(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -268,23 +329,37 @@ async def grant(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[str, 
     days or 30)."""
     _fields(data, {"plan", "start", "end"})
     await user_of(web_, user)
-    plan = await web_.store.get_plan(check_name(data.get("plan"), "plan"))
-    if plan is None:
-        raise NotFound("unknown_plan", f"unknown plan {data.get('plan')!r}")
-    at = time.time()
-    start = parse_time(data.get("start"), "start") or at
-    end = parse_time(data.get("end"), "end") or start + (plan.duration_days or 30) * DAY
-    if end <= start or end <= at:
-        raise BadInput("invalid_time", "the subscription must end after it starts, and after now")
-    sub = await web_.store.grant_subscription(user, plan.name, start, end)
-    return {**subscription_json(sub, web_.money, at), "user": sub.user}
+    plan = check_name(data.get("plan"), "plan")
+    if await web_.store.get_plan(plan) is None:
+        raise NotFound("unknown_plan", f"unknown plan {plan!r}")
+    with refusals():
+        return await account_plans.grant(accounts(web_), user, plan, start=parse_time(data.get("start"), "start"),
+                                         end=parse_time(data.get("end"), "end"))
 
 
 async def list_subscriptions(web_: BillingWeb, user: str | None) -> list[dict[str, Any]]:
     """A user's subscriptions (every user's without one)."""
     if user is not None:
         await user_of(web_, user)
+    acc = accounts(web_)
     names = [user] if user is not None else [u.name for u in await web_.store.list_users()]
-    at = time.time()
-    return [{**subscription_json(s, web_.money, at), "user": s.user}
-            for n in names for s in await web_.store.list_subscriptions(n)]
+    found: list[dict[str, Any]] = []
+    with refusals():
+        for name in names:
+            found.extend(await account_plans.list_subscriptions(acc, name))
+    return found
+
+
+async def cancel_subscription(web_: BillingWeb, sub_id: str) -> dict[str, Any]:
+    """End a subscription now (what its period had left stays unused)."""
+    with refusals():
+        return await account_plans.cancel_subscription(accounts(web_), sub_id)
+
+
+async def logs(web_: BillingWeb, query: LogQuery, limit: int, before: int | None, totals: bool = True) -> dict[str, Any]:
+    """The consume log with the filters of `query` (`logsearch.LogQuery`), newest first, as
+    `weir logs --json`: {"logs", "next_before", "totals"?}."""
+    with refusals():
+        return await account_records.logs(
+            accounts(web_), user=query.user, key_id=query.key, model=query.model, outcome=query.outcome,
+            since=query.since, until=query.until, limit=limit, before=before, totals=totals)

@@ -16,8 +16,8 @@ from plugins.billing.store.base import StoreError, StoreUnavailable
 from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import MAX_LIMIT, BadInput, BillingWeb, json_body, parse_int, unavailable
 from plugins.billing.web.console_records import write_csv
-from plugins.billing.web.logsearch import query_from, search
-from plugins.billing.web.records import audit_json, log_row_json, upstreams_json
+from plugins.billing.web.logsearch import query_from
+from plugins.billing.web.records import audit_json, holds_json, upstreams_json
 from proxy.host import host_of
 from proxy.web import api_error, require_admin_api
 
@@ -72,6 +72,9 @@ def _user_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def new_key(request: web.Request) -> web.StreamResponse:
         return _json(await ops.create_key(web_, request.match_info["name"], await json_body(request)), status=201)
 
+    async def ledger(request: web.Request) -> web.StreamResponse:
+        return _json(await ops.ledger(web_, request.match_info["name"], dict(request.query)))
+
     async def new_sub(request: web.Request) -> web.StreamResponse:
         return _json(await ops.grant(web_, request.match_info["name"], await json_body(request)), status=201)
 
@@ -80,6 +83,7 @@ def _user_routes(web_: BillingWeb) -> list[web.RouteDef]:
             web.get(base + "/{name}", admin_route(show)), web.patch(base + "/{name}", admin_route(edit)),
             web.post(base + "/{name}/topup", admin_route(topup)), web.post(base + "/{name}/adjust", admin_route(adjust)),
             web.post(base + "/{name}/keys", admin_route(new_key)),
+            web.get(base + "/{name}/ledger", admin_route(ledger)),
             web.post(base + "/{name}/subscriptions", admin_route(new_sub))]
 
 
@@ -91,10 +95,7 @@ def _key_routes(web_: BillingWeb) -> list[web.RouteDef]:
         return _json(await ops.show_key(web_, request.match_info["key_id"]))
 
     async def edit(request: web.Request) -> web.StreamResponse:
-        data = await json_body(request)
-        if set(data) != {"status"}:
-            raise BadInput("invalid_field", 'send {"status": "active" | "disabled" | "revoked"}')
-        return _json(await ops.set_key_status(web_, request.match_info["key_id"], data["status"]))
+        return _json(await ops.edit_key(web_, request.match_info["key_id"], await json_body(request)))
 
     async def revoke(request: web.Request) -> web.StreamResponse:
         return _json(await ops.set_key_status(web_, request.match_info["key_id"], "revoked"))
@@ -105,6 +106,12 @@ def _key_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def add_plan(request: web.Request) -> web.StreamResponse:
         return _json(await ops.add_plan(web_, await json_body(request)), status=201)
 
+    async def drop_plan(request: web.Request) -> web.StreamResponse:
+        return _json(await ops.delete_plan(web_, request.match_info["plan"]))
+
+    async def cancel(request: web.Request) -> web.StreamResponse:
+        return _json(await ops.cancel_subscription(web_, request.match_info["sub_id"]))
+
     async def subs(request: web.Request) -> web.StreamResponse:
         return _json({"subscriptions": await ops.list_subscriptions(web_, request.query.get("user") or None)})
 
@@ -112,7 +119,9 @@ def _key_routes(web_: BillingWeb) -> list[web.RouteDef]:
             web.patch("/api/admin/keys/{key_id}", admin_route(edit)),
             web.delete("/api/admin/keys/{key_id}", admin_route(revoke)),
             web.get("/api/admin/plans", admin_route(plans)), web.post("/api/admin/plans", admin_route(add_plan)),
-            web.get("/api/admin/subscriptions", admin_route(subs))]
+            web.delete("/api/admin/plans/{plan}", admin_route(drop_plan)),
+            web.get("/api/admin/subscriptions", admin_route(subs)),
+            web.delete("/api/admin/subscriptions/{sub_id}", admin_route(cancel))]
 
 
 def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
@@ -125,8 +134,8 @@ def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
         if fmt != "json":
             raise BadInput("invalid_format", f"format: {fmt!r} is not json or csv")
         limit = parse_int(params.get("limit"), "limit", 1, MAX_LIMIT, 50) or 50
-        rows, next_before = await search(web_.store, query, limit, parse_int(params.get("before"), "before", 1, 2**62))
-        return _json({"logs": [log_row_json(r, web_) for r in rows], "next_before": next_before})
+        before = parse_int(params.get("before"), "before", 1, 2**62)
+        return _json(await ops.logs(web_, query, limit, before, totals=params.get("totals") != "false"))
 
     async def audit(request: web.Request) -> web.StreamResponse:
         return _json(await audit_json(host_of(request.app), web_))
@@ -134,8 +143,11 @@ def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def upstreams(request: web.Request) -> web.StreamResponse:
         return _json(await upstreams_json(host_of(request.app), web_))
 
+    async def holds(request: web.Request) -> web.StreamResponse:
+        return _json(await holds_json(host_of(request.app), web_))
+
     return [web.get("/api/admin/logs", admin_route(logs)), web.get("/api/admin/audit", admin_route(audit)),
-            web.get("/api/admin/upstreams", admin_route(upstreams))]
+            web.get("/api/admin/upstreams", admin_route(upstreams)), web.get("/api/admin/holds", admin_route(holds))]
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:

@@ -14,9 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from plugins.billing.apikeys import generate_key
+from plugins.billing.accounts import Accounts
+from plugins.billing.accounts import keys as account_keys
 from plugins.billing.accounts.shapes import key_json, log_json, subscription_json, user_json
 from plugins.billing.store.base import ApiKey, LogRow, StoreError, StoreUnavailable, User
+from plugins.billing.web.admin_ops import refusals
 from plugins.billing.web.common import (
     MAX_LIMIT,
     BadInput,
@@ -59,17 +61,8 @@ async def me_json(web_: BillingWeb, key: ApiKey, user: User) -> dict[str, Any]:
 async def own_logs(web_: BillingWeb, key: ApiKey, user: User, since: float | None, until: float | None,
                    limit: int, before: int | None) -> list[LogRow]:
     """The user's log rows, newest first (only the key's own when it is a limited key)."""
-    if manages_account(key):
-        return await web_.store.query_logs(user=user.name, since=since, until=until, limit=limit, before_id=before)
-    rows: list[LogRow] = []
-    while len(rows) < limit:
-        page = await web_.store.query_logs(user=user.name, since=since, until=until, limit=MAX_LIMIT,
-                                           before_id=before)
-        rows.extend(r for r in page if r.key_id == key.id)
-        if len(page) < MAX_LIMIT:
-            break
-        before = page[-1].id
-    return rows[:limit]
+    own = None if manages_account(key) else key.id
+    return await web_.store.query_logs(user.name, since, until, limit, before, key_id=own)
 
 
 def _require_manager(key: ApiKey) -> None:
@@ -105,22 +98,25 @@ def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
             "expires_at": expires}
 
 
-async def create_own_key(web_: BillingWeb, key: ApiKey, data: dict[str, Any]) -> tuple[str, ApiKey]:
-    """Make a key for the caller's own user; the clear key is returned once, never stored."""
+async def create_own_key(web_: BillingWeb, key: ApiKey, data: dict[str, Any]) -> dict[str, Any]:
+    """Make a key for the caller's own user with `weir key create`'s function (acting as the
+    user); the answer's "key" is the clear key, returned this once and never stored."""
     _require_manager(key)
     options = key_options(web_, data)
-    clear, digest, hint = generate_key()
-    made = await web_.store.create_key(key.user, digest, hint=hint, **options)
-    return clear, made
+    with refusals():
+        return await account_keys.create_key(Accounts(web_.store, web_.money, f"user {key.user}"), key.user,
+                                             **options)
 
 
-async def revoke_own_key(web_: BillingWeb, key: ApiKey, key_id: str) -> ApiKey:
+async def revoke_own_key(web_: BillingWeb, key: ApiKey, key_id: str) -> dict[str, Any]:
     """Revoke one of the caller's user's keys; another user's key id is unknown (404)."""
     _require_manager(key)
     target = await web_.store.get_key(key_id)
     if target is None or target.user != key.user:
         raise LookupError(key_id)
-    return await web_.store.set_key_status(key_id, "revoked")
+    with refusals():
+        return await account_keys.set_key_status(Accounts(web_.store, web_.money, f"user {key.user}"), key_id,
+                                                 "revoked")
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
@@ -152,10 +148,10 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
         key, _user = await caller_of(request, web_)
         data = await json_body(request)
         try:
-            clear, made = await create_own_key(web_, key, data)
+            made = await create_own_key(web_, key, data)
         except BadInput as exc:
             raise api_error(403 if exc.code == "key_not_allowed" else 400, exc.code, exc.message) from None
-        return _json({"id": made.id, "key": clear, **key_json(made, web_.money, time.time())}, status=201)
+        return _json(made, status=201)
 
     async def revoke(request: web.Request) -> web.Response:
         key, _user = await caller_of(request, web_)
@@ -165,7 +161,7 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
             raise api_error(403, exc.code, exc.message) from None
         except LookupError:
             raise api_error(404, "unknown_key", "no such key for this account") from None
-        return _json(key_json(done, web_.money, time.time()))
+        return _json(done)
 
     return [web.get("/api/me", _guard(me)), web.get("/api/me/logs", _guard(logs)),
             web.get("/api/me/keys", _guard(keys)), web.post("/api/me/keys", _guard(create)),

@@ -195,9 +195,12 @@ def unavailable() -> web.HTTPException:
     return api_error(503, "store_unavailable", "the account store is unavailable; try again")
 
 
-def key_problem(key: ApiKey, address: str, now: float | None = None) -> tuple[int, str, str] | None:
+def key_problem(key: ApiKey, user: User, address: str, now: float | None = None) -> tuple[int, str, str] | None:
     """Why `key` may not sign in to its user's pages and API from `address` (status, code,
-    message), or None: revoked or disabled, expired, or outside its IP allowlist."""
+    message), or None: its user is disabled, or it is revoked or disabled, expired, or used
+    outside its IP allowlist (the checks a proxied request gets)."""
+    if user.disabled:
+        return 403, "user_disabled", "the account this API key belongs to is disabled"
     if key.status != "active":
         return 403, "key_disabled", f"the API key is {key.status}"
     if key.expires_at is not None and key.expires_at <= (time.time() if now is None else now):
@@ -235,7 +238,7 @@ async def caller_of(request: web.Request, web_: BillingWeb) -> tuple[ApiKey, Use
         raise unavailable() from None
     if found is None:
         raise api_error(401, "invalid_api_key", "the API key is not valid")
-    problem = key_problem(found[0], shell_of(request.app).client_ip(request))
+    problem = key_problem(found[0], found[1], shell_of(request.app).client_ip(request))
     if problem is not None:
         raise api_error(*problem)
     return found

@@ -58,6 +58,39 @@ async def set_status(request: web.Request, web_: BillingWeb) -> web.StreamRespon
     return back_to(request, back, notice=f"Key {key['name'] or key['id']} ({key['user']}) {DONE[key['status']]}.")
 
 
+async def key_page(request: web.Request, web_: BillingWeb, *, problem: str = "",
+                   status: int = 200) -> web.StreamResponse:
+    """`/admin/keys/{id}`: one key, and the form that edits it."""
+    require_admin(request)
+    try:
+        key = await ops.show_key(web_, request.match_info["key_id"])
+    except ops.NotFound:
+        raise error_page(request, 404, "No such key", "There is no key with that id.") from None
+    done = take_flash(request) or {}
+    return render(request, "billing/admin_key.html", page(
+        key["name"] or key["id"], web_, key=key, problem=problem, notice=done.get("notice", ""),
+        back=f"/admin/keys/{key['id']}"), status=status)
+
+
+async def edit_key(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
+    """Save the key form: what changed is sent (an emptied limit means no limit, an emptied
+    expiry means never)."""
+    require_admin(request)
+    key_id = request.match_info["key_id"]
+    form = await checked_form(request)
+    data: dict[str, Any] = {name: form.get(name, "").strip() for name in ("name", "models", "ips", "group")}
+    limit, expires = form.get("usd", "").strip(), form.get("expires", "").strip()
+    data.update({"usd": limit} if limit else {"unlimited": True})
+    data["expires"] = expires or None
+    try:
+        await ops.edit_key(web_, key_id, data)
+    except ops.NotFound:
+        raise error_page(request, 404, "No such key", "There is no key with that id.") from None
+    except BadInput as exc:
+        return await key_page(request, web_, problem=exc.message, status=400)
+    return back_to(request, f"/admin/keys/{key_id}", notice="Saved.")
+
+
 async def plans_page(request: web.Request, web_: BillingWeb, *, problem: str = "", status: int = 200,
                      entered: dict[str, str] | None = None) -> web.StreamResponse:
     """`/admin/plans`: plans, the form to add one, and every subscription."""
@@ -81,6 +114,29 @@ async def add_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse
                                                    f"{web_.show_usd(plan['quota'])} per {plan['period']}.")
 
 
+async def delete_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
+    """Delete a plan (refused while a subscription to it runs)."""
+    require_admin(request)
+    await checked_form(request)
+    name = request.match_info["plan"]
+    try:
+        await ops.delete_plan(web_, name)
+    except BadInput as exc:
+        return back_to(request, "/admin/plans", notice=f"Not done: {exc.message}.")
+    return back_to(request, "/admin/plans", notice=f"Plan {name} deleted.")
+
+
+async def cancel_subscription(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
+    """End a subscription now."""
+    require_admin(request)
+    await checked_form(request)
+    try:
+        sub = await ops.cancel_subscription(web_, request.match_info["sub_id"])
+    except BadInput as exc:
+        return back_to(request, "/admin/plans", notice=f"Not done: {exc.message}.")
+    return back_to(request, "/admin/plans", notice=f"{sub['user']}'s subscription to {sub['plan']} ended.")
+
+
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The key and plan pages of the console."""
 
@@ -91,5 +147,7 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
         return guarded(handle)
 
     return [web.get("/admin/keys", bind(keys_page)), web.post("/admin/users/{name}/keys", bind(create_key)),
-            web.post("/admin/keys/{key_id}/status", bind(set_status)), web.get("/admin/plans", bind(plans_page)),
-            web.post("/admin/plans", bind(add_plan))]
+            web.post("/admin/keys/{key_id}/status", bind(set_status)),
+            web.get("/admin/keys/{key_id}", bind(key_page)), web.post("/admin/keys/{key_id}/edit", bind(edit_key)), web.get("/admin/plans", bind(plans_page)),
+            web.post("/admin/plans", bind(add_plan)), web.post("/admin/plans/{plan}/delete", bind(delete_plan)),
+            web.post("/admin/subscriptions/{sub_id}/cancel", bind(cancel_subscription))]

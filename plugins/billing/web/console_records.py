@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from plugins.billing.web.common import BadInput, BillingWeb, parse_int
-from plugins.billing.web.logsearch import OUTCOMES, LogQuery, every_row, query_from, search
-from plugins.billing.web.records import audit_json, log_row_json, upstreams_json
+from plugins.billing.web import admin_ops as ops
+from plugins.billing.web.logsearch import OUTCOMES, LogQuery, query_from
+from plugins.billing.web.records import audit_json, upstreams_json
 from proxy.host import host_of
 from proxy.web import render, require_admin
 
@@ -48,16 +49,22 @@ async def write_csv(request: web.Request, web_: BillingWeb, query: LogQuery) -> 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header: list[str] | None = None
-    async for row in every_row(web_.store, query, CSV_CAP):
-        data = log_row_json(row, web_)
-        if header is None:
-            header = list(data)
-            writer.writerow(header)
-        writer.writerow([csv_cell(data[name]) for name in header])
-        if buffer.tell() > 64 * 1024:
-            await response.write(buffer.getvalue().encode())
-            buffer.seek(0)
-            buffer.truncate()
+    before: int | None = None
+    sent = 0
+    while sent < CSV_CAP:
+        page = await ops.logs(web_, query, min(1000, CSV_CAP - sent), before, totals=False)
+        for data in page["logs"]:
+            if header is None:
+                header = list(data)
+                writer.writerow(header)
+            writer.writerow([csv_cell(data.get(name)) for name in header])
+        sent += len(page["logs"])
+        await response.write(buffer.getvalue().encode())
+        buffer.seek(0)
+        buffer.truncate()
+        before = page["next_before"]
+        if before is None:
+            break
     if header is None:
         writer.writerow(["no rows matched"])
     await response.write(buffer.getvalue().encode())
@@ -69,17 +76,17 @@ async def logs_page(request: web.Request, web_: BillingWeb) -> web.StreamRespons
     """`/admin/logs`: the consume log with filters and paging."""
     require_admin(request)
     params = dict(request.query)
-    problem, rows, next_before = "", [], None
+    problem, rows, next_before, totals = "", [], None, None
     try:
         query = query_from(params)
         before = parse_int(params.get("before"), "before", 1, 2**62)
-        found, next_before = await search(web_.store, query, PAGE_ROWS, before)
-        rows = [log_row_json(r, web_) for r in found]
+        page = await ops.logs(web_, query, PAGE_ROWS, before)
+        rows, next_before, totals = page["logs"], page["next_before"], page["totals"]
     except BadInput as exc:
         problem = exc.message
     keep = {k: v for k, v in params.items() if k != "before" and v}
     context = {"title": "Logs", "area": "admin", "rows": rows, "filters": params, "keep": keep, "outcomes": OUTCOMES,
-               "next_before": next_before, "problem": problem, "usd": web_.show_usd, "show_user": True,
+               "next_before": next_before, "totals": totals, "problem": problem, "usd": web_.show_usd, "show_user": True,
                "paged": "before" in params}
     return render(request, "billing/admin_logs.html", context)
 

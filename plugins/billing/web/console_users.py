@@ -59,9 +59,10 @@ async def user_page(request: web.Request, web_: BillingWeb, name: str | None = N
         raise error_page(request, 404, "No such user", "There is no user by that name.") from None
     keys = await ops.list_keys(web_, name)
     plans = await ops.list_plans(web_)
+    ledger = await ops.ledger(web_, name, {"limit": "10"})
     done = take_flash(request) or {}
     return render(request, "billing/admin_user.html", page(
-        user["name"], web_, user=user, keys=keys, plans=plans, problem=problem, notice=done.get("notice", ""),
+        user["name"], web_, user=user, keys=keys, plans=plans, ledger=ledger, problem=problem, notice=done.get("notice", ""),
         created=done.get("created"), preferences=ops.PREFERENCES, back=user_path(name)), status=status)
 
 
@@ -74,7 +75,7 @@ async def edit_user(request: web.Request, web_: BillingWeb) -> web.StreamRespons
         user = await ops.edit_user(web_, name, data)
     except BadInput as exc:
         return await user_page(request, web_, name, problem=exc.message, status=400)
-    state = " Disabled: every key of theirs is refused." if user["disabled"] else ""
+    state = " Disabled: every key of theirs is refused (their money stays as it is)." if user["disabled"] else ""
     return back_to(request, user_path(name), notice=f"Saved.{state}")
 
 

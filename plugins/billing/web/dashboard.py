@@ -53,7 +53,7 @@ async def signed_in(request: web.Request, web_: BillingWeb) -> tuple[ApiKey, Use
         user = await web_.store.get_user(key.user) if key is not None else None
     except StoreUnavailable:
         raise error_page(request, 503, "Try again shortly", "The account store is unavailable.") from None
-    if key is None or user is None or key_problem(key, shell_of(request.app).client_ip(request)):
+    if key is None or user is None or key_problem(key, user, shell_of(request.app).client_ip(request)):
         response = web.HTTPSeeOther(f"{LOGIN}?reason=ended")
         end_session(request, response, REALM)
         raise response
@@ -104,7 +104,7 @@ async def _login(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
         raise error_page(request, 503, "Try again shortly", "The account store is unavailable.") from None
     problem = "That is not a valid API key." if found is None else None
     if found is not None:
-        refused = key_problem(found[0], address)
+        refused = key_problem(found[0], found[1], address)
         problem = None if refused is None else f"This key cannot sign in: {refused[2]}."
     if problem is not None:
         shell.limiter.failed(address)
@@ -129,13 +129,13 @@ async def _create_key(request: web.Request, web_: BillingWeb) -> web.StreamRespo
     form = await checked_form(request)
     data = {name: form.get(name, "") for name in ("name", "usd", "models", "expires")}
     try:
-        clear, made = await create_own_key(web_, key, {k: v for k, v in data.items() if v})
+        made = await create_own_key(web_, key, {k: v for k, v in data.items() if v})
     except BadInput as exc:
         return await _dashboard(request, web_, problem=exc.message, status=400)
     # POST, redirect, GET: a reload shows the page again instead of making another key. The
     # clear key rides in the flash cookie to the one page that shows it.
     response = web.Response(status=303, headers={"Location": "/dashboard#keys"})
-    flash(request, response, created={"key": clear, "name": made.name or made.id})
+    flash(request, response, created={"key": made["key"], "name": made["name"] or made["id"]})
     return response
 
 

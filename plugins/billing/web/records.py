@@ -1,36 +1,31 @@
-"""The JSON of records the admin API answers and the console shows: log rows, the audit and
-the upstreams with their health and use."""
+"""The JSON of records the admin API answers and the console shows: the audit, the open holds
+and the upstreams with their health and use."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from plugins.billing.accounts.shapes import log_json
+from plugins.billing.accounts import Accounts
+from plugins.billing.accounts import holds as account_holds
+from plugins.billing.accounts import records as account_records
 from plugins.billing.web.common import BillingWeb, iso
 from proxy.host import Host
 
-#: An open hold with no sign of life for this many checkpoint intervals is stuck (as the CLI).
-STUCK_CHECKPOINTS = 30
-MIN_STUCK_AFTER = 300.0
-
-
-def log_row_json(row: Any, web_: BillingWeb) -> dict[str, Any]:
-    """A consume-log row as the CLI's `weir logs --json` prints it."""
-    return log_json(row, web_.money)
-
 
 async def audit_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
-    """`weir audit --json`: every balance against the ledger, orphaned and stuck holds."""
-    at = time.time()
-    orphan_after = host.config.store.orphan_after
-    stuck_after = max(MIN_STUCK_AFTER, STUCK_CHECKPOINTS * web_.checkpoint_every)
-    report = await web_.store.audit(at, orphan_after, stuck_after=stuck_after)
-    return {
-        "ok": report.ok, "consistent": not report.mismatches, "checked_at": iso(at),
-        "orphan_after": orphan_after, "stuck_after": stuck_after, "mismatches": list(report.mismatches),
-        "orphans": list(report.orphans), "stuck": list(report.stuck), "negatives": list(report.negatives),
-    }
+    """`weir audit --json` (the same account function, with the CLI's default thresholds):
+    every balance against the ledger, orphaned and stuck holds."""
+    stuck_after = account_holds.stuck_after_of(host.config)
+    return await account_records.audit(Accounts(web_.store, web_.money, "admin"), host.config.store.orphan_after,
+                                       stuck_after)
+
+
+async def holds_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
+    """`weir holds --json`: every open hold, with how long its instance has been silent and
+    whether it is orphaned or stuck."""
+    acc = Accounts(web_.store, web_.money, "admin")
+    found = await account_holds.list_holds(acc, host.config.store.orphan_after, account_holds.stuck_after_of(host.config))
+    return {"holds": found}
 
 
 async def upstreams_json(host: Host, web_: BillingWeb) -> dict[str, Any]:

@@ -36,10 +36,8 @@ async def spend(store: Store, user: str, now: float, key_id: str | None = None) 
     result = Spend([], [])
     before: int | None = None
     while len(result.rows) < MAX_ROWS:
-        page = await store.query_logs(user=user, since=start.timestamp(), limit=PAGE, before_id=before)
+        page = await store.query_logs(user, start.timestamp(), None, PAGE, before, key_id=key_id)
         for row in page:
-            if key_id is not None and row.key_id != key_id:
-                continue
             result.rows.append(row)
             day = datetime.fromtimestamp(row.ts, UTC).date().isoformat()
             if day in per_day:
