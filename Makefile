@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 DIST_STAMP := $(VENV)/.installed-dist
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test soak bench typecheck clean dist
+.PHONY: run test soak bench typecheck clean dist lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,11 +29,18 @@ run: $(RUN_STAMP)
 	$(BIN)/weir serve --config proxy.yaml
 
 test: $(TEST_STAMP)
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
 
 # The 5-minute soak (tests/reliability/test_soak.py), which `make test` skips; CI runs both.
 soak: $(TEST_STAMP)
 	WEIR_SOAK_MINUTES=$${WEIR_SOAK_MINUTES:-5} $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak tests/reliability/test_soak.py $(PYTEST_ARGS)
+
+# `make lint` fixes what ruff can (imports, upgrades) and formats the tree.
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy

@@ -24,7 +24,6 @@ __all__ = [
     "ConfigError",
     "FallbackPrices",
     "ModelPrice",
-    "PriceTable",
     "PricingConfig",
     "charge_characters",
     "charge_io",

@@ -165,7 +165,7 @@ async def _streams_on_both(tree: Tree, tasks: list[asyncio.Task[Any]]) -> dict[s
         tasks.append(asyncio.create_task(chat(tree.proc.url, tree.key, chat_body(f"s{len(tasks)}"), timeout=60)))
         want = len(tasks)
 
-        async def all_held() -> bool:
+        async def all_held(want: int = want) -> bool:
             logged = await tree.store.query_logs(user="alice", limit=1000)
             return len(await tree.store.open_holds()) + len(logged) == want
 

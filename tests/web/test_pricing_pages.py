@@ -73,7 +73,7 @@ async def test_the_price_list_without_script(shop: ShopFactory, browser: Any, sh
 
 async def test_edit_flag_diff_save_charge_and_roll_back(shop: ShopFactory, page: Any, shots: Path) -> None:
     world = await shop()
-    url = await sign_in(page, world)
+    await sign_in(page, world)
     assert await page.locator("#version").inner_text() == "1"
     # A model priced both ways, pasted as JSON: flagged, and the save is not offered.
     both = {**PRICES, "mock-image": {"per_request": "0.05", "input": "1", "output": "2"}}
