@@ -26,8 +26,20 @@ from pathlib import Path
 
 from proxy.access_log import AccessLog, Entry
 
-_FIELDS = ("5c0f1e2d3c4b5a69", "198.51.100.7", "POST", "/v1/chat/completions", "mock-gpt", "mock", 200, True,
-           "completed", 15, 3.14159, 1.93)
+_FIELDS = (
+    "5c0f1e2d3c4b5a69",
+    "198.51.100.7",
+    "POST",
+    "/v1/chat/completions",
+    "mock-gpt",
+    "mock",
+    200,
+    True,
+    "completed",
+    15,
+    3.14159,
+    1.93,
+)
 
 
 def _logging_way(path: Path) -> Callable[[], None]:
@@ -43,7 +55,18 @@ def _logging_way(path: Path) -> Callable[[], None]:
         logger.info(
             "request_id=%s client=%s method=%s path=%s model=%s upstream=%s status=%s stream=%s"
             " outcome=%s events=%d ms=%.1f ttft_ms=%s",
-            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f"{f[11]:.1f}",
+            f[0],
+            f[1],
+            f[2],
+            f[3],
+            f[4],
+            f[5],
+            f[6],
+            f[7],
+            f[8],
+            f[9],
+            f[10],
+            f"{f[11]:.1f}",
         )
 
     return one

@@ -42,37 +42,58 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from plugins.billing.apikeys import hash_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import hash_key
-from proxy.dataclass_builder import build
-from proxy.context import Dialect, EndReason, Endpoint, Outcome, RequestContext, SSEEvent, UpstreamInfo
-from proxy.handler import RequestIds
-from proxy.pipeline import Pipeline
-from proxy.plugin import Plugin
 from plugins.billing.store.base import FundingSource, Hold, HoldState, LogDetails, Resolution, Store
 from plugins.billing.store.redis.store import RedisStore
 from plugins.billing.store.sqlite.store import SQLiteStore
+from proxy.context import Dialect, Endpoint, EndReason, Outcome, RequestContext, SSEEvent, UpstreamInfo
+from proxy.dataclass_builder import build
+from proxy.handler import RequestIds
+from proxy.pipeline import Pipeline
+from proxy.plugin import Plugin
 from proxy.tasks import TaskTracker
 from proxy.testing import host_app
 
 MODEL = "instant-bench"
 BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16})
-ANSWER = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 16}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
-})
-CHUNK = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL,
-    "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}],
-})
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 16}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 16, "total_tokens": 25},
+    }
+)
+CHUNK = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}],
+    }
+)
 #: How a streamed answer ends, as OpenAI ends one asked for usage (billing asks for it).
 TAIL = (
-    orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL,
-                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-    orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": MODEL, "choices": [],
-                  "usage": {"prompt_tokens": 9, "completion_tokens": 97, "total_tokens": 106}}),
+    orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "model": MODEL,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+    ),
+    orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 97, "total_tokens": 106},
+        }
+    ),
     b"[DONE]",
 )
 BILLING = {"quota_per_usd": 500_000, "pricing": {"fallback": "none", "models": {"*-bench": {"input": 1, "output": 2}}}}
@@ -82,12 +103,32 @@ class InstantStore(SQLiteStore):
     """A SQLite store whose holds and captures answer at once and store nothing."""
 
     async def hold(
-        self, request_id: str, user: str, key_id: str, amount: int, preference: Any, price_version: str,
-        ttl: float, instance_id: str, model: str = "",
+        self,
+        request_id: str,
+        user: str,
+        key_id: str,
+        amount: int,
+        preference: Any,
+        price_version: str,
+        ttl: float,
+        instance_id: str,
+        model: str = "",
     ) -> Hold:
         """An open wallet hold, not recorded."""
-        return Hold(request_id, user, key_id, FundingSource.WALLET, None, amount, 0, price_version, instance_id,
-                    0.0, ttl, HoldState.OPEN)
+        return Hold(
+            request_id,
+            user,
+            key_id,
+            FundingSource.WALLET,
+            None,
+            amount,
+            0,
+            price_version,
+            instance_id,
+            0.0,
+            ttl,
+            HoldState.OPEN,
+        )
 
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """A capture, not recorded."""
@@ -146,12 +187,27 @@ async def _rounds(
 ) -> list[tuple[float, float]]:
     async with _billed(backend) as (pipeline, clear, tracker):
         ids = RequestIds()
-        headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {clear}", "content-type": "application/json"}))
+        headers = CIMultiDictProxy(
+            CIMultiDict({"authorization": f"Bearer {clear}", "content-type": "application/json"})
+        )
         query: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
         async def one() -> None:
-            ctx = RequestContext(ids.next(), Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions", query,
-                                 headers, "127.0.0.1", BODY, orjson.loads(BODY), MODEL, events > 0, api_key=clear)
+            ctx = RequestContext(
+                ids.next(),
+                Dialect.OPENAI,
+                Endpoint.CHAT,
+                "POST",
+                "/v1/chat/completions",
+                query,
+                headers,
+                "127.0.0.1",
+                BODY,
+                orjson.loads(BODY),
+                MODEL,
+                events > 0,
+                api_key=clear,
+            )
             run = pipeline.start(ctx)
             await run.request()
             await asyncio.sleep(0)  # the upstream's answer is a loop turn or two away

@@ -15,9 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from plugins.billing.estimate import Estimator
+from plugins.billing.meter import UsageMeter
 from plugins.billing.pricing import ModelPrice
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.meter import UsageMeter
 from proxy.context import Endpoint
 
 ROUNDS = 15

@@ -151,7 +151,7 @@ class _Run:
                     await resp.read()
                     events, gaps, done = 0, [], True
             t1 = time.perf_counter()
-        except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, RuntimeError) as exc:
             if record:
                 self.result.errors += 1
                 self.result.first_error = self.result.first_error or f"{type(exc).__name__}: {exc}"
@@ -210,7 +210,7 @@ async def run_job(job: Job) -> Result:
         clients = [run.client(session) for _ in range(job.clients)]
         try:
             await asyncio.wait_for(asyncio.gather(*clients), timeout=job.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             run.result.first_error = run.result.first_error or f"job exceeded {job.timeout} s"
             run.result.errors += 1
         run.result.wall = time.perf_counter() - start

@@ -28,12 +28,28 @@ from typing import Any
 
 from bench.loadgen import Job, LoadgenWorker, Result, percentile
 from bench.targets import (
-    INSTANT_MODEL, PACED_MODEL, Running, Target, cpu_seconds, idle_cpu_rate, known_targets, rss_bytes,
+    INSTANT_MODEL,
+    PACED_MODEL,
+    Running,
+    Target,
+    cpu_seconds,
+    idle_cpu_rate,
+    known_targets,
+    rss_bytes,
 )
 from bench.upstreams import start_upstreams
 
 __all__ = [
-    "FULL", "QUICK", "Measured", "Row", "Settings", "main", "plugin_rows", "render", "run", "settings_for",
+    "FULL",
+    "QUICK",
+    "Measured",
+    "Row",
+    "Settings",
+    "main",
+    "plugin_rows",
+    "render",
+    "run",
+    "settings_for",
     "write_results",
 ]
 
@@ -65,8 +81,15 @@ class Settings:
 
 FULL = Settings()
 QUICK = replace(
-    FULL, label="quick", rounds=3, latency_requests=200, ttfb_requests=150, throughput_seconds=1.0, cpu_streams=20,
-    paced_runs=1, slices=4,
+    FULL,
+    label="quick",
+    rounds=3,
+    latency_requests=200,
+    ttfb_requests=150,
+    throughput_seconds=1.0,
+    cpu_streams=20,
+    paced_runs=1,
+    slices=4,
 )
 
 
@@ -155,8 +178,14 @@ class _Runner:
         """Many concurrent paced streams at once: stalls, gaps, completeness, CPU per event."""
         s = self.s
         job = self.job(
-            t, paced=True, stream=True, clients=s.paced_streams, requests=s.paced_streams, warmup=0,
-            stall_after=s.stall_after, timeout=s.paced_events * s.pace * 4 + 30,
+            t,
+            paced=True,
+            stream=True,
+            clients=s.paced_streams,
+            requests=s.paced_streams,
+            warmup=0,
+            stall_after=s.stall_after,
+            timeout=s.paced_events * s.pace * 4 + 30,
         )
         pid = t.pid or self.paced_mock_pid
         r, cpu, wall = self.timed(pid, job)
@@ -169,7 +198,6 @@ class _Runner:
         m.add(short)
         m.short_cpu += max(0.0, cpu - m.idle_cpu_rate * wall)
         m.short_events += short.events
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +222,14 @@ def _latency_row(measure: str, goal_ms: float, name: str, direct: float, value: 
     """A row comparing two times; the goal bounds the time added over direct."""
     added = (value - direct) * 1000
     return Row(
-        measure, f"≤ {goal_ms} ms", name, f"{direct * 1000:.3f} ms", f"{value * 1000:.3f} ms",
-        f"{added:+.3f} ms", f"{value / direct:.2f}×" if direct > 0 else "—", _met(added <= goal_ms),
+        measure,
+        f"≤ {goal_ms} ms",
+        name,
+        f"{direct * 1000:.3f} ms",
+        f"{value * 1000:.3f} ms",
+        f"{added:+.3f} ms",
+        f"{value / direct:.2f}×" if direct > 0 else "—",
+        _met(added <= goal_ms),
     )
 
 
@@ -216,8 +250,9 @@ def _marginal(m: Measured) -> tuple[float, float, int]:
 
 def _marginal_row(d: Measured, m: Measured) -> Row:
     cpu, events, streams = _marginal(m)
-    row = _cpu_row("proxy CPU per relayed SSE event, paced, marginal (long minus one-event streams)",
-                   m.name, cpu, int(events))
+    row = _cpu_row(
+        "proxy CPU per relayed SSE event, paced, marginal (long minus one-event streams)", m.name, cpu, int(events)
+    )
     fixed = m.short_cpu / streams * 1e6 if streams else float("nan")
     row = replace(row, value=row.value + f"; fixed cost per stream {fixed:.0f} µs")
     dcpu, devents, _ = _marginal(d)
@@ -248,19 +283,42 @@ def _paced_row(d: Measured, m: Measured, s: Settings) -> Row:
 def rows_for(d: Measured, m: Measured, s: Settings) -> list[Row]:
     """The table rows comparing target `m` with the direct baseline `d`."""
     rows = [
-        _latency_row(f"added latency, non-stream, 1 client, p{q}", goal, m.name,
-                     percentile(d.latencies, q), percentile(m.latencies, q))
+        _latency_row(
+            f"added latency, non-stream, 1 client, p{q}",
+            goal,
+            m.name,
+            percentile(d.latencies, q),
+            percentile(m.latencies, q),
+        )
         for q, goal in ((50, 1.0), (99, 2.5))
     ]
-    rows.append(_latency_row("added time to first byte, stream, 1 client, p50", 1.2, m.name,
-                             percentile(d.ttfbs, 50), percentile(m.ttfbs, 50)))
+    rows.append(
+        _latency_row(
+            "added time to first byte, stream, 1 client, p50",
+            1.2,
+            m.name,
+            percentile(d.ttfbs, 50),
+            percentile(m.ttfbs, 50),
+        )
+    )
     if s.cpu_streams:
-        rows.append(_cpu_row(f"proxy CPU per relayed SSE event, bulk ({s.stream_events}-event streams)",
-                             m.name, m.stream_cpu, m.events))
+        rows.append(
+            _cpu_row(
+                f"proxy CPU per relayed SSE event, bulk ({s.stream_events}-event streams)",
+                m.name,
+                m.stream_cpu,
+                m.events,
+            )
+        )
     if s.paced_runs:
-        rows.append(_cpu_row(
-            f"proxy CPU per relayed SSE event, paced ({s.paced_events + 3}-event streams, one event per read)",
-            m.name, m.paced_cpu, m.paced.events if m.paced else 0))
+        rows.append(
+            _cpu_row(
+                f"proxy CPU per relayed SSE event, paced ({s.paced_events + 3}-event streams, one event per read)",
+                m.name,
+                m.paced_cpu,
+                m.paced.events if m.paced else 0,
+            )
+        )
         if d.paced and d.paced.events:
             mock = f"paced mock itself: {d.paced_cpu / d.paced.events * 1e6:.1f} µs"
             rows[-1] = replace(rows[-1], direct=mock)
@@ -270,11 +328,28 @@ def rows_for(d: Measured, m: Measured, s: Settings) -> list[Row]:
     if s.paced_runs:
         rows.append(_paced_row(d, m, s))
     rss = (m.rss or 0) / 2**20
-    rows.append(Row("idle RSS (after start-up and one request)", "≤ 60 MB", m.name,
-                    f"mock process: {(d.rss or 0) / 2**20:.1f} MB", f"{rss:.1f} MB", met=_met(rss <= 60)))
+    rows.append(
+        Row(
+            "idle RSS (after start-up and one request)",
+            "≤ 60 MB",
+            m.name,
+            f"mock process: {(d.rss or 0) / 2**20:.1f} MB",
+            f"{rss:.1f} MB",
+            met=_met(rss <= 60),
+        )
+    )
     a, b = percentile(d.throughputs, 50), percentile(m.throughputs, 50)
-    rows.append(Row(f"throughput, non-stream, {s.throughput_clients} clients (median of rounds)", "(info)", m.name,
-                    f"{a:.0f} req/s", f"{b:.0f} req/s", f"{b - a:+.0f} req/s", f"{b / a:.2f}×" if a else "—"))
+    rows.append(
+        Row(
+            f"throughput, non-stream, {s.throughput_clients} clients (median of rounds)",
+            "(info)",
+            m.name,
+            f"{a:.0f} req/s",
+            f"{b:.0f} req/s",
+            f"{b - a:+.0f} req/s",
+            f"{b / a:.2f}×" if a else "—",
+        )
+    )
     return rows
 
 
@@ -290,23 +365,39 @@ def plugin_rows(base: Measured, m: Measured, s: Settings) -> list[Row]:
     paired = [y / x for x, y in zip(base.throughputs, m.throughputs) if x > 0]
     spread = f" (rounds {min(paired):.2f}–{max(paired):.2f})" if len(paired) > 1 else ""
     return [
-        Row("added latency over no plugins, non-stream, 1 client, p50", "≤ 0.5 ms", m.name,
-            f"{b50 * 1000:.3f} ms", f"{m50 * 1000:.3f} ms", f"{added:+.3f} ms",
-            f"{m50 / b50:.2f}×" if b50 > 0 else "—", _met(added <= 0.5)),
-        Row(f"throughput kept, non-stream, {s.throughput_clients} clients (median of rounds)", "≥ 0.75×", m.name,
-            f"{a:.0f} req/s", f"{b:.0f} req/s", f"{b - a:+.0f} req/s", f"{kept:.2f}×{spread}", _met(kept >= 0.75)),
+        Row(
+            "added latency over no plugins, non-stream, 1 client, p50",
+            "≤ 0.5 ms",
+            m.name,
+            f"{b50 * 1000:.3f} ms",
+            f"{m50 * 1000:.3f} ms",
+            f"{added:+.3f} ms",
+            f"{m50 / b50:.2f}×" if b50 > 0 else "—",
+            _met(added <= 0.5),
+        ),
+        Row(
+            f"throughput kept, non-stream, {s.throughput_clients} clients (median of rounds)",
+            "≥ 0.75×",
+            m.name,
+            f"{a:.0f} req/s",
+            f"{b:.0f} req/s",
+            f"{b - a:+.0f} req/s",
+            f"{kept:.2f}×{spread}",
+            _met(kept >= 0.75),
+        ),
     ]
 
 
 def render_rows(rows: Sequence[Row], baseline: str = "direct") -> str:
     """The rows as a markdown table; `baseline` names the reference column."""
-    head = (f"| measure | goal | target | {baseline} | target value | target − {baseline} | "
-            f"target / {baseline} | goal met |")
+    head = (
+        f"| measure | goal | target | {baseline} | target value | target − {baseline} | "
+        f"target / {baseline} | goal met |"
+    )
     out = [head, "|" + "---|" * 8]
     for r in rows:
         out.append(f"| {r.measure} | {r.goal} | {r.target} | {r.direct} | {r.value} | {r.diff} | {r.ratio} | {r.met} |")
     return "\n".join(out)
-
 
 
 def _interleaved(runner: _Runner, running: list[Running], measured: list[Measured], rounds: int) -> None:
@@ -320,7 +411,9 @@ def _interleaved(runner: _Runner, running: list[Running], measured: list[Measure
             for t, m in pairs if (i + j) % 2 == 0 else pairs[::-1]:
                 runner.latency(t, m, _share(s.latency_requests, s.slices, j))
                 runner.ttfb(t, m, _share(s.ttfb_requests, s.slices, j))
-        steps = [runner.throughput] + ([runner.cpu] if s.cpu_streams else []) + ([runner.paced] if i < s.paced_runs else [])
+        steps = (
+            [runner.throughput] + ([runner.cpu] if s.cpu_streams else []) + ([runner.paced] if i < s.paced_runs else [])
+        )
         for step in steps:
             for t, m in pairs if i % 2 == 0 else pairs[::-1]:
                 step(t, m)
@@ -371,8 +464,12 @@ def render(measured: Sequence[Measured], s: Settings, command: str) -> str:
     with_plugins = [m for m in measured if base is not None and m.name.startswith("weir+")]
     if base is not None and with_plugins:
         extra = [r for m in with_plugins for r in plugin_rows(base, m, s)]
-        lines += ["", "Plugins over Weir with no plugins (the `weir` target of the same run):", "",
-                  render_rows(extra, "weir")]
+        lines += [
+            "",
+            "Plugins over Weir with no plugins (the `weir` target of the same run):",
+            "",
+            render_rows(extra, "weir"),
+        ]
     for m in measured:
         lines += [f"\n**errors ({m.name}):** " + "; ".join(m.errors[:5])] if m.errors else []
     return "\n".join(lines) + "\n"
@@ -413,10 +510,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds and requests (about a minute)")
     p.add_argument("--write", action="store_true", help="also write the dated section of bench/RESULTS.md")
     p.add_argument("--targets", default="direct,weir", help=f"comma-separated, from: {','.join(known_targets())}")
-    p.add_argument("--focus", choices=("all", "requests"), default="all",
-                   help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds instead of 8 (full) or 3 (quick): more for a steadier reading on a noisy machine")
+    p.add_argument(
+        "--focus",
+        choices=("all", "requests"),
+        default="all",
+        help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds instead of 8 (full) or 3 (quick): more for a steadier reading on a noisy machine",
+    )
     args = p.parse_args(argv)
     table = known_targets()
     names = ["direct"] + [n for n in args.targets.split(",") if n and n != "direct"]

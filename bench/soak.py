@@ -56,9 +56,9 @@ from bench.soak_report import SoakReport, SoakSettings, judge, write_results
 from bench.soak_traffic import Target, closed_loop, open_loop, serve_fault_mocks
 from bench.targets import rss_bytes
 from bench.upstreams import HOST, child_env, free_port, spawn, wait_http
-from proxy.config import load_config
 from plugins.billing.store.base import LogRow
 from plugins.billing.store.factory import make_store
+from proxy.config import load_config
 
 __all__ = ["SoakEnv", "SoakReport", "SoakSettings", "main", "run_soak", "start_env"]
 
@@ -81,7 +81,10 @@ class SoakEnv:
 def _weir_config(home: Path, port: int, ok_url: str, faults: dict[str, str]) -> dict[str, Any]:
     upstreams = [{"name": "ok", "type": "mock", "base_url": ok_url, "models": ["soak-ok"]}]
     upstreams += [{"name": n, "type": "mock", "base_url": u, "models": [f"soak-{n}"]} for n, u in faults.items()]
-    billing = {"quota_per_usd": 500_000, "pricing": {"fallback": "none", "models": {"soak-*": {"input": 1, "output": 2}}}}
+    billing = {
+        "quota_per_usd": 500_000,
+        "pricing": {"fallback": "none", "models": {"soak-*": {"input": 1, "output": 2}}},
+    }
     return {
         "server": {"host": HOST, "port": port, "shutdown_grace": 2.0, "max_body_bytes": 256 * 1024},
         "store": {"backend": "sqlite", "path": str(home / "weir.db"), "orphan_after": 30, "heartbeat_every": 5},
@@ -100,7 +103,11 @@ def start_env(home: Path, stack: ExitStack) -> SoakEnv:
     """Start the mocks and `weir serve` (stopped by `stack`), create the funded user and key."""
     ok_port, weir_port = free_port(), free_port()
     ports = {name: free_port() for name in FAULT_UPSTREAMS}
-    ok = spawn([sys.executable, "-m", "proxy.mock.upstream", "--host", HOST, "--port", str(ok_port)], stack, home / "mock-ok.log")
+    ok = spawn(
+        [sys.executable, "-m", "proxy.mock.upstream", "--host", HOST, "--port", str(ok_port)],
+        stack,
+        home / "mock-ok.log",
+    )
     spec = ",".join(f"{n}={p}" for n, p in ports.items())
     bad = spawn([sys.executable, "-m", "bench.soak", "--fault-mocks", spec], stack, home / "mock-faults.log")
     wait_http(f"http://{HOST}:{ok_port}/v1/models", ok, home / "mock-ok.log")
@@ -108,9 +115,13 @@ def start_env(home: Path, stack: ExitStack) -> SoakEnv:
         wait_http(f"http://{HOST}:{port}/v1/models", bad, home / "mock-faults.log")
     faults = {n: f"http://{HOST}:{p}" for n, p in ports.items()}
     config = home / "proxy.yaml"
-    config.write_text(yaml.safe_dump(_weir_config(home, weir_port, f"http://{HOST}:{ok_port}", faults), sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(_weir_config(home, weir_port, f"http://{HOST}:{ok_port}", faults), sort_keys=False)
+    )
     weir_cli(config, "user", "add", USER, "--quota", str(10**12))
-    made = json.loads(weir_cli(config, "key", "create", USER, "--name", "soak", "--quota", str(10**11), "--json").stdout)
+    made = json.loads(
+        weir_cli(config, "key", "create", USER, "--name", "soak", "--quota", str(10**11), "--json").stdout
+    )
     # `python -m proxy serve` rather than the console script: the pid measured is the server.
     proc = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(config)], stack, home / "weir.log", cwd=home)
     url = f"http://{HOST}:{weir_port}"
@@ -134,7 +145,7 @@ async def _sample(env: SoakEnv, t0: float, report: SoakReport, stop: asyncio.Eve
         report.db.append((now, db.stat().st_size))
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

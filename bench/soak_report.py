@@ -18,7 +18,13 @@ from bench.soak_traffic import HEALTHY, Kind, Shot, expected_outcomes
 from plugins.billing.store.base import LogRow
 
 __all__ = [
-    "SoakReport", "SoakSettings", "expected_charge", "growth_per_k", "judge", "theil_sen", "write_results",
+    "SoakReport",
+    "SoakSettings",
+    "expected_charge",
+    "growth_per_k",
+    "judge",
+    "theil_sen",
+    "write_results",
 ]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -130,7 +136,9 @@ class SoakReport:
             f"soak: {self.duration:.0f} s at {self.rate:g} req/s, {len(self.shots)} requests "
             f"(+{len(self.direct)} direct), seed {self.settings.seed}, shed {self.shed}",
             f"RSS: start {rss[0] / MIB:.1f} MiB, end {rss[-1] / MIB:.1f} MiB, max {max(rss) / MIB:.1f} MiB, "
-            f"growth after {self.memory_warmup:.0f} s {self.rss_per_k / 1024:+.1f} KiB per 1000 requests" if rss else "RSS: no samples",
+            f"growth after {self.memory_warmup:.0f} s {self.rss_per_k / 1024:+.1f} KiB per 1000 requests"
+            if rss
+            else "RSS: no samples",
             f"p99 healthy latency, Weir (direct): first window {self.p99_first * 1000:.1f} ms "
             f"({self.direct_first * 1000:.1f}), last window {self.p99_last * 1000:.1f} ms ({self.direct_last * 1000:.1f})",
             f"open holds after settling: {self.open_holds}; audit {'clean' if self.audit_ok else 'FAILED'}",
@@ -178,7 +186,9 @@ def expected_charge(usage: dict[str, Any]) -> int:
 
 
 def _p99(shots: list[Shot], lo: float, hi: float) -> float:
-    return percentile([s.latency for s in shots if s.kind in HEALTHY and s.outcome == "ok" and lo <= s.started < hi], 99)
+    return percentile(
+        [s.latency for s in shots if s.kind in HEALTHY and s.outcome == "ok" and lo <= s.started < hi], 99
+    )
 
 
 def _latency_held(r: SoakReport) -> bool:
@@ -197,7 +207,9 @@ def _check_outcomes(r: SoakReport) -> None:
     bad = Counter(f"{s.kind.value}:{s.outcome}" for s in r.shots if s.outcome not in expected_outcomes(s.kind))
     if bad:
         example = next(s for s in r.shots if s.outcome not in expected_outcomes(s.kind))
-        r.failures.append(f"unexpected outcomes {dict(bad)} (e.g. {example.kind.value}: {example.outcome} {example.detail})")
+        r.failures.append(
+            f"unexpected outcomes {dict(bad)} (e.g. {example.kind.value}: {example.outcome} {example.detail})"
+        )
     direct = Counter(s.outcome for s in r.direct if s.outcome != "ok")
     if direct:
         r.failures.append(f"direct baseline requests failed: {dict(direct)}")
@@ -268,14 +280,23 @@ def markdown(r: SoakReport, command: str) -> str:
             f"{r.fill_requests} requests in {r.fill_seconds:.0f} s, database +{r.fill_growth / MIB:.1f} MiB, "
             f"RSS of weir serve before it {r.rss_before_fill / MIB:.1f} MiB",
         ),
-        ("measured phase", f"{r.duration:.0f} s, {len(r.shots)} requests (+{len(r.direct)} direct), seed {r.settings.seed}"),
+        (
+            "measured phase",
+            f"{r.duration:.0f} s, {len(r.shots)} requests (+{len(r.direct)} direct), seed {r.settings.seed}",
+        ),
         ("offered rate (fixed, open loop)", f"{r.rate:g} req/s, {r.settings.fault_rate:.0%} faults, shed {r.shed}"),
-        ("RSS of weir serve", f"{rss[0] / MIB:.1f} → {rss[-1] / MIB:.1f} MiB (max {max(rss) / MIB:.1f})" if rss else "—"),
+        (
+            "RSS of weir serve",
+            f"{rss[0] / MIB:.1f} → {rss[-1] / MIB:.1f} MiB (max {max(rss) / MIB:.1f})" if rss else "—",
+        ),
         (
             f"RSS growth per 1000 requests (median of pairwise slopes) from {r.memory_warmup:.0f} s (< {r.settings.rss_per_k_limit / 1024:g} KiB)",
             f"{r.rss_per_k / 1024:+.1f} KiB",
         ),
-        (f"p99 healthy latency, Weir (direct), {first[0]:.0f}–{first[1]:.0f} s", f"{r.p99_first * 1000:.1f} ms ({r.direct_first * 1000:.1f} ms)"),
+        (
+            f"p99 healthy latency, Weir (direct), {first[0]:.0f}–{first[1]:.0f} s",
+            f"{r.p99_first * 1000:.1f} ms ({r.direct_first * 1000:.1f} ms)",
+        ),
         (
             f"p99 healthy latency, Weir (direct), {last[0]:.0f}–{last[1]:.0f} s (≤ {r.settings.p99_ratio}× first, "
             f"or first + {r.settings.p99_slack * 1000:g} ms, or {r.settings.p99_ratio}× first relative to direct)",

@@ -194,7 +194,7 @@ async def fire(session: aiohttp.ClientSession, target: Target, kind: Kind, rng: 
             await _read(resp, kind, shot)
     except aiohttp.ClientPayloadError as exc:
         shot.outcome, shot.detail = "broken", type(exc).__name__
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         shot.outcome, shot.detail = "client_error", f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # e.g. a 200 whose body is not JSON: recorded, never lost
         shot.outcome, shot.detail = "driver_error", f"{type(exc).__name__}: {exc}"

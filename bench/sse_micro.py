@@ -85,10 +85,7 @@ def main() -> None:
     for name, stream in cases.items():
         reads = cut(stream)
         figure, events = per_event_us(reads)
-        print(
-            f"{name:28s} {events} events x {len(stream) / events:.0f} B "
-            f"in {len(reads)} reads: {figure:.2f} us/event"
-        )
+        print(f"{name:28s} {events} events x {len(stream) / events:.0f} B in {len(reads)} reads: {figure:.2f} us/event")
 
 
 if __name__ == "__main__":

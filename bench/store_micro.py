@@ -97,12 +97,16 @@ async def measure(store: Store, backend: str, concurrency: int, pairs: int, paus
     if report.mismatches:
         raise RuntimeError(f"ledger mismatch after the bench: {report.mismatches[:3]}")
     return MicroResult(
-        backend=backend, concurrency=concurrency, pairs=pairs,
+        backend=backend,
+        concurrency=concurrency,
+        pairs=pairs,
         p50_ms=round(statistics.median(latencies) * 1000, 3),
         p99_ms=round(_quantile(latencies, 0.99) * 1000, 3),
         holds_per_s=round(pairs / elapsed, 1),
-        hold_p50_ms=_ms(holds, 0.5), hold_p99_ms=_ms(holds, 0.99),
-        capture_p50_ms=_ms(captures, 0.5), capture_p99_ms=_ms(captures, 0.99),
+        hold_p50_ms=_ms(holds, 0.5),
+        hold_p99_ms=_ms(holds, 0.99),
+        capture_p50_ms=_ms(captures, 0.5),
+        capture_p99_ms=_ms(captures, 0.99),
     )
 
 

@@ -159,7 +159,11 @@ def cli_key(user: str, quota: int = 10**15) -> Prepare:
         env = child_env()
         cfg = ["--config", str(config)]
         subprocess.run(
-            [*weir, "user", "add", user, "--quota", str(quota), *cfg], check=True, env=env, timeout=60, capture_output=True
+            [*weir, "user", "add", user, "--quota", str(quota), *cfg],
+            check=True,
+            env=env,
+            timeout=60,
+            capture_output=True,
         )
         out = subprocess.run(
             [*weir, "key", "create", user, "--unlimited", "--json", *cfg],

@@ -113,7 +113,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
     raise RuntimeError(f"{url} did not answer within {timeout} s (log: {log})")
 
 
-def _spawn_mock(stack: ExitStack, workdir: Path, name: str, pace: float, words: int) -> tuple[str, subprocess.Popen[bytes], Path]:
+def _spawn_mock(
+    stack: ExitStack, workdir: Path, name: str, pace: float, words: int
+) -> tuple[str, subprocess.Popen[bytes], Path]:
     port = free_port()
     log = workdir / f"{name}.log"
     argv = [sys.executable, "-m", "proxy.mock.upstream", "--host", HOST, "--port", str(port)]

@@ -19,6 +19,7 @@ from aiohttp import web
 from proxy import keys
 from proxy.access_log import AccessLog
 from proxy.config import Config
+from proxy.context import Dialect
 from proxy.dialects import (
     ANTHROPIC_ROUTES,
     AUDIO_ROUTE,
@@ -28,7 +29,6 @@ from proxy.dialects import (
     Route,
     split_gemini_target,
 )
-from proxy.context import Dialect
 from proxy.forward import Forwarder
 from proxy.forwarded import TrustedProxies
 from proxy.handler import Handler
@@ -91,8 +91,15 @@ def create_app(
     app[keys.PIPELINE] = pipeline
     app[keys.INSTANCE_ID] = instance_id or _instance_id(config.server.instance_id)
     app[keys.SHUTDOWN] = asyncio.Event()
-    app[HOST] = Host(config, app[keys.INSTANCE_ID], tracker, metrics.registry, app[keys.SHUTDOWN], metrics.health,
-                     UpstreamCaller(pool))
+    app[HOST] = Host(
+        config,
+        app[keys.INSTANCE_ID],
+        tracker,
+        metrics.registry,
+        app[keys.SHUTDOWN],
+        metrics.health,
+        UpstreamCaller(pool),
+    )
     app[ACTIVE] = active
     app[HANDLER] = Handler(
         pipeline,
@@ -284,8 +291,9 @@ def _add_routes(app: web.Application, plugins: Sequence[Plugin]) -> None:
 
     app.router.add_get("/v1/models/{model:.+}", one_model)
     app.router.add_post("/v1/audio/{tail:.+}", bind(AUDIO_ROUTE))
-    add_task_routes(lambda method, path, route: app.router.add_route(method, path, bind(route)),
-                    app[keys.CONFIG].task_apis)
+    add_task_routes(
+        lambda method, path, route: app.router.add_route(method, path, bind(route)), app[keys.CONFIG].task_apis
+    )
 
     async def gemini(request: web.Request) -> web.StreamResponse:
         split = split_gemini_target(request.match_info["target"])
@@ -320,7 +328,10 @@ async def _metrics(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return error_response(
-                Dialect.OPENAI, 401, "unauthorized", "/metrics needs the metrics token",
+                Dialect.OPENAI,
+                401,
+                "unauthorized",
+                "/metrics needs the metrics token",
                 {"WWW-Authenticate": "Bearer"},
             )
     return web.Response(body=request.app[keys.METRICS].render(), content_type="text/plain", charset="utf-8")

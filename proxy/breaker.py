@@ -57,7 +57,11 @@ class Breaker:
 
     @classmethod
     def from_config(
-        cls, name: str, config: BreakerConfig, *, clock: Callable[[], float] = time.monotonic,
+        cls,
+        name: str,
+        config: BreakerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
         on_change: BreakerListener = _ignore,
     ) -> Breaker:
         """A breaker with `config`'s thresholds."""

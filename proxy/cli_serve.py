@@ -62,8 +62,12 @@ def _host(text: str) -> str:
 def _add_listener_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", type=_host, help="listen on this address (overrides server.host)")
     parser.add_argument("--port", type=_port, help="listen on this port (overrides server.port)")
-    parser.add_argument("--workers", type=_workers, metavar="N",
-                        help="serve with N processes sharing the port and the store (overrides server.workers)")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="serve with N processes sharing the port and the store (overrides server.workers)",
+    )
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -92,8 +96,9 @@ def _announcement(config: Config, workers: str) -> str:
     return f"weir: serving on http://{address}{workers} (config {config.source or 'defaults'})"
 
 
-def _run(app: web.Application, config: Config, sockets: list[socket.socket],
-         listening: Callable[[], None] | None) -> int:
+def _run(
+    app: web.Application, config: Config, sockets: list[socket.socket], listening: Callable[[], None] | None
+) -> int:
     """Serve `app` on `sockets` until SIGTERM/SIGINT; `listening` is called once the sites
     listen (after startup): only then may anything say it serves."""
     from aiohttp import web
@@ -211,7 +216,8 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p.add_argument("--quiet", action="store_true", help="do not print the 'serving on' line")
     _add_listener_flags(p)
     commands["serve"] = _serve
-    p = sub.add_parser("check-config", parents=[common],
-                       help="validate proxy.yaml and its plugins by every rule serve applies")
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate proxy.yaml and its plugins by every rule serve applies"
+    )
     _add_listener_flags(p)
     commands["check-config"] = _check_config

@@ -245,9 +245,12 @@ def with_listener(
 ) -> Config:
     """`config` with `server.host` / `server.port` / `server.workers` replaced (the `--host`
     / `--port` / `--workers` flags), checked by the same rules as proxy.yaml's."""
-    server = replace(config.server, host=config.server.host if host is None else host,
-                     port=config.server.port if port is None else port,
-                     workers=config.server.workers if workers is None else workers)
+    server = replace(
+        config.server,
+        host=config.server.host if host is None else host,
+        port=config.server.port if port is None else port,
+        workers=config.server.workers if workers is None else workers,
+    )
     _check_server(server)
     return replace(config, server=server)
 

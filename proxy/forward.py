@@ -47,7 +47,9 @@ async def forward(
         pinned = ctx.upstream_target.upstream
         candidates = [up for up in fw.pool.upstreams if up.name == pinned]
         if not candidates:
-            fail = ProxyError(EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", f"upstream {pinned!r} is not configured")
+            fail = ProxyError(
+                EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", f"upstream {pinned!r} is not configured"
+            )
             return await send_error(request, ctx, run, fail)
     attempts = _admitted(candidates, fw.max_attempts)
     failure = ProxyError(EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", "no upstream could be reached")
@@ -77,14 +79,17 @@ async def forward(
                 ),
                 allow_redirects=False,
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             _attempted(fw, up, "timeout", 599)
             failure = ProxyError(EndReason.UPSTREAM_ERROR, 504, "upstream_timeout", f"upstream {up.name} timed out")
             continue
         except (aiohttp.ClientError, OSError) as exc:
             _attempted(fw, up, "unreachable", 599)
             failure = ProxyError(
-                EndReason.UPSTREAM_ERROR, 502, "upstream_unavailable", f"upstream {up.name} unreachable ({type(exc).__name__})"
+                EndReason.UPSTREAM_ERROR,
+                502,
+                "upstream_unavailable",
+                f"upstream {up.name} unreachable ({type(exc).__name__})",
             )
             continue
         except (ValueError, TypeError) as exc:
@@ -118,7 +123,9 @@ def _admitted(candidates: list[Upstream], limit: int) -> list[Upstream]:
 def _all_cooling(ctx: RequestContext, candidates: list[Upstream]) -> ProxyError:
     wait = min(up.breaker.retry_in() for up in candidates)
     return ProxyError(
-        EndReason.UPSTREAM_ERROR, 503, "upstream_unavailable",
+        EndReason.UPSTREAM_ERROR,
+        503,
+        "upstream_unavailable",
         f"every upstream serving {ctx.model or 'this request'!r} failed repeatedly and is skipped for a"
         f" cooling period (about {max(1, round(wait))} s)",
     )
@@ -141,7 +148,7 @@ async def _relay_error(
     try:
         async with asyncio.timeout(idle):
             body = await upstream.content.read(MAX_ERROR_BODY)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         body = b""
     finally:
         upstream.close()
@@ -156,12 +163,18 @@ async def _relay_error(
     headers["x-request-id"] = ctx.request_id
     resp = web.Response(status=status, body=body, headers=headers)
     await send_whole(request, resp)
-    run.error(ProxyError(EndReason.UPSTREAM_ERROR, status, "upstream_error", f"upstream {name} answered {status}", status))
+    run.error(
+        ProxyError(EndReason.UPSTREAM_ERROR, status, "upstream_error", f"upstream {name} answered {status}", status)
+    )
     return resp
 
 
 async def _relay_success(
-    fw: Forwarder, request: web.Request, ctx: RequestContext, run: Run, upstream: aiohttp.ClientResponse,
+    fw: Forwarder,
+    request: web.Request,
+    ctx: RequestContext,
+    run: Run,
+    upstream: aiohttp.ClientResponse,
     idle: float,
 ) -> web.StreamResponse:
     name = ctx.upstream.name if ctx.upstream else "?"
@@ -194,22 +207,33 @@ async def _relay_success(
 
 
 async def _relay_body(
-    request: web.Request, ctx: RequestContext, run: Run,
-    upstream: aiohttp.ClientResponse, headers: "aiohttp.typedefs.LooseHeaders", idle: float,
+    request: web.Request,
+    ctx: RequestContext,
+    run: Run,
+    upstream: aiohttp.ClientResponse,
+    headers: aiohttp.typedefs.LooseHeaders,
+    idle: float,
 ) -> web.StreamResponse:
     try:
         body = await read_body(upstream, MAX_RESPONSE_BODY, idle)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         fail = ProxyError(
-            EndReason.UPSTREAM_TRUNCATED, 502, "upstream_error",
-            f"upstream body could not be read ({type(exc).__name__})", upstream.status,
+            EndReason.UPSTREAM_TRUNCATED,
+            502,
+            "upstream_error",
+            f"upstream body could not be read ({type(exc).__name__})",
+            upstream.status,
         )
         return await send_error(request, ctx, run, fail)
     finally:
         upstream.close()
     if not body:
         fail = ProxyError(
-            EndReason.UPSTREAM_ERROR, 502, "upstream_empty_response", "upstream answered with an empty body", upstream.status,
+            EndReason.UPSTREAM_ERROR,
+            502,
+            "upstream_empty_response",
+            "upstream answered with an empty body",
+            upstream.status,
         )
         return await send_error(request, ctx, run, fail)
     try:
@@ -226,7 +250,10 @@ async def _relay_body(
 
 
 async def _pump_binary(
-    request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse, active: ActiveStreams,
+    request: web.Request,
+    resp: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    active: ActiveStreams,
     idle: float,
 ) -> Outcome:
     """Relay a non-JSON body (audio, images) as it arrives, without body hooks. Shutdown and
@@ -248,7 +275,7 @@ async def _pump_binary(
             await resp.write_eof()
     except CLIENT_GONE:
         reason = EndReason.CLIENT_DISCONNECTED
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         reason = EndReason.UPSTREAM_TRUNCATED
     finally:
         active.close(relaying)

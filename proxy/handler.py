@@ -93,7 +93,10 @@ class Handler:
             if not candidates:
                 ctx.status = 404
                 return error_response(
-                    ctx.dialect, 404, "model_not_found", f"no upstream serves model {ctx.model!r}",
+                    ctx.dialect,
+                    404,
+                    "model_not_found",
+                    f"no upstream serves model {ctx.model!r}",
                     {"x-request-id": ctx.request_id},
                 )
         run = self.pipeline.start(ctx)
@@ -133,9 +136,7 @@ class Handler:
         run.complete(Outcome(EndReason.COMPLETED, 200, 0, len(body)))
         return resp
 
-    async def _context(
-        self, request: web.Request, route: Route, rid: str, model_in_path: str | None
-    ) -> RequestContext:
+    async def _context(self, request: web.Request, route: Route, rid: str, model_in_path: str | None) -> RequestContext:
         body = await _read_body(request, self.max_body, self.body_timeout)
         payload: dict[str, Any] | None = None
         form: dict[str, str] | None = None
@@ -182,14 +183,32 @@ class Handler:
         status = ctx.status or 0
         outcome = ctx.end_reason or "refused"
         self.metrics.observe(
-            ctx.endpoint.value, upstream, status, outcome, seconds, None if ttft is None else ttft / 1000.0,
+            ctx.endpoint.value,
+            upstream,
+            status,
+            outcome,
+            seconds,
+            None if ttft is None else ttft / 1000.0,
             ctx.events_relayed,
         )
         if self.access is not None:
-            self.access.add((
-                time.time(), ctx.request_id, ctx.client_ip or "-", ctx.method, ctx.path, ctx.model, upstream, status,
-                ctx.stream, outcome, ctx.events_relayed, seconds * 1000, ttft,
-            ))
+            self.access.add(
+                (
+                    time.time(),
+                    ctx.request_id,
+                    ctx.client_ip or "-",
+                    ctx.method,
+                    ctx.path,
+                    ctx.model,
+                    upstream,
+                    status,
+                    ctx.stream,
+                    outcome,
+                    ctx.events_relayed,
+                    seconds * 1000,
+                    ttft,
+                )
+            )
 
 
 def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
@@ -211,7 +230,9 @@ def _end_abandoned(run: Run, ctx: RequestContext, exc: BaseException) -> None:
     elif cancelled:
         run.error(ProxyError(reason, 503, "shutting_down", "the proxy shut down before answering"))
     else:
-        run.error(ProxyError(reason, 500, "internal_error", f"the request failed inside the proxy: {type(exc).__name__}"))
+        run.error(
+            ProxyError(reason, 500, "internal_error", f"the request failed inside the proxy: {type(exc).__name__}")
+        )
 
 
 async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:

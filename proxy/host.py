@@ -35,12 +35,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy.config import Config, StoreConfig
 from proxy.dataclass_builder import ConfigError
 from proxy.dataclass_builder import build as build_config
-from proxy.config import Config, StoreConfig
 from proxy.task_apis import TaskApiConfig
 from proxy.tasks import TaskTracker
-from proxy.upstream_call import UpstreamCallError, UpstreamCaller, UpstreamReply
+from proxy.upstream_call import UpstreamCaller, UpstreamCallError, UpstreamReply
 from proxy.upstream_health import UpstreamHealth, UpstreamStatus
 
 __all__ = [
@@ -101,8 +101,14 @@ class Host:
         return bool(token) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), token.encode())
 
     async def call_upstream(
-        self, upstream: str, method: str, path: str, *, body: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 30.0,
+        self,
+        upstream: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
     ) -> UpstreamReply:
         """Send `method path` to the configured upstream named `upstream`, with its
         credentials, and read the whole answer (at most 4 MiB). `path` is written as a

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from proxy.config import Config
-    from proxy.metrics import Metrics
-    from proxy.pipeline import Pipeline
-    from proxy.tasks import TaskTracker
-    from proxy.upstream import UpstreamPool
+    from proxy.config import Config  # noqa: F401 (named in AppKey strings)
+    from proxy.metrics import Metrics  # noqa: F401 (named in AppKey strings)
+    from proxy.pipeline import Pipeline  # noqa: F401 (named in AppKey strings)
+    from proxy.tasks import TaskTracker  # noqa: F401 (named in AppKey strings)
+    from proxy.upstream import UpstreamPool  # noqa: F401 (named in AppKey strings)
 
 CONFIG = web.AppKey["Config"]("weir.config")
 PIPELINE = web.AppKey["Pipeline"]("weir.pipeline")

@@ -46,8 +46,9 @@ def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[sock
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {where}: cannot resolve {host!r}: {exc.strerror} "
-                          "(use --host or server.host)") from None
+        raise ListenError(
+            f"cannot listen on {where}: cannot resolve {host!r}: {exc.strerror} (use --host or server.host)"
+        ) from None
     sockets: list[socket.socket] = []
     last: OSError | None = None
     try:

@@ -12,8 +12,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from proxy.dataclass_builder import ConfigError, build
 from proxy.config import PluginSpec
+from proxy.dataclass_builder import ConfigError, build
 from proxy.plugin import Plugin
 
 GROUP = "weir.plugins"

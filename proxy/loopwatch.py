@@ -85,7 +85,13 @@ class LoopWatch:
         self._suspect = None
         self.stalls += 1
         level = logging.WARNING if serving else logging.DEBUG
-        log.log(level, "event loop blocked for %.2f s%s; running then: %s", lag, "" if serving else " during startup", culprit)
+        log.log(
+            level,
+            "event loop blocked for %.2f s%s; running then: %s",
+            lag,
+            "" if serving else " during startup",
+            culprit,
+        )
 
     def _sample_forever(self) -> None:
         while not self._stop.wait(self.interval):

@@ -20,32 +20,49 @@ class Metrics:
         #: Recent attempts and first-byte times per upstream (the admin API's health view).
         self.health = health or UpstreamHealth()
         self.requests = Counter(
-            "weir_requests_total", "Proxied requests by endpoint, upstream, status and outcome",
-            ("endpoint", "upstream", "status", "outcome"), registry=self.registry,
+            "weir_requests_total",
+            "Proxied requests by endpoint, upstream, status and outcome",
+            ("endpoint", "upstream", "status", "outcome"),
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "weir_request_duration_seconds", "Time from request to the end of the response",
-            ("endpoint", "upstream"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "weir_request_duration_seconds",
+            "Time from request to the end of the response",
+            ("endpoint", "upstream"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
-            "weir_time_to_first_byte_seconds", "Time from request to the first relayed body byte",
-            ("endpoint", "upstream"), buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "weir_time_to_first_byte_seconds",
+            "Time from request to the first relayed body byte",
+            ("endpoint", "upstream"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.events = Counter(
-            "weir_relayed_events_total", "SSE events relayed to clients", ("upstream",), registry=self.registry,
+            "weir_relayed_events_total",
+            "SSE events relayed to clients",
+            ("upstream",),
+            registry=self.registry,
         )
         self.attempts = Counter(
-            "weir_upstream_attempts_total", "Upstream attempts by result",
-            ("upstream", "result"), registry=self.registry,
+            "weir_upstream_attempts_total",
+            "Upstream attempts by result",
+            ("upstream", "result"),
+            registry=self.registry,
         )
         self.inflight = Gauge("weir_inflight_requests", "Requests in progress", registry=self.registry)
         self.breaker_open = Gauge(
-            "weir_upstream_breaker_open", "1 while the upstream's circuit breaker is open (skipped or probing)",
-            ("upstream",), registry=self.registry,
+            "weir_upstream_breaker_open",
+            "1 while the upstream's circuit breaker is open (skipped or probing)",
+            ("upstream",),
+            registry=self.registry,
         )
         self.breaker_trips = Counter(
-            "weir_upstream_breaker_trips_total", "Times the upstream's circuit breaker opened",
-            ("upstream",), registry=self.registry,
+            "weir_upstream_breaker_trips_total",
+            "Times the upstream's circuit breaker opened",
+            ("upstream",),
+            registry=self.registry,
         )
         # Labelled children, looked up once per label set: `labels()` validates and locks on
         # every call, which showed up in profiles of the request path.

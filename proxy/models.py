@@ -65,7 +65,7 @@ async def _ask(pool: UpstreamPool, up: Upstream) -> list[str]:
             if resp.status != 200:
                 return []
             data = orjson.loads(await resp.read())
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, orjson.JSONDecodeError):
+    except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
         return []
     items = data.get("data") if isinstance(data, dict) else None
     return [m["id"] for m in items or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]

@@ -45,7 +45,7 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str] | None:
     pos = body.find(delimiter)
     while pos >= 0 and len(fields) < MAX_FIELDS:
         start = pos + len(delimiter)
-        if body[start:start + 2] == b"--":
+        if body[start : start + 2] == b"--":
             break  # the close delimiter
         head_end = body.find(b"\r\n\r\n", start, start + _MAX_HEADERS)
         end = body.find(b"\r\n" + delimiter, start)

@@ -201,7 +201,9 @@ class Run:
         names = ", ".join(p.name for p, hooked in self.pipeline.request_plan if hooked)
         log.error(
             "ctx.json cannot be serialised after on_request (plugins: %s) [request %s]",
-            names, self.ctx.request_id, exc_info=exc,
+            names,
+            self.ctx.request_id,
+            exc_info=exc,
         )
         raise PluginFailed(None, "on_request", exc) from exc
 
@@ -332,7 +334,10 @@ class Run:
         finally:
             trace_log.info(
                 "plugin=%s hook=%s request=%s took_us=%d",
-                plugin.name, hook, self.ctx.request_id, (time.perf_counter() - t0) * 1e6,
+                plugin.name,
+                hook,
+                self.ctx.request_id,
+                (time.perf_counter() - t0) * 1e6,
             )
 
 

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from proxy.context import (
     Dialect,
-    EndReason,
     Endpoint,
+    EndReason,
     Outcome,
     ProxyError,
     RequestContext,

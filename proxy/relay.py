@@ -158,8 +158,14 @@ async def pump_stream(
 
 
 async def _relay(
-    request: web.Request, resp: web.StreamResponse, upstream: aiohttp.ClientResponse, ctx: RequestContext,
-    run: Run, st: StreamState, relaying: Relaying, idle: float | None,
+    request: web.Request,
+    resp: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    ctx: RequestContext,
+    run: Run,
+    st: StreamState,
+    relaying: Relaying,
+    idle: float | None,
 ) -> EndReason:
     watch = IdleWatch(upstream, idle) if idle is not None else None
     try:
@@ -188,7 +194,11 @@ async def _relay(
 
 
 async def _end(
-    request: web.Request, resp: web.StreamResponse, ctx: RequestContext, st: StreamState, reason: EndReason,
+    request: web.Request,
+    resp: web.StreamResponse,
+    ctx: RequestContext,
+    st: StreamState,
+    reason: EndReason,
     relaying: Relaying,
 ) -> None:
     """End the client's response: its terminating chunk, or an abort when the upstream broke.
@@ -303,7 +313,11 @@ async def _write(
 
 
 async def _drain(
-    reader: aiohttp.StreamReader, parser: SSEParser, ctx: RequestContext, run: Run, st: StreamState,
+    reader: aiohttp.StreamReader,
+    parser: SSEParser,
+    ctx: RequestContext,
+    run: Run,
+    st: StreamState,
     pending: bytes = b"",
 ) -> None:
     """After a client left: keep reading (not relaying) within the time and byte bounds,

@@ -141,12 +141,7 @@ class SSEParser:
         """Whether buffered bytes plus `chunk` hold a block end (the buffer alone has none)."""
         if cr:
             edge = self._last + chunk[:1]
-            return (
-                b"\n\r" in chunk
-                or b"\n\n" in chunk
-                or b"\r\r" in chunk
-                or edge in (b"\n\n", b"\n\r", b"\r\r")
-            )
+            return b"\n\r" in chunk or b"\n\n" in chunk or b"\r\r" in chunk or edge in (b"\n\n", b"\n\r", b"\r\r")
         return b"\n\n" in chunk or (chunk[0] == 10 and self._last == b"\n")
 
     def _stash(self, chunk: bytes, cr: bool) -> None:

@@ -243,16 +243,20 @@ class Supervisor:
             return
         if not slot.ever_ready and not self._serving:
             log.error("worker %d (pid %d) %s before it was serving; stopping", slot.index, pid, how)
-            print(f"weir: worker {slot.index} {how} before it was serving (its error is above)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"weir: worker {slot.index} {how} before it was serving (its error is above)",
+                file=sys.stderr,
+                flush=True,
+            )
             self._stop("a worker failed to start", code=1)
             return
         lived = self._clock() - slot.started
         slot.streak = 0 if lived >= _STABLE else slot.streak + 1
         delay = 0.0 if slot.streak == 0 else min(_CAP, _FIRST * 2 ** (slot.streak - 1))
         level = logging.ERROR if slot.streak >= 3 else logging.WARNING
-        log.log(level, "worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
-                slot.index, pid, how, lived, delay)
+        log.log(
+            level, "worker %d (pid %d) %s after %.1f s; restarting it in %.1f s", slot.index, pid, how, lived, delay
+        )
         slot.due = self._clock() + delay
 
     # starting and stopping workers ---------------------------------------------------
@@ -336,8 +340,12 @@ class Supervisor:
     def _kill_all(self) -> None:
         self._killed = True
         for slot in self._live():
-            log.error("worker %d (pid %d) still running %.0f s after SIGTERM; killing it",
-                      slot.index, slot.pid, self._stop_timeout)
+            log.error(
+                "worker %d (pid %d) still running %.0f s after SIGTERM; killing it",
+                slot.index,
+                slot.pid,
+                self._stop_timeout,
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, signal.SIGKILL)
         self._code = self._code or 1

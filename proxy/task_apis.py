@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.dataclass_builder import ConfigError
 from proxy.context import Dialect, Endpoint
+from proxy.dataclass_builder import ConfigError
 from proxy.dialects import Route
 
 __all__ = ["TaskApiConfig", "TaskStatus", "check_task_apis", "task_routes"]
@@ -77,7 +77,9 @@ class TaskApiConfig:
             raise ValueError("name: must not be empty")
         for key, path in (("submit", self.submit), ("fetch", self.fetch)):
             if not _PATH.match(path) or path.startswith(_BUILT_IN_PREFIXES):
-                raise ValueError(f"{key}: expected a path such as /mj/submit/imagine outside Weir's own routes, got {path!r}")
+                raise ValueError(
+                    f"{key}: expected a path such as /mj/submit/imagine outside Weir's own routes, got {path!r}"
+                )
         if "{" in self.submit:
             raise ValueError(f"submit: a submit path has no placeholder, got {self.submit!r}")
         if self.fetch.count("{id}") != 1 or self.fetch.replace("{id}", "").count("{"):

@@ -41,9 +41,9 @@ from prometheus_client import CollectorRegistry
 
 from proxy import keys
 from proxy.app import create_app
-from proxy.host import HOST, Host, TaskTracker
 from proxy.config import Config, parse_config
 from proxy.context import SSEEvent
+from proxy.host import HOST, Host, TaskTracker
 from proxy.mock.behaviour import MockBehaviour, Script, Usage
 from proxy.mock.upstream import MockUpstream
 from proxy.plugin import Plugin
@@ -135,8 +135,13 @@ class ProxyHandle:
                 return Answer(resp.status, resp.headers, body, events)
 
     async def chat(
-        self, content: str = "hi", *, model: str = DEFAULT_MODEL, stream: bool = False,
-        headers: dict[str, str] | None = None, **body: Any,
+        self,
+        content: str = "hi",
+        *,
+        model: str = DEFAULT_MODEL,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+        **body: Any,
     ) -> Answer:
         """One chat completion with a single user message; `body` adds request fields
         (`max_tokens=...`). A stream asks for usage (`stream_options.include_usage`)."""
@@ -169,8 +174,9 @@ async def start_proxy(
     return ProxyHandle(f"http://{host}:{port}", app, runner)
 
 
-def host_app(config: Config | None = None, *, instance_id: str = "test-instance",
-             tracker: TaskTracker | None = None) -> web.Application:
+def host_app(
+    config: Config | None = None, *, instance_id: str = "test-instance", tracker: TaskTracker | None = None
+) -> web.Application:
     """An app with a host and nothing else: run a plugin's `lifespan` on it outside a server
     (unit tests, benchmarks). Drain `host_of(app).tasks` when done."""
     app = web.Application()
@@ -258,9 +264,7 @@ if _async_fixture is not None:
         """Factory: `await make_proxy(plugins=[...], **config_overrides)`."""
         started: list[ProxyHandle] = []
 
-        async def factory(
-            plugins: Sequence[Plugin] = (), **overrides: Any
-        ) -> ProxyHandle:
+        async def factory(plugins: Sequence[Plugin] = (), **overrides: Any) -> ProxyHandle:
             config = proxy_config(fake_upstream.url, tmp_path / f"p{len(started)}", **overrides)
             (tmp_path / f"p{len(started)}").mkdir(exist_ok=True)
             handle = await start_proxy(config, plugins=list(plugins))

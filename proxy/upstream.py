@@ -38,17 +38,21 @@ HOP_BY_HOP = frozenset(
 _MAX_ROUTES = 4096
 
 #: Request headers Weir sets itself or must not pass on.
-_DROP_REQUEST = HOP_BY_HOP | CREDENTIAL_HEADERS | {
-    "host",
-    "content-length",
-    "accept-encoding",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "forwarded",
-    "x-real-ip",
-}
+_DROP_REQUEST = (
+    HOP_BY_HOP
+    | CREDENTIAL_HEADERS
+    | {
+        "host",
+        "content-length",
+        "accept-encoding",
+        "cookie",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "x-real-ip",
+    }
+)
 #: Response headers dropped on the way back (the body is re-framed and decompressed).
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
 
@@ -122,9 +126,7 @@ class UpstreamPool:
     ) -> None:
         """`breaker`: the default for upstreams without their own (None: no breaker);
         `on_breaker` hears every breaker's state changes (the metrics)."""
-        self.upstreams = [
-            Upstream(c, c.base_url.rstrip("/"), _breaker(c, breaker, on_breaker)) for c in configs
-        ]
+        self.upstreams = [Upstream(c, c.base_url.rstrip("/"), _breaker(c, breaker, on_breaker)) for c in configs]
         self.session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()
         # (dialect, model) -> able upstreams grouped by priority; bounded by _MAX_ROUTES.
@@ -203,7 +205,7 @@ def _strip_version(dialect: Dialect, path: str) -> str:
     prefixes = GEMINI_PREFIXES if dialect is Dialect.GEMINI else (VERSION_PREFIX[dialect],)
     for prefix in prefixes:
         if path.startswith(prefix + "/"):
-            return path[len(prefix):]
+            return path[len(prefix) :]
     return path
 
 
@@ -242,7 +244,7 @@ def response_headers(headers: CIMultiDict[str] | object) -> CIMultiDict[str]:
     """Upstream response headers that may be relayed to the client."""
     drop = _DROP_RESPONSE | connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in getattr(headers, "items")():
+    for name, value in getattr(headers, "items")():  # noqa: B009 (typed as object: any multidict)
         if name.lower() not in drop:
             out.add(name, value)
     return out

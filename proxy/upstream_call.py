@@ -9,7 +9,6 @@ the version prefix is handled as for a proxied request). Reached through the hos
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,8 +46,14 @@ class UpstreamCaller:
         self._pool = pool
 
     async def __call__(
-        self, upstream: str, method: str, path: str, *, body: bytes | None = None,
-        headers: Mapping[str, str] | None = None, timeout: float = 30.0,
+        self,
+        upstream: str,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
     ) -> UpstreamReply:
         """Send `method path` to the upstream named `upstream` with its credentials."""
         up = next((u for u in self._pool.upstreams if u.name == upstream), None)
@@ -59,17 +64,21 @@ class UpstreamCaller:
             raise UpstreamCallError("the upstream session is closed (the app is not running)")
         prefix = VERSION_PREFIX[Dialect.OPENAI]
         if up.config.type != "mock" and path.startswith(prefix + "/"):
-            path = path[len(prefix):]
+            path = path[len(prefix) :]
         sent: CIMultiDict[str] = CIMultiDict(headers or {})
         sent.update(build_headers_for_listing(up))
         try:
             async with session.request(
-                method, up.base_url + path, data=body, headers=sent, allow_redirects=False,
+                method,
+                up.base_url + path,
+                data=body,
+                headers=sent,
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=up.config.connect_timeout),
             ) as resp:
                 data = await resp.content.read(MAX_REPLY + 1)
                 if len(data) > MAX_REPLY:
                     raise UpstreamCallError(f"upstream {upstream} answered more than {MAX_REPLY} bytes")
                 return UpstreamReply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamCallError(f"upstream {upstream} could not be called: {type(exc).__name__}") from None

@@ -98,10 +98,18 @@ class UpstreamHealth:
             ttfb = [s for t, s in self._ttfb[name] if t >= since]
             last = self._last_error.get(name)
             is_open = name in self._open
-            found.append(UpstreamStatus(
-                name, config.type, tuple(config.models), not is_open and (not attempts or attempts[-1]), is_open,
-                attempts.count(False), len(attempts),
-                round(statistics.median(ttfb) * 1000, 1) if ttfb else None,
-                last[0] if last else None, last[1] if last else None,
-            ))
+            found.append(
+                UpstreamStatus(
+                    name,
+                    config.type,
+                    tuple(config.models),
+                    not is_open and (not attempts or attempts[-1]),
+                    is_open,
+                    attempts.count(False),
+                    len(attempts),
+                    round(statistics.median(ttfb) * 1000, 1) if ttfb else None,
+                    last[0] if last else None,
+                    last[1] if last else None,
+                )
+            )
         return found

@@ -92,8 +92,20 @@ class RedisServer:
         """Start (or restart, on the same port and files) and, with `wait`, wait until it
         answers PING. `extra` adds command-line settings (`--name value` pairs)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory), *extra]
+        argv = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.directory),
+            *extra,
+        ]
         with open(self.directory / "redis.log", "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         if not wait:
@@ -124,8 +136,9 @@ class RedisServer:
         """One command on a fresh connection (decoded replies)."""
         import redis.asyncio as aioredis
 
-        client: Any = aioredis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
-                                     socket_connect_timeout=1, socket_timeout=2)
+        client: Any = aioredis.Redis(
+            host="127.0.0.1", port=self.port, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
+        )
         try:
             return await client.execute_command(*argv)
         except Exception as exc:

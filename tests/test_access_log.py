@@ -18,8 +18,21 @@ AT = 1_765_116_600.25  # a fixed instant with milliseconds
 
 
 def entry(rid: str, ttft: float | None = 1.93) -> Entry:
-    return (AT, rid, "198.51.100.7", "POST", "/v1/chat/completions", "mock-gpt", "fake", 200, True,
-            "completed", 15, 3.14159, ttft)
+    return (
+        AT,
+        rid,
+        "198.51.100.7",
+        "POST",
+        "/v1/chat/completions",
+        "mock-gpt",
+        "fake",
+        200,
+        True,
+        "completed",
+        15,
+        3.14159,
+        ttft,
+    )
 
 
 class CountingStream(io.StringIO):

@@ -38,13 +38,23 @@ async def refused(code: str, status: int, call: Awaitable[Any]) -> str:
 
 
 async def test_not_found_for_everything_unknown(acc: Accounts) -> None:
-    for call in (users.show_user(acc, "ghost"), users.topup(acc, "ghost", 5), keys.show_key(acc, "k_nope"),
-                 keys.update_key(acc, "k_nope", name="x"), plans.grant(acc, "ghost", "pro"),
-                 plans.delete_plan(acc, "pro"), plans.cancel_subscription(acc, "s_nope"),
-                 records.logs(acc, user="ghost"), users.ledger(acc, "ghost")):
+    for call in (
+        users.show_user(acc, "ghost"),
+        users.topup(acc, "ghost", 5),
+        keys.show_key(acc, "k_nope"),
+        keys.update_key(acc, "k_nope", name="x"),
+        plans.grant(acc, "ghost", "pro"),
+        plans.delete_plan(acc, "pro"),
+        plans.cancel_subscription(acc, "s_nope"),
+        records.logs(acc, user="ghost"),
+        users.ledger(acc, "ghost"),
+    ):
         assert "unknown" in await refused("not_found", 404, call)
-    msg = await refused("not_found", 404, holds.resolve_hold(
-        acc, "r-nope", capture_checkpoint=False, note="why", orphan_after=30, stuck_after=300))
+    msg = await refused(
+        "not_found",
+        404,
+        holds.resolve_hold(acc, "r-nope", capture_checkpoint=False, note="why", orphan_after=30, stuck_after=300),
+    )
     assert "unknown hold" in msg
 
 
@@ -92,7 +102,10 @@ async def test_money_moved_by_hand_records_the_actor(acc: Accounts) -> None:
     assert (after["balance_quota"], after["balance_usd"], after["note"]) == (1200, "1.200000", "refund")
     entries = (await users.ledger(acc, "alice"))["entries"]
     assert [(e["label"], e["amount_quota"], e["balance_quota"], e["actor"]) for e in entries] == [
-        ("top-up", 1000, 1000, ""), ("top-up", 500, 1500, "admin"), ("adjustment", -300, 1200, "admin")]
+        ("top-up", 1000, 1000, ""),
+        ("top-up", 500, 1500, "admin"),
+        ("adjustment", -300, 1200, "admin"),
+    ]
     paged = await users.ledger(acc, "alice", limit=2)
     assert [e["amount_quota"] for e in paged["entries"]] == [500, -300] and paged["next_before"] is not None
     older = await users.ledger(acc, "alice", limit=2, before=paged["next_before"])

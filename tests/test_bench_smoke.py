@@ -105,7 +105,9 @@ def test_plugin_rows_judge_added_p50_and_throughput_kept_against_weir_without_pl
     base = _measured("weir", 0.600, 4000)
     good = render([_measured("direct", 0.2, 9000), base, _measured("weir+billing-sqlite", 1.05, 3100)], SMOKE, "x")
     bad = render([_measured("direct", 0.2, 9000), base, _measured("weir+billing-redis", 1.15, 2900)], SMOKE, "x")
-    [p50, kept] = [line for line in good.splitlines() if line.startswith("| ") and "| weir+billing-sqlite |" in line][-2:]
+    [p50, kept] = [line for line in good.splitlines() if line.startswith("| ") and "| weir+billing-sqlite |" in line][
+        -2:
+    ]
     assert p50.startswith("| added latency over no plugins, non-stream, 1 client, p50 | ≤ 0.5 ms |")
     assert "| 0.600 ms | 1.050 ms | +0.450 ms |" in p50 and p50.endswith("| yes |")
     assert "| 4000 req/s | 3100 req/s | -900 req/s | 0.78× (rounds 0.78–0.78) | yes |" in kept

@@ -94,7 +94,10 @@ def test_config_defaults_and_errors() -> None:
         ({"routing": {"breaker": {"failures": -1}}}, "routing.breaker.failures"),
         ({"routing": {"breaker": {"cooldown_s": 0}}}, "routing.breaker.cooldown_s"),
         ({"routing": {"breaker": {"failure": 3}}}, "routing.breaker.failure: unknown key"),
-        ({"upstreams": [{"name": "a", "type": "mock", "breaker": {"cooldown_s": -1}}]}, "upstreams[0].breaker.cooldown_s"),
+        (
+            {"upstreams": [{"name": "a", "type": "mock", "breaker": {"cooldown_s": -1}}]},
+            "upstreams[0].breaker.cooldown_s",
+        ),
     ]
     for data, where in bad:
         with pytest.raises(ConfigError) as err:

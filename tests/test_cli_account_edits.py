@@ -35,7 +35,9 @@ async def _requests(cli: Weir, key_id: str, user: str, done: list[tuple[str, str
             if charge is None:
                 await store.release(rid, LogDetails(end_reason="upstream_error", usage_source="none", model=model))
             else:
-                await store.capture(rid, charge, LogDetails(end_reason="completed", usage_source="upstream", model=model))
+                await store.capture(
+                    rid, charge, LogDetails(end_reason="completed", usage_source="upstream", model=model)
+                )
     finally:
         await store.close()
 
@@ -84,12 +86,35 @@ def test_key_set_edits_a_key_and_its_quota_through_the_ledger(weir: Weir) -> Non
     weir.ok("user", "add", "alice", "--usd", "1")
     key = weir.json("key", "create", "alice", "--quota", "500", "--models", "gpt-*", "--expires", "2099-01-01")
     asyncio.run(_requests(weir, key["id"], "alice", [("r1", "gpt-4o", 120)]))
-    edited = weir.json("key", "set", key["id"], "--name", "ci", "--quota", "1000", "--models", "", "--ips",
-                       "10.0.0.7", "--group", "vip", "--expires", "never")
-    assert (edited["name"], edited["quota"], edited["remaining_quota"], edited["models"], edited["ips"],
-            edited["group"], edited["expires_at"]) == ("ci", 1000, 1000, [], ["10.0.0.7/32"], "vip", None)
-    [entry] = [e for e in weir.json("ledger", "alice", "--all")["entries"] if e["account"] == f"key:{key['id']}"
-               and e["actor"]]
+    edited = weir.json(
+        "key",
+        "set",
+        key["id"],
+        "--name",
+        "ci",
+        "--quota",
+        "1000",
+        "--models",
+        "",
+        "--ips",
+        "10.0.0.7",
+        "--group",
+        "vip",
+        "--expires",
+        "never",
+    )
+    assert (
+        edited["name"],
+        edited["quota"],
+        edited["remaining_quota"],
+        edited["models"],
+        edited["ips"],
+        edited["group"],
+        edited["expires_at"],
+    ) == ("ci", 1000, 1000, [], ["10.0.0.7/32"], "vip", None)
+    [entry] = [
+        e for e in weir.json("ledger", "alice", "--all")["entries"] if e["account"] == f"key:{key['id']}" and e["actor"]
+    ]
     assert (entry["kind"], entry["amount_quota"], entry["note"]) == ("credit", 620, "key quota set to 1000")
     assert weir.json("key", "set", key["id"], "--disable")["status"] == "disabled"
     assert weir.json("key", "set", key["id"], "--enable", "--unlimited")["unlimited"] is True
@@ -129,7 +154,9 @@ def test_logs_filter_total_and_mark_refunds(weir: Weir) -> None:
     weir.ok("user", "add", "bob", "--quota", "10000")
     one, two = weir.json("key", "create", "alice")["id"], weir.json("key", "create", "alice")["id"]
     bob = weir.json("key", "create", "bob")["id"]
-    asyncio.run(_requests(weir, one, "alice", [("a1", "gpt-4o", 40), ("a2", "gpt-4o-mini", 60), ("a3", "gpt-4o", None)]))
+    asyncio.run(
+        _requests(weir, one, "alice", [("a1", "gpt-4o", 40), ("a2", "gpt-4o-mini", 60), ("a3", "gpt-4o", None)])
+    )
     asyncio.run(_requests(weir, two, "alice", [("a4", "claude-3", 7)]))
     asyncio.run(_requests(weir, bob, "bob", [("b1", "gpt-4o", 9)]))
     assert [r["request_id"] for r in weir.json("logs", "--key", one)] == ["a3", "a2", "a1"]
@@ -139,7 +166,12 @@ def test_logs_filter_total_and_mark_refunds(weir: Weir) -> None:
     refund = weir.json("logs", "--outcome", "upstream_error")[0]
     assert (refund["refund"], refund["charge"], refund["estimate"]) == (True, 0, 100)
     totals = weir.json("logs", "--user", "alice", "--totals")
-    assert (totals["requests"], totals["charged_quota"], totals["refunds"], totals["refunded_quota"]) == (4, 107, 1, 100)
+    assert (totals["requests"], totals["charged_quota"], totals["refunds"], totals["refunded_quota"]) == (
+        4,
+        107,
+        1,
+        100,
+    )
     text = weir.ok("logs", "--user", "alice", "--limit", "2")
     assert "refunded 100 (charged 0)" in text and "charge 0 " not in text
     assert "total: 4 request(s), charged 107 quota" in text and "(more with --before" in text

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from plugins.billing.apikeys import hash_key
-from proxy.config import load_config
 from plugins.billing.store.base import Hold, LogDetails, Store
 from plugins.billing.store.factory import make_store
+from proxy.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -46,7 +46,11 @@ class Weir:
         try:
             return subprocess.run(
                 [sys.executable, "-m", "proxy", *argv, "--config", str(self.config)],
-                capture_output=True, text=True, env=env, cwd=self.config.parent, timeout=120,
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=self.config.parent,
+                timeout=120,
             )
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"weir {' '.join(argv)} ({self.backend}) hung for 120 s; stderr: {exc.stderr!r}")
@@ -163,8 +167,21 @@ def test_usd_uses_billing_quota_per_usd(tmp_path: Path) -> None:
 def test_key_is_shown_once_and_never_again(weir: Weir) -> None:
     weir.ok("user", "add", "alice", "--quota", "100")
     created = weir.json(
-        "key", "create", "alice", "--name", "laptop", "--quota", "5000", "--models", "gpt-*,claude-*",
-        "--ips", "10.0.0.7,192.168.0.0/16", "--group", "vip", "--expires", "2099-01-01T00:00:00Z",
+        "key",
+        "create",
+        "alice",
+        "--name",
+        "laptop",
+        "--quota",
+        "5000",
+        "--models",
+        "gpt-*,claude-*",
+        "--ips",
+        "10.0.0.7,192.168.0.0/16",
+        "--group",
+        "vip",
+        "--expires",
+        "2099-01-01T00:00:00Z",
     )
     clear = created["key"]
     assert clear.startswith("wk-") and len(clear) == 43
@@ -242,7 +259,9 @@ def test_plan_and_subscription(weir: Weir) -> None:
     assert "pro" in weir.ok("user", "show", "alice")
     assert "unknown plan 'gold'" in weir.fail("sub", "grant", "alice", "gold")
     assert "unknown user 'ghost'" in weir.fail("sub", "grant", "ghost", "pro")
-    assert "end after it starts" in weir.fail("sub", "grant", "alice", "pro", "--start", "2030-01-02", "--end", "2030-01-01")
+    assert "end after it starts" in weir.fail(
+        "sub", "grant", "alice", "pro", "--start", "2030-01-02", "--end", "2030-01-01"
+    )
     weir.fail("plan", "add", "bad", "--usd", "1", "--period", "year", code=2)
     assert "positive" in weir.fail("plan", "add", "free", "--usd", "0", "--period", "day")
     assert "ledger consistent" in weir.ok("audit")
@@ -262,8 +281,14 @@ async def _spend(weir: Weir, key_id: str, charges: list[int], instance: str = "i
         for n, charge in enumerate(charges):
             held = await store.hold(f"req-{n}", "alice", key_id, 100, None, "pv1", 600, instance, "gpt-4o")
             assert isinstance(held, Hold), held
-            details = LogDetails(end_reason="completed", usage_source="upstream", model="gpt-4o",
-                                 upstream="mock", input=10 * (n + 1), output=5)
+            details = LogDetails(
+                end_reason="completed",
+                usage_source="upstream",
+                model="gpt-4o",
+                upstream="mock",
+                input=10 * (n + 1),
+                output=5,
+            )
             await store.capture(f"req-{n}", charge, details)
     finally:
         await store.close()
@@ -277,9 +302,28 @@ def test_logs_json_shape_and_paging(weir: Weir) -> None:
     rows = weir.json("logs")
     assert [r["request_id"] for r in rows] == ["req-2", "req-1", "req-0"]
     first = rows[-1]
-    assert {"id", "time", "ts", "request_id", "user", "key_id", "source", "estimate", "charge", "charge_usd",
-            "overage", "price_version", "end_reason", "usage_source", "model", "upstream", "input",
-            "output", "latency_ms", "status"} <= set(first)
+    assert {
+        "id",
+        "time",
+        "ts",
+        "request_id",
+        "user",
+        "key_id",
+        "source",
+        "estimate",
+        "charge",
+        "charge_usd",
+        "overage",
+        "price_version",
+        "end_reason",
+        "usage_source",
+        "model",
+        "upstream",
+        "input",
+        "output",
+        "latency_ms",
+        "status",
+    } <= set(first)
     assert (first["user"], first["key_id"], first["source"]) == ("alice", key_id, "wallet")
     assert (first["estimate"], first["charge"], first["charge_usd"], first["input"]) == (100, 40, "0.000080", 10)
     assert rows[0]["charge"] == 250
@@ -342,14 +386,28 @@ def test_json_output_is_one_document(weir: Weir) -> None:
     key_id = weir.json("key", "create", "alice")["id"]
     weir.ok("plan", "add", "pro", "--usd", "1", "--period", "week")
     commands: list[tuple[str, ...]] = [
-        ("user", "add", "bob"), ("user", "topup", "bob", "--quota", "3"), ("user", "show", "alice"),
-        ("user", "list"), ("key", "create", "bob"), ("key", "show", key_id), ("key", "list", "alice"),
-        ("key", "disable", key_id), ("key", "enable", key_id),
-        ("plan", "add", "basic", "--quota", "9", "--period", "none"), ("plan", "list"),
-        ("sub", "grant", "alice", "pro"), ("sub", "list", "alice"), ("logs",), ("audit",),
-        ("user", "set", "bob", "--disable"), ("user", "adjust", "bob", "--quota", "-1", "--note", "typo"),
-        ("ledger", "bob"), ("key", "set", key_id, "--name", "renamed"), ("logs", "--totals"),
-        ("plan", "delete", "basic"), ("key", "revoke", key_id),
+        ("user", "add", "bob"),
+        ("user", "topup", "bob", "--quota", "3"),
+        ("user", "show", "alice"),
+        ("user", "list"),
+        ("key", "create", "bob"),
+        ("key", "show", key_id),
+        ("key", "list", "alice"),
+        ("key", "disable", key_id),
+        ("key", "enable", key_id),
+        ("plan", "add", "basic", "--quota", "9", "--period", "none"),
+        ("plan", "list"),
+        ("sub", "grant", "alice", "pro"),
+        ("sub", "list", "alice"),
+        ("logs",),
+        ("audit",),
+        ("user", "set", "bob", "--disable"),
+        ("user", "adjust", "bob", "--quota", "-1", "--note", "typo"),
+        ("ledger", "bob"),
+        ("key", "set", key_id, "--name", "renamed"),
+        ("logs", "--totals"),
+        ("plan", "delete", "basic"),
+        ("key", "revoke", key_id),
     ]
     for argv in commands:
         res = weir.run(*argv, "--json")

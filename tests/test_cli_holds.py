@@ -9,9 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from proxy.config import load_config
 from plugins.billing.store.base import Hold
 from plugins.billing.store.factory import make_store
+from proxy.config import load_config
 from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
 HOUR = 3600.0
@@ -24,7 +24,9 @@ async def _plant(cli: Weir, key_id: str) -> None:
     past = make_store(config, clock=lambda: time.time() - HOUR)
     await past.open()
     try:
-        assert isinstance(await past.hold("stuck-1", "alice", key_id, 500, None, "pv1", 86400, "i-live", "gpt-4o"), Hold)
+        assert isinstance(
+            await past.hold("stuck-1", "alice", key_id, 500, None, "pv1", 86400, "i-live", "gpt-4o"), Hold
+        )
         assert await past.checkpoint("stuck-1", 120)
     finally:
         await past.close()
@@ -75,7 +77,12 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
     assert set(listed) == {"stuck-1", "fresh"}
     stuck, fresh = listed["stuck-1"], listed["fresh"]
     assert (stuck["stuck"], stuck["checkpoint"], stuck["amount"], stuck["user"], stuck["key_id"]) == (
-        True, 120, 500, "alice", key_id)
+        True,
+        120,
+        500,
+        "alice",
+        key_id,
+    )
     assert stuck["instance_alive"] and stuck["age_s"] >= HOUR and stuck["touched_at"] is not None
     assert (fresh["stuck"], fresh["checkpoint"], fresh["touched_at"]) == (False, None, None)
     _beat(weir)
@@ -96,7 +103,12 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
     assert (user["balance_quota"], user["reserved_quota"], user["used_quota"]) == (500000 - 120, 100, 120)
     [row] = weir.json("logs")
     assert (row["request_id"], row["end_reason"], row["usage_source"], row["charge"], row["error"]) == (
-        "stuck-1", "resolved_by_hand", "partial", 120, "capture lost to a Redis error")
+        "stuck-1",
+        "resolved_by_hand",
+        "partial",
+        120,
+        "capture lost to a Redis error",
+    )
     _beat(weir)
     assert weir.run("audit").returncode == 0  # the fresh hold is open, but alive
     assert [h["request_id"] for h in weir.json("holds", "list")] == ["fresh"]
@@ -108,11 +120,13 @@ def test_a_stuck_hold_fails_the_audit_is_listed_and_resolved_by_hand(weir: Weir)
 
 def test_the_default_stuck_after_follows_checkpoint_every(tmp_path: Path) -> None:
     config = tmp_path / "proxy.yaml"
-    config.write_text("store: {backend: sqlite, path: ./weir.db}\n"
-                      "plugins: [{use: billing, config: {checkpoint_every: 20}}]\n")
+    config.write_text(
+        "store: {backend: sqlite, path: ./weir.db}\nplugins: [{use: billing, config: {checkpoint_every: 20}}]\n"
+    )
     cli = Weir("sqlite", config)
     assert cli.json("audit")["stuck_after"] == 600  # 30 x 20 s
-    config.write_text("store: {backend: sqlite, path: ./weir.db}\n"
-                      "plugins: [{use: billing, config: {checkpoint_every: 2}}]\n")
+    config.write_text(
+        "store: {backend: sqlite, path: ./weir.db}\nplugins: [{use: billing, config: {checkpoint_every: 2}}]\n"
+    )
     assert cli.json("audit")["stuck_after"] == 300  # never below 300 s
     assert cli.json("audit", "--stuck-after", "45")["stuck_after"] == 45

@@ -40,8 +40,14 @@ def write_config(directory: Path, **server: Any) -> Path:
 
 def weir(*argv: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`python -m proxy ARGV` in `cwd`, captured, with no $WEIR_CONFIG."""
-    return subprocess.run([sys.executable, "-m", "proxy", *argv], cwd=cwd, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *argv],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def healthz(port: int) -> int:
@@ -64,9 +70,14 @@ def test_port_flag_overrides_config_and_serving_on_means_serving(tmp_path: Path)
     port = free_port()
     out = tmp_path / "stdout"
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)],
-                                cwd=ROOT, env=child_env(), stdout=stdout, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while "serving on" not in out.read_text() and time.monotonic() < deadline:
@@ -110,8 +121,10 @@ def test_address_not_on_this_host(tmp_path: Path) -> None:
     assert (res.returncode, res.stdout) == (2, "")
     # Besides the startup warning that the open bind is allowed, one line: the bind error.
     lines = [line for line in res.stderr.splitlines() if "allow_unauthenticated is set" not in line]
-    assert lines == [f"weir: cannot listen on {host}:{port}: "
-                     "address not available (no interface of this host has it; use --host or server.host)"]
+    assert lines == [
+        f"weir: cannot listen on {host}:{port}: "
+        "address not available (no interface of this host has it; use --host or server.host)"
+    ]
 
 
 @pytest.mark.parametrize("how", ["config", "flag"])
@@ -132,19 +145,24 @@ def test_check_config_accepts_an_open_bind_with_its_warning(tmp_path: Path) -> N
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["listen"] == "0.0.0.0:9"
-    assert data["warnings"] == ["server.allow_unauthenticated is set: anyone who reaches 0.0.0.0 can use your upstream keys"]
+    assert data["warnings"] == [
+        "server.allow_unauthenticated is set: anyone who reaches 0.0.0.0 can use your upstream keys"
+    ]
 
 
 @pytest.mark.parametrize("command", ["serve", "check-config"])
-@pytest.mark.parametrize("flags, message", [
-    (["--port", "0"], "argument --port: must be between 1 and 65535, got 0"),
-    (["--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
-    (["--port", "http"], "argument --port: expected a port number, got 'http'"),
-    (["--host", "http://0.0.0.0"], "argument --host: expected an address or a host name"),
-    (["--workers", "0"], "argument --workers: must be between 1 and 64, got 0"),
-    (["--workers", "65"], "argument --workers: must be between 1 and 64, got 65"),
-    (["--workers", "two"], "argument --workers: expected a number of processes, got 'two'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--port", "0"], "argument --port: must be between 1 and 65535, got 0"),
+        (["--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
+        (["--port", "http"], "argument --port: expected a port number, got 'http'"),
+        (["--host", "http://0.0.0.0"], "argument --host: expected an address or a host name"),
+        (["--workers", "0"], "argument --workers: must be between 1 and 64, got 0"),
+        (["--workers", "65"], "argument --workers: must be between 1 and 64, got 65"),
+        (["--workers", "two"], "argument --workers: expected a number of processes, got 'two'"),
+    ],
+)
 def test_bad_flags_are_refused(tmp_path: Path, command: str, flags: list[str], message: str) -> None:
     config = write_config(tmp_path)
     res = weir(command, "--config", str(config), *flags, cwd=tmp_path)
@@ -194,9 +212,14 @@ def test_workers_from_the_config_serve_and_a_second_weir_is_refused(tmp_path: Pa
     port = yaml.safe_load(config.read_text())["server"]["port"]
     out = tmp_path / "stdout"
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
-                                cwd=ROOT, env=child_env(), stdout=stdout, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_for_line(out, proc, "serving on")
         assert out.read_text() == f"weir: serving on http://127.0.0.1:{port} with 2 workers (config {config})\n"

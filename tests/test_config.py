@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import ConfigError, PluginSpec, load_config, parse_config
 from proxy.loader import load_plugins
-from proxy.config import PluginSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +39,10 @@ def test_env_interpolation_and_defaults() -> None:
         ({"upstreams": [{"name": "a", "type": "mock", "wieght": 2}]}, r"upstreams\[0\]\.wieght: unknown key"),
         ({"upstreams": [{"name": "a"}]}, r"upstreams\[0\]\.base_url: required"),
         ({"upstreams": [{"type": "mock"}]}, r"upstreams\[0\]\.name: required key is missing"),
-        ({"upstreams": [{"name": "a", "type": "mock"}, {"name": "a", "type": "mock"}]}, r"upstreams\[1\]\.name: duplicate"),
+        (
+            {"upstreams": [{"name": "a", "type": "mock"}, {"name": "a", "type": "mock"}]},
+            r"upstreams\[1\]\.name: duplicate",
+        ),
         ({"plugins": [{"config": {}}]}, r"plugins\[0\]\.use: required"),
         ({"server": {"client_write_timeout": 0}}, r"server\.client_write_timeout: must be greater than 0"),
         ({"server": {"client_write_timeout": -1.5}}, r"server\.client_write_timeout: must be greater than 0"),
@@ -63,12 +65,20 @@ def test_plugin_errors_name_their_path() -> None:
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "proxy", "check-config", "--config", str(ROOT / "proxy.yaml"), "--json"],
-                        capture_output=True, text=True, cwd=tmp_path)
+    ok = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--config", str(ROOT / "proxy.yaml"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert '"ok": true' in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("server:\n  hots: 1\n")
-    res = subprocess.run([sys.executable, "-m", "proxy", "check-config", "--config", str(bad)],
-                         capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and "server.hots: unknown key" in res.stderr

@@ -54,8 +54,12 @@ def server_dir(artifact: Path, tmp_path: Path) -> Iterator[Path]:
     to have no Weir importable outside the artifact."""
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"no system Python at {SYSTEM_PYTHON} to run the artifact with")
-    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if version != str(sys.version_info[:2]):
         pytest.skip(f"the system python3 is {version}, the build is for {sys.version_info[:2]}")
     home = tmp_path / "srv"
@@ -80,8 +84,14 @@ def _weir(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def _serve(home: Path, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
     out = home / f"serve-{time.monotonic_ns()}.log"
     with open(out, "wb") as stdout:
-        proc = subprocess.Popen(["./weir", "serve", "--config", "proxy.yaml", *flags], cwd=home, env=_env(home),
-                                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["./weir", "serve", "--config", "proxy.yaml", *flags],
+            cwd=home,
+            env=_env(home),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120
     while "weir: serving on" not in out.read_text():
         assert proc.poll() is None, f"./weir serve exited with {proc.returncode}:\n{out.read_text()}"
@@ -92,8 +102,12 @@ def _serve(home: Path, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
 
 def _chat(port: int, key: str) -> dict[str, object]:
     body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hello from dist"}]}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as r:
         assert r.status == 200
         answer: dict[str, object] = json.loads(r.read())
@@ -161,7 +175,9 @@ def test_the_preamble_refuses_another_python_in_one_line(tmp_path: Path, capsys:
         runpy.run_path(str(ROOT / "dist" / "preamble.py"), init_globals={"site_packages": site})
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("weir: this build's compiled modules are for '.cpython-39-x86_64-linux-gnu.so', but this Python")
+    assert err.startswith(
+        "weir: this build's compiled modules are for '.cpython-39-x86_64-linux-gnu.so', but this Python"
+    )
     assert err.count("\n") == 1
     # The Python it was built for passes.
     built = site / "orjson" / "orjson.cpython-39-x86_64-linux-gnu.so"

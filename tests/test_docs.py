@@ -36,11 +36,7 @@ REFERENCED: tuple[type, ...] = (RequestContext, UpstreamInfo, SSEEvent, Upstream
 
 def plugin_methods() -> set[str]:
     """The public methods defined on `Plugin` itself."""
-    return {
-        name
-        for name, value in vars(Plugin).items()
-        if not name.startswith("_") and inspect.isfunction(value)
-    }
+    return {name for name, value in vars(Plugin).items() if not name.startswith("_") and inspect.isfunction(value)}
 
 
 def public_hooks() -> set[str]:
@@ -55,7 +51,7 @@ def sections(text: str) -> dict[str, list[str]]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         # A section also stops at the next `## ` heading (a `# ` line may be a code comment).
-        body = re.split(r"^## ", text[match.end():end], maxsplit=1, flags=re.M)[0]
+        body = re.split(r"^## ", text[match.end() : end], maxsplit=1, flags=re.M)[0]
         found.setdefault(match.group(1), []).append(body)
     return found
 
@@ -65,7 +61,9 @@ def section_problems(text: str, hooks: set[str]) -> list[str]:
     found = sections(text)
     problems = [f"no section for hook {name!r}" for name in sorted(hooks - set(found))]
     problems += [f"section for {name!r}, which is not a hook of Plugin" for name in sorted(set(found) - hooks)]
-    problems += [f"{len(bodies)} sections for hook {name!r}" for name, bodies in sorted(found.items()) if len(bodies) > 1]
+    problems += [
+        f"{len(bodies)} sections for hook {name!r}" for name, bodies in sorted(found.items()) if len(bodies) > 1
+    ]
     for name in sorted(hooks & set(found)):
         body = found[name][0]
         problems += [f"section {name!r} lacks {part}" for part in PARTS if part not in body]
@@ -151,7 +149,9 @@ def test_the_checker_notices_a_section_for_a_removed_hook() -> None:
     text = guide() + "\n### `on_chunk`\n\nFired for raw chunks.\n"
     assert "section for 'on_chunk', which is not a hook of Plugin" in section_problems(text, public_hooks())
     text = guide()
-    assert "section for 'on_error', which is not a hook of Plugin" in section_problems(text, public_hooks() - {"on_error"})
+    assert "section for 'on_error', which is not a hook of Plugin" in section_problems(
+        text, public_hooks() - {"on_error"}
+    )
 
 
 def test_the_checker_notices_an_incomplete_or_wrong_section() -> None:
@@ -217,7 +217,10 @@ def reference_problems(text: str, classes: tuple[type, ...]) -> list[str]:
             continue
         members = public_members(cls)
         problems += [f"{cls.__name__}.{n} is not in the field reference" for n in sorted(set(members) - set(rows))]
-        problems += [f"the field reference lists {cls.__name__}.{n}, which does not exist" for n in sorted(set(rows) - set(members))]
+        problems += [
+            f"the field reference lists {cls.__name__}.{n}, which does not exist"
+            for n in sorted(set(rows) - set(members))
+        ]
         for name in sorted(set(members) & set(rows)):
             declared = members[name]
             if declared not in ("method", "property", "field") and rows[name] != declared:
@@ -237,7 +240,9 @@ def test_the_reference_checker_notices_missing_stale_and_wrong_rows() -> None:
     assert "Outcome.drained is not in the field reference" in problems
     assert "the field reference lists Outcome.drainedx, which does not exist" in problems
     text = guide().replace("| `upstream_status` | `int \\| None` |", "| `upstream_status` | `int` |")
-    assert "ProxyError.upstream_status: the reference says 'int', the code 'int | None'" in reference_problems(text, REFERENCED)
+    assert "ProxyError.upstream_status: the reference says 'int', the code 'int | None'" in reference_problems(
+        text, REFERENCED
+    )
     text = guide().replace("| `with_json(payload)` | method |", "| `with_json(payload)` | property |")
     assert "SSEEvent.with_json is a method, the reference says 'property'" in reference_problems(text, REFERENCED)
     text = guide().replace("### UpstreamResponse\n", "### UpstreamAnswer\n")

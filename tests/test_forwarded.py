@@ -71,8 +71,10 @@ def test_a_malformed_entry_stops_the_walk() -> None:
 
 def test_parse_networks() -> None:
     assert parse_networks(["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]) == (
-        ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
-        ipaddress.ip_network("::1/128"), ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("fd00::/8"),
     )
 
 
@@ -81,7 +83,10 @@ def test_parse_networks() -> None:
     [
         (["127.0.0.1/32", "nginx"], r"server\.trusted_proxies\[1\]: 'nginx' is not an IPv4 or IPv6 network"),
         (["10.0.0.0/33"], r"server\.trusted_proxies\[0\]: '10\.0\.0\.0/33' is not"),
-        (["10.0.0.1/8"], r"server\.trusted_proxies\[0\]: '10\.0\.0\.1/8' has host bits set; did you mean 10\.0\.0\.0/8\?"),
+        (
+            ["10.0.0.1/8"],
+            r"server\.trusted_proxies\[0\]: '10\.0\.0\.1/8' has host bits set; did you mean 10\.0\.0\.0/8\?",
+        ),
     ],
 )
 def test_config_validates_each_entry(entries: list[str], message: str) -> None:

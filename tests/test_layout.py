@@ -76,15 +76,25 @@ GRAPH = {module: imports_of(module) for module in MODULES}
 
 def test_the_core_imports_no_plugin() -> None:
     """Nothing under proxy/ imports anything under plugins/."""
-    bad = sorted(f"{m} imports {i}" for m, deps in GRAPH.items() if m.startswith("proxy") for i in deps
-                 if i.startswith("plugins"))
+    bad = sorted(
+        f"{m} imports {i}"
+        for m, deps in GRAPH.items()
+        if m.startswith("proxy")
+        for i in deps
+        if i.startswith("plugins")
+    )
     assert bad == []
 
 
 def test_plugins_use_only_the_public_api() -> None:
     """Billing included, a plugin imports from the core only the public modules."""
-    bad = sorted(f"{m} imports {i}" for m, deps in GRAPH.items() if m.startswith("plugins") for i in deps
-                 if i.startswith("proxy") and i not in PUBLIC and i != "proxy")
+    bad = sorted(
+        f"{m} imports {i}"
+        for m, deps in GRAPH.items()
+        if m.startswith("plugins")
+        for i in deps
+        if i.startswith("proxy") and i not in PUBLIC and i != "proxy"
+    )
     assert bad == []
 
 
@@ -120,7 +130,8 @@ def test_docs_and_code_cite_nothing_outside_the_repository() -> None:
     docs/design.md and docs/billing-rules.md, not in files beside the repository."""
     outside = ("DESIGN.md", "spec/billing.md", "../shared", "seeds/")
     files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *MODULES.values()]
-    bad = sorted(f"{path.relative_to(ROOT)}: {word}" for path in files for word in outside
-                 if word in path.read_text("utf-8"))
+    bad = sorted(
+        f"{path.relative_to(ROOT)}: {word}" for path in files for word in outside if word in path.read_text("utf-8")
+    )
     assert bad == []
     assert (ROOT / "docs" / "billing-rules.md").exists() and (ROOT / "docs" / "design.md").exists()

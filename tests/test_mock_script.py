@@ -57,7 +57,9 @@ async def test_a_text_reply_is_split_into_words_in_every_dialect(
     plain = await proxy.chat("x", max_tokens=1)  # a scripted reply is never cut
     assert plain.text == "one two three" and plain.json["usage"]["completion_tokens"] == 3
     client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="k", max_retries=0)
-    async with client.messages.stream(model="claude-x", max_tokens=50, messages=[{"role": "user", "content": "x"}]) as s:
+    async with client.messages.stream(
+        model="claude-x", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    ) as s:
         pieces = [text async for text in s.text_stream]
     await client.close()
     assert pieces == ["one", " two", " three"]
@@ -86,7 +88,9 @@ async def test_a_scripted_error_has_the_dialect_shape_and_headers(
     first = await proxy.chat("hi")
     assert first.status == 429
     assert first.error is not None and first.error["message"] == "slow down"
-    anthropic_shape = await proxy.post("/v1/messages", {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    anthropic_shape = await proxy.post(
+        "/v1/messages", {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert anthropic_shape.status == 429
     assert anthropic_shape.json["error"] == {"type": "rate_limit_error", "message": "slow down"}
     third = await proxy.chat("hi")
@@ -100,18 +104,19 @@ async def test_a_scripted_error_leaves_the_standing_failure_count_alone(fake_ups
     async with aiohttp.ClientSession() as s:
         statuses = []
         for _ in range(3):
-            async with s.post(fake_upstream.url + "/v1/chat/completions",
-                              json={"model": "m", "messages": []}) as r:
+            async with s.post(fake_upstream.url + "/v1/chat/completions", json={"model": "m", "messages": []}) as r:
                 statuses.append(r.status)
     assert statuses == [400, 503, 200]
 
 
 async def test_scripted_raw_events_are_relayed_as_they_are(make_proxy: Factory, fake_upstream: MockUpstream) -> None:
-    fake_upstream.script(events=[
-        {"choices": [{"index": 0, "delta": {"content": "a"}}]},
-        b'event: note\ndata: {"x": 1}\n\n',
-        "[DONE]",
-    ])
+    fake_upstream.script(
+        events=[
+            {"choices": [{"index": 0, "delta": {"content": "a"}}]},
+            b'event: note\ndata: {"x": 1}\n\n',
+            "[DONE]",
+        ]
+    )
     proxy: ProxyHandle = await make_proxy()
     answer = await proxy.chat("hi", stream=True)
     assert [(e.event, e.data) for e in answer.events] == [

@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -60,8 +60,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
-               **kw: Any) -> tuple[int, bytes]:
+async def post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None = None, **kw: Any
+) -> tuple[int, bytes]:
     sent = {"Content-Type": "application/json", **(headers or {})}
     async with http.post(url, data=orjson.dumps(body), headers=sent, **kw) as r:
         return r.status, await r.read()
@@ -127,7 +128,11 @@ async def test_chat_caps_output_and_honours_n(oai: openai.AsyncOpenAI) -> None:
     assert {c.finish_reason for c in done.choices} == {"length"}
     assert done.usage is not None and done.usage.completion_tokens == 6
     stream = await oai.chat.completions.create(
-        model="mock-gpt", messages=PROMPT, n=2, max_completion_tokens=2, stream=True,
+        model="mock-gpt",
+        messages=PROMPT,
+        n=2,
+        max_completion_tokens=2,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
@@ -169,11 +174,19 @@ async def test_responses_non_stream_and_stream(oai: openai.AsyncOpenAI) -> None:
     stream = await oai.responses.create(model="mock-gpt", input="hi", stream=True, max_output_tokens=50)
     events = [e async for e in stream]
     kinds = [e.type for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert kinds[4:16] == ["response.output_text.delta"] * 12
-    assert kinds[16:] == ["response.output_text.done", "response.content_part.done",
-                          "response.output_item.done", "response.completed"]
+    assert kinds[16:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     last = events[-1]
     assert last.type == "response.completed" and last.response.usage is not None
@@ -199,8 +212,15 @@ async def test_embeddings_models_images_audio(mock: MockUpstream, oai: openai.As
     assert emb.usage.prompt_tokens == 3 + PROMPT_OVERHEAD
     models = await oai.models.list()
     ids = [m.id for m in models.data]
-    assert ids == ["mock-gpt", "mock-gpt-mini", "mock-claude", "mock-gemini", "mock-embed", "mock-image",
-                   "mock-whisper"]
+    assert ids == [
+        "mock-gpt",
+        "mock-gpt-mini",
+        "mock-claude",
+        "mock-gemini",
+        "mock-embed",
+        "mock-image",
+        "mock-whisper",
+    ]
     assert {m.owned_by for m in models.data} == {"weir-mock"}
     images = await oai.images.generate(model="mock-image", prompt="a cat", n=2, response_format="b64_json")
     assert images.data is not None and len(images.data) == 2
@@ -223,8 +243,9 @@ ANT_MSGS: list[MessageParam] = [{"role": "user", "content": "Hello Claude friend
 
 
 async def test_anthropic_non_stream_with_cache_split(mock: MockUpstream, ant: anthropic.AsyncAnthropic) -> None:
-    msg = await ant.messages.create(model="mock-claude-cache", max_tokens=100, system="one two three four five",
-                                    messages=ANT_MSGS)
+    msg = await ant.messages.create(
+        model="mock-claude-cache", max_tokens=100, system="one two three four five", messages=ANT_MSGS
+    )
     total = 8 + PROMPT_OVERHEAD
     u = msg.usage
     assert msg.content[0].type == "text" and msg.content[0].text.startswith("Mock answer Hello Claude friend")
@@ -238,14 +259,18 @@ async def test_anthropic_non_stream_with_cache_split(mock: MockUpstream, ant: an
     assert count.input_tokens == 3 + PROMPT_OVERHEAD
 
 
-async def test_anthropic_stream_sequence(mock: MockUpstream, ant: anthropic.AsyncAnthropic,
-                                         http: aiohttp.ClientSession) -> None:
+async def test_anthropic_stream_sequence(
+    mock: MockUpstream, ant: anthropic.AsyncAnthropic, http: aiohttp.ClientSession
+) -> None:
     body = {"model": "mock-claude", "max_tokens": 5, "stream": True, "messages": ANT_MSGS}
     status, raw = await post(http, mock.url + "/v1/messages", body)
     events = frames(raw)
     kinds = [f.split(b"\n")[0].removeprefix(b"event: ").decode() for f in events]
     assert kinds == ["message_start", "content_block_start", "ping"] + ["content_block_delta"] * 5 + [
-        "content_block_stop", "message_delta", "message_stop"]
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert all(data_of(f)["type"] == k for f, k in zip(events, kinds))
     start = data_of(events[0])["message"]["usage"]
     assert start["input_tokens"] == 3 + PROMPT_OVERHEAD and start["cache_creation"]["ephemeral_1h_input_tokens"] == 0
@@ -264,8 +289,10 @@ async def test_anthropic_requires_max_tokens(mock: MockUpstream, http: aiohttp.C
 
 # ---- Gemini ------------------------------------------------------------------------------
 
-GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "tell me"}]}],
-               "systemInstruction": {"parts": [{"text": "be short"}]}}
+GEMINI_BODY = {
+    "contents": [{"role": "user", "parts": [{"text": "tell me"}]}],
+    "systemInstruction": {"parts": [{"text": "be short"}]},
+}
 
 
 async def test_gemini_generate_and_stream(mock: MockUpstream, http: aiohttp.ClientSession) -> None:
@@ -278,8 +305,9 @@ async def test_gemini_generate_and_stream(mock: MockUpstream, http: aiohttp.Clie
     assert meta["thoughtsTokenCount"] == THINK_TOKENS and meta["cachedContentTokenCount"] == (4 + PROMPT_OVERHEAD) // 2
     assert meta["totalTokenCount"] == 4 + PROMPT_OVERHEAD + 12 + THINK_TOKENS
     assert mock.requests[-1].key == "gk-1"
-    async with http.post(base + ":streamGenerateContent?alt=sse", json=GEMINI_BODY,
-                         headers={"x-goog-api-key": "gk-2"}) as r:
+    async with http.post(
+        base + ":streamGenerateContent?alt=sse", json=GEMINI_BODY, headers={"x-goog-api-key": "gk-2"}
+    ) as r:
         raw = await r.read()
     chunks = [data_of(f) for f in frames(raw, b"\r\n\r\n")]
     assert len(chunks) == 13 and all("usageMetadata" not in c for c in chunks[:-1])
@@ -295,15 +323,20 @@ async def test_gemini_plain_model_omits_zero_fields(mock: MockUpstream, http: ai
     status, raw = await post(http, mock.url + "/v1beta/models/mock-gemini:generateContent", config)
     body = orjson.loads(raw)
     assert body["candidates"][0]["finishReason"] == "MAX_TOKENS"
-    assert set(body["usageMetadata"]) == {"promptTokenCount", "candidatesTokenCount", "totalTokenCount",
-                                          "promptTokensDetails"}
+    assert set(body["usageMetadata"]) == {
+        "promptTokenCount",
+        "candidatesTokenCount",
+        "totalTokenCount",
+        "promptTokensDetails",
+    }
 
 
 # ---- faults ------------------------------------------------------------------------------
 
 
-async def test_fail_status_for_n_requests_in_each_dialect(mock: MockUpstream, oai: openai.AsyncOpenAI,
-                                                         http: aiohttp.ClientSession) -> None:
+async def test_fail_status_for_n_requests_in_each_dialect(
+    mock: MockUpstream, oai: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
     mock.behaviour.fail_status, mock.behaviour.fail_times = 429, 2
     for _ in range(2):
         with pytest.raises(openai.RateLimitError) as info:
@@ -318,7 +351,10 @@ async def test_fail_status_for_n_requests_in_each_dialect(mock: MockUpstream, oa
     mock.behaviour.fail_status = 503
     status, raw = await post(http, mock.url + "/v1beta/models/g:generateContent", GEMINI_BODY)
     assert status == 503 and orjson.loads(raw)["error"] == {
-        "code": 503, "message": "Mock upstream failure (503).", "status": "UNAVAILABLE"}
+        "code": 503,
+        "message": "Mock upstream failure (503).",
+        "status": "UNAVAILABLE",
+    }
 
 
 async def test_require_key(mock: MockUpstream, ant: anthropic.AsyncAnthropic, http: aiohttp.ClientSession) -> None:
@@ -348,8 +384,9 @@ async def test_reset_aborts_the_connection(mock: MockUpstream, http: aiohttp.Cli
     assert len(frames(got)) == 3
 
 
-async def test_error_event_mid_stream(mock: MockUpstream, oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic,
-                                      http: aiohttp.ClientSession) -> None:
+async def test_error_event_mid_stream(
+    mock: MockUpstream, oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic, http: aiohttp.ClientSession
+) -> None:
     mock.behaviour.error_event_after = 3
     seen = []
     with pytest.raises(openai.APIError, match="server had an error"):
@@ -387,8 +424,9 @@ async def test_usage_knobs(mock: MockUpstream, oai: openai.AsyncOpenAI, http: ai
     assert done.usage is None and done.choices[0].message.content
     _, raw = await post(http, mock.url + CHAT, chat_body(stream=True, stream_options={"include_usage": True}))
     assert b"usage" not in raw and raw.endswith(b"data: [DONE]\n\n")
-    _, raw = await post(http, mock.url + "/v1/messages", {"model": "c", "max_tokens": 4, "messages": ANT_MSGS,
-                                                          "stream": True})
+    _, raw = await post(
+        http, mock.url + "/v1/messages", {"model": "c", "max_tokens": 4, "messages": ANT_MSGS, "stream": True}
+    )
     assert b"usage" not in raw and b"text_delta" in raw
     mock.behaviour.omit_usage, mock.behaviour.zero_usage = False, True
     done = await oai.chat.completions.create(model="mock-gpt-cache", messages=PROMPT)
@@ -420,11 +458,14 @@ async def test_never_close_times_out_and_stop_is_prompt(http: aiohttp.ClientSess
     await mock.start()
     got = b""
     with pytest.raises(asyncio.TimeoutError):
-        async with http.post(mock.url + CHAT, json=chat_body(stream=True, stream_options={"include_usage": True}),
-                             timeout=aiohttp.ClientTimeout(sock_read=0.3)) as r:
+        async with http.post(
+            mock.url + CHAT,
+            json=chat_body(stream=True, stream_options={"include_usage": True}),
+            timeout=aiohttp.ClientTimeout(sock_read=0.3),
+        ) as r:
             async for piece in r.content.iter_any():
                 got += piece
-    assert len(frames(got)) == 4 and b"finish_reason\":\"stop" not in got  # role + 3 words, no end
+    assert len(frames(got)) == 4 and b'finish_reason":"stop' not in got  # role + 3 words, no end
     hanging = await http.post(mock.url + CHAT, json=chat_body(stream=True))
     await hanging.content.readany()
     start = time.monotonic()
@@ -441,8 +482,12 @@ def _free_port() -> int:
 
 async def test_cli_entry_serves(http: aiohttp.ClientSession) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.mock.upstream", "--port", str(port), "--pace", "0"],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.mock.upstream", "--port", str(port), "--pace", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)

@@ -37,9 +37,9 @@ def test_text_fields_are_read_and_files_skipped() -> None:
 
 def test_quoted_and_odd_headers() -> None:
     body = (
-        b"--b0\r\nCONTENT-DISPOSITION: form-data; name=\"we;ird \\\"name\\\"\"\r\n\r\nv1\r\n"
+        b'--b0\r\nCONTENT-DISPOSITION: form-data; name="we;ird \\"name\\""\r\n\r\nv1\r\n'
         b"--b0\r\nContent-Disposition: form-data; name=model\r\nContent-Type: text/plain\r\n\r\nm-1\r\n"
-        b"--b0\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nsecond wins nothing\r\n"
+        b'--b0\r\nContent-Disposition: form-data; name="model"\r\n\r\nsecond wins nothing\r\n'
         b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''x.wav\r\n\r\nRIFF\r\n"
         b"--b0--\r\n"
     )
@@ -53,7 +53,10 @@ def test_not_multipart_or_broken_bodies() -> None:
     assert boundary_of("multipart/form-data; boundary=" + "x" * 71) is None
     assert form_fields("multipart/form-data; boundary=zz", b"garbage") == {}
     # A part whose end never comes yields nothing rather than a huge value.
-    assert form_fields("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data; name=a\r\n\r\nxx") == {}
+    assert (
+        form_fields("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data; name=a\r\n\r\nxx")
+        == {}
+    )
 
 
 def test_limits_on_field_count_and_size() -> None:

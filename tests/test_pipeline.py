@@ -10,7 +10,18 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.plugin import DROP, Drop, EndReason, Outcome, Plugin, ProxyError, Reject, RequestContext, SSEEvent, UpstreamResponse
+from proxy.plugin import (
+    DROP,
+    Drop,
+    EndReason,
+    Outcome,
+    Plugin,
+    ProxyError,
+    Reject,
+    RequestContext,
+    SSEEvent,
+    UpstreamResponse,
+)
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}
 STREAM = {**CHAT, "stream": True}
@@ -22,7 +33,9 @@ class Recorder(Plugin):
     name = "recorder"
     fail_in: ClassVar[str] = ""
 
-    def __init__(self, label: str, journal: list[tuple[str, str, Any]], fail_in: str = "", critical: bool = True) -> None:
+    def __init__(
+        self, label: str, journal: list[tuple[str, str, Any]], fail_in: str = "", critical: bool = True
+    ) -> None:
         super().__init__()
         self.label = label
         self.journal = journal
@@ -85,7 +98,9 @@ async def test_order_onion(make_proxy: Any) -> None:
     first_event = [label for label, hook, _ in journal if hook == "on_event"][:3]
     assert first_event == ["C", "B", "A"]
     assert [(label, reason) for label, _, reason in terminals(journal)] == [
-        ("C", EndReason.COMPLETED), ("B", EndReason.COMPLETED), ("A", EndReason.COMPLETED)
+        ("C", EndReason.COMPLETED),
+        ("B", EndReason.COMPLETED),
+        ("A", EndReason.COMPLETED),
     ]
 
 
@@ -150,7 +165,9 @@ async def test_client_disconnect(make_proxy: Any, fake_upstream: Any, after_even
 
 async def test_reject_reaches_entered_plugins_only(make_proxy: Any, fake_upstream: Any) -> None:
     journal: list[tuple[str, str, Any]] = []
-    proxy = await make_proxy(plugins=[Recorder("A", journal), Recorder("B", journal, fail_in="reject"), Recorder("C", journal)])
+    proxy = await make_proxy(
+        plugins=[Recorder("A", journal), Recorder("B", journal, fail_in="reject"), Recorder("C", journal)]
+    )
     status, body = await post(proxy.url, STREAM)
     await proxy.settled()
     assert status == 418 and b'"code":"teapot"' in body and b"refused by test" in body
@@ -167,7 +184,9 @@ async def test_plugin_raising_in_each_hook(make_proxy: Any, fake_upstream: Any, 
     journal: list[tuple[str, str, Any]] = []
     if hook == "on_error":
         fake_upstream.behaviour.fail_status = 503
-    proxy = await make_proxy(plugins=[Recorder("A", journal), Recorder("B", journal, fail_in=hook), Recorder("C", journal)])
+    proxy = await make_proxy(
+        plugins=[Recorder("A", journal), Recorder("B", journal, fail_in=hook), Recorder("C", journal)]
+    )
     status, body = await post(proxy.url, STREAM if stream else CHAT)
     await proxy.settled()
     entered = ["A"] if hook == "on_request" else ["A", "B", "C"]
@@ -198,7 +217,10 @@ async def test_non_critical_event_failure_is_skipped(make_proxy: Any) -> None:
     assert status == 200 and b"[DONE]" in body
     assert sum(1 for label, hook, _ in journal if label == "B" and hook == "on_event") == 1
     assert sum(1 for label, hook, _ in journal if label == "A" and hook == "on_event") > 3
-    assert {(label, r) for label, _, r in terminals(journal)} == {("A", EndReason.COMPLETED), ("B", EndReason.COMPLETED)}
+    assert {(label, r) for label, _, r in terminals(journal)} == {
+        ("A", EndReason.COMPLETED),
+        ("B", EndReason.COMPLETED),
+    }
 
 
 async def test_shutdown_during_stream(make_proxy: Any, fake_upstream: Any) -> None:
@@ -235,6 +257,7 @@ async def test_event_drop_and_replace(make_proxy: Any, fake_upstream: Any) -> No
     direct_status, direct = await post(fake_upstream.url, STREAM)
     status, body = await post(proxy.url, STREAM)
     assert status == direct_status == 200
+
     def contents(raw: bytes) -> list[str]:
         out = []
         for line in raw.split(b"\n"):
@@ -243,6 +266,7 @@ async def test_event_drop_and_replace(make_proxy: Any, fake_upstream: Any) -> No
                 if "content" in choices[0].get("delta", {}):
                     out.append(choices[0]["delta"]["content"])
         return out
+
     expected = [c.upper() for c in contents(direct) if c != "Mock"]
     assert contents(body) == expected and len(expected) > 3
     assert b"[DONE]" in body

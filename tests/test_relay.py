@@ -9,8 +9,8 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.config import ConfigError, parse_config
 from proxy.app import create_app
+from proxy.config import ConfigError, parse_config
 from proxy.mock.upstream import MockUpstream
 
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}
@@ -38,13 +38,21 @@ async def test_client_key_replaced_by_upstream_key(make_proxy: Any, fake_upstrea
 
 @pytest.mark.parametrize(
     ("up_type", "path", "header"),
-    [("anthropic", "/v1/messages", "x-api-key"), ("openai", "/v1/chat/completions", "authorization"),
-     ("gemini", "/v1beta/models/mock-gemini:generateContent", "x-goog-api-key")],
+    [
+        ("anthropic", "/v1/messages", "x-api-key"),
+        ("openai", "/v1/chat/completions", "authorization"),
+        ("gemini", "/v1beta/models/mock-gemini:generateContent", "x-goog-api-key"),
+    ],
 )
-async def test_upstream_auth_header_style(make_proxy: Any, fake_upstream: Any, up_type: str, path: str, header: str) -> None:
+async def test_upstream_auth_header_style(
+    make_proxy: Any, fake_upstream: Any, up_type: str, path: str, header: str
+) -> None:
     prefix = "/v1beta" if up_type == "gemini" else "/v1"
-    proxy = await make_proxy(upstreams=[{"name": "u", "type": up_type, "base_url": fake_upstream.url + prefix,
-                                         "models": ["*"], "api_key": "up-key"}])
+    proxy = await make_proxy(
+        upstreams=[
+            {"name": "u", "type": up_type, "base_url": fake_upstream.url + prefix, "models": ["*"], "api_key": "up-key"}
+        ]
+    )
     body = {"model": "mock-claude", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     if up_type == "gemini":
         body = {"contents": [{"parts": [{"text": "x"}]}]}
@@ -100,7 +108,9 @@ async def test_failover_on_5xx_then_success(make_proxy: Any, fake_upstream: Any)
     bad.behaviour.fail_status = 503
     await bad.start()
     try:
-        proxy = await make_proxy(upstreams=[upstream("bad", bad.url, priority=0), upstream("good", fake_upstream.url, priority=1)])
+        proxy = await make_proxy(
+            upstreams=[upstream("bad", bad.url, priority=0), upstream("good", fake_upstream.url, priority=1)]
+        )
         status, _, body = await call(proxy.url, json=CHAT)
         assert status == 200 and b"chat.completion" in body
         assert len(bad.requests) == 1 and len(fake_upstream.requests) == 1
@@ -128,7 +138,9 @@ async def test_failover_on_connect_error(make_proxy: Any, fake_upstream: Any) ->
     sock.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     sock.close()
-    proxy = await make_proxy(upstreams=[upstream("dead", dead, priority=0), upstream("good", fake_upstream.url, priority=1)])
+    proxy = await make_proxy(
+        upstreams=[upstream("dead", dead, priority=0), upstream("good", fake_upstream.url, priority=1)]
+    )
     status, _, _ = await call(proxy.url, json=CHAT)
     assert status == 200
     only_dead = await make_proxy(upstreams=[upstream("dead", dead)])
@@ -141,8 +153,12 @@ async def test_stall_before_headers_times_out_and_fails_over(make_proxy: Any, fa
     slow.behaviour.stall_before_headers = 5
     await slow.start()
     try:
-        proxy = await make_proxy(upstreams=[upstream("slow", slow.url, priority=0, read_timeout=0.3),
-                                            upstream("good", fake_upstream.url, priority=1)])
+        proxy = await make_proxy(
+            upstreams=[
+                upstream("slow", slow.url, priority=0, read_timeout=0.3),
+                upstream("good", fake_upstream.url, priority=1),
+            ]
+        )
         status, _, _ = await call(proxy.url, json=CHAT)
         assert status == 200 and len(fake_upstream.requests) == 1
     finally:
@@ -150,8 +166,13 @@ async def test_stall_before_headers_times_out_and_fails_over(make_proxy: Any, fa
 
 
 async def test_model_map_and_key_rotation(make_proxy: Any, fake_upstream: Any) -> None:
-    proxy = await make_proxy(upstreams=[upstream("u", fake_upstream.url, models=["mock-*"],
-                                                 model_map={"friendly": "mock-gpt"}, api_key=["k1", "k2"])])
+    proxy = await make_proxy(
+        upstreams=[
+            upstream(
+                "u", fake_upstream.url, models=["mock-*"], model_map={"friendly": "mock-gpt"}, api_key=["k1", "k2"]
+            )
+        ]
+    )
     await call(proxy.url, json={**CHAT, "model": "friendly"})
     await call(proxy.url, json=CHAT)
     assert [r.json["model"] for r in fake_upstream.requests] == ["mock-gpt", "mock-gpt"]
@@ -176,8 +197,11 @@ async def test_bad_json_in_each_dialect(make_proxy: Any, path: str, check: Any) 
 
 async def test_missing_or_bad_model_and_stream_flag(make_proxy: Any) -> None:
     proxy = await make_proxy()
-    for payload, needle in [({"messages": []}, "'model' is required"), ({"model": 5}, "non-empty string"),
-                            ({**CHAT, "stream": "yes"}, "'stream' must be a boolean")]:
+    for payload, needle in [
+        ({"messages": []}, "'model' is required"),
+        ({"model": 5}, "non-empty string"),
+        ({**CHAT, "stream": "yes"}, "'stream' must be a boolean"),
+    ]:
         status, _, body = await call(proxy.url, json=payload)
         assert status == 400 and needle in orjson.loads(body)["error"]["message"]
     status, _, body = await call(proxy.url, data=b"a=b", headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -204,7 +228,9 @@ async def test_healthz_and_metrics(make_proxy: Any) -> None:
             assert r.status == 200 and (await r.json())["status"] == "ok"
         async with s.get(proxy.url + "/metrics") as r:
             text = await r.text()
-    assert 'weir_requests_total{endpoint="chat.completions",outcome="completed",status="200",upstream="fake"} 2.0' in text
+    assert (
+        'weir_requests_total{endpoint="chat.completions",outcome="completed",status="200",upstream="fake"} 2.0' in text
+    )
     assert "weir_request_duration_seconds_bucket" in text
     events = [line for line in text.splitlines() if line.startswith('weir_relayed_events_total{upstream="fake"}')]
     assert events and float(events[0].split()[-1]) > 3
@@ -214,8 +240,10 @@ def test_refuses_public_bind_without_auth_plugin() -> None:
     cfg = parse_config({"server": {"host": "0.0.0.0"}, "upstreams": [{"name": "m", "type": "mock"}]}, env={})
     with pytest.raises(ConfigError, match="server.host"):
         create_app(cfg, plugins=[])
-    open_cfg = parse_config({"server": {"host": "0.0.0.0", "allow_unauthenticated": True},
-                             "upstreams": [{"name": "m", "type": "mock"}]}, env={})
+    open_cfg = parse_config(
+        {"server": {"host": "0.0.0.0", "allow_unauthenticated": True}, "upstreams": [{"name": "m", "type": "mock"}]},
+        env={},
+    )
     assert create_app(open_cfg, plugins=[]) is not None
 
 
@@ -226,8 +254,10 @@ async def test_trickled_body_times_out_with_408(make_proxy: Any, fake_upstream: 
     proxy = await make_proxy(server={"body_timeout": 0.3})
     u = urlparse(proxy.url)
     reader, writer = await asyncio.open_connection(u.hostname, u.port)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100\r\n\r\n{\"model\":")
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model":'
+    )
     await writer.drain()
     head = await asyncio.wait_for(reader.read(4096), timeout=5)
     writer.close()

@@ -60,8 +60,11 @@ async def test_known_routes_still_answer(make_proxy: Any) -> None:
     proxy = await make_proxy()
     async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
         assert r.status == 200
-    got, _, body = await fetch("POST", proxy.url + "/v1/chat/completions",
-                               json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+    got, _, body = await fetch(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert got == 200 and body["object"] == "chat.completion"
 
 
@@ -73,11 +76,13 @@ async def test_the_core_s_refusals_and_a_plugin_s_reject_share_one_shape(make_pr
             raise Reject(429, "slow_down", "not now", headers={"Retry-After": "3"})
 
     proxy = await make_proxy(plugins=[Refuser()])
-    status, headers, body = await fetch("POST", proxy.url + "/v1/chat/completions", data=b"{not json",
-                                        headers={"Content-Type": "application/json"})
+    status, headers, body = await fetch(
+        "POST", proxy.url + "/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and body["error"]["code"] == "invalid_request_error" and headers["x-request-id"]
-    status, headers, body = await fetch("POST", proxy.url + "/v1/messages",
-                                        json={"model": "mock-claude", "max_tokens": 5, "messages": []})
+    status, headers, body = await fetch(
+        "POST", proxy.url + "/v1/messages", json={"model": "mock-claude", "max_tokens": 5, "messages": []}
+    )
     assert status == 429 and headers["Retry-After"] == "3" and headers["x-request-id"]
     assert body == {"type": "error", "error": {"type": "rate_limit_error", "message": "not now", "code": "slow_down"}}
 
@@ -90,23 +95,48 @@ async def test_a_reject_that_cannot_be_answered_is_the_plugin_s_failure(make_pro
             raise Reject(429, "slow_down", "not now", headers={"Retry-After": 3})  # type: ignore[dict-item]
 
     proxy = await make_proxy(plugins=[BadReject()])
-    status, _, body = await fetch("POST", proxy.url + "/v1/chat/completions",
-                                  json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]})
+    status, _, body = await fetch(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert status == 500 and body["error"]["code"] == "plugin_failed"
 
 
 @pytest.mark.parametrize(
     ("endpoint", "dialect", "event_line", "payload"),
     [
-        (Endpoint.CHAT, Dialect.OPENAI, None, {"error": {"message": "m", "type": "server_error", "param": None,
-                                                         "code": "plugin_failed"}}),
-        (Endpoint.RESPONSES, Dialect.OPENAI, b"event: error", {"error": {"message": "m", "type": "server_error",
-                                                                         "param": None, "code": "plugin_failed"}}),
-        (Endpoint.MESSAGES, Dialect.ANTHROPIC, b"event: error",
-         {"type": "error", "error": {"type": "api_error", "message": "m", "code": "plugin_failed"}}),
-        (Endpoint.GEMINI_STREAM, Dialect.GEMINI, None,
-         {"error": {"code": 500, "message": "m", "status": "INTERNAL",
-                    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "plugin_failed"}]}}),
+        (
+            Endpoint.CHAT,
+            Dialect.OPENAI,
+            None,
+            {"error": {"message": "m", "type": "server_error", "param": None, "code": "plugin_failed"}},
+        ),
+        (
+            Endpoint.RESPONSES,
+            Dialect.OPENAI,
+            b"event: error",
+            {"error": {"message": "m", "type": "server_error", "param": None, "code": "plugin_failed"}},
+        ),
+        (
+            Endpoint.MESSAGES,
+            Dialect.ANTHROPIC,
+            b"event: error",
+            {"type": "error", "error": {"type": "api_error", "message": "m", "code": "plugin_failed"}},
+        ),
+        (
+            Endpoint.GEMINI_STREAM,
+            Dialect.GEMINI,
+            None,
+            {
+                "error": {
+                    "code": 500,
+                    "message": "m",
+                    "status": "INTERNAL",
+                    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "plugin_failed"}],
+                }
+            },
+        ),
     ],
 )
 def test_the_error_event_of_each_dialect(

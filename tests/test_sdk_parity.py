@@ -38,7 +38,10 @@ async def test_openai_chat_stream_with_usage(make_proxy: Any, fake_upstream: Any
 
     async def collect(base: str) -> list[dict[str, Any]]:
         stream = await oai(base).chat.completions.create(
-            model="mock-gpt", messages=MESSAGES, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+            model="mock-gpt",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
         )
         return [chunk.model_dump() async for chunk in stream]
 
@@ -107,11 +110,13 @@ async def test_gemini_over_http(make_proxy: Any, fake_upstream: Any) -> None:
     async with aiohttp.ClientSession() as s:
         results = []
         for base in (direct, weir):
-            async with s.post(f"{base}/v1beta/models/mock-gemini:generateContent", json=body,
-                              headers={"x-goog-api-key": "client"}) as r:
+            async with s.post(
+                f"{base}/v1beta/models/mock-gemini:generateContent", json=body, headers={"x-goog-api-key": "client"}
+            ) as r:
                 results.append((r.status, orjson.loads(await r.read())))
-            async with s.post(f"{base}/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", json=body,
-                              params={"key": "client"}) as r:
+            async with s.post(
+                f"{base}/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", json=body, params={"key": "client"}
+            ) as r:
                 results.append((r.status, await r.read()))
     assert results[0] == results[2] and results[1] == results[3]
     assert results[0][1]["usageMetadata"]["candidatesTokenCount"] > 0

@@ -190,14 +190,10 @@ def test_empty_data_line_dispatches_an_empty_event_per_spec() -> None:
 
 
 def test_comment_inside_event_and_unknown_fields_are_ignored() -> None:
-    assert events_of(parse(b"data: a\n: note\nfoo: bar\ndata: b\n\n")) == [
-        ("a\nb", None, None, None)
-    ]
+    assert events_of(parse(b"data: a\n: note\nfoo: bar\ndata: b\n\n")) == [("a\nb", None, None, None)]
 
 
-@pytest.mark.parametrize(
-    "block", [b": ping\n\n", b"id: 5\n\n", b"retry: 3000\n\n", b"event: x\n\n", b"foo: 1\n\n"]
-)
+@pytest.mark.parametrize("block", [b": ping\n\n", b"id: 5\n\n", b"retry: 3000\n\n", b"event: x\n\n", b"foo: 1\n\n"])
 def test_blocks_that_dispatch_nothing_are_passed_through_as_bytes(block: bytes) -> None:
     items = SSEParser().feed(block + b"data: after\n\n")
     assert items[0] == block
@@ -383,9 +379,7 @@ def test_an_event_of_exactly_the_limit_passes() -> None:
     event = b"data: " + b"x" * 92 + b"\n\n"
     assert len(event) == 100
     parser = SSEParser(max_event_bytes=100)
-    assert events_of(parser.feed(event[:50]) + parser.feed(event[50:])) == [
-        ("x" * 92, None, None, None)
-    ]
+    assert events_of(parser.feed(event[:50]) + parser.feed(event[50:])) == [("x" * 92, None, None, None)]
     three = SSEParser(max_event_bytes=100).feed(event * 3)
     assert events_of(three) == [("x" * 92, None, None, None)] * 3
 
@@ -442,9 +436,7 @@ _CUTS = st.lists(st.integers(0, 10_000), max_size=12)
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(_valid_stream(), _CUTS)
-def test_property_any_split_yields_the_events_of_one_piece(
-    case: tuple[bytes, list[Fields]], cuts: list[int]
-) -> None:
+def test_property_any_split_yields_the_events_of_one_piece(case: tuple[bytes, list[Fields]], cuts: list[int]) -> None:
     stream, expected = case
     whole = parse(stream)
     assert events_of(whole) == expected
@@ -455,17 +447,33 @@ def test_property_any_split_yields_the_events_of_one_piece(
 
 # Fragments that make line structure and field names likely in random streams.
 _FRAGMENT = st.sampled_from(
-    [b"\r", b"\n", b"\r\n", b"data", b"data:", b"event:", b"id:", b"retry:", b":", b" ",
-     b"1", b"x", b"\x00", b"\xef\xbb\xbf", b"\xff", b"\xe2\x82", b"\xc3\xa9", b"[DONE]"]
+    [
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"data",
+        b"data:",
+        b"event:",
+        b"id:",
+        b"retry:",
+        b":",
+        b" ",
+        b"1",
+        b"x",
+        b"\x00",
+        b"\xef\xbb\xbf",
+        b"\xff",
+        b"\xe2\x82",
+        b"\xc3\xa9",
+        b"[DONE]",
+    ]
 )
 _NOISY = st.lists(_FRAGMENT, max_size=60).map(b"".join) | st.binary(max_size=300)
 
 
 @settings(max_examples=500)
 @given(_NOISY, _CUTS)
-def test_property_raw_bytes_reassemble_the_input_and_match_the_reference(
-    stream: bytes, cuts: list[int]
-) -> None:
+def test_property_raw_bytes_reassemble_the_input_and_match_the_reference(stream: bytes, cuts: list[int]) -> None:
     items = feed_all(split_at(stream, [c % (len(stream) + 1) for c in cuts]))
     assert raw_of(items) == stream
     assert events_of(items) == reference(stream)
@@ -473,9 +481,7 @@ def test_property_raw_bytes_reassemble_the_input_and_match_the_reference(
 
 @settings(max_examples=500)
 @given(_NOISY, _CUTS, st.integers(1, 64))
-def test_property_random_bytes_raise_nothing_but_overflow(
-    stream: bytes, cuts: list[int], limit: int
-) -> None:
+def test_property_random_bytes_raise_nothing_but_overflow(stream: bytes, cuts: list[int], limit: int) -> None:
     parser = SSEParser(max_event_bytes=limit)
     try:
         for read in split_at(stream, [c % (len(stream) + 1) for c in cuts]):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from proxy.context import Dialect, EndReason, Endpoint, Outcome, ProxyError, RequestContext
+from proxy.context import Dialect, Endpoint, EndReason, Outcome, ProxyError, RequestContext
 from proxy.handler import _end_abandoned
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
@@ -116,9 +116,20 @@ async def test_an_abandoned_handler_delivers_one_terminal_hook(exc: BaseExceptio
     expected = EndReason.SHUTDOWN if isinstance(exc, asyncio.CancelledError) else EndReason.PLUGIN_FAILED
     for relayed in (False, True):
         rec, tracker = Recorder(), TaskTracker()
-        ctx = RequestContext("r1", Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions",
-                             MultiDictProxy(MultiDict()), CIMultiDictProxy(CIMultiDict()), "127.0.0.1",
-                             b"{}", {}, "mock-gpt", True)
+        ctx = RequestContext(
+            "r1",
+            Dialect.OPENAI,
+            Endpoint.CHAT,
+            "POST",
+            "/v1/chat/completions",
+            MultiDictProxy(MultiDict()),
+            CIMultiDictProxy(CIMultiDict()),
+            "127.0.0.1",
+            b"{}",
+            {},
+            "mock-gpt",
+            True,
+        )
         ctx.status = 200
         if relayed:
             ctx.first_byte_at = ctx.started_at

@@ -16,13 +16,22 @@ CHAT = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "cont
 
 
 def test_what_counts_against_an_upstream() -> None:
-    assert [is_failure(r) for r in ("200", "400", "404", "429", "500", "503", "timeout", "unreachable")] == \
-        [False, False, False, True, True, True, True, True]
+    assert [is_failure(r) for r in ("200", "400", "404", "429", "500", "503", "timeout", "unreachable")] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        True,
+    ]
     assert UpstreamHealth().snapshot() == []
 
 
-async def test_errors_and_first_byte_times_are_reported(make_proxy: Callable[..., Awaitable[ProxyHandle]],
-                                                        fake_upstream: MockUpstream) -> None:
+async def test_errors_and_first_byte_times_are_reported(
+    make_proxy: Callable[..., Awaitable[ProxyHandle]], fake_upstream: MockUpstream
+) -> None:
     proxy = await make_proxy()
     [status] = host_of(proxy.app).upstreams()
     assert (status.name, status.healthy, status.recent_attempts, status.p50_ms) == ("fake", True, 0, None)
@@ -43,8 +52,9 @@ async def test_errors_and_first_byte_times_are_reported(make_proxy: Callable[...
     assert status.p50_ms is not None and status.p50_ms >= 0
 
 
-async def test_an_open_breaker_makes_the_upstream_unhealthy(make_proxy: Callable[..., Awaitable[ProxyHandle]],
-                                                            fake_upstream: MockUpstream) -> None:
+async def test_an_open_breaker_makes_the_upstream_unhealthy(
+    make_proxy: Callable[..., Awaitable[ProxyHandle]], fake_upstream: MockUpstream
+) -> None:
     proxy = await make_proxy(routing={"breaker": {"failures": 2, "cooldown_s": 60}})
     fake_upstream.behaviour.fail_status = 503
     async with aiohttp.ClientSession() as s:

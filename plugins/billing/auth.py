@@ -8,8 +8,8 @@ import time
 from collections import OrderedDict
 
 from plugins.billing.apikeys import hash_key, matches
-from proxy.plugin import Reject, RequestContext
 from plugins.billing.store.base import ApiKey, Store, StoreUnavailable, User
+from proxy.plugin import Reject, RequestContext
 
 STORE_DOWN = Reject(503, "store_unavailable", "the account store is unavailable; the request was not sent")
 

@@ -30,7 +30,6 @@ from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.plugin import EndReason
 
-
 # Metered and Settlement are immutable named tuples rather than frozen dataclasses: both
 # are built on every request, and a frozen dataclass costs ~1.4k instructions per field to
 # build (each goes through object.__setattr__), a tuple a tenth of that.

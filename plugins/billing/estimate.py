@@ -35,8 +35,13 @@ MAX_N = 128
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _NO_OUTPUT = frozenset(
     (
-        Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS, Endpoint.MODELS, Endpoint.MODERATIONS,
-        Endpoint.GEMINI_COUNT_TOKENS, Endpoint.GEMINI_EMBED, Endpoint.GEMINI_BATCH_EMBED,
+        Endpoint.EMBEDDINGS,
+        Endpoint.COUNT_TOKENS,
+        Endpoint.MODELS,
+        Endpoint.MODERATIONS,
+        Endpoint.GEMINI_COUNT_TOKENS,
+        Endpoint.GEMINI_EMBED,
+        Endpoint.GEMINI_BATCH_EMBED,
     )
 )
 #: Image endpoints: `n` images, each a request of a per-request price.
@@ -102,9 +107,7 @@ class Estimator:
         self.default_output_reserve = default_output_reserve
         self._max_output = max_output
 
-    def estimate(
-        self, endpoint: Endpoint, body: Any, model: str, price: ModelPrice, multiplier: Decimal
-    ) -> Estimate:
+    def estimate(self, endpoint: Endpoint, body: Any, model: str, price: ModelPrice, multiplier: Decimal) -> Estimate:
         """The hold for a request: token estimate priced like a charge, the full per-request
         price (× `n` for images), or the exact per-character charge of a speech `input`.
         Raises `BadRequest`."""
@@ -129,6 +132,7 @@ class Estimator:
 
     def _prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
         return count_prompt(self.tokenizer, endpoint, body, model)
+
     def _output_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
         if endpoint in _NO_OUTPUT:
             return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 
-from plugins.billing.config import BillingConfig
 from plugins.billing.apikeys import generate_key
+from plugins.billing.config import BillingConfig
 from plugins.billing.store.base import Store, StoreError
 
 

@@ -67,5 +67,5 @@ class Housekeeper:
                 log.exception("housekeeping failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.heartbeat_every)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

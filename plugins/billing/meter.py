@@ -71,8 +71,19 @@ class UsageMeter:
     """
 
     __slots__ = (
-        "endpoint", "terminal", "error", "finish", "_raw", "_pieces", "_handler", "_body_handler", "_norm",
-        "_counter", "_size", "_counted", "_seen",
+        "endpoint",
+        "terminal",
+        "error",
+        "finish",
+        "_raw",
+        "_pieces",
+        "_handler",
+        "_body_handler",
+        "_norm",
+        "_counter",
+        "_size",
+        "_counted",
+        "_seen",
     )
 
     #: Characters of text kept before they are counted and dropped (with a counter).

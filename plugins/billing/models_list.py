@@ -23,8 +23,10 @@ def keep_allowed(body: bytes, allowed: tuple[str, ...]) -> bytes:
     if not isinstance(items, list):
         return body
     listing["data"] = [
-        m for m in items
-        if isinstance(m, dict) and isinstance(m.get("id"), str)
+        m
+        for m in items
+        if isinstance(m, dict)
+        and isinstance(m.get("id"), str)
         and any(fnmatch.fnmatchcase(m["id"], g) for g in allowed)
     ]
     return orjson.dumps(listing)

@@ -136,7 +136,8 @@ class MoneyMetrics(Collector):
             orphans.add_metric((state,), count)
         yield orphans
         yield CounterMetricFamily(
-            "weir_billing_settlement_retries", "Settlements that waited for the store and were retried",
+            "weir_billing_settlement_retries",
+            "Settlements that waited for the store and were retried",
             value=self.retries(),
         )
 

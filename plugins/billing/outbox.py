@@ -98,7 +98,9 @@ class Outbox:
             if self._failed_at is None:
                 log.error(
                     "billing: cannot write the outbox %s (%s); pending settlements are kept in memory and "
-                    "retried, but would be lost if the process died now", self.path, exc,
+                    "retried, but would be lost if the process died now",
+                    self.path,
+                    exc,
                 )
             self._failed_at = self._clock()
             return False
@@ -205,7 +207,12 @@ class Settler:
             return None
 
     async def _retry(
-        self, op: str, request_id: str, amount: int, details: LogDetails, exc: StoreUnavailable,
+        self,
+        op: str,
+        request_id: str,
+        amount: int,
+        details: LogDetails,
+        exc: StoreUnavailable,
         expect_refusal: bool = False,
     ) -> Resolution:
         """After a first attempt failed with `exc`: keep it pending, queue it in the outbox,
@@ -261,18 +268,30 @@ class Settler:
         self.failures[op] = self.failures.get(op, 0) + 1
         self._store_error(op, exc)
         log.error(
-            "billing: the store refused to %s request %s (amount %d): %s; the hold is left as it is "
-            "for `weir audit`", op, request_id, amount, exc,
+            "billing: the store refused to %s request %s (amount %d): %s; the hold is left as it is for `weir audit`",
+            op,
+            request_id,
+            amount,
+            exc,
         )
 
     def _abandoned(self, op: str, request_id: str, amount: int) -> None:
         if self.outbox is not None and self.outbox.flush():
-            log.warning("billing: %s of %s (amount %d) stopped at shutdown; it stays in %s for the next start",
-                        op, request_id, amount, self.outbox.path)
+            log.warning(
+                "billing: %s of %s (amount %d) stopped at shutdown; it stays in %s for the next start",
+                op,
+                request_id,
+                amount,
+                self.outbox.path,
+            )
             return
-        log.error("billing: %s of %s (amount %d) stopped at shutdown while the outbox could not be "
-                  "written; unless an earlier copy is there, the orphan rule will resolve its hold",
-                  op, request_id, amount)
+        log.error(
+            "billing: %s of %s (amount %d) stopped at shutdown while the outbox could not be "
+            "written; unless an earlier copy is there, the orphan rule will resolve its hold",
+            op,
+            request_id,
+            amount,
+        )
 
     async def _apply(self, op: str, request_id: str, amount: int, details: LogDetails) -> Resolution:
         if op == "capture":
@@ -306,14 +325,19 @@ class Settler:
             except OSError as exc:  # a full disk must not stop the other entries' replay
                 stuck = exc
         if stuck is not None:
-            log.error("billing: cannot remove replayed entries from the outbox (%s); they will be "
-                      "replayed again, as no-ops", stuck)
+            log.error(
+                "billing: cannot remove replayed entries from the outbox (%s); they will be replayed again, as no-ops",
+                stuck,
+            )
         return done
 
 
 def _drop_line(file: Path, request_id: str) -> None:
-    kept = [line for line in file.read_bytes().splitlines()
-            if line.strip() and orjson.loads(line).get("request_id") != request_id]
+    kept = [
+        line
+        for line in file.read_bytes().splitlines()
+        if line.strip() and orjson.loads(line).get("request_id") != request_id
+    ]
     if kept:
         file.write_bytes(b"\n".join(kept) + b"\n")
     else:

@@ -19,32 +19,36 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
+from plugins.billing import web as pages
+from plugins.billing.accounts.values import Money
 from plugins.billing.auth import KeyCache, authenticate, store_down
+from plugins.billing.charge_table import settle
 from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import IMAGE_ENDPOINTS, Estimate, Estimator, form_payload
-from plugins.billing.models_list import keep_allowed
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
+from plugins.billing.models_list import keep_allowed
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
+from plugins.billing.outbox import Outbox, Settler
 from plugins.billing.pending import SettlementMetrics, report_pending
 from plugins.billing.price_data import LiteLLMPrices
+from plugins.billing.price_table import PriceTable
 from plugins.billing.prices import health as channel_health
 from plugins.billing.prices.wiring import Pricing
-from plugins.billing.price_table import PriceTable
-from plugins.billing.charge_table import settle
-from plugins.billing.outbox import Outbox, Settler
+from plugins.billing.request_state import BILLING, Billing, ask_for_usage, log_details, metered, refusal
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Store, StoreError, StoreUnavailable, User
+from plugins.billing.stream_meter import StreamMeter
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tasks.apis import TaskApis
 from plugins.billing.tasks.engine import TaskEngine
 from plugins.billing.tasks.requests import TASK_ENDPOINTS, TaskRequests
 from plugins.billing.tokenizer import Tokenizer
-from plugins.billing.request_state import BILLING, Billing, ask_for_usage, log_details, metered, refusal
-from plugins.billing.stream_meter import StreamMeter
+from proxy.host import TaskTracker, host_of
 from proxy.plugin import (
     DROP,
     Drop,
-    EndReason,
     Endpoint,
+    EndReason,
     Outcome,
     Plugin,
     ProxyError,
@@ -53,10 +57,6 @@ from proxy.plugin import (
     SSEEvent,
     StateKey,
 )
-from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Store, StoreError, StoreUnavailable, User
-from proxy.host import TaskTracker, host_of
-from plugins.billing import web as pages
-from plugins.billing.accounts.values import Money
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,15 @@ class BillingPlugin(Plugin):
             self._sweeper = InflightSweeper(self._instance)
             qpu = self.config.quota_per_usd
             engine = TaskEngine(store, host, self.config.tasks, TaskApis(host.config.task_apis))
-            self._tasks_side = TaskRequests(engine, lambda: self.book.current, self._settler, self._sweeper,
-                                            self._instance, self.config.hold_ttl,
-                                            lambda refused, amount: refusal(refused, amount, qpu))
+            self._tasks_side = TaskRequests(
+                engine,
+                lambda: self.book.current,
+                self._settler,
+                self._sweeper,
+                self._instance,
+                self.config.hold_ttl,
+                lambda refused, amount: refusal(refused, amount, qpu),
+            )
             collector = SettlementMetrics(self._settler)
             host.metrics.register(collector)
             settler = self._settler
@@ -224,7 +230,9 @@ class BillingPlugin(Plugin):
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
         if price.is_task:
-            raise Reject(400, "model_not_priced", f"model {model!r} is priced per second of a task: use it with a task API")
+            raise Reject(
+                400, "model_not_priced", f"model {model!r} is priced per second of a task: use it with a task API"
+            )
         multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else form_payload(ctx.form)
         # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
@@ -236,7 +244,14 @@ class BillingPlugin(Plugin):
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
             count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
-                key, user, hold, price, multiplier, estimate, StreamMeter(ctx.endpoint, count), hide,
+                key,
+                user,
+                hold,
+                price,
+                multiplier,
+                estimate,
+                StreamMeter(ctx.endpoint, count),
+                hide,
                 n if isinstance(n, int) else 1,
             )
         except BaseException:
@@ -255,8 +270,15 @@ class BillingPlugin(Plugin):
         started = time.monotonic()
         try:
             result = await store.hold(
-                ctx.request_id, user.name, key.id, estimate.quota, None,
-                price_version, self.config.hold_ttl, self._instance, ctx.model or "",
+                ctx.request_id,
+                user.name,
+                key.id,
+                estimate.quota,
+                None,
+                price_version,
+                self.config.hold_ttl,
+                self._instance,
+                ctx.model or "",
             )
         except StoreUnavailable as exc:
             self.money.store_error("hold", exc)

@@ -97,7 +97,8 @@ class PriceTable:
             "models": {n: p.as_dict() for n, p in sorted(c.models.items())},
             "groups": {g: plain_decimal(m) for g, m in sorted(c.groups.items())},
             "group_overrides": {
-                u: {k: plain_decimal(m) for k, m in sorted(inner.items())} for u, inner in sorted(c.group_overrides.items())
+                u: {k: plain_decimal(m) for k, m in sorted(inner.items())}
+                for u, inner in sorted(c.group_overrides.items())
             },
         }
         blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -53,7 +53,14 @@ _TOKEN_FIELDS = (
 _PRICE_KEYS = frozenset((*_TOKEN_FIELDS, "per_request", "characters", "per_second"))
 # The price of each `Usage` count, in the order `charge_tokens` multiplies them.
 _RATE_FIELDS = (
-    "input", "cache_read", "cache_write", "cache_write_1h", "output", "audio_input", "audio_output", "image_input"
+    "input",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "output",
+    "audio_input",
+    "audio_output",
+    "image_input",
 )
 _PRICING_KEYS = ("fallback", "group_overrides", "groups", "models", "quota_per_usd")
 
@@ -259,8 +266,9 @@ def _model_price(spec: Any, path: str) -> ModelPrice:
         others = sorted(set(vals) - {"characters"})
         if others:
             raise ConfigError(
-                path, f"model {model!r} sets both characters and {', '.join(others)}; a per-character "
-                "(text-to-speech) price stands alone"
+                path,
+                f"model {model!r} sets both characters and {', '.join(others)}; a per-character "
+                "(text-to-speech) price stands alone",
             )
         return ModelPrice.per_character(vals["characters"])
     if "per_second" in vals:

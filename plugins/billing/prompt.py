@@ -38,9 +38,7 @@ PER_NAME = 3
 PRIMING = 3
 PER_TOOL = 8
 _MAX_DEPTH = 4
-_MEDIA = frozenset(
-    ("image_url", "image", "input_image", "input_audio", "input_file", "file", "document", "audio")
-)
+_MEDIA = frozenset(("image_url", "image", "input_image", "input_audio", "input_file", "file", "document", "audio"))
 
 #: Where a value sits in the body, for error messages: a name, or a tuple of parts (an int
 #: is an index, a str is appended as it is, a tuple nests). Tuples cost nothing to build;

@@ -97,7 +97,8 @@ def refusal(refused: HoldRefusal, amount: int, qpu: int) -> Reject:
     what = {Refusal.INSUFFICIENT_KEY_QUOTA: "key quota", Refusal.INSUFFICIENT_SUBSCRIPTION: "subscription balance"}
     source = what.get(reason, "balance")
     return Reject(
-        402, "insufficient_quota",
+        402,
+        "insufficient_quota",
         f"insufficient {source}: available {format_usd(refused.available, qpu)}, "
         f"this request is estimated at up to {format_usd(amount, qpu)}",
     )

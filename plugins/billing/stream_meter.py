@@ -33,6 +33,7 @@ from proxy.plugin import Endpoint, SSEEvent
 
 __all__ = ["StreamMeter", "may_matter"]
 
+
 def _openai(data: str, name: str | None) -> bool:
     """Chat and completions chunks: usage, an error, `[DONE]`, or a `finish_reason` that is
     not `null`. Every chunk names `finish_reason`, almost always as a compact `null`; any
@@ -58,8 +59,15 @@ def _gemini(data: str, name: str | None) -> bool:
 def _other(data: str, name: str | None) -> bool:
     """The Responses API and other endpoints: usage, an error, an end
     (`*.completed`, `response.incomplete`, `response.failed`)."""
-    return ("usage" in data or "rror" in data or "completed" in data or "incomplete" in data
-            or "failed" in data or "[DONE]" in data or name == "error")
+    return (
+        "usage" in data
+        or "rror" in data
+        or "completed" in data
+        or "incomplete" in data
+        or "failed" in data
+        or "[DONE]" in data
+        or name == "error"
+    )
 
 
 #: Per endpoint: whether an event may change the usage, the end or the error a meter

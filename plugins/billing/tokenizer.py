@@ -36,9 +36,7 @@ _O200K_PATTERN = "|".join(
         r"""\s+""",
     ]
 )
-_CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
+_CL100K_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 
 
 class Family(StrEnum):
@@ -70,7 +68,19 @@ _SPECS: dict[Family, tuple[str, str, dict[str, int]]] = {
 }
 
 # Order matters: "gpt-4o" and "gpt-4.1" must be tested before the "gpt-4" catch-all.
-_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-", "gpt-image", "gpt-oss", "codex")
+_O200K_PREFIXES = (
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "o1",
+    "o3",
+    "o4",
+    "chatgpt-",
+    "gpt-image",
+    "gpt-oss",
+    "codex",
+)
 _CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-")
 
 
@@ -160,9 +170,7 @@ class Tokenizer:
                 raise ValueError(f"no vocabulary for {family}")
             sha, pattern, specials = _SPECS[family]
             ranks = load_ranks(self.vocab_dir / f"{family.value}.tiktoken", sha)
-            enc = tiktoken.Encoding(
-                name=family.value, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
-            )
+            enc = tiktoken.Encoding(name=family.value, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
             self._encodings[family] = enc
         return enc
 

@@ -23,8 +23,15 @@ PLACEHOLDERS = frozenset({"request_id", "model"})
 # corrupt the exchange rather than annotate it.
 _FORBIDDEN = frozenset(
     {
-        "connection", "content-length", "host", "keep-alive", "proxy-connection",
-        "te", "trailer", "transfer-encoding", "upgrade",
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     }
 )
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")

@@ -107,8 +107,7 @@ class RateLimitPlugin(Plugin):
             raise Reject(
                 429,
                 "rate_limit_exceeded",
-                f"rate limit of {self.config.requests_per_minute} requests per minute exceeded; "
-                f"retry in {wait}s",
+                f"rate limit of {self.config.requests_per_minute} requests per minute exceeded; retry in {wait}s",
                 headers={"Retry-After": str(wait)},
             )
         bucket.tokens = max(0.0, bucket.tokens - 1.0)

@@ -82,8 +82,18 @@ class MockBehaviour:
 
 
 # Script fields copied onto the behaviour under the same name when set (not None / False).
-_SAME = ("reply", "events", "usage", "truncate_after", "reset_after", "error_event_after",
-         "stall_before_headers", "stall_first_byte", "pace", "words")
+_SAME = (
+    "reply",
+    "events",
+    "usage",
+    "truncate_after",
+    "reset_after",
+    "error_event_after",
+    "stall_before_headers",
+    "stall_first_byte",
+    "pace",
+    "words",
+)
 _FLAGS = ("never_close", "gzip", "empty_body")
 
 

@@ -83,11 +83,28 @@ def _policy(b: MockBehaviour) -> UsagePolicy:
     return UsagePolicy(omit=b.omit_usage, zero=b.zero_usage, repeat=b.repeat_usage)
 
 
-def _plan(rec: ReceivedRequest, b: MockBehaviour, dialect: Dialect, body: dict[str, Any],
-          model: str, limit: int | None, n: int = 1) -> Plan:
+def _plan(
+    rec: ReceivedRequest,
+    b: MockBehaviour,
+    dialect: Dialect,
+    body: dict[str, Any],
+    model: str,
+    limit: int | None,
+    n: int = 1,
+) -> Plan:
     every, last = prompt_texts(dialect, rec.path, body)
-    return make_plan(rid=rec.request_id, model=model, every=every, last_user=last, words=b.words,
-                     limit=limit, n=n, anthropic=dialect is Dialect.ANTHROPIC, reply=b.reply, usage=b.usage)
+    return make_plan(
+        rid=rec.request_id,
+        model=model,
+        every=every,
+        last_user=last,
+        words=b.words,
+        limit=limit,
+        n=n,
+        anthropic=dialect is Dialect.ANTHROPIC,
+        reply=b.reply,
+        usage=b.usage,
+    )
 
 
 def chat(rec: ReceivedRequest, b: MockBehaviour) -> Reply | Stream:
@@ -209,8 +226,10 @@ def images(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
     if body.get("response_format") == "b64_json":
         data: list[dict[str, Any]] = [{"b64_json": TINY_PNG_B64} for _ in range(n)]
     else:
-        data = [{"url": f"https://mock.weir.invalid/images/{rec.request_id}-{i}.png",
-                 "revised_prompt": body["prompt"]} for i in range(n)]
+        data = [
+            {"url": f"https://mock.weir.invalid/images/{rec.request_id}-{i}.png", "revised_prompt": body["prompt"]}
+            for i in range(n)
+        ]
     return Reply(orjson.dumps({"created": CREATED, "data": data}))
 
 
@@ -234,8 +253,12 @@ def image_edits(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
     if "gpt-image" in model:
         prompt = word_count([fields.get("prompt", b"").decode("utf-8", "replace")])
         images = 65 * sum(1 for name in fields if name.startswith("image"))
-        usage = {"input_tokens": prompt + images, "output_tokens": 272 * n, "total_tokens": prompt + images + 272 * n,
-                 "input_tokens_details": {"text_tokens": prompt, "image_tokens": images}}
+        usage = {
+            "input_tokens": prompt + images,
+            "output_tokens": 272 * n,
+            "total_tokens": prompt + images + 272 * n,
+            "input_tokens_details": {"text_tokens": prompt, "image_tokens": images},
+        }
         shaped_usage = shaped(usage, _policy(b))
         if shaped_usage is not None:
             out["usage"] = shaped_usage
@@ -251,11 +274,13 @@ def moderations(rec: ReceivedRequest, b: MockBehaviour) -> Reply:
     for item in items:
         text = " ".join(texts(item)) if not isinstance(item, str) else item
         flagged = "kill" in text.lower()
-        results.append({
-            "flagged": flagged,
-            "categories": {"violence": flagged, "harassment": False, "self-harm": False},
-            "category_scores": {"violence": 0.9 if flagged else 0.001, "harassment": 0.001, "self-harm": 0.0},
-        })
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": {"violence": flagged, "harassment": False, "self-harm": False},
+                "category_scores": {"violence": 0.9 if flagged else 0.001, "harassment": 0.001, "self-harm": 0.0},
+            }
+        )
     model = str(body.get("model") or "omni-moderation-latest")
     return Reply(orjson.dumps({"id": f"modr-{rec.request_id}", "model": model, "results": results}))
 

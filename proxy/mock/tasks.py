@@ -119,8 +119,18 @@ class TaskBook:
             raise BadRequest(f"mock: unknown task script {name!r}", 500)
         prefix = {"video": "video_", "mj": "", "suno": "suno-"}[kind]
         task_id = prefix + secrets.token_hex(12)
-        task = MockTask(task_id, kind, model, prompt, seconds, size, SCRIPTS[name],
-                        dict(self.usage) if self.usage else None, int(time.time()), self.clock())
+        task = MockTask(
+            task_id,
+            kind,
+            model,
+            prompt,
+            seconds,
+            size,
+            SCRIPTS[name],
+            dict(self.usage) if self.usage else None,
+            int(time.time()),
+            self.clock(),
+        )
         self.tasks[task_id] = task
         return task
 
@@ -166,9 +176,16 @@ class TaskBook:
     def _video(self, task: MockTask, now: Step) -> dict[str, Any]:
         done = now.status in ("completed", "failed")
         out: dict[str, Any] = {
-            "id": task.id, "object": "video", "model": task.model, "status": now.status,
-            "progress": now.progress, "created_at": task.created_at, "seconds": task.seconds, "size": task.size,
-            "prompt": task.prompt, "completed_at": task.created_at + 60 if done else None,
+            "id": task.id,
+            "object": "video",
+            "model": task.model,
+            "status": now.status,
+            "progress": now.progress,
+            "created_at": task.created_at,
+            "seconds": task.seconds,
+            "size": task.size,
+            "prompt": task.prompt,
+            "completed_at": task.created_at + 60 if done else None,
             "expires_at": task.created_at + 86400 if now.status == "completed" else None,
             "error": {"code": "mock_failure", "message": _FAILURE} if now.status == "failed" else None,
             "remixed_from_video_id": None,
@@ -192,9 +209,12 @@ class TaskBook:
         """GET /mj/task/{id}/fetch."""
         task, now = self._find(rec.path, "mj")
         out: dict[str, Any] = {
-            "id": task.id, "action": "IMAGINE", "prompt": task.prompt,
+            "id": task.id,
+            "action": "IMAGINE",
+            "prompt": task.prompt,
             "status": "NOT_START" if now is task.script[0] else _MJ_STATUS[now.status],
-            "progress": f"{now.progress}%", "failReason": _FAILURE if now.status == "failed" else "",
+            "progress": f"{now.progress}%",
+            "failReason": _FAILURE if now.status == "failed" else "",
             "imageUrl": f"https://mock.weir.invalid/mj/{task.id}.png" if now.status == "completed" else "",
             "submitTime": task.created_at * 1000,
         }
@@ -217,9 +237,13 @@ class TaskBook:
         """GET /suno/fetch/{id}."""
         task, now = self._find(rec.path, "suno")
         data: dict[str, Any] = {
-            "task_id": task.id, "action": "MUSIC", "status": _MJ_STATUS[now.status],
-            "progress": f"{now.progress}%", "fail_reason": _FAILURE if now.status == "failed" else "",
-            "submit_time": task.created_at, "data": [],
+            "task_id": task.id,
+            "action": "MUSIC",
+            "status": _MJ_STATUS[now.status],
+            "progress": f"{now.progress}%",
+            "fail_reason": _FAILURE if now.status == "failed" else "",
+            "submit_time": task.created_at,
+            "data": [],
         }
         if now.status == "completed":
             data["data"] = [{"id": task.id + "-0", "audio_url": f"https://mock.weir.invalid/suno/{task.id}.mp3"}]

@@ -41,9 +41,7 @@ MODELS = (
     "mock-image",
     "mock-whisper",
 )
-TINY_PNG_B64 = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGPwmvDoPwAFoAK8aVvjuwAAAABJRU5ErkJggg=="
-)
+TINY_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGPwmvDoPwAFoAK8aVvjuwAAAABJRU5ErkJggg=="
 _MAX_ECHO = 24  # long prompt words are clipped so an answer stays short per piece
 _TEXT_KEYS = ("text", "content", "parts", "input")
 

@@ -29,10 +29,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.mock import endpoints as ep
 from proxy.context import Dialect
-from proxy.mock.tasks import TaskBook
+from proxy.mock import endpoints as ep
 from proxy.mock.behaviour import SCRIPT_HEADER, MockBehaviour, Script, ScriptError, Usage
+from proxy.mock.tasks import TaskBook
 from proxy.mock.text import error_body, request_id
 from proxy.mock.wire import JSON, Reply, Stream, scripted_stream
 
@@ -253,7 +253,9 @@ class _Server:
             del kept[: len(kept) - cap]
         return rec
 
-    def _refusal(self, dialect: Dialect, rec: ReceivedRequest, b: MockBehaviour, counted: bool) -> tuple[int, bytes] | None:
+    def _refusal(
+        self, dialect: Dialect, rec: ReceivedRequest, b: MockBehaviour, counted: bool
+    ) -> tuple[int, bytes] | None:
         """The error to answer, if any; `counted`: a standing failure, which `fail_times` counts."""
         if b.require_key is not None and rec.key != b.require_key:
             return 401, error_body(dialect, 401, "Incorrect API key provided.")

@@ -92,10 +92,7 @@ def chat_reply(plan: Plan, policy: UsagePolicy) -> Reply:
         "object": "chat.completion",
         "created": CREATED,
         "model": plan.model,
-        "choices": [
-            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
-            for i in range(plan.n)
-        ],
+        "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(plan.n)],
         "service_tier": "default",
         "system_fingerprint": "fp_mock",
     }
@@ -113,10 +110,7 @@ def completion_reply(plan: Plan, policy: UsagePolicy) -> Reply:
         "object": "text_completion",
         "created": CREATED,
         "model": plan.model,
-        "choices": [
-            {"text": plan.text, "index": i, "logprobs": None, "finish_reason": finish}
-            for i in range(plan.n)
-        ],
+        "choices": [{"text": plan.text, "index": i, "logprobs": None, "finish_reason": finish} for i in range(plan.n)],
         "system_fingerprint": "fp_mock",
     }
     usage = shaped(openai_usage(plan), policy)
@@ -129,7 +123,11 @@ def openai_stream(plan: Plan, include_usage: bool, policy: UsagePolicy, chat: bo
     """Chunks of a chat or legacy completions stream, ending with `data: [DONE]`."""
     kind, prefix = ("chat.completion.chunk", "chatcmpl-") if chat else ("text_completion", "cmpl-")
     head = b'data: {"id":"%s%s","object":"%s","created":%d,"model":%s,"system_fingerprint":"fp_mock","choices":[' % (
-        prefix.encode(), plan.rid.encode(), kind.encode(), CREATED, _j(plan.model)
+        prefix.encode(),
+        plan.rid.encode(),
+        kind.encode(),
+        CREATED,
+        _j(plan.model),
     )
     tail = _usage_tail(plan, include_usage, policy)
     frames: list[bytes] = []
@@ -218,21 +216,46 @@ def responses_stream(plan: Plan, policy: UsagePolicy, max_out: int | None) -> St
     item_id = "msg_" + plan.rid
     seq = iter(range(1_000_000))
     frames = [
-        _named("response.created", {"type": "response.created", "sequence_number": next(seq),
-                                    "response": _response(plan, "in_progress", [], None, max_out)}),
-        _named("response.in_progress", {"type": "response.in_progress", "sequence_number": next(seq),
-                                        "response": _response(plan, "in_progress", [], None, max_out)}),
-        _named("response.output_item.added", {"type": "response.output_item.added", "sequence_number": next(seq),
-                                              "output_index": 0, "item": _message_item(plan, False)}),
+        _named(
+            "response.created",
+            {
+                "type": "response.created",
+                "sequence_number": next(seq),
+                "response": _response(plan, "in_progress", [], None, max_out),
+            },
+        ),
+        _named(
+            "response.in_progress",
+            {
+                "type": "response.in_progress",
+                "sequence_number": next(seq),
+                "response": _response(plan, "in_progress", [], None, max_out),
+            },
+        ),
+        _named(
+            "response.output_item.added",
+            {
+                "type": "response.output_item.added",
+                "sequence_number": next(seq),
+                "output_index": 0,
+                "item": _message_item(plan, False),
+            },
+        ),
     ]
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    frames.append(_named("response.content_part.added", {"type": "response.content_part.added",
-                                                         "sequence_number": next(seq), **where, "part": empty}))
+    frames.append(
+        _named(
+            "response.content_part.added",
+            {"type": "response.content_part.added", "sequence_number": next(seq), **where, "part": empty},
+        )
+    )
     delta = b'"item_id":"%s","output_index":0,"content_index":0,"delta":' % item_id.encode()
     for piece in plan.pieces:
-        frames.append(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                      b'"sequence_number":%d,%s%s,"logprobs":[]}\n\n' % (next(seq), delta, _j(piece)))
+        frames.append(
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+            b'"sequence_number":%d,%s%s,"logprobs":[]}\n\n' % (next(seq), delta, _j(piece))
+        )
     content_end = len(frames)
     full = {**empty, "text": plan.text}
     status = _final_status(plan)
@@ -245,8 +268,16 @@ def responses_stream(plan: Plan, policy: UsagePolicy, max_out: int | None) -> St
         ("response." + status, {"response": final}),
     ):
         frames.append(_named(kind, {"type": kind, "sequence_number": next(seq), **extra}))
-    error = _named("error", {"type": "error", "code": "server_error", "sequence_number": content_end,
-                             "message": "The server had an error while processing your request.", "param": None})
+    error = _named(
+        "error",
+        {
+            "type": "error",
+            "code": "server_error",
+            "sequence_number": content_end,
+            "message": "The server had an error while processing your request.",
+            "param": None,
+        },
+    )
     return Stream(tuple(frames), content_end, error)
 
 
@@ -284,18 +315,23 @@ def messages_stream(plan: Plan, policy: UsagePolicy) -> Stream:
     start_usage = shaped(anthropic_usage(plan, min(1, plan.output)), policy)
     frames = [
         _named("message_start", {"type": "message_start", "message": _message(plan, [], None, start_usage)}),
-        _named("content_block_start", {"type": "content_block_start", "index": 0,
-                                       "content_block": {"type": "text", "text": ""}}),
+        _named(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         _named("ping", {"type": "ping"}),
     ]
     for piece in plan.pieces:
-        frames.append(b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-                      b'"delta":{"type":"text_delta","text":%s}}\n\n' % _j(piece))
+        frames.append(
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":%s}}\n\n' % _j(piece)
+        )
     content_end = len(frames)
     frames.append(_named("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    delta: dict[str, Any] = {"type": "message_delta",
-                             "delta": {"stop_reason": "max_tokens" if plan.capped else "end_turn",
-                                       "stop_sequence": None}}
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "max_tokens" if plan.capped else "end_turn", "stop_sequence": None},
+    }
     end_usage = shaped({"output_tokens": plan.output}, policy)
     if end_usage is not None:
         delta["usage"] = end_usage
@@ -339,8 +375,10 @@ def gemini_stream(plan: Plan, policy: UsagePolicy, sse: bool) -> Stream:
     bodies: list[bytes] = []
     for done, piece in enumerate(plan.pieces, 1):
         usage = b',"usageMetadata":' + _j(shaped(gemini_usage(plan, done), policy)) if repeat else b""
-        bodies.append(b'{"candidates":[{"content":{"parts":[{"text":%s}],"role":"model"},"index":0}]%s%s'
-                      % (_j(piece), usage, trailer))
+        bodies.append(
+            b'{"candidates":[{"content":{"parts":[{"text":%s}],"role":"model"},"index":0}]%s%s'
+            % (_j(piece), usage, trailer)
+        )
     final: dict[str, Any] = {"candidates": [_candidate("", _gemini_finish(plan))]}
     usage_final = shaped(gemini_usage(plan), policy)
     if usage_final is not None:

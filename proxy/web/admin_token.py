@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from proxy.dataclass_builder import ConfigError
 from proxy.config import Config
+from proxy.dataclass_builder import ConfigError
 from proxy.listen import display_address
 
 __all__ = ["resolve_admin_token"]

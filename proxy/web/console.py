@@ -48,8 +48,12 @@ async def _front(request: web.Request) -> web.StreamResponse:
     """Weir's front page: the pages plugins list for everyone, and the console."""
     shell = shell_of(request.app)
     scheme = "https" if is_secure(request, shell.trusted) else "http"
-    context = {"title": "", "links": shell.links, "console": request.app[HOST].admin_enabled,
-               "request_base": f"{scheme}://{request.host}"}
+    context = {
+        "title": "",
+        "links": shell.links,
+        "console": request.app[HOST].admin_enabled,
+        "request_base": f"{scheme}://{request.host}",
+    }
     return render(request, "weir/front.html", context)
 
 
@@ -76,9 +80,13 @@ async def _login(request: web.Request) -> web.StreamResponse:
     address = shell.client_ip(request)
     wait = shell.limiter.retry_after(address)
     if wait:
-        raise error_page(request, 429, "Too many attempts",
-                         f"Too many wrong tokens from your address. Try again in {int(wait) + 1} seconds.",
-                         {"Retry-After": str(int(wait) + 1)})
+        raise error_page(
+            request,
+            429,
+            "Too many attempts",
+            f"Too many wrong tokens from your address. Try again in {int(wait) + 1} seconds.",
+            {"Retry-After": str(int(wait) + 1)},
+        )
     form = await checked_form(request)
     target = local_path(form.get("next"), "/admin")
     if not request.app[HOST].is_admin_token(form.get("token", "").strip()):

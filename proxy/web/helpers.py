@@ -45,7 +45,7 @@ FLASH_SECONDS = 300
 #: Pages never load anything from elsewhere, run no script, and cannot be framed.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
@@ -56,19 +56,30 @@ _PAGE_HEADERS = {
 _FRESH_CSRF: Any = web.RequestKey("weir.csrf_cookie", str) if hasattr(web, "RequestKey") else "weir.csrf_cookie"
 _FLASH_TAKEN: Any = web.RequestKey("weir.flash_taken", bool) if hasattr(web, "RequestKey") else "weir.flash_taken"
 _ERRORS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
-    405: web.HTTPMethodNotAllowed, 409: web.HTTPConflict, 413: web.HTTPRequestEntityTooLarge,
-    415: web.HTTPUnsupportedMediaType, 422: web.HTTPUnprocessableEntity, 429: web.HTTPTooManyRequests,
-    500: web.HTTPInternalServerError, 503: web.HTTPServiceUnavailable,
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    405: web.HTTPMethodNotAllowed,
+    409: web.HTTPConflict,
+    413: web.HTTPRequestEntityTooLarge,
+    415: web.HTTPUnsupportedMediaType,
+    422: web.HTTPUnprocessableEntity,
+    429: web.HTTPTooManyRequests,
+    500: web.HTTPInternalServerError,
+    503: web.HTTPServiceUnavailable,
 }
 
 
-def _exception(status: int, body: bytes | str, content_type: str, headers: Mapping[str, str] | None) -> web.HTTPException:
+def _exception(
+    status: int, body: bytes | str, content_type: str, headers: Mapping[str, str] | None
+) -> web.HTTPException:
     cls = _ERRORS.get(status, web.HTTPBadRequest if status < 500 else web.HTTPInternalServerError)
     extra = dict(headers or {})
     if cls is web.HTTPMethodNotAllowed:
-        return web.HTTPMethodNotAllowed("", extra.pop("Allow", "").split(","), headers=extra,
-                                        body=body, content_type=content_type)
+        return web.HTTPMethodNotAllowed(
+            "", extra.pop("Allow", "").split(","), headers=extra, body=body, content_type=content_type
+        )
     return cls(headers=extra, body=body if isinstance(body, bytes) else body.encode(), content_type=content_type)
 
 
@@ -91,11 +102,17 @@ def _csrf_cookie(request: web.Request) -> tuple[str, bool]:
     return value, True
 
 
-def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
-                max_age: int | None) -> None:
+def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int | None) -> None:
     shell = shell_of(request.app)
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Strict",
-                        secure=is_secure(request, shell.trusted))
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=is_secure(request, shell.trusted),
+    )
 
 
 def _finish(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -105,8 +122,13 @@ def _finish(request: web.Request, response: web.StreamResponse) -> web.StreamRes
     if isinstance(fresh, str):
         _set_cookie(request, response, CSRF_COOKIE, fresh, None)
     if request.get(_FLASH_TAKEN):
-        response.del_cookie(FLASH_COOKIE, path="/", samesite="Strict", httponly=True,
-                            secure=is_secure(request, shell_of(request.app).trusted))
+        response.del_cookie(
+            FLASH_COOKIE,
+            path="/",
+            samesite="Strict",
+            httponly=True,
+            secure=is_secure(request, shell_of(request.app).trusted),
+        )
     return response
 
 
@@ -128,8 +150,9 @@ def _context(request: web.Request, context: Mapping[str, Any] | None) -> dict[st
     return base
 
 
-def render(request: web.Request, template: str, context: Mapping[str, Any] | None = None, *,
-           status: int = 200) -> web.Response:
+def render(
+    request: web.Request, template: str, context: Mapping[str, Any] | None = None, *, status: int = 200
+) -> web.Response:
     """Render `template` (e.g. `billing/dashboard.html`) with `context`, plus what the base
     layout needs (`csrf_field` for forms, the admin navigation), with the pages' security
     headers (CSP, no-store, no framing)."""
@@ -138,11 +161,11 @@ def render(request: web.Request, template: str, context: Mapping[str, Any] | Non
     return response
 
 
-def error_page(request: web.Request, status: int, title: str, message: str,
-               headers: Mapping[str, str] | None = None) -> web.HTTPException:
+def error_page(
+    request: web.Request, status: int, title: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.HTTPException:
     """An HTML error page to raise from a page handler."""
-    page = render(request, "weir/error.html", {"title": title, "message": message, "status": status},
-                  status=status)
+    page = render(request, "weir/error.html", {"title": title, "message": message, "status": status}, status=status)
     exc = _exception(status, page.body if isinstance(page.body, bytes) else b"", "text/html", headers)
     for name, value in page.headers.items():
         if name.lower() not in ("content-type", "content-length"):
@@ -182,8 +205,7 @@ def session_of(request: web.Request, realm: str, max_age: float) -> Session | No
     return shell_of(request.app).signer.verify(value, realm, max_age) if value else None
 
 
-def start_session(request: web.Request, response: web.StreamResponse, realm: str, subject: str,
-                  max_age: int) -> None:
+def start_session(request: web.Request, response: web.StreamResponse, realm: str, subject: str, max_age: int) -> None:
     """Sign the browser in to `realm` as `subject` (HttpOnly, SameSite=Strict, Secure over
     TLS), and give it a fresh CSRF cookie (no token from before the sign-in stays valid)."""
     shell = shell_of(request.app)
@@ -194,8 +216,13 @@ def start_session(request: web.Request, response: web.StreamResponse, realm: str
 
 def end_session(request: web.Request, response: web.StreamResponse, realm: str) -> None:
     """Sign the browser out of `realm`."""
-    response.del_cookie(f"weir_{realm}", path="/", samesite="Strict", httponly=True,
-                        secure=is_secure(request, shell_of(request.app).trusted))
+    response.del_cookie(
+        f"weir_{realm}",
+        path="/",
+        samesite="Strict",
+        httponly=True,
+        secure=is_secure(request, shell_of(request.app).trusted),
+    )
 
 
 def _to_sign_in(login: str, request: web.Request) -> web.HTTPException:
@@ -229,8 +256,12 @@ def require_admin_api(request: web.Request) -> None:
     address = shell.client_ip(request)
     wait = shell.limiter.retry_after(address)
     if wait:
-        raise api_error(429, "too_many_attempts", "too many wrong admin tokens from this address; try later",
-                        {"Retry-After": str(int(wait) + 1)})
+        raise api_error(
+            429,
+            "too_many_attempts",
+            "too many wrong admin tokens from this address; try later",
+            {"Retry-After": str(int(wait) + 1)},
+        )
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise api_error(401, "admin_token_required", "send the admin token: Authorization: Bearer <admin.token>")
@@ -244,6 +275,10 @@ async def checked_form(request: web.Request) -> MultiDictProxy[str]:
     form = await request.post()
     presented = form.get(CSRF_FIELD)
     if not shell_of(request.app).signer.csrf_ok(request.cookies.get(CSRF_COOKIE), presented):
-        raise error_page(request, 403, "Form expired",
-                         "This form's security token is missing or out of date. Go back, reload the page and try again.")
+        raise error_page(
+            request,
+            403,
+            "Form expired",
+            "This form's security token is missing or out of date. Go back, reload the page and try again.",
+        )
     return MultiDictProxy(MultiDict((k, v) for k, v in form.items() if isinstance(v, str)))

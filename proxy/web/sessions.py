@@ -78,8 +78,9 @@ class Signer:
         payload = orjson.dumps({"d": data, "i": time.time() if now is None else now, "n": secrets.token_hex(8)})
         return f"{_b64(payload)}.{_b64(self._mac(purpose.encode(), payload))}"
 
-    def unseal(self, purpose: str, value: str, max_age: float, now: float | None = None
-               ) -> tuple[dict[str, Any], float] | None:
+    def unseal(
+        self, purpose: str, value: str, max_age: float, now: float | None = None
+    ) -> tuple[dict[str, Any], float] | None:
         """What `seal(purpose, …)` put in `value`, and when, if the signature is good and it is
         younger than `max_age` seconds; otherwise None (never an exception)."""
         body, _, mac = value.partition(".")

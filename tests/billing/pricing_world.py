@@ -62,8 +62,11 @@ class Shop:
         proxy = self.instances[i].proxy
         before = await self.balance()
         async with aiohttp.ClientSession() as s:
-            r = await s.post(proxy.url + "/v1/images/generations", json={"model": "mock-image", "prompt": "a weir"},
-                             headers={"Authorization": f"Bearer {self.key}"})
+            r = await s.post(
+                proxy.url + "/v1/images/generations",
+                json={"model": "mock-image", "prompt": "a weir"},
+                headers={"Authorization": f"Bearer {self.key}"},
+            )
             assert r.status == 200, await r.text()
         await proxy.settled()
         return before - await self.balance()
@@ -80,18 +83,26 @@ ShopFactory = Callable[..., Awaitable[Shop]]
 
 
 @pytest_asyncio.fixture
-async def shop(backend: str, fake_upstream: MockUpstream, tmp_path: Path,
-               request: pytest.FixtureRequest) -> AsyncIterator[ShopFactory]:
+async def shop(
+    backend: str, fake_upstream: MockUpstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ShopFactory]:
     """`await shop(instances=2, **billing_config)`: proxies on one store (SQLite file or
     Redis prefix), alice funded with 10 M units and one key."""
     started: list[Instance] = []
 
-    async def factory(instances: int = 1, models: dict[str, Any] | None = None,
-                      upstreams: list[dict[str, Any]] | None = None, **config: Any) -> Shop:
+    async def factory(
+        instances: int = 1,
+        models: dict[str, Any] | None = None,
+        upstreams: list[dict[str, Any]] | None = None,
+        **config: Any,
+    ) -> Shop:
         store_cfg: dict[str, Any] = {"backend": "sqlite", "path": str(tmp_path / "weir.db")}
         if backend == "redis":
-            store_cfg = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
-                         "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
+            store_cfg = {
+                "backend": "redis",
+                "url": request.getfixturevalue("redis_url"),
+                "prefix": f"weirtest:{uuid.uuid4().hex[:10]}",
+            }
         more: dict[str, Any] = {}
         if upstreams is not None:  # each gets the fake upstream's address
             more["upstreams"] = [{"type": "mock", "base_url": fake_upstream.url, **u} for u in upstreams]

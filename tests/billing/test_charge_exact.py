@@ -66,13 +66,9 @@ def reference_characters(price: ModelPrice, chars: int, multiplier: Decimal, qpu
 
 # Prices as operators write them (0.15, 2.5, 0.0375) and as LiteLLM's floats scale (2.5e-06
 # per token is 2.5 per 1M), with up to 12 decimal places; zero included.
-prices = st.builds(
-    lambda units, places: Decimal(units).scaleb(-places), st.integers(0, 10**9), st.integers(0, 12)
-)
+prices = st.builds(lambda units, places: Decimal(units).scaleb(-places), st.integers(0, 10**9), st.integers(0, 12))
 optional_prices = st.none() | prices
-multipliers = st.builds(
-    lambda units, places: Decimal(units).scaleb(-places), st.integers(0, 10**6), st.integers(0, 6)
-)
+multipliers = st.builds(lambda units, places: Decimal(units).scaleb(-places), st.integers(0, 10**6), st.integers(0, 6))
 counts = st.integers(0, 10**9) | st.integers(0, 50)
 usages = st.builds(Usage, counts, counts, counts, counts, counts, counts, counts, counts)
 quotas = st.sampled_from([1, 7, 1000, 500_000, 1_000_000, 123_457])

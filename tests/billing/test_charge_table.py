@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from plugins.billing.pricing import ModelPrice
 from plugins.billing.charge_table import Metered, settle
+from plugins.billing.pricing import ModelPrice
 from plugins.billing.usage import Usage
 from proxy.context import EndReason
 
@@ -17,7 +17,9 @@ ONE = Decimal(1)
 REAL = Usage(input=800, cache_read=200, output=500)
 
 
-def m(usage: Usage | None = REAL, content: bool = True, terminal: bool = True, out: int = 0, prompt: int = 100) -> Metered:
+def m(
+    usage: Usage | None = REAL, content: bool = True, terminal: bool = True, out: int = 0, prompt: int = 100
+) -> Metered:
     return Metered(usage, content, terminal, out, prompt)
 
 
@@ -50,9 +52,17 @@ def test_zero_usage_nothing_relayed_is_vector_5() -> None:
     assert s.charge == 0
 
 
-@pytest.mark.parametrize("reason", [EndReason.UPSTREAM_TRUNCATED, EndReason.UPSTREAM_ERROR, EndReason.SHUTDOWN,
-                                    EndReason.PLUGIN_FAILED, EndReason.CLIENT_DISCONNECTED,
-                                    EndReason.CLIENT_STALLED])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        EndReason.UPSTREAM_TRUNCATED,
+        EndReason.UPSTREAM_ERROR,
+        EndReason.SHUTDOWN,
+        EndReason.PLUGIN_FAILED,
+        EndReason.CLIENT_DISCONNECTED,
+        EndReason.CLIENT_STALLED,
+    ],
+)
 def test_broken_stream_without_usage_is_partial(reason: EndReason) -> None:
     s = settle(reason, m(None, terminal=False, out=30, prompt=200), GPT, ONE, 500_000)
     assert s.usage_source == "partial" and s.usage == Usage(input=200, output=30)

@@ -17,13 +17,13 @@ import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import generate_key
-from proxy.dataclass_builder import build
-from proxy.context import Dialect, EndReason, Endpoint, Outcome, ProxyError, RequestContext, SSEEvent
 from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.config import Config
+from proxy.context import Dialect, Endpoint, EndReason, Outcome, ProxyError, RequestContext, SSEEvent
+from proxy.dataclass_builder import build
 from proxy.tasks import TaskTracker
 from proxy.testing import host_app
 
@@ -43,9 +43,21 @@ class Harness:
         self.count += 1
         headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {self.key}"}))
         query: MultiDictProxy[str] = MultiDictProxy(MultiDict())
-        ctx = RequestContext(f"req-{self.count}", Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions",
-                             query, headers, "127.0.0.1", orjson.dumps(BODY), dict(BODY), "mock-gpt", True,
-                             api_key=self.key)
+        ctx = RequestContext(
+            f"req-{self.count}",
+            Dialect.OPENAI,
+            Endpoint.CHAT,
+            "POST",
+            "/v1/chat/completions",
+            query,
+            headers,
+            "127.0.0.1",
+            orjson.dumps(BODY),
+            dict(BODY),
+            "mock-gpt",
+            True,
+            api_key=self.key,
+        )
         ctx.started_at -= age
         await self.plugin.on_request(ctx)
         return ctx

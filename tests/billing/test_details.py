@@ -12,17 +12,27 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from plugins.billing.estimate import Estimate
 from plugins.billing.meter import UsageMeter
-from plugins.billing.request_state import Billing, log_details
 from plugins.billing.pricing import ModelPrice
+from plugins.billing.request_state import Billing, log_details
+from plugins.billing.store.base import ApiKey, FundingSource, Hold, HoldState, LogDetails, Preference, User
 from plugins.billing.usage import Usage
 from proxy.context import Dialect, Endpoint, RequestContext, UpstreamInfo
-from plugins.billing.store.base import ApiKey, FundingSource, Hold, HoldState, LogDetails, Preference, User
 
 
 def test_details_put_every_value_in_its_field() -> None:
     ctx = RequestContext(
-        "r1", Dialect.OPENAI, Endpoint.CHAT, "POST", "/v1/chat/completions", MultiDictProxy(MultiDict()),
-        CIMultiDictProxy(CIMultiDict()), "127.0.0.1", b"{}", {}, "gpt-4o-mini", True,
+        "r1",
+        Dialect.OPENAI,
+        Endpoint.CHAT,
+        "POST",
+        "/v1/chat/completions",
+        MultiDictProxy(MultiDict()),
+        CIMultiDictProxy(CIMultiDict()),
+        "127.0.0.1",
+        b"{}",
+        {},
+        "gpt-4o-mini",
+        True,
     )
     ctx.upstream = UpstreamInfo("openai", "gpt-4o-mini-2024", 1)
     ctx.started_at = float(int(ctx.started_at) - 3)  # whole seconds: the ttft below is exact
@@ -31,8 +41,15 @@ def test_details_put_every_value_in_its_field() -> None:
     user = User("alice", "default", Preference.WALLET_FIRST, 10, 0, 0, 0, 0.0)
     hold = Hold("r1", "alice", "k1", FundingSource.WALLET, None, 5, 0, "v", "i", 0.0, 1.0, HoldState.OPEN)
     st = Billing(
-        key, user, hold, ModelPrice.tokens(Decimal(1), Decimal(2)), Decimal("0.8"), Estimate(1, 2, 3),
-        UsageMeter(Endpoint.CHAT), False, 1,
+        key,
+        user,
+        hold,
+        ModelPrice.tokens(Decimal(1), Decimal(2)),
+        Decimal("0.8"),
+        Estimate(1, 2, 3),
+        UsageMeter(Endpoint.CHAT),
+        False,
+        1,
     )
     usage = Usage(1, 2, 3, 4, 5, 6, 7, 8)
     got = log_details(ctx, st, "completed", "upstream", 200, "x" * 600, usage)

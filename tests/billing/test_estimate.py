@@ -115,7 +115,11 @@ HEURISTIC_CORPUS = {
         1.3,
     ),
     "code": (Path(__file__).read_text()[:3000], 1.0, 1.4),
-    "json": ('{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}' * 4, 1.0, 1.5),
+    "json": (
+        '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}' * 4,
+        1.0,
+        1.5,
+    ),
     "chinese": ("这是一个用于大型语言模型接口的流式反向代理，它的计费插件会在调用上游之前预留额度。" * 4, 1.0, 1.6),
     "russian": (
         "Это потоковый обратный прокси для API больших языковых моделей. Плагин биллинга резервирует оценку." * 4,
@@ -168,10 +172,13 @@ def test_chat_names_tools_and_calls(estimator: Estimator, tokenizer: Tokenizer) 
     expected = (
         4 * 4  # four messages, each +3 and a one-token role
         + 3 * 2  # three "hello world" contents
-        + 3 + len(count("alice"))  # a name
-        + len(count("get_weather")) + len(count('{"city":"Paris"}'))
+        + 3
+        + len(count("alice"))  # a name
+        + len(count("get_weather"))
+        + len(count('{"city":"Paris"}'))
         + 3  # priming
-        + 8 + len(count(orjson.dumps(tool).decode()))
+        + 8
+        + len(count(orjson.dumps(tool).decode()))
     )
     assert estimator.prompt_tokens(Endpoint.CHAT, body, "gpt-4o-mini") == expected
 
@@ -214,7 +221,10 @@ def test_gemini_contents(estimator: Estimator) -> None:
     body = {
         "systemInstruction": {"parts": [{"text": "hello world"}]},
         "contents": [
-            {"role": "user", "parts": [{"text": "hello world"}, {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]},
+            {
+                "role": "user",
+                "parts": [{"text": "hello world"}, {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}],
+            },
         ],
         "generationConfig": {"maxOutputTokens": 256, "candidateCount": 2},
     }
@@ -246,7 +256,10 @@ def test_responses_input_forms(estimator: Estimator) -> None:
 
 def test_completions_and_embeddings_inputs(estimator: Estimator) -> None:
     assert estimator.prompt_tokens(Endpoint.COMPLETIONS, {"prompt": "hello world"}, "gpt-3.5-turbo-instruct") == 2
-    assert estimator.prompt_tokens(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hello"]}, "gpt-3.5-turbo-instruct") == 3
+    assert (
+        estimator.prompt_tokens(Endpoint.COMPLETIONS, {"prompt": ["hello world", "hello"]}, "gpt-3.5-turbo-instruct")
+        == 3
+    )
     assert estimator.prompt_tokens(Endpoint.EMBEDDINGS, {"input": [1, 2, 3, 4]}, "text-embedding-3-small") == 4
     assert estimator.prompt_tokens(Endpoint.EMBEDDINGS, {"input": [[1, 2], [3]]}, "text-embedding-3-small") == 3
     body = {"input": "hello world", "max_tokens": 50}
@@ -341,11 +354,39 @@ def test_deeply_nested_tool_schema_is_a_bad_request(estimator: Estimator) -> Non
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["role", "content", "type", "text", "messages", "contents", "parts", "input", "tools",
-                         "max_tokens", "n", "name", "image_url", "detail", "system", "prompt", "tool_calls",
-                         "function", "arguments", "generationConfig", "maxOutputTokens", "instructions"]),
-        inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "messages",
+                    "contents",
+                    "parts",
+                    "input",
+                    "tools",
+                    "max_tokens",
+                    "n",
+                    "name",
+                    "image_url",
+                    "detail",
+                    "system",
+                    "prompt",
+                    "tool_calls",
+                    "function",
+                    "arguments",
+                    "generationConfig",
+                    "maxOutputTokens",
+                    "instructions",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=30,
 )
 
@@ -401,7 +442,9 @@ def test_speech_holds_the_exact_per_character_charge(estimator: Estimator, token
         estimator.estimate(Endpoint.CHAT, {"messages": []}, "tts-1", TTS, ONE)
     assert err.value.code == "model_not_priced"
     # A token-priced speech model (gpt-4o-mini-tts) holds its input and the output reserve.
-    held = estimator.estimate(Endpoint.SPEECH, {"input": "hello world", "instructions": "calm"}, "gpt-4o-mini", MINI, ONE)
+    held = estimator.estimate(
+        Endpoint.SPEECH, {"input": "hello world", "instructions": "calm"}, "gpt-4o-mini", MINI, ONE
+    )
     words = tokenizer.count("hello world", "gpt-4o-mini") + tokenizer.count("calm", "gpt-4o-mini")
     assert (held.prompt_tokens, held.output_tokens) == (words, 4096)
 
@@ -409,14 +452,19 @@ def test_speech_holds_the_exact_per_character_charge(estimator: Estimator, token
 def test_moderation_and_gemini_embeddings_count_input_only(estimator: Estimator, tokenizer: Tokenizer) -> None:
     count = tokenizer.count
     est = estimator.estimate(Endpoint.MODERATIONS, {"input": ["hello world", "again"]}, "gpt-4o-mini", MINI, ONE)
-    assert (est.prompt_tokens, est.output_tokens) == (count("hello world", "gpt-4o-mini") + count("again", "gpt-4o-mini"), 0)
+    assert (est.prompt_tokens, est.output_tokens) == (
+        count("hello world", "gpt-4o-mini") + count("again", "gpt-4o-mini"),
+        0,
+    )
     parts = {"input": [{"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}
     assert estimator.prompt_tokens(Endpoint.MODERATIONS, parts, "gpt-4o-mini") == 2 + 765
     embed = {"content": {"parts": [{"text": "one two three"}, {"text": "four"}]}}
     gem = estimator.estimate(Endpoint.GEMINI_EMBED, embed, "gemini-x", MINI, ONE)
     assert (gem.prompt_tokens, gem.output_tokens) == (count("one two three", "gemini-x") + count("four", "gemini-x"), 0)
     batch = {"requests": [embed, {"content": {"parts": [{"text": "five"}]}}]}
-    assert estimator.prompt_tokens(Endpoint.GEMINI_BATCH_EMBED, batch, "gemini-x") == gem.prompt_tokens + count("five", "gemini-x")
+    assert estimator.prompt_tokens(Endpoint.GEMINI_BATCH_EMBED, batch, "gemini-x") == gem.prompt_tokens + count(
+        "five", "gemini-x"
+    )
     with pytest.raises(BadRequest, match=r"requests\[0\] must be an object"):
         estimator.estimate(Endpoint.GEMINI_BATCH_EMBED, {"requests": [3]}, "gemini-x", MINI, ONE)
 

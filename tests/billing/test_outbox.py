@@ -20,8 +20,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
-from plugins.billing.pending import SettlementMetrics, pending_summary, report_pending
 from plugins.billing.outbox import Outbox, Settler
+from plugins.billing.pending import SettlementMetrics, pending_summary, report_pending
 from plugins.billing.store.base import Hold, HoldState, LogDetails, Resolution, StoreError, StoreUnavailable
 from plugins.billing.store.sqlite.store import SQLiteStore
 from tests.reliability.procs import wait_for
@@ -208,8 +208,13 @@ async def test_pending_gauge_and_minute_report(
 ) -> None:
     """While a capture waits, the gauge counts it, its age grows, and the report logs it."""
     now = [1000.0]
-    settler = Settler(store, Outbox(tmp_path / "outbox", "me"), clock=lambda: now[0],  # type: ignore[arg-type]
-                      first_delay=0.01, max_delay=0.05)
+    settler = Settler(
+        store,
+        Outbox(tmp_path / "outbox", "me"),
+        clock=lambda: now[0],  # type: ignore[arg-type]
+        first_delay=0.01,
+        max_delay=0.05,
+    )
     registry = CollectorRegistry()
     registry.register(SettlementMetrics(settler))
     assert pending_summary(settler) is None

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from plugins.billing.price_data import LiteLLMPrices, price_from_entry
+from plugins.billing.price_table import PriceTable
 from plugins.billing.pricing import (
     ConfigError,
     ModelPrice,
@@ -22,7 +23,6 @@ from plugins.billing.pricing import (
     parse_pricing,
     usd,
 )
-from plugins.billing.price_table import PriceTable
 from plugins.billing.usage import Usage, from_anthropic, from_openai
 
 SPEC_YAML = """
@@ -59,7 +59,9 @@ def _price(table: PriceTable, model: str) -> ModelPrice:
 
 
 def test_vector_1_worked_example(table: PriceTable) -> None:
-    usage = from_openai({"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 200}})
+    usage = from_openai(
+        {"prompt_tokens": 1000, "completion_tokens": 500, "prompt_tokens_details": {"cached_tokens": 200}}
+    )
     assert usage == Usage(input=800, cache_read=200, output=500)
     assert charge_tokens(_price(table, "gpt-4o-mini"), usage, Decimal(1), 500_000) == 218
 

@@ -42,10 +42,16 @@ def test_pricing_show_config_glob_and_litellm(tmp_path: Path) -> None:
 
 def test_import_ratios_round_trips_into_a_config(tmp_path: Path) -> None:
     export = tmp_path / "ratios.json"
-    export.write_text(json.dumps({
-        "model_ratio": json.dumps({"gpt-4o": 1.25}), "completion_ratio": {"gpt-4o": 4},
-        "model_price": {"dall-e-3": 0.04}, "group_ratio": {"vip": 0.8},
-    }))
+    export.write_text(
+        json.dumps(
+            {
+                "model_ratio": json.dumps({"gpt-4o": 1.25}),
+                "completion_ratio": {"gpt-4o": 4},
+                "model_price": {"dall-e-3": 0.04},
+                "group_ratio": {"vip": 0.8},
+            }
+        )
+    )
     res = weir("pricing", "import-ratios", str(export), "--config", str(ROOT / "proxy.yaml"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     block = yaml.safe_load(res.stdout)
@@ -72,11 +78,14 @@ plugins:
 
 def _edit(tmp_path: Path, models: dict[str, object]) -> None:
     """What a running proxy does: seed proxy.yaml's prices as version 1, then save an edit."""
+
     async def run() -> None:
         store = SQLiteStore(str(tmp_path / "weir.db"))
         await store.open()
         try:
-            book = PriceBook(BillingConfig(pricing=yaml.safe_load(CONFIG)["plugins"][0]["config"]["pricing"]).pricing_block(), None)
+            book = PriceBook(
+                BillingConfig(pricing=yaml.safe_load(CONFIG)["plugins"][0]["config"]["pricing"]).pricing_block(), None
+            )
             await book.start(store)
             await book.save(store, await store.price_head(), models, "editor", "dearer gpt-4o")
         finally:
@@ -97,7 +106,9 @@ def test_history_diff_and_rollback(tmp_path: Path) -> None:
     res = weir("pricing", "history", "--config", str(cfg), "--json", cwd=tmp_path)
     data = json.loads(res.stdout)
     assert data["head"] == 2 and [(v["version"], v["source"]) for v in data["versions"]] == [
-        (2, "editor"), (1, "proxy.yaml")]
+        (2, "editor"),
+        (1, "proxy.yaml"),
+    ]
     assert data["versions"][0]["models"]["gpt-4o"] == {"input": "3", "output": "12"}
     res = weir("pricing", "diff", "1", "2", "--config", str(cfg), cwd=tmp_path)
     assert res.stdout.strip() == "~ gpt-4o: input 2.5 → 3, output 10 → 12", res.stderr

@@ -11,21 +11,24 @@ from typing import Any
 
 import pytest
 
+from plugins.billing.price_table import PriceTable
 from plugins.billing.prices import document as doc
 from plugins.billing.pricing import PricingConfig, charge_requests, charge_tokens
-from plugins.billing.price_table import PriceTable
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.usage import Usage
 from tests.billing.pricing_world import ADMIN, PRICES, ShopFactory, backend, shop  # noqa: F401
 
 
-@pytest.mark.parametrize(("ratio", "completion", "inp", "out"), [
-    ("0.1", "3", "0.2", "0.6"),          # float: 0.2 * 3 = 0.6000000000000001
-    ("0.075", "4", "0.15", "0.6"),       # gpt-4o-mini's ratio
-    ("1.1", "1.1", "2.2", "2.42"),       # float: 2.2 * 1.1 = 2.4200000000000004
-    ("0.0375", "4", "0.075", "0.3"),
-    ("0.00001", "3.3", "0.00002", "0.000066"),
-])
+@pytest.mark.parametrize(
+    ("ratio", "completion", "inp", "out"),
+    [
+        ("0.1", "3", "0.2", "0.6"),  # float: 0.2 * 3 = 0.6000000000000001
+        ("0.075", "4", "0.15", "0.6"),  # gpt-4o-mini's ratio
+        ("1.1", "1.1", "2.2", "2.42"),  # float: 2.2 * 1.1 = 2.4200000000000004
+        ("0.0375", "4", "0.075", "0.3"),
+        ("0.00001", "3.3", "0.00002", "0.000066"),
+    ],
+)
 def test_ratio_products_are_exact(ratio: str, completion: str, inp: str, out: str) -> None:
     # As new-api exports them: tables as JSON strings, numbers as JSON floats.
     export = {"model_ratio": f'{{"m": {ratio}}}', "completion_ratio": f'{{"m": {completion}}}'}
@@ -65,8 +68,7 @@ async def test_an_imported_ratio_export_is_charged_exactly(shop: ShopFactory) ->
         proposal = await r.json()
         assert r.status == 200 and proposal["models"]["mock-image"] == {"per_request": "0.000249"}
         assert proposal["models"]["mock-embed"] == {"input": "0.02", "output": "0.02"}
-        r = await s.put(url + "/api/admin/prices", json={"base_version": 1, "models": proposal["models"]},
-                        headers=auth)
+        r = await s.put(url + "/api/admin/prices", json={"base_version": 1, "models": proposal["models"]}, headers=auth)
         assert r.status == 200, await r.text()
     assert await world.image() == 125
     assert PRICES["mock-image"] == {"per_request": 0.04}  # the fixture's prices are untouched

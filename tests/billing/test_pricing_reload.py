@@ -51,8 +51,11 @@ async def test_a_hold_made_before_an_edit_settles_at_its_old_price(shop: ShopFac
 
     async def request_a() -> int:
         async with aiohttp.ClientSession() as s:
-            r = await s.post(inst.url + "/v1/images/generations", json={"model": "mock-image", "prompt": "a"},
-                             headers={"Authorization": f"Bearer {world.key}"})
+            r = await s.post(
+                inst.url + "/v1/images/generations",
+                json={"model": "mock-image", "prompt": "a"},
+                headers={"Authorization": f"Bearer {world.key}"},
+            )
             return r.status
 
     task = asyncio.create_task(request_a())

@@ -48,15 +48,24 @@ def test_the_document_is_canonical_text_of_what_was_written() -> None:
     assert doc.loads(doc.dumps(a)) == a
 
 
-@pytest.mark.parametrize(("written", "kept"), [
-    # Binary floats that are not what they print as: the text the operator wrote is kept.
-    ("0.1", "0.1"), ("0.3", "0.3"), ("1e-7", "0.0000001"), ("2.5e-06", "0.0000025"),
-    ("0.000000123456789", "0.000000123456789"), ("123456789012345.6", "123456789012345.6"),
-])
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        # Binary floats that are not what they print as: the text the operator wrote is kept.
+        ("0.1", "0.1"),
+        ("0.3", "0.3"),
+        ("1e-7", "0.0000001"),
+        ("2.5e-06", "0.0000025"),
+        ("0.000000123456789", "0.000000123456789"),
+        ("123456789012345.6", "123456789012345.6"),
+    ],
+)
 def test_prices_survive_without_float_rounding(written: str, kept: str) -> None:
     # YAML numbers up to 15 significant digits come back as typed (a double's shortest repr).
     from_yaml = doc.normalise(yaml.safe_load(f"m: {{input: {written}, output: {written}}}"))
-    from_json = doc.normalise(json.loads(f'{{"m": {{"input": {written}, "output": "{written}"}}}}', parse_float=Decimal))
+    from_json = doc.normalise(
+        json.loads(f'{{"m": {{"input": {written}, "output": "{written}"}}}}', parse_float=Decimal)
+    )
     assert from_yaml["m"]["input"] == from_json["m"]["input"] == from_json["m"]["output"] == kept
 
 
@@ -74,19 +83,22 @@ def test_a_sum_that_float_gets_wrong_is_exact() -> None:
     assert price.input + price.output == Decimal("0.3")
 
 
-@pytest.mark.parametrize(("models", "fragment"), [
-    ({"m": {"input": 1, "output": 2, "per_request": 1}}, "both per_request and token prices"),
-    ({"m": {"input": 1}}, "needs `output`"),
-    ({"m": {"input": -1, "output": 1}}, ">= 0"),
-    ({"m": {"input": "abc", "output": 1}}, "expected a number"),
-    ({"m": {"input": True, "output": 1}}, "expected a number"),
-    ({"m": {"inputs": 1, "output": 1}}, "unknown price"),
-    ({"m": {"input": "NaN", "output": 1}}, "finite"),
-    ({" m": {"per_request": 1}}, "surrounding spaces"),
-    ({"m": 3}, "mapping of prices"),
-    ({"m": {"input": "1e-999999", "output": 1}}, "out of range"),
-    ({"m": {"input": "1" * 41, "output": 1}}, "out of range"),
-])
+@pytest.mark.parametrize(
+    ("models", "fragment"),
+    [
+        ({"m": {"input": 1, "output": 2, "per_request": 1}}, "both per_request and token prices"),
+        ({"m": {"input": 1}}, "needs `output`"),
+        ({"m": {"input": -1, "output": 1}}, ">= 0"),
+        ({"m": {"input": "abc", "output": 1}}, "expected a number"),
+        ({"m": {"input": True, "output": 1}}, "expected a number"),
+        ({"m": {"inputs": 1, "output": 1}}, "unknown price"),
+        ({"m": {"input": "NaN", "output": 1}}, "finite"),
+        ({" m": {"per_request": 1}}, "surrounding spaces"),
+        ({"m": 3}, "mapping of prices"),
+        ({"m": {"input": "1e-999999", "output": 1}}, "out of range"),
+        ({"m": {"input": "1" * 41, "output": 1}}, "out of range"),
+    ],
+)
 def test_a_bad_document_names_the_model(models: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         doc.normalise(models)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from plugins.billing.pricing import PricingConfig, charge_requests, charge_tokens
 from plugins.billing.price_table import PriceTable
+from plugins.billing.pricing import PricingConfig, charge_requests, charge_tokens
 from plugins.billing.ratios import convert_ratios, yaml_number
 from plugins.billing.usage import Usage
 

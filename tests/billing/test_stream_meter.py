@@ -54,9 +54,11 @@ def test_recorded_streams_agree_cut_anywhere() -> None:
 
 
 def test_an_anthropic_error_event_is_seen() -> None:
-    events = [("message_start", '{"type":"message_start","message":{"usage":{"input_tokens":5}}}'),
-              ("content_block_delta", '{"type":"content_block_delta","delta":{"text":"hi"}}'),
-              ("error", '{"type":"overloaded"}')]
+    events = [
+        ("message_start", '{"type":"message_start","message":{"usage":{"input_tokens":5}}}'),
+        ("content_block_delta", '{"type":"content_block_delta","delta":{"text":"hi"}}'),
+        ("error", '{"type":"overloaded"}'),
+    ]
     lazy = StreamMeter(Endpoint.MESSAGES)
     for name, data in events:
         lazy.add(SSEEvent(data, event=name))
@@ -72,8 +74,15 @@ def test_a_long_stream_is_read_in_batches() -> None:
     assert got == expected and got[0] is not None and got[0].output == 9
 
 
-_FINISH = st.sampled_from(['"finish_reason":null', '"finish_reason": null', '"finish_reason":"stop"',
-                           '"finish_reason": "length"', '"finish_reason":"tool_calls"'])
+_FINISH = st.sampled_from(
+    [
+        '"finish_reason":null',
+        '"finish_reason": null',
+        '"finish_reason":"stop"',
+        '"finish_reason": "length"',
+        '"finish_reason":"tool_calls"',
+    ]
+)
 _TEXT = st.sampled_from(["hi", "usage", "an error", "", "finish_reason", "[DONE]", "é"])
 
 
@@ -83,8 +92,11 @@ def openai_chunk(draw: st.DrawFn) -> str:
         '{"index":%d,"delta":{"content":%s},%s}' % (i, json.dumps(draw(_TEXT)), draw(_FINISH))
         for i in range(draw(st.integers(0, 2)))
     ]
-    usage = draw(st.sampled_from(["", ',"usage":null', ',"usage":{"prompt_tokens":4,"completion_tokens":%d}'
-                                  % draw(st.integers(0, 9))]))
+    usage = draw(
+        st.sampled_from(
+            ["", ',"usage":null', ',"usage":{"prompt_tokens":4,"completion_tokens":%d}' % draw(st.integers(0, 9))]
+        )
+    )
     return '{"choices":[%s]%s}' % (",".join(choices), usage)
 
 

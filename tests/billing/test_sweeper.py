@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.store.base import Hold, LogDetails
 from plugins.billing.store.sqlite.store import SQLiteStore
+from plugins.billing.sweeper import InflightSweeper
 
 
 async def test_strays_resolved_in_flight_and_young_left_alone(tmp_path: Path) -> None:
@@ -31,7 +31,13 @@ async def test_strays_resolved_in_flight_and_young_left_alone(tmp_path: Path) ->
         assert await sweeper.sweep(store, now=holds["young"].created_at + 30) == 0
         assert await sweeper.sweep(store, now=later) == 3  # stray-cp, stray, young
         states = {rid: (await store.get_hold(rid)).state.value for rid in holds}  # type: ignore[union-attr]
-        assert states == {"stray-cp": "captured", "stray": "released", "inflight": "open", "young": "released", "other": "open"}
+        assert states == {
+            "stray-cp": "captured",
+            "stray": "released",
+            "inflight": "open",
+            "young": "released",
+            "other": "open",
+        }
         rows = {r.request_id: r for r in await store.query_logs(user="u")}
         assert rows["stray-cp"].charge == 150 and rows["stray-cp"].details.end_reason == "orphaned"
         user = await store.get_user("u")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from plugins.billing.pricing import ModelPrice, charge_tokens
 from plugins.billing.meter import UsageMeter
+from plugins.billing.pricing import ModelPrice, charge_tokens
 from plugins.billing.usage import (
     Usage,
     from_anthropic,
@@ -70,7 +70,12 @@ def test_openai_prompt_includes_cached_and_audio() -> None:
 
 def test_openai_embeddings_and_deepseek_cache_fields() -> None:
     assert from_openai({"prompt_tokens": 8, "total_tokens": 8}) == Usage(input=8)
-    deepseek = {"prompt_tokens": 90, "completion_tokens": 5, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 26}
+    deepseek = {
+        "prompt_tokens": 90,
+        "completion_tokens": 5,
+        "prompt_cache_hit_tokens": 64,
+        "prompt_cache_miss_tokens": 26,
+    }
     assert from_openai(deepseek) == Usage(input=26, cache_read=64, output=5)
 
 
@@ -252,8 +257,11 @@ def test_all_zero_usage_is_reported_as_zero() -> None:
 
 def test_anthropic_error_event() -> None:
     meter = replay(Endpoint.MESSAGES, "anthropic_stream.sse", stop=8)
-    meter.feed_sse('{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
-                   {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")
+    meter.feed_sse(
+        '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        "error",
+    )
     assert meter.error and not meter.terminal
     assert meter.usage is not None and meter.usage.input == 2000
 
@@ -284,9 +292,16 @@ def test_gemini_error_chunk() -> None:
 def test_meter_ignores_junk(endpoint: Endpoint) -> None:
     meter = UsageMeter(endpoint)
     junk: Any
-    for junk in (None, [], "text", 3, {"choices": "x", "candidates": [1, None], "type": 5, "usage": []},
-                 {"choices": [{"delta": {"tool_calls": [None, {"function": "f"}]}}]},
-                 {"type": "content_block_delta", "delta": None}, {"type": "message_start", "message": []}):
+    for junk in (
+        None,
+        [],
+        "text",
+        3,
+        {"choices": "x", "candidates": [1, None], "type": 5, "usage": []},
+        {"choices": [{"delta": {"tool_calls": [None, {"function": "f"}]}}]},
+        {"type": "content_block_delta", "delta": None},
+        {"type": "message_start", "message": []},
+    ):
         meter.feed(junk)
     meter.feed_sse("not json", None)
     assert meter.usage is None or meter.usage.is_zero
@@ -302,7 +317,11 @@ def test_non_stream_bodies() -> None:
         {
             "choices": [
                 {
-                    "message": {"role": "assistant", "content": "Hi", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+                    "message": {
+                        "role": "assistant",
+                        "content": "Hi",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                    },
                     "finish_reason": "stop",
                 }
             ],
@@ -332,7 +351,7 @@ def test_non_stream_bodies() -> None:
             "status": "completed",
             "output": [
                 {"type": "reasoning", "summary": [{"type": "summary_text", "text": "why"}]},
-                {"type": "function_call", "name": "f", "arguments": "{\"x\":2}"},
+                {"type": "function_call", "name": "f", "arguments": '{"x":2}'},
                 {"type": "message", "content": [{"type": "output_text", "text": "done"}]},
             ],
             "usage": {"input_tokens": 5, "output_tokens": 7},

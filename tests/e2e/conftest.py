@@ -14,11 +14,11 @@ import openai
 import pytest
 import pytest_asyncio
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import generate_key
-from proxy.mock.upstream import MockUpstream
 from plugins.billing.store.base import Store
+from proxy.mock.upstream import MockUpstream
 from proxy.testing import ProxyHandle, proxy_config, start_proxy
 
 PRICES = {
@@ -88,13 +88,20 @@ async def billed(
     started: list[Billed] = []
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
 
-    async def factory(quota: int = 500_000, user: str = "alice", key_quota: int | None = None,
-                      store_overrides: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
-                      upstreams: list[dict[str, Any]] | None = None, routing: dict[str, Any] | None = None,
-                      **config: Any) -> Billed:
+    async def factory(
+        quota: int = 500_000,
+        user: str = "alice",
+        key_quota: int | None = None,
+        store_overrides: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
+        upstreams: list[dict[str, Any]] | None = None,
+        routing: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> Billed:
         store_cfg: dict[str, Any] = {}
         if backend == "redis":
             import uuid
+
             store_cfg = {"backend": "redis", "url": redis_url, "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
         store_cfg.update(store_overrides or {})
         overrides: dict[str, Any] = {"store": store_cfg} if store_cfg else {}

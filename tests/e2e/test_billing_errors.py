@@ -17,8 +17,13 @@ from tests.e2e.conftest import Billed, BilledFactory
 CHAT = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-async def post(b: Billed, key: str | None, body: dict[str, Any] = CHAT, path: str = "/v1/chat/completions",
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+async def post(
+    b: Billed,
+    key: str | None,
+    body: dict[str, Any] = CHAT,
+    path: str = "/v1/chat/completions",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
     h = dict(headers or {})
     if key is not None:
         h["Authorization"] = f"Bearer {key}"
@@ -97,7 +102,9 @@ async def test_model_not_priced_400(billed: BilledFactory) -> None:
     await unchanged(b, before)
 
 
-@pytest.mark.parametrize("field,value", [("max_tokens", -1), ("max_tokens", 1.5), ("max_tokens", 10**12), ("n", 0), ("n", "2")])
+@pytest.mark.parametrize(
+    "field,value", [("max_tokens", -1), ("max_tokens", 1.5), ("max_tokens", 10**12), ("n", 0), ("n", "2")]
+)
 async def test_hostile_numbers_400(billed: BilledFactory, field: str, value: Any) -> None:
     b = await billed()
     before = await snapshot(b)
@@ -129,8 +136,9 @@ async def test_models_and_count_tokens_are_free_but_authenticated(billed: Billed
             assert r.status == 401
         async with s.get(b.proxy.url + "/v1/models", headers={"Authorization": f"Bearer {b.key}"}) as r:
             assert r.status == 200 and "mock-gpt" in {m["id"] for m in (await r.json())["data"]}
-    status, body = await post(b, b.key, {"model": "mock-claude", "messages": [{"role": "user", "content": "x"}]},
-                              "/v1/messages/count_tokens")
+    status, body = await post(
+        b, b.key, {"model": "mock-claude", "messages": [{"role": "user", "content": "x"}]}, "/v1/messages/count_tokens"
+    )
     assert status == 200 and body["input_tokens"] > 0
     await b.proxy.settled()
     assert await snapshot(b) == before

@@ -12,7 +12,6 @@ import pytest
 from proxy import keys
 from proxy.config import UpstreamConfig
 from proxy.upstream import Upstream
-
 from tests.e2e.conftest import Billed, BilledFactory
 
 MSG = [{"role": "user", "content": "count for me"}]
@@ -22,7 +21,11 @@ def gpt_charge(prompt_uncached: int, output: int, cached: int = 0) -> int:
     """Expected quota for mock-gpt prices (0.15 / 0.60 / cache 0.075 per 1M), ROUND_HALF_UP, min 1."""
     from decimal import ROUND_HALF_UP, Decimal
 
-    usd_per_m = Decimal(prompt_uncached) * Decimal("0.15") + Decimal(output) * Decimal("0.60") + Decimal(cached) * Decimal("0.075")
+    usd_per_m = (
+        Decimal(prompt_uncached) * Decimal("0.15")
+        + Decimal(output) * Decimal("0.60")
+        + Decimal(cached) * Decimal("0.075")
+    )
     q = (usd_per_m / 1_000_000 * 500_000).quantize(Decimal(1), rounding=ROUND_HALF_UP)
     return max(int(q), 1 if usd_per_m else 0)
 
@@ -117,7 +120,9 @@ async def test_failover_then_success_billed_once(billed: BilledFactory, fake_ups
         b = await billed()
         # Re-point: a failing upstream first, the good one second.
         pool = b.proxy.app[keys.UPSTREAMS]
-        pool.upstreams.insert(0, Upstream(UpstreamConfig(name="bad", type="mock", base_url=bad.url, priority=-1), bad.url))
+        pool.upstreams.insert(
+            0, Upstream(UpstreamConfig(name="bad", type="mock", base_url=bad.url, priority=-1), bad.url)
+        )
         before = await b.balance()
         resp = await b.openai().chat.completions.create(model="mock-gpt", messages=MSG)  # type: ignore[arg-type]
         assert len(bad.requests) == 1
@@ -152,8 +157,11 @@ async def test_client_disconnect(billed: BilledFactory, policy: str) -> None:
     b.upstream.behaviour.words = 30
     before = await b.balance()
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(b.proxy.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {b.key}"},
-                            json={"model": "mock-gpt", "messages": MSG, "stream": True})
+        resp = await s.post(
+            b.proxy.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {b.key}"},
+            json={"model": "mock-gpt", "messages": MSG, "stream": True},
+        )
         assert resp.status == 200, await resp.text()
         seen = 0
         while seen < 3:
@@ -202,9 +210,13 @@ async def test_anthropic_stream_with_cache_split(billed: BilledFactory) -> None:
         final = await s.get_final_message()
     u = final.usage
     assert u.cache_creation is not None and u.cache_creation.ephemeral_1h_input_tokens > 0
-    per_m = (Decimal(u.input_tokens) * 3 + Decimal(u.cache_read_input_tokens or 0) * Decimal("0.30")
-             + Decimal(u.cache_creation.ephemeral_5m_input_tokens) * Decimal("3.75")
-             + Decimal(u.cache_creation.ephemeral_1h_input_tokens) * 6 + Decimal(u.output_tokens) * 15)
+    per_m = (
+        Decimal(u.input_tokens) * 3
+        + Decimal(u.cache_read_input_tokens or 0) * Decimal("0.30")
+        + Decimal(u.cache_creation.ephemeral_5m_input_tokens) * Decimal("3.75")
+        + Decimal(u.cache_creation.ephemeral_1h_input_tokens) * 6
+        + Decimal(u.output_tokens) * 15
+    )
     expected = int((per_m / 2).quantize(Decimal(1), rounding=ROUND_HALF_UP))  # ×500000/1e6
     row = await b.last_log()
     assert row.charge == expected and row.details.cache_write_1h == u.cache_creation.ephemeral_1h_input_tokens

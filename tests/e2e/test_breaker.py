@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.mock.upstream import MockUpstream
-
 from tests.e2e.conftest import Billed, BilledFactory
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -122,7 +121,9 @@ async def until_tried(b: Billed, upstream: MockUpstream, count: int) -> None:
 
 
 async def test_every_upstream_cooling_is_refused_at_once_and_released(billed: BilledFactory) -> None:
-    b = await billed(upstreams=[mock("dead", closed_port_url())], routing={"breaker": {"failures": 2, "cooldown_s": 600}})
+    b = await billed(
+        upstreams=[mock("dead", closed_port_url())], routing={"breaker": {"failures": 2, "cooldown_s": 600}}
+    )
     before = await b.balance()
     for _ in range(2):
         with pytest.raises(openai.APIStatusError) as err:

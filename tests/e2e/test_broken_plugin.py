@@ -16,16 +16,15 @@ from typing import Any
 import aiohttp
 import orjson
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import generate_key
+from plugins.billing.store.base import Store
 from proxy.context import RequestContext, SSEEvent
 from proxy.mock.upstream import MockUpstream
 from proxy.plugin import Plugin
-from plugins.billing.store.base import Store
 from proxy.testing import proxy_config, start_proxy
 from tests.e2e.conftest import PRICES
-
 
 FUNDS = 500_000
 
@@ -65,9 +64,10 @@ async def test_a_plugin_that_breaks_the_relay_still_gets_the_stream_settled(
         clear = await _funded_key(store)
         body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
         got = b""
-        async with aiohttp.ClientSession() as s, s.post(
-            proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}) as r,
+        ):
             assert r.status == 200
             rid = r.headers["x-request-id"]
             async for chunk in r.content.iter_any():
@@ -114,9 +114,10 @@ async def test_a_failure_after_the_hold_releases_it_and_forgets_the_request(
 
         monkeypatch.setattr(billing, "tokenizer", BrokenCounter(billing.tokenizer))
         body = {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
-        async with aiohttp.ClientSession() as s, s.post(
-            proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(proxy.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {clear}"}) as r,
+        ):
             assert r.status == 500
             assert (await r.json())["error"]["code"] == "plugin_failed"
             rid = r.headers["x-request-id"]

@@ -21,13 +21,16 @@ async def test_exactly_ten_admitted(billed: BilledFactory) -> None:
     assert isinstance(plugin, BillingPlugin)
     price = plugin.table.lookup("mock-gpt")
     assert price is not None
-    estimate = plugin.estimator.estimate(Endpoint.CHAT, BODY, "mock-gpt", price, plugin.table.multiplier("default", None))
+    estimate = plugin.estimator.estimate(
+        Endpoint.CHAT, BODY, "mock-gpt", price, plugin.table.multiplier("default", None)
+    )
     await b.store.credit(b.user, estimate.quota * 10, note="exactly ten")
     b.upstream.behaviour.pace = 0.01  # keep the admitted streams open while the others arrive
 
     async def one(s: aiohttp.ClientSession) -> int:
-        async with s.post(b.proxy.url + "/v1/chat/completions", json=BODY,
-                          headers={"Authorization": f"Bearer {b.key}"}) as r:
+        async with s.post(
+            b.proxy.url + "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {b.key}"}
+        ) as r:
             await r.read()
             return r.status
 

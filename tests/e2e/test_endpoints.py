@@ -14,7 +14,6 @@ import pytest
 
 from plugins.billing.apikeys import generate_key
 from plugins.billing.tokenizer import Tokenizer
-
 from tests.e2e.conftest import PRICES, Billed, BilledFactory
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
@@ -135,8 +134,9 @@ async def test_image_edit_bad_n_is_refused_before_any_hold(billed: BilledFactory
     form.add_field("n", "two")
     form.add_field("image", PNG, filename="a.png", content_type="image/png")
     async with aiohttp.ClientSession() as s:
-        async with s.post(b.proxy.openai_base + "/images/edits", data=form,
-                          headers={"Authorization": f"Bearer {b.key}"}) as resp:
+        async with s.post(
+            b.proxy.openai_base + "/images/edits", data=form, headers={"Authorization": f"Bearer {b.key}"}
+        ) as resp:
             body = await resp.json()
     assert resp.status == 400 and body["error"]["message"].startswith("n must be an integer")
     assert await rows(b) == 0 and len(b.upstream.requests) == 0
@@ -211,8 +211,9 @@ async def test_gemini_count_tokens_is_free(billed: BilledFactory, prefix: str) -
 async def test_gemini_embed_content_is_charged_for_its_input(billed: BilledFactory, prefix: str) -> None:
     b = await billed()
     before = await b.balance()
-    status, body = await gemini(b, f"{prefix}/models/mock-gemini-embed:embedContent",
-                                {"content": CONTENT, "outputDimensionality": 4})
+    status, body = await gemini(
+        b, f"{prefix}/models/mock-gemini-embed:embedContent", {"content": CONTENT, "outputDimensionality": 4}
+    )
     assert status == 200 and len(body["embedding"]["values"]) == 4
     tokens = Tokenizer().count(CONTENT["parts"][0]["text"], "mock-gemini-embed")
     row = await b.last_log()
@@ -275,14 +276,18 @@ async def test_models_list_shows_only_what_the_key_may_use(billed: BilledFactory
 
 
 @pytest.mark.parametrize("prefix", ["/v1beta", "/v1"])
-async def test_real_gemini_upstream_gets_its_own_version_prefix(make_proxy: Any, fake_upstream: Any, prefix: str) -> None:
+async def test_real_gemini_upstream_gets_its_own_version_prefix(
+    make_proxy: Any, fake_upstream: Any, prefix: str
+) -> None:
     gem = {"name": "g", "type": "gemini", "base_url": fake_upstream.url + "/v1beta", "api_key": "gk", "models": ["*"]}
     oai = {"name": "o", "type": "openai", "base_url": fake_upstream.url + "/v1", "api_key": "ok", "models": ["*"]}
     proxy = await make_proxy(upstreams=[gem, oai])
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{proxy.url}{prefix}/models/mock-gemini:countTokens", json={"contents": [CONTENT]}) as resp:
             assert resp.status == 200 and (await resp.json())["totalTokens"] == 12
-        async with s.post(f"{proxy.url}/v1/audio/speech", json={"model": "mock-tts", "input": "hi", "voice": "x"}) as resp:
+        async with s.post(
+            f"{proxy.url}/v1/audio/speech", json={"model": "mock-tts", "input": "hi", "voice": "x"}
+        ) as resp:
             assert resp.status == 200 and resp.content_type == "audio/mpeg"
     gemini_call, speech_call = fake_upstream.requests[-2:]
     assert (gemini_call.path, gemini_call.key) == ("/v1beta/models/mock-gemini:countTokens", "gk")

@@ -67,8 +67,6 @@ class NoYield(Plugin):
             yield
 
 
-
-
 @pytest.mark.parametrize(
     ("plugin", "says"),
     [
@@ -110,8 +108,14 @@ def test_weir_serve_exits_non_zero_naming_the_plugin(tmp_path: Path) -> None:
     }
     config = tmp_path / "proxy.yaml"
     config.write_text(yaml.safe_dump(data), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config)], cwd=tmp_path,
-                          env=child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "weir: startup failed: plugin never-ready: lifespan did not reach its yield within 1 s" in proc.stderr
     assert "serving on" not in proc.stdout
@@ -130,16 +134,18 @@ class Sleeper(Plugin):
 
 
 async def test_a_hook_that_blocks_the_loop_is_named_in_the_log(
-    chain: ChainFactory, caplog: pytest.LogCaptureFixture  # noqa: F811
+    chain: ChainFactory,
+    caplog: pytest.LogCaptureFixture,  # noqa: F811
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="proxy.loopwatch")
     c = await chain(Sleeper())
-    status, rid, body = await c.post({"model": "mock-gpt", "stream": True,
-                                      "messages": [{"role": "user", "content": "hi"}]})
+    status, rid, body = await c.post(
+        {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert status == 200 and split_events(body)[-1] == b"data: [DONE]"
     assert (await c.settled_once(rid)).details.end_reason == "completed"
     deadline = time.monotonic() + 10
-    named = f"plugin sleeper in on_event (" 
+    named = "plugin sleeper in on_event ("
     while time.monotonic() < deadline:
         found = [r for r in caplog.records if r.name == "proxy.loopwatch" and named in r.getMessage()]
         if found:
@@ -160,8 +166,9 @@ async def test_a_slow_non_critical_hook_is_cut_off_and_skipped(chain: ChainFacto
 
     c = await chain(SlowObserver())
     started = time.monotonic()
-    status, rid, body = await c.post({"model": "mock-gpt", "stream": True,
-                                      "messages": [{"role": "user", "content": "hi"}]})
+    status, rid, body = await c.post(
+        {"model": "mock-gpt", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert status == 200 and split_events(body)[-1] == b"data: [DONE]"
     assert time.monotonic() - started < 20  # one 0.2 s overrun, then skipped for the rest
     assert (await c.settled_once(rid)).details.end_reason == "completed"

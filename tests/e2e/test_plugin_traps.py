@@ -163,11 +163,20 @@ def split_events(raw: bytes) -> list[bytes]:
 
 
 CASES = [
-    ("on_request", "wrong"), ("on_request", "raise"), ("on_request", "slow"), ("on_request", "header"),
-    ("on_response_headers", "wrong"), ("on_response_headers", "raise"), ("on_response_headers", "slow"),
+    ("on_request", "wrong"),
+    ("on_request", "raise"),
+    ("on_request", "slow"),
+    ("on_request", "header"),
+    ("on_response_headers", "wrong"),
+    ("on_response_headers", "raise"),
+    ("on_response_headers", "slow"),
     ("on_response_headers", "header"),
-    ("on_body", "wrong"), ("on_body", "raise"), ("on_body", "slow"),
-    ("on_event", "wrong"), ("on_event", "raise"), ("on_event", "slow"),
+    ("on_body", "wrong"),
+    ("on_body", "raise"),
+    ("on_body", "slow"),
+    ("on_event", "wrong"),
+    ("on_event", "raise"),
+    ("on_event", "slow"),
 ]
 
 
@@ -256,8 +265,9 @@ async def test_the_openai_sdk_raises_when_a_plugin_breaks_the_stream(chain: Chai
     client = openai.AsyncOpenAI(base_url=c.proxy.openai_base, api_key=c.key, max_retries=0)
     chunks = 0
     with pytest.raises(openai.APIError) as err:
-        stream = await client.chat.completions.create(model="mock-gpt", messages=[{"role": "user", "content": "hi"}],
-                                                      stream=True)
+        stream = await client.chat.completions.create(
+            model="mock-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         async for _ in stream:
             chunks += 1
     assert chunks == 2 and "request id" in err.value.message and SECRET not in err.value.message
@@ -270,8 +280,9 @@ async def test_the_anthropic_sdk_raises_when_a_plugin_breaks_the_stream(chain: C
     c = await chain(Guilty("on_event", "wrong"))
     client = anthropic.AsyncAnthropic(base_url=c.proxy.url, api_key=c.key, max_retries=0)
     with pytest.raises(anthropic.APIError) as err:
-        async with client.messages.stream(model="mock-claude", max_tokens=50,
-                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+        async with client.messages.stream(
+            model="mock-claude", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
             async for _ in stream:
                 pass
     assert "plugin failed" in str(err.value) and SECRET not in str(err.value)

@@ -31,8 +31,10 @@ async def allowlisted_key(b: Billed) -> str:
 async def post(b: Billed, key: str, forwarded_for: str, anthropic: bool = False) -> tuple[int, dict[str, Any]]:
     """POST a chat (OpenAI) or message (Anthropic) request with one X-Forwarded-For header."""
     path, body = ("/v1/messages", MESSAGES) if anthropic else ("/v1/chat/completions", CHAT)
-    headers = {"x-api-key" if anthropic else "Authorization": key if anthropic else f"Bearer {key}",
-               "X-Forwarded-For": forwarded_for}
+    headers = {
+        "x-api-key" if anthropic else "Authorization": key if anthropic else f"Bearer {key}",
+        "X-Forwarded-For": forwarded_for,
+    }
     async with aiohttp.ClientSession() as s:
         async with s.post(b.proxy.url + path, json=body, headers=headers) as r:
             return r.status, orjson.loads(await r.read())

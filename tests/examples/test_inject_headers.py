@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 
-from proxy.dataclass_builder import ConfigError
+from plugins.examples.inject_headers import InjectHeadersConfig, InjectHeadersPlugin
 from proxy.config import PluginSpec
+from proxy.dataclass_builder import ConfigError
 from proxy.loader import load_plugins
 from proxy.plugin import Plugin, RequestContext
-from plugins.examples.inject_headers import InjectHeadersConfig, InjectHeadersPlugin
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -33,7 +33,9 @@ def injector(**config: Any) -> InjectHeadersPlugin:
     return InjectHeadersPlugin(InjectHeadersConfig(**config))
 
 
-async def test_upstream_headers_reach_the_upstream_with_placeholders_filled(make_proxy: Any, fake_upstream: Any) -> None:
+async def test_upstream_headers_reach_the_upstream_with_placeholders_filled(
+    make_proxy: Any, fake_upstream: Any
+) -> None:
     plugin = injector(upstream={"X-Team": "blue", "X-Trace": "weir-{request_id}", "X-Model": "m={model}"})
     proxy = await make_proxy(plugins=[plugin])
     async with aiohttp.ClientSession() as s:

@@ -7,10 +7,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.dataclass_builder import ConfigError
-from proxy.config import PluginSpec
-from proxy.loader import load_plugins
 from plugins.examples.rate_limit import RateLimitConfig, RateLimitPlugin
+from proxy.config import PluginSpec
+from proxy.dataclass_builder import ConfigError
+from proxy.loader import load_plugins
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -32,7 +32,9 @@ def limiter(clock: Clock, rpm: int, burst: int | None = None) -> RateLimitPlugin
     return RateLimitPlugin(RateLimitConfig(requests_per_minute=rpm, burst=burst), clock=clock)
 
 
-async def chat(session: aiohttp.ClientSession, url: str, key: str | None = "sk-alice") -> tuple[int, Any, aiohttp.ClientResponse]:
+async def chat(
+    session: aiohttp.ClientSession, url: str, key: str | None = "sk-alice"
+) -> tuple[int, Any, aiohttp.ClientResponse]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with session.post(url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
         return r.status, await r.json(), r

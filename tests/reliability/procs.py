@@ -43,9 +43,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-async def wait_for(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, every: float = 0.05
-) -> None:
+async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, every: float = 0.05) -> None:
     """Poll `check` (plain or async) until it is true; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -71,8 +69,13 @@ class WeirConfig:
         """Write `directory/proxy.yaml` and return its path."""
         directory.mkdir(parents=True, exist_ok=True)
         data = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1.0, "access_log": False,
-                       **self.server},
+            "server": {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "shutdown_grace": 1.0,
+                "access_log": False,
+                **self.server,
+            },
             "store": self.store,
             "upstreams": [{"name": "fake", "type": "mock", "base_url": self.upstream_url, "models": ["mock-*"]}],
             "plugins": list(self.plugins),
@@ -87,8 +90,9 @@ def billing_plugin(**config: Any) -> dict[str, Any]:
     return {"use": "billing", "config": {"quota_per_usd": QUOTA_PER_USD, "pricing": {"models": PRICES}, **config}}
 
 
-def killer_plugin(hook: str, at: int = 0, action: str = "kill", marker: Path | None = None,
-                  go: Path | None = None) -> dict[str, Any]:
+def killer_plugin(
+    hook: str, at: int = 0, action: str = "kill", marker: Path | None = None, go: Path | None = None
+) -> dict[str, Any]:
     """The `plugins:` entry of the test-only `tests.reliability.killer:Killer`."""
     config: dict[str, Any] = {"hook": hook, "at": at, "action": action}
     if marker is not None:
@@ -113,7 +117,11 @@ class WeirProcess:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "serve", *self.args, "--config", str(self.config)],
-                cwd=ROOT, env=child_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=child_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             await wait_for(self._healthy, timeout, f"weir at {self.url} to be healthy", every=0.1)
@@ -126,10 +134,12 @@ class WeirProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"weir exited with {self.proc.returncode}; its log:\n{self.output()}")
         try:
-            async with aiohttp.ClientSession() as s, s.get(self.url + "/healthz",
-                                                            timeout=aiohttp.ClientTimeout(total=1)) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r,
+            ):
                 return r.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     def output(self) -> str:
@@ -157,7 +167,11 @@ def audit_json(config: Path) -> tuple[int, dict[str, Any]]:
     """`weir audit --json --config CONFIG` in a subprocess: (exit code, the report)."""
     res = subprocess.run(
         [sys.executable, "-m", "proxy", "audit", "--json", "--config", str(config)],
-        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     try:
         report: dict[str, Any] = json.loads(res.stdout)
@@ -195,9 +209,12 @@ async def chat(url: str, key: str, body: dict[str, Any], timeout: float = 30.0) 
     ans = Answer()
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        async with aiohttp.ClientSession() as s, s.post(
-            url + "/v1/chat/completions", json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                url + "/v1/chat/completions", json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r,
+        ):
             ans.status, ans.request_id = r.status, r.headers.get("x-request-id", "")
             if r.status != 200 or not body.get("stream"):
                 data = await r.json(content_type=None)
@@ -282,8 +299,8 @@ class World:
 
     async def _fund(self, config: Path) -> None:
         from plugins.billing.apikeys import generate_key
-        from proxy.config import load_config
         from plugins.billing.store.factory import make_store
+        from proxy.config import load_config
 
         self.store = make_store(load_config(config))
         await self.store.open()

@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from plugins.billing.store.base import LogRow
     from proxy.config import UpstreamConfig
     from proxy.context import Endpoint, SSEEvent
-    from plugins.billing.store.base import LogRow
     from tests.e2e.conftest import Billed
 
 __all__ = [
@@ -71,7 +71,7 @@ class RawConn:
     head: bytes
     body: bytes
     writer: asyncio.StreamWriter
-    upstream: "RawUpstream"
+    upstream: RawUpstream
 
     async def send(self, data: bytes) -> None:
         """Write `data` and wait until the kernel has taken it (backpressure applies)."""
@@ -140,9 +140,7 @@ class RawUpstream:
 
 def sse_head(extra: str = "", status: str = "200 OK") -> bytes:
     """A response head for an unframed SSE body (it ends when the connection closes)."""
-    return (
-        f"HTTP/1.1 {status}\r\nContent-Type: text/event-stream\r\nConnection: close\r\n{extra}\r\n"
-    ).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/event-stream\r\nConnection: close\r\n{extra}\r\n").encode()
 
 
 def chunked(*pieces: bytes) -> bytes:
@@ -224,7 +222,10 @@ class WeirProcess:
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "serve", "--config", str(self.config)],
-                stdout=out, stderr=err, env=env, start_new_session=True,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -282,6 +283,7 @@ class WeirProcess:
 
 # ---- billed-request helpers shared by the reliability tests -----------------------------
 
+
 @dataclass(slots=True)
 class Fetched:
     """What a client got: status, headers, the body bytes it received, and whether the
@@ -293,8 +295,9 @@ class Fetched:
     broken: bool
 
 
-async def fetch(url: str, body: bytes | Mapping[str, Any], headers: dict[str, str] | None = None,
-                timeout: float = 30.0) -> Fetched:
+async def fetch(
+    url: str, body: bytes | Mapping[str, Any], headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> Fetched:
     """POST `body` (JSON when a dict) with aiohttp and keep every byte received, even when
     the connection is cut before the end of the response."""
     import aiohttp
@@ -318,8 +321,11 @@ def quota(price: dict[str, float], input: int = 0, output: int = 0, cache_read: 
     ROUND_HALF_UP once, at least 1 for non-zero usage. Independent of the plugin's code."""
     from decimal import ROUND_HALF_UP, Decimal
 
-    per_m = (Decimal(input) * Decimal(str(price["input"])) + Decimal(output) * Decimal(str(price["output"]))
-             + Decimal(cache_read) * Decimal(str(price.get("cache_read", price["input"]))))
+    per_m = (
+        Decimal(input) * Decimal(str(price["input"]))
+        + Decimal(output) * Decimal(str(price["output"]))
+        + Decimal(cache_read) * Decimal(str(price.get("cache_read", price["input"])))
+    )
     q = int((per_m / 1_000_000 * 500_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     return max(q, 1) if per_m else 0
 
@@ -331,7 +337,7 @@ def tokens(text: str, model: str) -> int:
     return Tokenizer().count(text, model) if text else 0
 
 
-async def log_rows(b: "Billed", n: int = 1, timeout: float = 5.0) -> list["LogRow"]:
+async def log_rows(b: Billed, n: int = 1, timeout: float = 5.0) -> list[LogRow]:
     """Wait for the consume log to hold `n` rows for `b.user`; assert it holds exactly `n`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -344,7 +350,7 @@ async def log_rows(b: "Billed", n: int = 1, timeout: float = 5.0) -> list["LogRo
     return rows
 
 
-async def money_moved(b: "Billed", before: int, charge: int) -> None:
+async def money_moved(b: Billed, before: int, charge: int) -> None:
     """The wallet moved by exactly `charge`; no hold is left open; the ledger audits clean."""
     await b.proxy.settled()
     user = await b.store.get_user(b.user)
@@ -355,7 +361,7 @@ async def money_moved(b: "Billed", before: int, charge: int) -> None:
     assert report.ok, report
 
 
-def prompt_estimate(b: "Billed", endpoint: "Endpoint", body: Mapping[str, Any], model: str) -> int:
+def prompt_estimate(b: Billed, endpoint: Endpoint, body: Mapping[str, Any], model: str) -> int:
     """The prompt tokens the billing plugin estimated for `body` (the `estimated` input)."""
     from proxy import keys
 
@@ -363,7 +369,7 @@ def prompt_estimate(b: "Billed", endpoint: "Endpoint", body: Mapping[str, Any], 
     return int(plugin.estimator.prompt_tokens(endpoint, body, model))  # type: ignore[attr-defined]
 
 
-def use_upstreams(b: "Billed", *configs: "UpstreamConfig") -> None:
+def use_upstreams(b: Billed, *configs: UpstreamConfig) -> None:
     """Point the running proxy at these upstreams instead of its configured one."""
     from proxy import keys
     from proxy.upstream import Upstream
@@ -375,7 +381,7 @@ def use_upstreams(b: "Billed", *configs: "UpstreamConfig") -> None:
 # ---- OpenAI chat stream bytes --------------------------------------------------------------
 
 
-def events(body: bytes) -> list["SSEEvent"]:
+def events(body: bytes) -> list[SSEEvent]:
     """The SSE events in a whole body (comments and unfinished blocks dropped)."""
     from proxy.context import SSEEvent
     from proxy.sse import SSEParser
@@ -395,16 +401,24 @@ def chat_text(body: bytes) -> str:
 
 def chunk(text: str) -> bytes:
     """One chat.completion.chunk frame carrying `text`."""
-    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt",
-               "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "mock-gpt",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def usage_chunk(prompt: int, completion: int) -> bytes:
     """The usage-only chunk OpenAI sends last when include_usage is on."""
-    payload = {"id": "c1", "object": "chat.completion.chunk", "model": "mock-gpt", "choices": [],
-               "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                         "total_tokens": prompt + completion}}
+    payload = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "mock-gpt",
+        "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 

@@ -29,11 +29,11 @@ import redis.asyncio as aioredis
 import yaml
 
 from plugins.billing.apikeys import generate_key, hash_key
-from proxy.task_apis import task_routes
+from plugins.billing.store.factory import make_store
 from proxy.config import parse_config
 from proxy.dialects import ANTHROPIC_ROUTES, OPENAI_ROUTES
 from proxy.mock.upstream import MockUpstream
-from plugins.billing.store.factory import make_store
+from proxy.task_apis import task_routes
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import WeirProcess, fetch, log_rows, money_moved
 
@@ -130,8 +130,7 @@ async def test_a_key_bills_only_its_own_user(billed: BilledFactory) -> None:
 
 
 def test_keys_are_compared_in_constant_time() -> None:
-    from plugins.billing import auth
-    from plugins.billing import apikeys
+    from plugins.billing import apikeys, auth
 
     names = apikeys.matches.__code__.co_names
     assert "hmac" in names and "compare_digest" in names
@@ -151,20 +150,36 @@ async def test_only_api_health_and_metrics_routes_exist(billed: BilledFactory) -
         info = route.resource.get_info() if route.resource is not None else {}
         found.add((route.method, info.get("path") or info.get("formatter") or info.get("prefix")))
     expected = {("POST", p) for p in {**OPENAI_ROUTES, **ANTHROPIC_ROUTES}}
-    expected |= {("GET", "/v1/models"), ("HEAD", "/v1/models"), ("POST", "/v1/audio/{tail}"),
-                 ("POST", "/v1beta/models/{target}"), ("POST", "/v1/models/{target}"),
-                 ("GET", "/v1/models/{model}"), ("HEAD", "/v1/models/{model}"),
-                 ("GET", "/healthz"), ("HEAD", "/healthz"),
-                 ("GET", "/metrics"), ("HEAD", "/metrics"),
-                 ("*", "/{tail}")}  # the catch-all: it only answers 404 or 405 (proxy/respond.py)
+    expected |= {
+        ("GET", "/v1/models"),
+        ("HEAD", "/v1/models"),
+        ("POST", "/v1/audio/{tail}"),
+        ("POST", "/v1beta/models/{target}"),
+        ("POST", "/v1/models/{target}"),
+        ("GET", "/v1/models/{model}"),
+        ("HEAD", "/v1/models/{model}"),
+        ("GET", "/healthz"),
+        ("HEAD", "/healthz"),
+        ("GET", "/metrics"),
+        ("HEAD", "/metrics"),
+        ("*", "/{tail}"),
+    }  # the catch-all: it only answers 404 or 405 (proxy/respond.py)
     expected |= {(method, path) for method, path, _ in task_routes(())}  # /v1/videos (docs/tasks.md)
     assert expected <= found
     # The rest is the web shell and plugins' pages and APIs (docs/console.md).
     pages = ("/", "/admin", "/api/", "/dashboard", "/pricing", "/static/")
     assert all(path == "/" or path.startswith(pages[1:]) for _, path in found - expected), found - expected
     before = await b.balance()
-    for path in ("/admin", "/admin/login", "/api/admin/users", f"/api/admin/users/{b.user}/topup",
-                 "/v1/users", "/v1/keys", "/debug", "/v1/admin/topup"):
+    for path in (
+        "/admin",
+        "/admin/login",
+        "/api/admin/users",
+        f"/api/admin/users/{b.user}/topup",
+        "/v1/users",
+        "/v1/keys",
+        "/debug",
+        "/v1/admin/topup",
+    ):
         got = await fetch(b.proxy.url + path, {"user": b.user, "quota": 10**9}, {"Authorization": f"Bearer {b.key}"})
         assert got.status in (404, 405), path
     await money_moved(b, before, 0)
@@ -197,7 +212,10 @@ async def traffic(url: str, good: list[str], bad: list[str]) -> None:
         stream = {**CHAT, "stream": True}
         assert (await fetch(url + "/v1/chat/completions", stream, {"x-goog-api-key": key})).status == 200
     for key in bad:
-        assert (await fetch(url + "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {key}"})).status in (401, 403)
+        assert (await fetch(url + "/v1/chat/completions", CHAT, {"Authorization": f"Bearer {key}"})).status in (
+            401,
+            403,
+        )
         assert (await fetch(url + f"/v1beta/models/mock-gemini:generateContent?key={key}", GEMINI)).status in (401, 403)
 
 
@@ -265,8 +283,14 @@ async def test_no_key_in_clear_in_redis(billed: BilledFactory, backend: str, red
     await b.proxy.settled()
     prefix = b.store._k.prefix  # type: ignore[attr-defined]
     client: Any = aioredis.Redis.from_url(redis_url)
-    readers = {"string": "get", "hash": "hgetall", "list": "lrange", "set": "smembers", "zset": "zrange",
-               "stream": "xrange"}
+    readers = {
+        "string": "get",
+        "hash": "hgetall",
+        "list": "lrange",
+        "set": "smembers",
+        "zset": "zrange",
+        "stream": "xrange",
+    }
     try:
         blob = bytearray()
         names = [k async for k in client.scan_iter(match=prefix + ":*")]

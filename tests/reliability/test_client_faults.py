@@ -11,18 +11,17 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-
 import aiohttp
 import orjson
 import pytest
 import yaml
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import generate_key
+from plugins.billing.store.factory import make_store
 from proxy.config import parse_config
 from proxy.context import Endpoint
-from plugins.billing.store.factory import make_store
 from tests.e2e.conftest import PRICES, Billed, BilledFactory, backend, billed  # noqa: F401  (fixtures)
 from tests.reliability.rawserver import (
     RawConn,
@@ -61,8 +60,9 @@ async def read_then_leave(b: Billed, k: int) -> str:
     """Read `k` SSE data events, then drop the connection; return the content text read."""
     text = ""
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(b.proxy.url + "/v1/chat/completions", json=STREAM,
-                            headers={"Authorization": f"Bearer {b.key}"})
+        resp = await s.post(
+            b.proxy.url + "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {b.key}"}
+        )
         assert resp.status == 200
         seen = 0
         while seen < k:
@@ -116,8 +116,10 @@ def free_port() -> int:
 
 
 FULL_ANSWER = 256 * 1024 * 1024
-PIECE = (b'data: {"id":"c","object":"chat.completion.chunk","model":"mock-gpt","choices":[{"index":0,'
-         b'"delta":{"content":"lorem ipsum "},"finish_reason":null}]}\n\n') * 400
+PIECE = (
+    b'data: {"id":"c","object":"chat.completion.chunk","model":"mock-gpt","choices":[{"index":0,'
+    b'"delta":{"content":"lorem ipsum "},"finish_reason":null}]}\n\n'
+) * 400
 
 
 async def firehose(conn: RawConn) -> None:
@@ -170,8 +172,10 @@ async def test_slow_reader_keeps_memory_bounded_and_pushes_back(
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     reader, writer = await asyncio.open_connection(sock=sock, limit=64 * 1024)
     body = orjson.dumps(STREAM)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
     await writer.drain()
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     await reader.readexactly(32 * 1024)  # a little, then the client stops reading
@@ -206,8 +210,10 @@ async def test_slow_reader_keeps_memory_bounded_and_pushes_back(
 
 
 def request(b: Billed, body: bytes, key: str | None = None) -> bytes:
-    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + (key or b.key).encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + (key or b.key).encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
 
 
 def charge_of(body: bytes) -> int:
@@ -223,7 +229,7 @@ async def test_body_trickled_slowly_holds_only_once_complete(billed: BilledFacto
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         for i in range(0, len(data) - 1, 16):
-            writer.write(data[i:min(i + 16, len(data) - 1)])
+            writer.write(data[i : min(i + 16, len(data) - 1)])
             await writer.drain()
             await asyncio.sleep(0.02)
             assert await b.store.open_holds() == []  # nothing is held before the body is whole
@@ -276,5 +282,3 @@ async def test_stream_then_request_on_the_same_connection(billed: BilledFactory)
     total = sum(r.charge for r in rows)
     assert rows[0].charge == charge_of(r2.body)
     await money_moved(b, before, total)
-
-

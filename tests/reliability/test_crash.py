@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from plugins.billing.store.base import HoldState
 from plugins.billing.tokenizer import Tokenizer
 from proxy.mock.upstream import MockUpstream
-from plugins.billing.store.base import HoldState
 from proxy.testing import unique_prefix
 from tests.reliability.procs import (
     IN_UNIT,

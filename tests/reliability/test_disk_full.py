@@ -40,8 +40,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True, timeout=30
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in this sandbox: {res.stderr.strip() or res.returncode}")
     try:
@@ -158,7 +159,10 @@ async def test_disk_full_during_streams_then_freed(tmp_path: Path, small_disk: P
         for ans in answers:
             row = await world.row(ans.request_id)
             assert (row.details.end_reason, row.details.usage_source, row.charge) == (
-                "completed", "upstream", charge_of(ans))
+                "completed",
+                "upstream",
+                charge_of(ans),
+            )
             total += row.charge
         await world.assert_wallet(total, STREAMS)
         await world.assert_audit("a")

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
 from proxy import keys
-from plugins.billing.apikeys import generate_key
 from proxy.config import UpstreamConfig
 from proxy.mock.upstream import MockUpstream
 from proxy.testing import ProxyHandle, proxy_config, start_proxy
@@ -97,8 +97,9 @@ async def _start(tmp: Path, stream: list[list[bytes]]) -> tuple[ProxyHandle, Moc
     proxy = await start_proxy(cfg, plugins=[plugin])
     # The raw upstream first for RAW_MODEL (it never refuses, so no failover); the mock
     # serves every other model.
-    raw_cfg = UpstreamConfig(name="raw", type="openai", base_url=raw.url + "/v1", models=(RAW_MODEL,),
-                             priority=-1, read_timeout=2.0)
+    raw_cfg = UpstreamConfig(
+        name="raw", type="openai", base_url=raw.url + "/v1", models=(RAW_MODEL,), priority=-1, read_timeout=2.0
+    )
     proxy.app[keys.UPSTREAMS].upstreams.insert(0, Upstream(raw_cfg, raw_cfg.base_url))
     await proxy.store.create_user("fuzz")
     await proxy.store.credit("fuzz", FUNDS, note="fuzz funding")
@@ -142,20 +143,34 @@ def dumps(value: Any) -> bytes:
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False), st.text(max_size=30),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
 models = st.sampled_from(["mock-gpt", "mock-claude", "mock-gemini", "mock-embed", "mock-image", "nope"]) | json_values
 roles = st.sampled_from(["user", "assistant", "system", "tool", "developer"]) | json_values
-content = st.text(max_size=40) | st.lists(
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_audio"]) | json_values},
-                          optional={"text": json_values, "image_url": json_values}), max_size=3) | json_values
-messages = st.lists(st.fixed_dictionaries({"role": roles}, optional={"content": content, "name": json_values}),
-                    max_size=4) | json_values
+content = (
+    st.text(max_size=40)
+    | st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "image_url", "input_audio"]) | json_values},
+            optional={"text": json_values, "image_url": json_values},
+        ),
+        max_size=3,
+    )
+    | json_values
+)
+messages = (
+    st.lists(st.fixed_dictionaries({"role": roles}, optional={"content": content, "name": json_values}), max_size=4)
+    | json_values
+)
 limits = st.integers(min_value=-5, max_value=20) | json_values
 
 
@@ -166,26 +181,60 @@ def shaped(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-chat_bodies = shaped({"model": models, "messages": messages, "max_tokens": limits, "n": limits,
-                      "stream": st.booleans() | json_values, "stream_options": json_values, "tools": json_values,
-                      "max_completion_tokens": limits})
-anthropic_bodies = shaped({"model": models, "messages": messages, "max_tokens": limits, "system": content,
-                           "stream": st.booleans() | json_values})
-gemini_bodies = shaped({"contents": st.lists(st.fixed_dictionaries(
-    {"role": roles, "parts": st.lists(st.fixed_dictionaries({}, optional={"text": json_values}), max_size=3)
-     | json_values}), max_size=3) | json_values,
-    "generationConfig": shaped({"maxOutputTokens": limits, "candidateCount": limits}) | json_values,
-    "systemInstruction": json_values})
+chat_bodies = shaped(
+    {
+        "model": models,
+        "messages": messages,
+        "max_tokens": limits,
+        "n": limits,
+        "stream": st.booleans() | json_values,
+        "stream_options": json_values,
+        "tools": json_values,
+        "max_completion_tokens": limits,
+    }
+)
+anthropic_bodies = shaped(
+    {
+        "model": models,
+        "messages": messages,
+        "max_tokens": limits,
+        "system": content,
+        "stream": st.booleans() | json_values,
+    }
+)
+gemini_bodies = shaped(
+    {
+        "contents": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": roles,
+                    "parts": st.lists(st.fixed_dictionaries({}, optional={"text": json_values}), max_size=3)
+                    | json_values,
+                }
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "generationConfig": shaped({"maxOutputTokens": limits, "candidateCount": limits}) | json_values,
+        "systemInstruction": json_values,
+    }
+)
 
 VALID: list[tuple[str, dict[str, Any]]] = [
-    ("/v1/chat/completions", {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}],
-                              "max_tokens": 8, "stream": True}),
+    (
+        "/v1/chat/completions",
+        {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True},
+    ),
     ("/v1/chat/completions", {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}),
-    ("/v1/messages", {"model": "mock-claude", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
-                      "stream": True}),
+    (
+        "/v1/messages",
+        {"model": "mock-claude", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ),
     ("/v1/responses", {"model": "mock-gpt", "input": "hi", "max_output_tokens": 8}),
-    ("/v1beta/models/mock-gemini:streamGenerateContent?alt=sse",
-     {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 8}}),
+    (
+        "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse",
+        {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 8}},
+    ),
 ]
 
 
@@ -199,33 +248,66 @@ def _mutate(base: tuple[str, dict[str, Any]], field: str, value: Any, drop: bool
 
 # Valid requests with one field replaced, dropped or added get far into the pipeline; the
 # free-form shapes below mostly test the refusals.
-plausible: st.SearchStrategy[Any] = st.sampled_from([8, 0, 1, 2**31, True, False, None, "x", "mock-gpt", [], {}, 1.5]) | json_values
-mutated = st.builds(_mutate, st.sampled_from(VALID), st.sampled_from(
-    ["model", "messages", "max_tokens", "stream", "input", "contents", "generationConfig", "stream_options", "n",
-     "tools", "max_output_tokens", "system", "temperature", "metadata"]), plausible, st.booleans())
+plausible: st.SearchStrategy[Any] = (
+    st.sampled_from([8, 0, 1, 2**31, True, False, None, "x", "mock-gpt", [], {}, 1.5]) | json_values
+)
+mutated = st.builds(
+    _mutate,
+    st.sampled_from(VALID),
+    st.sampled_from(
+        [
+            "model",
+            "messages",
+            "max_tokens",
+            "stream",
+            "input",
+            "contents",
+            "generationConfig",
+            "stream_options",
+            "n",
+            "tools",
+            "max_output_tokens",
+            "system",
+            "temperature",
+            "metadata",
+        ]
+    ),
+    plausible,
+    st.booleans(),
+)
 
 others = st.one_of(
     st.tuples(st.just("/v1/chat/completions"), chat_bodies.map(dumps)),
-    st.tuples(st.just("/v1/completions"), shaped({"model": models, "prompt": json_values, "max_tokens": limits})
-              .map(dumps)),
-    st.tuples(st.just("/v1/responses"), shaped({"model": models, "input": content, "max_output_tokens": limits,
-                                                "stream": st.booleans()}).map(dumps)),
+    st.tuples(
+        st.just("/v1/completions"), shaped({"model": models, "prompt": json_values, "max_tokens": limits}).map(dumps)
+    ),
+    st.tuples(
+        st.just("/v1/responses"),
+        shaped({"model": models, "input": content, "max_output_tokens": limits, "stream": st.booleans()}).map(dumps),
+    ),
     st.tuples(st.just("/v1/messages"), anthropic_bodies.map(dumps)),
-    st.tuples(st.sampled_from(["/v1beta/models/mock-gemini:generateContent",
-                               "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse"]),
-              gemini_bodies.map(dumps)),
-    st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/embeddings"]),
-              st.binary(max_size=200)),
+    st.tuples(
+        st.sampled_from(
+            ["/v1beta/models/mock-gemini:generateContent", "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse"]
+        ),
+        gemini_bodies.map(dumps),
+    ),
+    st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/embeddings"]), st.binary(max_size=200)),
     st.tuples(st.just("/v1/embeddings"), shaped({"model": models, "input": json_values}).map(dumps)),
-    st.tuples(st.just("/v1/images/generations"), shaped({"model": models, "prompt": json_values, "n": limits})
-              .map(dumps)),
+    st.tuples(
+        st.just("/v1/images/generations"), shaped({"model": models, "prompt": json_values, "n": limits}).map(dumps)
+    ),
 )
 requests = st.integers(0, 9).flatmap(lambda i: mutated if i < 5 else others)
 
 
 async def _send(rig: Rig, path: str, body: bytes) -> tuple[int, bytes]:
-    headers = {"Authorization": f"Bearer {rig.key}", "x-api-key": rig.key, "x-goog-api-key": rig.key,
-               "Content-Type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {rig.key}",
+        "x-api-key": rig.key,
+        "x-goog-api-key": rig.key,
+        "Content-Type": "application/json",
+    }
     async with rig.session.post(rig.proxy.url + path, data=body, headers=headers) as r:
         try:
             data = await r.read()
@@ -235,8 +317,9 @@ async def _send(rig: Rig, path: str, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.slow
-@settings(max_examples=250, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=250, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(req=requests)
 def test_generated_bodies_never_500_and_books_balance(rig: Rig, req: tuple[str, bytes]) -> None:
     path, body = req
@@ -251,8 +334,11 @@ def test_generated_bodies_never_500_and_books_balance(rig: Rig, req: tuple[str, 
             assert len(rig.mock.requests) > called, (status, data[:300])
             assert b"plugin_failed" not in data, data[:300]
         after, after_rows = await rig.books()
-        charges = sum(r.charge for r in await rig.proxy.store.query_logs(user="fuzz", limit=after_rows - rows)) \
-            if after_rows > rows else 0
+        charges = (
+            sum(r.charge for r in await rig.proxy.store.query_logs(user="fuzz", limit=after_rows - rows))
+            if after_rows > rows
+            else 0
+        )
         assert balance - after == charges >= 0
 
     rig.run(one())
@@ -265,14 +351,25 @@ usage_numbers = st.integers(min_value=-(2**40), max_value=2**40) | json_values
 
 
 def _chat_chunk(text: str) -> bytes:
-    return b"data: " + orjson.dumps({"id": "x", "object": "chat.completion.chunk", "model": RAW_MODEL,
-                                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+    return b"data: " + orjson.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "model": RAW_MODEL,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        }
+    )
 
 
 def _usage(p: Any, c: Any, details: Any) -> bytes:
-    return b"data: " + dumps({"id": "x", "object": "chat.completion.chunk", "choices": [],
-                                     "usage": {"prompt_tokens": p, "completion_tokens": c,
-                                               "prompt_tokens_details": details}})
+    return b"data: " + dumps(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "prompt_tokens_details": details},
+        }
+    )
 
 
 events = st.one_of(
@@ -283,7 +380,7 @@ events = st.one_of(
     st.binary(max_size=40),
     json_values.map(lambda v: b"data: " + dumps(v)),
     st.tuples(st.text(max_size=10), json_values).map(lambda t: b"event: " + t[0].encode() + b"\ndata: " + dumps(t[1])),
-    st.sampled_from([b"data", b"event", b"id: 7", b"retry: 10", b"data:", b"\xff\xfe", b"data: {\"error\":{}}"]),
+    st.sampled_from([b"data", b"event", b"id: 7", b"retry: 10", b"data:", b"\xff\xfe", b'data: {"error":{}}']),
 )
 streams = st.tuples(
     st.lists(events, max_size=12),
@@ -294,8 +391,9 @@ streams = st.tuples(
 
 
 @pytest.mark.slow
-@settings(max_examples=200, deadline=10000, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=200, deadline=10000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(spec=streams, stream=st.booleans())
 def test_generated_upstream_streams_settle_exactly_once(rig: Rig, spec: Any, stream: bool) -> None:
     items, sep, cuts, truncate = spec

@@ -190,8 +190,14 @@ async def billed_exactly(b: Billed, before: int, got_body: bytes, rows: int = 1)
     return expected
 
 
-LEGAL: list[dict[str, Any]] = [{}, {"max_tokens": 0}, {"max_tokens": 3}, {"n": 3}, {"max_tokens": None},
-                               {"max_completion_tokens": 7, "max_tokens": 2}]
+LEGAL: list[dict[str, Any]] = [
+    {},
+    {"max_tokens": 0},
+    {"max_tokens": 3},
+    {"n": 3},
+    {"max_tokens": None},
+    {"max_completion_tokens": 7, "max_tokens": 2},
+]
 
 
 async def test_legal_limits_are_held_and_billed_exactly(billed: BilledFactory) -> None:
@@ -220,8 +226,12 @@ async def test_giant_messages_array_within_the_limit(billed: BilledFactory) -> N
 
 def request_bytes(b: Billed, body: bytes, *extra: str, path: str = OPENAI, length: bool = True) -> bytes:
     host = b.proxy.url.removeprefix("http://")
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Authorization: Bearer {b.key}",
-             "Content-Type: application/json"]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        f"Authorization: Bearer {b.key}",
+        "Content-Type: application/json",
+    ]
     if length:
         lines.append(f"Content-Length: {len(body)}")
     lines.extend(extra)
@@ -250,7 +260,8 @@ async def test_hop_by_hop_and_proxy_headers_are_not_forwarded(billed: BilledFact
     b = await billed()
     before = await b.balance()
     data = request_bytes(
-        b, chat(),
+        b,
+        chat(),
         "Connection: keep-alive, X-Secret-Hop, X-Other-Hop",
         "X-Secret-Hop: do-not-forward",
         "X-Other-Hop: nor-this",
@@ -266,8 +277,17 @@ async def test_hop_by_hop_and_proxy_headers_are_not_forwarded(billed: BilledFact
     (resp,) = await raw_exchange(b.proxy.url, data)
     assert resp.status == 200
     seen = b.upstream.requests[-1].headers
-    for name in ("x-secret-hop", "x-other-hop", "keep-alive", "te", "proxy-authorization", "x-forwarded-for",
-                 "x-real-ip", "forwarded", "x-forwarded-host"):
+    for name in (
+        "x-secret-hop",
+        "x-other-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "x-forwarded-host",
+    ):
         assert name not in seen, name
     assert seen["x-kept"] == "yes"
     assert b.key not in orjson.dumps(seen).decode()  # the client's key never goes upstream

@@ -136,8 +136,10 @@ async def test_captures_while_redis_loads_its_data_land_once_it_has(
 
     async def restart_loading() -> None:
         redis.stop()
-        await redis.start(extra=("--key-load-delay", str(LOAD_DELAY_US), "--loading-process-events-interval-bytes", "1024"),
-                          wait=False)
+        await redis.start(
+            extra=("--key-load-delay", str(LOAD_DELAY_US), "--loading-process-events-interval-bytes", "1024"),
+            wait=False,
+        )
         await wait_for(lambda: _loading(redis), 15, "redis to answer LOADING")
 
     async def finish_loading() -> None:

@@ -25,13 +25,13 @@ import orjson
 import pytest
 import yaml
 
+from plugins.billing.apikeys import generate_key
 from plugins.billing.config import BillingConfig
 from plugins.billing.plugin import BillingPlugin
-from plugins.billing.apikeys import generate_key
-from proxy.config import parse_config
-from proxy.context import Endpoint
 from plugins.billing.store.base import LogRow, Store
 from plugins.billing.store.factory import make_store
+from proxy.config import parse_config
+from proxy.context import Endpoint
 from tests.e2e.conftest import PRICES
 from tests.reliability.procs import audit_json, free_port, wait_for
 from tests.reliability.rawserver import RawUpstream, WeirProcess, chat_text, quota, tokens
@@ -95,8 +95,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served
             "server": {"port": port, "shutdown_grace": 2, "access_log": True, **(server or {})},
             "store": {"backend": "sqlite", "path": str(tmp_path / "weir.db")},
             "upstreams": [{"name": "raw", "type": "openai", "base_url": raw.url + "/v1", "api_key": "sk-up"}],
-            "plugins": [{"use": "billing", "config": {"pricing": {"models": PRICES},
-                                                      "default_output_reserve": RESERVE, **(billing or {})}}],
+            "plugins": [
+                {
+                    "use": "billing",
+                    "config": {"pricing": {"models": PRICES}, "default_output_reserve": RESERVE, **(billing or {})},
+                }
+            ],
         }
         path = tmp_path / "proxy.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -154,8 +158,10 @@ def open_stalled(url: str, key: str, read: int = 4096) -> StalledClient:
     sock.settimeout(60)
     sock.connect((host, int(port)))
     body = orjson.dumps(BODY)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
     got = b""
     while len(got) < read or b"\r\n\r\n" not in got:
         chunk = sock.recv(read)
@@ -171,7 +177,8 @@ def assert_partial(row: LogRow, client: StalledClient, reason: str) -> None:
     """`row` bills `client`'s stream by the partial rule: the estimated prompt plus the
     relayed output, which covers at least what the client read, and stays within the hold."""
     prompt = BillingPlugin(BillingConfig(pricing={"models": PRICES})).estimator.prompt_tokens(
-        Endpoint.CHAT, BODY, "mock-gpt")
+        Endpoint.CHAT, BODY, "mock-gpt"
+    )
     d = row.details
     assert (d.end_reason, d.usage_source, d.input) == (reason, "partial", prompt), row
     assert d.output >= tokens(client.text(), "mock-gpt") > 0, row

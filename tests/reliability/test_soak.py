@@ -67,10 +67,22 @@ def _run(**changes: object) -> SoakReport:
     direct = [Shot(Kind.OK_JSON, (i + 0.5) / RATE, 0.004, "ok") for i in range(n)]
     jitter = random.Random(3)
     report = SoakReport(
-        SoakSettings(), fill_requests=30_000, fill_seconds=60.0, fill_growth=21 * MIB, rate=RATE, duration=SECONDS,
+        SoakSettings(),
+        fill_requests=30_000,
+        fill_seconds=60.0,
+        fill_growth=21 * MIB,
+        rate=RATE,
+        duration=SECONDS,
         rss=[(float(t), 170 * MIB + jitter.randrange(64 * 1024)) for t in range(SECONDS)],
-        db=[(float(t), t * 15_000) for t in range(SECONDS)], shots=shots, direct=direct, shed=0, open_holds=0,
-        rows=[_row(f"r{i}", 7) for i in range(n)], audit_ok=True, balance_delta=7 * n, key_delta=7 * n,
+        db=[(float(t), t * 15_000) for t in range(SECONDS)],
+        shots=shots,
+        direct=direct,
+        shed=0,
+        open_holds=0,
+        rows=[_row(f"r{i}", 7) for i in range(n)],
+        audit_ok=True,
+        balance_delta=7 * n,
+        key_delta=7 * n,
     )
     for name, value in changes.items():
         setattr(report, name, value)

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from proxy.mock.upstream import MockUpstream
 from plugins.billing.store.base import HoldState
+from proxy.mock.upstream import MockUpstream
+from tests.redis_server import RedisServer
 from tests.reliability.procs import (
     IN_UNIT,
     OUT_UNIT,
@@ -31,7 +32,6 @@ from tests.reliability.procs import (
     killer_plugin,
     wait_for,
 )
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +101,13 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 def sqlite_cfg(tmp: Path, **extra: Any) -> dict[str, Any]:
     """A SQLite store with a short busy timeout, so a lock turns into an error quickly."""
-    return {"backend": "sqlite", "path": str(tmp / "weir.db"), "busy_timeout_ms": 300,
-            "heartbeat_every": HEARTBEAT, **extra}
+    return {
+        "backend": "sqlite",
+        "path": str(tmp / "weir.db"),
+        "busy_timeout_ms": 300,
+        "heartbeat_every": HEARTBEAT,
+        **extra,
+    }
 
 
 def redis_cfg(server: RedisServer, **extra: Any) -> dict[str, Any]:

@@ -211,8 +211,9 @@ async def test_error_event_mid_stream_gemini(billed: BilledFactory) -> None:
     b.upstream.behaviour.error_event_after = 3
     before = await b.balance()
     body = {"contents": [{"role": "user", "parts": [{"text": "tell me about weirs"}]}]}
-    got = await fetch(b.proxy.url + "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", body,
-                      {"x-goog-api-key": b.key})
+    got = await fetch(
+        b.proxy.url + "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", body, {"x-goog-api-key": b.key}
+    )
     evs = events(got.body)
     assert got.status == 200 and len(evs) == 4 and "error" in evs[-1].json
     text = "".join(e.json["candidates"][0]["content"]["parts"][0]["text"] for e in evs[:3])
@@ -245,15 +246,19 @@ async def test_error_event_mid_stream_responses(billed: BilledFactory) -> None:
 WITH_USAGE = {**CHAT, "stream_options": {"include_usage": True}}
 
 
-async def test_malformed_sse_is_relayed_verbatim_and_billed_from_usage(billed: BilledFactory, raws: list[RawUpstream]) -> None:
+async def test_malformed_sse_is_relayed_verbatim_and_billed_from_usage(
+    billed: BilledFactory, raws: list[RawUpstream]
+) -> None:
     b = await billed()
     stream = (
         chunk("Hello")
         + b": a comment\n\n"
         + b"this line is garbage\n\n"
-        + b"data\n\n"                      # a field with no colon: empty data, no event
+        + b"data\n\n"  # a field with no colon: empty data, no event
         + b"event: weird\ndata: {not json\n\n"
-        + b"data: " + b"x" * 300_000 + b"\n\n"   # a giant line (within the event limit)
+        + b"data: "
+        + b"x" * 300_000
+        + b"\n\n"  # a giant line (within the event limit)
         + chunk(" world")
         + usage_chunk(40, 7)
         + b"data: [DONE]\n\n"
@@ -304,8 +309,9 @@ async def test_gemini_repeated_usage_is_last_value(billed: BilledFactory) -> Non
     b.upstream.behaviour.repeat_usage = True
     before = await b.balance()
     body = {"contents": [{"role": "user", "parts": [{"text": "tell me about weirs"}]}]}
-    got = await fetch(b.proxy.url + "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", body,
-                      {"x-goog-api-key": b.key})
+    got = await fetch(
+        b.proxy.url + "/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", body, {"x-goog-api-key": b.key}
+    )
     metas = [e.json["usageMetadata"] for e in events(got.body) if "usageMetadata" in (e.json or {})]
     assert len(metas) > 3
     final = metas[-1]

@@ -103,7 +103,12 @@ async def tree(backend: str, mock: MockUpstream, tmp_path: Path, request: pytest
     """`weir serve --workers 2` on `backend`, started and announced; killed afterwards."""
     timing = {"orphan_after": ORPHAN_AFTER, "heartbeat_every": HEARTBEAT}
     if backend == "redis":
-        store_cfg = {"backend": "redis", "url": request.getfixturevalue("redis_url"), "prefix": unique_prefix(), **timing}
+        store_cfg = {
+            "backend": "redis",
+            "url": request.getfixturevalue("redis_url"),
+            "prefix": unique_prefix(),
+            **timing,
+        }
     else:
         store_cfg = {"backend": "sqlite", "path": str(tmp_path / "weir.db"), **timing}
     plugin = billing_plugin(pricing={"models": {"mock-gpt*": {"per_request": 0.002}}})
@@ -188,14 +193,20 @@ async def test_a_killed_worker_is_restarted_and_its_holds_are_orphans(tree: Tree
     number, pid = workers[victim]
     assert tree.proc.proc is not None
     os.kill(pid, signal.SIGKILL)  # the worker alone; the supervisor is left running
-    await wait_for(lambda: f"worker {number} (pid {pid}) was killed by SIGKILL" in tree.proc.output(), 30,
-                   "the supervisor to see the worker die")
+    await wait_for(
+        lambda: f"worker {number} (pid {pid}) was killed by SIGKILL" in tree.proc.output(),
+        30,
+        "the supervisor to see the worker die",
+    )
     # The survivor answers alone while the worker restarts: each check is a new connection.
     for _ in range(10):
         async with aiohttp.ClientSession() as s, s.get(tree.proc.url + "/healthz") as r:
             assert r.status == 200
-    await wait_for(lambda: any(n == number and p != pid for n, p in tree.workers().values()), 60,
-                   f"worker {number} to be restarted with a new pid")
+    await wait_for(
+        lambda: any(n == number and p != pid for n, p in tree.workers().values()),
+        60,
+        f"worker {number} to be restarted with a new pid",
+    )
     answers = {a.request_id: a for a in await asyncio.gather(*tasks)}
     await wait_for(_no_open_holds(tree), ORPHAN_AFTER + 30, "every hold to be resolved", every=0.1)
     # The survivor's streams ran to their end and were charged in full, though they outlived
@@ -256,8 +267,11 @@ async def test_a_crash_loop_backs_off(mock: MockUpstream, tmp_path: Path) -> Non
             nonlocal kills
             try:
                 async with aiohttp.ClientSession() as s:
-                    await s.post(proc.url + "/v1/chat/completions", json=chat_body(stream=False),
-                                 timeout=aiohttp.ClientTimeout(total=10))
+                    await s.post(
+                        proc.url + "/v1/chat/completions",
+                        json=chat_body(stream=False),
+                        timeout=aiohttp.ClientTimeout(total=10),
+                    )
             except aiohttp.ClientConnectorError:
                 pass  # both workers were down: nothing listened
             except aiohttp.ClientError:
@@ -269,7 +283,7 @@ async def test_a_crash_loop_backs_off(mock: MockUpstream, tmp_path: Path) -> Non
         await wait_for(lambda: len(killed.findall(proc.output())) == kills, 30, f"{kills} kills in the log")
         for number in "12":
             seen = [d for n, d in killed.findall(proc.output()) if n == number]
-            assert seen == ["0.5", "1.0", "2.0", "4.0", "8.0"][:len(seen)], seen
+            assert seen == ["0.5", "1.0", "2.0", "4.0", "8.0"][: len(seen)], seen
         assert proc.proc is not None
         proc.proc.send_signal(signal.SIGTERM)
         assert await proc.wait_dead(timeout=60) == 0, proc.output()

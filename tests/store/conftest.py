@@ -24,6 +24,7 @@ import pytest
 from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Preference, Resolution, Store
 from plugins.billing.store.sqlite.store import SQLiteStore
 from tests.redis_server import redis_missing
+
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 AUDIT_ORPHAN_AFTER = 30.0
 DONE = LogDetails(end_reason="completed", usage_source="upstream")

@@ -85,7 +85,9 @@ async def test_the_ledger_of_everything_names_keys_and_subscriptions(world: Worl
     sub = await store.grant_subscription("alice", "daily", world.clock.now, world.clock.now + 30 * DAY)
     await world.held("r1", key, 100)
     await world.capture("r1", 60)
-    accounts = [(e.account, e.kind, e.d_balance) for e in (await store.ledger_entries("alice", everything=True)).entries]
+    accounts = [
+        (e.account, e.kind, e.d_balance) for e in (await store.ledger_entries("alice", everything=True)).entries
+    ]
     assert (f"sub:{sub.id}", "capture", -60) in accounts and (f"key:{key.id}", "capture", -60) in accounts
     assert (f"key:{key.id}", "credit", 400) in accounts and (f"sub:{sub.id}", "credit", 1000) in accounts
     assert (await store.ledger_entries("alice")).entries == []  # the wallet never moved
@@ -97,13 +99,28 @@ async def test_the_ledger_of_everything_names_keys_and_subscriptions(world: Worl
 async def test_a_key_is_edited_field_by_field(world: World) -> None:
     store = world.store
     key = await world.user("alice", 1000)
-    changed = await store.update_key(key.id, KeyChanges(
-        name="laptop", models=("gpt-*",), ips=("10.0.0.0/8",), group="vip", expires_at=world.clock.now + DAY))
+    changed = await store.update_key(
+        key.id,
+        KeyChanges(
+            name="laptop", models=("gpt-*",), ips=("10.0.0.0/8",), group="vip", expires_at=world.clock.now + DAY
+        ),
+    )
     assert (changed.name, changed.models, changed.ips, changed.group, changed.expires_at) == (
-        "laptop", ("gpt-*",), ("10.0.0.0/8",), "vip", world.clock.now + DAY)
+        "laptop",
+        ("gpt-*",),
+        ("10.0.0.0/8",),
+        "vip",
+        world.clock.now + DAY,
+    )
     assert await store.get_key(key.id) == changed
     cleared = await store.update_key(key.id, KeyChanges(models=(), ips=(), group="", no_expiry=True))
-    assert (cleared.name, cleared.models, cleared.ips, cleared.group, cleared.expires_at) == ("laptop", (), (), None, None)
+    assert (cleared.name, cleared.models, cleared.ips, cleared.group, cleared.expires_at) == (
+        "laptop",
+        (),
+        (),
+        None,
+        None,
+    )
     off = await store.update_key(key.id, KeyChanges(status="disabled"))
     refused = await world.hold("r1", off, 10)
     assert isinstance(refused, HoldRefusal) and refused.reason is Refusal.KEY_DISABLED
@@ -129,7 +146,11 @@ async def test_a_key_quota_is_set_with_a_ledger_entry(world: World) -> None:
     assert (more.quota, more.balance, more.reserved) == (1000, 1000, 0)
     entries = (await store.ledger_entries("alice", everything=True)).entries
     assert (entries[0].account, entries[0].kind, entries[0].d_balance, entries[0].actor) == (
-        f"key:{key.id}", "credit", 650, "ops")
+        f"key:{key.id}",
+        "credit",
+        650,
+        "ops",
+    )
     held = await world.held("r2", key, 900)
     refused = await world.hold("r3", key, 200)
     assert isinstance(refused, HoldRefusal) and refused.reason is Refusal.INSUFFICIENT_KEY_QUOTA

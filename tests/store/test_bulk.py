@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from plugins.billing.apikeys import hash_key
-from plugins.billing.store.sqlite import group_commit as sqlite_bulk, store as sqlite_store
 from plugins.billing.store.base import LogDetails, Plan, StoreError
+from plugins.billing.store.sqlite import group_commit as sqlite_bulk
+from plugins.billing.store.sqlite import store as sqlite_store
 from plugins.billing.store.sqlite.store import SQLiteStore
 
 from .conftest import START, FakeClock
@@ -33,8 +34,14 @@ TABLES = ("users", "api_keys", "subscriptions", "holds", "ledger", "consume_log"
 
 def _details(upstream: str, n: int) -> LogDetails:
     return LogDetails(
-        end_reason="completed", usage_source="upstream", model="m", upstream=upstream, input=n, output=2 * n,
-        latency_ms=n, status=200,
+        end_reason="completed",
+        usage_source="upstream",
+        model="m",
+        upstream=upstream,
+        input=n,
+        output=2 * n,
+        latency_ms=n,
+        status=200,
     )
 
 
@@ -87,38 +94,55 @@ async def _script(store: SQLiteStore) -> list[object]:
         return answer(store.hold(rid, user, key, amount, None, "pv", 3600, "i1", "m"))
 
     holds = [
-        hold("a1", "ann", ann.id, 100), hold("a2", "ann", ann_limited.id, 100), hold("a3", "ann", ann_limited.id, 100),
+        hold("a1", "ann", ann.id, 100),
+        hold("a2", "ann", ann_limited.id, 100),
+        hold("a3", "ann", ann_limited.id, 100),
         hold("a4", "ann", ann_limited.id, 100),  # the key quota is used up by a2 and a3
-        hold("b1", "bob", bob.id, 20), hold("b2", "bob", bob.id, 20), hold("b3", "bob", bob.id, 20),  # runs dry
-        hold("s1", "sue", sue.id, 50), hold("s2", "sue", sue.id, 50),  # the subscription pays
-        hold("x1", "bob", off.id, 5), hold("x2", "ann", bob.id, 5), hold("x3", "ann", "k_nope", 5),
+        hold("b1", "bob", bob.id, 20),
+        hold("b2", "bob", bob.id, 20),
+        hold("b3", "bob", bob.id, 20),  # runs dry
+        hold("s1", "sue", sue.id, 50),
+        hold("s2", "sue", sue.id, 50),  # the subscription pays
+        hold("x1", "bob", off.id, 5),
+        hold("x2", "ann", bob.id, 5),
+        hold("x3", "ann", "k_nope", 5),
         hold("a5", "ann", ann.id, 10),
     ]
     # Each gather is one batch: its calls queue while the first one waits a turn.
     out: list[object] = list(await asyncio.gather(*holds))
     out += await asyncio.gather(  # a request id held already: the batch runs again one call at a time
-        hold("a5", "ann", ann.id, 10), hold("a6", "ann", ann.id, 10),
+        hold("a5", "ann", ann.id, 10),
+        hold("a6", "ann", ann.id, 10),
     )
     out += await asyncio.gather(
-        hold("a7", "ann", ann.id, 1), hold("a8", "ann", ann.id, 1), hold("a9", "ann", ann_limited.id, 40),
+        hold("a7", "ann", ann.id, 1),
+        hold("a8", "ann", ann.id, 1),
+        hold("a9", "ann", ann_limited.id, 40),
         hold("b4", "bob", bob.id, 5),
     )
     out += await asyncio.gather(
-        answer(store.capture("a1", 70, _details("up1", 1))), answer(store.capture("a2", 130, _details("up2", 2))),
-        answer(store.release("a3", _details("", 3))), answer(store.capture("b1", 0, _details("up1", 4))),
-        answer(store.capture("b2", 25, _details("up1", 5))), answer(store.capture("s1", 60, _details("up2", 6))),
-        answer(store.release("s2", _details("", 7))), answer(store.capture("a5", 10, _details("up1", 9))),
+        answer(store.capture("a1", 70, _details("up1", 1))),
+        answer(store.capture("a2", 130, _details("up2", 2))),
+        answer(store.release("a3", _details("", 3))),
+        answer(store.capture("b1", 0, _details("up1", 4))),
+        answer(store.capture("b2", 25, _details("up1", 5))),
+        answer(store.capture("s1", 60, _details("up2", 6))),
+        answer(store.release("s2", _details("", 7))),
+        answer(store.capture("a5", 10, _details("up1", 9))),
         answer(store.capture("b4", 9, _details("up2", 9))),
     )
     out += await asyncio.gather(  # an unknown hold: the batch runs again one call at a time
-        answer(store.capture("nope", 1, _details("up1", 8))), answer(store.capture("a8", 1, _details("up1", 8))),
+        answer(store.capture("nope", 1, _details("up1", 8))),
+        answer(store.capture("a8", 1, _details("up1", 8))),
     )
     out += await asyncio.gather(  # one hold twice: handed to the one-by-one function
-        answer(store.capture("a6", 3, _details("up1", 10))), answer(store.capture("a6", 4, _details("up1", 11))),
+        answer(store.capture("a6", 3, _details("up1", 10))),
+        answer(store.capture("a6", 4, _details("up1", 11))),
         answer(store.release("a7", _details("", 13))),
     )
     out += await asyncio.gather(  # settled before: answered as it was
-        answer(store.capture("a1", 5, _details("up1", 12))), answer(store.capture("a9", 41, _details("up1", 14))),
+        answer(store.capture("a1", 5, _details("up1", 12))),
+        answer(store.capture("a9", 41, _details("up1", 14))),
     )
     return out
 
@@ -180,7 +204,9 @@ async def test_a_request_id_twice_in_one_batch_is_answered_like_one_call_after_t
         await store.heartbeat("i1")  # the holds left open belong to a live instance
         first = await store.hold("r0", "ann", key.id, 10, None, "pv", 3600, "i1", "m")
         if repeat == "hold":
-            got = await asyncio.gather(*(store.hold("r1", "ann", key.id, 10, None, "pv", 3600, "i1", "m") for _ in range(3)))
+            got = await asyncio.gather(
+                *(store.hold("r1", "ann", key.id, 10, None, "pv", 3600, "i1", "m") for _ in range(3))
+            )
             assert got[0] == got[1] == got[2]
             assert (await store.get_user("ann")).reserved == 20  # type: ignore[union-attr]
         else:

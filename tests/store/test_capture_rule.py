@@ -61,8 +61,12 @@ class Case:
     def log(self) -> LogDetails:
         """The details the resolution is asked with."""
         if self.hand:
-            return LogDetails(end_reason=rules.HAND_RESOLVED, usage_source="partial", error="lost in a failover",
-                              upstream=self.log_upstream)
+            return LogDetails(
+                end_reason=rules.HAND_RESOLVED,
+                usage_source="partial",
+                error="lost in a failover",
+                upstream=self.log_upstream,
+            )
         return LogDetails(end_reason="completed", usage_source="upstream", upstream=self.log_upstream)
 
 
@@ -70,33 +74,99 @@ HAND = "resolved by hand: lost in a failover"
 CASES = [
     Case("wallet capture under the hold", 100, CAPTURED, 60, (("wallet", "capture", -60, -100, ""),), upstream="up1"),
     Case("wallet capture over the hold", 100, CAPTURED, 150, (("wallet", "capture", -150, -100, ""),), upstream="up1"),
-    Case("wallet capture, no upstream named", 100, CAPTURED, 10, (("wallet", "capture", -10, -100, ""),),
-         log_upstream=""),
+    Case(
+        "wallet capture, no upstream named", 100, CAPTURED, 10, (("wallet", "capture", -10, -100, ""),), log_upstream=""
+    ),
     Case("wallet capture of nothing", 100, CAPTURED, 0, (("wallet", "capture", 0, -100, ""),), upstream="up1"),
-    Case("wallet capture, limited key", 100, CAPTURED, 60,
-         (("wallet", "capture", -60, -100, ""), ("key", "capture", -60, -100, "")), upstream="up1", key_quota=1000),
-    Case("wallet release, limited key", 100, RELEASED, 0,
-         (("wallet", "release", 0, -100, ""), ("key", "release", 0, -100, "")), counted=0, key_quota=1000),
-    Case("wallet expiry of a checkpoint, limited key", 100, EXPIRED, 40,
-         (("wallet", "expire", -40, -100, ""), ("key", "expire", -40, -100, "")), key_quota=1000, checkpointed=True),
+    Case(
+        "wallet capture, limited key",
+        100,
+        CAPTURED,
+        60,
+        (("wallet", "capture", -60, -100, ""), ("key", "capture", -60, -100, "")),
+        upstream="up1",
+        key_quota=1000,
+    ),
+    Case(
+        "wallet release, limited key",
+        100,
+        RELEASED,
+        0,
+        (("wallet", "release", 0, -100, ""), ("key", "release", 0, -100, "")),
+        counted=0,
+        key_quota=1000,
+    ),
+    Case(
+        "wallet expiry of a checkpoint, limited key",
+        100,
+        EXPIRED,
+        40,
+        (("wallet", "expire", -40, -100, ""), ("key", "expire", -40, -100, "")),
+        key_quota=1000,
+        checkpointed=True,
+    ),
     Case("wallet expiry without a checkpoint", 100, EXPIRED, 0, (("wallet", "expire", 0, -100, ""),), counted=0),
     Case("hand capture", 100, CAPTURED, 70, (("wallet", "capture", -70, -100, HAND),), upstream="up1", hand=True),
-    Case("hand release, limited key", 100, RELEASED, 0,
-         (("wallet", "release", 0, -100, HAND), ("key", "release", 0, -100, "")), counted=0, hand=True,
-         key_quota=500),
-    Case("subscription capture within its balance", 100, CAPTURED, 60, (("sub", "capture", -60, -100, ""),),
-         sub_used=60, upstream="up1", sub_quota=500),
-    Case("subscription capture beyond its balance", 80, CAPTURED, 130,
-         (("sub", "capture", -80, -80, ""), ("wallet", "overage", -50, 0, "subscription {sub} could not cover 50")),
-         overage=50, sub_used=80, upstream="up1", sub_quota=80),
+    Case(
+        "hand release, limited key",
+        100,
+        RELEASED,
+        0,
+        (("wallet", "release", 0, -100, HAND), ("key", "release", 0, -100, "")),
+        counted=0,
+        hand=True,
+        key_quota=500,
+    ),
+    Case(
+        "subscription capture within its balance",
+        100,
+        CAPTURED,
+        60,
+        (("sub", "capture", -60, -100, ""),),
+        sub_used=60,
+        upstream="up1",
+        sub_quota=500,
+    ),
+    Case(
+        "subscription capture beyond its balance",
+        80,
+        CAPTURED,
+        130,
+        (("sub", "capture", -80, -80, ""), ("wallet", "overage", -50, 0, "subscription {sub} could not cover 50")),
+        overage=50,
+        sub_used=80,
+        upstream="up1",
+        sub_quota=80,
+    ),
     Case("subscription release", 100, RELEASED, 0, (("sub", "release", 0, -100, ""),), counted=0, sub_quota=500),
-    Case("subscription expiry of a checkpoint beyond its balance", 50, EXPIRED, 70,
-         (("sub", "expire", -50, -50, ""), ("wallet", "overage", -20, 0, "subscription {sub} could not cover 20")),
-         overage=20, sub_used=50, sub_quota=50, checkpointed=True),
-    Case("hand capture beyond a subscription, limited key", 50, CAPTURED, 90,
-         (("sub", "capture", -50, -50, HAND), ("wallet", "overage", -40, 0, "subscription {sub} could not cover 40"),
-          ("key", "capture", -90, -50, "")),
-         overage=40, sub_used=50, upstream="up1", sub_quota=50, key_quota=1000, hand=True),
+    Case(
+        "subscription expiry of a checkpoint beyond its balance",
+        50,
+        EXPIRED,
+        70,
+        (("sub", "expire", -50, -50, ""), ("wallet", "overage", -20, 0, "subscription {sub} could not cover 20")),
+        overage=20,
+        sub_used=50,
+        sub_quota=50,
+        checkpointed=True,
+    ),
+    Case(
+        "hand capture beyond a subscription, limited key",
+        50,
+        CAPTURED,
+        90,
+        (
+            ("sub", "capture", -50, -50, HAND),
+            ("wallet", "overage", -40, 0, "subscription {sub} could not cover 40"),
+            ("key", "capture", -90, -50, ""),
+        ),
+        overage=40,
+        sub_used=50,
+        upstream="up1",
+        sub_quota=50,
+        key_quota=1000,
+        hand=True,
+    ),
 ]
 IDS = [c.name for c in CASES]
 
@@ -119,20 +189,37 @@ def expected(case: Case, sub_id: str) -> Written:
     entries = tuple((o, k, b, r, n.format(sub=sub_id)) for o, k, b, r, n in case.entries)
     charge = case.charge if case.counted else 0
     return Written(
-        (case.state, charge, case.overage), entries, (charge, case.counted), (charge, case.counted),
-        case.sub_used, {case.upstream: (charge, 1)} if case.upstream else {}, (case.amount, charge, case.overage),
+        (case.state, charge, case.overage),
+        entries,
+        (charge, case.counted),
+        (charge, case.counted),
+        case.sub_used,
+        {case.upstream: (charge, 1)} if case.upstream else {},
+        (case.amount, charge, case.overage),
     )
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_the_rule_gives_each_case(case: Case) -> None:
     source = FundingSource.SUBSCRIPTION if case.sub_quota is not None else FundingSource.WALLET
-    held = Hold(RID, "alice", "k1", source, "s1" if case.sub_quota is not None else None, case.amount,
-                case.amount if case.key_quota is not None else 0, "pv1", "i1", 0.0, 1.0, HoldState.OPEN,
-                checkpoint=case.charge if case.checkpointed else None)
+    held = Hold(
+        RID,
+        "alice",
+        "k1",
+        source,
+        "s1" if case.sub_quota is not None else None,
+        case.amount,
+        case.amount if case.key_quota is not None else 0,
+        "pv1",
+        "i1",
+        0.0,
+        1.0,
+        HoldState.OPEN,
+        checkpoint=case.charge if case.checkpointed else None,
+    )
     state, charge, overage, counted, sub_used, upstream, entries = rules.settlement(
-        held, case.state, case.charge, case.log, key_limited=case.key_quota is not None,
-        sub_balance=case.sub_quota or 0)
+        held, case.state, case.charge, case.log, key_limited=case.key_quota is not None, sub_balance=case.sub_quota or 0
+    )
     want = expected(case, "s1")
     assert (state, charge, overage) == want.resolution
     assert [(o, k, b, r, n) for o, _, k, b, r, n in entries] == list(want.entries)
@@ -193,9 +280,13 @@ async def what_was_written(backend: Backend, store: Store, res: Resolution, key_
     subs = [s for s in await store.list_subscriptions("alice") if s.id == sub_id]
     [row] = await store.query_logs(user="alice")
     return Written(
-        (res.state, res.charged, res.overage), await ledger_entries(backend, RID, sub_id, key_id),
-        (user.used, user.request_count), (key.used, key.request_count), subs[0].used if subs else 0,
-        await store.upstream_stats(), (row.estimate, row.charge, row.overage),
+        (res.state, res.charged, res.overage),
+        await ledger_entries(backend, RID, sub_id, key_id),
+        (user.used, user.request_count),
+        (key.used, key.request_count),
+        subs[0].used if subs else 0,
+        await store.upstream_stats(),
+        (row.estimate, row.charge, row.overage),
     )
 
 
@@ -206,10 +297,15 @@ async def ledger_entries(backend: Backend, rid: str, sub_id: str, key_id: str) -
         with sqlite3.connect(backend.spec[1]) as db:
             rows = db.execute(
                 "SELECT account, kind, d_balance, d_reserved, note FROM ledger WHERE request_id = ? AND kind != 'hold'"
-                " ORDER BY id", (rid,)).fetchall()
+                " ORDER BY id",
+                (rid,),
+            ).fetchall()
         return tuple((owners[a], k, b, r, n or "") for a, k, b, r, n in rows)
-    return tuple((owners[e["a"]], e["k"], int(e["b"]), int(e["r"]), e.get("note", ""))
-                 for e in await _redis_ledger(backend) if e.get("ref") == rid and e["k"] != "hold")
+    return tuple(
+        (owners[e["a"]], e["k"], int(e["b"]), int(e["r"]), e.get("note", ""))
+        for e in await _redis_ledger(backend)
+        if e.get("ref") == rid and e["k"] != "hold"
+    )
 
 
 async def _redis_ledger(backend: Backend) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from plugins.billing.store.base import (
     StoreError,
     StoreUnavailable,
 )
+
 from .conftest import DONE, Backend, FakeClock, World
 
 # users -------------------------------------------------------------------------------------
@@ -29,7 +30,12 @@ async def test_users_are_created_listed_and_changed(store: Store, clock: FakeClo
     bob = await store.create_user("bob", group="vip", preference=Preference.WALLET_FIRST)
     await store.create_user("alice")
     assert (bob.name, bob.group, bob.preference, bob.balance, bob.reserved) == (
-        "bob", "vip", Preference.WALLET_FIRST, 0, 0)
+        "bob",
+        "vip",
+        Preference.WALLET_FIRST,
+        0,
+        0,
+    )
     assert bob.created_at == clock.now
     assert [u.name for u in await store.list_users()] == ["alice", "bob"]
     changed = await store.set_user("bob", group="default", preference=Preference.WALLET_ONLY)
@@ -60,13 +66,29 @@ async def test_ping_and_unreachable_backend(store: Store, backend: Backend) -> N
 async def test_keys_are_found_by_hash_and_listed_oldest_first(world: World) -> None:
     store = world.store
     await store.create_user("alice")
-    first = await store.create_key("alice", "a" * 64, name="laptop", quota=500, models=["gpt-*"],
-                                   ips=["10.0.0.0/8"], group="vip", expires_at=world.clock.now + 99, hint="wk-ab…cd")
+    first = await store.create_key(
+        "alice",
+        "a" * 64,
+        name="laptop",
+        quota=500,
+        models=["gpt-*"],
+        ips=["10.0.0.0/8"],
+        group="vip",
+        expires_at=world.clock.now + 99,
+        hint="wk-ab…cd",
+    )
     world.clock.advance(1)
     second = await store.create_key("alice", "b" * 64)
     assert first.id and second.id and first.id != second.id
     assert (first.quota, first.balance, first.reserved, first.models, first.ips, first.group, first.hint) == (
-        500, 500, 0, ("gpt-*",), ("10.0.0.0/8",), "vip", "wk-ab…cd")
+        500,
+        500,
+        0,
+        ("gpt-*",),
+        ("10.0.0.0/8",),
+        "vip",
+        "wk-ab…cd",
+    )
     assert second.unlimited and not first.unlimited
     assert await store.find_key("a" * 64) == first
     assert await store.get_key(second.id) == second
@@ -152,9 +174,18 @@ async def test_unlimited_key_holds_nothing_on_the_key(world: World) -> None:
 async def test_hold_reserves_exactly_and_refusal_reserves_nothing(world: World) -> None:
     key = await world.user("alice", 1000)
     held = await world.held("r1", key, 600, ttl=120)
-    assert (held.source, held.subscription_id, held.state, held.amount) == (FundingSource.WALLET, None, HoldState.OPEN, 600)
+    assert (held.source, held.subscription_id, held.state, held.amount) == (
+        FundingSource.WALLET,
+        None,
+        HoldState.OPEN,
+        600,
+    )
     assert (held.created_at, held.expires_at, held.instance_id, held.price_version) == (
-        world.clock.now, world.clock.now + 120, "i1", "pv1")
+        world.clock.now,
+        world.clock.now + 120,
+        "i1",
+        "pv1",
+    )
     user = await world.store.get_user("alice")
     assert user is not None and (user.balance, user.reserved, user.available) == (1000, 600, 400)
     assert await world.hold("r2", key, 401) == HoldRefusal(Refusal.INSUFFICIENT_WALLET, 400, 401)
@@ -200,8 +231,16 @@ async def test_capture_charges_actual_bumps_counters_and_logs(world: World) -> N
     assert user is not None and (user.balance, user.reserved, user.used, user.request_count) == (782, 0, 218, 1)
     assert await world.store.upstream_stats() == {"openai": (218, 1)}
     [row] = await world.store.query_logs()
-    assert (row.request_id, row.user, row.key_id, row.source, row.estimate, row.charge, row.overage, row.price_version) == (
-        "r1", "alice", key.id, "wallet", 300, 218, 0, "pv1")
+    assert (
+        row.request_id,
+        row.user,
+        row.key_id,
+        row.source,
+        row.estimate,
+        row.charge,
+        row.overage,
+        row.price_version,
+    ) == ("r1", "alice", key.id, "wallet", 300, 218, 0, "pv1")
     hold = await world.store.get_hold("r1")
     assert hold is not None and hold.state is HoldState.CAPTURED
 
@@ -281,10 +320,27 @@ async def test_log_row_keeps_every_detail(world: World) -> None:
     key = await world.user("alice", 1000)
     await world.held("r1", key, 100)
     details = LogDetails(
-        end_reason="completed", usage_source="estimated", model="gpt-4o", upstream_model="gpt-4o-2024",
-        upstream="openai", key_name="laptop", group="vip", multiplier="0.8", stream=True, input=11,
-        cache_read=12, cache_write_5m=13, cache_write_1h=14, output=15, audio_in=16, audio_out=17,
-        images=18, latency_ms=1234, ttft_ms=56, status=200, error="none really",
+        end_reason="completed",
+        usage_source="estimated",
+        model="gpt-4o",
+        upstream_model="gpt-4o-2024",
+        upstream="openai",
+        key_name="laptop",
+        group="vip",
+        multiplier="0.8",
+        stream=True,
+        input=11,
+        cache_read=12,
+        cache_write_5m=13,
+        cache_write_1h=14,
+        output=15,
+        audio_in=16,
+        audio_out=17,
+        images=18,
+        latency_ms=1234,
+        ttft_ms=56,
+        status=200,
+        error="none really",
     )
     await world.store.capture("r1", 77, details)
     [row] = await world.store.query_logs(user="alice")

@@ -23,8 +23,14 @@ FAR = 10 * 365 * DAY
 
 
 async def grant(
-    world: World, quota: int, period: str = "day", *, user: str = "alice",
-    start: float | None = None, length: float = FAR, models: tuple[str, ...] = (),
+    world: World,
+    quota: int,
+    period: str = "day",
+    *,
+    user: str = "alice",
+    start: float | None = None,
+    length: float = FAR,
+    models: tuple[str, ...] = (),
 ) -> Subscription:
     """A plan named after its terms, and a subscription to it."""
     name = f"p{quota}-{period}-{'-'.join(models)}"
@@ -52,8 +58,7 @@ async def test_plans_and_grants(world: World) -> None:
     assert (await world.store.get_plan("pro")) == Plan("pro", 700, "week")
     assert [p.name for p in await world.store.list_plans()] == ["pro"]
     sub = await world.store.grant_subscription("alice", "pro", world.clock.now, world.clock.now + FAR)
-    assert sub.id and (sub.quota, sub.period, sub.balance, sub.reserved, sub.used) == (
-        700, "week", 700, 0, 0)
+    assert sub.id and (sub.quota, sub.period, sub.balance, sub.reserved, sub.used) == (700, "week", 700, 0, 0)
     assert sub.period_start == world.clock.now
     with pytest.raises(StoreError):
         await world.store.grant_subscription("alice", "nope", world.clock.now, world.clock.now + 1)
@@ -71,7 +76,7 @@ IW, IS = Refusal.INSUFFICIENT_WALLET, Refusal.INSUFFICIENT_SUBSCRIPTION
     ("preference", "wallet", "sub_quota", "amount", "expected"),
     [
         (Preference.SUBSCRIPTION_FIRST, 1000, 500, 300, S),
-        (Preference.SUBSCRIPTION_FIRST, 1000, 100, 300, W),    # falls back on insufficient funds
+        (Preference.SUBSCRIPTION_FIRST, 1000, 100, 300, W),  # falls back on insufficient funds
         (Preference.SUBSCRIPTION_FIRST, 100, 200, 300, (IS, 200)),  # both short: first choice's reason
         (Preference.SUBSCRIPTION_FIRST, 0, None, 10, (IW, 0)),  # no subscription: the wallet decides
         (Preference.WALLET_FIRST, 1000, 500, 300, W),
@@ -86,7 +91,11 @@ IW, IS = Refusal.INSUFFICIENT_WALLET, Refusal.INSUFFICIENT_SUBSCRIPTION
     ],
 )
 async def test_funding_preference_and_fallback(
-    world: World, preference: Preference, wallet: int, sub_quota: int | None, amount: int,
+    world: World,
+    preference: Preference,
+    wallet: int,
+    sub_quota: int | None,
+    amount: int,
     expected: FundingSource | tuple[Refusal, int],
 ) -> None:
     key = await world.user("alice", wallet, preference=preference)

@@ -102,7 +102,9 @@ def _notes(backend: Backend, user: str, request_id: str) -> list[str]:
     """The ledger notes of `request_id`'s entries, read behind the store's back."""
     if backend.name == "sqlite":
         with sqlite3.connect(backend.spec[1]) as raw:
-            return [n for (n,) in raw.execute("SELECT note FROM ledger WHERE request_id = ? ORDER BY id", (request_id,))]
+            return [
+                n for (n,) in raw.execute("SELECT note FROM ledger WHERE request_id = ? ORDER BY id", (request_id,))
+            ]
     import redis
 
     from plugins.billing.store.redis.layout import Layout
@@ -135,7 +137,10 @@ async def test_a_hand_resolution_notes_the_ledger_and_the_log(world: World, back
     assert not any(_notes(backend, "alice", "r2")[1:])  # the capture: no note on any entry
     rows = {r.request_id: r for r in await world.store.query_logs()}
     assert (rows["r1"].details.end_reason, rows["r1"].details.error, rows["r1"].charge) == (
-        HAND_RESOLVED, "capture lost to a Redis failover", 30)
+        HAND_RESOLVED,
+        "capture lost to a Redis failover",
+        30,
+    )
 
 
 async def test_a_version_3_database_gains_touched_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,10 +153,16 @@ async def test_a_version_3_database_gains_touched_at(tmp_path: Path, monkeypatch
     store = SQLiteStore(path, checkpoint_every=0, clock=lambda: START)
     await store.open()
     with sqlite3.connect(path) as raw:  # a funded user as version 3 wrote one (today's reads newer columns)
-        raw.execute("INSERT INTO users(name, grp, preference, balance, created_at)"
-                    " VALUES ('alice', 'default', 'subscription_first', 1000, ?)", (START,))
-        raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
-                    " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')", (START,))
+        raw.execute(
+            "INSERT INTO users(name, grp, preference, balance, created_at)"
+            " VALUES ('alice', 'default', 'subscription_first', 1000, ?)",
+            (START,),
+        )
+        raw.execute(
+            "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
+            " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')",
+            (START,),
+        )
     key = await store.create_key("alice", "h-alice")
     assert isinstance(await store.hold("old", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
     await store.close()

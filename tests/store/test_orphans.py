@@ -32,8 +32,16 @@ async def test_silent_instance_holds_are_expired_once(world: World) -> None:
     assert k is not None and (k.balance, k.reserved, k.used) == (4750, 70, 250)
     logs = {r.request_id: r for r in await world.store.query_logs()}
     assert (logs["r1"].details.end_reason, logs["r1"].details.usage_source, logs["r1"].charge, logs["r1"].estimate) == (
-        "orphaned", "partial", 250, 100)
-    assert (logs["r2"].details.end_reason, logs["r2"].details.usage_source, logs["r2"].charge) == ("orphaned", "none", 0)
+        "orphaned",
+        "partial",
+        250,
+        100,
+    )
+    assert (logs["r2"].details.end_reason, logs["r2"].details.usage_source, logs["r2"].charge) == (
+        "orphaned",
+        "none",
+        0,
+    )
     assert [h.request_id for h in await world.store.open_holds()] == ["r3"]
 
     late = await world.capture("r1", 999)  # the dead instance's own settlement arrives too late
@@ -88,4 +96,3 @@ async def test_zero_checkpoint_is_a_partial_capture(world: World) -> None:
     assert row.details.usage_source == "partial"
     assert (await world.store.get_user("alice")).request_count == 1  # type: ignore[union-attr]
     await world.store.heartbeat("i1")
-

@@ -30,7 +30,13 @@ async def test_versions_are_numbered_from_1_and_kept_exactly(store: Store, clock
     first = await store.save_price_version(0, DOC1, "proxy.yaml", "from proxy.yaml")
     assert isinstance(first, PriceVersion)
     assert (first.number, first.base, first.document, first.source, first.note, first.created_at) == (
-        1, 0, DOC1, "proxy.yaml", "from proxy.yaml", clock.now)
+        1,
+        0,
+        DOC1,
+        "proxy.yaml",
+        "from proxy.yaml",
+        clock.now,
+    )
     assert first.digest == document_digest(DOC1) and len(first.digest) == 12
     clock.advance(5)
     second = await store.save_price_version(1, DOC2, "editor")
@@ -53,9 +59,7 @@ async def test_a_stale_base_is_a_conflict_and_writes_nothing(store: Store) -> No
     assert [v.number for v in await store.list_price_versions()] == [2, 1]
 
 
-async def test_concurrent_saves_on_one_base_have_one_winner(
-    store: Store, backend: Backend, clock: FakeClock
-) -> None:
+async def test_concurrent_saves_on_one_base_have_one_winner(store: Store, backend: Backend, clock: FakeClock) -> None:
     await store.save_price_version(0, DOC1, "proxy.yaml")
     peers = [store] + [await backend.open_peer(clock) for _ in range(3)]
     results = await asyncio.gather(
@@ -71,7 +75,9 @@ async def test_concurrent_saves_on_one_base_have_one_winner(
 
 
 async def test_documents_with_any_characters_survive(store: Store) -> None:
-    doc = '{"acme-\u00e9*":{"input":"0.000001","output":"12345678901234567890.123456789"},"q\\"uote":{"per_request":"0"}}'
+    doc = (
+        '{"acme-\u00e9*":{"input":"0.000001","output":"12345678901234567890.123456789"},"q\\"uote":{"per_request":"0"}}'
+    )
     saved = await store.save_price_version(0, doc, "api", "n" * 2000)
     assert isinstance(saved, PriceVersion) and len(saved.note) == 500
     again = await store.get_price_version(1)

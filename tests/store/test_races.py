@@ -60,7 +60,8 @@ async def test_resolutions_racing_the_orphan_sweep_resolve_once(
     outcomes = await asyncio.gather(
         *(capturer.capture(rid, 60, DONE) for rid in rids),
         *(releaser.release(rid, DONE) for rid in rids),
-        sweep(), sweep(),
+        sweep(),
+        sweep(),
     )
     flat: list[Resolution] = []
     for item in outcomes:
@@ -130,7 +131,12 @@ def _spawn(backend: Backend, now: float, tag: str, key_id: str, rounds: int) -> 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, kind, target, extra, str(now), tag, key_id, str(rounds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 

@@ -30,17 +30,16 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.crc import key_slot
 
-from proxy.config import parse_config
 from plugins.billing.store.base import Hold, LogDetails, StoreError, StoreUnavailable
 from plugins.billing.store.factory import make_store
 from plugins.billing.store.redis.client import translate
 from plugins.billing.store.redis.layout import Layout, load_script
 from plugins.billing.store.redis.store import RedisStore
+from proxy.config import parse_config
 from tests.redis_server import redis_missing
 
-from .conftest import Backend, FakeClock
-
 from . import test_accounts, test_contract, test_funding, test_orphans, test_tasks
+from .conftest import Backend, FakeClock
 from .test_races import (  # noqa: F401
     test_200_concurrent_holds_exactly_37_fit,
     test_resolutions_racing_the_orphan_sweep_resolve_once,
@@ -49,8 +48,12 @@ from .test_races import (  # noqa: F401
 # The whole contract (every test of these modules) runs again here, on the cluster `backend`
 # below: pytest collects the test functions found in this module's namespace.
 globals().update(
-    {name: test for module in (test_contract, test_funding, test_orphans, test_tasks, test_accounts)
-     for name, test in vars(module).items() if name.startswith("test_")}
+    {
+        name: test
+        for module in (test_contract, test_funding, test_orphans, test_tasks, test_accounts)
+        for name, test in vars(module).items()
+        if name.startswith("test_")
+    }
 )
 
 DONE = LogDetails(end_reason="completed", usage_source="upstream", upstream="openai")
@@ -164,11 +167,30 @@ def _start_nodes(
     failure detection."""
     procs: Procs = []
     for port in ports:
-        argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(folder), "--logfile", f"redis-{port}.log"]
+        argv = [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+            "--logfile",
+            f"redis-{port}.log",
+        ]
         if cluster:
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                     "--cluster-node-timeout", str(node_timeout_ms)]
+            argv += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+            ]
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         for port in ports:
@@ -187,8 +209,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     procs = _start_nodes(server, folder, ports)
     try:
         created = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-             "--cluster-yes"], capture_output=True, text=True, timeout=60,
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert created.returncode == 0, created.stdout + created.stderr
         _wait("cluster_state:ok on every node", lambda: _cluster_ok(ports))
@@ -424,9 +456,7 @@ async def test_config_and_factory_build_a_cluster_store(cluster: LocalCluster, c
 # --- errors -----------------------------------------------------------------------------------
 
 
-async def test_unusable_cluster_urls_are_unavailable_naming_the_setting(
-    cluster: LocalCluster, tmp_path: Path
-) -> None:
+async def test_unusable_cluster_urls_are_unavailable_naming_the_setting(cluster: LocalCluster, tmp_path: Path) -> None:
     plain_port = _free_ports(1)[0]
     plain = _start_nodes(_binaries()[0], tmp_path, [plain_port], cluster=False)
     try:

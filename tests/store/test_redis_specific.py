@@ -18,10 +18,18 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from plugins.billing.store.base import (
-    FundingSource, Hold, HoldRefusal, HoldState, LogDetails, Plan, Refusal, Resolution, StoreError, StoreUnavailable,
+    FundingSource,
+    Hold,
+    HoldRefusal,
+    HoldState,
+    LogDetails,
+    Plan,
+    Refusal,
+    Resolution,
+    StoreError,
+    StoreUnavailable,
 )
 from plugins.billing.store.redis.store import RedisStore
-
 from tests.redis_server import RedisServer
 
 from .conftest import FakeClock
@@ -142,7 +150,16 @@ async def test_every_key_of_a_user_shares_its_hash_tag(
         assert {"user", "keys", "key", "subs", "sub", "hold", "ledger", "log", "logidx", "up"} <= suffixes
     # Global indexes each have a tag of their own, none of them a user's.
     assert set(by_tag) - user_tags == {
-        "users", "openusers", "requests", "keyhash", "keyid", "subid", "plans", "instances", "logs"}
+        "users",
+        "openusers",
+        "requests",
+        "keyhash",
+        "keyid",
+        "subid",
+        "plans",
+        "instances",
+        "logs",
+    }
 
 
 async def _monitor(redis_url: str, store: RedisStore, action: Callable[[], Awaitable[object]]) -> list[dict[str, str]]:
@@ -204,7 +221,9 @@ async def test_scripts_touch_only_their_declared_keys_in_one_slot(
     assert (with_indexes == 0) if one_slot else (with_indexes >= 2), with_indexes
 
 
-async def test_drop_all_deletes_its_prefix_and_nothing_else(redis_url: str, raw: aioredis.Redis, clock: FakeClock) -> None:
+async def test_drop_all_deletes_its_prefix_and_nothing_else(
+    redis_url: str, raw: aioredis.Redis, clock: FakeClock
+) -> None:
     base = f"weirtest:{uuid.uuid4().hex}"
     globby = RedisStore(redis_url, prefix=f"{base}:[x]*", clock=clock)  # glob characters are literal
     plain = RedisStore(redis_url, prefix=f"{base}:x", clock=clock)
@@ -349,7 +368,10 @@ async def test_a_billed_request_sends_one_command_per_step_on_one_server(
     # checkpoint: its script; capture: its script, which takes the log id too. No lookups:
     # this store made the hold.
     assert _sent(await _monitor(redis_url, rstore, lambda: billed("r1")), prefix) == [
-        "HGETALL", "EVALSHA", "EVALSHA", "EVALSHA"
+        "HGETALL",
+        "EVALSHA",
+        "EVALSHA",
+        "EVALSHA",
     ]
     assert _sent(await _monitor(redis_url, rstore, lambda: billed("r2")), prefix) == ["EVALSHA"] * 3
     peer = RedisStore(redis_url, prefix=prefix, clock=clock)
@@ -364,7 +386,12 @@ async def test_a_billed_request_sends_one_command_per_step_on_one_server(
     # their own), pipelined with its script, and the capture reserves its log id first.
     monkeypatch.setattr(rstore._core, "one_slot_scripts", True)
     assert _sent(await _monitor(redis_url, rstore, lambda: billed("r4")), prefix) == [
-        "HSETNX", "SADD", "EVALSHA", "EVALSHA", "EVALSHA", "EVALSHA"
+        "HSETNX",
+        "SADD",
+        "EVALSHA",
+        "EVALSHA",
+        "EVALSHA",
+        "EVALSHA",
     ]
     for user in ("alice", None):  # the user's index, and the global one the scripts wrote
         assert [row.request_id for row in await rstore.query_logs(user=user)] == ["r4", "r3", "r2", "r1"]
@@ -384,7 +411,8 @@ async def test_a_new_hold_equals_what_redis_stored(rstore: RedisStore, clock: Fa
         assert isinstance(h, Hold) and h == await rstore.get_hold(rid)
         held.append(h)
     assert [(h.source, h.subscription_id, h.key_amount) for h in held] == [
-        (FundingSource.SUBSCRIPTION, sub.id, 100), (FundingSource.WALLET, None, 100)
+        (FundingSource.SUBSCRIPTION, sub.id, 100),
+        (FundingSource.WALLET, None, 100),
     ]
     assert await rstore.hold("r1", "alice", key_id, 999, None, "pv", 60, "i1", "gpt-4o") == held[0]
     assert (await rstore.capture("r1", 350, DONE)).overage == 50  # the remembered subscription pays first
@@ -460,7 +488,8 @@ async def test_300_concurrent_holds_queue_for_a_connection_instead_of_failing(
     try:
         key_id = await _user_with_key(store, "alice", 250 * 100)
         results = await asyncio.gather(
-            *(store.hold(f"r{i}", "alice", key_id, 100, None, "pv", 60, "i1") for i in range(300)), return_exceptions=True
+            *(store.hold(f"r{i}", "alice", key_id, 100, None, "pv", 60, "i1") for i in range(300)),
+            return_exceptions=True,
         )
         holds = [r for r in results if isinstance(r, Hold)]
         refused = [r for r in results if isinstance(r, HoldRefusal) and r.reason is Refusal.INSUFFICIENT_WALLET]

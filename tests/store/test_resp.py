@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 
 from plugins.billing.store.base import StoreError, StoreUnavailable
 from plugins.billing.store.redis.client import RedisCore
-from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target
 from plugins.billing.store.redis.resp import RespClient, RespConnectionError, RespError, Target
-from redis.asyncio.connection import parse_url
+from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target
 
 
 @pytest.fixture
@@ -90,7 +90,9 @@ async def test_pipelines_and_single_commands_interleaved_each_get_their_own_repl
     # A pipeline waits on one future for all its replies; commands sent between pipelines
     # (and a pipeline whose caller gave up) must not take or shift anyone's replies.
     blocked = asyncio.ensure_future(client.pipeline([("INCR", key), ("BLPOP", key + ":empty", 0.3), ("INCR", key)]))
-    calls = [client.pipeline([("INCR", key), ("GET", key)]) if i % 2 else client.execute("INCR", key) for i in range(20)]
+    calls = [
+        client.pipeline([("INCR", key), ("GET", key)]) if i % 2 else client.execute("INCR", key) for i in range(20)
+    ]
     running = asyncio.gather(*calls)
     await asyncio.sleep(0.05)
     blocked.cancel()
@@ -179,13 +181,18 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         await client.execute("PING")
 
 
-async def test_select_and_a_wrong_password_at_connection_setup(
-    raw: aioredis.Redis, key: str, local: Target
-) -> None:
+async def test_select_and_a_wrong_password_at_connection_setup(raw: aioredis.Redis, key: str, local: Target) -> None:
     db = 5 if local.db != 5 else 6  # another database of the same server
     client = RespClient(dataclasses.replace(local, db=db))
-    other = aioredis.Redis(host=local.host, port=local.port, unix_socket_path=local.path, db=db,
-                           username=local.username, password=local.password, decode_responses=True)
+    other = aioredis.Redis(
+        host=local.host,
+        port=local.port,
+        unix_socket_path=local.path,
+        db=db,
+        username=local.username,
+        password=local.password,
+        decode_responses=True,
+    )
     try:
         await client.execute("SET", key, f"in db {db}")
         assert await other.get(key) == f"in db {db}" and await raw.get(key) is None
@@ -220,7 +227,10 @@ async def test_scripts_reload_after_a_flush_and_replies_keep_redis_py_shapes(
         assert await lean.call("hsetnx", key, "f", "w") is False
         assert await lean.batch([("sadd", (key + ":s", "a", "b")), ("smembers", (key + ":s",))]) == [2, {"a", "b"}]
         await raw.zadd(key + ":z", {"one": 1, "two": 2})
-        assert await lean.call("zrevrangebyscore", key + ":z", "+inf", "-inf", 0, 10, True) == [("two", 2.0), ("one", 1.0)]
+        assert await lean.call("zrevrangebyscore", key + ":z", "+inf", "-inf", 0, 10, True) == [
+            ("two", 2.0),
+            ("one", 1.0),
+        ]
         assert set(await lean.scan(key + "*")) == {key, key + ":s", key + ":z"}
         with pytest.raises(StoreError, match="redis error: WRONGTYPE"):
             await lean.call("get", key)

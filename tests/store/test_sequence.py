@@ -79,8 +79,15 @@ async def op_hold(world: World, rng: random.Random, model: Model) -> None:
     rid = f"r{model.counter}"
     pref = rng.choice([None, None, *Preference])
     result = await world.store.hold(
-        rid, user, key_id, rng.randint(0, 700), pref, "pv1", rng.choice([60, 3600]),
-        rng.choice(["i1", "i2"]), rng.choice(["gpt-4o", "claude-sonnet-4-5"]),
+        rid,
+        user,
+        key_id,
+        rng.randint(0, 700),
+        pref,
+        "pv1",
+        rng.choice([60, 3600]),
+        rng.choice(["i1", "i2"]),
+        rng.choice(["gpt-4o", "claude-sonnet-4-5"]),
     )
     if isinstance(result, Hold):
         assert result.state is HoldState.OPEN and result.request_id == rid
@@ -141,7 +148,8 @@ async def op_topup(world: World, rng: random.Random, model: Model) -> None:
 async def op_sweep(world: World, rng: random.Random, model: Model) -> None:
     now = world.clock.now
     expected = {
-        rid for rid, h in model.open.items()
+        rid
+        for rid, h in model.open.items()
         if model.seen.get(h.instance_id, float("-inf")) < now - ORPHAN_AFTER or h.expires_at < now
     }
     results = await world.store.resolve_orphans(now, ORPHAN_AFTER)
@@ -163,8 +171,13 @@ async def op_crash_or_restart(world: World, rng: random.Random, model: Model) ->
 
 
 OPS: list[tuple[Op, int]] = [
-    (op_hold, 30), (op_resolve, 25), (op_checkpoint, 8), (op_topup, 6),
-    (op_sweep, 8), (op_time, 10), (op_crash_or_restart, 3),
+    (op_hold, 30),
+    (op_resolve, 25),
+    (op_checkpoint, 8),
+    (op_topup, 6),
+    (op_sweep, 8),
+    (op_time, 10),
+    (op_crash_or_restart, 3),
 ]
 
 
@@ -175,7 +188,9 @@ async def check(world: World, model: Model) -> None:
     for user in await world.store.list_users():
         assert user.used == model.charged.get(user.name, 0), user
         assert user.request_count == model.requests.get(user.name, 0), user
-        wallet_held = sum(h.amount for h in model.open.values() if h.user == user.name and h.source is FundingSource.WALLET)
+        wallet_held = sum(
+            h.amount for h in model.open.values() if h.user == user.name and h.source is FundingSource.WALLET
+        )
         assert user.reserved == wallet_held, user
     assert {h.request_id for h in await world.store.open_holds()} == set(model.open)
     for name in ("alice", "bob"):

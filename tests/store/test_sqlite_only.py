@@ -243,9 +243,7 @@ async def test_an_inline_step_under_a_lock_held_too_long_is_store_unavailable(tm
         await store.close()
 
 
-async def test_concurrent_calls_share_commits_and_fail_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_concurrent_calls_share_commits_and_fail_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0)
     await store.open()
     try:
@@ -279,8 +277,10 @@ async def test_a_poisoned_step_fails_alone_and_its_writes_are_undone(tmp_path: P
     try:
         await store.create_user("alice")
         outcomes = await asyncio.gather(
-            *(store.credit("alice", 10 + i) for i in range(5)), store.run(poisoned),
-            *(store.credit("alice", 20 + i) for i in range(5)), return_exceptions=True,
+            *(store.credit("alice", 10 + i) for i in range(5)),
+            store.run(poisoned),
+            *(store.credit("alice", 20 + i) for i in range(5)),
+            return_exceptions=True,
         )
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(failed) == 1 and outcomes[5] is failed[0], outcomes
@@ -304,7 +304,10 @@ async def test_a_batch_sqlite_rolled_back_reports_no_success(tmp_path: Path) -> 
     try:
         await store.create_user("alice")
         outcomes = await asyncio.gather(
-            store.credit("alice", 1), store.credit("alice", 2), store.run(disk_failure), store.credit("alice", 4),
+            store.credit("alice", 1),
+            store.credit("alice", 2),
+            store.run(disk_failure),
+            store.credit("alice", 4),
             return_exceptions=True,
         )
         # The four queued together, so they shared one transaction, and it is gone.
@@ -353,7 +356,11 @@ async def test_a_version_1_database_migrates_and_keeps_its_books(tmp_path: Path)
         with sqlite3.connect(path) as check:
             indexes = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
             versions = [v for (v,) in check.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == [v for v, _ in MIGRATIONS] and "ledger_account" not in indexes and "consume_log_request" not in indexes
+        assert (
+            versions == [v for v, _ in MIGRATIONS]
+            and "ledger_account" not in indexes
+            and "consume_log_request" not in indexes
+        )
         assert "consume_log_user" in indexes and "holds_open" in indexes
         log = LogDetails(end_reason="completed", usage_source="upstream")
         await store.create_plan(Plan("p100", 100, "none"))
@@ -385,14 +392,26 @@ async def test_a_version_4_database_gains_the_account_edit_columns(
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS[:4])
     raw = sqlite3.connect(path, isolation_level=None)
     sqlite_schema.migrate(raw)
-    raw.execute("INSERT INTO users(name, grp, preference, balance, created_at) VALUES ('alice', 'default',"
-                " 'subscription_first', 700, ?)", (now,))
-    raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'wallet:alice',"
-                " 'credit', 700, 0, 'top-up')", (now,))
-    raw.execute("INSERT INTO subscriptions(id, user, plan, quota, period, start, end_at, period_start, balance, models)"
-                " VALUES ('s_1', 'alice', 'p', 100, 'none', ?, ?, ?, 100, '[]')", (now - 60, now + 3600, now - 60))
-    raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'sub:s_1',"
-                " 'credit', 100, 0, 'plan p: first period')", (now,))
+    raw.execute(
+        "INSERT INTO users(name, grp, preference, balance, created_at) VALUES ('alice', 'default',"
+        " 'subscription_first', 700, ?)",
+        (now,),
+    )
+    raw.execute(
+        "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'wallet:alice',"
+        " 'credit', 700, 0, 'top-up')",
+        (now,),
+    )
+    raw.execute(
+        "INSERT INTO subscriptions(id, user, plan, quota, period, start, end_at, period_start, balance, models)"
+        " VALUES ('s_1', 'alice', 'p', 100, 'none', ?, ?, ?, 100, '[]')",
+        (now - 60, now + 3600, now - 60),
+    )
+    raw.execute(
+        "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note) VALUES (?, 'sub:s_1',"
+        " 'credit', 100, 0, 'plan p: first period')",
+        (now,),
+    )
     raw.close()
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)
     store = SQLiteStore(path, checkpoint_every=0)
@@ -411,9 +430,7 @@ async def test_a_version_4_database_gains_the_account_edit_columns(
         await store.close()
 
 
-async def test_an_idle_store_skips_its_background_checkpoints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_idle_store_skips_its_background_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStore(str(tmp_path / "w.db"), checkpoint_every=0.02)
     await store.open()
     try:
@@ -457,8 +474,11 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
     await store.create_user("alice")
     with sqlite3.connect(path) as raw:  # a top-up as version 2 wrote it (today's records its actor)
         raw.execute("UPDATE users SET balance = 1000 WHERE name = 'alice'")
-        raw.execute("INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
-                    " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')", (time.time(),))
+        raw.execute(
+            "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, note)"
+            " VALUES (?, 'wallet:alice', 'credit', 1000, 0, '')",
+            (time.time(),),
+        )
     key = await store.create_key("alice", "h-alice", quota=500)
     for i in range(3):
         assert isinstance(await store.hold(f"r{i}", "alice", key.id, 100, None, "pv", 60, "i1", "m"), Hold)
@@ -468,7 +488,9 @@ async def test_a_version_2_database_moves_to_version_3_with_every_row_and_id(
 
     def books() -> tuple[list[tuple[object, ...]], ...]:
         with sqlite3.connect(path) as raw:
-            return tuple(raw.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("holds", "ledger", "consume_log"))
+            return tuple(
+                raw.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("holds", "ledger", "consume_log")
+            )
 
     before = books()
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", MIGRATIONS)

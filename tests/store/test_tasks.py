@@ -14,14 +14,28 @@ from plugins.billing.store.tasks import TASK_OWNER, Task, TaskState
 from .conftest import AUDIT_ORPHAN_AFTER, START, Backend, FakeClock, World
 
 DONE = LogDetails(end_reason="completed", usage_source="task", model="sora-2", upstream="up", seconds=8)
-FAILED = LogDetails(end_reason="failed", usage_source="none", model="sora-2", upstream="up", error="upstream: no", seconds=8)
+FAILED = LogDetails(
+    end_reason="failed", usage_source="none", model="sora-2", upstream="up", error="upstream: no", seconds=8
+)
 
 
 def task(tid: str, user: str, key_id: str, amount: int, now: float = START) -> Task:
     return Task(
-        id=tid, user=user, key_id=key_id, api="videos", model="sora-2", upstream="up", upstream_model="sora-2",
-        upstream_id="up_" + tid, amount=amount, seconds=8, terms='{"v": 1}', key_name="k", group="default",
-        created_at=now, next_poll_at=now + 5,
+        id=tid,
+        user=user,
+        key_id=key_id,
+        api="videos",
+        model="sora-2",
+        upstream="up",
+        upstream_model="sora-2",
+        upstream_id="up_" + tid,
+        amount=amount,
+        seconds=8,
+        terms='{"v": 1}',
+        key_name="k",
+        group="default",
+        created_at=now,
+        next_poll_at=now + 5,
     )
 
 
@@ -59,12 +73,26 @@ async def test_completed_captures_with_one_log_row(world: World) -> None:
     end = await world.store.end_task("video_1", 650, DONE, "completed", "completed", "")
     assert end.first and end.resolution.state is HoldState.CAPTURED and end.resolution.charged == 650
     assert (end.task.state, end.task.end_reason, end.task.charge, end.task.status) == (
-        TaskState.ENDED, "completed", 650, "completed")
+        TaskState.ENDED,
+        "completed",
+        650,
+        "completed",
+    )
     user = await world.store.get_user("alice")
-    assert user is not None and (user.balance, user.reserved, user.used, user.request_count) == (10_000 - 650, 0, 650, 1)
+    assert user is not None and (user.balance, user.reserved, user.used, user.request_count) == (
+        10_000 - 650,
+        0,
+        650,
+        1,
+    )
     (row,) = await world.store.query_logs(user="alice")
     assert (row.request_id, row.estimate, row.charge, row.details.seconds, row.details.end_reason) == (
-        "video_1", 800, 650, 8, "completed")
+        "video_1",
+        800,
+        650,
+        8,
+        "completed",
+    )
     again = await world.store.end_task("video_1", None, FAILED, "failed", "failed", "")
     assert not again.first and again.resolution.charged == 650 and again.task.end_reason == "completed"
     assert len(await world.store.query_logs(user="alice")) == 1

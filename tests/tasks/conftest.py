@@ -36,18 +36,43 @@ PRICES: dict[str, Any] = {
 }
 SIZES = {"sora-2-pro*": {"1792x1024": "5/3", "1024x1792": "5/3"}}
 MJ: dict[str, Any] = {
-    "name": "midjourney", "submit": "/mj/submit/imagine", "fetch": "/mj/task/{id}/fetch", "model": "midjourney",
-    "task_id": "/result", "fetch_id": "/id", "status": "/status", "progress": "/progress", "failure": "/failReason",
+    "name": "midjourney",
+    "submit": "/mj/submit/imagine",
+    "fetch": "/mj/task/{id}/fetch",
+    "model": "midjourney",
+    "task_id": "/result",
+    "fetch_id": "/id",
+    "status": "/status",
+    "progress": "/progress",
+    "failure": "/failReason",
     "usage": "/usage",
-    "statuses": {"NOT_START": "queued", "SUBMITTED": "queued", "IN_PROGRESS": "in_progress",
-                 "SUCCESS": "completed", "FAILURE": "failed"},
+    "statuses": {
+        "NOT_START": "queued",
+        "SUBMITTED": "queued",
+        "IN_PROGRESS": "in_progress",
+        "SUCCESS": "completed",
+        "FAILURE": "failed",
+    },
 }
 SUNO: dict[str, Any] = {
-    "name": "suno", "submit": "/suno/submit/music", "fetch": "/suno/fetch/{id}", "model": "chirp-v3-5",
-    "model_field": "mv", "task_id": "/data", "fetch_id": "/data/task_id", "status": "/data/status",
-    "progress": "/data/progress", "failure": "/data/fail_reason", "usage": "/data/usage",
-    "statuses": {"SUBMITTED": "queued", "QUEUED": "queued", "IN_PROGRESS": "in_progress",
-                 "SUCCESS": "completed", "FAILURE": "failed"},
+    "name": "suno",
+    "submit": "/suno/submit/music",
+    "fetch": "/suno/fetch/{id}",
+    "model": "chirp-v3-5",
+    "model_field": "mv",
+    "task_id": "/data",
+    "fetch_id": "/data/task_id",
+    "status": "/data/status",
+    "progress": "/data/progress",
+    "failure": "/data/fail_reason",
+    "usage": "/data/usage",
+    "statuses": {
+        "SUBMITTED": "queued",
+        "QUEUED": "queued",
+        "IN_PROGRESS": "in_progress",
+        "SUCCESS": "completed",
+        "FAILURE": "failed",
+    },
 }
 FUNDS = 10_000_000
 #: No poll unless a test asks for the poller: clients' reads end the tasks.
@@ -141,8 +166,9 @@ async def tasks(
             overrides["store"] = {"backend": "redis", "url": url, "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
         cfg = proxy_config(fake_upstream.url, tmp_path, **overrides)
         tasks_cfg = {**NO_POLLS, "size_multipliers": SIZES, **task_cfg}
-        plugin = BillingPlugin(build_config(BillingConfig, {"quota_per_usd": QPU, "pricing": {"models": PRICES},
-                                                            "tasks": tasks_cfg}))
+        plugin = BillingPlugin(
+            build_config(BillingConfig, {"quota_per_usd": QPU, "pricing": {"models": PRICES}, "tasks": tasks_cfg})
+        )
         handle = await start_proxy(cfg, plugins=[plugin])
         store = handle.store
         keys = []

@@ -44,7 +44,11 @@ async def test_completed_is_charged_the_held_price(tasks: TasksFactory) -> None:
     assert await t.wallet() == (FUNDS - 2 * SORA_4S, 0, 2 * SORA_4S, 1)
     row = await row_of(t, video.id)
     assert (row.estimate, row.charge, row.details.end_reason, row.details.usage_source) == (
-        2 * SORA_4S, 2 * SORA_4S, "completed", "task")
+        2 * SORA_4S,
+        2 * SORA_4S,
+        "completed",
+        "task",
+    )
     assert (row.details.model, row.details.seconds, row.details.upstream) == ("sora-2", 8, "fake")
     status, content = await t.call("GET", f"/v1/videos/{video.id}/content")
     assert status == 200 and content.startswith(b"\x00\x00\x00\x18ftyp")
@@ -60,10 +64,13 @@ async def test_size_multiplier_and_group_are_applied_exactly(tasks: TasksFactory
     assert task is not None and task.amount == 3_000_000
 
 
-@pytest.mark.parametrize(("usage", "charge"), [
-    ({"input_tokens": 100_000, "output_tokens": 50_000}, 100_000),  # $0.20: below the $0.80 held
-    ({"input_tokens": 1_000_000, "output_tokens": 500_000}, 1_000_000),  # $2.00: above it
-])
+@pytest.mark.parametrize(
+    ("usage", "charge"),
+    [
+        ({"input_tokens": 100_000, "output_tokens": 50_000}, 100_000),  # $0.20: below the $0.80 held
+        ({"input_tokens": 1_000_000, "output_tokens": 500_000}, 1_000_000),  # $2.00: above it
+    ],
+)
 async def test_completed_with_usage_is_recomputed(tasks: TasksFactory, usage: dict[str, int], charge: int) -> None:
     t = await tasks()
     t.upstream.tasks.usage = usage
@@ -138,7 +145,9 @@ async def test_content_of_a_finished_task_is_paid_for_before_it_leaves(tasks: Ta
     task = await t.store.get_task(video["id"])
     assert task is not None and (task.end_reason, task.charge) == ("completed", SORA_4S)
     status, _ = await t.call("DELETE", f"/v1/videos/{video['id']}")
-    assert status == 200 and await t.wallet() == (FUNDS - SORA_4S, 0, SORA_4S, 1), "a delete after completion refunds nothing"
+    assert status == 200 and await t.wallet() == (FUNDS - SORA_4S, 0, SORA_4S, 1), (
+        "a delete after completion refunds nothing"
+    )
 
 
 def _only(t: Tasks) -> str:
@@ -201,8 +210,12 @@ async def test_another_user_cannot_see_read_or_delete_a_task(tasks: TasksFactory
     t = await tasks()
     status, video = await t.call("POST", "/v1/videos", json={"prompt": "mine"})
     vid = video["id"]
-    for method, path in (("GET", f"/v1/videos/{vid}"), ("GET", f"/v1/videos/{vid}/content"),
-                         ("DELETE", f"/v1/videos/{vid}"), ("GET", "/v1/videos/video_nonexistent")):
+    for method, path in (
+        ("GET", f"/v1/videos/{vid}"),
+        ("GET", f"/v1/videos/{vid}/content"),
+        ("DELETE", f"/v1/videos/{vid}"),
+        ("GET", "/v1/videos/video_nonexistent"),
+    ):
         status, body = await t.call(method, path, key=t.bob)
         assert status == 404 and body["error"]["code"] == "task_not_found", (method, path, body)
     assert [r.method for r in t.upstream.requests] == ["POST"], "nothing of it reached the upstream"

@@ -14,8 +14,10 @@ from plugins.billing.store.base import Hold, LogDetails
 from plugins.billing.store.tasks import Task
 from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
-TERMS = ('{"model":"sora-2","multiplier":"1","n":1,"per_request":"0","per_second":"0.10","price_version":"pv",'
-         '"quota_per_usd":500000,"seconds":8,"size":"720x1280","size_factor":"1","tokens":null,"v":1}')
+TERMS = (
+    '{"model":"sora-2","multiplier":"1","n":1,"per_request":"0","per_second":"0.10","price_version":"pv",'
+    '"quota_per_usd":500000,"seconds":8,"size":"720x1280","size_factor":"1","tokens":null,"v":1}'
+)
 
 
 async def _plant(cli: Weir, key_id: str, *ids: str) -> None:
@@ -24,8 +26,25 @@ async def _plant(cli: Weir, key_id: str, *ids: str) -> None:
         now = time.time()
         for tid in ids:
             assert isinstance(await store.hold(tid, "alice", key_id, 400_000, None, "pv", 86400, "i-1", "sora-2"), Hold)
-            task = Task(tid, "alice", key_id, "videos", "sora-2", "up", "sora-2", "up-" + tid, 400_000, 8, TERMS,
-                        "k", "default", now, status="in_progress", progress=40, next_poll_at=now + 5)
+            task = Task(
+                tid,
+                "alice",
+                key_id,
+                "videos",
+                "sora-2",
+                "up",
+                "sora-2",
+                "up-" + tid,
+                400_000,
+                8,
+                TERMS,
+                "k",
+                "default",
+                now,
+                status="in_progress",
+                progress=40,
+                next_poll_at=now + 5,
+            )
             assert await store.open_task(task)
     finally:
         await store.close()
@@ -39,7 +58,11 @@ def test_tasks_are_listed_shown_and_settled_by_hand(weir: Weir) -> None:  # noqa
     listed = weir.json("tasks", "list")
     assert [t["id"] for t in listed] == ["video_b", "video_a"]
     assert (listed[0]["held"], listed[0]["held_usd"], listed[0]["seconds"], listed[0]["state"]) == (
-        400_000, "0.800000", 8, "open")
+        400_000,
+        "0.800000",
+        8,
+        "open",
+    )
     assert "video_a" in weir.ok("tasks", "list", "--user", "alice", "--status", "in_progress")
     assert weir.json("tasks", "list", "--status", "ended") == []
     assert "unknown user" in weir.fail("tasks", "list", "--user", "nobody")
@@ -55,17 +78,28 @@ def test_tasks_are_listed_shown_and_settled_by_hand(weir: Weir) -> None:  # noqa
 
     shown = weir.json("tasks", "show", "video_a")
     assert (shown["state"], shown["end_reason"], shown["charge"], shown["note"]) == (
-        "ended", "resolved_by_hand", 0, "upstream lost it (ticket 42)")
+        "ended",
+        "resolved_by_hand",
+        0,
+        "upstream lost it (ticket 42)",
+    )
     assert "resolved_by_hand" in weir.ok("tasks", "show", "video_b")
     assert "unknown task" in weir.fail("tasks", "show", "video_zzz")
     assert "--note" in weir.fail("tasks", "settle", "video_b", "--capture", "--note", " ")
 
     user = weir.json("user", "show", "alice")
     assert (user["balance_quota"], user["reserved_quota"], user["used_quota"], user["request_count"]) == (
-        5_000_000 - 400_000, 0, 400_000, 1)
+        5_000_000 - 400_000,
+        0,
+        400_000,
+        1,
+    )
     rows = {r["request_id"]: r for r in weir.json("logs", "--user", "alice")}
     assert (rows["video_a"]["charge"], rows["video_a"]["error"], rows["video_a"]["seconds"]) == (
-        0, "upstream lost it (ticket 42)", 8)
+        0,
+        "upstream lost it (ticket 42)",
+        8,
+    )
     assert rows["video_b"]["end_reason"] == "resolved_by_hand"
     assert weir.run("audit").returncode == 0
 

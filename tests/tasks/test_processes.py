@@ -64,9 +64,16 @@ async def world(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
 
 
 async def call(url: str, key: str, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.request(
-        method, url + path, headers={"Authorization": f"Bearer {key}"}, timeout=aiohttp.ClientTimeout(total=30), **kw
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
+            method,
+            url + path,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=aiohttp.ClientTimeout(total=30),
+            **kw,
+        ) as r,
+    ):
         return r.status, await r.json(content_type=None)
 
 
@@ -131,8 +138,17 @@ async def test_killed_while_its_task_runs(world: World, resolver: str) -> None:
     assert task is not None and task.open
     # A hold of an instance that never lived: the orphan rule's sweep resolves it, which
     # shows that the sweep ran while the task's hold was open.
-    ghost = await world.store.hold("ghost-1", "alice", (await world.store.list_keys("alice"))[0].id, 10, None,
-                                   "pv", 60, "ghost-instance", "mock-gpt")
+    ghost = await world.store.hold(
+        "ghost-1",
+        "alice",
+        (await world.store.list_keys("alice"))[0].id,
+        10,
+        None,
+        "pv",
+        60,
+        "ghost-instance",
+        "mock-gpt",
+    )
     assert isinstance(ghost, Hold)
     victim.kill()
     live = "a" if resolver == "restart" else "b"

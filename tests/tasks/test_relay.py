@@ -22,10 +22,22 @@ from proxy.plugin import Endpoint, Plugin, RequestContext
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 
 MJ = {
-    "name": "midjourney", "submit": "/mj/submit/imagine", "fetch": "/mj/task/{id}/fetch", "model": "midjourney",
-    "task_id": "/result", "fetch_id": "/id", "status": "/status", "progress": "/progress", "failure": "/failReason",
-    "statuses": {"NOT_START": "queued", "SUBMITTED": "queued", "IN_PROGRESS": "in_progress",
-                 "SUCCESS": "completed", "FAILURE": "failed"},
+    "name": "midjourney",
+    "submit": "/mj/submit/imagine",
+    "fetch": "/mj/task/{id}/fetch",
+    "model": "midjourney",
+    "task_id": "/result",
+    "fetch_id": "/id",
+    "status": "/status",
+    "progress": "/progress",
+    "failure": "/failReason",
+    "statuses": {
+        "NOT_START": "queued",
+        "SUBMITTED": "queued",
+        "IN_PROGRESS": "in_progress",
+        "SUCCESS": "completed",
+        "FAILURE": "failed",
+    },
 }
 
 
@@ -68,7 +80,12 @@ async def test_videos_are_relayed_and_progress_to_completion(make_proxy: Any, fa
         async with s.post(proxy.url + "/v1/videos", json={"prompt": "a weir at dawn", "seconds": "8"}) as r:
             assert r.status == 200
             video = await r.json()
-        assert (video["object"], video["status"], video["seconds"], video["model"]) == ("video", "queued", "8", "sora-2")
+        assert (video["object"], video["status"], video["seconds"], video["model"]) == (
+            "video",
+            "queued",
+            "8",
+            "sora-2",
+        )
         done = await _wait_status(s, f"{proxy.url}/v1/videos/{video['id']}", "completed")
         assert done["progress"] == 100
         async with s.get(f"{proxy.url}/v1/videos/{video['id']}/content") as r:
@@ -106,7 +123,11 @@ async def test_a_plugin_pins_the_upstream_and_the_path(
         async with s.get(proxy.url + "/v1/videos/video_mine?variant=video") as r:
             assert r.status == 200
             assert (await r.json())["id"] == real
-    assert [(q.method, q.path, q.query) for q in second.requests][-1] == ("GET", f"/v1/videos/{real}", {"variant": "video"})
+    assert [(q.method, q.path, q.query) for q in second.requests][-1] == (
+        "GET",
+        f"/v1/videos/{real}",
+        {"variant": "video"},
+    )
     assert not [q for q in fake_upstream.requests if q.method == "GET"]
 
 
@@ -136,8 +157,9 @@ async def test_declared_task_apis_are_relayed(make_proxy: Any, fake_upstream: Mo
 async def test_the_host_calls_an_upstream_by_name(make_proxy: Any, fake_upstream: MockUpstream) -> None:
     proxy = await make_proxy()
     host = host_of(proxy.app)
-    created = await host.call_upstream("fake", "POST", "/v1/videos", body=b'{"prompt": "x"}',
-                                       headers={"Content-Type": "application/json"})
+    created = await host.call_upstream(
+        "fake", "POST", "/v1/videos", body=b'{"prompt": "x"}', headers={"Content-Type": "application/json"}
+    )
     assert created.status == 200 and created.headers["content-type"].startswith("application/json")
     missing = await host.call_upstream("fake", "GET", "/v1/videos/video_nope")
     assert missing.status == 404

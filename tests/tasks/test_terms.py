@@ -17,8 +17,9 @@ from plugins.billing.usage import Usage
 D = Decimal
 
 
-def terms(price: ModelPrice, seconds: int = 8, n: int = 1, size: Fraction = Fraction(1),
-          multiplier: str = "1") -> TaskTerms:
+def terms(
+    price: ModelPrice, seconds: int = 8, n: int = 1, size: Fraction = Fraction(1), multiplier: str = "1"
+) -> TaskTerms:
     return TaskTerms.of("m", price, seconds, n, "720x1280", size, D(multiplier), 500_000, "pv")
 
 
@@ -58,10 +59,14 @@ def test_terms_survive_the_store() -> None:
 
 
 def test_task_prices_in_the_config() -> None:
-    cfg = parse_pricing({"models": {
-        "sora-2": {"per_second": "0.10"},
-        "suno": {"per_request": 0.1, "per_second": 0, "input": 1, "output": 2},
-    }})
+    cfg = parse_pricing(
+        {
+            "models": {
+                "sora-2": {"per_second": "0.10"},
+                "suno": {"per_request": 0.1, "per_second": 0, "input": 1, "output": 2},
+            }
+        }
+    )
     sora, suno = cfg.models["sora-2"], cfg.models["suno"]
     assert sora.is_task and not sora.has_tokens and sora.as_dict() == {"per_second": "0.1"}
     assert suno.is_task and suno.has_tokens and suno.per_request == D("0.1")
@@ -88,12 +93,23 @@ def test_pointers_and_observations() -> None:
     assert pointer_get(doc, "/data/missing") is None and pointer_get(doc, "") is None
     assert pointer_set(doc, "/data/task_id", "task_1") and doc["data"]["task_id"] == "task_1"  # type: ignore[index]
     assert not pointer_set(doc, "/data/nope", 1)
-    api = TaskApi("suno", "task_", "/suno/fetch/{id}", "/data", "/data/task_id", "/data/status", "/data/progress",
-                  "/data/fail_reason", "/data/usage", {"SUCCESS": "completed", "FAILURE": "failed"})
+    api = TaskApi(
+        "suno",
+        "task_",
+        "/suno/fetch/{id}",
+        "/data",
+        "/data/task_id",
+        "/data/status",
+        "/data/progress",
+        "/data/fail_reason",
+        "/data/usage",
+        {"SUCCESS": "completed", "FAILURE": "failed"},
+    )
     seen = api.observe(doc)
     assert (seen.state, seen.status, seen.progress, seen.usage) == ("completed", "SUCCESS", 100, None)
     assert api.observe({"data": {"status": "WEIRD"}}).state == "in_progress"
     assert api.observe({"data": {}}).state is None
-    video = VIDEOS.observe({"status": "failed", "progress": 40, "error": {"code": "x", "message": "policy"},
-                            "usage": {"total_tokens": 7}})
+    video = VIDEOS.observe(
+        {"status": "failed", "progress": 40, "error": {"code": "x", "message": "policy"}, "usage": {"total_tokens": 7}}
+    )
     assert (video.state, video.failure, video.usage) == ("failed", "policy", Usage(input=7))

@@ -85,8 +85,7 @@ def shots(tmp_path: Path) -> Path:
 
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
-PRICES = {"mock-gpt*": {"input": 0.15, "output": 0.60, "cache_read": 0.075},
-          "mock-claude*": {"input": 3, "output": 15}}
+PRICES = {"mock-gpt*": {"input": 0.15, "output": 0.60, "cache_read": 0.075}, "mock-claude*": {"input": 3, "output": 15}}
 QUOTA_PER_USD = 500_000
 
 
@@ -128,8 +127,9 @@ class Console:
         """One chat request through Weir with `key`; its HTTP status (settled when it returns)."""
         body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello"}]}
         async with aiohttp.ClientSession() as s:
-            async with s.post(self.url + "/v1/chat/completions", json=body,
-                              headers={"Authorization": f"Bearer {key}"}) as r:
+            async with s.post(
+                self.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as r:
                 await r.read()
                 status = r.status
         await self.proxy.settled()
@@ -150,8 +150,9 @@ ConsoleFactory = Callable[..., Awaitable[Console]]
 
 
 @pytest_asyncio.fixture
-async def console(fake_upstream: MockUpstream, tmp_path: Path,
-                  request: pytest.FixtureRequest) -> AsyncIterator[ConsoleFactory]:
+async def console(
+    fake_upstream: MockUpstream, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ConsoleFactory]:
     """Factory: `await console(admin=True, backend="sqlite")` → a running Weir with billing
     (on Redis: the suite's private redis-server, under a fresh prefix)."""
     started: list[Console] = []
@@ -163,11 +164,15 @@ async def console(fake_upstream: MockUpstream, tmp_path: Path,
         if backend == "redis":
             import uuid
 
-            overrides["store"] = {"backend": "redis", "url": request.getfixturevalue("redis_url"),
-                                  "prefix": f"weirtest:{uuid.uuid4().hex[:10]}"}
+            overrides["store"] = {
+                "backend": "redis",
+                "url": request.getfixturevalue("redis_url"),
+                "prefix": f"weirtest:{uuid.uuid4().hex[:10]}",
+            }
         config = proxy_config(fake_upstream.url, folder, **overrides)
-        plugin = BillingPlugin(BillingConfig(**{"pricing": {"models": PRICES}, "quota_per_usd": QUOTA_PER_USD,
-                                                **billing}))
+        plugin = BillingPlugin(
+            BillingConfig(**{"pricing": {"models": PRICES}, "quota_per_usd": QUOTA_PER_USD, **billing})
+        )
         handle = await start_proxy(config, plugins=[plugin])
         made = Console(handle, fake_upstream, ADMIN_TOKEN if admin else "")
         started.append(made)
@@ -192,7 +197,8 @@ async def admin_client(url: str) -> aiohttp.ClientSession:
     async with s.get(url + "/admin/login") as r:
         found = re.search(r'name="csrf" value="([^"]+)"', await r.text())
     assert found
-    async with s.post(url + "/admin/login", data={"csrf": found.group(1), "token": ADMIN_TOKEN},
-                      allow_redirects=False) as r:
+    async with s.post(
+        url + "/admin/login", data={"csrf": found.group(1), "token": ADMIN_TOKEN}, allow_redirects=False
+    ) as r:
         assert r.status == 303, await r.text()
     return s

@@ -50,17 +50,34 @@ class Seeded:
     alice_key: str
 
 
-async def _request(store: Store, clock: Clock, rng: random.Random, user: str, key_id: str, key_name: str,
-                   n: int) -> None:
+async def _request(
+    store: Store, clock: Clock, rng: random.Random, user: str, key_id: str, key_name: str, n: int
+) -> None:
     model, p_in, p_out = rng.choice(MODELS)
     tokens_in, tokens_out = rng.randint(200, 6000), rng.randint(50, 1500)
     charge = int((tokens_in * p_in + tokens_out * p_out) / 1e6 * QPU)
     end, source = rng.choice(ENDINGS)
     rid = f"seed-{user}-{n}"
     await store.hold(rid, user, key_id, charge * 2 + 100, None, "v1", 600, "seed", model)
-    details = LogDetails(end, source, model, model, "mock", key_name, "default", "1", True, tokens_in,
-                         rng.randint(0, tokens_in // 4), 0, 0, tokens_out, latency_ms=rng.randint(300, 9000),
-                         ttft_ms=rng.randint(150, 900), status=200)
+    details = LogDetails(
+        end,
+        source,
+        model,
+        model,
+        "mock",
+        key_name,
+        "default",
+        "1",
+        True,
+        tokens_in,
+        rng.randint(0, tokens_in // 4),
+        0,
+        0,
+        tokens_out,
+        latency_ms=rng.randint(300, 9000),
+        ttft_ms=rng.randint(150, 900),
+        status=200,
+    )
     await store.capture(rid, charge, details)
 
 
@@ -73,8 +90,12 @@ async def seed(folder: Path, now: float) -> Seeded:
     rng = random.Random(16)
     try:
         made: dict[str, tuple[str, str]] = {}
-        for name, usd, group in (("alice", 40, "default"), ("bob-research", 120, "team"), ("carol", 8, "default"),
-                                 ("dan@example.com", 0, "trial")):
+        for name, usd, group in (
+            ("alice", 40, "default"),
+            ("bob-research", 120, "team"),
+            ("carol", 8, "default"),
+            ("dan@example.com", 0, "trial"),
+        ):
             await store.create_user(name, group)
             if usd:
                 await store.credit(name, usd * QPU, "initial balance")
@@ -87,8 +108,11 @@ async def seed(folder: Path, now: float) -> Seeded:
         n = 0
         for day in range(30):
             busy = 1 if day % 7 not in (5, 6) else 0  # quieter weekends
-            jobs = [(rng.uniform(0, DAY - 60), user) for user, weight in (("alice", 6), ("bob-research", 14), ("carol", 2))
-                    for _ in range(rng.randint(0, weight) * busy + rng.randint(0, 1))]
+            jobs = [
+                (rng.uniform(0, DAY - 60), user)
+                for user, weight in (("alice", 6), ("bob-research", 14), ("carol", 2))
+                for _ in range(rng.randint(0, weight) * busy + rng.randint(0, 1))
+            ]
             for offset, user in sorted(jobs):  # the log in time order, as a real day writes it
                 clock.now = now - (30 - day) * DAY + offset
                 n += 1
@@ -101,8 +125,9 @@ async def seed(folder: Path, now: float) -> Seeded:
 async def _start(folder: Path, upstream: MockUpstream) -> ProxyHandle:
     config = proxy_config(upstream.url, folder, admin={"token": TOKEN})
     prices = {f"{m}*": {"input": p_in, "output": p_out} for m, p_in, p_out in MODELS}
-    return await start_proxy(config, plugins=[BillingPlugin(BillingConfig(pricing={"models": prices},
-                                                                          quota_per_usd=QPU))])
+    return await start_proxy(
+        config, plugins=[BillingPlugin(BillingConfig(pricing={"models": prices}, quota_per_usd=QPU))]
+    )
 
 
 #: Long lists: the first screenful is picture enough (and keeps docs/img small).
@@ -120,9 +145,15 @@ async def _console(page: Any, base: str, out: Path) -> None:
     await _shot(page, base + "/admin/login", out, "admin-login")
     await page.fill("input[name=token]", TOKEN)
     await page.click("button[type=submit]")
-    for path, name in (("/admin", "admin-home"), ("/admin/users", "admin-users"), ("/admin/keys", "admin-keys"),
-                       ("/admin/plans", "admin-plans"), ("/admin/logs", "admin-logs"),
-                       ("/admin/upstreams", "admin-upstreams"), ("/admin/audit", "admin-audit")):
+    for path, name in (
+        ("/admin", "admin-home"),
+        ("/admin/users", "admin-users"),
+        ("/admin/keys", "admin-keys"),
+        ("/admin/plans", "admin-plans"),
+        ("/admin/logs", "admin-logs"),
+        ("/admin/upstreams", "admin-upstreams"),
+        ("/admin/audit", "admin-audit"),
+    ):
         await _shot(page, base + path, out, name)
     await _shot(page, base + "/admin/users/alice", out, "admin-user")
     await page.locator("a[href^='/admin/keys/k_']").first.click()
@@ -193,8 +224,9 @@ async def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=os.environ.get("WEIR_CHROMIUM", "/usr/bin/chromium"),
-                                           headless=True, args=args)
+        browser = await pw.chromium.launch(
+            executable_path=os.environ.get("WEIR_CHROMIUM", "/usr/bin/chromium"), headless=True, args=args
+        )
         try:
             with tempfile.TemporaryDirectory() as work:
                 names = await shoot(browser, out, Path(work))

@@ -15,19 +15,34 @@ from proxy.web import shell_of
 from tests.web.conftest import ADMIN_TOKEN, QUOTA_PER_USD, Console, ConsoleFactory
 
 ROUTES = [
-    ("GET", "/api/admin/users"), ("POST", "/api/admin/users"), ("GET", "/api/admin/users/alice"),
-    ("PATCH", "/api/admin/users/alice"), ("POST", "/api/admin/users/alice/topup"),
-    ("POST", "/api/admin/users/alice/adjust"), ("POST", "/api/admin/users/alice/keys"),
-    ("POST", "/api/admin/users/alice/subscriptions"), ("GET", "/api/admin/keys"), ("GET", "/api/admin/keys/k_x"),
-    ("PATCH", "/api/admin/keys/k_x"), ("DELETE", "/api/admin/keys/k_x"), ("GET", "/api/admin/plans"),
-    ("POST", "/api/admin/plans"), ("GET", "/api/admin/subscriptions"), ("GET", "/api/admin/logs"),
-    ("GET", "/api/admin/audit"), ("GET", "/api/admin/upstreams"), ("GET", "/api/admin/users/alice/ledger"),
-    ("DELETE", "/api/admin/plans/gold"), ("DELETE", "/api/admin/subscriptions/s_x"), ("GET", "/api/admin/holds"),
+    ("GET", "/api/admin/users"),
+    ("POST", "/api/admin/users"),
+    ("GET", "/api/admin/users/alice"),
+    ("PATCH", "/api/admin/users/alice"),
+    ("POST", "/api/admin/users/alice/topup"),
+    ("POST", "/api/admin/users/alice/adjust"),
+    ("POST", "/api/admin/users/alice/keys"),
+    ("POST", "/api/admin/users/alice/subscriptions"),
+    ("GET", "/api/admin/keys"),
+    ("GET", "/api/admin/keys/k_x"),
+    ("PATCH", "/api/admin/keys/k_x"),
+    ("DELETE", "/api/admin/keys/k_x"),
+    ("GET", "/api/admin/plans"),
+    ("POST", "/api/admin/plans"),
+    ("GET", "/api/admin/subscriptions"),
+    ("GET", "/api/admin/logs"),
+    ("GET", "/api/admin/audit"),
+    ("GET", "/api/admin/upstreams"),
+    ("GET", "/api/admin/users/alice/ledger"),
+    ("DELETE", "/api/admin/plans/gold"),
+    ("DELETE", "/api/admin/subscriptions/s_x"),
+    ("GET", "/api/admin/holds"),
 ]
 
 
-async def call(c: Console, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
-               ) -> tuple[int, Any]:
+async def call(
+    c: Console, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as s:
         async with s.request(method, c.url + path, json=body, headers=headers) as r:
@@ -39,8 +54,11 @@ async def test_every_route_needs_the_admin_token(console: ConsoleFactory) -> Non
     user_key = await c.user("alice")
     before = (await c.store.get_user("alice")).balance  # type: ignore[union-attr]
     for method, path in ROUTES:
-        for token, code in ((None, "admin_token_required"), ("wrong-token-0123456789", "invalid_admin_token"),
-                            (user_key, "invalid_admin_token")):
+        for token, code in (
+            (None, "admin_token_required"),
+            ("wrong-token-0123456789", "invalid_admin_token"),
+            (user_key, "invalid_admin_token"),
+        ):
             status, body = await call(c, method, path, {"usd": "100"}, token)
             assert status == 401 and body["error"]["code"] == code, (method, path, token)
         shell_of(c.proxy.app).limiter.succeeded("127.0.0.1")  # the limiter counts wrong tokens
@@ -120,8 +138,9 @@ async def test_a_body_that_is_not_a_json_object_is_refused(console: ConsoleFacto
 async def test_keys_made_listed_edited_and_revoked(console: ConsoleFactory) -> None:
     c = await console()
     await call(c, "POST", "/api/admin/users", {"name": "alice", "usd": "5"})
-    status, made = await call(c, "POST", "/api/admin/users/alice/keys",
-                              {"name": "ci", "usd": "1", "models": ["mock-*"], "ips": ["127.0.0.1"]})
+    status, made = await call(
+        c, "POST", "/api/admin/users/alice/keys", {"name": "ci", "usd": "1", "models": ["mock-*"], "ips": ["127.0.0.1"]}
+    )
     assert status == 201 and made["key"].startswith("wk-") and made["ips"] == ["127.0.0.1/32"]
     assert await c.chat(made["key"]) == 200
     status, listed = await call(c, "GET", "/api/admin/keys?user=alice")
@@ -191,8 +210,9 @@ async def test_a_key_is_edited_and_the_ledger_says_who_moved_money(console: Cons
     c = await console()
     await c.user("alice", quota=QUOTA_PER_USD)
     status, made = await call(c, "POST", "/api/admin/users/alice/keys", {"name": "ci"})
-    status, edited = await call(c, "PATCH", f"/api/admin/keys/{made['id']}",
-                                {"name": "ci-2", "usd": "0.5", "models": "mock-*", "expires": None})
+    status, edited = await call(
+        c, "PATCH", f"/api/admin/keys/{made['id']}", {"name": "ci-2", "usd": "0.5", "models": "mock-*", "expires": None}
+    )
     assert status == 200 and edited["name"] == "ci-2" and edited["quota"] is not None
     assert edited["remaining_quota"] == QUOTA_PER_USD // 2 and edited["models"] == ["mock-*"]
     status, body = await call(c, "PATCH", f"/api/admin/keys/{made['id']}", {"colour": "red"})

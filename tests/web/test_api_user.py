@@ -37,8 +37,11 @@ async def test_me_shows_the_callers_own_totals_and_key(console: ConsoleFactory) 
 async def test_auth_is_required_and_checked(console: ConsoleFactory) -> None:
     c = await console()
     key = await c.user("alice")
-    for who, code in ((None, "invalid_api_key"), ("wk-not-a-real-key-000000000000000000000000", "invalid_api_key"),
-                      (ADMIN_TOKEN, "invalid_api_key")):
+    for who, code in (
+        (None, "invalid_api_key"),
+        ("wk-not-a-real-key-000000000000000000000000", "invalid_api_key"),
+        (ADMIN_TOKEN, "invalid_api_key"),
+    ):
         status, body = await call(c.url + "/api/me", who)
         assert status == 401 and body["error"]["code"] == code, who
     keys = await c.store.list_keys("alice")
@@ -75,8 +78,9 @@ async def test_logs_show_only_the_callers_requests_without_upstream_details(cons
 async def test_keys_are_made_shown_once_and_revoked(console: ConsoleFactory) -> None:
     c = await console()
     alice = await c.user("alice")
-    status, made = await call(c.url + "/api/me/keys", alice, "POST", {"name": "laptop", "usd": "0.50",
-                                                                      "models": ["mock-*"]})
+    status, made = await call(
+        c.url + "/api/me/keys", alice, "POST", {"name": "laptop", "usd": "0.50", "models": ["mock-*"]}
+    )
     assert status == 201, made
     assert made["key"].startswith("wk-") and made["quota"] == QUOTA_PER_USD // 2 and made["models"] == ["mock-*"]
     assert await c.chat(made["key"]) == 200  # the new key works
@@ -119,15 +123,18 @@ async def test_a_limited_key_sees_its_own_requests_and_manages_no_keys(console: 
 async def test_key_creation_validates_its_input(console: ConsoleFactory) -> None:
     c = await console()
     alice = await c.user("alice")
-    for body, code in (({"usd": "lots"}, "invalid_amount"), ({"quota": -5}, "invalid_number"),
-                       ({"usd": "1", "quota": 5}, "invalid_amount"), ({"group": "vip"}, "unknown_field"),
-                       ({"expires": "2001-01-01"}, "invalid_time"), ({"name": " padded "}, "invalid_name"),
-                       ({"models": "a,,b"}, "invalid_list")):
+    for body, code in (
+        ({"usd": "lots"}, "invalid_amount"),
+        ({"quota": -5}, "invalid_number"),
+        ({"usd": "1", "quota": 5}, "invalid_amount"),
+        ({"group": "vip"}, "unknown_field"),
+        ({"expires": "2001-01-01"}, "invalid_time"),
+        ({"name": " padded "}, "invalid_name"),
+        ({"models": "a,,b"}, "invalid_list"),
+    ):
         status, answer = await call(c.url + "/api/me/keys", alice, "POST", body)
         assert status == 400 and answer["error"]["code"] == code, body
     async with aiohttp.ClientSession() as s:
         async with s.post(c.url + "/api/me/keys", data=b"[1,", headers={"Authorization": f"Bearer {alice}"}) as r:
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
     assert len(await c.store.list_keys("alice")) == 1
-
-

@@ -35,8 +35,9 @@ async def test_add_a_user_and_top_up_with_confirmation(console: ConsoleFactory) 
         assert "No users yet" in users
         status, page = await post(s, c.url + "/admin/users", {"name": "alice", "usd": "1"}, users)
         assert status == 200 and "User alice created with $1.00" in page
-        status, confirm = await post(s, c.url + "/admin/users/alice/credit/review",
-                                     {"usd": "2.50", "note": "invoice 7", "kind": "topup"}, page)
+        status, confirm = await post(
+            s, c.url + "/admin/users/alice/credit/review", {"usd": "2.50", "note": "invoice 7", "kind": "topup"}, page
+        )
         assert status == 200 and "Confirm the top-up" in confirm
         assert "$1.00" in confirm and "$3.50" in confirm  # before and after
         user = await c.store.get_user("alice")
@@ -57,20 +58,24 @@ async def test_a_deduction_needs_a_note_and_takes_money(console: ConsoleFactory)
     await c.user("alice", quota=2 * QUOTA_PER_USD)
     async with await admin_client(c.url) as s:
         page = await get(s, c.url + "/admin/users/alice")
-        status, answer = await post(s, c.url + "/admin/users/alice/credit/review",
-                                    {"usd": "1", "kind": "adjust"}, page)
+        status, answer = await post(s, c.url + "/admin/users/alice/credit/review", {"usd": "1", "kind": "adjust"}, page)
         assert status == 400 and "say why" in answer
         status, answer = await post(s, c.url + "/admin/users/alice/credit/review", {"usd": "-1", "kind": "topup"}, page)
         assert status == 400
-        status, confirm = await post(s, c.url + "/admin/users/alice/credit/review",
-                                     {"usd": "0.5", "note": "refund", "kind": "adjust"}, page)
+        status, confirm = await post(
+            s, c.url + "/admin/users/alice/credit/review", {"usd": "0.5", "note": "refund", "kind": "adjust"}, page
+        )
         assert "Confirm the deduction" in confirm and "$1.50" in confirm
         token = re.search(r'name="token" value="([^"]+)"', confirm)
         assert token
-        status, done = await post(s, c.url + "/admin/users/alice/credit", {
-            "token": token.group(1), "kind": "adjust", "quota": str(-QUOTA_PER_USD // 2), "note": "refund"}, confirm)
+        status, done = await post(
+            s,
+            c.url + "/admin/users/alice/credit",
+            {"token": token.group(1), "kind": "adjust", "quota": str(-QUOTA_PER_USD // 2), "note": "refund"},
+            confirm,
+        )
         assert "Took $0.50 (refund). The balance is now $1.50." in done
-        history = done[done.index("Wallet history"):done.index("<h2>Keys")]
+        history = done[done.index("Wallet history") : done.index("<h2>Keys")]
         assert "adjustment" in history and "refund" in history and "admin" in history
     await c.audit_ok()
 
@@ -87,12 +92,14 @@ async def test_keys_made_in_the_console_are_shown_once_then_managed(console: Con
         page = await get(s, c.url + "/admin/users/alice")
         assert key.group(1) not in page and ADMIN_TOKEN not in page
         made = [k for k in await c.store.list_keys("alice") if k.name == "ci"][0]
-        status, page = await post(s, c.url + f"/admin/keys/{made.id}/status",
-                                  {"status": "disabled", "back": "/admin/keys"}, page)
+        status, page = await post(
+            s, c.url + f"/admin/keys/{made.id}/status", {"status": "disabled", "back": "/admin/keys"}, page
+        )
         assert "disabled: it is refused" in page
         assert await c.chat(key.group(1)) == 403
-        status, page = await post(s, c.url + f"/admin/keys/{made.id}/status",
-                                  {"status": "revoked", "back": "//evil.example/"}, page)
+        status, page = await post(
+            s, c.url + f"/admin/keys/{made.id}/status", {"status": "revoked", "back": "//evil.example/"}, page
+        )
         assert "revoked for good" in page  # and back on /admin/keys, not another site
         assert (await c.store.get_key(made.id)).status == "revoked"  # type: ignore[union-attr]
 
@@ -124,10 +131,15 @@ async def test_console_forms_refuse_a_missing_csrf_token(console: ConsoleFactory
     await c.user("alice", quota=QUOTA_PER_USD)
     key_id = (await c.store.list_keys("alice"))[0].id
     async with await admin_client(c.url) as s:
-        for path, data in (("/admin/users", {"name": "mallory"}), ("/admin/users/alice/credit/review", {"usd": "5"}),
-                           ("/admin/users/alice/credit", {"quota": "5000", "token": "x"}),
-                           ("/admin/users/alice/keys", {"name": "x"}), ("/admin/users/alice/edit", {"disabled": "true"}),
-                           (f"/admin/keys/{key_id}/status", {"status": "revoked"}), ("/admin/plans", {"name": "p"})):
+        for path, data in (
+            ("/admin/users", {"name": "mallory"}),
+            ("/admin/users/alice/credit/review", {"usd": "5"}),
+            ("/admin/users/alice/credit", {"quota": "5000", "token": "x"}),
+            ("/admin/users/alice/keys", {"name": "x"}),
+            ("/admin/users/alice/edit", {"disabled": "true"}),
+            (f"/admin/keys/{key_id}/status", {"status": "revoked"}),
+            ("/admin/plans", {"name": "p"}),
+        ):
             async with s.post(c.url + path, data=data) as r:
                 assert r.status == 403, path
     user = await c.store.get_user("alice")
@@ -139,9 +151,14 @@ async def test_a_hostile_user_name_renders_as_text_everywhere(console: ConsoleFa
     c = await console()
     hostile = '<script>alert("x")</script>'
     await c.user(hostile)
-    assert await c.chat((await c.key(hostile, name="<b>bold</b>"))) == 200
+    assert await c.chat(await c.key(hostile, name="<b>bold</b>")) == 200
     async with await admin_client(c.url) as s:
-        for path in ("/admin/users", "/admin/keys", "/admin/logs", "/admin/users/" + "%3Cscript%3Ealert(%22x%22)%3C%2Fscript%3E"):
+        for path in (
+            "/admin/users",
+            "/admin/keys",
+            "/admin/logs",
+            "/admin/users/" + "%3Cscript%3Ealert(%22x%22)%3C%2Fscript%3E",
+        ):
             html = await get(s, c.url + path)
             assert "<script>" not in html and "<b>bold</b>" not in html, path
             assert "&lt;script&gt;" in html, path
@@ -167,8 +184,18 @@ async def test_no_key_or_token_on_any_page_after_its_one_time_display(console: C
         made = re.search(r'<code class="secret">(wk-[^<]+)</code>', shown)
         assert made
         secrets = (user_key, made.group(1), ADMIN_TOKEN)
-        for path in ("/", "/admin", "/admin/users", "/admin/users/alice", "/admin/keys", "/admin/plans",
-                     "/admin/logs", "/admin/logs.csv", "/admin/upstreams", "/admin/audit"):
+        for path in (
+            "/",
+            "/admin",
+            "/admin/users",
+            "/admin/users/alice",
+            "/admin/keys",
+            "/admin/plans",
+            "/admin/logs",
+            "/admin/logs.csv",
+            "/admin/upstreams",
+            "/admin/audit",
+        ):
             async with s.get(c.url + path) as r:
                 body = await r.text()
             assert r.status == 200 and not any(secret in body for secret in secrets), path
@@ -194,8 +221,12 @@ async def test_a_key_is_edited_on_its_page(console: ConsoleFactory) -> None:
     async with await admin_client(c.url) as s:
         page = await get(s, c.url + f"/admin/keys/{own.id}")
         assert "no limit" in page
-        status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit",
-                                  {"name": "laptop", "usd": "0.25", "models": "mock-gpt*", "expires": "2099-01-01"}, page)
+        status, page = await post(
+            s,
+            c.url + f"/admin/keys/{own.id}/edit",
+            {"name": "laptop", "usd": "0.25", "models": "mock-gpt*", "expires": "2099-01-01"},
+            page,
+        )
         assert status == 200 and "Saved." in page and "$0.25" in page
         status, page = await post(s, c.url + f"/admin/keys/{own.id}/edit", {"ips": "nonsense"}, page)
         assert status == 400 and "not an IP address" in page

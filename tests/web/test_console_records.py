@@ -24,7 +24,7 @@ async def test_record_pages_need_the_admin(console: ConsoleFactory) -> None:
 
 async def test_logs_filter_page_and_export(console: ConsoleFactory) -> None:
     c = await console()
-    alice, bob = await c.user("alice"), await c.user("=HYPERLINK(\"x\")")
+    alice, bob = await c.user("alice"), await c.user('=HYPERLINK("x")')
     assert await c.chat(alice) == 200
     assert await c.chat(alice, model="mock-claude") == 200
     assert await c.chat(bob) == 200
@@ -52,7 +52,7 @@ async def test_logs_filter_page_and_export(console: ConsoleFactory) -> None:
             assert r.status == 200 and r.content_type == "text/csv"
             rows = list(csv.DictReader(io.StringIO(await r.text())))
     assert len(rows) == 4
-    assert {row["user"] for row in rows} == {"alice", "'=HYPERLINK(\"x\")"}  # no formula in a spreadsheet
+    assert {row["user"] for row in rows} == {"alice", '\'=HYPERLINK("x")'}  # no formula in a spreadsheet
     assert {row["end_reason"] for row in rows} == {"completed", "upstream_error"}
 
 

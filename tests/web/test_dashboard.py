@@ -97,8 +97,7 @@ async def test_revoking_the_signed_in_key_ends_the_session(console: ConsoleFacto
         await sign_in(s, c.url, key)
         async with s.get(c.url + "/dashboard") as r:
             token = csrf(await r.text())
-        async with s.post(c.url + f"/dashboard/keys/{own.id}/revoke", data={"csrf": token},
-                          allow_redirects=False) as r:
+        async with s.post(c.url + f"/dashboard/keys/{own.id}/revoke", data={"csrf": token}, allow_redirects=False) as r:
             assert r.status == 303
         async with s.get(c.url + "/dashboard", allow_redirects=False) as r:
             assert r.status == 303 and r.headers["Location"] == "/dashboard/login?reason=ended"
@@ -124,13 +123,15 @@ async def test_a_dashboard_session_is_not_an_admin_session(console: ConsoleFacto
         for path in ("/admin", "/admin/users", "/admin/logs"):
             async with s.get(c.url + path, allow_redirects=False) as r:
                 assert r.status == 303 and r.headers["Location"].startswith("/admin/login"), path
-        async with s.get(c.url + "/admin/users", headers={"Authorization": f"Bearer {key}"},
-                         allow_redirects=False) as r:
+        async with s.get(
+            c.url + "/admin/users", headers={"Authorization": f"Bearer {key}"}, allow_redirects=False
+        ) as r:
             assert r.status == 303  # a user key as Bearer is no console session either
         user = (await c.store.list_keys("alice"))[0]
         forged = next(ck.value for ck in s.cookie_jar if ck.key == "weir_user")
         async with aiohttp.ClientSession() as other:
-            async with other.get(c.url + "/admin", headers={"Cookie": f"weir_admin={forged}"},
-                                 allow_redirects=False) as r:
+            async with other.get(
+                c.url + "/admin", headers={"Cookie": f"weir_admin={forged}"}, allow_redirects=False
+            ) as r:
                 assert r.status == 303  # the user realm's cookie does not open the admin realm
     assert user.status == "active"

@@ -9,8 +9,9 @@ from typing import Any
 from tests.web.conftest import PHONE, QUOTA_PER_USD, ConsoleFactory
 
 
-async def test_a_user_signs_in_sees_their_usage_and_manages_keys(console: ConsoleFactory, page: Any,
-                                                                 shots: Path) -> None:
+async def test_a_user_signs_in_sees_their_usage_and_manages_keys(
+    console: ConsoleFactory, page: Any, shots: Path
+) -> None:
     c = await console()
     key = await c.user("alice", quota=3 * QUOTA_PER_USD)
     assert await c.chat(key) == 200
@@ -36,7 +37,9 @@ async def test_a_user_signs_in_sees_their_usage_and_manages_keys(console: Consol
 
     row = page.locator("#keys + .table-wrap tr", has_text="phone")
     await row.locator("text=Revoke").click()
-    assert await page.locator("#keys + .table-wrap tr", has_text="phone").locator(".badge.bad").inner_text() == "revoked"
+    assert (
+        await page.locator("#keys + .table-wrap tr", has_text="phone").locator(".badge.bad").inner_text() == "revoked"
+    )
     assert await c.chat(secret) == 403
 
 

@@ -13,10 +13,19 @@ from plugins.billing.web.stats import DAYS, day_bars
 WEB = BillingWeb(lambda: None, Money(500_000))  # type: ignore[arg-type, return-value]
 
 
-@pytest.mark.parametrize(("quota", "shown"), [
-    (0, "$0.00"), (4, "$0.000008"), (250_000, "$0.50"), (500_000, "$1.00"), (617_283_950, "$1,234.57"),
-    (-250_000, "-$0.50"), (-750_000_000, "-$1,500.00"), (12_345, "$0.02469"),
-])
+@pytest.mark.parametrize(
+    ("quota", "shown"),
+    [
+        (0, "$0.00"),
+        (4, "$0.000008"),
+        (250_000, "$0.50"),
+        (500_000, "$1.00"),
+        (617_283_950, "$1,234.57"),
+        (-250_000, "-$0.50"),
+        (-750_000_000, "-$1,500.00"),
+        (12_345, "$0.02469"),
+    ],
+)
 def test_money_is_shown_to_the_cent_from_a_dollar_and_exactly_below(quota: int, shown: str) -> None:
     assert WEB.show_usd(quota) == shown
 
@@ -30,8 +39,16 @@ def test_usd_inputs_convert_exactly() -> None:
 
 
 def test_csv_cells_never_start_a_formula() -> None:
-    assert [csv_cell(v) for v in ("=1+1", "+cmd", "-x", "@sum", "alice", -5, "-1.5", None)] == \
-        ["'=1+1", "'+cmd", "'-x", "'@sum", "alice", "-5", "-1.5", ""]
+    assert [csv_cell(v) for v in ("=1+1", "+cmd", "-x", "@sum", "alice", -5, "-1.5", None)] == [
+        "'=1+1",
+        "'+cmd",
+        "'-x",
+        "'@sum",
+        "alice",
+        "-5",
+        "-1.5",
+        "",
+    ]
 
 
 def test_the_chart_has_a_bar_per_day_scaled_to_the_busiest() -> None:

@@ -37,15 +37,18 @@ async def sign_in(page: Any, world: Shop) -> str:
 
 
 async def test_the_price_list_without_script(shop: ShopFactory, browser: Any, shots: Path) -> None:
-    world = await shop(upstreams=UPSTREAMS, groups={"default": 1, "vip": "0.5"},
-                       pricing={"fallback": "litellm", "models": PRICES})
+    world = await shop(
+        upstreams=UPSTREAMS, groups={"default": 1, "vip": "0.5"}, pricing={"fallback": "litellm", "models": PRICES}
+    )
     context = await browser.new_context(java_script_enabled=False)
     try:
         page = await context.new_page()
         await page.goto(world.instances[0].url + "/pricing")
         await page.screenshot(path=shots / "pricing.png", full_page=True)
-        sources = {await r.get_attribute("data-model"): await r.get_attribute("data-source")
-                   for r in await page.locator("#prices tbody tr").all()}
+        sources = {
+            await r.get_attribute("data-model"): await r.get_attribute("data-source")
+            for r in await page.locator("#prices tbody tr").all()
+        }
         assert sources["mock-image"] == sources["mock-gpt*"] == "configured"
         assert sources["gpt-4o-mini"] == "reference" and sources["mystery-model"] == "unpriced"
         row = page.locator("tr[data-model='gpt-4o-mini']")
@@ -106,7 +109,10 @@ async def test_edit_flag_diff_save_charge_and_roll_back(shop: ShopFactory, page:
     assert await world.image() == 20_000
     versions = await world.store.list_price_versions()
     assert [(v.number, v.source, v.note) for v in versions] == [
-        (3, "rollback", "rollback to version 1"), (2, "editor", "dearer images"), (1, "proxy.yaml", "proxy.yaml's prices")]
+        (3, "rollback", "rollback to version 1"),
+        (2, "editor", "dearer images"),
+        (1, "proxy.yaml", "proxy.yaml's prices"),
+    ]
 
 
 async def test_adopt_reference_confirm_conflicts_and_a_stale_save(shop: ShopFactory, page: Any) -> None:
@@ -127,8 +133,11 @@ async def test_adopt_reference_confirm_conflicts_and_a_stale_save(shop: ShopFact
     assert "confirm the conflicts" in await page.locator(".notice.warn").first.inner_text()
     # Someone saves through the API meanwhile: this save is refused, the draft kept.
     async with aiohttp.ClientSession() as s:
-        r = await s.put(url + "/api/admin/prices", json={"base_version": 1, "models": PRICES, "confirm": True},
-                        headers={"Authorization": f"Bearer {ADMIN}"})
+        r = await s.put(
+            url + "/api/admin/prices",
+            json={"base_version": 1, "models": PRICES, "confirm": True},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
         assert r.status == 200
     await page.check("input[name=confirm]")
     await page.click("#save")
@@ -165,7 +174,10 @@ async def test_the_editor_needs_the_admin(shop: ShopFactory) -> None:
     async with aiohttp.ClientSession() as s:
         r = await s.get(world.instances[0].url + "/admin/prices", allow_redirects=False)
         assert r.status == 303 and r.headers["Location"].startswith("/admin/login")
-        r = await s.post(world.instances[0].url + "/admin/prices", data={"action": "save", "draft": "{}", "base": "1"},
-                         allow_redirects=False)
+        r = await s.post(
+            world.instances[0].url + "/admin/prices",
+            data={"action": "save", "draft": "{}", "base": "1"},
+            allow_redirects=False,
+        )
         assert r.status in (303, 403)
     assert await world.store.price_head() == 1

@@ -8,9 +8,26 @@ from typing import Any
 
 from tests.web.screenshots import shoot
 
-PAGES = {"front", "admin-login", "admin-home", "admin-users", "admin-user", "admin-key", "admin-confirm", "admin-topped-up",
-         "admin-keys", "admin-plans", "admin-logs", "admin-upstreams", "admin-audit", "admin-home-phone",
-         "dashboard-login", "dashboard", "dashboard-requests", "dashboard-phone"}
+PAGES = {
+    "front",
+    "admin-login",
+    "admin-home",
+    "admin-users",
+    "admin-user",
+    "admin-key",
+    "admin-confirm",
+    "admin-topped-up",
+    "admin-keys",
+    "admin-plans",
+    "admin-logs",
+    "admin-upstreams",
+    "admin-audit",
+    "admin-home-phone",
+    "dashboard-login",
+    "dashboard",
+    "dashboard-requests",
+    "dashboard-phone",
+}
 
 
 async def test_every_page_renders(browser: Any, shots: Path, tmp_path: Path) -> None:

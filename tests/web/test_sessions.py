@@ -66,10 +66,18 @@ def test_the_limiter_stays_bounded() -> None:
     assert len(limiter._failures) == 50
 
 
-@pytest.mark.parametrize(("target", "expected"), [
-    ("/admin/users?page=2", "/admin/users?page=2"), (None, "/d"), ("", "/d"), ("https://x.example/", "/d"),
-    ("//x.example/", "/d"), ("/\\x.example", "/d"), ("admin", "/d"),
-])
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/admin/users?page=2", "/admin/users?page=2"),
+        (None, "/d"),
+        ("", "/d"),
+        ("https://x.example/", "/d"),
+        ("//x.example/", "/d"),
+        ("/\\x.example", "/d"),
+        ("admin", "/d"),
+    ],
+)
 def test_redirect_targets_stay_on_the_site(target: str | None, expected: str) -> None:
     assert local_path(target, "/d") == expected
 

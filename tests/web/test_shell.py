@@ -30,8 +30,7 @@ async def csrf_of(s: aiohttp.ClientSession, url: str) -> str:
 
 async def sign_in(s: aiohttp.ClientSession, base: str, token: str = TOKEN, **extra: str) -> aiohttp.ClientResponse:
     csrf = await csrf_of(s, base + "/admin/login")
-    async with s.post(base + "/admin/login", data={"csrf": csrf, "token": token, **extra},
-                      allow_redirects=False) as r:
+    async with s.post(base + "/admin/login", data={"csrf": csrf, "token": token, **extra}, allow_redirects=False) as r:
         await r.read()
         return r
 
@@ -39,8 +38,12 @@ async def sign_in(s: aiohttp.ClientSession, base: str, token: str = TOKEN, **ext
 async def test_without_an_admin_token_every_admin_page_is_404(make_proxy: MakeProxy) -> None:
     proxy = await make_proxy()
     async with session() as s:
-        for method, path in (("GET", "/admin"), ("GET", "/admin/login"), ("POST", "/admin/login"),
-                             ("POST", "/admin/logout")):
+        for method, path in (
+            ("GET", "/admin"),
+            ("GET", "/admin/login"),
+            ("POST", "/admin/login"),
+            ("POST", "/admin/logout"),
+        ):
             async with s.request(method, proxy.url + path, data={"token": "x" * 20}, allow_redirects=False) as r:
                 assert r.status == 404, (method, path)
                 assert "There is no page here" in await r.text()
@@ -99,8 +102,9 @@ async def test_a_form_without_its_csrf_token_is_refused(make_proxy: MakeProxy) -
         async with session() as mine:
             csrf = await csrf_of(mine, proxy.url + "/admin/login")
         await csrf_of(other, proxy.url + "/admin/login")
-        async with other.post(proxy.url + "/admin/login", data={"csrf": csrf, "token": TOKEN},
-                              allow_redirects=False) as r:
+        async with other.post(
+            proxy.url + "/admin/login", data={"csrf": csrf, "token": TOKEN}, allow_redirects=False
+        ) as r:
             assert r.status == 403
 
 
@@ -112,19 +116,25 @@ async def test_a_tampered_or_foreign_session_cookie_is_not_a_session(make_proxy:
         foreign = next(c.value for c in s.cookie_jar if c.key == "weir_admin")
     for value in (foreign, foreign[:-2] + "AA", "garbage", foreign.split(".")[0]):
         async with aiohttp.ClientSession() as s:
-            async with s.get(proxy.url + "/admin", headers={"Cookie": f"weir_admin={value}"},
-                             allow_redirects=False) as r:
+            async with s.get(
+                proxy.url + "/admin", headers={"Cookie": f"weir_admin={value}"}, allow_redirects=False
+            ) as r:
                 assert r.status == 303, value
 
 
 @pytest.mark.parametrize(("trusted", "secure"), [([], False), (["127.0.0.1/32"], True)])
-async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(make_proxy: MakeProxy, trusted: list[str],
-                                                               secure: bool) -> None:
+async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(
+    make_proxy: MakeProxy, trusted: list[str], secure: bool
+) -> None:
     proxy = await make_proxy(admin={"token": TOKEN}, server={"trusted_proxies": trusted})
     async with session() as s:
         csrf = await csrf_of(s, proxy.url + "/admin/login")
-        async with s.post(proxy.url + "/admin/login", data={"csrf": csrf, "token": TOKEN},
-                          headers={"X-Forwarded-Proto": "https"}, allow_redirects=False) as r:
+        async with s.post(
+            proxy.url + "/admin/login",
+            data={"csrf": csrf, "token": TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+        ) as r:
             cookie = next(v for k, v in r.headers.items() if k == "Set-Cookie" and v.startswith("weir_admin="))
     assert ("Secure" in cookie) is secure
 
@@ -146,5 +156,3 @@ async def test_static_stylesheet_is_served(make_proxy: MakeProxy) -> None:
         async with s.get(proxy.url + href.group(1)) as r:
             assert r.status == 200 and r.content_type == "text/css"
             assert ".topbar" in await r.text()
-
-

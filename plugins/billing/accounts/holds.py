@@ -47,8 +47,9 @@ def ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def hold_json(hold: Hold, beats: dict[str, float], at: float, orphan_after: float, stuck_after: float,
-              money: Money) -> dict[str, Any]:
+def hold_json(
+    hold: Hold, beats: dict[str, float], at: float, orphan_after: float, stuck_after: float, money: Money
+) -> dict[str, Any]:
     """An open hold, with its age, last sign of life and its instance's liveness."""
     seen = beats.get(hold.instance_id)
     return {
@@ -103,8 +104,14 @@ async def _settle(acc: Accounts, hold: Hold, capture: bool, note: str) -> tuple[
 
 
 async def resolve_hold(
-    acc: Accounts, request_id: str, *, capture_checkpoint: bool, note: str, force: bool = False,
-    orphan_after: float, stuck_after: float,
+    acc: Accounts,
+    request_id: str,
+    *,
+    capture_checkpoint: bool,
+    note: str,
+    force: bool = False,
+    orphan_after: float,
+    stuck_after: float,
 ) -> dict[str, Any]:
     """Resolve one open hold by hand: capture its checkpoint (`capture_checkpoint`; a hold
     without one is released) or release it. A hold a live request may still own is refused
@@ -117,7 +124,9 @@ async def resolve_hold(
         res, captured = await _settle(acc, hold, False, note)
     else:
         if hold.instance_id == TASK_OWNER:  # its task must end with it (docs/tasks.md)
-            raise conflict(f"hold {hold.request_id} belongs to an async task: use `weir tasks settle {hold.request_id}`")
+            raise conflict(
+                f"hold {hold.request_id} belongs to an async task: use `weir tasks settle {hold.request_id}`"
+            )
         if not force:
             _refuse_live(hold, await acc.store.instances(), acc.now(), orphan_after, stuck_after)
         res, captured = await _settle(acc, hold, capture_checkpoint, note)

@@ -28,8 +28,15 @@ def check_expiry(acc: Accounts, expires_at: float | None) -> float | None:
 
 
 async def create_key(
-    acc: Accounts, user: str, *, name: str = "", quota: int | None = None, models: Sequence[str] = (),
-    ips: Sequence[str] = (), group: str | None = None, expires_at: float | None = None,
+    acc: Accounts,
+    user: str,
+    *,
+    name: str = "",
+    quota: int | None = None,
+    models: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    group: str | None = None,
+    expires_at: float | None = None,
 ) -> dict[str, Any]:
     """Create a key for `user`: unlimited when `quota` is None. The answer carries the clear
     key under "key": the only time it is ever shown."""
@@ -74,9 +81,18 @@ async def set_key_status(acc: Accounts, key_id: str, status: str) -> dict[str, A
 
 
 async def update_key(
-    acc: Accounts, key_id: str, *, name: str | None = None, quota: int | None = None, unlimited: bool = False,
-    models: Sequence[str] | None = None, ips: Sequence[str] | None = None, group: str | None = None,
-    expires_at: float | None = None, no_expiry: bool = False, enabled: bool | None = None,
+    acc: Accounts,
+    key_id: str,
+    *,
+    name: str | None = None,
+    quota: int | None = None,
+    unlimited: bool = False,
+    models: Sequence[str] | None = None,
+    ips: Sequence[str] | None = None,
+    group: str | None = None,
+    expires_at: float | None = None,
+    no_expiry: bool = False,
+    enabled: bool | None = None,
 ) -> dict[str, Any]:
     """Change a key; None (and False) leave a field as it is.
 
@@ -92,14 +108,21 @@ async def update_key(
     if expires_at is not None and no_expiry:
         raise invalid("give an expiry or none, not both")
     changes = KeyChanges(
-        name=name, status=None if enabled is None else ("active" if enabled else "disabled"), quota=quota,
-        unlimited=unlimited, models=None if models is None else check_items(models, "models"),
-        ips=None if ips is None else cidrs(ips), group=None if group is None else group and check_name(group, "group"),
-        expires_at=check_expiry(acc, expires_at), no_expiry=no_expiry,
+        name=name,
+        status=None if enabled is None else ("active" if enabled else "disabled"),
+        quota=quota,
+        unlimited=unlimited,
+        models=None if models is None else check_items(models, "models"),
+        ips=None if ips is None else cidrs(ips),
+        group=None if group is None else group and check_name(group, "group"),
+        expires_at=check_expiry(acc, expires_at),
+        no_expiry=no_expiry,
     )
     if changes == KeyChanges():
-        raise invalid("nothing to change: give at least one of name, quota, unlimited, models, ips, group,"
-                      " expires, enable or disable")
+        raise invalid(
+            "nothing to change: give at least one of name, quota, unlimited, models, ips, group,"
+            " expires, enable or disable"
+        )
     await key_of(acc, key_id)
     with refused_as_conflict():
         key = await acc.store.update_key(key_id, changes, actor=acc.actor)

@@ -18,7 +18,12 @@ DAY = 86400.0
 
 
 async def add_plan(
-    acc: Accounts, name: str, *, quota: int | None, period: str, days: int | None = None,
+    acc: Accounts,
+    name: str,
+    *,
+    quota: int | None,
+    period: str,
+    days: int | None = None,
     models: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Create or replace a plan (existing subscriptions keep their terms); the answer says

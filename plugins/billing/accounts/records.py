@@ -14,9 +14,17 @@ MAX_LIMIT = 10_000
 
 
 async def logs(
-    acc: Accounts, *, user: str | None = None, key_id: str | None = None, model: str | None = None,
-    outcome: str | None = None, since: float | None = None, until: float | None = None, limit: int = 50,
-    before: int | None = None, totals: bool = True,
+    acc: Accounts,
+    *,
+    user: str | None = None,
+    key_id: str | None = None,
+    model: str | None = None,
+    outcome: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 50,
+    before: int | None = None,
+    totals: bool = True,
 ) -> dict[str, Any]:
     """Consume-log rows, newest first, with the filters: `user`, `key_id`, `model` (a glob
     on the requested model), `outcome` (the row's `end_reason`: completed, upstream_error,

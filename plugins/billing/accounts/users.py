@@ -29,7 +29,11 @@ async def list_users(acc: Accounts) -> list[dict[str, Any]]:
 
 
 async def add_user(
-    acc: Accounts, name: str, *, group: str = "default", preference: str = Preference.SUBSCRIPTION_FIRST.value,
+    acc: Accounts,
+    name: str,
+    *,
+    group: str = "default",
+    preference: str = Preference.SUBSCRIPTION_FIRST.value,
     quota: int | None = None,
 ) -> dict[str, Any]:
     """Create a user, with an optional starting balance (a `credit` entry, "initial balance")."""
@@ -93,7 +97,11 @@ async def _move(acc: Accounts, name: str, quota: int, note: str) -> dict[str, An
 
 
 async def set_user(
-    acc: Accounts, name: str, *, group: str | None = None, preference: str | None = None,
+    acc: Accounts,
+    name: str,
+    *,
+    group: str | None = None,
+    preference: str | None = None,
     disabled: bool | None = None,
 ) -> dict[str, Any]:
     """Change a user's group, billing preference or disabled flag (None keeps each). A

@@ -16,9 +16,11 @@ from proxy.host import Config
 def add_stuck_after(parser: argparse.ArgumentParser) -> None:
     """The `--stuck-after SECONDS` option (default: see `stuck_after_of`)."""
     parser.add_argument(
-        "--stuck-after", type=float, metavar="SECONDS",
+        "--stuck-after",
+        type=float,
+        metavar="SECONDS",
         help="an open hold with no checkpoint or creation for this long is stuck"
-             " (default max(300, 30 x the billing plugin's checkpoint_every))",
+        " (default max(300, 30 x the billing plugin's checkpoint_every))",
     )
 
 
@@ -32,8 +34,17 @@ def _instance_text(h: dict[str, Any]) -> str:
 def _row(h: dict[str, Any]) -> list[str]:
     touched = "never" if h["touched_at"] is None else f"{ago(h['idle_s'])} ago"
     checkpoint = "-" if h["checkpoint"] is None else str(h["checkpoint"])
-    return [h["request_id"], h["user"], h["key_id"], str(h["amount"]), checkpoint, ago(h["age_s"]), touched,
-            _instance_text(h), "STUCK" if h["stuck"] else ""]
+    return [
+        h["request_id"],
+        h["user"],
+        h["key_id"],
+        str(h["amount"]),
+        checkpoint,
+        ago(h["age_s"]),
+        touched,
+        _instance_text(h),
+        "STUCK" if h["stuck"] else "",
+    ]
 
 
 def _list(args: argparse.Namespace, config: Config) -> int:
@@ -64,9 +75,19 @@ def _resolve_text(r: dict[str, Any]) -> str:
 
 def _resolve(args: argparse.Namespace, config: Config) -> int:
     stuck_after = checked(args, lambda: stuck_after_of(config, args.stuck_after))
-    data = run(config, args, lambda acc: holds.resolve_hold(
-        acc, args.request_id, capture_checkpoint=args.capture_checkpoint, note=args.note, force=args.force,
-        orphan_after=config.store.orphan_after, stuck_after=stuck_after))
+    data = run(
+        config,
+        args,
+        lambda acc: holds.resolve_hold(
+            acc,
+            args.request_id,
+            capture_checkpoint=args.capture_checkpoint,
+            note=args.note,
+            force=args.force,
+            orphan_after=config.store.orphan_after,
+            stuck_after=stuck_after,
+        ),
+    )
     emit(args, data, _resolve_text(data))
     return 0
 
@@ -84,7 +105,8 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     add_stuck_after(lister)
     commands["holds list"] = _list
     res = actions.add_parser(
-        "resolve", parents=[common],
+        "resolve",
+        parents=[common],
         help="resolve one open hold by hand: capture its checkpoint (release when it has none) or release it",
     )
     res.add_argument("request_id", metavar="REQUEST_ID")

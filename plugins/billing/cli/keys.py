@@ -49,9 +49,20 @@ def _create(args: argparse.Namespace, config: Config) -> int:
     quota = None if args.unlimited else amount_from(args, money_of(config))
     models, ips = list_option(args, "models") or (), list_option(args, "ips") or ()
     expires_at = time_from(args, "expires")
-    data = run(config, args, lambda acc: keys.create_key(
-        acc, args.user, name=args.name or "", quota=quota, models=models, ips=ips, group=args.group,
-        expires_at=expires_at))
+    data = run(
+        config,
+        args,
+        lambda acc: keys.create_key(
+            acc,
+            args.user,
+            name=args.name or "",
+            quota=quota,
+            models=models,
+            ips=ips,
+            group=args.group,
+            expires_at=expires_at,
+        ),
+    )
     text = (
         f"created key {data['id']} for {data['user']} ({limit_text(data)})\n{data['key']}\n"
         "This is the only time the key is shown: store it now."
@@ -69,8 +80,15 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 def _list(args: argparse.Namespace, config: Config) -> int:
     data = run(config, args, lambda acc: keys.list_keys(acc, args.user))
     rows = [["ID", "NAME", "STATUS", "QUOTA", "USED", "REQUESTS", "EXPIRES"]] + [
-        [k["id"], k["name"] or "-", k["status"], limit_text(k), str(k["used_quota"]), str(k["request_count"]),
-         k["expires_at"] or "never"]
+        [
+            k["id"],
+            k["name"] or "-",
+            k["status"],
+            limit_text(k),
+            str(k["used_quota"]),
+            str(k["request_count"]),
+            k["expires_at"] or "never",
+        ]
         for k in data
     ]
     emit(args, data, table(rows if data else [], f"no keys for {args.user}"))
@@ -82,9 +100,23 @@ def _set(args: argparse.Namespace, config: Config) -> int:
     never = args.expires is not None and args.expires.strip().lower() == "never"
     expires_at = None if never else time_from(args, "expires")
     models, ips = list_option(args, "models"), list_option(args, "ips")
-    data = run(config, args, lambda acc: keys.update_key(
-        acc, args.id, name=args.name, quota=quota, unlimited=args.unlimited, models=models, ips=ips,
-        group=args.group, expires_at=expires_at, no_expiry=never, enabled=args.enabled))
+    data = run(
+        config,
+        args,
+        lambda acc: keys.update_key(
+            acc,
+            args.id,
+            name=args.name,
+            quota=quota,
+            unlimited=args.unlimited,
+            models=models,
+            ips=ips,
+            group=args.group,
+            expires_at=expires_at,
+            no_expiry=never,
+            enabled=args.enabled,
+        ),
+    )
     emit(args, data, f"changed key {data['id']}\n" + key_text(data))
     return 0
 

@@ -25,8 +25,11 @@ def plan_line(p: dict[str, Any]) -> str:
 def _add(args: argparse.Namespace, config: Config) -> int:
     quota = amount_from(args, money_of(config))
     models = list_option(args, "models") or ()
-    data = run(config, args, lambda acc: plans.add_plan(
-        acc, args.name, quota=quota, period=args.period, days=args.days, models=models))
+    data = run(
+        config,
+        args,
+        lambda acc: plans.add_plan(acc, args.name, quota=quota, period=args.period, days=args.days, models=models),
+    )
     verb = "replaced (existing subscriptions keep their terms)" if data["replaced"] else "created"
     emit(args, data, f"{plan_line(data)}\n{verb}")
     return 0
@@ -60,8 +63,17 @@ def _grant(args: argparse.Namespace, config: Config) -> int:
 def _subs(args: argparse.Namespace, config: Config) -> int:
     data = run(config, args, lambda acc: plans.list_subscriptions(acc, args.user))
     rows = [["ID", "PLAN", "PERIOD", "START", "END", "LEFT", "QUOTA", "USED", "ACTIVE"]] + [
-        [s["id"], s["plan"], s["period"], s["start"], s["end"], str(s["balance_quota"]), str(s["quota"]),
-         str(s["used_quota"]), "yes" if s["active"] else "no"]
+        [
+            s["id"],
+            s["plan"],
+            s["period"],
+            s["start"],
+            s["end"],
+            str(s["balance_quota"]),
+            str(s["quota"]),
+            str(s["used_quota"]),
+            "yes" if s["active"] else "no",
+        ]
         for s in data
     ]
     emit(args, data, table(rows if data else [], f"no subscriptions for {args.user}"))

@@ -51,8 +51,15 @@ def _version_line(v: PriceVersion, head: int) -> str:
 
 
 def _version_dict(v: PriceVersion) -> dict[str, Any]:
-    return {"version": v.number, "base": v.base, "created_at": iso(v.created_at), "source": v.source,
-            "note": v.note, "digest": v.digest, "models": json.loads(v.document)}
+    return {
+        "version": v.number,
+        "base": v.base,
+        "created_at": iso(v.created_at),
+        "source": v.source,
+        "note": v.note,
+        "digest": v.digest,
+        "models": json.loads(v.document),
+    }
 
 
 def _show(args: argparse.Namespace, config: Config) -> int:
@@ -64,8 +71,14 @@ def _show(args: argparse.Namespace, config: Config) -> int:
     if found is None:
         raise CLIError(f"model {args.model!r} is not priced (requests for it are refused with model_not_priced)")
     price, source = found
-    data = {"model": args.model, "source": source, "version": cur.number, "price_version": cur.label,
-            "unit": _unit(price), "prices": price.as_dict()}
+    data = {
+        "model": args.model,
+        "source": source,
+        "version": cur.number,
+        "price_version": cur.label,
+        "unit": _unit(price),
+        "prices": price.as_dict(),
+    }
     lines = [f"{args.model}: {source} (price version {cur.number}, {cur.label}), {data['unit']}"]
     lines += [f"  {k:15} {v}" for k, v in price.as_dict().items()]
     emit(args, data, "\n".join(lines))
@@ -96,7 +109,10 @@ def _history(args: argparse.Namespace, config: Config) -> int:
     versions = with_store(config, work)
     head = versions[0].number if versions else 0
     data = {"head": head, "versions": [_version_dict(v) for v in versions]}
-    text = "\n".join(_version_line(v, head) for v in versions) or "no price versions yet (the proxy saves proxy.yaml's prices as version 1 when it starts)"
+    text = (
+        "\n".join(_version_line(v, head) for v in versions)
+        or "no price versions yet (the proxy saves proxy.yaml's prices as version 1 when it starts)"
+    )
     emit(args, data, text)
     return 0
 
@@ -132,9 +148,12 @@ def _rollback(args: argparse.Namespace, config: Config) -> int:
     saved, head = with_store(config, work)
     if isinstance(saved, PriceConflict):
         raise CLIError(f"version {saved.head} was saved meanwhile (based on {head}); run the rollback again")
-    emit(args, _version_dict(saved),
-         f"saved price version {saved.number} (the prices of version {args.number}); "
-         f"running instances charge it within {billing_config(config).price_poll_every:g} s")
+    emit(
+        args,
+        _version_dict(saved),
+        f"saved price version {saved.number} (the prices of version {args.number}); "
+        f"running instances charge it within {billing_config(config).price_poll_every:g} s",
+    )
     return 0
 
 
@@ -170,13 +189,15 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     diff.add_argument("a", type=int)
     diff.add_argument("b", type=int)
     commands["pricing diff"] = _diff
-    rollback = actions.add_parser("rollback", parents=[common],
-                                  help="save the prices of version N as the newest version")
+    rollback = actions.add_parser(
+        "rollback", parents=[common], help="save the prices of version N as the newest version"
+    )
     rollback.add_argument("number", type=int)
     rollback.add_argument("--note", default="")
     commands["pricing rollback"] = _rollback
-    imp = actions.add_parser("import-ratios", parents=[common],
-                             help="convert a new-api/one-api ratio export into a billing config block")
+    imp = actions.add_parser(
+        "import-ratios", parents=[common], help="convert a new-api/one-api ratio export into a billing config block"
+    )
     imp.add_argument("file")
     # It needs only the billing defaults (quota_per_usd): no proxy.yaml is fine.
     imp.set_defaults(config_optional=True)

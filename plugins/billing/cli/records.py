@@ -36,9 +36,22 @@ def totals_line(t: dict[str, Any]) -> str:
 
 def _logs(args: argparse.Namespace, config: Config) -> int:
     since, until = time_from(args, "since"), time_from(args, "until")
-    data = run(config, args, lambda acc: records.logs(
-        acc, user=args.user, key_id=args.key, model=args.model, outcome=args.outcome, since=since, until=until,
-        limit=args.limit, before=args.before, totals=args.totals or not args.json))
+    data = run(
+        config,
+        args,
+        lambda acc: records.logs(
+            acc,
+            user=args.user,
+            key_id=args.key,
+            model=args.model,
+            outcome=args.outcome,
+            since=since,
+            until=until,
+            limit=args.limit,
+            before=args.before,
+            totals=args.totals or not args.json,
+        ),
+    )
     if args.totals:
         emit(args, data["totals"], totals_line(data["totals"]))
         return 0
@@ -62,7 +75,9 @@ def audit_text(a: dict[str, Any]) -> str:
         lines += [f"STUCK     {s}" for s in a["stuck"]]
         lines.append(
             f"{len(a['stuck'])} stuck hold(s): no sign of life for over {a['stuck_after']:.0f}s"
-            " (see `weir holds`, then `weir holds resolve`)" if a["stuck"] else "no stuck holds"
+            " (see `weir holds`, then `weir holds resolve`)"
+            if a["stuck"]
+            else "no stuck holds"
         )
     if a["negatives"]:
         lines.append("negative balances (overage charged above a hold; not a failure):")
@@ -92,14 +107,18 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p.add_argument("--before", type=int, metavar="ID", help="page on: rows older than this log id")
     p.add_argument("--key", metavar="ID", help="only this key's requests")
     p.add_argument("--model", metavar="GLOB", help="only requests for these models (the name the client sent)")
-    p.add_argument("--outcome", metavar="END_REASON",
-                   help="only rows that ended so: completed, upstream_error, client_disconnected, orphaned, ...")
+    p.add_argument(
+        "--outcome",
+        metavar="END_REASON",
+        help="only rows that ended so: completed, upstream_error, client_disconnected, orphaned, ...",
+    )
     p.add_argument("--since", metavar="ISO8601", help="only rows at or after this time")
     p.add_argument("--until", metavar="ISO8601", help="only rows before this time")
     p.add_argument("--totals", action="store_true", help="print only what every matching row adds up to")
     commands["logs"] = _logs
     audit = sub.add_parser(
-        "audit", parents=[common],
+        "audit",
+        parents=[common],
         help="check every balance against the ledger and look for orphaned and stuck holds (exit 1 if not clean)",
     )
     add_stuck_after(audit)

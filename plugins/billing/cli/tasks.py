@@ -32,15 +32,32 @@ STATES = ("open", "ended")
 def task_json(task: Task, money: Money, at: float) -> dict[str, Any]:
     """A task as wire JSON, with its money in quota units and USD."""
     return {
-        "id": task.id, "user": task.user, "key_id": task.key_id, "key_name": task.key_name, "api": task.api,
-        "model": task.model, "upstream": task.upstream, "upstream_model": task.upstream_model,
-        "upstream_id": task.upstream_id, "seconds": task.seconds, "group": task.group,
-        "state": task.state.value, "status": task.status, "progress": task.progress,
-        "held": task.amount, "held_usd": money.usd(task.amount),
-        "charge": task.charge, "charge_usd": None if task.charge is None else money.usd(task.charge),
-        "end_reason": task.end_reason or None, "note": task.note or None,
-        "created_at": iso(task.created_at), "age_s": round(at - task.created_at, 3), "ended_at": iso(task.ended_at),
-        "polls": task.polls, "misses": task.misses, "failures": task.failures,
+        "id": task.id,
+        "user": task.user,
+        "key_id": task.key_id,
+        "key_name": task.key_name,
+        "api": task.api,
+        "model": task.model,
+        "upstream": task.upstream,
+        "upstream_model": task.upstream_model,
+        "upstream_id": task.upstream_id,
+        "seconds": task.seconds,
+        "group": task.group,
+        "state": task.state.value,
+        "status": task.status,
+        "progress": task.progress,
+        "held": task.amount,
+        "held_usd": money.usd(task.amount),
+        "charge": task.charge,
+        "charge_usd": None if task.charge is None else money.usd(task.charge),
+        "end_reason": task.end_reason or None,
+        "note": task.note or None,
+        "created_at": iso(task.created_at),
+        "age_s": round(at - task.created_at, 3),
+        "ended_at": iso(task.ended_at),
+        "polls": task.polls,
+        "misses": task.misses,
+        "failures": task.failures,
         "next_poll_at": iso(task.next_poll_at) if task.open else None,
         "terms": json.loads(TaskTerms.from_json(task.terms).to_json()),
     }
@@ -59,16 +76,28 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     async def work(store: Store) -> list[Task]:
         if args.user is not None and await store.get_user(args.user) is None:
             raise CLIError(f"unknown user {args.user!r}")
-        found = await store.list_tasks(user=args.user, state=state, limit=args.limit if state or not args.status
-                                       else 10_000)
+        found = await store.list_tasks(
+            user=args.user, state=state, limit=args.limit if state or not args.status else 10_000
+        )
         return [t for t in found if _matches(t, args.status)][: args.limit]
 
     tasks = with_store(config, work)
     data = [task_json(t, money, at) for t in tasks]
     rows = [["TASK", "USER", "MODEL", "SECONDS", "STATUS", "END", "HELD", "CHARGE", "AGE"]] if data else []
-    rows += [[t.id, t.user, t.model, str(t.seconds), f"{t.status} {t.progress}%" if t.open else t.status,
-              t.end_reason or "-", str(t.amount), "-" if t.charge is None else str(t.charge), ago(at - t.created_at)]
-             for t in tasks]
+    rows += [
+        [
+            t.id,
+            t.user,
+            t.model,
+            str(t.seconds),
+            f"{t.status} {t.progress}%" if t.open else t.status,
+            t.end_reason or "-",
+            str(t.amount),
+            "-" if t.charge is None else str(t.charge),
+            ago(at - t.created_at),
+        ]
+        for t in tasks
+    ]
     emit(args, data, table(rows, "no tasks"))
     return 0
 
@@ -106,13 +135,21 @@ def _settle(args: argparse.Namespace, config: Config) -> int:
     note, money = _check_note(args.note), money_of(config)
     task, end = with_store(config, lambda store: _settle_one(store, args.task_id, args.capture, note))
     data = {
-        "id": task.id, "user": task.user, "settled_now": end.first, "already_ended": not end.first,
-        "end_reason": end.task.end_reason, "state": end.resolution.state.value, "charged": end.resolution.charged,
-        "charged_usd": money.usd(end.resolution.charged), "held": task.amount, "note": end.task.note or None,
+        "id": task.id,
+        "user": task.user,
+        "settled_now": end.first,
+        "already_ended": not end.first,
+        "end_reason": end.task.end_reason,
+        "state": end.resolution.state.value,
+        "charged": end.resolution.charged,
+        "charged_usd": money.usd(end.resolution.charged),
+        "held": task.amount,
+        "note": end.task.note or None,
     }
     if not end.first:
-        text = (f"task {task.id} had already ended ({end.task.end_reason}, charged {end.resolution.charged}):"
-                " nothing done")
+        text = (
+            f"task {task.id} had already ended ({end.task.end_reason}, charged {end.resolution.charged}): nothing done"
+        )
     elif args.capture:
         text = f"settled task {task.id} (user {task.user}) by hand: charged {end.resolution.charged}; note: {note}"
     else:
@@ -128,8 +165,11 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
     lister = actions.add_parser("list", parents=[common], help="tasks, newest first")
     lister.add_argument("--user", help="only this user's tasks")
-    lister.add_argument("--status", help="open, ended, or a status or end reason (queued, in_progress,"
-                                         " completed, failed, deleted, unknown, expired, ...)")
+    lister.add_argument(
+        "--status",
+        help="open, ended, or a status or end reason (queued, in_progress,"
+        " completed, failed, deleted, unknown, expired, ...)",
+    )
     lister.add_argument("--limit", type=int, default=50, help="tasks to show (default 50)")
     commands["tasks list"] = _list
     show = actions.add_parser("show", parents=[common], help="one task: its state, money, terms and polls")

@@ -35,8 +35,11 @@ def wallet_text(u: dict[str, Any]) -> str:
 
 def _add(args: argparse.Namespace, config: Config) -> int:
     quota = amount_from(args, money_of(config))
-    data = run(config, args, lambda acc: users.add_user(
-        acc, args.name, group=args.group, preference=args.preference, quota=quota))
+    data = run(
+        config,
+        args,
+        lambda acc: users.add_user(acc, args.name, group=args.group, preference=args.preference, quota=quota),
+    )
     emit(args, data, f"created user {args.name}\n" + wallet_text(data))
     return 0
 
@@ -56,14 +59,19 @@ def _adjust(args: argparse.Namespace, config: Config) -> int:
     quota = amount_from(args, money)
     assert quota is not None  # argparse requires --usd or --quota
     data = run(config, args, lambda acc: users.adjust(acc, args.name, quota, args.note))
-    emit(args, data, f"adjusted {args.name} by {quota} quota (${money.usd(quota)}): {data['note']}\n" + wallet_text(data))
+    emit(
+        args, data, f"adjusted {args.name} by {quota} quota (${money.usd(quota)}): {data['note']}\n" + wallet_text(data)
+    )
     return 0
 
 
 def _set(args: argparse.Namespace, config: Config) -> int:
     disabled = None if args.enabled is None else not args.enabled
-    data = run(config, args, lambda acc: users.set_user(
-        acc, args.name, group=args.group, preference=args.preference, disabled=disabled))
+    data = run(
+        config,
+        args,
+        lambda acc: users.set_user(acc, args.name, group=args.group, preference=args.preference, disabled=disabled),
+    )
     emit(args, data, f"changed user {args.name}\n" + wallet_text(data))
     return 0
 
@@ -79,8 +87,11 @@ def _ledger_line(e: dict[str, Any]) -> str:
 
 
 def _ledger(args: argparse.Namespace, config: Config) -> int:
-    data = run(config, args, lambda acc: users.ledger(
-        acc, args.user, limit=args.limit, before=args.before, everything=args.all))
+    data = run(
+        config,
+        args,
+        lambda acc: users.ledger(acc, args.user, limit=args.limit, before=args.before, everything=args.all),
+    )
     lines = [_ledger_line(e) for e in data["entries"]] or ["no ledger entries"]
     if data["next_before"] is not None:
         lines.insert(0, f"(older with --before {data['next_before']})")
@@ -101,8 +112,16 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 def _list(args: argparse.Namespace, config: Config) -> int:
     data = run(config, args, users.list_users)
     rows = [["NAME", "GROUP", "PREFERENCE", "BALANCE", "USD", "RESERVED", "USED", "REQUESTS"]] + [
-        [u["name"], u["group"], u["preference"], str(u["balance_quota"]), u["balance_usd"],
-         str(u["reserved_quota"]), str(u["used_quota"]), str(u["request_count"])]
+        [
+            u["name"],
+            u["group"],
+            u["preference"],
+            str(u["balance_quota"]),
+            u["balance_usd"],
+            str(u["reserved_quota"]),
+            str(u["used_quota"]),
+            str(u["request_count"]),
+        ]
         for u in data
     ]
     emit(args, data, table(rows if data else [], "no users"))
@@ -122,8 +141,12 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p = actions.add_parser("add", parents=[common], help="create a user, optionally with a starting balance")
     p.add_argument("name")
     p.add_argument("--group", default="default", help="price group (default: default)")
-    p.add_argument("--preference", choices=users.PREFERENCES, default=users.PREFERENCES[0],
-                   help="which funding source holds draw on first")
+    p.add_argument(
+        "--preference",
+        choices=users.PREFERENCES,
+        default=users.PREFERENCES[0],
+        help="which funding source holds draw on first",
+    )
     amount_options(p, required=False)
     commands["user add"] = _add
     p = actions.add_parser("topup", parents=[common], help="credit a wallet (to take quota away: adjust)")
@@ -141,9 +164,16 @@ def register(sub: Any, common: argparse.ArgumentParser, commands: dict[str, Any]
     p.add_argument("--group", help="price group")
     p.add_argument("--preference", choices=users.PREFERENCES, help="which funding source holds draw on first")
     state = p.add_mutually_exclusive_group()
-    state.add_argument("--disable", dest="enabled", action="store_false", default=None,
-                       help="refuse the user's keys (403 user_disabled)")
-    state.add_argument("--enable", dest="enabled", action="store_true", default=None, help="accept the user's keys again")
+    state.add_argument(
+        "--disable",
+        dest="enabled",
+        action="store_false",
+        default=None,
+        help="refuse the user's keys (403 user_disabled)",
+    )
+    state.add_argument(
+        "--enable", dest="enabled", action="store_true", default=None, help="accept the user's keys again"
+    )
     commands["user set"] = _set
     p = actions.add_parser("show", parents=[common], help="a user's balances, subscriptions and key count")
     p.add_argument("name")

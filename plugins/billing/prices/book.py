@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugins.billing.price_table import PriceTable
 from plugins.billing.prices import document as doc
 from plugins.billing.pricing import FallbackPrices, PricingConfig
-from plugins.billing.price_table import PriceTable
 from plugins.billing.store.base import PriceConflict, PriceStore, PriceVersion, StoreError
 from proxy.host import ConfigError
 
@@ -81,7 +81,11 @@ class PriceBook:
         self.current = Current(version.number, self.table_of(models), models, version)
         log.info(
             "prices: charging price version %d (%s, %s, %d models, %s)",
-            version.number, version.source, version.digest, len(models), self.current.label,
+            version.number,
+            version.source,
+            version.digest,
+            len(models),
+            self.current.label,
         )
         return self.current
 
@@ -99,8 +103,12 @@ class PriceBook:
             saved = await store.save_price_version(base, text, FROM_CONFIG, note)
             if isinstance(saved, PriceVersion):
                 if head is not None:
-                    log.warning("prices: proxy.yaml's models changed since they were last saved: "
-                                "saved as price version %d, replacing version %d", saved.number, base)
+                    log.warning(
+                        "prices: proxy.yaml's models changed since they were last saved: "
+                        "saved as price version %d, replacing version %d",
+                        saved.number,
+                        base,
+                    )
                 self._adopt_checked(saved)
                 return
             # Another instance saved meanwhile (a `--workers` start): look again.
@@ -121,8 +129,12 @@ class PriceBook:
             self.adopt(version)
         except ConfigError as exc:
             self._refused = version.number
-            log.error("prices: price version %d cannot be used (%s); still charging %s",
-                      version.number, exc, self.current.label)
+            log.error(
+                "prices: price version %d cannot be used (%s); still charging %s",
+                version.number,
+                exc,
+                self.current.label,
+            )
 
     async def refresh(self, store: PriceStore) -> bool:
         """Adopt the store's head if it moved; True when the prices changed."""
@@ -159,8 +171,9 @@ class PriceBook:
         if isinstance(saved, PriceConflict):
             log.info("prices: save based on version %d refused: version %d is newer", base, saved.head)
             return saved
-        log.info("prices: %s saved price version %d (based on %d)%s", source, saved.number, base,
-                 f": {note}" if note else "")
+        log.info(
+            "prices: %s saved price version %d (based on %d)%s", source, saved.number, base, f": {note}" if note else ""
+        )
         if saved.number > self.current.number:
             self._adopt_checked(saved)
         return saved

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from plugins.billing.price_data import LiteLLMPrices
-from plugins.billing.pricing import ModelPrice
 from plugins.billing.price_table import PriceTable
+from plugins.billing.pricing import ModelPrice
 from proxy.host import Config
 
 __all__ = ["Listed", "Source", "capabilities", "served_models"]
@@ -34,14 +34,25 @@ __all__ = ["Listed", "Source", "capabilities", "served_models"]
 Source = Literal["configured", "reference", "unpriced"]
 _GLOB = re.compile(r"[*?\[]")
 _MODES = {
-    "chat": "chat", "completion": "chat", "responses": "chat", "embedding": "embedding",
-    "image_generation": "image", "image_edit": "image", "audio_transcription": "audio",
-    "audio_speech": "audio", "moderation": "moderation", "rerank": "rerank", "video_generation": "video",
+    "chat": "chat",
+    "completion": "chat",
+    "responses": "chat",
+    "embedding": "embedding",
+    "image_generation": "image",
+    "image_edit": "image",
+    "audio_transcription": "audio",
+    "audio_speech": "audio",
+    "moderation": "moderation",
+    "rerank": "rerank",
+    "video_generation": "video",
 }
 _FLAGS = (
-    ("supports_vision", "vision"), ("supports_function_calling", "tools"),
-    ("supports_reasoning", "reasoning"), ("supports_prompt_caching", "caching"),
-    ("supports_audio_input", "audio-in"), ("supports_audio_output", "audio-out"),
+    ("supports_vision", "vision"),
+    ("supports_function_calling", "tools"),
+    ("supports_reasoning", "reasoning"),
+    ("supports_prompt_caching", "caching"),
+    ("supports_audio_input", "audio-in"),
+    ("supports_audio_output", "audio-out"),
 )
 
 
@@ -98,12 +109,16 @@ def _served(config: Config, priced: Iterable[str]) -> dict[str, set[str]]:
 
 def serving(config: Config, name: str) -> tuple[str, ...]:
     """The upstreams whose model list accepts `name` (a pattern is compared as text)."""
-    return tuple(up.name for up in config.upstreams
-                 if name in up.model_map or any(fnmatch.fnmatchcase(name, g) for g in up.models))
+    return tuple(
+        up.name
+        for up in config.upstreams
+        if name in up.model_map or any(fnmatch.fnmatchcase(name, g) for g in up.models)
+    )
 
 
-def served_models(config: Config, table: PriceTable, configured: Mapping[str, ModelPrice],
-                  reference: LiteLLMPrices) -> list[Listed]:
+def served_models(
+    config: Config, table: PriceTable, configured: Mapping[str, ModelPrice], reference: LiteLLMPrices
+) -> list[Listed]:
     """Every served model of `config`'s upstreams, by name, priced by `table` (see module doc)."""
     kinds = {up.name: up.type for up in config.upstreams}
     listed = []
@@ -114,8 +129,14 @@ def served_models(config: Config, table: PriceTable, configured: Mapping[str, Mo
     return listed
 
 
-def _listed(name: str, upstreams: tuple[str, ...], providers: tuple[str, ...], table: PriceTable,
-            configured: Mapping[str, ModelPrice], reference: LiteLLMPrices) -> Listed:
+def _listed(
+    name: str,
+    upstreams: tuple[str, ...],
+    providers: tuple[str, ...],
+    table: PriceTable,
+    configured: Mapping[str, ModelPrice],
+    reference: LiteLLMPrices,
+) -> Listed:
     pattern = is_pattern(name)
     ref = None if pattern else reference.lookup(name)
     caps = () if pattern else capabilities(reference.entry(name))
@@ -128,8 +149,18 @@ def _listed(name: str, upstreams: tuple[str, ...], providers: tuple[str, ...], t
         source = "reference" if matched.startswith("litellm:") else "configured"
     elif pattern and table.config.fallback == "litellm":
         source = "reference"
-    return Listed(name, pattern, upstreams, providers, source, price, matched,
-                  ref[0] if ref else None, ref[1] if ref else "", caps)
+    return Listed(
+        name,
+        pattern,
+        upstreams,
+        providers,
+        source,
+        price,
+        matched,
+        ref[0] if ref else None,
+        ref[1] if ref else "",
+        caps,
+    )
 
 
 def sort_key(field: str) -> Any:
@@ -150,12 +181,14 @@ def sort_key(field: str) -> Any:
     return by_price
 
 
-def filtered(items: Sequence[Listed], *, q: str = "", provider: str = "", capability: str = "",
-             source: str = "") -> list[Listed]:
+def filtered(
+    items: Sequence[Listed], *, q: str = "", provider: str = "", capability: str = "", source: str = ""
+) -> list[Listed]:
     """The items matching every given filter (`q`: a case-insensitive substring of the name)."""
     needle = q.strip().lower()
     return [
-        i for i in items
+        i
+        for i in items
         if (not needle or needle in i.model.lower())
         and (not provider or provider in i.providers)
         and (not capability or capability in i.capabilities)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.prices import document as doc
 from plugins.billing.prices.catalog import Listed, is_pattern
-from plugins.billing.price_data import LiteLLMPrices
 from plugins.billing.pricing import ModelPrice
 
 __all__ = ["Conflict", "find_conflicts"]
@@ -49,14 +49,25 @@ class Conflict:
         return {"kind": self.kind, "model": self.model, "message": self.message, "blocking": self.blocking}
 
 
-def find_conflicts(models: Mapping[str, Mapping[str, Any]], served: Sequence[Listed],
-                   reference: LiteLLMPrices, fallback: bool) -> list[Conflict]:
+def find_conflicts(
+    models: Mapping[str, Mapping[str, Any]], served: Sequence[Listed], reference: LiteLLMPrices, fallback: bool
+) -> list[Conflict]:
     """Every conflict in `models` (a models block, not yet validated) given what the
     upstreams serve (`served`, from the current catalog) and the reference prices."""
-    found = [Conflict("both_modes", name, f"{name} has both per-request and token prices "
-                      f"({', '.join(sorted(set(spec) - {'per_request'}))}); choose one", blocking=True)
-             for name, spec in models.items() if isinstance(spec, Mapping) and "per_request" in spec
-             and "per_second" not in spec and set(spec) - {"per_request"}]  # a task model may have both
+    found = [
+        Conflict(
+            "both_modes",
+            name,
+            f"{name} has both per-request and token prices "
+            f"({', '.join(sorted(set(spec) - {'per_request'}))}); choose one",
+            blocking=True,
+        )
+        for name, spec in models.items()
+        if isinstance(spec, Mapping)
+        and "per_request" in spec
+        and "per_second" not in spec
+        and set(spec) - {"per_request"}
+    ]  # a task model may have both
     clean = {n: s for n, s in models.items() if n not in {c.model for c in found}}
     try:
         prices = doc.parse(doc.normalise(clean))
@@ -76,16 +87,24 @@ def _shadows(prices: Mapping[str, ModelPrice], served: Sequence[Listed], referen
     for glob in sorted(n for n in prices if is_pattern(n)):
         covered = [n for n in exact if fnmatch.fnmatchcase(n, glob)]
         if covered:
-            out.append(Conflict("glob_shadows_exact", glob, f"{glob} also matches {_names(covered)}, priced on "
-                                "their own: the exact price wins there"))
+            out.append(
+                Conflict(
+                    "glob_shadows_exact",
+                    glob,
+                    f"{glob} also matches {_names(covered)}, priced on their own: the exact price wins there",
+                )
+            )
         replaced = [n for n in served_exact if fnmatch.fnmatchcase(n, glob) and reference.lookup(n) is not None]
         if replaced:
-            out.append(Conflict("glob_shadows_exact", glob, f"{glob} replaces the reference price of {_names(replaced)}"))
+            out.append(
+                Conflict("glob_shadows_exact", glob, f"{glob} replaces the reference price of {_names(replaced)}")
+            )
     return out
 
 
-def _unpriced(prices: Mapping[str, ModelPrice], served: Sequence[Listed], fallback: bool,
-              named: set[str]) -> list[Conflict]:
+def _unpriced(
+    prices: Mapping[str, ModelPrice], served: Sequence[Listed], fallback: bool, named: set[str]
+) -> list[Conflict]:
     out = []
     for item in served:
         if item.model in named or any(fnmatch.fnmatchcase(item.model, g) for g in prices if is_pattern(g)):
@@ -96,16 +115,25 @@ def _unpriced(prices: Mapping[str, ModelPrice], served: Sequence[Listed], fallba
         if item.pattern and any(fnmatch.fnmatchcase(name, item.model) for name in prices):
             continue
         what = "names matching this pattern" if item.pattern else "it"
-        out.append(Conflict("unpriced", item.model, f"{item.model} is served by {', '.join(item.upstreams)} "
-                            f"but has no price: requests for {what} are refused (model_not_priced)"))
+        out.append(
+            Conflict(
+                "unpriced",
+                item.model,
+                f"{item.model} is served by {', '.join(item.upstreams)} "
+                f"but has no price: requests for {what} are refused (model_not_priced)",
+            )
+        )
     return out
 
 
 def _zeros(prices: Mapping[str, ModelPrice]) -> list[Conflict]:
     out = []
     for name, price in sorted(prices.items()):
-        zero = [f for f in _COMPARED if getattr(price, f) is not None and getattr(price, f) == 0
-                and (f == "per_request") == price.is_per_request]
+        zero = [
+            f
+            for f in _COMPARED
+            if getattr(price, f) is not None and getattr(price, f) == 0 and (f == "per_request") == price.is_per_request
+        ]
         if zero:
             out.append(Conflict("zero_price", name, f"{name} costs nothing ({', '.join(zero)} is 0)"))
     return out
@@ -122,8 +150,13 @@ def _far(prices: Mapping[str, ModelPrice], reference: LiteLLMPrices) -> list[Con
             if not mine or not theirs or (f == "per_request") != price.is_per_request:
                 continue
             if mine > theirs * FACTOR or mine * FACTOR < theirs:
-                out.append(Conflict("far_from_reference", name, f"{name} {f} is {mine}, more than 10× from the "
-                                    f"reference {theirs} (LiteLLM {ref[1]})"))
+                out.append(
+                    Conflict(
+                        "far_from_reference",
+                        name,
+                        f"{name} {f} is {mine}, more than 10× from the reference {theirs} (LiteLLM {ref[1]})",
+                    )
+                )
     return out
 
 

@@ -48,7 +48,9 @@ def plain(value: Any, path: str) -> str:
         return "0"
     # Bounded so that a price's text stays short (no "1e-999999" expanded to a megabyte).
     if len(d.as_tuple().digits) > _MAX_DIGITS or not _MIN_EXP <= d.adjusted() <= _MAX_EXP:
-        raise ConfigError(path, f"{value!r} is out of range (at most {_MAX_DIGITS} digits, from 1e{_MIN_EXP} to 1e{_MAX_EXP})")
+        raise ConfigError(
+            path, f"{value!r} is out of range (at most {_MAX_DIGITS} digits, from 1e{_MIN_EXP} to 1e{_MAX_EXP})"
+        )
     # normalize() rounds to the context's precision (28 digits by default): widen it first.
     with localcontext(_WIDE):
         return format(d.normalize(), "f")

@@ -23,7 +23,14 @@ __all__ = ["Draft", "TOKEN_FIELDS", "adopt", "edit", "load", "split"]
 #: model → field → the text typed (not yet validated).
 Draft = dict[str, dict[str, str]]
 TOKEN_FIELDS = (
-    "input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "image_input",
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "audio_output",
+    "image_input",
 )
 #: The biggest draft the editor accepts (models).
 MAX_MODELS = 5000
@@ -46,7 +53,7 @@ def load(raw: str | Mapping[str, Any]) -> Draft:
     out: Draft = {}
     for name, spec in data.items():
         if not isinstance(spec, Mapping):
-            raise ValueError(f"{name}: expected an object of prices, e.g. {{\"input\": \"0.15\", \"output\": \"0.6\"}}")
+            raise ValueError(f'{name}: expected an object of prices, e.g. {{"input": "0.15", "output": "0.6"}}')
         if any(isinstance(v, (Mapping, list)) for v in spec.values()):
             raise ValueError(f"{name}: every price must be a number")
         out[str(name)] = {str(k): _text(v) for k, v in spec.items()}

@@ -32,8 +32,9 @@ _COMPARED = ("input", "output", "per_request")
 class PriceDesk:
     """The price views and edits of one instance (see module doc)."""
 
-    def __init__(self, book: PriceBook, store: Store, config: Config, reference: LiteLLMPrices,
-                 health: ChannelHealth) -> None:
+    def __init__(
+        self, book: PriceBook, store: Store, config: Config, reference: LiteLLMPrices, health: ChannelHealth
+    ) -> None:
         self.book = book
         self._store = store
         self.config = config
@@ -75,8 +76,7 @@ class PriceDesk:
             pending = doc.normalise(models)
             self.book.table_of(pending)
         except ConfigError as exc:
-            return {"base_version": self.book.current.number, "changes": [], "conflicts": conflicts,
-                    "error": str(exc)}
+            return {"base_version": self.book.current.number, "changes": [], "conflicts": conflicts, "error": str(exc)}
         changes = [c.as_dict() | {"text": c.describe()} for c in doc.diff(self.book.current.models, pending)]
         return {"base_version": self.book.current.number, "changes": changes, "conflicts": conflicts, "error": None}
 
@@ -91,8 +91,14 @@ class PriceDesk:
     @staticmethod
     def version_dict(v: PriceVersion, *, with_models: bool) -> dict[str, Any]:
         """A version as wire JSON."""
-        body: dict[str, Any] = {"version": v.number, "base_version": v.base, "created_at": v.created_at,
-                                "source": v.source, "note": v.note, "digest": v.digest}
+        body: dict[str, Any] = {
+            "version": v.number,
+            "base_version": v.base,
+            "created_at": v.created_at,
+            "source": v.source,
+            "note": v.note,
+            "digest": v.digest,
+        }
         if with_models:
             body["models"] = doc.loads(v.document)
         return body
@@ -102,7 +108,9 @@ class PriceDesk:
         served or configured model (configured, reference and the difference), conflicts."""
         cur = self.book.current
         return {
-            "version": cur.number, "price_version": cur.label, "models": cur.models,
+            "version": cur.number,
+            "price_version": cur.label,
+            "models": cur.models,
             "conflicts": [c.as_dict() for c in self.conflicts_of(cur.models)],
             "unpriced": [i.model for i in self.catalog() if i.source == "unpriced"],
             "rows": self.rows_for(cur.models),
@@ -111,8 +119,12 @@ class PriceDesk:
 
     def reference_info(self) -> dict[str, Any]:
         """The reference snapshot, as the pages label it."""
-        return {"label": REFERENCE_LABEL, "snapshot": SNAPSHOT, "date": SNAPSHOT_DATE,
-                "fallback": self.book.config.fallback == "litellm"}
+        return {
+            "label": REFERENCE_LABEL,
+            "snapshot": SNAPSHOT,
+            "date": SNAPSHOT_DATE,
+            "fallback": self.book.config.fallback == "litellm",
+        }
 
     def rows_for(self, draft: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
         """A row per served or drafted model, priced as `draft` would price it. A drafted
@@ -123,25 +135,60 @@ class PriceDesk:
         rows = []
         for i in items:
             source = "invalid" if i.model in bad else i.source
-            rows.append(self._row(i.model, draft.get(i.model), i.price, i.reference, i.reference_key, source,
-                                  i.upstreams, i.pattern, bad.get(i.model, "")))
+            rows.append(
+                self._row(
+                    i.model,
+                    draft.get(i.model),
+                    i.price,
+                    i.reference,
+                    i.reference_key,
+                    source,
+                    i.upstreams,
+                    i.pattern,
+                    bad.get(i.model, ""),
+                )
+            )
         listed = {i.model for i in items}
         for name in (m for m in draft if m not in listed):  # drafted, but no upstream serves it
             ref = None if is_pattern(name) else self.reference.lookup(name)
-            rows.append(self._row(name, draft[name], table_models.get(name), ref[0] if ref else None,
-                                  ref[1] if ref else "", "invalid" if name in bad else "configured",
-                                  serving(self.config, name),
-                                  is_pattern(name), bad.get(name, "")))
+            rows.append(
+                self._row(
+                    name,
+                    draft[name],
+                    table_models.get(name),
+                    ref[0] if ref else None,
+                    ref[1] if ref else "",
+                    "invalid" if name in bad else "configured",
+                    serving(self.config, name),
+                    is_pattern(name),
+                    bad.get(name, ""),
+                )
+            )
         rows.sort(key=lambda r: r["model"])
         return rows
 
     @staticmethod
-    def _row(model: str, written: Mapping[str, str] | None, charged: ModelPrice | None, ref: ModelPrice | None,
-             ref_key: str, source: str, upstreams: Sequence[str], pattern: bool, error: str = "") -> dict[str, Any]:
+    def _row(
+        model: str,
+        written: Mapping[str, str] | None,
+        charged: ModelPrice | None,
+        ref: ModelPrice | None,
+        ref_key: str,
+        source: str,
+        upstreams: Sequence[str],
+        pattern: bool,
+        error: str = "",
+    ) -> dict[str, Any]:
         return {
-            "model": model, "pattern": pattern, "source": source, "upstreams": list(upstreams), "error": error,
+            "model": model,
+            "pattern": pattern,
+            "source": source,
+            "upstreams": list(upstreams),
+            "error": error,
             "configured": dict(written) if written is not None else None,
-            "charged": price_fields(charged), "reference": price_fields(ref), "reference_key": ref_key,
+            "charged": price_fields(charged),
+            "reference": price_fields(ref),
+            "reference_key": ref_key,
             "difference": _difference(written, ref),
         }
 

@@ -13,17 +13,24 @@ from decimal import Context, Decimal, localcontext
 from typing import Any
 
 from plugins.billing.price_data import SNAPSHOT, SNAPSHOT_DATE
+from plugins.billing.price_table import PriceTable
 from plugins.billing.prices.catalog import Listed, filtered, sort_key
 from plugins.billing.prices.health import ChannelHealth
 from plugins.billing.pricing import ModelPrice
-from plugins.billing.price_table import PriceTable
 
 __all__ = ["PricingQuery", "REFERENCE_LABEL", "SORTS", "groups_of", "price_fields", "pricing_document"]
 
 #: What the page says beside a price taken from the LiteLLM snapshot.
 REFERENCE_LABEL = "LiteLLM reference price"
 TOKEN_FIELDS = (
-    "input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output", "image_input",
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "audio_output",
+    "image_input",
 )
 SORTS = ("model", "source", "input", "output", "cache_read", "per_request")
 _WIDE = Context(prec=80)
@@ -94,38 +101,68 @@ class PricingQuery:
 
 
 def _model(item: Listed, groups: Mapping[str, Decimal]) -> dict[str, Any]:
-    unit = None if item.price is None else (
-        "per_task" if item.price.is_task else "per_request" if item.price.is_per_request else "per_1m_tokens")
+    unit = (
+        None
+        if item.price is None
+        else ("per_task" if item.price.is_task else "per_request" if item.price.is_per_request else "per_1m_tokens")
+    )
     return {
-        "model": item.model, "pattern": item.pattern, "source": item.source, "unit": unit,
+        "model": item.model,
+        "pattern": item.pattern,
+        "source": item.source,
+        "unit": unit,
         "price": price_fields(item.price),
         "groups": {g: price_fields(item.price, m) for g, m in groups.items()},
-        "matched": item.matched, "upstreams": list(item.upstreams), "providers": list(item.providers),
+        "matched": item.matched,
+        "upstreams": list(item.upstreams),
+        "providers": list(item.providers),
         "capabilities": list(item.capabilities),
     }
 
 
-def pricing_document(items: Sequence[Listed], table: PriceTable, label: str, number: int,
-                     query: PricingQuery, upstreams: Sequence[tuple[str, str]], health: ChannelHealth) -> dict[str, Any]:
+def pricing_document(
+    items: Sequence[Listed],
+    table: PriceTable,
+    label: str,
+    number: int,
+    query: PricingQuery,
+    upstreams: Sequence[tuple[str, str]],
+    health: ChannelHealth,
+) -> dict[str, Any]:
     """The `GET /api/pricing` body: the models (filtered and sorted by `query`), the groups,
     the reference snapshot, and the available channels (upstream → models → groups)."""
     groups = groups_of(table)
     shown = {query.group: groups[query.group]} if query.group in groups else groups
     chosen = query.apply(items)
     channels = [
-        {"upstream": name, "type": kind, "health": health.status(name),
-         "models": [{"model": i.model, "pattern": i.pattern, "source": i.source, "groups": list(shown)}
-                    for i in chosen if name in i.upstreams]}
+        {
+            "upstream": name,
+            "type": kind,
+            "health": health.status(name),
+            "models": [
+                {"model": i.model, "pattern": i.pattern, "source": i.source, "groups": list(shown)}
+                for i in chosen
+                if name in i.upstreams
+            ],
+        }
         for name, kind in upstreams
     ]
     return {
-        "version": number, "price_version": label, "quota_per_usd": table.config.quota_per_usd,
-        "reference": {"label": REFERENCE_LABEL, "snapshot": SNAPSHOT, "date": SNAPSHOT_DATE,
-                      "fallback": table.config.fallback == "litellm"},
+        "version": number,
+        "price_version": label,
+        "quota_per_usd": table.config.quota_per_usd,
+        "reference": {
+            "label": REFERENCE_LABEL,
+            "snapshot": SNAPSHOT,
+            "date": SNAPSHOT_DATE,
+            "fallback": table.config.fallback == "litellm",
+        },
         "groups": {g: plain(m) for g, m in shown.items()},
-        "filters": {"providers": sorted({p for i in items for p in i.providers}),
-                    "capabilities": sorted({c for i in items for c in i.capabilities}),
-                    "groups": list(groups)},
+        "filters": {
+            "providers": sorted({p for i in items for p in i.providers}),
+            "capabilities": sorted({c for i in items for c in i.capabilities}),
+            "groups": list(groups),
+        },
         "models": [_model(i, shown) for i in chosen],
         "channels": channels,
     }

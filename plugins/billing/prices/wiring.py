@@ -16,9 +16,9 @@ from plugins.billing.prices.book import PriceBook
 from plugins.billing.prices.health import ChannelHealth
 from plugins.billing.prices.service import PriceDesk
 from plugins.billing.store.base import Store, StoreError
+from plugins.billing.web.prices_editor import prices_editor_routes
 from plugins.billing.web.pricing_api import pricing_api_routes
 from plugins.billing.web.pricing_page import pricing_page_routes
-from plugins.billing.web.prices_editor import prices_editor_routes
 from proxy.host import host_of
 from proxy.web import api_error, shell_of
 
@@ -49,8 +49,9 @@ class Pricing:
         except StoreError as exc:
             log.error("billing: cannot read the price versions (charging proxy.yaml's prices): %s", exc)
         self._desk = PriceDesk(self.book, store, host.config, self.reference, self.health)
-        return host.tasks.spawn_service(self.book.poll_forever(store, self.config.price_poll_every),
-                                        name="billing-price-versions")
+        return host.tasks.spawn_service(
+            self.book.poll_forever(store, self.config.price_poll_every), name="billing-price-versions"
+        )
 
     def _add_pages(self, app: web.Application) -> None:
         try:
@@ -60,7 +61,9 @@ class Pricing:
         shell.add_templates("pricing", TEMPLATES)
         if self.config.pricing_page:
             shell.add_link("Prices", "/pricing", "What each model costs, per group, with the available channels.")
-        shell.add_admin_section("Prices", "/admin/prices", "Edit prices, compare them with reference prices, roll back.")
+        shell.add_admin_section(
+            "Prices", "/admin/prices", "Edit prices, compare them with reference prices, roll back."
+        )
 
     def desk(self) -> PriceDesk:
         """The desk (a 503 JSON error before startup finished)."""
@@ -70,6 +73,8 @@ class Pricing:
 
     def routes(self) -> list[web.RouteDef]:
         """`/pricing`, `/api/pricing`, `/admin/prices` and `/api/admin/prices...`."""
-        return [*pricing_api_routes(self.desk, self.config.pricing_page),
-                *pricing_page_routes(self.desk, self.config.pricing_page),
-                *prices_editor_routes(self.desk, self.config.price_poll_every)]
+        return [
+            *pricing_api_routes(self.desk, self.config.pricing_page),
+            *pricing_page_routes(self.desk, self.config.pricing_page),
+            *prices_editor_routes(self.desk, self.config.price_poll_every),
+        ]

@@ -32,29 +32,29 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from plugins.billing.store.prices import PriceConflict, PriceStore, PriceVersion
-from plugins.billing.store.tasks import TaskStore
 from plugins.billing.store.records import (
-    StoreError,
-    StoreUnavailable,
-    Preference,
-    FundingSource,
-    HoldState,
-    Refusal,
-    User,
     ApiKey,
-    Plan,
-    Subscription,
+    AuditReport,
+    FundingSource,
     Hold,
     HoldRefusal,
-    LogDetails,
-    LogRow,
-    Resolution,
-    AuditReport,
+    HoldState,
     KeyChanges,
     LedgerEntry,
     LedgerPage,
+    LogDetails,
+    LogRow,
     LogTotals,
+    Plan,
+    Preference,
+    Refusal,
+    Resolution,
+    StoreError,
+    StoreUnavailable,
+    Subscription,
+    User,
 )
+from plugins.billing.store.tasks import TaskStore
 
 __all__ = [
     "StoreError",
@@ -121,7 +121,11 @@ class Store(PriceStore, TaskStore, Protocol):
         that records `note` and who made it (`actor`)."""
 
     async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None,
+        self,
+        name: str,
+        *,
+        group: str | None = None,
+        preference: Preference | None = None,
         disabled: bool | None = None,
     ) -> User:
         """Change a user's group, billing preference or disabled flag (None keeps it)."""

@@ -38,6 +38,5 @@ def plan_in_use(name: str, users: Sequence[str]) -> str:
 def unlimited_refused(key_id: str, reserved: int) -> str:
     """Why a key cannot drop its quota now."""
     return (
-        f"key {key_id} has {reserved} of its quota held by requests in flight: make it unlimited"
-        " once they have ended"
+        f"key {key_id} has {reserved} of its quota held by requests in flight: make it unlimited once they have ended"
     )

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from proxy.host import Config
 from plugins.billing.store.base import Store
+from proxy.host import Config
 
 
 def sqlite_path(config: Config) -> str:
@@ -27,4 +27,6 @@ def make_store(config: Config, clock: Callable[[], float] = time.time) -> Store:
         return RedisStore(cfg.url, prefix=cfg.prefix, clock=clock, cluster=cfg.cluster)
     from plugins.billing.store.sqlite.store import SQLiteStore
 
-    return SQLiteStore(sqlite_path(config), clock=clock, synchronous=cfg.synchronous, busy_timeout_ms=cfg.busy_timeout_ms)
+    return SQLiteStore(
+        sqlite_path(config), clock=clock, synchronous=cfg.synchronous, busy_timeout_ms=cfg.busy_timeout_ms
+    )

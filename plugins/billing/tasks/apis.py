@@ -47,8 +47,11 @@ def pointer_set(doc: Any, pointer: str, value: Any) -> bool:
     tokens = _tokens(pointer) if pointer else []
     if not tokens:
         return False
-    parent = pointer_get(doc, "/" + "/".join(t.replace("~", "~0").replace("/", "~1") for t in tokens[:-1])) \
-        if len(tokens) > 1 else doc
+    parent = (
+        pointer_get(doc, "/" + "/".join(t.replace("~", "~0").replace("/", "~1") for t in tokens[:-1]))
+        if len(tokens) > 1
+        else doc
+    )
     last = tokens[-1]
     if isinstance(parent, dict) and last in parent:
         parent[last] = value
@@ -122,8 +125,18 @@ class TaskApi:
     def declared(cls, c: TaskApiConfig) -> TaskApi:
         """The billing view of a `task_apis:` entry."""
         return cls(
-            c.name, "task_", c.fetch, c.task_id, c.fetch_id, c.status, c.progress, c.failure, c.usage,
-            dict(c.statuses), c.seconds_field, c.n_field,
+            c.name,
+            "task_",
+            c.fetch,
+            c.task_id,
+            c.fetch_id,
+            c.status,
+            c.progress,
+            c.failure,
+            c.usage,
+            dict(c.statuses),
+            c.seconds_field,
+            c.n_field,
         )
 
     def fetch_path(self, task_id: str) -> str:
@@ -139,19 +152,32 @@ class TaskApi:
         if isinstance(failure, dict):
             failure = failure.get("message") or failure.get("code")
         return Observation(
-            state, status, _progress(pointer_get(doc, self.progress)),
-            str(failure) if failure else "", _usage(pointer_get(doc, self.usage)),
+            state,
+            status,
+            _progress(pointer_get(doc, self.progress)),
+            str(failure) if failure else "",
+            _usage(pointer_get(doc, self.usage)),
         )
 
 
 VIDEOS = TaskApi(
-    "videos", "video_", "/v1/videos/{id}", "/id", "/id", "/status", "/progress", "/error", "/usage",
-    seconds_field="seconds", default_seconds=4,
+    "videos",
+    "video_",
+    "/v1/videos/{id}",
+    "/id",
+    "/id",
+    "/status",
+    "/progress",
+    "/error",
+    "/usage",
+    seconds_field="seconds",
+    default_seconds=4,
 )
 """OpenAI's videos API: `seconds` defaults to 4, as OpenAI's does."""
 
 _VIDEO_PATHS = {
-    Endpoint.VIDEO: "/v1/videos/{id}", Endpoint.VIDEO_DELETE: "/v1/videos/{id}",
+    Endpoint.VIDEO: "/v1/videos/{id}",
+    Endpoint.VIDEO_DELETE: "/v1/videos/{id}",
     Endpoint.VIDEO_CONTENT: "/v1/videos/{id}/content",
 }
 

@@ -54,8 +54,21 @@ def task_details(
     release), `why` (in `error`), the task's seconds and its age as the latency."""
     multiplier = str(TaskTerms.from_json(task.terms).multiplier)
     return LogDetails(
-        reason, source, task.model, task.upstream_model, task.upstream, task.key_name, task.group, multiplier,
-        False, *(usage or Usage()), int((now - task.created_at) * 1000), None, http, why[:500], task.seconds,
+        reason,
+        source,
+        task.model,
+        task.upstream_model,
+        task.upstream,
+        task.key_name,
+        task.group,
+        multiplier,
+        False,
+        *(usage or Usage()),
+        int((now - task.created_at) * 1000),
+        None,
+        http,
+        why[:500],
+        task.seconds,
     )
 
 
@@ -72,8 +85,17 @@ class TaskEngine:
         self.clock = clock
 
     async def end(
-        self, task: Task, reason: str, charge: int | None, why: str, *, status: str = "", usage: Usage | None = None,
-        source: str | None = None, http: int = 0, note: str = "",
+        self,
+        task: Task,
+        reason: str,
+        charge: int | None,
+        why: str,
+        *,
+        status: str = "",
+        usage: Usage | None = None,
+        source: str | None = None,
+        http: int = 0,
+        note: str = "",
     ) -> TaskEnd | None:
         """End `task` once: capture `charge` (release when None), logged with `reason` and
         `why`. None when the store could not be written (the task stays open: a later poll
@@ -99,8 +121,9 @@ class TaskEngine:
             if recomputed is None:
                 return await self.end(task, "completed", task.amount, "", status="completed", http=200)
             why = f"recomputed from the reported usage (held {task.amount})"
-            return await self.end(task, "completed", recomputed, why, status="completed", usage=seen.usage,
-                                  source="upstream", http=200)
+            return await self.end(
+                task, "completed", recomputed, why, status="completed", usage=seen.usage, source="upstream", http=200
+            )
         if seen.state == "failed":
             why = f"upstream: {seen.failure or seen.status or 'failed'}"
             return await self.end(task, "failed", None, why, status="failed", http=200)

@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 
 from plugins.billing.auth import store_down
-from plugins.billing.prices.book import Current
 from plugins.billing.outbox import Settler
+from plugins.billing.prices.book import Current
 from plugins.billing.store.base import ApiKey, HoldRefusal, LogDetails, StoreUnavailable, User
 from plugins.billing.store.tasks import Task
 from plugins.billing.sweeper import InflightSweeper
@@ -119,29 +119,57 @@ class TaskRequests:
             raise Reject(400, "model_not_priced", f"model {model!r} has no price; ask the operator to add one")
         price = found[0]
         if not (price.is_task or price.is_per_request):
-            raise Reject(400, "model_not_priced",
-                         f"model {model!r} is priced per token; an async task needs per_request or per_second")
+            raise Reject(
+                400,
+                "model_not_priced",
+                f"model {model!r} is priced per token; an async task needs per_request or per_second",
+            )
         fields = submit_fields(ctx)
         seconds = _count(fields, api.seconds_field, api.default_seconds, _MAX_SECONDS)
         n = _count(fields, api.n_field, 1, _MAX_N)
         size = str(fields.get("size") or ("720x1280" if api is VIDEOS else ""))
         multiplier = table.multiplier(user.group, key.group)
         cfg = self.engine.config
-        terms = TaskTerms.of(model, price, seconds, n, size, cfg.size_factor(model, size), multiplier,
-                             table.config.quota_per_usd, prices.label)
+        terms = TaskTerms.of(
+            model,
+            price,
+            seconds,
+            n,
+            size,
+            cfg.size_factor(model, size),
+            multiplier,
+            table.config.quota_per_usd,
+            prices.label,
+        )
         amount, task_id, now = terms.held(), api.prefix + secrets.token_hex(12), self.clock()
         self.sweeper.track(task_id)
         try:
-            held = await self.engine.store.hold(task_id, user.name, key.id, amount, None, prices.label, self.hold_ttl,
-                                                self.instance, model)
+            held = await self.engine.store.hold(
+                task_id, user.name, key.id, amount, None, prices.label, self.hold_ttl, self.instance, model
+            )
         except StoreUnavailable:
             self._give_back_later(task_id, LogDetails("store_unavailable", "none", model))
             raise store_down() from None
         if isinstance(held, HoldRefusal):
             self.sweeper.done(task_id)
             raise self.refusal(held, amount)
-        task = Task(task_id, user.name, key.id, api.name, model, "", "", "", amount, seconds, terms.to_json(),
-                    key.name, key.group or user.group, now, next_poll_at=now + cfg.poll_every)
+        task = Task(
+            task_id,
+            user.name,
+            key.id,
+            api.name,
+            model,
+            "",
+            "",
+            "",
+            amount,
+            seconds,
+            terms.to_json(),
+            key.name,
+            key.group or user.group,
+            now,
+            next_poll_at=now + cfg.poll_every,
+        )
         ctx.state[SUBMIT] = Submit(api, task)
 
     async def _read(self, ctx: RequestContext, user: User) -> None:
@@ -194,8 +222,12 @@ class TaskRequests:
         now, up = self.clock(), ctx.upstream
         seen = st.api.observe(doc).state if st.api.status else None
         task = replace(
-            st.task, upstream=up.name if up else "", upstream_model=(up.model or "") if up else "",
-            upstream_id=str(upstream_id), status=seen or "queued", next_poll_at=now + self.engine.config.poll_every,
+            st.task,
+            upstream=up.name if up else "",
+            upstream_model=(up.model or "") if up else "",
+            upstream_id=str(upstream_id),
+            status=seen or "queued",
+            next_poll_at=now + self.engine.config.poll_every,
         )
         if not await self.engine.store.open_task(task):
             raise RuntimeError(f"task {task.id}: its hold is no longer open")
@@ -210,8 +242,9 @@ class TaskRequests:
         st = ctx.state.get(SUBMIT)
         if st is not None:
             if not st.opened:
-                await self._give_back(ctx, st, "refused", st.refused or f"no task was opened ({outcome.reason})",
-                                      outcome.status)
+                await self._give_back(
+                    ctx, st, "refused", st.refused or f"no task was opened ({outcome.reason})", outcome.status
+                )
             self.sweeper.done(st.task.id)
             return
         rd = ctx.state[READ]
@@ -241,9 +274,19 @@ class TaskRequests:
             return
         up = ctx.upstream
         details = LogDetails(
-            reason, "none", task.model, (up.model or "") if up else "", up.name if up else "", task.key_name,
-            task.group, str(TaskTerms.from_json(task.terms).multiplier), False, latency_ms=int(ctx.elapsed_ms),
-            status=status, error=why[:500], seconds=task.seconds,
+            reason,
+            "none",
+            task.model,
+            (up.model or "") if up else "",
+            up.name if up else "",
+            task.key_name,
+            task.group,
+            str(TaskTerms.from_json(task.terms).multiplier),
+            False,
+            latency_ms=int(ctx.elapsed_ms),
+            status=status,
+            error=why[:500],
+            seconds=task.seconds,
         )
         await self.settler.release_if_held(task.id, details)
 

@@ -26,8 +26,16 @@ from plugins.billing.usage import Usage
 
 __all__ = ["TaskTerms", "round_units"]
 
-_TOKEN_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "audio_input", "audio_output",
-                 "image_input")
+_TOKEN_FIELDS = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "audio_output",
+    "image_input",
+)
 
 
 def round_units(units: Fraction) -> int:
@@ -57,14 +65,31 @@ class TaskTerms:
 
     @classmethod
     def of(
-        cls, model: str, price: ModelPrice, seconds: int, n: int, size: str, size_factor: Fraction,
-        multiplier: Decimal, quota_per_usd: int, price_version: str,
+        cls,
+        model: str,
+        price: ModelPrice,
+        seconds: int,
+        n: int,
+        size: str,
+        size_factor: Fraction,
+        multiplier: Decimal,
+        quota_per_usd: int,
+        price_version: str,
     ) -> TaskTerms:
         """The terms for a task of `model` at `price`."""
         tokens = {f: getattr(price, f) for f in _TOKEN_FIELDS} if price.has_tokens else None
         return cls(
-            model, price.per_request or Decimal(0), price.per_second or Decimal(0), seconds, n, size, size_factor,
-            multiplier, quota_per_usd, price_version, tokens,
+            model,
+            price.per_request or Decimal(0),
+            price.per_second or Decimal(0),
+            seconds,
+            n,
+            size,
+            size_factor,
+            multiplier,
+            quota_per_usd,
+            price_version,
+            tokens,
         )
 
     @property
@@ -83,7 +108,8 @@ class TaskTerms:
         if self.tokens is None:
             return None
         price = ModelPrice.tokens(
-            self.tokens["input"], self.tokens["output"],
+            self.tokens["input"],
+            self.tokens["output"],
             **{f: self.tokens[f] for f in _TOKEN_FIELDS if f not in ("input", "output")},
         )
         return charge_tokens(price, usage, self.multiplier, self.quota_per_usd)
@@ -91,9 +117,16 @@ class TaskTerms:
     def to_json(self) -> str:
         """The terms as stored with the task."""
         data: dict[str, Any] = {
-            "v": 1, "model": self.model, "per_request": str(self.per_request), "per_second": str(self.per_second),
-            "seconds": self.seconds, "n": self.n, "size": self.size, "size_factor": str(self.size_factor),
-            "multiplier": str(self.multiplier), "quota_per_usd": self.quota_per_usd,
+            "v": 1,
+            "model": self.model,
+            "per_request": str(self.per_request),
+            "per_second": str(self.per_second),
+            "seconds": self.seconds,
+            "n": self.n,
+            "size": self.size,
+            "size_factor": str(self.size_factor),
+            "multiplier": str(self.multiplier),
+            "quota_per_usd": self.quota_per_usd,
             "price_version": self.price_version,
             "tokens": None if self.tokens is None else {k: str(v) for k, v in self.tokens.items()},
         }
@@ -105,7 +138,15 @@ class TaskTerms:
         d = json.loads(raw)
         tokens = d.get("tokens")
         return cls(
-            str(d["model"]), Decimal(d["per_request"]), Decimal(d["per_second"]), int(d["seconds"]), int(d["n"]),
-            str(d["size"]), Fraction(d["size_factor"]), Decimal(d["multiplier"]), int(d["quota_per_usd"]),
-            str(d["price_version"]), None if tokens is None else {k: Decimal(v) for k, v in tokens.items()},
+            str(d["model"]),
+            Decimal(d["per_request"]),
+            Decimal(d["per_second"]),
+            int(d["seconds"]),
+            int(d["n"]),
+            str(d["size"]),
+            Fraction(d["size_factor"]),
+            Decimal(d["multiplier"]),
+            int(d["quota_per_usd"]),
+            str(d["price_version"]),
+            None if tokens is None else {k: Decimal(v) for k, v in tokens.items()},
         )

@@ -45,8 +45,14 @@ SECTIONS = (
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """Every route billing serves besides the proxied APIs."""
-    return [*api_user.routes(web_), *api_admin.routes(web_), *dashboard.routes(web_), *console_users.routes(web_),
-            *console_keys.routes(web_), *console_records.routes(web_)]
+    return [
+        *api_user.routes(web_),
+        *api_admin.routes(web_),
+        *dashboard.routes(web_),
+        *console_users.routes(web_),
+        *console_keys.routes(web_),
+        *console_records.routes(web_),
+    ]
 
 
 def _when(ts: float | None) -> str:
@@ -63,10 +69,18 @@ async def _cards(request: web.Request, web_: BillingWeb) -> list[AdminCard]:
     healthy = sum(1 for u in ups if u.healthy)
     return [
         AdminCard("Users", f"{len(users):,}", "/admin/users"),
-        AdminCard("In wallets", web_.show_usd(sum(u.balance for u in users)), "/admin/users",
-                  f"{web_.show_usd(sum(u.reserved for u in users))} reserved now"),
-        AdminCard("Requests", f"{sum(u.request_count for u in users):,}", "/admin/logs",
-                  f"{web_.show_usd(sum(u.used for u in users))} billed in all"),
+        AdminCard(
+            "In wallets",
+            web_.show_usd(sum(u.balance for u in users)),
+            "/admin/users",
+            f"{web_.show_usd(sum(u.reserved for u in users))} reserved now",
+        ),
+        AdminCard(
+            "Requests",
+            f"{sum(u.request_count for u in users):,}",
+            "/admin/logs",
+            f"{web_.show_usd(sum(u.used for u in users))} billed in all",
+        ),
         AdminCard("Upstreams healthy", f"{healthy} of {len(ups)}", "/admin/upstreams", ok=healthy == len(ups)),
     ]
 
@@ -88,5 +102,8 @@ def install(app: web.Application, web_: BillingWeb) -> None:
         return await _cards(request, web_)
 
     shell.add_admin_cards(cards)
-    shell.add_link("Your dashboard", "/dashboard", "Your balance, what you spent, your requests and keys "
-                                                   "(sign in with your API key).")
+    shell.add_link(
+        "Your dashboard",
+        "/dashboard",
+        "Your balance, what you spent, your requests and keys (sign in with your API key).",
+    )

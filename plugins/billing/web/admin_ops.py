@@ -23,8 +23,8 @@ from plugins.billing.accounts import plans as account_plans
 from plugins.billing.accounts import records as account_records
 from plugins.billing.accounts import users as account_users
 from plugins.billing.store.base import Preference, User
-from plugins.billing.web.logsearch import LogQuery
 from plugins.billing.web.common import BadInput, BillingWeb, check_name, parse_cidrs, parse_int, parse_list, parse_time
+from plugins.billing.web.logsearch import LogQuery
 
 PREFERENCES = tuple(p.value for p in Preference)
 PERIODS = ("day", "week", "month", "none")
@@ -60,8 +60,9 @@ def refusals() -> Iterator[None]:
 def _fields(data: dict[str, Any], allowed: set[str]) -> None:
     unknown = set(data) - allowed
     if unknown:
-        raise BadInput("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}; expected "
-                                        f"{', '.join(sorted(allowed))}")
+        raise BadInput(
+            "unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}; expected {', '.join(sorted(allowed))}"
+        )
 
 
 def _text(data: dict[str, Any], name: str) -> str | None:
@@ -155,8 +156,13 @@ async def edit_user(web_: BillingWeb, name: str, data: dict[str, Any]) -> dict[s
     group, pref = _text(data, "group"), _text(data, "preference")
     disabled = None if data.get("disabled") in (None, "") else flag(data["disabled"], "disabled")
     with refusals():
-        await account_users.set_user(accounts(web_), name, group=None if group is None else check_name(group, "group"),
-                                     preference=None if pref is None else preference_of(pref).value, disabled=disabled)
+        await account_users.set_user(
+            accounts(web_),
+            name,
+            group=None if group is None else check_name(group, "group"),
+            preference=None if pref is None else preference_of(pref).value,
+            disabled=disabled,
+        )
     return await show_user(web_, name)
 
 
@@ -188,8 +194,12 @@ async def ledger(web_: BillingWeb, name: str, params: dict[str, Any]) -> dict[st
     everything = params.get("everything") not in (None, "") and flag(params["everything"], "everything")
     with refusals():
         return await account_users.ledger(
-            accounts(web_), name, limit=parse_int(params.get("limit"), "limit", 1, 10_000, 50) or 50,
-            before=parse_int(params.get("before"), "before", 1, 2**62), everything=everything)
+            accounts(web_),
+            name,
+            limit=parse_int(params.get("limit"), "limit", 1, 10_000, 50) or 50,
+            before=parse_int(params.get("before"), "before", 1, 2**62),
+            everything=everything,
+        )
 
 
 def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
@@ -202,10 +212,14 @@ def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
     if quota is not None and quota < 0:
         raise BadInput("invalid_amount", "a key quota cannot be negative")
     name, group = _text(data, "name") or "", _text(data, "group")
-    return {"name": check_name(name, "key") if name else "", "quota": quota,
-            "models": parse_list(data.get("models"), "models"), "ips": parse_cidrs(data.get("ips")),
-            "group": None if group is None else check_name(group, "group"),
-            "expires_at": _future(parse_time(data.get("expires"), "expires"))}
+    return {
+        "name": check_name(name, "key") if name else "",
+        "quota": quota,
+        "models": parse_list(data.get("models"), "models"),
+        "ips": parse_cidrs(data.get("ips")),
+        "group": None if group is None else check_name(group, "group"),
+        "expires_at": _future(parse_time(data.get("expires"), "expires")),
+    }
 
 
 def _future(at: float | None) -> float | None:
@@ -306,9 +320,14 @@ async def add_plan(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
     if period not in PERIODS:
         raise BadInput("invalid_period", f"period: {period!r} is not one of {', '.join(PERIODS)}")
     with refusals():
-        return await account_plans.add_plan(accounts(web_), name, quota=quota, period=period,
-                                            days=parse_int(data.get("days"), "days", 1, 36_500),
-                                            models=parse_list(data.get("models"), "models"))
+        return await account_plans.add_plan(
+            accounts(web_),
+            name,
+            quota=quota,
+            period=period,
+            days=parse_int(data.get("days"), "days", 1, 36_500),
+            models=parse_list(data.get("models"), "models"),
+        )
 
 
 async def list_plans(web_: BillingWeb) -> list[dict[str, Any]]:
@@ -333,8 +352,13 @@ async def grant(web_: BillingWeb, user: str, data: dict[str, Any]) -> dict[str, 
     if await web_.store.get_plan(plan) is None:
         raise NotFound("unknown_plan", f"unknown plan {plan!r}")
     with refusals():
-        return await account_plans.grant(accounts(web_), user, plan, start=parse_time(data.get("start"), "start"),
-                                         end=parse_time(data.get("end"), "end"))
+        return await account_plans.grant(
+            accounts(web_),
+            user,
+            plan,
+            start=parse_time(data.get("start"), "start"),
+            end=parse_time(data.get("end"), "end"),
+        )
 
 
 async def list_subscriptions(web_: BillingWeb, user: str | None) -> list[dict[str, Any]]:
@@ -356,10 +380,21 @@ async def cancel_subscription(web_: BillingWeb, sub_id: str) -> dict[str, Any]:
         return await account_plans.cancel_subscription(accounts(web_), sub_id)
 
 
-async def logs(web_: BillingWeb, query: LogQuery, limit: int, before: int | None, totals: bool = True) -> dict[str, Any]:
+async def logs(
+    web_: BillingWeb, query: LogQuery, limit: int, before: int | None, totals: bool = True
+) -> dict[str, Any]:
     """The consume log with the filters of `query` (`logsearch.LogQuery`), newest first, as
     `weir logs --json`: {"logs", "next_before", "totals"?}."""
     with refusals():
         return await account_records.logs(
-            accounts(web_), user=query.user, key_id=query.key, model=query.model, outcome=query.outcome,
-            since=query.since, until=query.until, limit=limit, before=before, totals=totals)
+            accounts(web_),
+            user=query.user,
+            key_id=query.key,
+            model=query.model,
+            outcome=query.outcome,
+            since=query.since,
+            until=query.until,
+            limit=limit,
+            before=before,
+            totals=totals,
+        )

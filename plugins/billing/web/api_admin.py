@@ -79,12 +79,17 @@ def _user_routes(web_: BillingWeb) -> list[web.RouteDef]:
         return _json(await ops.grant(web_, request.match_info["name"], await json_body(request)), status=201)
 
     base = "/api/admin/users"
-    return [web.get(base, admin_route(users)), web.post(base, admin_route(add)),
-            web.get(base + "/{name}", admin_route(show)), web.patch(base + "/{name}", admin_route(edit)),
-            web.post(base + "/{name}/topup", admin_route(topup)), web.post(base + "/{name}/adjust", admin_route(adjust)),
-            web.post(base + "/{name}/keys", admin_route(new_key)),
-            web.get(base + "/{name}/ledger", admin_route(ledger)),
-            web.post(base + "/{name}/subscriptions", admin_route(new_sub))]
+    return [
+        web.get(base, admin_route(users)),
+        web.post(base, admin_route(add)),
+        web.get(base + "/{name}", admin_route(show)),
+        web.patch(base + "/{name}", admin_route(edit)),
+        web.post(base + "/{name}/topup", admin_route(topup)),
+        web.post(base + "/{name}/adjust", admin_route(adjust)),
+        web.post(base + "/{name}/keys", admin_route(new_key)),
+        web.get(base + "/{name}/ledger", admin_route(ledger)),
+        web.post(base + "/{name}/subscriptions", admin_route(new_sub)),
+    ]
 
 
 def _key_routes(web_: BillingWeb) -> list[web.RouteDef]:
@@ -115,13 +120,17 @@ def _key_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def subs(request: web.Request) -> web.StreamResponse:
         return _json({"subscriptions": await ops.list_subscriptions(web_, request.query.get("user") or None)})
 
-    return [web.get("/api/admin/keys", admin_route(keys)), web.get("/api/admin/keys/{key_id}", admin_route(show)),
-            web.patch("/api/admin/keys/{key_id}", admin_route(edit)),
-            web.delete("/api/admin/keys/{key_id}", admin_route(revoke)),
-            web.get("/api/admin/plans", admin_route(plans)), web.post("/api/admin/plans", admin_route(add_plan)),
-            web.delete("/api/admin/plans/{plan}", admin_route(drop_plan)),
-            web.get("/api/admin/subscriptions", admin_route(subs)),
-            web.delete("/api/admin/subscriptions/{sub_id}", admin_route(cancel))]
+    return [
+        web.get("/api/admin/keys", admin_route(keys)),
+        web.get("/api/admin/keys/{key_id}", admin_route(show)),
+        web.patch("/api/admin/keys/{key_id}", admin_route(edit)),
+        web.delete("/api/admin/keys/{key_id}", admin_route(revoke)),
+        web.get("/api/admin/plans", admin_route(plans)),
+        web.post("/api/admin/plans", admin_route(add_plan)),
+        web.delete("/api/admin/plans/{plan}", admin_route(drop_plan)),
+        web.get("/api/admin/subscriptions", admin_route(subs)),
+        web.delete("/api/admin/subscriptions/{sub_id}", admin_route(cancel)),
+    ]
 
 
 def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
@@ -146,8 +155,12 @@ def _record_routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def holds(request: web.Request) -> web.StreamResponse:
         return _json(await holds_json(host_of(request.app), web_))
 
-    return [web.get("/api/admin/logs", admin_route(logs)), web.get("/api/admin/audit", admin_route(audit)),
-            web.get("/api/admin/upstreams", admin_route(upstreams)), web.get("/api/admin/holds", admin_route(holds))]
+    return [
+        web.get("/api/admin/logs", admin_route(logs)),
+        web.get("/api/admin/audit", admin_route(audit)),
+        web.get("/api/admin/upstreams", admin_route(upstreams)),
+        web.get("/api/admin/holds", admin_route(holds)),
+    ]
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:

@@ -58,8 +58,9 @@ async def me_json(web_: BillingWeb, key: ApiKey, user: User) -> dict[str, Any]:
     }
 
 
-async def own_logs(web_: BillingWeb, key: ApiKey, user: User, since: float | None, until: float | None,
-                   limit: int, before: int | None) -> list[LogRow]:
+async def own_logs(
+    web_: BillingWeb, key: ApiKey, user: User, since: float | None, until: float | None, limit: int, before: int | None
+) -> list[LogRow]:
     """The user's log rows, newest first (only the key's own when it is a limited key)."""
     own = None if manages_account(key) else key.id
     return await web_.store.query_logs(user.name, since, until, limit, before, key_id=own)
@@ -67,8 +68,11 @@ async def own_logs(web_: BillingWeb, key: ApiKey, user: User, since: float | Non
 
 def _require_manager(key: ApiKey) -> None:
     if not manages_account(key):
-        raise BadInput("key_not_allowed", "this key has limits of its own (quota, models or IPs): "
-                                          "manage keys with an unrestricted key of the account")
+        raise BadInput(
+            "key_not_allowed",
+            "this key has limits of its own (quota, models or IPs): "
+            "manage keys with an unrestricted key of the account",
+        )
 
 
 def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +98,7 @@ def key_options(web_: BillingWeb, data: dict[str, Any]) -> dict[str, Any]:
     expires = parse_time(data.get("expires"), "expires")
     if expires is not None and expires <= time.time():
         raise BadInput("invalid_time", "expires: that time is in the past")
-    return {"name": name, "quota": quota, "models": parse_list(data.get("models"), "models"),
-            "expires_at": expires}
+    return {"name": name, "quota": quota, "models": parse_list(data.get("models"), "models"), "expires_at": expires}
 
 
 async def create_own_key(web_: BillingWeb, key: ApiKey, data: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +107,7 @@ async def create_own_key(web_: BillingWeb, key: ApiKey, data: dict[str, Any]) ->
     _require_manager(key)
     options = key_options(web_, data)
     with refusals():
-        return await account_keys.create_key(Accounts(web_.store, web_.money, f"user {key.user}"), key.user,
-                                             **options)
+        return await account_keys.create_key(Accounts(web_.store, web_.money, f"user {key.user}"), key.user, **options)
 
 
 async def revoke_own_key(web_: BillingWeb, key: ApiKey, key_id: str) -> dict[str, Any]:
@@ -115,8 +117,9 @@ async def revoke_own_key(web_: BillingWeb, key: ApiKey, key_id: str) -> dict[str
     if target is None or target.user != key.user:
         raise LookupError(key_id)
     with refusals():
-        return await account_keys.set_key_status(Accounts(web_.store, web_.money, f"user {key.user}"), key_id,
-                                                 "revoked")
+        return await account_keys.set_key_status(
+            Accounts(web_.store, web_.money, f"user {key.user}"), key_id, "revoked"
+        )
 
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
@@ -131,9 +134,15 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
         q = request.query
         try:
             limit = parse_int(q.get("limit"), "limit", 1, MAX_LIMIT, 50) or 50
-            rows = await own_logs(web_, key, user, parse_time(q.get("since"), "since"),
-                                  parse_time(q.get("until"), "until"), limit,
-                                  parse_int(q.get("before"), "before", 1, 2**62))
+            rows = await own_logs(
+                web_,
+                key,
+                user,
+                parse_time(q.get("since"), "since"),
+                parse_time(q.get("until"), "until"),
+                limit,
+                parse_int(q.get("before"), "before", 1, 2**62),
+            )
         except BadInput as exc:
             raise api_error(400, exc.code, exc.message) from None
         data = [user_log_json(r, web_) for r in rows]
@@ -163,9 +172,13 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
             raise api_error(404, "unknown_key", "no such key for this account") from None
         return _json(done)
 
-    return [web.get("/api/me", _guard(me)), web.get("/api/me/logs", _guard(logs)),
-            web.get("/api/me/keys", _guard(keys)), web.post("/api/me/keys", _guard(create)),
-            web.delete("/api/me/keys/{key_id}", _guard(revoke))]
+    return [
+        web.get("/api/me", _guard(me)),
+        web.get("/api/me/logs", _guard(logs)),
+        web.get("/api/me/keys", _guard(keys)),
+        web.post("/api/me/keys", _guard(create)),
+        web.delete("/api/me/keys/{key_id}", _guard(revoke)),
+    ]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

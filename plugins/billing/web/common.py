@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from plugins.billing.accounts.values import Money
 from plugins.billing.apikeys import hash_key, matches
 from plugins.billing.auth import ip_allowed
-from plugins.billing.accounts.values import Money
 from plugins.billing.store.base import ApiKey, Store, StoreUnavailable, User
 from proxy.web import api_error, shell_of
 
@@ -172,10 +172,17 @@ def parse_cidrs(value: object, field: str = "ips") -> tuple[str, ...]:
 def check_name(value: object, what: str) -> str:
     """A user, plan, key or group name: a non-empty string, no control characters, no
     surrounding blanks, at most 100 characters."""
-    if not isinstance(value, str) or not value or value != value.strip() or len(value) > 100 \
-            or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise BadInput("invalid_name", f"invalid {what} name {value!r}: 1 to 100 characters, no control "
-                                       "characters or surrounding spaces")
+    if (
+        not isinstance(value, str)
+        or not value
+        or value != value.strip()
+        or len(value) > 100
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise BadInput(
+            "invalid_name",
+            f"invalid {what} name {value!r}: 1 to 100 characters, no control characters or surrounding spaces",
+        )
     return value
 
 

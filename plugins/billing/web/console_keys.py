@@ -14,8 +14,7 @@ from plugins.billing.web.consoleutil import back_to, form_dict, guarded, page
 from proxy.web import checked_form, error_page, local_path, render, require_admin, take_flash
 
 #: What each status button says it does, for the notice after it.
-DONE = {"active": "enabled", "disabled": "disabled: it is refused until enabled again",
-        "revoked": "revoked for good"}
+DONE = {"active": "enabled", "disabled": "disabled: it is refused until enabled again", "revoked": "revoked for good"}
 
 
 async def keys_page(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -25,9 +24,20 @@ async def keys_page(request: web.Request, web_: BillingWeb) -> web.StreamRespons
     user, status = request.query.get("user", "").strip(), request.query.get("status", "").strip()
     shown = [k for k in keys if (not user or k["user"] == user) and (not status or k["status"] == status)]
     done = take_flash(request) or {}
-    return render(request, "billing/admin_keys.html", page(
-        "Keys", web_, keys=shown, total=len(keys), user=user, status=status, notice=done.get("notice", ""),
-        back="/admin/keys"))
+    return render(
+        request,
+        "billing/admin_keys.html",
+        page(
+            "Keys",
+            web_,
+            keys=shown,
+            total=len(keys),
+            user=user,
+            status=status,
+            notice=done.get("notice", ""),
+            back="/admin/keys",
+        ),
+    )
 
 
 async def create_key(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -41,8 +51,9 @@ async def create_key(request: web.Request, web_: BillingWeb) -> web.StreamRespon
         raise error_page(request, 404, "No such user", "There is no user by that name.") from None
     except BadInput as exc:
         return await user_page(request, web_, name, problem=exc.message, status=400)
-    return back_to(request, user_path(name), created={"key": made["key"], "name": made["name"] or made["id"],
-                                                      "user": name})
+    return back_to(
+        request, user_path(name), created={"key": made["key"], "name": made["name"] or made["id"], "user": name}
+    )
 
 
 async def set_status(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -58,8 +69,9 @@ async def set_status(request: web.Request, web_: BillingWeb) -> web.StreamRespon
     return back_to(request, back, notice=f"Key {key['name'] or key['id']} ({key['user']}) {DONE[key['status']]}.")
 
 
-async def key_page(request: web.Request, web_: BillingWeb, *, problem: str = "",
-                   status: int = 200) -> web.StreamResponse:
+async def key_page(
+    request: web.Request, web_: BillingWeb, *, problem: str = "", status: int = 200
+) -> web.StreamResponse:
     """`/admin/keys/{id}`: one key, and the form that edits it."""
     require_admin(request)
     try:
@@ -67,9 +79,19 @@ async def key_page(request: web.Request, web_: BillingWeb, *, problem: str = "",
     except ops.NotFound:
         raise error_page(request, 404, "No such key", "There is no key with that id.") from None
     done = take_flash(request) or {}
-    return render(request, "billing/admin_key.html", page(
-        key["name"] or key["id"], web_, key=key, problem=problem, notice=done.get("notice", ""),
-        back=f"/admin/keys/{key['id']}"), status=status)
+    return render(
+        request,
+        "billing/admin_key.html",
+        page(
+            key["name"] or key["id"],
+            web_,
+            key=key,
+            problem=problem,
+            notice=done.get("notice", ""),
+            back=f"/admin/keys/{key['id']}",
+        ),
+        status=status,
+    )
 
 
 async def edit_key(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -91,14 +113,32 @@ async def edit_key(request: web.Request, web_: BillingWeb) -> web.StreamResponse
     return back_to(request, f"/admin/keys/{key_id}", notice="Saved.")
 
 
-async def plans_page(request: web.Request, web_: BillingWeb, *, problem: str = "", status: int = 200,
-                     entered: dict[str, str] | None = None) -> web.StreamResponse:
+async def plans_page(
+    request: web.Request,
+    web_: BillingWeb,
+    *,
+    problem: str = "",
+    status: int = 200,
+    entered: dict[str, str] | None = None,
+) -> web.StreamResponse:
     """`/admin/plans`: plans, the form to add one, and every subscription."""
     require_admin(request)
     done = take_flash(request) or {}
-    return render(request, "billing/admin_plans.html", page(
-        "Plans", web_, plans=await ops.list_plans(web_), subscriptions=await ops.list_subscriptions(web_, None),
-        periods=ops.PERIODS, problem=problem, entered=entered or {}, notice=done.get("notice", "")), status=status)
+    return render(
+        request,
+        "billing/admin_plans.html",
+        page(
+            "Plans",
+            web_,
+            plans=await ops.list_plans(web_),
+            subscriptions=await ops.list_subscriptions(web_, None),
+            periods=ops.PERIODS,
+            problem=problem,
+            entered=entered or {},
+            notice=done.get("notice", ""),
+        ),
+        status=status,
+    )
 
 
 async def add_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -110,8 +150,11 @@ async def add_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse
     except BadInput as exc:
         return await plans_page(request, web_, problem=exc.message, status=400, entered=data)
     verb = "replaced" if plan["replaced"] else "created"
-    return back_to(request, "/admin/plans", notice=f"Plan {plan['name']} {verb}: "
-                                                   f"{web_.show_usd(plan['quota'])} per {plan['period']}.")
+    return back_to(
+        request,
+        "/admin/plans",
+        notice=f"Plan {plan['name']} {verb}: {web_.show_usd(plan['quota'])} per {plan['period']}.",
+    )
 
 
 async def delete_plan(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -146,8 +189,14 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
 
         return guarded(handle)
 
-    return [web.get("/admin/keys", bind(keys_page)), web.post("/admin/users/{name}/keys", bind(create_key)),
-            web.post("/admin/keys/{key_id}/status", bind(set_status)),
-            web.get("/admin/keys/{key_id}", bind(key_page)), web.post("/admin/keys/{key_id}/edit", bind(edit_key)), web.get("/admin/plans", bind(plans_page)),
-            web.post("/admin/plans", bind(add_plan)), web.post("/admin/plans/{plan}/delete", bind(delete_plan)),
-            web.post("/admin/subscriptions/{sub_id}/cancel", bind(cancel_subscription))]
+    return [
+        web.get("/admin/keys", bind(keys_page)),
+        web.post("/admin/users/{name}/keys", bind(create_key)),
+        web.post("/admin/keys/{key_id}/status", bind(set_status)),
+        web.get("/admin/keys/{key_id}", bind(key_page)),
+        web.post("/admin/keys/{key_id}/edit", bind(edit_key)),
+        web.get("/admin/plans", bind(plans_page)),
+        web.post("/admin/plans", bind(add_plan)),
+        web.post("/admin/plans/{plan}/delete", bind(delete_plan)),
+        web.post("/admin/subscriptions/{sub_id}/cancel", bind(cancel_subscription)),
+    ]

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from plugins.billing.web.common import BadInput, BillingWeb, parse_int
 from plugins.billing.web import admin_ops as ops
+from plugins.billing.web.common import BadInput, BillingWeb, parse_int
 from plugins.billing.web.logsearch import OUTCOMES, LogQuery, query_from
 from plugins.billing.web.records import audit_json, upstreams_json
 from proxy.host import host_of
@@ -41,10 +41,13 @@ def _number(text: str) -> bool:
 
 async def write_csv(request: web.Request, web_: BillingWeb, query: LogQuery) -> web.StreamResponse:
     """Stream the matching log rows as CSV (newest first, at most CSV_CAP)."""
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
-        "Content-Disposition": f'attachment; filename="weir-logs-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}.csv"',
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="weir-logs-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}.csv"',
+        }
+    )
     await response.prepare(request)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -85,9 +88,20 @@ async def logs_page(request: web.Request, web_: BillingWeb) -> web.StreamRespons
     except BadInput as exc:
         problem = exc.message
     keep = {k: v for k, v in params.items() if k != "before" and v}
-    context = {"title": "Logs", "area": "admin", "rows": rows, "filters": params, "keep": keep, "outcomes": OUTCOMES,
-               "next_before": next_before, "totals": totals, "problem": problem, "usd": web_.show_usd, "show_user": True,
-               "paged": "before" in params}
+    context = {
+        "title": "Logs",
+        "area": "admin",
+        "rows": rows,
+        "filters": params,
+        "keep": keep,
+        "outcomes": OUTCOMES,
+        "next_before": next_before,
+        "totals": totals,
+        "problem": problem,
+        "usd": web_.show_usd,
+        "show_user": True,
+        "paged": "before" in params,
+    }
     return render(request, "billing/admin_logs.html", context)
 
 
@@ -105,8 +119,11 @@ async def upstreams_page(request: web.Request, web_: BillingWeb) -> web.StreamRe
     """`/admin/upstreams`: each upstream's health and what it has been used for."""
     require_admin(request)
     data = await upstreams_json(host_of(request.app), web_)
-    return render(request, "billing/admin_upstreams.html",
-                  {"title": "Upstreams", "area": "admin", "upstreams": data["upstreams"], "usd": web_.show_usd})
+    return render(
+        request,
+        "billing/admin_upstreams.html",
+        {"title": "Upstreams", "area": "admin", "upstreams": data["upstreams"], "usd": web_.show_usd},
+    )
 
 
 async def audit_page(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -131,5 +148,9 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def audit(request: web.Request) -> web.StreamResponse:
         return await audit_page(request, web_)
 
-    return [web.get("/admin/logs", logs), web.get("/admin/logs.csv", export),
-            web.get("/admin/upstreams", upstreams), web.get("/admin/audit", audit)]
+    return [
+        web.get("/admin/logs", logs),
+        web.get("/admin/logs.csv", export),
+        web.get("/admin/upstreams", upstreams),
+        web.get("/admin/audit", audit),
+    ]

@@ -13,20 +13,39 @@ from aiohttp import web
 from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import BadInput, BillingWeb
 from plugins.billing.web.consoleutil import back_to, form_dict, guarded, page
-from proxy.web import checked_form, error_page, flash, render, require_admin, take_flash
+from proxy.web import checked_form, error_page, render, require_admin, take_flash
 
 
-async def users_page(request: web.Request, web_: BillingWeb, *, problem: str = "", status: int = 200,
-                     entered: dict[str, str] | None = None) -> web.StreamResponse:
+async def users_page(
+    request: web.Request,
+    web_: BillingWeb,
+    *,
+    problem: str = "",
+    status: int = 200,
+    entered: dict[str, str] | None = None,
+) -> web.StreamResponse:
     """`/admin/users`: every user (search by name or group), and the form to add one."""
     require_admin(request)
     users = await ops.list_users(web_)
     q = request.query.get("q", "").strip().lower()
     shown = [u for u in users if q in u["name"].lower() or q in u["group"].lower()] if q else users
     done = take_flash(request) or {}
-    return render(request, "billing/admin_users.html", page(
-        "Users", web_, users=shown, total=len(users), q=q, problem=problem, entered=entered or {},
-        notice=done.get("notice", ""), preferences=ops.PREFERENCES), status=status)
+    return render(
+        request,
+        "billing/admin_users.html",
+        page(
+            "Users",
+            web_,
+            users=shown,
+            total=len(users),
+            q=q,
+            problem=problem,
+            entered=entered or {},
+            notice=done.get("notice", ""),
+            preferences=ops.PREFERENCES,
+        ),
+        status=status,
+    )
 
 
 async def add_user(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -37,8 +56,11 @@ async def add_user(request: web.Request, web_: BillingWeb) -> web.StreamResponse
         user = await ops.add_user(web_, data)
     except BadInput as exc:
         return await users_page(request, web_, problem=exc.message, status=400, entered=data)
-    return back_to(request, user_path(user["name"]), notice=f"User {user['name']} created with "
-                                                            f"{web_.show_usd(user['balance_quota'])}.")
+    return back_to(
+        request,
+        user_path(user["name"]),
+        notice=f"User {user['name']} created with {web_.show_usd(user['balance_quota'])}.",
+    )
 
 
 def user_path(name: str) -> str:
@@ -48,8 +70,9 @@ def user_path(name: str) -> str:
     return "/admin/users/" + quote(name, safe="")
 
 
-async def user_page(request: web.Request, web_: BillingWeb, name: str | None = None, *, problem: str = "",
-                    status: int = 200) -> web.StreamResponse:
+async def user_page(
+    request: web.Request, web_: BillingWeb, name: str | None = None, *, problem: str = "", status: int = 200
+) -> web.StreamResponse:
     """`/admin/users/{name}`: totals, keys, subscriptions, and the forms that act on them."""
     require_admin(request)
     name = name or request.match_info["name"]
@@ -61,9 +84,24 @@ async def user_page(request: web.Request, web_: BillingWeb, name: str | None = N
     plans = await ops.list_plans(web_)
     ledger = await ops.ledger(web_, name, {"limit": "10"})
     done = take_flash(request) or {}
-    return render(request, "billing/admin_user.html", page(
-        user["name"], web_, user=user, keys=keys, plans=plans, ledger=ledger, problem=problem, notice=done.get("notice", ""),
-        created=done.get("created"), preferences=ops.PREFERENCES, back=user_path(name)), status=status)
+    return render(
+        request,
+        "billing/admin_user.html",
+        page(
+            user["name"],
+            web_,
+            user=user,
+            keys=keys,
+            plans=plans,
+            ledger=ledger,
+            problem=problem,
+            notice=done.get("notice", ""),
+            created=done.get("created"),
+            preferences=ops.PREFERENCES,
+            back=user_path(name),
+        ),
+        status=status,
+    )
 
 
 async def edit_user(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -97,8 +135,17 @@ async def review_credit(request: web.Request, web_: BillingWeb) -> web.StreamRes
         raise error_page(request, 404, "No such user", "There is no user by that name.") from None
     except BadInput as exc:
         return await user_page(request, web_, name, problem=exc.message, status=400)
-    context = page("Confirm", web_, user=user, quota=quota, adjust=adjust, data=data,
-                   after=user["balance_quota"] + quota, token=web_.once.new(), back=user_path(name))
+    context = page(
+        "Confirm",
+        web_,
+        user=user,
+        quota=quota,
+        adjust=adjust,
+        data=data,
+        after=user["balance_quota"] + quota,
+        token=web_.once.new(),
+        back=user_path(name),
+    )
     return render(request, "billing/admin_confirm.html", context)
 
 
@@ -110,8 +157,12 @@ async def confirm_credit(request: web.Request, web_: BillingWeb) -> web.StreamRe
     form = await checked_form(request)
     data = form_dict(form, ("quota", "note"))  # the exact units the confirmation page showed
     if not web_.once.use(form.get("token", "")):
-        return back_to(request, user_path(name), notice="That confirmation was already used (or is too old): "
-                                                          "nothing more was moved. Check the balance below.")
+        return back_to(
+            request,
+            user_path(name),
+            notice="That confirmation was already used (or is too old): "
+            "nothing more was moved. Check the balance below.",
+        )
     try:
         user = await ops.credit(web_, name, data, adjust=form.get("kind") == "adjust")
     except ops.NotFound:
@@ -120,8 +171,11 @@ async def confirm_credit(request: web.Request, web_: BillingWeb) -> web.StreamRe
         return await user_page(request, web_, name, problem=exc.message, status=400)
     moved = web_.show_usd(user["credited_quota"])
     verb = f"Added {moved}" if user["credited_quota"] > 0 else f"Took {moved.lstrip('-')}"
-    return back_to(request, user_path(name), notice=f"{verb} ({user['note']}). The balance is now "
-                                                    f"{web_.show_usd(user['balance_quota'])}.")
+    return back_to(
+        request,
+        user_path(name),
+        notice=f"{verb} ({user['note']}). The balance is now {web_.show_usd(user['balance_quota'])}.",
+    )
 
 
 async def grant(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
@@ -146,10 +200,12 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
         return guarded(handle)
 
     base = "/admin/users"
-    return [web.get(base, bind(users_page)), web.post(base, bind(add_user)),
-            web.get(base + "/{name}", bind(user_page)), web.post(base + "/{name}/edit", bind(edit_user)),
-            web.post(base + "/{name}/credit/review", bind(review_credit)),
-            web.post(base + "/{name}/credit", bind(confirm_credit)),
-            web.post(base + "/{name}/subscriptions", bind(grant))]
-
-
+    return [
+        web.get(base, bind(users_page)),
+        web.post(base, bind(add_user)),
+        web.get(base + "/{name}", bind(user_page)),
+        web.post(base + "/{name}/edit", bind(edit_user)),
+        web.post(base + "/{name}/credit/review", bind(review_credit)),
+        web.post(base + "/{name}/credit", bind(confirm_credit)),
+        web.post(base + "/{name}/subscriptions", bind(grant)),
+    ]

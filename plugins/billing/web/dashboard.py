@@ -36,8 +36,7 @@ REALM = "user"
 SESSION_SECONDS = 7 * 24 * 3600
 LOGIN = "/dashboard/login"
 #: Why a browser was sent back to the sign-in page (a fixed set: nothing from the URL is shown).
-REASONS = {"ended": "Your session ended: the key you signed in with is no longer usable.",
-           "out": "You are signed out."}
+REASONS = {"ended": "Your session ended: the key you signed in with is no longer usable.", "out": "You are signed out."}
 
 
 def _page(title: str, **context: Any) -> dict[str, Any]:
@@ -67,15 +66,29 @@ async def _dashboard(request: web.Request, web_: BillingWeb, *, problem: str = "
     me = await me_json(web_, key, user)
     summary = await spend(web_.store, user.name, time.time(), None if manages_account(key) else key.id)
     top = max((c for _, c, _ in summary.models), default=0) or 1
-    models = [{"model": m, "usd": web_.show_usd(c), "requests": n, "share": round(c / top * 100, 1)}
-              for m, c, n in summary.models[:8]]
+    models = [
+        {"model": m, "usd": web_.show_usd(c), "requests": n, "share": round(c / top * 100, 1)}
+        for m, c, n in summary.models[:8]
+    ]
     own = await web_.store.list_keys(user.name) if manages_account(key) else [key]
     context = _page(
-        "Dashboard", me=me, user=user, key=key, usd=web_.show_usd, bars=day_bars(summary.days, web_.show_usd),
-        spent=web_.show_usd(summary.total), peak=web_.show_usd(max(v for _, v in summary.days)),
-        requests=summary.requests, truncated=summary.truncated,
-        models=models, recent=[user_log_json(r, web_) for r in summary.rows[:15]], keys=own,
-        manages=manages_account(key), created=done.get("created"), notice=done.get("notice", ""), problem=problem,
+        "Dashboard",
+        me=me,
+        user=user,
+        key=key,
+        usd=web_.show_usd,
+        bars=day_bars(summary.days, web_.show_usd),
+        spent=web_.show_usd(summary.total),
+        peak=web_.show_usd(max(v for _, v in summary.days)),
+        requests=summary.requests,
+        truncated=summary.truncated,
+        models=models,
+        recent=[user_log_json(r, web_) for r in summary.rows[:15]],
+        keys=own,
+        manages=manages_account(key),
+        created=done.get("created"),
+        notice=done.get("notice", ""),
+        problem=problem,
     )
     return render(request, "billing/dashboard.html", context, status=status)
 
@@ -93,9 +106,13 @@ async def _login(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
     address = shell.client_ip(request)
     wait = shell.limiter.retry_after(address)
     if wait:
-        raise error_page(request, 429, "Too many attempts",
-                         f"Too many wrong keys from your address. Try again in {int(wait) + 1} seconds.",
-                         {"Retry-After": str(int(wait) + 1)})
+        raise error_page(
+            request,
+            429,
+            "Too many attempts",
+            f"Too many wrong keys from your address. Try again in {int(wait) + 1} seconds.",
+            {"Retry-After": str(int(wait) + 1)},
+        )
     form = await checked_form(request)
     target = local_path(form.get("next"), "/dashboard")
     try:
@@ -161,8 +178,9 @@ async def _requests(request: web.Request, web_: BillingWeb) -> web.StreamRespons
         before = None
     rows = await own_logs(web_, key, user, None, None, 50, before)
     data = [user_log_json(r, web_) for r in rows]
-    context = _page("Requests", rows=data, usd=web_.show_usd, user=user,
-                    next_before=data[-1]["id"] if len(data) == 50 else None)
+    context = _page(
+        "Requests", rows=data, usd=web_.show_usd, user=user, next_before=data[-1]["id"] if len(data) == 50 else None
+    )
     return render(request, "billing/requests.html", context)
 
 
@@ -201,7 +219,12 @@ def routes(web_: BillingWeb) -> list[web.RouteDef]:
     async def requests(request: web.Request) -> web.StreamResponse:
         return await _requests(request, web_)
 
-    return [web.get("/dashboard", guarded(page)), web.get(LOGIN, _login_form), web.post(LOGIN, guarded(login)),
-            web.post("/dashboard/logout", _logout), web.post("/dashboard/keys", guarded(create)),
-            web.post("/dashboard/keys/{key_id}/revoke", guarded(revoke)),
-            web.get("/dashboard/requests", guarded(requests))]
+    return [
+        web.get("/dashboard", guarded(page)),
+        web.get(LOGIN, _login_form),
+        web.post(LOGIN, guarded(login)),
+        web.post("/dashboard/logout", _logout),
+        web.post("/dashboard/keys", guarded(create)),
+        web.post("/dashboard/keys/{key_id}/revoke", guarded(revoke)),
+        web.get("/dashboard/requests", guarded(requests)),
+    ]

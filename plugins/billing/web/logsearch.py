@@ -9,8 +9,19 @@ from dataclasses import dataclass
 from plugins.billing.web.common import check_name, parse_time
 
 #: The end reasons the console's outcome filter offers (the API takes any).
-OUTCOMES = ("completed", "client_disconnected", "upstream_truncated", "upstream_error", "plugin_failed",
-            "shutdown", "client_stalled", "orphaned", "resolved_by_hand", "store_unavailable", "rejected")
+OUTCOMES = (
+    "completed",
+    "client_disconnected",
+    "upstream_truncated",
+    "upstream_error",
+    "plugin_failed",
+    "shutdown",
+    "client_stalled",
+    "orphaned",
+    "resolved_by_hand",
+    "store_unavailable",
+    "rejected",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,10 @@ def query_from(params: dict[str, str]) -> LogQuery:
 
     user = text("user")
     return LogQuery(
-        user=None if user is None else check_name(user, "user"), key=text("key"), model=text("model"),
-        outcome=text("outcome"), since=parse_time(text("since"), "since"), until=parse_time(text("until"), "until"),
+        user=None if user is None else check_name(user, "user"),
+        key=text("key"),
+        model=text("model"),
+        outcome=text("outcome"),
+        since=parse_time(text("since"), "since"),
+        until=parse_time(text("until"), "until"),
     )

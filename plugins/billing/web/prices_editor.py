@@ -81,13 +81,22 @@ def _act(step: _Step, action: str, target: str) -> None:
             raise ValueError(f"{target} has no reference price")
         step.draft = editing.adopt(d, target, ref)
     elif action in ("adopt_selected", "adopt_reference"):
-        names = step.form.getall("pick", []) if action == "adopt_selected" else [
-            r["model"] for r in desk.rows_for(d) if r["source"] == "reference" and not r["pattern"]]
+        names = (
+            step.form.getall("pick", [])
+            if action == "adopt_selected"
+            else [r["model"] for r in desk.rows_for(d) if r["source"] == "reference" and not r["pattern"]]
+        )
         adopted = [n for n in names if _reference(desk, n) is not None]
         for name in adopted:
             step.draft = editing.adopt(step.draft, name, _reference(desk, name))
-        step.notices.append(("good", f"Reference prices adopted for {len(adopted)} models." if adopted
-                             else "No selected model has a reference price."))
+        step.notices.append(
+            (
+                "good",
+                f"Reference prices adopted for {len(adopted)} models."
+                if adopted
+                else "No selected model has a reference price.",
+            )
+        )
     elif action == "replace":
         step.draft = editing.load(step.form.get("json", "{}"))
     elif action == "import":
@@ -126,27 +135,56 @@ async def _save(request: web.Request, step: _Step) -> web.StreamResponse | None:
         step.notices.append(("bad", f"Not saved: {exc}"))
         return None
     if isinstance(saved, PriceConflict):
-        step.notices.append(("bad", f"Not saved: version {saved.head} was saved meanwhile. Your draft is below, now "
-                             f"compared with version {saved.head}; check the changes and save again."))
+        step.notices.append(
+            (
+                "bad",
+                f"Not saved: version {saved.head} was saved meanwhile. Your draft is below, now "
+                f"compared with version {saved.head}; check the changes and save again.",
+            )
+        )
         step.base = saved.head
         return None
     raise web.HTTPSeeOther(f"/admin/prices?saved={saved.number}")
 
 
-async def _page(request: web.Request, desk: PriceDesk, draft: Mapping[str, Mapping[str, str]], base: int,
-                origin: str, note: str, notices: list[tuple[str, str]]) -> web.StreamResponse:
+async def _page(
+    request: web.Request,
+    desk: PriceDesk,
+    draft: Mapping[str, Mapping[str, str]],
+    base: int,
+    origin: str,
+    note: str,
+    notices: list[tuple[str, str]],
+) -> web.StreamResponse:
     cur = desk.book.current
     preview = desk.preview(draft)
-    history = [{"number": v.number, "source": v.source, "note": v.note, "digest": v.digest,
-                "when": datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")}
-               for v in await desk.store().list_price_versions(50)]
+    history = [
+        {
+            "number": v.number,
+            "source": v.source,
+            "note": v.note,
+            "digest": v.digest,
+            "when": datetime.fromtimestamp(v.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+        for v in await desk.store().list_price_versions(50)
+    ]
     context = {
-        "title": "Prices", "area": "admin", "cur": cur, "base": base, "origin": origin, "note": note,
+        "title": "Prices",
+        "area": "admin",
+        "cur": cur,
+        "base": base,
+        "origin": origin,
+        "note": note,
         "draft_json": editing.dumps({k: dict(v) for k, v in draft.items()}),
         "draft_pretty": json.dumps(draft, indent=2, sort_keys=True, ensure_ascii=False),
-        "pending": dict(draft) != cur.models or base != cur.number, "preview": preview,
-        "rows": desk.rows_for(draft), "reference": desk.reference_info(), "notices": notices,
-        "history": history, "token_fields": editing.TOKEN_FIELDS, "blocking": any(c["blocking"] for c in preview["conflicts"]),
+        "pending": dict(draft) != cur.models or base != cur.number,
+        "preview": preview,
+        "rows": desk.rows_for(draft),
+        "reference": desk.reference_info(),
+        "notices": notices,
+        "history": history,
+        "token_fields": editing.TOKEN_FIELDS,
+        "blocking": any(c["blocking"] for c in preview["conflicts"]),
     }
     return render(request, "pricing/editor.html", context)
 
@@ -160,8 +198,13 @@ def prices_editor_routes(desk: Callable[[], PriceDesk], poll_every: float) -> li
         notices: list[tuple[str, str]] = []
         saved = request.query.get("saved", "")
         if saved.isdigit():
-            notices.append(("good", f"Saved as price version {saved}. Every instance charges it within "
-                            f"{poll_every:g} s; this one does already."))
+            notices.append(
+                (
+                    "good",
+                    f"Saved as price version {saved}. Every instance charges it within "
+                    f"{poll_every:g} s; this one does already.",
+                )
+            )
         cur = d.book.current
         return await _page(request, d, cur.models, cur.number, "editor", "", notices)
 

@@ -30,8 +30,8 @@ from plugins.billing.prices.service import PriceDesk
 from plugins.billing.prices.view import PricingQuery, pricing_document
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.store.base import PriceConflict, PriceVersion
-from proxy.web import api_error, require_admin_api
 from proxy.host import ConfigError, host_of
+from proxy.web import api_error, require_admin_api
 
 __all__ = ["pricing_api_routes"]
 
@@ -63,9 +63,12 @@ def _int(body: dict[str, Any], name: str) -> int:
 
 def _saved(result: PriceVersion | PriceConflict) -> web.Response:
     if isinstance(result, PriceConflict):
-        raise api_error(409, "stale_base_version",
-                        f"the prices were changed meanwhile: version {result.head} is newer than base_version "
-                        f"{result.base}; reload them and edit again")
+        raise api_error(
+            409,
+            "stale_base_version",
+            f"the prices were changed meanwhile: version {result.head} is newer than base_version "
+            f"{result.base}; reload them and edit again",
+        )
     return web.json_response({"version": result.number, "base_version": result.base, "digest": result.digest})
 
 
@@ -104,10 +107,13 @@ class _PricingAPI:
         conflicts = d.conflicts_of(body.get("models"))
         blocking = [c for c in conflicts if c.blocking]
         if blocking or (conflicts and body.get("confirm") is not True):
-            what = "cannot be saved" if blocking else "need confirming: send \"confirm\": true to save anyway"
-            raise api_error(422, "price_conflicts", f"{len(conflicts)} conflicts {what}: "
-                            + "; ".join(c.message for c in conflicts[:5]),
-                            {"X-Weir-Conflicts": str(len(conflicts))})
+            what = "cannot be saved" if blocking else 'need confirming: send "confirm": true to save anyway'
+            raise api_error(
+                422,
+                "price_conflicts",
+                f"{len(conflicts)} conflicts {what}: " + "; ".join(c.message for c in conflicts[:5]),
+                {"X-Weir-Conflicts": str(len(conflicts))},
+            )
         note = str(body.get("note") or "")
         try:
             return _saved(await d.save(base, body.get("models"), "api", note))
@@ -126,7 +132,9 @@ class _PricingAPI:
         limit = request.query.get("limit", "100")
         found = await self.desk().store().list_price_versions(int(limit) if limit.isdigit() else 100)
         head = found[0].number if found else 0
-        return web.json_response({"head": head, "versions": [PriceDesk.version_dict(v, with_models=False) for v in found]})
+        return web.json_response(
+            {"head": head, "versions": [PriceDesk.version_dict(v, with_models=False) for v in found]}
+        )
 
     async def one_version(self, request: web.Request) -> web.Response:
         """`GET /api/admin/prices/versions/{n}`."""

@@ -19,12 +19,20 @@ __all__ = ["pricing_page_routes"]
 
 #: Price columns of the page: (field, heading).
 COLUMNS = (
-    ("input", "Input"), ("output", "Output"), ("cache_read", "Cache read"), ("cache_write", "Cache write"),
+    ("input", "Input"),
+    ("output", "Output"),
+    ("cache_read", "Cache read"),
+    ("cache_write", "Cache write"),
     ("per_request", "Per request"),
 )
 #: The rarer prices, shown together in one column: (field, label).
-OTHERS = (("cache_write_1h", "cache 1h"), ("audio_input", "audio in"), ("audio_output", "audio out"),
-          ("image_input", "image in"), ("per_second", "per second of a task"))
+OTHERS = (
+    ("cache_write_1h", "cache 1h"),
+    ("audio_input", "audio in"),
+    ("audio_output", "audio out"),
+    ("image_input", "image in"),
+    ("per_second", "per second of a task"),
+)
 
 
 def _links(query: Mapping[str, str], current: PricingQuery) -> dict[str, str]:
@@ -56,8 +64,14 @@ def pricing_page_routes(desk: Callable[[], PriceDesk], enabled: bool) -> list[we
         body = pricing_document(d.catalog(), cur.table, cur.label, cur.number, shown, ups, d.health)
         all_groups = pricing_document([], cur.table, cur.label, cur.number, PricingQuery(), ups, d.health)["groups"]
         context: dict[str, Any] = {
-            "title": "Prices", "doc": body, "group": group, "all_groups": all_groups, "query": query,
-            "columns": COLUMNS, "others": OTHERS, "sort_links": _links(request.query, query),
+            "title": "Prices",
+            "doc": body,
+            "group": group,
+            "all_groups": all_groups,
+            "query": query,
+            "columns": COLUMNS,
+            "others": OTHERS,
+            "sort_links": _links(request.query, query),
             "has_reference": any(m["source"] == "reference" for m in body["models"]),
         }
         return render(request, "pricing/pricing.html", context)

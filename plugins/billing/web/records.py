@@ -16,15 +16,18 @@ async def audit_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
     """`weir audit --json` (the same account function, with the CLI's default thresholds):
     every balance against the ledger, orphaned and stuck holds."""
     stuck_after = account_holds.stuck_after_of(host.config)
-    return await account_records.audit(Accounts(web_.store, web_.money, "admin"), host.config.store.orphan_after,
-                                       stuck_after)
+    return await account_records.audit(
+        Accounts(web_.store, web_.money, "admin"), host.config.store.orphan_after, stuck_after
+    )
 
 
 async def holds_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
     """`weir holds --json`: every open hold, with how long its instance has been silent and
     whether it is orphaned or stuck."""
     acc = Accounts(web_.store, web_.money, "admin")
-    found = await account_holds.list_holds(acc, host.config.store.orphan_after, account_holds.stuck_after_of(host.config))
+    found = await account_holds.list_holds(
+        acc, host.config.store.orphan_after, account_holds.stuck_after_of(host.config)
+    )
     return {"holds": found}
 
 
@@ -35,11 +38,21 @@ async def upstreams_json(host: Host, web_: BillingWeb) -> dict[str, Any]:
     found = []
     for status in host.upstreams():
         quota, requests = used.get(status.name, (0, 0))
-        found.append({
-            "name": status.name, "type": status.type, "models": list(status.models), "healthy": status.healthy,
-            "breaker_open": status.breaker_open,
-            "recent_errors": status.recent_errors, "recent_attempts": status.recent_attempts,
-            "p50_ms": status.p50_ms, "last_error": status.last_error, "last_error_at": iso(status.last_error_at),
-            "used_quota": quota, "used_usd": web_.usd(quota), "request_count": requests,
-        })
+        found.append(
+            {
+                "name": status.name,
+                "type": status.type,
+                "models": list(status.models),
+                "healthy": status.healthy,
+                "breaker_open": status.breaker_open,
+                "recent_errors": status.recent_errors,
+                "recent_attempts": status.recent_attempts,
+                "p50_ms": status.p50_ms,
+                "last_error": status.last_error,
+                "last_error_at": iso(status.last_error_at),
+                "used_quota": quota,
+                "used_usd": web_.usd(quota),
+                "request_count": requests,
+            }
+        )
     return {"upstreams": found}

@@ -72,7 +72,9 @@ class Bar:
     zero: bool
 
 
-def day_bars(days: list[tuple[str, int]], show: Callable[[int], str], width: float = 720, height: float = 160) -> list[Bar]:
+def day_bars(
+    days: list[tuple[str, int]], show: Callable[[int], str], width: float = 720, height: float = 160
+) -> list[Bar]:
     """Bars for `days` in a `width` x `height` plot (a zero day keeps a hairline), labelled
     every 7 days."""
     top = max((v for _, v in days), default=0) or 1
@@ -82,6 +84,17 @@ def day_bars(days: list[tuple[str, int]], show: Callable[[int], str], width: flo
         h = max(value / top * (height - 4), 1.5)
         label = day[5:] if (len(days) - 1 - i) % 7 == 0 else ""
         centre = min(max(i * step + step / 2, 24), width - 24)
-        bars.append(Bar(round(i * step + 1, 2), round(height - h, 2), round(step - 2, 2), round(h, 2),
-                        day, label, round(centre, 2), show(value), value == 0))
+        bars.append(
+            Bar(
+                round(i * step + 1, 2),
+                round(height - h, 2),
+                round(step - 2, 2),
+                round(h, 2),
+                day,
+                label,
+                round(centre, 2),
+                show(value),
+                value == 0,
+            )
+        )
     return bars

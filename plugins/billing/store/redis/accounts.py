@@ -68,15 +68,19 @@ def to_entry(index: int, raw: str) -> LedgerEntry:
     """The ledger list's entry at `index` (from 0) as a LedgerEntry (its id is index + 1)."""
     e = json.loads(raw)
     return LedgerEntry(
-        id=index + 1, ts=float(e["t"]), account=str(e["a"]), kind=str(e["k"]), d_balance=int(e["b"]),
-        d_reserved=int(e["r"]), request_id=str(e.get("ref") or ""), note=str(e.get("note") or ""),
+        id=index + 1,
+        ts=float(e["t"]),
+        account=str(e["a"]),
+        kind=str(e["k"]),
+        d_balance=int(e["b"]),
+        d_reserved=int(e["r"]),
+        request_id=str(e.get("ref") or ""),
+        note=str(e.get("note") or ""),
         actor=str(e.get("by") or ""),
     )
 
 
-def log_matcher(
-    key_id: str | None, model: str | None, end_reason: str | None
-) -> Callable[[LogRow], bool] | None:
+def log_matcher(key_id: str | None, model: str | None, end_reason: str | None) -> Callable[[LogRow], bool] | None:
     """A predicate for the consume-log filters that have no index (None: no filter)."""
     if key_id is None and model is None and end_reason is None:
         return None
@@ -108,14 +112,19 @@ class RedisAccounts:
         """Add `amount` (negative for an adjustment) to the wallet, with a ledger entry
         recording `note` and `actor`."""
         reply = await self._core.run(
-            "credit", [self._k.user(user), self._k.ledger(user)],
+            "credit",
+            [self._k.user(user), self._k.ledger(user)],
             [units(amount, "a credit", signed=True), fmt_time(self._clock()), note, actor],
         )
         return to_user(pairs(reply))
 
     @guarded
     async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None,
+        self,
+        name: str,
+        *,
+        group: str | None = None,
+        preference: Preference | None = None,
         disabled: bool | None = None,
     ) -> User:
         """Change a user's group, billing preference or disabled flag (None or "" keeps it)."""
@@ -139,7 +148,8 @@ class RedisAccounts:
         if user is None:
             raise StoreError(f"unknown key {key_id!r}")
         reply = await self._core.run(
-            "update_key", [self._k.key(user, key_id), self._k.ledger(user)],
+            "update_key",
+            [self._k.key(user, key_id), self._k.ledger(user)],
             [fmt_time(self._clock()), actor, quota, *key_fields(changes)],
         )
         return to_key(pairs(reply))
@@ -176,7 +186,8 @@ class RedisAccounts:
         ends = max(now, float(terms["start"]))
         terms["end"] = fmt_time(ends)
         reply = await self._core.run(
-            "cancel", [k.sub(user, sub_id), k.ledger(user), k.sub_meta(user)],
+            "cancel",
+            [k.sub(user, sub_id), k.ledger(user), k.sub_meta(user)],
             [fmt_time(now), sub_target(meta, now), sub_id, json.dumps(terms), fmt_time(ends)],
         )
         return to_subscription(pairs(reply))
@@ -189,8 +200,12 @@ class RedisAccounts:
             raise StoreError(f"unknown plan {name!r}")
         now, users = self._clock(), sorted(await self._core.smembers(self._k.users))
         metas = await self._core.batch([("hgetall", (self._k.sub_meta(u),)) for u in users])
-        running = [(u, sub_id) for u, m in zip(users, metas, strict=True) for sub_id, raw in m.items()
-                   if float(json.loads(raw)["end"]) > now]
+        running = [
+            (u, sub_id)
+            for u, m in zip(users, metas, strict=True)
+            for sub_id, raw in m.items()
+            if float(json.loads(raw)["end"]) > now
+        ]
         plans = await self._core.batch([("hget", (self._k.sub(u, s), "plan")) for u, s in running])
         subscribed = sorted({u for (u, _), plan in zip(running, plans, strict=True) if plan == name})
         if subscribed:
@@ -227,8 +242,14 @@ class RedisAccounts:
 
     @guarded
     async def log_totals(
-        self, user: str | None = None, since: float | None = None, until: float | None = None, *,
-        key_id: str | None = None, model: str | None = None, end_reason: str | None = None,
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
     ) -> LogTotals:
         """Sums over the consume-log rows the filters match: every matching row is read
         (a key's from its user's log alone)."""

@@ -20,8 +20,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from plugins.billing.store.rules import is_stuck, stuck_line
 from plugins.billing.store.redis.layout import to_hold
+from plugins.billing.store.rules import is_stuck, stuck_line
 from plugins.billing.store.tasks import TASK_OWNER
 
 _CHARGES = ("capture", "expire")
@@ -123,7 +123,11 @@ def _check_account(
 
 
 def _check_holds(
-    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float,
+    out: Findings,
+    snap: UserSnapshot,
+    heartbeats: Mapping[str, float],
+    now: float,
+    orphan_after: float,
     stuck_after: float | None,
 ) -> None:
     for rid, h in zip(snap.open_ids, snap.holds, strict=True):
@@ -145,7 +149,11 @@ def _check_holds(
 
 
 def audit_user(
-    out: Findings, snap: UserSnapshot, heartbeats: Mapping[str, float], now: float, orphan_after: float,
+    out: Findings,
+    snap: UserSnapshot,
+    heartbeats: Mapping[str, float],
+    now: float,
+    orphan_after: float,
     stuck_after: float | None = None,
 ) -> None:
     """Append to `out` what is wrong with one user's accounts and holds."""
@@ -185,5 +193,6 @@ def _check_counts(out: Findings, snap: UserSnapshot, sums: _Sums) -> None:
     for up in sorted(set(snap.upstream_used) | set(snap.upstream_count) | set(sums.upstream_used)):
         label = f"upstream:{up} (user {name})"
         _diff(out, f"{label} used", int(snap.upstream_used.get(up, 0)), sums.upstream_used.get(up, 0), "ledger")
-        _diff(out, f"{label} request_count", int(snap.upstream_count.get(up, 0)),
-              sums.upstream_count.get(up, 0), "ledger")
+        _diff(
+            out, f"{label} request_count", int(snap.upstream_count.get(up, 0)), sums.upstream_count.get(up, 0), "ledger"
+        )

@@ -38,8 +38,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 
 from plugins.billing.store.base import StoreError, StoreUnavailable
-from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target, reply_error
 from plugins.billing.store.redis.layout import SCRIPTS, load_script
+from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target, reply_error
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -120,7 +120,9 @@ def redact(url: str) -> str:
 def _new_client(url: str, timeout: float, cluster: bool, max_connections: int) -> Any:
     """An unconnected client for `url`: one server, or a cluster seeded from that node."""
     options: dict[str, Any] = {
-        "decode_responses": True, "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         # One spare per node for what RedisCluster runs on its own (topology refreshes).
         "max_connections": max_connections + 1,
     }
@@ -239,7 +241,8 @@ class RedisCore:
             return_exceptions=True,  # an unreachable primary is an answer here, not an error
         )
         return bool(infos) and all(
-            isinstance(info, dict) and info.get("cluster_state") == "ok"
+            isinstance(info, dict)
+            and info.get("cluster_state") == "ok"
             and int(info.get("cluster_slots_assigned", 0)) == _CLUSTER_SLOTS
             for info in infos
         )

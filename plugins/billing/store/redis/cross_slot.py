@@ -11,11 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from plugins.billing.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
-from plugins.billing.store.rules import ledger_note
-from plugins.billing.store.tasks import TASK_OWNER
 from plugins.billing.store.redis.audit import Findings, UserSnapshot, audit_user
 from plugins.billing.store.redis.client import RedisCore
-from plugins.billing.store.redis.layout import Held, Layout, details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
+from plugins.billing.store.redis.layout import (
+    Held,
+    Layout,
+    details_json,
+    fmt_time,
+    pairs,
+    sub_target,
+    to_hold,
+    to_log_row,
+)
+from plugins.billing.store.rules import ledger_note
+from plugins.billing.store.tasks import TASK_OWNER
 
 _PAGE = 100
 
@@ -40,8 +49,18 @@ async def settle_call(
     user = held.user
     sub_key = k.sub(user, held.subscription_id) if held.subscription_id else k.no_sub(user)
     target = sub_target(held.sub_meta, now) if held.subscription_id else ""
-    keys = [k.user(user), k.hold(user, rid), k.key(user, held.key_id), sub_key, k.open_holds(user),
-            k.ledger(user), k.log_rows(user), k.log_index(user), k.upstream_used(user), k.upstream_count(user)]
+    keys = [
+        k.user(user),
+        k.hold(user, rid),
+        k.key(user, held.key_id),
+        sub_key,
+        k.open_holds(user),
+        k.ledger(user),
+        k.log_rows(user),
+        k.log_index(user),
+        k.upstream_used(user),
+        k.upstream_count(user),
+    ]
     # The id comes from one global counter in a slot of its own: query_logs pages all users'
     # rows together, newest first, by it. On one server the script takes it as it writes the
     # row, so ids follow settlement order with no gaps; a cluster cannot run a script across
@@ -52,8 +71,17 @@ async def settle_call(
     else:
         log_id = ""
         keys += [k.log_seq, k.log_global]
-    return keys, [fmt_time(now), target, log_id, details_json(log), log.upstream, actual, held.key_id,
-                  held.subscription_id, ledger_note(log)]
+    return keys, [
+        fmt_time(now),
+        target,
+        log_id,
+        details_json(log),
+        log.upstream,
+        actual,
+        held.key_id,
+        held.subscription_id,
+        ledger_note(log),
+    ]
 
 
 async def settle_by_index(
@@ -93,7 +121,9 @@ async def expire_orphans(
     and those past their ttl, oldest first; the resolutions this call won."""
     beats = await heartbeats(core, k)
     won: list[Resolution] = []
-    for user, h in sorted(await open_hold_hashes(core, k), key=lambda uh: (float(uh[1]["created_at"]), uh[1]["request_id"])):
+    for user, h in sorted(
+        await open_hold_hashes(core, k), key=lambda uh: (float(uh[1]["created_at"]), uh[1]["request_id"])
+    ):
         seen = beats.get(h["instance_id"])
         if h["instance_id"] == TASK_OWNER:  # a task's hold lives as long as its task
             continue
@@ -144,8 +174,12 @@ async def query_logs(
             calls.append(("hget", (k.log_rows(owner), log_id)))
         for raw in await core.batch(calls):
             row = None if raw is None else to_log_row(raw)
-            if row and (since is None or row.ts >= since) and (until is None or row.ts < until) \
-                    and (match is None or match(row)):
+            if (
+                row
+                and (since is None or row.ts >= since)
+                and (until is None or row.ts < until)
+                and (match is None or match(row))
+            ):
                 rows.append(row)
         top = f"({int(batch[-1][1])}"
     return rows[: max(limit, 0)]
@@ -206,25 +240,43 @@ async def audit(
 
 async def _snapshot(core: RedisCore, k: Layout, user: str) -> UserSnapshot | None:
     for _ in range(10):  # retried while a key, subscription or hold appears meanwhile
-        key_ids, sub_ids, open_set = await core.batch([
-            ("lrange", (k.key_list(user), 0, -1)), ("lrange", (k.sub_list(user), 0, -1)),
-            ("smembers", (k.open_holds(user),)),
-        ])
+        key_ids, sub_ids, open_set = await core.batch(
+            [
+                ("lrange", (k.key_list(user), 0, -1)),
+                ("lrange", (k.sub_list(user), 0, -1)),
+                ("smembers", (k.open_holds(user),)),
+            ]
+        )
         open_ids = sorted(open_set)
         r = await core.run(
             "snapshot",
-            [k.user(user), k.ledger(user), k.open_holds(user), k.key_list(user), k.sub_list(user),
-             k.log_rows(user), k.upstream_used(user), k.upstream_count(user),
-             *(k.key(user, i) for i in key_ids), *(k.sub(user, i) for i in sub_ids),
-             *(k.hold(user, rid) for rid in open_ids)],
+            [
+                k.user(user),
+                k.ledger(user),
+                k.open_holds(user),
+                k.key_list(user),
+                k.sub_list(user),
+                k.log_rows(user),
+                k.upstream_used(user),
+                k.upstream_count(user),
+                *(k.key(user, i) for i in key_ids),
+                *(k.sub(user, i) for i in sub_ids),
+                *(k.hold(user, rid) for rid in open_ids),
+            ],
             [len(key_ids), len(sub_ids)],
         )
         if not r[0]:
             return None
         if r[3] == key_ids and r[4] == sub_ids and sorted(r[2]) == open_ids:
             return UserSnapshot(
-                user=pairs(r[0]), ledger=r[1], keys=[pairs(h) for h in r[5]], subs=[pairs(h) for h in r[6]],
-                open_ids=open_ids, holds=[pairs(h) for h in r[7]], log_rows=int(r[8]),
-                upstream_used=pairs(r[9]), upstream_count=pairs(r[10]),
+                user=pairs(r[0]),
+                ledger=r[1],
+                keys=[pairs(h) for h in r[5]],
+                subs=[pairs(h) for h in r[6]],
+                open_ids=open_ids,
+                holds=[pairs(h) for h in r[7]],
+                log_rows=int(r[8]),
+                upstream_used=pairs(r[9]),
+                upstream_count=pairs(r[10]),
             )
     raise StoreError(f"audit: no stable snapshot of user {user} after 10 tries")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.base import (
     FundingSource,
     Hold,
@@ -34,6 +33,7 @@ from plugins.billing.store.base import (
     Refusal,
     StoreUnavailable,
 )
+from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.client import Call, RedisCore
 from plugins.billing.store.redis.layout import (
     Held,
@@ -70,8 +70,16 @@ class Holder:
         self._terms = terms
 
     async def hold(
-        self, request_id: str, user: str, key_id: str, amount: int, preference: Preference | None,
-        price_version: str, ttl: float, instance_id: str, model: str,
+        self,
+        request_id: str,
+        user: str,
+        key_id: str,
+        amount: int,
+        preference: Preference | None,
+        price_version: str,
+        ttl: float,
+        instance_id: str,
+        model: str,
     ) -> Hold | HoldRefusal:
         """`Store.hold` (see `plugins.billing.store.base`)."""
         units(amount, "a hold amount")
@@ -81,9 +89,14 @@ class Holder:
             claim, now, request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
         )
         known = self._terms.get(user)
-        calls: list[Call] = [] if claim else [
-            ("hsetnx", (k.requests, request_id, user)), ("sadd", (k.open_users, user)),
-        ]
+        calls: list[Call] = (
+            []
+            if claim
+            else [
+                ("hsetnx", (k.requests, request_id, user)),
+                ("sadd", (k.open_users, user)),
+            ]
+        )
         if known is None:
             calls.append(("hgetall", (k.sub_meta(user),)))
         if calls:
@@ -113,17 +126,42 @@ class Holder:
         return await self._answer(reply, request_id, user, key_id, amount, price_version, instance_id, now, ttl, metas)
 
     def _script(
-        self, claim: bool, now: float, request_id: str, user: str, key_id: str, amount: int,
-        preference: Preference | None, price_version: str, ttl: float, instance_id: str, model: str,
+        self,
+        claim: bool,
+        now: float,
+        request_id: str,
+        user: str,
+        key_id: str,
+        amount: int,
+        preference: Preference | None,
+        price_version: str,
+        ttl: float,
+        instance_id: str,
+        model: str,
     ) -> Callable[[dict[str, str]], tuple[list[str], list[str | int]]]:
         """The hold script's KEYS and ARGV for the user's subscription terms as known (a
         function of them: a `stale` answer means calling it again with fresher terms)."""
         k = self._k
-        keys = [k.user(user), k.hold(user, request_id), k.key(user, key_id), k.open_holds(user), k.ledger(user),
-                k.unmarked(user), k.sub_meta(user), *((k.requests, k.open_users) if claim else ())]
+        keys = [
+            k.user(user),
+            k.hold(user, request_id),
+            k.key(user, key_id),
+            k.open_holds(user),
+            k.ledger(user),
+            k.unmarked(user),
+            k.sub_meta(user),
+            *((k.requests, k.open_users) if claim else ()),
+        ]
         args: list[str | int] = [
-            request_id, key_id, int(amount), "" if preference is None else Preference(preference).value,
-            price_version, fmt_time(now), fmt_time(now + ttl), instance_id, model,
+            request_id,
+            key_id,
+            int(amount),
+            "" if preference is None else Preference(preference).value,
+            price_version,
+            fmt_time(now),
+            fmt_time(now + ttl),
+            instance_id,
+            model,
         ]
         flag = "1" if claim else "0"
 
@@ -137,8 +175,17 @@ class Holder:
         return script
 
     async def _answer(
-        self, reply: list[str], request_id: str, user: str, key_id: str, amount: int, price_version: str,
-        instance_id: str, now: float, ttl: float, metas: dict[str, str],
+        self,
+        reply: list[str],
+        request_id: str,
+        user: str,
+        key_id: str,
+        amount: int,
+        price_version: str,
+        instance_id: str,
+        now: float,
+        ttl: float,
+        metas: dict[str, str],
     ) -> Hold | HoldRefusal:
         """The script's answer as a Hold or HoldRefusal; an open hold is remembered."""
         kind = reply[0]
@@ -148,8 +195,19 @@ class Holder:
             held = to_hold(pairs(reply[1]))
         elif kind == "new":
             held = Hold(
-                request_id, user, key_id, _SOURCES[reply[1]], reply[2] or None, int(amount), int(reply[3]),
-                price_version, instance_id, float(now), float(now + ttl), HoldState.OPEN, None,
+                request_id,
+                user,
+                key_id,
+                _SOURCES[reply[1]],
+                reply[2] or None,
+                int(amount),
+                int(reply[3]),
+                price_version,
+                instance_id,
+                float(now),
+                float(now + ttl),
+                HoldState.OPEN,
+                None,
             )
             if int(reply[4]):  # a resolver dropped the mark after ours was set: set it again
                 await self._core.call("sadd", self._k.open_users, user)

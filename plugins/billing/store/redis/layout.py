@@ -42,11 +42,11 @@ poll: the poll leases) and `P:{tasks}:all` (zset, every task id by creation).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 from importlib import resources
+from typing import Generic, TypeVar
 
 import orjson
 
@@ -66,11 +66,31 @@ from plugins.billing.store.base import (
 )
 
 SCRIPTS = (
-    "create_user", "set_user", "credit", "create_key", "set_key_status", "grant", "rollover",
-    "hold", "checkpoint", "capture", "release", "expire", "snapshot", "log_id", "forget",
+    "create_user",
+    "set_user",
+    "credit",
+    "create_key",
+    "set_key_status",
+    "grant",
+    "rollover",
+    "hold",
+    "checkpoint",
+    "capture",
+    "release",
+    "expire",
+    "snapshot",
+    "log_id",
+    "forget",
     "save_prices",
-    "task_open", "task_end", "task_note", "task_claim", "task_snapshot", "task_index",
-    "update_key", "cancel", "ledger_head",
+    "task_open",
+    "task_end",
+    "task_note",
+    "task_claim",
+    "task_snapshot",
+    "task_index",
+    "update_key",
+    "cancel",
+    "ledger_head",
 )
 """Every Lua script RedisStore registers, by file stem under `plugins/billing/store/redis/lua/`."""
 
@@ -295,9 +315,14 @@ def _strs(raw: str) -> tuple[str, ...]:
 def to_user(h: Mapping[str, str]) -> User:
     """A user hash as a User."""
     return User(
-        name=h["name"], group=h["group"], preference=Preference(h["preference"]),
-        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
-        request_count=int(h["request_count"]), created_at=float(h["created_at"]),
+        name=h["name"],
+        group=h["group"],
+        preference=Preference(h["preference"]),
+        balance=int(h["balance"]),
+        reserved=int(h["reserved"]),
+        used=int(h["used"]),
+        request_count=int(h["request_count"]),
+        created_at=float(h["created_at"]),
         disabled=h.get("disabled") == "1",
     )
 
@@ -307,22 +332,35 @@ def to_key(h: Mapping[str, str]) -> ApiKey:
     quota = h["quota"]
     group = json.loads(h["group"])
     return ApiKey(
-        id=h["id"], user=h["user"], name=h["name"], status=h["status"],
+        id=h["id"],
+        user=h["user"],
+        name=h["name"],
+        status=h["status"],
         expires_at=float(h["expires_at"]) if h["expires_at"] else None,
         quota=int(quota) if quota else None,
-        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
-        request_count=int(h["request_count"]), models=_strs(h["models"]), ips=_strs(h["ips"]),
-        group=None if group is None else str(group), created_at=float(h["created_at"]),
+        balance=int(h["balance"]),
+        reserved=int(h["reserved"]),
+        used=int(h["used"]),
+        request_count=int(h["request_count"]),
+        models=_strs(h["models"]),
+        ips=_strs(h["ips"]),
+        group=None if group is None else str(group),
+        created_at=float(h["created_at"]),
         hint=h.get("hint", ""),
     )
 
 
 def plan_json(plan: Plan) -> str:
     """A plan as stored in the plans hash."""
-    return json.dumps({
-        "name": plan.name, "quota": plan.quota, "period": plan.period,
-        "duration_days": plan.duration_days, "models": list(plan.models),
-    })
+    return json.dumps(
+        {
+            "name": plan.name,
+            "quota": plan.quota,
+            "period": plan.period,
+            "duration_days": plan.duration_days,
+            "models": list(plan.models),
+        }
+    )
 
 
 def to_plan(raw: str) -> Plan:
@@ -330,18 +368,30 @@ def to_plan(raw: str) -> Plan:
     d = json.loads(raw)
     days = d["duration_days"]
     return Plan(
-        name=str(d["name"]), quota=int(d["quota"]), period=str(d["period"]),
-        duration_days=None if days is None else int(days), models=tuple(str(m) for m in d["models"]),
+        name=str(d["name"]),
+        quota=int(d["quota"]),
+        period=str(d["period"]),
+        duration_days=None if days is None else int(days),
+        models=tuple(str(m) for m in d["models"]),
     )
 
 
 def to_subscription(h: Mapping[str, str]) -> Subscription:
     """A subscription hash as a Subscription."""
     return Subscription(
-        id=h["id"], user=h["user"], plan=h["plan"], quota=int(h["quota"]), period=h["period"],
-        start=float(h["start"]), end=float(h["end"]), period_start=float(h["period_start"]),
-        balance=int(h["balance"]), reserved=int(h["reserved"]), used=int(h["used"]),
-        models=_strs(h["models"]), cancelled_at=float(h["cancelled_at"]) if h.get("cancelled_at") else None,
+        id=h["id"],
+        user=h["user"],
+        plan=h["plan"],
+        quota=int(h["quota"]),
+        period=h["period"],
+        start=float(h["start"]),
+        end=float(h["end"]),
+        period_start=float(h["period_start"]),
+        balance=int(h["balance"]),
+        reserved=int(h["reserved"]),
+        used=int(h["used"]),
+        models=_strs(h["models"]),
+        cancelled_at=float(h["cancelled_at"]) if h.get("cancelled_at") else None,
     )
 
 
@@ -349,12 +399,19 @@ def to_hold(h: Mapping[str, str]) -> Hold:
     """A hold hash as a Hold."""
     checkpoint, touched = h.get("checkpoint", ""), h.get("touched_at", "")
     return Hold(
-        request_id=h["request_id"], user=h["user"], key_id=h["key_id"],
-        source=FundingSource(h["source"]), subscription_id=h["subscription_id"] or None,
-        amount=int(h["amount"]), key_amount=int(h["key_amount"]),
-        price_version=h["price_version"], instance_id=h["instance_id"],
-        created_at=float(h["created_at"]), expires_at=float(h["expires_at"]),
-        state=HoldState(h["state"]), checkpoint=int(checkpoint) if checkpoint else None,
+        request_id=h["request_id"],
+        user=h["user"],
+        key_id=h["key_id"],
+        source=FundingSource(h["source"]),
+        subscription_id=h["subscription_id"] or None,
+        amount=int(h["amount"]),
+        key_amount=int(h["key_amount"]),
+        price_version=h["price_version"],
+        instance_id=h["instance_id"],
+        created_at=float(h["created_at"]),
+        expires_at=float(h["expires_at"]),
+        state=HoldState(h["state"]),
+        checkpoint=int(checkpoint) if checkpoint else None,
         touched_at=float(touched) if touched else None,
     )
 
@@ -379,9 +436,16 @@ def to_log_row(raw: str) -> LogRow:
     if not detail.get("key_name") and d.get("key_name"):
         detail["key_name"] = d["key_name"]
     return LogRow(
-        id=int(d["id"]), ts=float(d["ts"]), request_id=d["request_id"], user=d["user"],
-        key_id=d["key_id"], source=d["source"], estimate=int(d["estimate"]),
-        charge=int(d["charge"]), overage=int(d["overage"]), price_version=d["price_version"],
+        id=int(d["id"]),
+        ts=float(d["ts"]),
+        request_id=d["request_id"],
+        user=d["user"],
+        key_id=d["key_id"],
+        source=d["source"],
+        estimate=int(d["estimate"]),
+        charge=int(d["charge"]),
+        overage=int(d["overage"]),
+        price_version=d["price_version"],
         details=LogDetails(**detail),
     )
 

@@ -24,8 +24,13 @@ from plugins.billing.store.redis.layout import Layout
 def _version(raw: str) -> PriceVersion:
     d = json.loads(raw)
     return PriceVersion(
-        number=int(d["number"]), base=int(d["base"]), document=str(d["document"]), digest=str(d["digest"]),
-        source=str(d["source"]), note=str(d["note"]), created_at=float(d["created_at"]),
+        number=int(d["number"]),
+        base=int(d["base"]),
+        document=str(d["document"]),
+        digest=str(d["digest"]),
+        source=str(d["source"]),
+        note=str(d["note"]),
+        created_at=float(d["created_at"]),
     )
 
 
@@ -73,13 +78,21 @@ class RedisPrices:
         """Append version `base + 1` if `base` is the head; else the conflict, nothing written."""
         if base < 0:
             raise StoreError("a price version's base must be >= 0")
-        version = PriceVersion(base + 1, base, document, document_digest(document), source, note[:NOTE_MAX],
-                               self._clock())
-        record = json.dumps({
-            "number": version.number, "base": version.base, "document": version.document,
-            "digest": version.digest, "source": version.source, "note": version.note,
-            "created_at": version.created_at,
-        }, separators=(",", ":"))
+        version = PriceVersion(
+            base + 1, base, document, document_digest(document), source, note[:NOTE_MAX], self._clock()
+        )
+        record = json.dumps(
+            {
+                "number": version.number,
+                "base": version.base,
+                "document": version.document,
+                "digest": version.digest,
+                "source": version.source,
+                "note": version.note,
+                "created_at": version.created_at,
+            },
+            separators=(",", ":"),
+        )
         saved, number = await self._core.run("save_prices", list(self._price_keys()), [int(base), record])
         if int(saved) != 1:
             return PriceConflict(base=base, head=int(number))

@@ -37,9 +37,12 @@ def lean_target(options: Mapping[str, Any]) -> Target | None:
     if cls is not None and cls.__name__ != "UnixDomainSocketConnection":
         return None
     return Target(
-        host=str(options.get("host", "127.0.0.1")), port=int(options.get("port", 6379)),
-        path=options.get("path"), db=int(options.get("db", 0) or 0),
-        username=options.get("username"), password=options.get("password"),
+        host=str(options.get("host", "127.0.0.1")),
+        port=int(options.get("port", 6379)),
+        path=options.get("path"),
+        db=int(options.get("db", 0) or 0),
+        username=options.get("username"),
+        password=options.get("password"),
     )
 
 
@@ -61,9 +64,19 @@ class Script:
 #: running a long script, out of memory, a replica or without its primary, a cluster
 #: without all its slots, or unable to persist. The same call can succeed later, so they
 #: are unavailability: refused with 503 at hold time, retried at settlement.
-TRY_AGAIN_CODES = frozenset({
-    "LOADING", "BUSY", "OOM", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF",
-})
+TRY_AGAIN_CODES = frozenset(
+    {
+        "LOADING",
+        "BUSY",
+        "OOM",
+        "MASTERDOWN",
+        "READONLY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+        "MISCONF",
+    }
+)
 
 
 def reply_error(msg: str) -> StoreError:
@@ -119,7 +132,10 @@ def _scored(reply: list[str]) -> list[tuple[str, float]]:
 
 # Reply shapes where redis-py (decode_responses=True) does not hand back the raw reply.
 _SHAPES: dict[str, Callable[[Any], Any]] = {
-    "hgetall": _pairs, "smembers": set, "hsetnx": bool, "zrevrangebyscore": _scored,
+    "hgetall": _pairs,
+    "smembers": set,
+    "hsetnx": bool,
+    "zrevrangebyscore": _scored,
 }
 
 

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from plugins.billing.store import rules
-from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.base import (
     ApiKey,
     AuditReport,
@@ -47,11 +46,10 @@ from plugins.billing.store.base import (
     Subscription,
     User,
 )
+from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.accounts import RedisAccounts, log_matcher
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
-from plugins.billing.store.redis.prices import RedisPrices
-from plugins.billing.store.redis.tasks import RedisTasks
 from plugins.billing.store.redis.layout import (
     MAX_UNITS,
     HeldMemory,
@@ -69,6 +67,8 @@ from plugins.billing.store.redis.layout import (
     to_user,
     units,
 )
+from plugins.billing.store.redis.prices import RedisPrices
+from plugins.billing.store.redis.tasks import RedisTasks
 
 __all__ = ["MAX_UNITS", "RedisStore"]
 
@@ -79,8 +79,14 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
     edits in `RedisAccounts`."""
 
     def __init__(
-        self, url: str, *, prefix: str = "weir", clock: Callable[[], float] = time.time, timeout: float = 5.0,
-        cluster: bool = False, max_connections: int = 64,
+        self,
+        url: str,
+        *,
+        prefix: str = "weir",
+        clock: Callable[[], float] = time.time,
+        timeout: float = 5.0,
+        cluster: bool = False,
+        max_connections: int = 64,
     ) -> None:
         """Configure; nothing connects until `open()`. `prefix` must not contain braces.
         `cluster=True` talks to a Redis Cluster, `url` naming any one of its nodes. At most
@@ -168,13 +174,31 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
             raise StoreError("a key with this hash already exists")
         await self._core.call("hset", k.key_ids, key_id, user)
         static = [
-            "user", user, "name", name, "status", "active", "key_hash", key_hash,
-            "expires_at", "" if expires_at is None else fmt_time(expires_at), "models", dump_opt(list(models)),
-            "ips", dump_opt(list(ips)), "group", dump_opt(group), "created_at", fmt_time(now), "hint", hint,
+            "user",
+            user,
+            "name",
+            name,
+            "status",
+            "active",
+            "key_hash",
+            key_hash,
+            "expires_at",
+            "" if expires_at is None else fmt_time(expires_at),
+            "models",
+            dump_opt(list(models)),
+            "ips",
+            dump_opt(list(ips)),
+            "group",
+            dump_opt(group),
+            "created_at",
+            fmt_time(now),
+            "hint",
+            hint,
         ]
         try:
             reply = await self._run(
-                "create_key", [k.user(user), k.key(user, key_id), k.key_list(user), k.ledger(user)],
+                "create_key",
+                [k.user(user), k.key(user, key_id), k.key_list(user), k.ledger(user)],
                 [key_id, limit, fmt_time(now), *static],
             )
         except StoreError:
@@ -248,11 +272,25 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
             raise StoreError(f"unknown plan {plan!r}")
         k, sub_id, now = self._k, "s_" + secrets.token_hex(6), self._clock()
         first = rules.period_start(start, p.period, min(now, end))
-        meta = json.dumps({"start": fmt_time(start), "end": fmt_time(end), "period": p.period, "models": list(p.models)})
+        meta = json.dumps(
+            {"start": fmt_time(start), "end": fmt_time(end), "period": p.period, "models": list(p.models)}
+        )
         await self._core.call("hset", k.sub_ids, sub_id, user)  # first: an id that names nothing is skipped
         reply = await self._run(
-            "grant", [k.user(user), k.sub(user, sub_id), k.sub_list(user), k.ledger(user), k.sub_meta(user)],
-            [sub_id, p.name, p.quota, p.period, fmt_time(start), fmt_time(end), dump_opt(list(p.models)), fmt_time(now), meta, fmt_time(first)],
+            "grant",
+            [k.user(user), k.sub(user, sub_id), k.sub_list(user), k.ledger(user), k.sub_meta(user)],
+            [
+                sub_id,
+                p.name,
+                p.quota,
+                p.period,
+                fmt_time(start),
+                fmt_time(end),
+                dump_opt(list(p.models)),
+                fmt_time(now),
+                meta,
+                fmt_time(first),
+            ],
         )
         return to_subscription(pairs(reply))
 
@@ -263,7 +301,8 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
         metas = await self._core.hgetall(self._k.sub_meta(user))
         ids = sorted(metas, key=lambda i: (float(json.loads(metas[i])["end"]), i))
         reply = await self._run(
-            "rollover", [self._k.ledger(user), *(self._k.sub(user, i) for i in ids)],
+            "rollover",
+            [self._k.ledger(user), *(self._k.sub(user, i) for i in ids)],
             [fmt_time(now), *(sub_target(metas[i], now) for i in ids)],
         )
         return [to_subscription(pairs(h)) for h in reply if h]
@@ -397,4 +436,3 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
         report = await records.audit(self._core, self._k, now, orphan_after, stuck_after)
         tasks = await self._task_audit()
         return AuditReport(report.mismatches + tasks, report.orphans, report.negatives, report.stuck)
-

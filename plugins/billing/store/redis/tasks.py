@@ -33,12 +33,31 @@ def _opt(value: object) -> str:
 def task_fields(t: Task) -> list[str]:
     """A task as the flat field/value pairs of its hash."""
     values: dict[str, object] = {
-        "id": t.id, "user": t.user, "key_id": t.key_id, "api": t.api, "model": t.model, "upstream": t.upstream,
-        "upstream_model": t.upstream_model, "upstream_id": t.upstream_id, "amount": t.amount, "seconds": t.seconds,
-        "terms": t.terms, "key_name": t.key_name, "group": t.group, "created_at": fmt_time(t.created_at),
-        "status": t.status, "progress": t.progress, "state": t.state.value, "end_reason": t.end_reason,
-        "charge": _opt(t.charge), "note": t.note, "ended_at": "" if t.ended_at is None else fmt_time(t.ended_at),
-        "next_poll_at": fmt_time(t.next_poll_at), "polls": t.polls, "misses": t.misses, "failures": t.failures,
+        "id": t.id,
+        "user": t.user,
+        "key_id": t.key_id,
+        "api": t.api,
+        "model": t.model,
+        "upstream": t.upstream,
+        "upstream_model": t.upstream_model,
+        "upstream_id": t.upstream_id,
+        "amount": t.amount,
+        "seconds": t.seconds,
+        "terms": t.terms,
+        "key_name": t.key_name,
+        "group": t.group,
+        "created_at": fmt_time(t.created_at),
+        "status": t.status,
+        "progress": t.progress,
+        "state": t.state.value,
+        "end_reason": t.end_reason,
+        "charge": _opt(t.charge),
+        "note": t.note,
+        "ended_at": "" if t.ended_at is None else fmt_time(t.ended_at),
+        "next_poll_at": fmt_time(t.next_poll_at),
+        "polls": t.polls,
+        "misses": t.misses,
+        "failures": t.failures,
     }
     return [str(x) for pair in values.items() for x in pair]
 
@@ -46,13 +65,30 @@ def task_fields(t: Task) -> list[str]:
 def to_task(h: Mapping[str, str]) -> Task:
     """A task hash as a Task."""
     return Task(
-        id=h["id"], user=h["user"], key_id=h["key_id"], api=h["api"], model=h["model"], upstream=h["upstream"],
-        upstream_model=h["upstream_model"], upstream_id=h["upstream_id"], amount=int(h["amount"]),
-        seconds=int(h["seconds"]), terms=h["terms"], key_name=h["key_name"], group=h["group"],
-        created_at=float(h["created_at"]), status=h["status"], progress=int(h["progress"]),
-        state=TaskState(h["state"]), end_reason=h["end_reason"], charge=int(h["charge"]) if h["charge"] else None,
-        note=h["note"], ended_at=float(h["ended_at"]) if h["ended_at"] else None,
-        next_poll_at=float(h["next_poll_at"]), polls=int(h["polls"]), misses=int(h["misses"]),
+        id=h["id"],
+        user=h["user"],
+        key_id=h["key_id"],
+        api=h["api"],
+        model=h["model"],
+        upstream=h["upstream"],
+        upstream_model=h["upstream_model"],
+        upstream_id=h["upstream_id"],
+        amount=int(h["amount"]),
+        seconds=int(h["seconds"]),
+        terms=h["terms"],
+        key_name=h["key_name"],
+        group=h["group"],
+        created_at=float(h["created_at"]),
+        status=h["status"],
+        progress=int(h["progress"]),
+        state=TaskState(h["state"]),
+        end_reason=h["end_reason"],
+        charge=int(h["charge"]) if h["charge"] else None,
+        note=h["note"],
+        ended_at=float(h["ended_at"]) if h["ended_at"] else None,
+        next_poll_at=float(h["next_poll_at"]),
+        polls=int(h["polls"]),
+        misses=int(h["misses"]),
         failures=int(h["failures"]),
     )
 
@@ -75,7 +111,8 @@ class RedisTasks:
         # leaves entries that point at nothing, which readers skip.
         await self._index("add", task.id, task.user, task.next_poll_at, task.created_at)
         done = await self._core.run(
-            "task_open", [k.hold(task.user, task.id), k.task(task.user, task.id), k.user_tasks(task.user)],
+            "task_open",
+            [k.hold(task.user, task.id), k.task(task.user, task.id), k.user_tasks(task.user)],
             [task.id, fmt_time(task.created_at), TASK_OWNER, *task_fields(task)],
         )
         if not done:
@@ -112,7 +149,9 @@ class RedisTasks:
             if not ids:
                 break
             start += len(ids)
-            owners = [user] * len(ids) if user is not None else await self._core.call("hmget", self._k.task_owners, *ids)
+            owners = (
+                [user] * len(ids) if user is not None else await self._core.call("hmget", self._k.task_owners, *ids)
+            )
             calls = [("hgetall", (self._k.task(o, i),)) for i, o in zip(ids, owners) if o is not None]
             for h in await self._core.batch(calls):
                 if h and (state is None or h["state"] == state.value):
@@ -123,7 +162,9 @@ class RedisTasks:
     async def claim_tasks(self, now: float, lease: float, limit: int) -> list[Task]:
         """Take the due open tasks (at most `limit`), each for `lease` seconds."""
         k = self._k
-        ids: list[str] = await self._core.run("task_claim", [k.tasks_due], [fmt_time(now), fmt_time(now + lease), limit])
+        ids: list[str] = await self._core.run(
+            "task_claim", [k.tasks_due], [fmt_time(now), fmt_time(now + lease), limit]
+        )
         if not ids:
             return []
         owners = await self._core.call("hmget", k.task_owners, *ids)
@@ -183,14 +224,21 @@ class RedisTasks:
     async def _audit_user(self, user: str) -> list[str]:
         core, k = self._core, self._k
         for _ in range(_SNAPSHOT_TRIES):  # retried while a task or hold appears meanwhile
-            task_ids, open_ids = await core.batch([
-                ("zrange", (k.user_tasks(user), 0, -1)), ("smembers", (k.open_holds(user),)),
-            ])
+            task_ids, open_ids = await core.batch(
+                [
+                    ("zrange", (k.user_tasks(user), 0, -1)),
+                    ("smembers", (k.open_holds(user),)),
+                ]
+            )
             hold_ids = sorted(set(task_ids) | set(open_ids))
             r = await core.run(
                 "task_snapshot",
-                [k.user_tasks(user), k.open_holds(user), *(k.task(user, i) for i in task_ids),
-                 *(k.hold(user, i) for i in hold_ids)],
+                [
+                    k.user_tasks(user),
+                    k.open_holds(user),
+                    *(k.task(user, i) for i in task_ids),
+                    *(k.hold(user, i) for i in hold_ids),
+                ],
                 [len(task_ids)],
             )
             if r[0] == task_ids and sorted(r[1]) == sorted(open_ids):

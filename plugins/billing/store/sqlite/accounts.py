@@ -76,8 +76,12 @@ def set_user_tx(db: Db, name: str, group: str | None, preference: Preference | N
     current = _user(db, name)
     db.execute(
         "UPDATE users SET grp = ?, preference = ?, disabled = ? WHERE name = ?",
-        (group or current.group, Preference(preference or current.preference).value,
-         int(current.disabled if disabled is None else disabled), name),
+        (
+            group or current.group,
+            Preference(preference or current.preference).value,
+            int(current.disabled if disabled is None else disabled),
+            name,
+        ),
     )
     return _user(db, name)
 
@@ -157,8 +161,15 @@ def delete_plan_tx(db: Db, clock: Clock, name: str) -> None:
 
 def _entry(r: sqlite3.Row) -> LedgerEntry:
     return LedgerEntry(
-        id=r["id"], ts=r["ts"], account=r["account"], kind=r["kind"], d_balance=r["d_balance"],
-        d_reserved=r["d_reserved"], request_id=r["request_id"] or "", note=r["note"], actor=r["actor"],
+        id=r["id"],
+        ts=r["ts"],
+        account=r["account"],
+        kind=r["kind"],
+        d_balance=r["d_balance"],
+        d_reserved=r["d_reserved"],
+        request_id=r["request_id"] or "",
+        note=r["note"],
+        actor=r["actor"],
     )
 
 
@@ -199,7 +210,11 @@ class SQLiteAccounts(SQLiteConnection):
         return await self.run(credit_tx, self._clock, user, int(amount), note, actor)
 
     async def set_user(
-        self, name: str, *, group: str | None = None, preference: Preference | None = None,
+        self,
+        name: str,
+        *,
+        group: str | None = None,
+        preference: Preference | None = None,
         disabled: bool | None = None,
     ) -> User:
         """Change a user's group, billing preference or disabled flag (None keeps it)."""
@@ -230,8 +245,14 @@ class SQLiteAccounts(SQLiteConnection):
         return await self.run(ledger_tx, user, limit, before_id, everything, mode=_READ)
 
     async def log_totals(
-        self, user: str | None = None, since: float | None = None, until: float | None = None, *,
-        key_id: str | None = None, model: str | None = None, end_reason: str | None = None,
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
+        end_reason: str | None = None,
     ) -> LogTotals:
         """Sums over the consume-log rows the filters match."""
         where, params = schema.log_filter(user, since, until, None, key_id, model, end_reason)

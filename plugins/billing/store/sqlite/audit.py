@@ -25,8 +25,8 @@ import sqlite3
 from collections import defaultdict
 
 from plugins.billing.store import rules
-from plugins.billing.store.sqlite import schema
 from plugins.billing.store.base import AuditReport
+from plugins.billing.store.sqlite import schema
 from plugins.billing.store.sqlite.ledger import Db, fetch_all
 from plugins.billing.store.sqlite.tasks import task_audit
 from plugins.billing.store.tasks import TASK_OWNER
@@ -46,17 +46,21 @@ def _sums(db: Db, sql: str) -> dict[str, tuple[int, ...]]:
 def _account_checks(db: Db) -> list[str]:
     ledger = _sums(db, "SELECT account, SUM(d_balance), SUM(d_reserved) FROM ledger GROUP BY account")
     held = {
-        "wallet": _sums(db, "SELECT user, SUM(amount) FROM holds WHERE state = 'open'"
-                                  " AND source = 'wallet' GROUP BY user"),
-        "sub": _sums(db, "SELECT subscription_id, SUM(amount) FROM holds WHERE state = 'open'"
-                               " AND source = 'subscription' GROUP BY subscription_id"),
+        "wallet": _sums(
+            db, "SELECT user, SUM(amount) FROM holds WHERE state = 'open' AND source = 'wallet' GROUP BY user"
+        ),
+        "sub": _sums(
+            db,
+            "SELECT subscription_id, SUM(amount) FROM holds WHERE state = 'open'"
+            " AND source = 'subscription' GROUP BY subscription_id",
+        ),
         "key": _sums(db, "SELECT key_id, SUM(key_amount) FROM holds WHERE state = 'open' GROUP BY key_id"),
     }
-    accounts = [
-        ("wallet", r) for r in fetch_all(db, "SELECT name AS id, balance, reserved FROM users")
-    ] + [("key", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM api_keys")] + [
-        ("sub", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM subscriptions")
-    ]
+    accounts = (
+        [("wallet", r) for r in fetch_all(db, "SELECT name AS id, balance, reserved FROM users")]
+        + [("key", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM api_keys")]
+        + [("sub", r) for r in fetch_all(db, "SELECT id, balance, reserved FROM subscriptions")]
+    )
     out: list[str] = []
     seen = set()
     for owner, row in accounts:
@@ -72,8 +76,10 @@ def _account_checks(db: Db) -> list[str]:
 
 
 def _usage_checks(db: Db) -> list[str]:
-    spent = _sums(db, "SELECT account, -SUM(d_balance) FROM ledger"
-                            " WHERE kind IN ('capture', 'expire', 'overage') GROUP BY account")
+    spent = _sums(
+        db,
+        "SELECT account, -SUM(d_balance) FROM ledger WHERE kind IN ('capture', 'expire', 'overage') GROUP BY account",
+    )
     owner_of = {str(r["id"]): str(r["user"]) for r in fetch_all(db, "SELECT id, user FROM subscriptions")}
     user_spent: dict[str, int] = defaultdict(int)
     for account, (amount,) in spent.items():
@@ -99,8 +105,11 @@ def _usage_checks(db: Db) -> list[str]:
 
 
 def _record_checks(db: Db) -> list[str]:
-    logged = _sums(db, "SELECT upstream, SUM(charge), COUNT(*) FROM consume_log"
-                             " WHERE resolution = 'captured' AND upstream != '' GROUP BY upstream")
+    logged = _sums(
+        db,
+        "SELECT upstream, SUM(charge), COUNT(*) FROM consume_log"
+        " WHERE resolution = 'captured' AND upstream != '' GROUP BY upstream",
+    )
     out: list[str] = []
     stored = {str(r["name"]): (r["used"], r["request_count"]) for r in fetch_all(db, "SELECT * FROM upstream_counters")}
     for name in sorted(set(stored) | set(logged)):
@@ -170,6 +179,8 @@ def run_audit(db: Db, now: float, orphan_after: float, stuck_after: float | None
     """Every check, inside the caller's read transaction (one consistent snapshot)."""
     mismatches = _account_checks(db) + _usage_checks(db) + _record_checks(db) + task_audit(db)
     return AuditReport(
-        mismatches=mismatches, orphans=_orphans(db, now, orphan_after), negatives=_negatives(db),
+        mismatches=mismatches,
+        orphans=_orphans(db, now, orphan_after),
+        negatives=_negatives(db),
         stuck=_stuck(db, now, stuck_after),
     )

@@ -40,7 +40,10 @@ def is_busy(exc: object) -> bool:
 
 
 def run_batch(
-    conn: Db, begin: str, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]], busy_ms: int | None = None,
+    conn: Db,
+    begin: str,
+    calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]],
+    busy_ms: int | None = None,
     bulk: Bulk | None = None,
 ) -> list[Outcome]:
     """Every `fn(conn, *args)` of `calls` in one transaction (on the worker thread, or inline).

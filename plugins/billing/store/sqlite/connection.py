@@ -42,15 +42,14 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import aiosqlite
 
-from plugins.billing.store.sqlite import schema
 from plugins.billing.store.base import StoreError, StoreUnavailable
-from plugins.billing.store.sqlite.ledger import Db
+from plugins.billing.store.sqlite import schema
 from plugins.billing.store.sqlite.batch import Bulk, Outcome, is_busy, run_batch
+from plugins.billing.store.sqlite.ledger import Db
 
 T = TypeVar("T")
 
@@ -243,7 +242,9 @@ class SQLiteConnection:
             raise cast(BaseException, value)
         return cast(T, value)
 
-    def _try_inline(self, begin: str, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]) -> list[Outcome | None]:
+    def _try_inline(
+        self, begin: str, calls: Sequence[tuple[Callable[..., object], tuple[object, ...]]]
+    ) -> list[Outcome | None]:
         """Run calls in one transaction on the loop thread without waiting for a lock.
 
         Each outcome is None when SQLite was busy (that call, or the whole transaction, rolled
@@ -304,7 +305,9 @@ class SQLiteConnection:
         busy) on the worker thread. A batch error becomes every remaining caller's outcome."""
         pairs = [(c.fn, c.args) for c in calls]
         try:
-            tried: list[Outcome | None] = self._try_inline(calls[0].begin, pairs) if calls[0].inline else [None] * len(calls)
+            tried: list[Outcome | None] = (
+                self._try_inline(calls[0].begin, pairs) if calls[0].inline else [None] * len(calls)
+            )
             left = [i for i, o in enumerate(tried) if o is None]
             if left:
                 done = await self._hop(
@@ -321,8 +324,10 @@ class SQLiteConnection:
         first = self._queue.popleft()
         batch = [first]
         while (
-            self._queue and len(batch) < _BATCH_MAX
-            and self._queue[0].begin == first.begin and self._queue[0].inline == first.inline
+            self._queue
+            and len(batch) < _BATCH_MAX
+            and self._queue[0].begin == first.begin
+            and self._queue[0].inline == first.inline
         ):
             batch.append(self._queue.popleft())
         return [c for c in batch if not c.done.cancelled()]

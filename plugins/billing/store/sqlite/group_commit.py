@@ -31,7 +31,6 @@ from typing import Any
 import orjson
 
 from plugins.billing.store import rules
-from plugins.billing.store.sqlite import schema
 from plugins.billing.store.base import (
     FundingSource,
     Hold,
@@ -42,6 +41,7 @@ from plugins.billing.store.base import (
     Resolution,
     StoreError,
 )
+from plugins.billing.store.sqlite import schema
 from plugins.billing.store.sqlite.ledger import (
     INSERT_HOLD,
     INSERT_LOG,
@@ -127,23 +127,40 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
         wallet[1] += amount
         key_amount = 0 if unlimited else amount
         expires = now + ttl
-        holds.append((request_id, user, key_id, _WALLET, None, amount, key_amount, price_version, instance_id, now, expires))
+        holds.append(
+            (request_id, user, key_id, _WALLET, None, amount, key_amount, price_version, instance_id, now, expires)
+        )
         journal.append((now, rules.account("wallet", user), "hold", 0, amount, request_id, ""))
         if not unlimited:
             key[0] -= amount
             key[1] += amount
             journal.append((now, rules.account("key", key_id), "hold", 0, key_amount, request_id, ""))
-        results.append(Hold(
-            request_id, user, key_id, FundingSource.WALLET, None, amount, key_amount, price_version,
-            instance_id, now, expires, HoldState.OPEN,
-        ))
+        results.append(
+            Hold(
+                request_id,
+                user,
+                key_id,
+                FundingSource.WALLET,
+                None,
+                amount,
+                key_amount,
+                price_version,
+                instance_id,
+                now,
+                expires,
+                HoldState.OPEN,
+            )
+        )
     if holds:
         _write_holds(db, holds, wallets, keys, journal)
     return results
 
 
 def _write_holds(
-    db: Db, holds: list[tuple[object, ...]], wallets: dict[str, list[int]], keys: dict[str, list[int]],
+    db: Db,
+    holds: list[tuple[object, ...]],
+    wallets: dict[str, list[int]],
+    keys: dict[str, list[int]],
     journal: list[tuple[object, ...]],
 ) -> None:
     """Write what `hold_many` decided: the hold rows, each account's added reservation, the journal."""
@@ -231,8 +248,24 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
             continue
         # The rule reads the hold's owner, key, source, amounts and checkpoint; the times and
         # instance it does not read are not fetched.
-        held = Hold._make((request_id, row[1], row[2], _FUNDED_BY_WALLET, None, row[4], row[5], row[6], "", 0.0, 0.0,
-                           _OPEN_STATE, row[8], None))
+        held = Hold._make(
+            (
+                request_id,
+                row[1],
+                row[2],
+                _FUNDED_BY_WALLET,
+                None,
+                row[4],
+                row[5],
+                row[6],
+                "",
+                0.0,
+                0.0,
+                _OPEN_STATE,
+                row[8],
+                None,
+            )
+        )
         done = rules.settlement(held, state, charge, log, key_limited=bool(row[9]))
         totals.add(row[1], row[2], done)
         mine.append((args, row, done))
@@ -254,10 +287,21 @@ def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any,
             journal.append((ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
         resolved.append((state.value, charge, overage, ts, request_id))
         details: LogDetails = log
-        logs.append((
-            ts, request_id, user, key_id, source, state.value, held, charge, overage, price_version,
-            *schema.log_values(details, row[10]),
-        ))
+        logs.append(
+            (
+                ts,
+                request_id,
+                user,
+                key_id,
+                source,
+                state.value,
+                held,
+                charge,
+                overage,
+                price_version,
+                *schema.log_values(details, row[10]),
+            )
+        )
     db.executemany(JOURNAL, journal)
     db.executemany(RESOLVED, resolved)
     db.executemany(INSERT_LOG, logs)

@@ -20,8 +20,6 @@ import sqlite3
 from collections.abc import Callable, Iterable
 
 from plugins.billing.store import rules
-from plugins.billing.store.sqlite import schema
-from plugins.billing.store.tasks import TASK_OWNER
 from plugins.billing.store.base import (
     ApiKey,
     FundingSource,
@@ -34,6 +32,8 @@ from plugins.billing.store.base import (
     Resolution,
     StoreError,
 )
+from plugins.billing.store.sqlite import schema
+from plugins.billing.store.tasks import TASK_OWNER
 
 Db = sqlite3.Connection
 Clock = Callable[[], float]
@@ -43,10 +43,7 @@ _MOVE = {
     "key": "UPDATE api_keys SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
     "sub": "UPDATE subscriptions SET balance = balance + ?, reserved = reserved + ? WHERE id = ?",
 }
-JOURNAL = (
-    "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+JOURNAL = "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _HOLD = "SELECT * FROM holds WHERE request_id = ?"
 _KEY_ROW = "SELECT * FROM api_keys WHERE id = ?"
 _SUB_ROW = "SELECT * FROM subscriptions WHERE id = ?"
@@ -69,10 +66,7 @@ _HOLD_CHECKS = (
     " FROM api_keys k JOIN users u ON u.name = ? WHERE k.id = ?"
 )
 # Counting the key's usage also reads what settlement needs from the key: one statement, not two.
-_KEY_USED = (
-    "UPDATE api_keys SET used = used + ?, request_count = request_count + ? WHERE id = ?"
-    " RETURNING quota, name"
-)
+_KEY_USED = "UPDATE api_keys SET used = used + ?, request_count = request_count + ? WHERE id = ? RETURNING quota, name"
 _UPSTREAM_USED = (
     "INSERT INTO upstream_counters(name, used, request_count) VALUES (?, ?, 1)"
     " ON CONFLICT(name) DO UPDATE SET used = used + excluded.used, request_count = request_count + 1"
@@ -83,8 +77,18 @@ INSERT_HOLD = (
     " price_version, instance_id, created_at, expires_at, state)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')"
 )
-_LOG_FIXED = ("ts", "request_id", "user", "key_id", "source", "resolution", "estimate", "charge",
-              "overage", "price_version")
+_LOG_FIXED = (
+    "ts",
+    "request_id",
+    "user",
+    "key_id",
+    "source",
+    "resolution",
+    "estimate",
+    "charge",
+    "overage",
+    "price_version",
+)
 INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
     ", ".join((*_LOG_FIXED, *schema.log_columns())),
     ", ".join("?" * (len(_LOG_FIXED) + len(schema.log_columns()))),
@@ -166,7 +170,8 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
     quota, key_name = key[0]
     sub_balance = 0 if held.source is FundingSource.WALLET else _sub_balance(db, ts, held)
     _, charge, overage, counted, sub_used, upstream, entries = rules.settlement(
-        held, state, charge, log, key_limited=quota is not None, sub_balance=sub_balance)
+        held, state, charge, log, key_limited=quota is not None, sub_balance=sub_balance
+    )
     rid = held.request_id
     (owner, ident, kind, d_balance, d_reserved, note), *others = entries
     if owner == "wallet":
@@ -185,8 +190,19 @@ def settle(db: Db, ts: float, held: Hold, state: HoldState, charge: int, log: Lo
     db.execute(RESOLVED, (state.value, charge, overage, ts, rid))
     db.execute(
         INSERT_LOG,
-        (ts, rid, held.user, held.key_id, held.source.value, state.value,
-         held.amount, charge, overage, held.price_version, *schema.log_values(log, key_name)),
+        (
+            ts,
+            rid,
+            held.user,
+            held.key_id,
+            held.source.value,
+            state.value,
+            held.amount,
+            charge,
+            overage,
+            held.price_version,
+            *schema.log_values(log, key_name),
+        ),
     )
     return Resolution(rid, state, charge, overage, True)
 
@@ -217,9 +233,19 @@ def record_hold(db: Db, held: Hold, *, limited: bool) -> None:
     """Insert the hold row and its `hold` ledger entries."""
     db.execute(
         INSERT_HOLD,
-        (held.request_id, held.user, held.key_id, held.source.value, held.subscription_id,
-         held.amount, held.key_amount, held.price_version, held.instance_id, held.created_at,
-         held.expires_at),
+        (
+            held.request_id,
+            held.user,
+            held.key_id,
+            held.source.value,
+            held.subscription_id,
+            held.amount,
+            held.key_amount,
+            held.price_version,
+            held.instance_id,
+            held.created_at,
+            held.expires_at,
+        ),
     )
     if held.source is FundingSource.WALLET:
         move(db, held.created_at, "wallet", held.user, "hold", 0, held.amount, held.request_id)
@@ -241,8 +267,17 @@ def offers_tx(db: Db, user: str, now: float, model: str) -> list[rules.SubOffer]
 
 
 def hold_tx(
-    db: Db, clock: Clock, request_id: str, user: str, key_id: str, amount: int,
-    preference: Preference | None, price_version: str, ttl: float, instance_id: str, model: str,
+    db: Db,
+    clock: Clock,
+    request_id: str,
+    user: str,
+    key_id: str,
+    amount: int,
+    preference: Preference | None,
+    price_version: str,
+    ttl: float,
+    instance_id: str,
+    model: str,
 ) -> Hold | HoldRefusal:
     """`Store.hold` as one transaction: idempotency, key checks, funding choice, reservation."""
     now = clock()
@@ -265,10 +300,18 @@ def hold_tx(
     if isinstance(choice, HoldRefusal):
         return choice
     held = Hold(
-        request_id=request_id, user=user, key_id=key_id, source=choice.source,
-        subscription_id=choice.subscription_id, amount=amount,
-        key_amount=0 if unlimited else amount, price_version=price_version,
-        instance_id=instance_id, created_at=now, expires_at=now + ttl, state=HoldState.OPEN,
+        request_id=request_id,
+        user=user,
+        key_id=key_id,
+        source=choice.source,
+        subscription_id=choice.subscription_id,
+        amount=amount,
+        key_amount=0 if unlimited else amount,
+        price_version=price_version,
+        instance_id=instance_id,
+        created_at=now,
+        expires_at=now + ttl,
+        state=HoldState.OPEN,
     )
     record_hold(db, held, limited=not unlimited)
     return held

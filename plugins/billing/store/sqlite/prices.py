@@ -19,8 +19,12 @@ _HEAD = "SELECT COALESCE(MAX(number), 0) FROM price_versions"
 
 def _version(row: sqlite3.Row) -> PriceVersion:
     return PriceVersion(
-        number=int(row["number"]), base=int(row["base"]), document=str(row["document"]),
-        digest=str(row["digest"]), source=str(row["source"]), note=str(row["note"]),
+        number=int(row["number"]),
+        base=int(row["base"]),
+        document=str(row["document"]),
+        digest=str(row["digest"]),
+        source=str(row["source"]),
+        note=str(row["note"]),
         created_at=float(row["created_at"]),
     )
 
@@ -51,8 +55,15 @@ def _save(db: Db, clock: Clock, base: int, document: str, source: str, note: str
     db.execute(
         "INSERT INTO price_versions(number, base, document, digest, source, note, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (version.number, version.base, version.document, version.digest, version.source, version.note,
-         version.created_at),
+        (
+            version.number,
+            version.base,
+            version.document,
+            version.digest,
+            version.source,
+            version.note,
+            version.created_at,
+        ),
     )
     return version
 

@@ -24,12 +24,16 @@ from plugins.billing.store.base import (
     Subscription,
     User,
 )
-from plugins.billing.store.sqlite.ddl import V1 as _V1, V2 as _V2, V3 as _V3, V4 as _V4, V5 as _V5, V6 as _V6, V7 as _V7
+from plugins.billing.store.sqlite.ddl import V1 as _V1
+from plugins.billing.store.sqlite.ddl import V2 as _V2
+from plugins.billing.store.sqlite.ddl import V3 as _V3
+from plugins.billing.store.sqlite.ddl import V4 as _V4
+from plugins.billing.store.sqlite.ddl import V5 as _V5
+from plugins.billing.store.sqlite.ddl import V6 as _V6
+from plugins.billing.store.sqlite.ddl import V7 as _V7
 
 #: The scripts are in `plugins.billing.store.sqlite.ddl`.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6), (7, _V7)
-)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6), (7, _V7))
 """(version, script) in ascending order; each runs once per database file."""
 
 
@@ -92,57 +96,97 @@ def _load_list(raw: str) -> tuple[str, ...]:
 def to_user(r: sqlite3.Row) -> User:
     """A `users` row as a User."""
     return User(
-        name=r["name"], group=r["grp"], preference=Preference(r["preference"]),
-        balance=r["balance"], reserved=r["reserved"], used=r["used"],
-        request_count=r["request_count"], created_at=r["created_at"], disabled=bool(r["disabled"]),
+        name=r["name"],
+        group=r["grp"],
+        preference=Preference(r["preference"]),
+        balance=r["balance"],
+        reserved=r["reserved"],
+        used=r["used"],
+        request_count=r["request_count"],
+        created_at=r["created_at"],
+        disabled=bool(r["disabled"]),
     )
 
 
 def to_key(r: sqlite3.Row) -> ApiKey:
     """An `api_keys` row as an ApiKey (the hash stays in the database)."""
     return ApiKey(
-        id=r["id"], user=r["user"], name=r["name"], status=r["status"],
-        expires_at=r["expires_at"], quota=r["quota"], balance=r["balance"],
-        reserved=r["reserved"], used=r["used"], request_count=r["request_count"],
-        models=_load_list(r["models"]), ips=_load_list(r["ips"]), group=r["grp"],
-        created_at=r["created_at"], hint=r["hint"],
+        id=r["id"],
+        user=r["user"],
+        name=r["name"],
+        status=r["status"],
+        expires_at=r["expires_at"],
+        quota=r["quota"],
+        balance=r["balance"],
+        reserved=r["reserved"],
+        used=r["used"],
+        request_count=r["request_count"],
+        models=_load_list(r["models"]),
+        ips=_load_list(r["ips"]),
+        group=r["grp"],
+        created_at=r["created_at"],
+        hint=r["hint"],
     )
 
 
 def to_plan(r: sqlite3.Row) -> Plan:
     """A `plans` row as a Plan."""
     return Plan(
-        name=r["name"], quota=r["quota"], period=r["period"],
-        duration_days=r["duration_days"], models=_load_list(r["models"]),
+        name=r["name"],
+        quota=r["quota"],
+        period=r["period"],
+        duration_days=r["duration_days"],
+        models=_load_list(r["models"]),
     )
 
 
 def to_subscription(r: sqlite3.Row) -> Subscription:
     """A `subscriptions` row as a Subscription."""
     return Subscription(
-        id=r["id"], user=r["user"], plan=r["plan"], quota=r["quota"], period=r["period"],
-        start=r["start"], end=r["end_at"], period_start=r["period_start"],
-        balance=r["balance"], reserved=r["reserved"], used=r["used"],
-        models=_load_list(r["models"]), cancelled_at=r["cancelled_at"],
+        id=r["id"],
+        user=r["user"],
+        plan=r["plan"],
+        quota=r["quota"],
+        period=r["period"],
+        start=r["start"],
+        end=r["end_at"],
+        period_start=r["period_start"],
+        balance=r["balance"],
+        reserved=r["reserved"],
+        used=r["used"],
+        models=_load_list(r["models"]),
+        cancelled_at=r["cancelled_at"],
     )
 
 
 def to_hold(r: sqlite3.Row) -> Hold:
     """A `holds` row as a Hold."""
     return Hold(
-        request_id=r["request_id"], user=r["user"], key_id=r["key_id"],
-        source=FundingSource(r["source"]), subscription_id=r["subscription_id"],
-        amount=r["amount"], key_amount=r["key_amount"], price_version=r["price_version"],
-        instance_id=r["instance_id"], created_at=r["created_at"], expires_at=r["expires_at"],
-        state=HoldState(r["state"]), checkpoint=r["checkpoint"], touched_at=r["touched_at"],
+        request_id=r["request_id"],
+        user=r["user"],
+        key_id=r["key_id"],
+        source=FundingSource(r["source"]),
+        subscription_id=r["subscription_id"],
+        amount=r["amount"],
+        key_amount=r["key_amount"],
+        price_version=r["price_version"],
+        instance_id=r["instance_id"],
+        created_at=r["created_at"],
+        expires_at=r["expires_at"],
+        state=HoldState(r["state"]),
+        checkpoint=r["checkpoint"],
+        touched_at=r["touched_at"],
     )
 
 
 def to_resolution(r: sqlite3.Row, *, first: bool) -> Resolution:
     """The resolution stored on a resolved `holds` row."""
     return Resolution(
-        request_id=r["request_id"], state=HoldState(r["state"]),
-        charged=r["charged"] or 0, overage=r["overage"] or 0, first=first,
+        request_id=r["request_id"],
+        state=HoldState(r["state"]),
+        charged=r["charged"] or 0,
+        overage=r["overage"] or 0,
+        first=first,
     )
 
 
@@ -151,23 +195,40 @@ def to_log_row(r: sqlite3.Row) -> LogRow:
     values = {f: r[_COLUMN_OF.get(f, f)] for f in LOG_DETAIL_FIELDS}
     values["stream"] = bool(values["stream"])
     return LogRow(
-        id=r["id"], ts=r["ts"], request_id=r["request_id"], user=r["user"],
-        key_id=r["key_id"], source=r["source"], estimate=r["estimate"], charge=r["charge"],
-        overage=r["overage"], price_version=r["price_version"],
+        id=r["id"],
+        ts=r["ts"],
+        request_id=r["request_id"],
+        user=r["user"],
+        key_id=r["key_id"],
+        source=r["source"],
+        estimate=r["estimate"],
+        charge=r["charge"],
+        overage=r["overage"],
+        price_version=r["price_version"],
         details=LogDetails(**values),
     )
 
 
 def log_filter(
-    user: str | None, since: float | None, until: float | None, before_id: int | None,
-    key_id: str | None = None, model: str | None = None, end_reason: str | None = None,
+    user: str | None,
+    since: float | None,
+    until: float | None,
+    before_id: int | None,
+    key_id: str | None = None,
+    model: str | None = None,
+    end_reason: str | None = None,
 ) -> tuple[str, list[object]]:
     """The WHERE clause (or "") and its parameters for a consume-log query (`model` is a glob)."""
     clauses: list[str] = []
     params: list[object] = []
     for clause, value in (
-        ("user = ?", user), ("ts >= ?", since), ("ts < ?", until), ("id < ?", before_id), ("key_id = ?", key_id),
-        ("model GLOB ?", model), ("end_reason = ?", end_reason),
+        ("user = ?", user),
+        ("ts >= ?", since),
+        ("ts < ?", until),
+        ("id < ?", before_id),
+        ("key_id = ?", key_id),
+        ("model GLOB ?", model),
+        ("end_reason = ?", end_reason),
     ):
         if value is not None:
             clauses.append(clause)

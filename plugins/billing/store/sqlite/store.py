@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from plugins.billing.store import rules
-from plugins.billing.store.sqlite import schema
 from plugins.billing.store.base import (
     ApiKey,
     AuditReport,
@@ -32,11 +31,10 @@ from plugins.billing.store.base import (
     Subscription,
     User,
 )
+from plugins.billing.store.sqlite import schema
+from plugins.billing.store.sqlite.accounts import SQLiteAccounts
 from plugins.billing.store.sqlite.audit import run_audit
 from plugins.billing.store.sqlite.group_commit import BULK
-from plugins.billing.store.sqlite.prices import SQLitePrices
-from plugins.billing.store.sqlite.tasks import SQLiteTasks
-from plugins.billing.store.sqlite.accounts import SQLiteAccounts
 from plugins.billing.store.sqlite.ledger import (
     Clock,
     Db,
@@ -48,6 +46,8 @@ from plugins.billing.store.sqlite.ledger import (
     resolve_tx,
     roll_subscription,
 )
+from plugins.billing.store.sqlite.prices import SQLitePrices
+from plugins.billing.store.sqlite.tasks import SQLiteTasks
 
 _READ = "DEFERRED"
 _V = TypeVar("_V")
@@ -78,7 +78,13 @@ def _create_user(db: Db, clock: Clock, name: str, group: str, preference: str) -
 
 
 def _create_key(
-    db: Db, clock: Clock, key_id: str, user: str, key_hash: str, name: str, quota: int | None,
+    db: Db,
+    clock: Clock,
+    key_id: str,
+    user: str,
+    key_hash: str,
+    name: str,
+    quota: int | None,
     stored: tuple[float | None, str, str, str | None, str],
 ) -> ApiKey:
     """`stored`: expires_at, models (JSON), ips (JSON), group, hint, as the columns hold them."""
@@ -296,8 +302,18 @@ class SQLiteStore(SQLitePrices, SQLiteTasks, SQLiteAccounts):
         if amount < 0:
             raise StoreError("a hold amount must be >= 0")
         return await self.run(
-            hold_tx, self._clock, request_id, user, key_id, amount, preference, price_version, ttl,
-            instance_id, model, inline=True,
+            hold_tx,
+            self._clock,
+            request_id,
+            user,
+            key_id,
+            amount,
+            preference,
+            price_version,
+            ttl,
+            instance_id,
+            model,
+            inline=True,
         )
 
     async def checkpoint(self, request_id: str, charge_so_far: int) -> bool:
