@@ -3,7 +3,7 @@
 Exact: a `ModelPrice` carries its prices as integers over one common denominator
 (`_rates` over `_scale`, computed once), and a multiplier is a ratio of integers, so each
 charge is one fraction, rounded once, half up (`_round_ratio`), exactly as the Decimal
-formula of the spec would (tests/billing/test_charge_exact.py proves it on every bundled
+formula of the spec would (tests/plugins/billing/test_charge_exact.py proves it on every bundled
 price). A non-zero charge of a priced, non-empty request is at least 1 unit.
 """
 

@@ -61,7 +61,7 @@ def log_details(
     ttft = ctx.ttft_ms
     upstream = ctx.upstream
     # Positional, in field order: 21 keyword arguments cost ~1 µs more per request.
-    # tests/billing/test_details.py keeps this order honest.
+    # tests/plugins/billing/test_details.py keeps this order honest.
     return LogDetails(
         end,  # end_reason
         source,  # usage_source

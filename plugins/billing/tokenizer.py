@@ -114,7 +114,7 @@ def heuristic_count(text: str) -> int:
     kana, Hangul or full-width character; two per character outside the BMP (emoji); half
     a token per other non-ASCII character (accents, Cyrillic, Greek...), rounded up.
 
-    Measured against o200k_base (tests/billing/test_estimate.py keeps these honest):
+    Measured against o200k_base (tests/plugins/billing/test_estimate.py keeps these honest):
     English prose and Markdown +5..+18%, Python code +23%, JSON +36%, emoji +10%,
     digit-heavy text -23%, random base64 -20%, French +6%, Chinese/Japanese/Korean
     +22..+46%, Russian +76%. Against cl100k_base the CJK and Cyrillic rows are within

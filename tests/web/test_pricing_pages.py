@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.billing.pricing_world import ADMIN, PRICES, Shop, ShopFactory, shop  # noqa: F401
+from tests.plugins.billing.pricing_world import ADMIN, PRICES, Shop, ShopFactory, shop  # noqa: F401
 from tests.web.conftest import PHONE
 
 UPSTREAMS = [

@@ -256,7 +256,7 @@ def settlement(
 
     Defined once, here. SQLite writes it as it is (`sqlite.ledger.settle`, and
     `sqlite.group_commit.resolve_many` for a batch); Redis encodes the same rule in
-    `redis/lua/settle.lib.lua`, which cannot call Python. tests/store/test_capture_rule.py
+    `redis/lua/settle.lib.lua`, which cannot call Python. tests/plugins/billing/store/test_capture_rule.py
     runs one table of cases against this function and every store.
 
     - The funding source's entry (kind capture, release or expire) frees the whole hold

@@ -340,7 +340,7 @@ class SQLiteConnection:
         Its private `Connection._execute(fn)` queues a callable to that thread and `_conn` is
         the `sqlite3.Connection` it owns; this is the only place Weir uses them. The
         version range is pinned in pyproject.toml, `open()` checks that the API exists,
-        and tests/store/test_sqlite_only.py fails loudly if it disappears.
+        and tests/plugins/billing/store/test_sqlite_only.py fails loudly if it disappears.
         """
         db = self._db
         if db is None:

@@ -9,7 +9,7 @@ read the accounts once, decide each call in order with the same rules as
 `plugins.billing.store.sqlite.ledger` (a settlement is the capture rule's,
 `rules.settlement`, as one by one), and write with one `executemany` per table and one
 relative UPDATE per account. The rows they write are the rows the one-by-one functions
-write, entry for entry (tests/store/test_bulk.py compares the two).
+write, entry for entry (tests/plugins/billing/store/test_bulk.py compares the two).
 
 Anything else goes through the one-by-one function, in the same transaction: a user with an
 active subscription, a subscription-funded hold, a key or user that does not exist, a hold

@@ -28,7 +28,7 @@ end
 -- Resolve the open hold in KEYS[2] as `state` with ledger entries of `kind`: `charge` is
 -- what the request cost. What this writes is the capture rule, `rules.settlement` in
 -- plugins/billing/store/rules.py, encoded here because a script cannot call Python (the
--- shared cases of tests/store/test_capture_rule.py hold the two together):
+-- shared cases of tests/plugins/billing/store/test_capture_rule.py hold the two together):
 --   funding entry: a wallet pays the charge; a subscription pays what is left of its period
 --     and the rest is an `overage` entry on the wallet, noted; either frees the whole hold;
 --     a hand resolution's note (ARGV[9]) goes on it;

@@ -15,7 +15,7 @@ from plugins.billing.config import BillingConfig
 from plugins.billing.prices.book import PriceBook
 from plugins.billing.store.sqlite.store import SQLiteStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def weir(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

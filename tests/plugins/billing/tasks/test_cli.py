@@ -12,7 +12,7 @@ import pytest
 
 from plugins.billing.store.base import Hold, LogDetails
 from plugins.billing.store.tasks import Task
-from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
+from tests.plugins.billing.cli.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
 TERMS = (
     '{"model":"sora-2","multiplier":"1","n":1,"per_request":"0","per_second":"0.10","price_version":"pv",'

@@ -10,7 +10,7 @@ import asyncio
 import getpass
 
 from plugins.billing.store.base import Hold, LogDetails
-from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
+from tests.plugins.billing.cli.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
 
 def _os_user() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.billing.pricing_world import ADMIN, PRICES, Shop, ShopFactory, backend, shop  # noqa: F401
+from tests.plugins.billing.pricing_world import ADMIN, PRICES, Shop, ShopFactory, backend, shop  # noqa: F401
 
 UPSTREAMS = [
     {"name": "alpha", "models": ["mock-*", "gpt-4o-mini"]},

@@ -12,7 +12,7 @@ from pathlib import Path
 from plugins.billing.store.base import Hold
 from plugins.billing.store.factory import make_store
 from proxy.config import load_config
-from tests.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
+from tests.plugins.billing.cli.test_cli_accounts import Weir, weir  # noqa: F401  (fixture)
 
 HOUR = 3600.0
 

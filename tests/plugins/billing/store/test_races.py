@@ -18,7 +18,7 @@ from plugins.billing.store.base import Hold, HoldRefusal, HoldState, Refusal, Re
 
 from .conftest import DONE, Backend, FakeClock, World
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 async def test_200_concurrent_holds_exactly_37_fit(world: World, backend: Backend, clock: FakeClock) -> None:

@@ -11,7 +11,7 @@ import pytest
 from proxy.config import ConfigError, PluginSpec, load_config, parse_config
 from proxy.loader import load_plugins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bundled_proxy_yaml_loads() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from proxy.testing import Usage
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
+GUIDE = Path(__file__).resolve().parents[3] / "docs" / "plugins.md"
 BLOCK = re.compile(r"^<!-- (example|test): ([\w-]+) -->\n```python\n(.*?)^```", re.M | re.S)
 
 

@@ -2,7 +2,7 @@
 edits as new versions, and instances that pick them up (docs/billing-rules.md §9).
 
 These run `PriceBook` on a real SQLite store (the store contract itself, on every backend,
-is tests/store/test_prices.py); the end-to-end money tests are in test_pricing_reload.py.
+is tests/plugins/billing/store/test_prices.py); the end-to-end money tests are in test_pricing_reload.py.
 """
 
 from __future__ import annotations

@@ -121,7 +121,9 @@ async def _tamper_redis_wallet(url: str, prefix: str, user: str, delta: int) -> 
                 return
     finally:
         await client.aclose()
-    pytest.fail(f"tamper: no user hash for {user!r} under {prefix}; teach tests/store/conftest.py the layout")
+    pytest.fail(
+        f"tamper: no user hash for {user!r} under {prefix}; teach tests/plugins/billing/store/conftest.py the layout"
+    )
 
 
 @pytest.fixture

@@ -486,7 +486,7 @@ async def test_cli_entry_serves(http: aiohttp.ClientSession) -> None:
         [sys.executable, "-m", "proxy.mock.upstream", "--port", str(port), "--pace", "0"],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None

@@ -16,7 +16,7 @@ from plugins.billing.prices import document as doc
 from plugins.billing.pricing import PricingConfig, charge_requests, charge_tokens
 from plugins.billing.ratios import convert_ratios
 from plugins.billing.usage import Usage
-from tests.billing.pricing_world import ADMIN, PRICES, ShopFactory, backend, shop  # noqa: F401
+from tests.plugins.billing.pricing_world import ADMIN, PRICES, ShopFactory, backend, shop  # noqa: F401
 
 
 @pytest.mark.parametrize(

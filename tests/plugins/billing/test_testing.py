@@ -14,7 +14,7 @@ from plugins.billing.testing import BilledProxy
 from proxy.plugin import Plugin, Reject, RequestContext
 from proxy.testing import MockUpstream, Usage
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 Factory = Any  # the billing_proxy fixture
 
 

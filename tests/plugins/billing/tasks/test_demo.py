@@ -16,7 +16,7 @@ from plugins.billing.apikeys import generate_key
 from proxy.config import load_config
 from proxy.testing import start_proxy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from plugins.billing.meter import UsageMeter
 from plugins.billing.stream_meter import StreamMeter
 from proxy.context import Endpoint, SSEEvent
-from tests.billing.test_usage import read_sse
+from tests.plugins.billing.test_usage import read_sse
 
 RECORDED = [
     (Endpoint.CHAT, "openai_chat_stream.sse"),

@@ -26,7 +26,7 @@ from plugins.billing.store.base import Hold, LogDetails, Store
 from plugins.billing.store.factory import make_store
 from proxy.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[4]
 DAY = 86400.0
 
 

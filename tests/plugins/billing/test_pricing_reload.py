@@ -13,7 +13,7 @@ import time
 import aiohttp
 
 from plugins.billing.store.base import PriceVersion
-from tests.billing.pricing_world import PRICES, Shop, ShopFactory, backend, shop  # noqa: F401
+from tests.plugins.billing.pricing_world import PRICES, Shop, ShopFactory, backend, shop  # noqa: F401
 
 OLD, NEW = 20_000, 25_000  # mock-image at 0.04 and 0.05 USD per request, × 500 000
 EDIT = {**PRICES, "mock-image": {"per_request": "0.05"}}

@@ -1,0 +1,1 @@
+"""Tests of the plugins (`plugins/`), mirroring its folders."""

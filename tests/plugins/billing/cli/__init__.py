@@ -1,0 +1,1 @@
+"""Tests of billing's `weir` commands (`plugins/billing/cli/`)."""

@@ -1,0 +1,1 @@
+"""Tests of the core (`proxy/`), one file per module or concern."""
