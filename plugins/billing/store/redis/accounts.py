@@ -30,17 +30,8 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.cross_slot import query_logs
-from plugins.billing.store.redis.layout import (
-    Layout,
-    dump_opt,
-    fmt_time,
-    pairs,
-    sub_target,
-    to_key,
-    to_subscription,
-    to_user,
-    units,
-)
+from plugins.billing.store.redis.layout import Layout, units
+from plugins.billing.store.redis.rows import dump_opt, fmt_time, pairs, sub_target, to_key, to_subscription, to_user
 
 _CHUNK = 500
 _TOTALS_PAGE = 1000

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from plugins.billing.store.redis.layout import to_hold
+from plugins.billing.store.redis.rows import to_hold
 from plugins.billing.store.rules import is_stuck, stuck_line
 from plugins.billing.store.tasks import TASK_OWNER
 

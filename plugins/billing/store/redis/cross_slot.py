@@ -13,16 +13,8 @@ from collections.abc import Callable
 from plugins.billing.store.base import AuditReport, Hold, HoldState, LogDetails, LogRow, Resolution, StoreError
 from plugins.billing.store.redis.audit import Findings, UserSnapshot, audit_user
 from plugins.billing.store.redis.client import RedisCore
-from plugins.billing.store.redis.layout import (
-    Held,
-    Layout,
-    details_json,
-    fmt_time,
-    pairs,
-    sub_target,
-    to_hold,
-    to_log_row,
-)
+from plugins.billing.store.redis.layout import Held, Layout
+from plugins.billing.store.redis.rows import details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
 from plugins.billing.store.rules import ledger_note
 from plugins.billing.store.tasks import TASK_OWNER
 

@@ -35,17 +35,8 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.client import Call, RedisCore
-from plugins.billing.store.redis.layout import (
-    Held,
-    HeldMemory,
-    KnownTerms,
-    Layout,
-    fmt_time,
-    pairs,
-    to_hold,
-    units,
-    usable_subscriptions,
-)
+from plugins.billing.store.redis.layout import Held, HeldMemory, KnownTerms, Layout, units
+from plugins.billing.store.redis.rows import fmt_time, pairs, to_hold, usable_subscriptions
 
 __all__ = ["Holder"]
 

@@ -50,11 +50,9 @@ from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.accounts import RedisAccounts, log_matcher
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.hold import Holder
-from plugins.billing.store.redis.layout import (
-    MAX_UNITS,
-    HeldMemory,
-    KnownTerms,
-    Layout,
+from plugins.billing.store.redis.layout import MAX_UNITS, HeldMemory, KnownTerms, Layout, units
+from plugins.billing.store.redis.prices import RedisPrices
+from plugins.billing.store.redis.rows import (
     dump_opt,
     fmt_time,
     pairs,
@@ -65,9 +63,7 @@ from plugins.billing.store.redis.layout import (
     to_plan,
     to_subscription,
     to_user,
-    units,
 )
-from plugins.billing.store.redis.prices import RedisPrices
 from plugins.billing.store.redis.tasks import RedisTasks
 
 __all__ = ["MAX_UNITS", "RedisStore"]

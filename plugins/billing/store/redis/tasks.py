@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from plugins.billing.store.records import HoldState, LogDetails, Resolution, StoreError
 from plugins.billing.store.redis.client import RedisCore, guarded
 from plugins.billing.store.redis.cross_slot import held_of, settle_call
-from plugins.billing.store.redis.layout import HeldMemory, Layout, fmt_time, pairs, units
+from plugins.billing.store.redis.layout import HeldMemory, Layout, units
+from plugins.billing.store.redis.rows import fmt_time, pairs
 from plugins.billing.store.tasks import TASK_OWNER, Task, TaskEnd, TaskState
 
 __all__ = ["RedisTasks", "to_task"]
