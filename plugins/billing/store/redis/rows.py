@@ -24,40 +24,6 @@ from plugins.billing.store.base import (
     User,
 )
 
-SCRIPTS = (
-    "create_user",
-    "set_user",
-    "credit",
-    "create_key",
-    "set_key_status",
-    "grant",
-    "rollover",
-    "hold",
-    "checkpoint",
-    "capture",
-    "release",
-    "expire",
-    "snapshot",
-    "log_id",
-    "forget",
-    "save_prices",
-    "task_open",
-    "task_end",
-    "task_note",
-    "task_claim",
-    "task_snapshot",
-    "task_index",
-    "update_key",
-    "cancel",
-    "ledger_head",
-)
-"""Every Lua script RedisStore registers, by file stem under `plugins/billing/store/redis/lua/`."""
-
-_LOG_FIELDS = frozenset(LogDetails._fields)
-
-MAX_UNITS = 2**53 - 1
-"""The largest amount a Lua number (a double) holds exactly; larger ones are refused."""
-
 _LOG_FIELDS = frozenset(LogDetails._fields)
 
 
