@@ -83,11 +83,9 @@ class MoneyMetrics(Collector):
     def settled(self, model: str, group: str, quota: int, seconds: float) -> None:
         """Count a capture of `quota` units (0 counts as a release, reason `zero_charge`)
         whose settlement took `seconds` (one call per request: each costs the hot path)."""
-        latency = self.settle_latency
-        latency.counts[bisect_left(latency.bounds, seconds)] += 1
-        latency.total += seconds
+        self.settle_latency.observe(seconds)
         if quota <= 0:
-            self.releases["zero_charge"] = self.releases.get("zero_charge", 0) + 1
+            self.released("zero_charge")
             return
         tally = self.charges.get((model, group))
         if tally is None:
