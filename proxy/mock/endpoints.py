@@ -15,6 +15,7 @@ import orjson
 
 from proxy.context import Dialect
 from proxy.mock.behaviour import MockBehaviour
+from proxy.mock.responses_wire import responses_reply, responses_stream
 from proxy.mock.text import (
     CREATED,
     MODELS,
@@ -42,8 +43,6 @@ from proxy.mock.wire import (
     messages_reply,
     messages_stream,
     openai_stream,
-    responses_reply,
-    responses_stream,
 )
 
 if TYPE_CHECKING:

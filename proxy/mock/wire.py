@@ -22,7 +22,6 @@ from proxy.mock.text import (
     anthropic_usage,
     gemini_usage,
     openai_usage,
-    responses_usage,
     shaped,
 )
 
@@ -57,7 +56,8 @@ def _data(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _named(kind: str, payload: dict[str, Any]) -> bytes:
+def named_frame(kind: str, payload: dict[str, Any]) -> bytes:
+    """One SSE frame with an `event:` line and a JSON `data:` line."""
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -159,131 +159,9 @@ def openai_stream(plan: Plan, include_usage: bool, policy: UsagePolicy, chat: bo
     return Stream(tuple(frames), content_end, _OPENAI_STREAM_ERROR)
 
 
-# ---- OpenAI Responses API --------------------------------------------------------------
-
-
-def _response(plan: Plan, status: str, output: list[Any], usage: Any, max_out: int | None) -> dict[str, Any]:
-    return {
-        "id": "resp_" + plan.rid,
-        "object": "response",
-        "created_at": CREATED,
-        "status": status,
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "instructions": None,
-        "max_output_tokens": max_out,
-        "model": plan.model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
-        "store": True,
-        "temperature": 1.0,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": 1.0,
-        "truncation": "disabled",
-        "usage": usage,
-        "user": None,
-        "metadata": {},
-    }
-
-
-def _message_item(plan: Plan, done: bool) -> dict[str, Any]:
-    content = [{"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}]
-    return {
-        "id": "msg_" + plan.rid,
-        "type": "message",
-        "status": "completed" if done else "in_progress",
-        "role": "assistant",
-        "content": content if done else [],
-    }
-
-
-def _final_status(plan: Plan) -> str:
-    return "incomplete" if plan.capped or plan.model.startswith("mock-incomplete") else "completed"
-
-
-def responses_reply(plan: Plan, policy: UsagePolicy, max_out: int | None) -> Reply:
-    """A `response` object; `incomplete` when capped or for `mock-incomplete*` models."""
-    usage = shaped(responses_usage(plan), policy)
-    return Reply(_j(_response(plan, _final_status(plan), [_message_item(plan, True)], usage, max_out)))
-
-
-def responses_stream(plan: Plan, policy: UsagePolicy, max_out: int | None) -> Stream:
-    """The Responses event sequence, each frame with an `event:` line and a sequence number."""
-    item_id = "msg_" + plan.rid
-    seq = iter(range(1_000_000))
-    frames = [
-        _named(
-            "response.created",
-            {
-                "type": "response.created",
-                "sequence_number": next(seq),
-                "response": _response(plan, "in_progress", [], None, max_out),
-            },
-        ),
-        _named(
-            "response.in_progress",
-            {
-                "type": "response.in_progress",
-                "sequence_number": next(seq),
-                "response": _response(plan, "in_progress", [], None, max_out),
-            },
-        ),
-        _named(
-            "response.output_item.added",
-            {
-                "type": "response.output_item.added",
-                "sequence_number": next(seq),
-                "output_index": 0,
-                "item": _message_item(plan, False),
-            },
-        ),
-    ]
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-    empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    frames.append(
-        _named(
-            "response.content_part.added",
-            {"type": "response.content_part.added", "sequence_number": next(seq), **where, "part": empty},
-        )
-    )
-    delta = b'"item_id":"%s","output_index":0,"content_index":0,"delta":' % item_id.encode()
-    for piece in plan.pieces:
-        frames.append(
-            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-            b'"sequence_number":%d,%s%s,"logprobs":[]}\n\n' % (next(seq), delta, _j(piece))
-        )
-    content_end = len(frames)
-    full = {**empty, "text": plan.text}
-    status = _final_status(plan)
-    usage = shaped(responses_usage(plan), policy)
-    final = _response(plan, status, [_message_item(plan, True)], usage, max_out)
-    for kind, extra in (
-        ("response.output_text.done", {**where, "text": plan.text, "logprobs": []}),
-        ("response.content_part.done", {**where, "part": full}),
-        ("response.output_item.done", {"output_index": 0, "item": _message_item(plan, True)}),
-        ("response." + status, {"response": final}),
-    ):
-        frames.append(_named(kind, {"type": kind, "sequence_number": next(seq), **extra}))
-    error = _named(
-        "error",
-        {
-            "type": "error",
-            "code": "server_error",
-            "sequence_number": content_end,
-            "message": "The server had an error while processing your request.",
-            "param": None,
-        },
-    )
-    return Stream(tuple(frames), content_end, error)
-
-
 # ---- Anthropic Messages ----------------------------------------------------------------
 
-_ANTHROPIC_STREAM_ERROR = _named(
+_ANTHROPIC_STREAM_ERROR = named_frame(
     "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 )
 
@@ -314,12 +192,12 @@ def messages_stream(plan: Plan, policy: UsagePolicy) -> Stream:
     """message_start, content_block_start, ping, text deltas, block stop, message_delta, message_stop."""
     start_usage = shaped(anthropic_usage(plan, min(1, plan.output)), policy)
     frames = [
-        _named("message_start", {"type": "message_start", "message": _message(plan, [], None, start_usage)}),
-        _named(
+        named_frame("message_start", {"type": "message_start", "message": _message(plan, [], None, start_usage)}),
+        named_frame(
             "content_block_start",
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         ),
-        _named("ping", {"type": "ping"}),
+        named_frame("ping", {"type": "ping"}),
     ]
     for piece in plan.pieces:
         frames.append(
@@ -327,7 +205,7 @@ def messages_stream(plan: Plan, policy: UsagePolicy) -> Stream:
             b'"delta":{"type":"text_delta","text":%s}}\n\n' % _j(piece)
         )
     content_end = len(frames)
-    frames.append(_named("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    frames.append(named_frame("content_block_stop", {"type": "content_block_stop", "index": 0}))
     delta: dict[str, Any] = {
         "type": "message_delta",
         "delta": {"stop_reason": "max_tokens" if plan.capped else "end_turn", "stop_sequence": None},
@@ -335,8 +213,8 @@ def messages_stream(plan: Plan, policy: UsagePolicy) -> Stream:
     end_usage = shaped({"output_tokens": plan.output}, policy)
     if end_usage is not None:
         delta["usage"] = end_usage
-    frames.append(_named("message_delta", delta))
-    frames.append(_named("message_stop", {"type": "message_stop"}))
+    frames.append(named_frame("message_delta", delta))
+    frames.append(named_frame("message_stop", {"type": "message_stop"}))
     return Stream(tuple(frames), content_end, _ANTHROPIC_STREAM_ERROR)
 
 
