@@ -90,3 +90,61 @@ async def test_upstreams_and_audit(console: ConsoleFactory) -> None:
         async with s.get(c.url + "/admin/audit") as r:
             html = await r.text()
         assert "The ledger is clean" in html
+
+
+async def test_record_pages_show_a_store_outage_as_503(console: ConsoleFactory, monkeypatch: object) -> None:
+    """The record pages are guarded like the others: an unreachable store is a 503 page that
+    says so, not a bare 500."""
+    from plugins.billing.store.base import StoreUnavailable
+
+    c = await console()
+    s = await admin_client(c.url)
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the store is down")
+
+    monkeypatch.setattr(c.store, "query_logs", down)  # type: ignore[attr-defined]
+    async with s:
+        for path in ("/admin/logs", "/admin/logs.csv"):
+            async with s.get(c.url + path) as r:
+                assert r.status == 503, path
+                assert "The account store is unavailable." in await r.text()
+
+
+async def test_csv_export_cut_by_a_store_outage_is_not_a_whole_file(
+    console: ConsoleFactory, monkeypatch: object
+) -> None:
+    """Once the CSV's headers are sent, a store failure cuts the connection: the client's
+    download fails instead of ending as a well-formed file that lacks rows."""
+    import aiohttp
+
+    from plugins.billing.store.base import StoreUnavailable
+    from plugins.billing.web import console_records
+
+    c = await console()
+    alice = await c.user("alice")
+    for _ in range(3):
+        assert await c.chat(alice) == 200
+    real = c.store.query_logs
+    calls = 0
+
+    async def fails_later(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise StoreUnavailable("the store went away")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(console_records, "CSV_PAGE", 1)  # type: ignore[attr-defined]
+    monkeypatch.setattr(c.store, "query_logs", fails_later)  # type: ignore[attr-defined]
+    s = await admin_client(c.url)
+    async with s:
+        async with s.get(c.url + "/admin/logs.csv") as r:
+            assert r.status == 200
+            try:
+                await r.read()
+            except aiohttp.ClientPayloadError:
+                pass
+            else:
+                raise AssertionError("a cut export ended as a whole file")
+    assert calls == 2

@@ -10,7 +10,7 @@ from aiohttp import web
 from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import BadInput, BillingWeb
 from plugins.billing.web.console_users import user_page, user_path
-from plugins.billing.web.consoleutil import back_to, form_dict, guarded, page
+from plugins.billing.web.consoleutil import back_to, binder, form_dict, page
 from proxy.web import checked_form, error_page, local_path, render, require_admin, take_flash
 
 #: What each status button says it does, for the notice after it.
@@ -183,11 +183,7 @@ async def cancel_subscription(request: web.Request, web_: BillingWeb) -> web.Str
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The key and plan pages of the console."""
 
-    def bind(handler: Any) -> Any:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await handler(request, web_)  # type: ignore[no-any-return]
-
-        return guarded(handle)
+    bind = binder(web_)
 
     return [
         web.get("/admin/keys", bind(keys_page)),

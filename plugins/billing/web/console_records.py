@@ -10,8 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from plugins.billing.store.base import StoreError
 from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import BadInput, BillingWeb, parse_int
+from plugins.billing.web.consoleutil import binder
 from plugins.billing.web.logsearch import OUTCOMES, LogQuery, query_from
 from plugins.billing.web.records import audit_json, upstreams_json
 from proxy.host import host_of
@@ -19,6 +21,7 @@ from proxy.web import render, require_admin
 
 #: The most rows one CSV export holds.
 CSV_CAP = 100_000
+CSV_PAGE = 1000  # rows read from the store at a time
 PAGE_ROWS = 50
 
 
@@ -40,7 +43,12 @@ def _number(text: str) -> bool:
 
 
 async def write_csv(request: web.Request, web_: BillingWeb, query: LogQuery) -> web.StreamResponse:
-    """Stream the matching log rows as CSV (newest first, at most CSV_CAP)."""
+    """Stream the matching log rows as CSV (newest first, at most CSV_CAP).
+
+    The first page is read before anything is sent, so a store failure then is the route's
+    error answer. A failure after that cuts the connection: the client sees a download that
+    did not finish (no final chunk), never a CSV that looks whole but lacks rows."""
+    page = await ops.logs(web_, query, min(CSV_PAGE, CSV_CAP), None, totals=False)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/csv; charset=utf-8",
@@ -52,10 +60,8 @@ async def write_csv(request: web.Request, web_: BillingWeb, query: LogQuery) -> 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header: list[str] | None = None
-    before: int | None = None
     sent = 0
-    while sent < CSV_CAP:
-        page = await ops.logs(web_, query, min(1000, CSV_CAP - sent), before, totals=False)
+    while True:
         for data in page["logs"]:
             if header is None:
                 header = list(data)
@@ -65,9 +71,15 @@ async def write_csv(request: web.Request, web_: BillingWeb, query: LogQuery) -> 
         await response.write(buffer.getvalue().encode())
         buffer.seek(0)
         buffer.truncate()
-        before = page["next_before"]
-        if before is None:
+        if page["next_before"] is None or sent >= CSV_CAP:
             break
+        try:
+            page = await ops.logs(web_, query, min(CSV_PAGE, CSV_CAP - sent), page["next_before"], totals=False)
+        except StoreError:
+            response.force_close()
+            if request.transport is not None:
+                request.transport.abort()
+            return response
     if header is None:
         writer.writerow(["no rows matched"])
     await response.write(buffer.getvalue().encode())
@@ -135,22 +147,10 @@ async def audit_page(request: web.Request, web_: BillingWeb) -> web.StreamRespon
 
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The record pages of the console."""
-
-    async def logs(request: web.Request) -> web.StreamResponse:
-        return await logs_page(request, web_)
-
-    async def export(request: web.Request) -> web.StreamResponse:
-        return await logs_csv(request, web_)
-
-    async def upstreams(request: web.Request) -> web.StreamResponse:
-        return await upstreams_page(request, web_)
-
-    async def audit(request: web.Request) -> web.StreamResponse:
-        return await audit_page(request, web_)
-
+    bind = binder(web_)
     return [
-        web.get("/admin/logs", logs),
-        web.get("/admin/logs.csv", export),
-        web.get("/admin/upstreams", upstreams),
-        web.get("/admin/audit", audit),
+        web.get("/admin/logs", bind(logs_page)),
+        web.get("/admin/logs.csv", bind(logs_csv)),
+        web.get("/admin/upstreams", bind(upstreams_page)),
+        web.get("/admin/audit", bind(audit_page)),
     ]

@@ -6,13 +6,11 @@ balance (POST, redirect, GET: a reload never moves money twice).
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from plugins.billing.web import admin_ops as ops
 from plugins.billing.web.common import BadInput, BillingWeb
-from plugins.billing.web.consoleutil import back_to, form_dict, guarded, page
+from plugins.billing.web.consoleutil import back_to, binder, form_dict, page
 from proxy.web import checked_form, error_page, render, require_admin, take_flash
 
 
@@ -193,11 +191,7 @@ async def grant(request: web.Request, web_: BillingWeb) -> web.StreamResponse:
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The user pages of the console."""
 
-    def bind(handler: Any) -> Any:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await handler(request, web_)  # type: ignore[no-any-return]
-
-        return guarded(handle)
+    bind = binder(web_)
 
     base = "/admin/users"
     return [

@@ -1,5 +1,6 @@
-"""What the console's pages share: the context every page gets, form reading, the
-POST-redirect-GET answer and store failures shown as error pages."""
+"""What the console's and the dashboard's pages share: the context every page gets, form
+reading, the POST-redirect-GET answer, store failures shown as error pages, and binding a
+handler to the billing web state."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from plugins.billing.web.common import BillingWeb
 from proxy.web import error_page, flash
 
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A page handler that also takes the billing web state.
+WebPage = Callable[[web.Request, BillingWeb], Awaitable[web.StreamResponse]]
 
 
 def page(title: str, web_: BillingWeb, **context: Any) -> dict[str, Any]:
@@ -46,3 +49,15 @@ def guarded(handler: Page) -> Page:
             raise error_page(request, 409, "Not done", str(exc)) from None
 
     return run
+
+
+def binder(web_: BillingWeb) -> Callable[[WebPage], Page]:
+    """What turns a `(request, web_)` handler into a guarded route handler bound to `web_`."""
+
+    def bind(handler: WebPage) -> Page:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await handler(request, web_)
+
+        return guarded(handle)
+
+    return bind

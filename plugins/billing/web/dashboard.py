@@ -8,14 +8,14 @@ page shows only what the API key could read through `/api/me` (the same function
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from plugins.billing.store.base import ApiKey, StoreError, StoreUnavailable, User
+from plugins.billing.store.base import ApiKey, StoreUnavailable, User
 from plugins.billing.web.api_user import create_own_key, me_json, own_logs, revoke_own_key, user_log_json
 from plugins.billing.web.common import BadInput, BillingWeb, find_caller, key_problem, manages_account, parse_int
+from plugins.billing.web.consoleutil import binder
 from plugins.billing.web.stats import day_bars, spend
 from proxy.web import (
     checked_form,
@@ -184,47 +184,15 @@ async def _requests(request: web.Request, web_: BillingWeb) -> web.StreamRespons
     return render(request, "billing/requests.html", context)
 
 
-Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def guarded(handler: Page) -> Page:
-    """A page whose store failures become an error page: 503 when the store is unreachable."""
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except StoreUnavailable:
-            raise error_page(request, 503, "Try again shortly", "The account store is unavailable.") from None
-        except StoreError as exc:
-            raise error_page(request, 409, "Not done", str(exc)) from None
-
-    return page
-
-
 def routes(web_: BillingWeb) -> list[web.RouteDef]:
     """The dashboard's pages."""
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        return await _dashboard(request, web_)
-
-    async def login(request: web.Request) -> web.StreamResponse:
-        return await _login(request, web_)
-
-    async def create(request: web.Request) -> web.StreamResponse:
-        return await _create_key(request, web_)
-
-    async def revoke(request: web.Request) -> web.StreamResponse:
-        return await _revoke_key(request, web_)
-
-    async def requests(request: web.Request) -> web.StreamResponse:
-        return await _requests(request, web_)
-
+    bind = binder(web_)
     return [
-        web.get("/dashboard", guarded(page)),
+        web.get("/dashboard", bind(_dashboard)),
         web.get(LOGIN, _login_form),
-        web.post(LOGIN, guarded(login)),
+        web.post(LOGIN, bind(_login)),
         web.post("/dashboard/logout", _logout),
-        web.post("/dashboard/keys", guarded(create)),
-        web.post("/dashboard/keys/{key_id}/revoke", guarded(revoke)),
-        web.get("/dashboard/requests", guarded(requests)),
+        web.post("/dashboard/keys", bind(_create_key)),
+        web.post("/dashboard/keys/{key_id}/revoke", bind(_revoke_key)),
+        web.get("/dashboard/requests", bind(_requests)),
     ]
