@@ -513,7 +513,7 @@ async def test_the_wait_for_a_free_connection_is_bounded(redis_url: str, prefix:
         began = time.monotonic()
         with pytest.raises(StoreUnavailable, match="no connection free within 0.2 s"):
             await store.get_user("alice")
-        assert 0.15 < time.monotonic() - began < 2
+        assert 0.15 < time.monotonic() - began < 20  # bounded: without the limit it would wait forever
         slots.release()
         assert await store.get_user("alice") is None
     finally:
