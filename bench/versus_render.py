@@ -102,16 +102,19 @@ def _cpu_table(v: Versus) -> list[str]:
     return _table(head, rows)
 
 
+def _p50_cell(v: Versus, name: str, case: Case, direct: float) -> str:
+    if name in v.skipped or v.tally(name, case) is None:
+        return _cell(v, name, case, str)
+    p50 = _p50(v, name, case)
+    return f"{p50 * 1000:.3f} ms" + ("" if name == "direct" else f" ({(p50 - direct) * 1000:+.3f})")
+
+
 def _latency_table(v: Versus) -> list[str]:
     s, cols = v.settings, _columns(v)
     rows = []
     for c in (c for c in cases(s) if c.clients == 1):
         base = _p50(v, "direct", c)
-        cells = []
-        for n in cols:
-            added = "" if n == "direct" else f" ({(_p50(v, n, c) - base) * 1000:+.3f})"
-            cells.append(_cell(v, n, c, lambda t, a=added: f"{percentile(t.latencies, 50) * 1000:.3f} ms{a}"))
-        rows.append([c.mode(s), *cells])
+        rows.append([c.mode(s), *(_p50_cell(v, n, c, base) for n in cols)])
     return _table(["mode (1 client)"] + [f"{COLUMNS.get(n, n)} p50 (added)" for n in cols], rows)
 
 

@@ -160,6 +160,7 @@ def test_versus_without_the_litellm_venv_skips_litellm_and_still_measures_weir(t
     assert rps_row.split(" | ")[3:] == ["skipped", rps_row.split(" | ")[4], "— |"]
     assert cpu_row.split(" | ")[2] == "skipped" and cpu_row.endswith("| — |")
     assert "| not measured | — |" in text  # the goals against LiteLLM get no verdict
+    assert "nan" not in text
 
 
 def _tally(rps: float, cpu_ms: float, p50_ms: float) -> Tally:
