@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 DIST_STAMP := $(VENV)/.installed-dist
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test soak bench typecheck clean dist lint
+.PHONY: run test soak bench bench-litellm-venv typecheck clean dist lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,13 @@ typecheck: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.report
+
+# bench/.litellm-venv: LiteLLM's proxy for the `litellm` benchmark target (bench/README.md),
+# in its own virtualenv; never a dependency of Weir. Re-running it is a no-op once installed.
+bench-litellm-venv:
+	test -x bench/.litellm-venv/bin/litellm || { $(PY) -m venv bench/.litellm-venv && \
+		bench/.litellm-venv/bin/pip install -q --disable-pip-version-check \
+		'litellm[proxy]==1.106.2' uvloop httptools; }
 
 # dist/weir: Weir and its dependencies in one zipapp (shiv) for this platform and this Python
 # version, run with no virtualenv and no network (docs/operations.md, "Single-file build").

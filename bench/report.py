@@ -1,9 +1,11 @@
-"""`python -m bench.report [--quick] [--write] [--targets direct,weir]`: the benchmark report.
+"""`python -m bench.report [--quick] [--write] [--targets direct,weir] [--focus all|requests|versus]`: the benchmark report.
 
 One interleaved run: every measure is taken in rounds that alternate the targets (direct,
 weir, ... then the reverse order in the next round), so machine noise lands on all of them.
 The mocks, each target and the load generator are separate processes on 127.0.0.1; all of
 them are stopped when the run ends, also on an error or Ctrl-C.
+
+`--focus versus` runs the comparison with LiteLLM instead (bench/versus.py).
 
 The markdown table goes to stdout; `--write` also replaces (or appends) this run's dated
 section in bench/RESULTS.md.
@@ -35,9 +37,12 @@ from bench.targets import (
     cpu_seconds,
     idle_cpu_rate,
     known_targets,
+    launch_all,
     rss_bytes,
 )
 from bench.upstreams import start_upstreams
+from bench.versus import VERSUS_TARGETS, VersusSettings, run_versus
+from bench.versus_render import render_versus
 
 __all__ = [
     "FULL",
@@ -112,6 +117,7 @@ class Measured:
     rss: int | None = None
     idle_cpu_rate: float = 0.0
     errors: list[str] = field(default_factory=list)
+    skipped: str = ""
 
     def add(self, result: Result) -> Result:
         """Keep a job's error summary (errors never pass silently into the figures)."""
@@ -429,7 +435,7 @@ def run(targets: Sequence[Target], s: Settings, workdir: Path) -> list[Measured]
     """Start everything, measure every target in one interleaved run, stop everything."""
     with ExitStack() as stack:
         up = start_upstreams(stack, workdir, s.stream_events, s.paced_events, s.pace)
-        running = [t.launch(up, workdir, stack) for t in targets]
+        running, skipped = launch_all(targets, up, workdir, stack)
         measured = [Measured(t.name) for t in running]
         runner = _Runner(LoadgenWorker.start(stack, workdir / "loadgen.log"), s, up.paced_pid)
         for t, m in zip(running, measured):
@@ -437,7 +443,7 @@ def run(targets: Sequence[Target], s: Settings, workdir: Path) -> list[Measured]
             m.rss = rss_bytes(t.pid if t.pid else up.instant_pid)
             m.idle_cpu_rate = idle_cpu_rate(t.pid, s.idle_seconds) if t.pid else 0.0
         _interleaved(runner, running, measured, s.rounds)
-        return measured
+        return measured + [Measured(name, skipped=why) for name, why in skipped.items()]
 
 
 def _context(s: Settings, command: str) -> str:
@@ -457,11 +463,11 @@ def render(measured: Sequence[Measured], s: Settings, command: str) -> str:
     rows: list[Row] = []
     direct = next(m for m in measured if m.name == "direct")
     for m in measured:
-        if m is not direct:
+        if m is not direct and not m.skipped:
             rows += rows_for(direct, m, s)
     lines = [_context(s, command), "", render_rows(rows)]
     base = next((m for m in measured if m.name == "weir"), None)
-    with_plugins = [m for m in measured if base is not None and m.name.startswith("weir+")]
+    with_plugins = [m for m in measured if base is not None and m.name.startswith("weir+") and not m.skipped]
     if base is not None and with_plugins:
         extra = [r for m in with_plugins for r in plugin_rows(base, m, s)]
         lines += [
@@ -471,6 +477,7 @@ def render(measured: Sequence[Measured], s: Settings, command: str) -> str:
             render_rows(extra, "weir"),
         ]
     for m in measured:
+        lines += [f"\n**skipped ({m.name}):** {m.skipped}"] if m.skipped else []
         lines += [f"\n**errors ({m.name}):** " + "; ".join(m.errors[:5])] if m.errors else []
     return "\n".join(lines) + "\n"
 
@@ -504,49 +511,75 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the ExitStack, which stops the children
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds and requests (about a minute)")
     p.add_argument("--write", action="store_true", help="also write the dated section of bench/RESULTS.md")
-    p.add_argument("--targets", default="direct,weir", help=f"comma-separated, from: {','.join(known_targets())}")
+    p.add_argument(
+        "--targets",
+        default=None,
+        help=f"comma-separated, from: {','.join(known_targets())} (default: direct,weir; "
+        f"with --focus versus: {VERSUS_TARGETS})",
+    )
     p.add_argument(
         "--focus",
-        choices=("all", "requests"),
+        choices=("all", "requests", "versus"),
         default="all",
-        help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs)",
+        help="requests: only the 1-client latency/TTFB and throughput measures (no CPU or paced runs); "
+        "versus: the comparison with LiteLLM of issue 20 (rps, CPU per request, added p50)",
     )
     p.add_argument(
         "--rounds",
         type=int,
         default=None,
-        help="rounds instead of 8 (full) or 3 (quick): more for a steadier reading on a noisy machine",
+        help="rounds instead of 8 (full), 3 (quick) or 2 (versus): more for a steadier reading on a noisy machine",
     )
+    return p
+
+
+def _command(args: argparse.Namespace) -> str:
+    command = "python -m bench.report" + (" --quick" if args.quick else "")
+    command += f" --focus {args.focus}" if args.focus != "all" else ""
+    command += f" --rounds {args.rounds}" if args.rounds else ""
+    return command + (f" --targets {args.targets}" if args.targets else "")
+
+
+def _versus_settings(quick: bool, rounds: int | None) -> VersusSettings:
+    s = VersusSettings(label="versus, quick", seconds=1.0) if quick else VersusSettings()
+    return replace(s, rounds=rounds) if rounds is not None else s
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line."""
+    p = _parser()
     args = p.parse_args(argv)
+    versus = args.focus == "versus"
+    targets = args.targets or (VERSUS_TARGETS if versus else "direct,weir")
     table = known_targets()
-    names = ["direct"] + [n for n in args.targets.split(",") if n and n != "direct"]
+    names = ["direct"] + [n for n in targets.split(",") if n and n != "direct"]
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown target(s) {unknown}; known: {list(table)}")
-    try:
-        s = settings_for(args.quick, args.focus, args.rounds)
-    except ValueError as exc:
-        p.error(str(exc))
+    if args.rounds is not None and args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    s = settings_for(args.quick, args.focus, args.rounds) if not versus else None
     signal.signal(signal.SIGTERM, _sigterm)
-    command = "python -m bench.report" + (" --quick" if args.quick else "")
-    command += " --focus requests" if args.focus == "requests" else ""
-    command += f" --rounds {args.rounds}" if args.rounds else ""
-    command += f" --targets {args.targets}" if args.targets != "direct,weir" else ""
     try:
         with tempfile.TemporaryDirectory(prefix="weir-bench-") as tmp:
-            measured = run([table[n] for n in names], s, Path(tmp))
+            if s is None:
+                vs = _versus_settings(args.quick, args.rounds)
+                text, label = (
+                    render_versus(run_versus([table[n] for n in names], vs, Path(tmp)), _command(args)),
+                    vs.label,
+                )
+            else:
+                text, label = render(run([table[n] for n in names], s, Path(tmp)), s, _command(args)), s.label
     except KeyboardInterrupt:
         print("interrupted; every benchmark process has been stopped", file=sys.stderr)
         return 130
-    text = render(measured, s, command)
     sys.stdout.write(text)
     if args.write:
-        write_results(text, f"{dt.date.today().isoformat()} ({s.label}, {args.targets})")
+        write_results(text, f"{dt.date.today().isoformat()} ({label}, {targets})")
     return 0
 
 

@@ -37,11 +37,13 @@ __all__ = [
     "Headers",
     "Running",
     "Target",
+    "TargetSkipped",
     "cli_key",
     "cpu_seconds",
     "direct_target",
     "idle_cpu_rate",
     "known_targets",
+    "launch_all",
     "rss_bytes",
     "weir_config",
     "weir_target",
@@ -75,6 +77,11 @@ class Running:
 Launcher = Callable[[Upstreams, Path, ExitStack], Running]
 
 
+class TargetSkipped(Exception):
+    """Raised by a launcher whose target cannot run here (its message says why): the run
+    goes on without it and the report says it was skipped."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A named thing to benchmark; `launch(upstreams, workdir, stack)` starts it."""
@@ -87,6 +94,20 @@ class Target:
     def is_direct(self) -> bool:
         """True for the baseline (requests go straight to the mocks)."""
         return self.name == "direct"
+
+
+def launch_all(
+    targets: Sequence[Target], up: Upstreams, workdir: Path, stack: ExitStack
+) -> tuple[list[Running], dict[str, str]]:
+    """Launch every target in order: the running ones, and why each skipped one was skipped."""
+    running: list[Running] = []
+    skipped: dict[str, str] = {}
+    for t in targets:
+        try:
+            running.append(t.launch(up, workdir, stack))
+        except TargetSkipped as exc:
+            skipped[t.name] = str(exc)
+    return running, skipped
 
 
 def _launch_direct(up: Upstreams, workdir: Path, stack: ExitStack) -> Running:
@@ -187,6 +208,9 @@ def _billing() -> dict[str, Any]:
 def known_targets() -> dict[str, Target]:
     """Every target the report can run, by name (`--targets a,b,c` picks from these)."""
     # A fresh prefix per run: a fixed one would make the next run's `user add bench` fail.
+    # Imported here: bench.litellm_target builds on this module's `Target` and `Running`.
+    from bench.litellm_target import litellm_target
+
     redis = {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "prefix": f"weirbench:{uuid.uuid4().hex[:8]}"}
     return {
         t.name: t
@@ -195,6 +219,7 @@ def known_targets() -> dict[str, Target]:
             weir_target("weir", description="weir serve, no plugins, SQLite store"),
             weir_target("weir+billing-sqlite", [_billing()], None, cli_key("bench")),
             weir_target("weir+billing-redis", [_billing()], redis, cli_key("bench")),
+            litellm_target(),
         )
     }
 

@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.litellm_target import litellm_config, litellm_target
 from bench.loadgen import percentile
 from bench.report import FULL, QUICK, Measured, main, plugin_rows, render, run, settings_for, write_results
 from bench.targets import known_targets
+from bench.upstreams import Upstreams
+from bench.versus import Case, Tally, Versus, VersusSettings, cases, run_versus
+from bench.versus_render import goals, render_versus
 
 SMOKE = replace(
     FULL,
@@ -134,3 +138,64 @@ def test_throughput_kept_shows_the_spread_of_paired_rounds() -> None:
     # 1440 / 1900 = 0.76 from the medians; round by round 0.75, 0.80 and 0.65.
     assert kept.ratio == "0.76× (rounds 0.65–0.80)" and kept.met == "yes"
     assert latency.diff == "+0.300 ms" and latency.met == "yes"
+
+
+TINY_VERSUS = VersusSettings(label="smoke", rounds=1, seconds=0.1, chunks=10, clients=(1, 3), idle_seconds=0.1)
+
+
+def test_versus_without_the_litellm_venv_skips_litellm_and_still_measures_weir(tmp_path: Path) -> None:
+    before = set(_live_children())
+    absent = litellm_target(tmp_path / "no-venv")
+    v = run_versus([known_targets()["direct"], absent, known_targets()["weir"]], TINY_VERSUS, tmp_path)
+    assert set(_live_children()) <= before, "a benchmark subprocess outlived the run"
+    assert "make bench-litellm-venv" in v.skipped["litellm"]
+    assert v.errors == {}
+    weir = v.tally("weir", Case(stream=True, clients=3))
+    assert weir is not None and weir.median_rps() > 0 and weir.requests > 0 and weir.cpu_per_request() > 0
+
+    text = render_versus(v, "smoke")
+    assert "**skipped (litellm):** no LiteLLM virtualenv at" in text
+    rps_row, cpu_row = [line for line in text.splitlines() if line.startswith("| stream, 10 chunks | 3 |")]
+    # direct, LiteLLM, Weir, ratio; then LiteLLM, Weir, ratio: no LiteLLM, so no ratio.
+    assert rps_row.split(" | ")[3:] == ["skipped", rps_row.split(" | ")[4], "— |"]
+    assert cpu_row.split(" | ")[2] == "skipped" and cpu_row.endswith("| — |")
+    assert "| not measured | — |" in text  # the goals against LiteLLM get no verdict
+    assert "nan" not in text
+
+
+def _tally(rps: float, cpu_ms: float, p50_ms: float) -> Tally:
+    return Tally(rps=[rps, rps], cpu=cpu_ms / 1000 * 100, requests=100, latencies=[p50_ms / 1000] * 3)
+
+
+def test_versus_goals_compare_litellm_with_weir_billing_on_sqlite() -> None:
+    s = VersusSettings()
+    figures = {  # (rps, CPU ms per request, p50 ms), the same in every case
+        "direct": (5000.0, 0.0, 0.25),
+        "litellm": (40.0, 20.0, 9.0),
+        "weir+billing-sqlite": (1000.0, 0.4, 0.95),
+    }
+    v = Versus(s, list(figures))
+    for name, (rps, cpu, p50) in figures.items():
+        v.tallies[name] = {c: _tally(rps, cpu, p50) for c in cases(s)}
+    verdicts = {g.text.split(":")[0]: (g.shown(), g.verdict()) for g in goals(v)}
+    # LiteLLM 20 ms / 0.4 ms = 50×: above 40× (non-stream), below 60× (streams).
+    assert verdicts["CPU per request, non-stream, 1 client"] == ("50.0×", "yes")
+    assert verdicts["CPU per request, stream, 100 chunks, 32 clients"] == ("50.0×", "**NO**")
+    assert verdicts["throughput, non-stream, 32 clients"] == ("25.0×", "**NO**")
+    assert verdicts["p50 added over direct, non-stream, 1 client, Weir + billing (SQLite) ≤ 0.8 ms"] == (
+        "+0.700 ms",
+        "yes",
+    )
+    text = render_versus(v, "x")
+    assert "| non-stream | 32 | 5000.0 | 40.0 | 1000.0 | 25.0× |" in text
+    assert "| stream, 100 chunks | 1 | 20.00 ms | 0.40 ms | 50.0× |" in text
+
+
+def test_litellm_config_points_both_bench_models_at_their_mocks() -> None:
+    up = Upstreams("http://127.0.0.1:1", "http://127.0.0.1:2", 0, 0, 64, 0.02)
+    config = litellm_config(up, "sk-test")
+    assert config["general_settings"] == {"master_key": "sk-test"}
+    params = {m["model_name"]: m["litellm_params"] for m in config["model_list"]}
+    assert params["instant-bench"]["model"] == "openai/instant-bench"
+    assert params["instant-bench"]["api_base"] == "http://127.0.0.1:1/v1"
+    assert params["paced-bench"]["api_base"] == "http://127.0.0.1:2/v1"
