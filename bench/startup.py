@@ -9,7 +9,8 @@ temporary directory, the admin console) with its port changed, and one more mock
 "no plugins" target is the same file with its `plugins:` list emptied. Per round and target:
 
 - *to /healthz*: from spawning `python -m proxy serve` (the code of `weir serve`) to the
-  first 200 from `/healthz`, polled every 5 ms;
+  first 200 from `/healthz`, polled every 5 ms, and the CPU time (user + system) the server
+  had used by then: on a shared machine the CPU time moves less than the wall time;
 - *idle RSS*: VmRSS of the server 2 s after that, before any request;
 - *first request*: the latency of one non-stream chat request for `gpt-4o-mini` (with a
   key made by the CLI before the server starts), and VmRSS 0.5 s after it.
@@ -37,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from bench.targets import cli_key, rss_bytes
+from bench.targets import cli_key, cpu_seconds, rss_bytes
 from bench.upstreams import HOST, free_port, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,7 @@ class Sample:
     """One start of one target."""
 
     to_healthz: float
+    cpu_to_healthz: float
     idle_rss: int
     first_request: float
     rss_after_request: int
@@ -108,11 +110,12 @@ def start_once(billing: bool) -> Sample:
                 raise RuntimeError(f"weir serve did not answer /healthz:\n{log.read_text(errors='replace')[-2000:]}")
             time.sleep(POLL_EVERY)
         to_healthz = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid)
         time.sleep(IDLE_SECONDS)
         idle = rss_bytes(proc.pid)
         first = _chat(url, headers)
         time.sleep(0.5)
-        return Sample(to_healthz, idle, first, rss_bytes(proc.pid))
+        return Sample(to_healthz, cpu, idle, first, rss_bytes(proc.pid))
 
 
 def _cell(values: Sequence[float], fmt: str) -> str:
@@ -122,13 +125,14 @@ def _cell(values: Sequence[float], fmt: str) -> str:
 def table(results: dict[str, list[Sample]]) -> str:
     """The Markdown table of medians (and ranges) per target."""
     lines = [
-        "| target | to /healthz | idle RSS (2 s) | first gpt-4o-mini request | RSS after it |",
-        "|---|---|---|---|---|",
+        "| target | to /healthz | CPU to /healthz | idle RSS (2 s) | first gpt-4o-mini request | RSS after it |",
+        "|---|---|---|---|---|---|",
     ]
     mib = 1024 * 1024
     for name, samples in results.items():
         lines.append(
             f"| {name} | {_cell([s.to_healthz for s in samples], '{:.2f}')} s"
+            f" | {_cell([s.cpu_to_healthz for s in samples], '{:.2f}')} s"
             f" | {_cell([s.idle_rss / mib for s in samples], '{:.0f}')} MiB"
             f" | {_cell([s.first_request * 1000 for s in samples], '{:.0f}')} ms"
             f" | {_cell([s.rss_after_request / mib for s in samples], '{:.0f}')} MiB |"
