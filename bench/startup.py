@@ -2,6 +2,7 @@
 
     python -m bench.startup              # 3 rounds per target, medians
     python -m bench.startup --rounds 5
+    python -m bench.startup --no-pyc     # Weir's own modules compiled from source at each start
 
 Each target runs the bundled proxy.yaml (the built-in mock upstream, the SQLite store in a
 temporary directory, the admin console) with its port changed, and one more mock model,
@@ -15,6 +16,13 @@ temporary directory, the admin console) with its port changed, and one more mock
 - *first request*: the latency of one non-stream chat request for `gpt-4o-mini` (with a
   key made by the CLI before the server starts), and VmRSS 0.5 s after it.
 
+Bytecode: by default Weir's own packages are compiled first (`compileall`, into the
+git-ignored `__pycache__` directories) and the servers may write bytecode, as an installed
+Weir (pip compiles what it installs) starts. `--no-pyc` removes those `__pycache__`
+directories before each start and runs with PYTHONDONTWRITEBYTECODE=1, so that every start
+compiles Weir's modules from source (the installed libraries keep their bytecode): what a
+checkout run with PYTHONDONTWRITEBYTECODE set pays.
+
 Rounds alternate the targets so that load on this shared machine lands on both alike. The
 table shows the median over the rounds (min–max beside it). Every process is stopped when
 the run ends, however it ends. Nothing is downloaded.
@@ -23,7 +31,9 @@ the run ends, however it ends. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,9 +49,10 @@ from typing import Any
 import yaml
 
 from bench.targets import cli_key, cpu_seconds, rss_bytes
-from bench.upstreams import HOST, free_port, spawn
+from bench.upstreams import HOST, child_env, free_port, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("proxy", "plugins")
 OPENAI_MODEL = "gpt-4o-mini"
 POLL_EVERY = 0.005
 IDLE_SECONDS = 2.0
@@ -93,8 +104,25 @@ def _chat(url: str, headers: Sequence[tuple[str, str]]) -> float:
     return time.perf_counter() - t0
 
 
-def start_once(billing: bool) -> Sample:
+def bytecode_env(pyc: bool) -> dict[str, str]:
+    """The servers' environment; with `pyc`, Weir's packages are compiled now, else their
+    bytecode caches are removed and none is written (see the module docstring)."""
+    env = child_env()
+    if pyc:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        for package in PACKAGES:
+            compileall.compile_dir(ROOT / package, quiet=1)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        for package in PACKAGES:
+            for cache in (ROOT / package).rglob("__pycache__"):
+                shutil.rmtree(cache, ignore_errors=True)
+    return env
+
+
+def start_once(billing: bool, pyc: bool) -> Sample:
     """Start one `weir serve` in a fresh temporary directory, measure it, stop it."""
+    env = bytecode_env(pyc)
     with tempfile.TemporaryDirectory(prefix="weir-startup-") as tmp, ExitStack() as stack:
         home = Path(tmp)
         port = free_port()
@@ -104,7 +132,8 @@ def start_once(billing: bool) -> Sample:
         url = f"http://{HOST}:{port}"
         log = home / "weir.log"
         t0 = time.perf_counter()
-        proc = spawn([sys.executable, "-m", "proxy", "serve", "--config", str(config)], stack, log, cwd=home)
+        argv = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
+        proc = spawn(argv, stack, log, cwd=home, env=env)
         while not _healthz_ok(url + "/healthz"):
             if proc.poll() is not None or time.perf_counter() - t0 > TIMEOUT:
                 raise RuntimeError(f"weir serve did not answer /healthz:\n{log.read_text(errors='replace')[-2000:]}")
@@ -144,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the rounds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="starts per target (default 3)")
+    parser.add_argument("--no-pyc", action="store_true", help="compile Weir's modules at every start")
     args = parser.parse_args(argv)
     targets = {"weir + billing (SQLite)": True, "weir, no plugins": False}
     results: dict[str, list[Sample]] = {name: [] for name in targets}
@@ -152,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if round_no % 2:
             order.reverse()
         for name, billing in order:
-            results[name].append(start_once(billing))
+            results[name].append(start_once(billing, pyc=not args.no_pyc))
     print(table(results))
     return 0
 
