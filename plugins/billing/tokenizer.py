@@ -23,8 +23,10 @@ import threading
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tiktoken
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = ["VOCAB_DIR", "Family", "Tokenizer", "build_encoding", "family_for", "heuristic_count", "load_ranks"]
 
@@ -153,6 +155,8 @@ def build_encoding(path: Path, family: Family) -> tiktoken.Encoding:
     tiktoken's Rust core keeps its own copy of the ranks; the `Encoding` also keeps the
     Python dict it was given (200k entries, about 30 MB for o200k_base), which only
     pickling reads. It is dropped: an encoding built here is never pickled."""
+    import tiktoken  # here, not at the top: start-up does not need it
+
     sha, pattern, specials = _SPECS[family]
     ranks = load_ranks(path, sha)
     enc = tiktoken.Encoding(name=family.value, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
