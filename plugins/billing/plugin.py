@@ -232,9 +232,10 @@ class BillingPlugin(Plugin):
             )
         multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else form_payload(ctx.form)
-        if (family := self.tokenizer.unloaded(model)) is not None:
+        tokenizer = self.estimator.tokenizer  # the one that counts this request's prompt
+        if (family := tokenizer.unloaded(model)) is not None:
             # The model's vocabulary, on its first use: in a thread, the loop serves meanwhile.
-            await asyncio.to_thread(self.tokenizer.encoding, family)
+            await asyncio.to_thread(tokenizer.encoding, family)
         # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
         estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
