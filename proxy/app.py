@@ -12,7 +12,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -35,7 +35,6 @@ from proxy.handler import Handler
 from proxy.host import HOST, Host
 from proxy.loopwatch import LoopWatch
 from proxy.metrics import Metrics
-from proxy.mock.upstream import MockUpstream
 from proxy.pipeline import Pipeline
 from proxy.plugin import Plugin
 from proxy.preflight import preflight
@@ -48,6 +47,9 @@ from proxy.upstream_call import UpstreamCaller
 from proxy.upstream_health import UpstreamHealth
 from proxy.web.admin_token import resolve_admin_token
 from proxy.web.console import mount as mount_web_shell
+
+if TYPE_CHECKING:
+    from proxy.mock.upstream import MockUpstream
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,9 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     mocks: list[MockUpstream] = []
     for up in pool.upstreams:
         if up.config.type == "mock" and not up.base_url:
+            # Imported only when a built-in mock is configured (start-up time).
+            from proxy.mock.upstream import MockUpstream
+
             mock = MockUpstream()
             up.base_url = await mock.start()
             mocks.append(mock)

@@ -17,9 +17,14 @@ from proxy.config import Config, ConfigError, load_config
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
-    """The argument parser and the command table: the core's commands, then every installed
-    plugin's (the `weir.cli` entry point group, see `proxy.cli_frame`)."""
+#: The core's own commands: running one of them needs no plugin's commands.
+CORE_COMMANDS = frozenset(("serve", "check-config"))
+
+
+def build_parser(with_plugins: bool = True) -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    """The argument parser and the command table: the core's commands, then (unless
+    `with_plugins` is false) every installed plugin's (the `weir.cli` entry point group,
+    see `proxy.cli_frame`)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="path to proxy.yaml (default: $WEIR_CONFIG, then ./proxy.yaml)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
@@ -27,7 +32,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, Command] = {}
     register_serve(sub, common, commands)
-    for _name, register in plugin_registrars():
+    for _name, register in plugin_registrars() if with_plugins else ():
         register(sub, common, commands)
     return parser, commands
 
@@ -35,7 +40,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `weir` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser, commands = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `weir serve` starts without importing every plugin's command modules (start-up time).
+    parser, commands = build_parser(with_plugins=not argv or argv[0] not in CORE_COMMANDS)
     args = parser.parse_args(argv)
     name = args.command if args.command in commands else f"{args.command} {getattr(args, 'action', '')}".strip()
     try:

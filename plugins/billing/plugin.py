@@ -116,8 +116,8 @@ class BillingPlugin(Plugin):
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
-        warm the tokenizer, replay the outbox, and on an empty store (with `first_run_demo`)
-        create the demo user."""
+        replay the outbox, and on an empty store (with `first_run_demo`) create the demo user.
+        The tokenizer's vocabularies load on first use (`on_request`), not here."""
         host = host_of(app)
         async with running_ledger(host, self._injected_store, self.money.orphans_resolved) as store:
             self._store = store
@@ -143,9 +143,6 @@ class BillingPlugin(Plugin):
             settler = self._settler
             self.money.retries = lambda: settler.retried
             host.metrics.register(self.money)
-            # Loading the vocabularies takes about a second: off the event loop, which serves
-            # /healthz and the other apps' requests meanwhile.
-            await asyncio.to_thread(self.tokenizer.warm)
             price_poll = await self.pricing.start(app, store)
             pages.install(app, self.web)
             await self._replay()
@@ -235,6 +232,10 @@ class BillingPlugin(Plugin):
             )
         multiplier = prices.table.multiplier(user.group, key.group)
         body = ctx.json if ctx.json is not None else form_payload(ctx.form)
+        tokenizer = self.estimator.tokenizer  # the one that counts this request's prompt
+        if (family := tokenizer.unloaded(model)) is not None:
+            # The model's vocabulary, on its first use: in a thread, the loop serves meanwhile.
+            await asyncio.to_thread(tokenizer.encoding, family)
         # A body the estimate cannot accept raises `BadRequest`, a `Reject` (400).
         estimate = self.estimator.estimate(ctx.endpoint, body, model, price, multiplier)
         hold = await self._hold(store, ctx, key, user, estimate, prices.label)
