@@ -19,7 +19,7 @@ async def test_a_stopped_app_releases_its_plugins(fake_upstream: MockUpstream, t
     config = proxy_config(fake_upstream.url, tmp_path)
     plugin = BillingPlugin(BillingConfig(pricing={"models": {"mock-gpt": {"input": 1, "output": 1}}}))
     handle = await start_proxy(config, plugins=[plugin])
-    encodings = [plugin.tokenizer.encoding(f) for f in (Family.O200K, Family.CL100K)]  # warmed by the lifespan
+    encodings = [plugin.tokenizer.encoding(f) for f in (Family.O200K, Family.CL100K)]  # loaded here (on first use)
     refs = [weakref.ref(o) for o in (handle.app, plugin, *encodings)]
     await handle.stop()
     del handle, plugin, encodings
