@@ -29,7 +29,7 @@ def charge_tokens(price: ModelPrice, usage: Usage, multiplier: Decimal, quota_pe
     """
     if price.per_request is not None or price.characters is not None:
         raise ValueError("charge_tokens called with a per-request or per-character price")
-    if usage.is_zero:
+    if not any(usage):  # `usage.is_zero`, without the property call
         return 0
     # `Usage` is a named tuple whose counts are in `_RATE_FIELDS` order: one count per rate.
     per_million = sum(map(mul, usage, price._rates))
