@@ -243,7 +243,7 @@ class BillingPlugin(Plugin):
             hide = ask_for_usage(ctx) if ctx.stream else False
             n = body.get("n", 1) if endpoint in IMAGE_ENDPOINTS else 1
             # Counts the relayed output when usage is missing, as `tokenizer.count(text, model)`.
-            count = self.estimator.counter(model)
+            count = self.tokenizer.counter(self.tokenizer.family(model))
             st = ctx.state[BILLING] = Billing(
                 key,
                 user,
