@@ -66,8 +66,7 @@ FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
 _MODELS = Endpoint.MODELS
 _MODERATIONS = Endpoint.MODERATIONS
-#: Each end reason's text (an enum member's `.value` is a Python-level property call).
-_REASON_TEXT = {reason: reason.value for reason in EndReason}
+_REASON_TEXT = {reason: reason.value for reason in EndReason}  # `.value` is a Python property call
 #: The model OpenAI moderates with when a request names none: priced (or free) as that.
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 #: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
