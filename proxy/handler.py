@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access_log import AccessLog
-from proxy.context import Dialect, EndReason, Outcome, ProxyError, RequestContext
+from proxy.context import Dialect, Endpoint, EndReason, Outcome, ProxyError, RequestContext
 from proxy.dialects import Route, client_credential
 from proxy.forward import Forwarder, forward
 from proxy.forwarded import TrustedProxies, client_address
@@ -34,6 +34,11 @@ from proxy.respond import PLUGIN_FAILED, error_response, internal_message, rejec
 log = logging.getLogger(__name__)
 
 _JSON_TYPES = ("application/json", "text/plain", "")
+# An enum member's `.value` is a Python-level property call, and looking a member up on its
+# class costs about as much: both are done once here, not per request.
+_MODELS = Endpoint.MODELS
+_GEMINI_STREAM = Endpoint.GEMINI_STREAM
+_ENDPOINT_TEXT = {endpoint: endpoint.value for endpoint in Endpoint}
 
 
 class RequestIds:
@@ -88,7 +93,7 @@ class Handler:
 
     async def _run(self, request: web.Request, ctx: RequestContext) -> web.StreamResponse:
         candidates = []
-        if ctx.endpoint.value != "models":
+        if ctx.endpoint is not _MODELS:
             candidates = self.forwarder.pool.candidates(ctx.dialect, ctx.model)
             if not candidates:
                 ctx.status = 404
@@ -108,7 +113,7 @@ class Handler:
             message = internal_message(ctx.request_id, "a proxy plugin failed; the request was not sent")
             return await send_error(request, ctx, run, ProxyError(EndReason.PLUGIN_FAILED, 500, PLUGIN_FAILED, message))
         try:
-            if ctx.endpoint.value == "models":
+            if ctx.endpoint is _MODELS:
                 return await self._models(request, ctx, run)
             return await forward(self.forwarder, request, ctx, run, candidates)
         except BaseException as exc:
@@ -151,7 +156,7 @@ class Handler:
                 model = _model_field(form, required=False)
         if model is None:
             model = route.default_model
-        stream = route.endpoint.value == "streamGenerateContent"
+        stream = route.endpoint is _GEMINI_STREAM
         if payload is not None and "stream" in payload:
             if not isinstance(payload["stream"], bool):
                 raise Reject(400, "invalid_request_error", "'stream' must be a boolean")
@@ -183,7 +188,7 @@ class Handler:
         status = ctx.status or 0
         outcome = ctx.end_reason or "refused"
         self.metrics.observe(
-            ctx.endpoint.value,
+            _ENDPOINT_TEXT[ctx.endpoint],
             upstream,
             status,
             outcome,
@@ -239,6 +244,10 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Reject(413, "request_too_large", f"request body exceeds {limit} bytes")
     try:
+        if request.content.is_eof():
+            # All of it has arrived (a small body comes with its headers): nothing to wait
+            # for, so no timer to arm and cancel on every request.
+            return await request.read()
         # A client trickling (or withholding) its body must not hold a handler forever.
         async with asyncio.timeout(timeout):
             return await request.read()

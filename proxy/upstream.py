@@ -11,6 +11,7 @@ import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import is_
 
 import aiohttp
 import orjson
@@ -151,13 +152,16 @@ class UpstreamPool:
 
     def candidates(self, dialect: Dialect, model: str | None) -> list[Upstream]:
         """Upstreams able to serve the request: lower priority first, weighted shuffle within."""
-        if len(self._seen) != len(self.upstreams) or any(a is not b for a, b in zip(self._seen, self.upstreams)):
+        # `map(is_, ...)` compares by identity without a Python frame per upstream.
+        if len(self._seen) != len(self.upstreams) or not all(map(is_, self._seen, self.upstreams)):
             # The list was changed in place (tests, future reloads): forget cached routes.
             self._seen = tuple(self.upstreams)
             self._routes.clear()
         groups = self._routes.get((dialect, model))
         if groups is None:
             groups = self._route(dialect, model)
+        if len(groups) == 1 and len(groups[0]) == 1:  # one upstream serves it: nothing to order
+            return [groups[0][0]]
         ordered: list[Upstream] = []
         for group in groups:
             if len(group) == 1:

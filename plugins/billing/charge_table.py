@@ -73,6 +73,7 @@ class Settlement(NamedTuple):
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
 _COMPLETED = EndReason.COMPLETED
 _DISCONNECTED = EndReason.CLIENT_DISCONNECTED
+_new_tuple = tuple.__new__
 
 
 def settle(
@@ -88,18 +89,21 @@ def settle(
         chars = metered.prompt_estimate if finished or metered.content() else 0
         return Settlement(charge_characters(price, chars, multiplier, quota_per_usd), Usage(chars), "request")
     usage, source = _usage_for(finished, metered)
-    return Settlement(charge_tokens(price, usage, multiplier, quota_per_usd), usage, source)
+    # `tuple.__new__` builds the named tuple without its generated Python `__new__` (~1.7k
+    # instructions a call); the fields in order: charge, usage, usage_source.
+    return _new_tuple(Settlement, (charge_tokens(price, usage, multiplier, quota_per_usd), usage, source))
 
 
 def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:
     real = m.usage
+    # `any(real)` is `not real.is_zero` without the property call.
     if finished:
-        if real is not None and not real.is_zero:
+        if real is not None and any(real):
             return real, "upstream"
-        if real is not None and real.is_zero and not m.content():
+        if real is not None and not m.content():
             return Usage(), "upstream"
         return estimated(m), "estimated"
-    if real is not None and not real.is_zero:
+    if real is not None and any(real):
         relayed = m.output()
         if relayed > real.output:
             # Usage that arrived early (Anthropic's message_start) undercounts what was

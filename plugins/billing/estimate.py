@@ -24,13 +24,14 @@ from typing import Any, NamedTuple
 
 from plugins.billing.charges import charge_characters, charge_io, charge_requests
 from plugins.billing.pricing import DEFAULT_QUOTA_PER_USD, ModelPrice
-from plugins.billing.prompt import BadRequest, count_prompt, obj
+from plugins.billing.prompt import BadRequest, count_prompt_with, obj
 from plugins.billing.tokenizer import Tokenizer
 from proxy.plugin import Endpoint
 
 __all__ = ["MAX_N", "MAX_OUTPUT_TOKENS", "BadRequest", "Estimate", "Estimator", "form_payload"]
 
 MAX_OUTPUT_TOKENS = 10_000_000
+_new_tuple = tuple.__new__
 MAX_N = 128
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _NO_OUTPUT = frozenset(
@@ -93,7 +94,10 @@ class Estimator:
     unknown); `default_output_reserve` caps it and stands in when it is unknown.
     """
 
-    __slots__ = ("tokenizer", "quota_per_usd", "default_output_reserve", "_max_output")
+    __slots__ = ("tokenizer", "quota_per_usd", "default_output_reserve", "_max_output", "_counters")
+
+    #: Model names whose token counter is remembered (clients choose the names: bounded).
+    COUNTER_MEMO = 1024
 
     def __init__(
         self,
@@ -106,6 +110,19 @@ class Estimator:
         self.quota_per_usd = quota_per_usd
         self.default_output_reserve = default_output_reserve
         self._max_output = max_output
+        self._counters: dict[str, Callable[[str], int]] = {}
+
+    def counter(self, model: str) -> Callable[[str], int]:
+        """The function counting `model`'s tokens in a text (`Tokenizer.counter` of the
+        model's family), remembered per model name: the same function, so the same counts."""
+        found = self._counters.get(model)
+        if found is None:
+            tokenizer = self.tokenizer
+            found = tokenizer.counter(tokenizer.family(model))
+            if len(self._counters) >= self.COUNTER_MEMO:
+                self._counters.clear()
+            self._counters[model] = found
+        return found
 
     def estimate(self, endpoint: Endpoint, body: Any, model: str, price: ModelPrice, multiplier: Decimal) -> Estimate:
         """The hold for a request: token estimate priced like a charge, the full per-request
@@ -120,7 +137,9 @@ class Estimator:
             return Estimate(chars, 0, charge_characters(price, chars, multiplier, self.quota_per_usd))
         prompt = self._prompt_tokens(endpoint, body, model)
         output = self._output_tokens(endpoint, body, model)
-        return Estimate(prompt, output, charge_io(price, prompt, output, multiplier, self.quota_per_usd))
+        # `tuple.__new__` builds the named tuple without its generated Python `__new__` (~1.7k
+        # instructions a call); the fields in order: prompt_tokens, output_tokens, quota.
+        return _new_tuple(Estimate, (prompt, output, charge_io(price, prompt, output, multiplier, self.quota_per_usd)))
 
     def prompt_tokens(self, endpoint: Endpoint, body: Any, model: str) -> int:
         """The estimated prompt tokens of a request body (0 for endpoints without one)."""
@@ -131,7 +150,7 @@ class Estimator:
         return self._output_tokens(endpoint, _checked_body(body), model)
 
     def _prompt_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
-        return count_prompt(self.tokenizer, endpoint, body, model)
+        return count_prompt_with(self.counter(model), endpoint, body)
 
     def _output_tokens(self, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
         if endpoint in _NO_OUTPUT:
@@ -140,7 +159,10 @@ class Estimator:
         for key in _OUTPUT_KEYS:
             value = body.get(key)
             if value is not None:
-                limit = max(limit, _limit(value, key))
+                if type(value) is not int or not 0 <= value <= MAX_OUTPUT_TOKENS:
+                    _limit(value, key)  # raises, naming the field
+                if value > limit:
+                    limit = value
         times = 1
         for key in _MULTIPLIERS.get(endpoint, ()):
             value = body.get(key)

@@ -27,6 +27,7 @@ from plugins.billing.config import BillingConfig
 from plugins.billing.estimate import IMAGE_ENDPOINTS, Estimate, Estimator, form_payload
 from plugins.billing.firstrun import ensure_demo_user
 from plugins.billing.ledger import running_ledger
+from plugins.billing.live import LiveRequests
 from plugins.billing.models_list import keep_allowed
 from plugins.billing.money_metrics import MoneyMetrics, watch_open_holds
 from plugins.billing.outbox import Outbox, Settler
@@ -65,6 +66,7 @@ FREE = frozenset({Endpoint.MODELS, Endpoint.COUNT_TOKENS, Endpoint.GEMINI_COUNT_
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
 _MODELS = Endpoint.MODELS
 _MODERATIONS = Endpoint.MODERATIONS
+_REASON_TEXT = {reason: reason.value for reason in EndReason}  # `.value` is a Python property call
 #: The model OpenAI moderates with when a request names none: priced (or free) as that.
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 #: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
@@ -101,18 +103,14 @@ class BillingPlugin(Plugin):
         self._settler: Settler | None = None
         self._sweeper = InflightSweeper("")
         #: The billed requests between their hold and their terminal hook, for the checkpoint timer.
-        self._live: dict[str, tuple[RequestContext, Billing]] = {}
+        self._live = LiveRequests(self.config.quota_per_usd)
         self.money = MoneyMetrics(self.config.quota_per_usd)
-        self.money.live = self._live_holds
+        self.money.live = self._live.holds
         self._tasks_side: TaskRequests | None = None
 
     def _max_output(self, model: str) -> int | None:
         # The reference data is bundled whether or not it is used for prices.
         return self.prices.max_output_tokens(model)
-
-    def _live_holds(self) -> tuple[int, float | None]:
-        live = self._live
-        return len(live), min((ctx.started_at for ctx, _ in live.values()), default=None)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
@@ -150,7 +148,9 @@ class BillingPlugin(Plugin):
                 await ensure_demo_user(store, self.config)
             services = [
                 host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
-                host.tasks.spawn_service(self._checkpoint_forever(), name="billing-checkpoints"),
+                host.tasks.spawn_service(
+                    self._live.checkpoint_forever(store, self.config.checkpoint_every), name="billing-checkpoints"
+                ),
                 host.tasks.spawn_service(report_pending(self._settler), name="billing-pending-report"),
                 host.tasks.spawn_service(watch_open_holds(store, self.money), name="billing-open-holds"),
                 host.tasks.spawn_service(engine.poll_forever(), name="billing-task-poller"),
@@ -259,7 +259,7 @@ class BillingPlugin(Plugin):
             # This plugin will get no terminal hook: give the hold back before failing.
             self._spawn(self._release_unknown(ctx.request_id, "plugin_failed"), f"release:{ctx.request_id}")
             raise
-        self._live[ctx.request_id] = (ctx, st)
+        self._live.add(ctx, st)
         ctx.drain_on_disconnect = self.config.on_client_disconnect == "drain"
         ctx.drain_timeout = self.config.drain_timeout
         ctx.drain_max_bytes = self.config.drain_max_bytes
@@ -319,18 +319,18 @@ class BillingPlugin(Plugin):
     async def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
         """Meter a non-streamed response body (unchanged); narrow `/v1/models` to the
         models the caller's key may use; swap a task answer's ids."""
-        if self._tasks_side is not None and self._tasks_side.owns(ctx):
-            return await self._tasks_side.on_body(ctx, body)
         st = ctx.state.get(BILLING)
-        if st is None:
-            if ctx.endpoint is _MODELS:
-                allowed = ctx.state.get(MODEL_ALLOWLIST)
-                return None if allowed is None else keep_allowed(body, allowed)
-        else:
+        if st is not None:  # a held request (task requests are not: they never get `BILLING`)
             try:
                 st.meter.feed_body(orjson.loads(body))
             except orjson.JSONDecodeError:
                 pass
+            return None
+        if self._tasks_side is not None and self._tasks_side.owns(ctx):
+            return await self._tasks_side.on_body(ctx, body)
+        if ctx.endpoint is _MODELS:
+            allowed = ctx.state.get(MODEL_ALLOWLIST)
+            return None if allowed is None else keep_allowed(body, allowed)
         return None
 
     async def on_complete(self, ctx: RequestContext, outcome: Outcome) -> None:
@@ -340,7 +340,7 @@ class BillingPlugin(Plugin):
             if self._tasks_side is not None and self._tasks_side.owns(ctx):
                 await self._tasks_side.on_complete(ctx, outcome)
             return
-        self._live.pop(ctx.request_id, None)
+        self._live.done(ctx.request_id)
         channel_health.completed(self.pricing.health, ctx, outcome)
         reading = metered(st)
         if outcome.bytes_relayed and st.price.characters is not None:
@@ -348,7 +348,13 @@ class BillingPlugin(Plugin):
             reading = reading._replace(has_content=True)
         decision = settle(outcome.reason, reading, st.price, st.multiplier, self.config.quota_per_usd)
         details = log_details(
-            ctx, st, outcome.reason.value, decision.usage_source, outcome.status, outcome.error or "", decision.usage
+            ctx,
+            st,
+            _REASON_TEXT[outcome.reason],
+            decision.usage_source,
+            outcome.status,
+            outcome.error or "",
+            decision.usage,
         )
         assert self._settler is not None
         started = time.monotonic()
@@ -363,9 +369,9 @@ class BillingPlugin(Plugin):
             if self._tasks_side is not None and self._tasks_side.owns(ctx):
                 await self._tasks_side.on_error(ctx, error)
             return
-        self._live.pop(ctx.request_id, None)
+        self._live.done(ctx.request_id)
         channel_health.failed(self.pricing.health, ctx, error)
-        details = log_details(ctx, st, error.reason.value, "none", error.status, error.message)
+        details = log_details(ctx, st, _REASON_TEXT[error.reason], "none", error.status, error.message)
         assert self._settler is not None
         started = time.monotonic()
         await self._settler.release(ctx.request_id, details)
@@ -373,35 +379,12 @@ class BillingPlugin(Plugin):
         self.money.released(details.end_reason)
         self._sweeper.done(ctx.request_id)
 
-    async def _checkpoint_forever(self) -> None:
-        """Every `checkpoint_every` seconds, checkpoint the live requests (`checkpoint_live`).
-
-        A timer, not events: it runs while a relay waits on a client that stopped reading,
-        and costs the event path nothing."""
-        while True:
-            await asyncio.sleep(self.config.checkpoint_every)
-            await self.checkpoint_live()
-
     async def checkpoint_live(self) -> None:
-        """Write the charge so far on the hold of every live request older than
-        `checkpoint_every` (short requests never checkpoint), even when it is unchanged or
-        0: each checkpoint also keeps the hold alive. A failed one is logged and skipped."""
-        horizon = time.monotonic() - self.config.checkpoint_every
-        due = [(ctx, st) for ctx, st in list(self._live.values()) if ctx.started_at <= horizon]
-        if due:
-            await asyncio.gather(*(self._checkpoint(ctx, st) for ctx, st in due))
-
-    async def _checkpoint(self, ctx: RequestContext, st: Billing) -> None:
-        try:
-            charge = settle(_PARTIAL, metered(st), st.price, st.multiplier, self.config.quota_per_usd).charge
-            if not await self.store.checkpoint(ctx.request_id, charge):
-                self._live.pop(ctx.request_id, None)  # resolved meanwhile (e.g. as an orphan)
-        except Exception as exc:  # a missed checkpoint only weakens the crash guarantee
-            log.warning("checkpoint failed [request %s]: %r", ctx.request_id, exc)
+        """Checkpoint the live requests older than `checkpoint_every` (`LiveRequests.checkpoint`)."""
+        await self._live.checkpoint(self.store, self.config.checkpoint_every)
 
     async def _release_unknown(self, request_id: str, reason: str = "store_unavailable") -> None:
-        """Release a hold that may or may not have been written (logged with end reason
-        `reason`), and stop tracking the request."""
+        """Release a hold that may not have been written (end reason `reason`); stop tracking it."""
         assert self._settler is not None
         try:
             # A refusal means the hold was never written: nothing to give back.
@@ -415,6 +398,3 @@ class BillingPlugin(Plugin):
             self._tasks.spawn(coro, name=name)
         else:
             coro.close()
-
-
-_PARTIAL = EndReason.UPSTREAM_TRUNCATED

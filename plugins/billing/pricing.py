@@ -16,7 +16,7 @@ from math import lcm
 from typing import Any, Literal, Protocol
 
 # The charges live in their own module; imported from here by many callers.
-from plugins.billing.charges import charge_characters, charge_io, charge_requests, charge_tokens
+from plugins.billing.charges import UNIT_MULTIPLIER, charge_characters, charge_io, charge_requests, charge_tokens
 from proxy.host import ConfigError
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_QUOTA_PER_USD = 500_000
-_ONE = Decimal(1)
+_ONE = UNIT_MULTIPLIER
 _ZERO = Decimal(0)
 # Wide enough that no realistic tokens × price product is ever rounded before the final step.
 _EXACT = Context(prec=60, rounding=ROUND_HALF_UP)

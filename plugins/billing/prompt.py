@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from plugins.billing.tokenizer import Family, Tokenizer
+from plugins.billing.tokenizer import Tokenizer
 from proxy.plugin import Endpoint, Reject
 
-__all__ = ["BadRequest", "count_prompt", "obj"]
+__all__ = ["BadRequest", "count_prompt", "count_prompt_with", "obj"]
 
 IMAGE_TOKENS = 765
 IMAGE_TOKENS_LOW = 85
@@ -72,8 +72,8 @@ class _Count:
 
     __slots__ = ("_count", "total")
 
-    def __init__(self, tokenizer: Tokenizer, family: Family) -> None:
-        self._count = tokenizer.counter(family)
+    def __init__(self, count: Callable[[str], int]) -> None:
+        self._count = count
         self.total = 0
 
     def text(self, value: Any, what: Where) -> None:
@@ -148,28 +148,46 @@ def _parts(c: _Count, content: Any, what: Where, depth: int = 0) -> None:
 
 
 def _chat(c: _Count, body: dict[str, Any]) -> None:
-    for i, raw in enumerate(_list(body.get("messages"), "messages", required=True)):
-        m = obj(raw, ("messages", i))
-        c.total += PER_MESSAGE + 1
-        _parts(c, m.get("content"), ("messages", i, ".content"))
+    # The common shapes (a list of dicts with string content, no names, calls or tools) are
+    # checked inline: each helper call costs about a thousand instructions, and this runs on
+    # every chat request. Anything else takes the generic walk, with the same counts.
+    count = c._count
+    messages = body.get("messages")
+    if type(messages) is not list:
+        messages = _list(messages, "messages", required=True)
+    total = PRIMING + (PER_MESSAGE + 1) * len(messages)
+    for i, m in enumerate(messages):
+        if type(m) is not dict:
+            obj(m, ("messages", i))
+        content = m.get("content")
+        if type(content) is str:
+            if content:
+                total += count(content)
+        else:
+            _parts(c, content, ("messages", i, ".content"))
         if m.get("name") is not None:
-            c.total += PER_NAME
+            total += PER_NAME
             c.text(m["name"], ("messages", i, ".name"))
-        calls = m.get("tool_calls")
-        legacy = m.get("function_call")
-        if calls is None and legacy is None:  # the common case, without the generic walk
-            continue
-        calls = _list(calls, ("messages", i, ".tool_calls"))
-        if legacy is not None:
-            calls = [*calls, {"function": legacy}]
-        for j, call in enumerate(calls):
-            where = ("messages", i, ".tool_calls", j)
-            fn = obj(obj(call, where).get("function", {}), "function")
-            c.text(fn.get("name"), (where, ".function.name"))
-            c.json(fn.get("arguments"), (where, ".function.arguments"))
-    c.total += PRIMING
-    _tools(c, body.get("tools"), "tools")
-    _tools(c, body.get("functions"), "functions")
+        if m.get("tool_calls") is not None or m.get("function_call") is not None:
+            _chat_calls(c, m, i)
+    c.total += total
+    if body.get("tools") is not None:
+        _tools(c, body["tools"], "tools")
+    if body.get("functions") is not None:
+        _tools(c, body["functions"], "functions")
+
+
+def _chat_calls(c: _Count, m: dict[str, Any], i: int) -> None:
+    """A chat message's tool calls (and legacy function call): their names and arguments."""
+    calls = _list(m.get("tool_calls"), ("messages", i, ".tool_calls"))
+    legacy = m.get("function_call")
+    if legacy is not None:
+        calls = [*calls, {"function": legacy}]
+    for j, call in enumerate(calls):
+        where = ("messages", i, ".tool_calls", j)
+        fn = obj(obj(call, where).get("function", {}), "function")
+        c.text(fn.get("name"), (where, ".function.name"))
+        c.json(fn.get("arguments"), (where, ".function.arguments"))
 
 
 def _anthropic(c: _Count, body: dict[str, Any]) -> None:
@@ -306,10 +324,15 @@ _PROMPT: Mapping[Endpoint, Callable[[_Count, dict[str, Any]], None]] = {
 
 def count_prompt(tokenizer: Tokenizer, endpoint: Endpoint, body: dict[str, Any], model: str) -> int:
     """The estimated prompt tokens of `body` (0 for endpoints without a prompt)."""
+    return count_prompt_with(tokenizer.counter(tokenizer.family(model)), endpoint, body)
+
+
+def count_prompt_with(count: Callable[[str], int], endpoint: Endpoint, body: dict[str, Any]) -> int:
+    """`count_prompt` with the model's token counter already found (`Tokenizer.counter`)."""
     fn = _PROMPT.get(endpoint)
     if fn is None:
         return 0
-    c = _Count(tokenizer, tokenizer.family(model))
+    c = _Count(count)
     try:
         fn(c, body)
     except BadRequest:

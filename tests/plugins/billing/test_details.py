@@ -77,3 +77,8 @@ def test_details_put_every_value_in_its_field() -> None:
         error="x" * 500,
     )
     assert 3000 <= got.latency_ms < 60_000
+
+
+def test_usage_counts_sit_in_the_details_in_their_own_order() -> None:
+    # `log_details` spreads a `Usage` into the details' fields in place.
+    assert LogDetails._fields[9:17] == Usage._fields
