@@ -102,6 +102,7 @@ _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
 _OPEN_STATE, _FUNDED_BY_WALLET = HoldState.OPEN, FundingSource.WALLET
 _new_tuple = tuple.__new__
+_VALUE_OF = {state: state.value for state in HoldState}
 
 
 def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
@@ -112,7 +113,9 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     """
     clock: Clock = calls[0][0]
     now = clock()
-    rows: dict[tuple[str, str], Any] = {}
+    # (user, key id) -> the accounts row, the user's preference and the two ledger account
+    # names: read and built once per pair, whatever the number of its holds in the batch.
+    seen: dict[tuple[str, str], tuple[Any, Preference | None, str, str]] = {}
     wallets: dict[str, list[int]] = {}  # user -> [available, reserved by this batch]
     keys: dict[str, list[int]] = {}  # key id -> [available, reserved by this batch]
     holds: list[tuple[object, ...]] = []
@@ -121,19 +124,20 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     for args in calls:
         _, request_id, user, key_id, amount, preference, price_version, ttl, instance_id, _model = args
         pair = (user, key_id)
-        if pair not in rows:
-            rows[pair] = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
-        row = rows[pair]
+        known = seen.get(pair)
+        if known is None:
+            known = seen[pair] = _pair(db, now, user, key_id)
+        row, user_pref, wallet_account, key_account = known
         if row is None or row[9]:  # no such key or user, or subscriptions to choose from
             results.append(hold_tx(db, *args))
             continue
-        owner, status, expires_at, quota, k_balance, k_reserved, user_pref, u_balance, u_reserved, _ = row
+        owner, status, expires_at, quota, k_balance, k_reserved, _, u_balance, u_reserved, _ = row
         wallet = wallets.setdefault(user, [u_balance - u_reserved, 0])
         key = keys.setdefault(key_id, [k_balance - k_reserved, 0])
         unlimited = quota is None
         refusal = key_check(owner == user, status, expires_at, unlimited, key[0], amount, now)
         if refusal is None:
-            choice = rules.choose_funding(preference or Preference(user_pref), wallet[0], (), amount)
+            choice = rules.choose_funding(preference or user_pref, wallet[0], (), amount)
             refusal = choice if isinstance(choice, HoldRefusal) else None
         if refusal is not None:
             results.append(refusal)
@@ -143,11 +147,11 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
         key_amount = 0 if unlimited else amount
         expires = now + ttl
         holds.append((request_id, user, key_id, amount, key_amount, price_version, instance_id, now, expires))
-        journal.append((now, rules.account("wallet", user), amount, request_id))
+        journal.append((now, wallet_account, amount, request_id))
         if not unlimited:
             key[0] -= amount
             key[1] += amount
-            journal.append((now, rules.account("key", key_id), key_amount, request_id))
+            journal.append((now, key_account, key_amount, request_id))
         # tuple.__new__: a NamedTuple's own __new__ is a Python function, called per hold.
         results.append(
             _new_tuple(
@@ -173,6 +177,14 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     if holds:
         _write_holds(db, holds, wallets, keys, journal)
     return results
+
+
+def _pair(db: Db, now: float, user: str, key_id: str) -> tuple[Any, Preference | None, str, str]:
+    """What `hold_many` needs once per (user, key) pair: the accounts row (None: no such key
+    or user), the user's own preference and the ledger names of the wallet and the key."""
+    row = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
+    preference = None if row is None else Preference(row[6])
+    return row, preference, rules.account("wallet", user), rules.account("key", key_id)
 
 
 def _write_holds(
@@ -307,7 +319,8 @@ def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any,
         for owner, ident, kind, d_balance, d_reserved, note in entries:
             journal.append((ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id))
             notes.append(note)
-        resolved.append((state.value, charge, overage, ts, request_id))
+        resolution = _VALUE_OF[state]  # `state.value` is a Python property: read once, from a dict
+        resolved.append((resolution, charge, overage, ts, request_id))
         details: LogDetails = log
         logs.append(
             (
@@ -316,7 +329,7 @@ def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any,
                 user,
                 key_id,
                 source,
-                state.value,
+                resolution,
                 held,
                 charge,
                 overage,
