@@ -67,7 +67,7 @@ class EvalPacker:
         if head is None:
             head = self._heads[(sha, len(keys))] = _pack(("EVALSHA", sha, len(keys)))[4:]
         memo = self._keys
-        packed = list(map(memo.get, keys))  # in C: no Python loop for what is remembered
+        packed: list[Any] = list(map(memo.get, keys))  # in C: no Python loop for what is remembered
         if None in packed:
             if len(memo) >= _KEYS_KEPT:
                 memo.clear()

@@ -115,7 +115,7 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     now = clock()
     # (user, key id) -> the accounts row, the user's preference and the two ledger account
     # names: read and built once per pair, whatever the number of its holds in the batch.
-    seen: dict[tuple[str, str], tuple[Any, Preference | None, str, str]] = {}
+    seen: dict[tuple[str, str], tuple[Any, Preference, str, str]] = {}
     wallets: dict[str, list[int]] = {}  # user -> [available, reserved by this batch]
     keys: dict[str, list[int]] = {}  # key id -> [available, reserved by this batch]
     holds: list[tuple[object, ...]] = []
@@ -179,11 +179,11 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     return results
 
 
-def _pair(db: Db, now: float, user: str, key_id: str) -> tuple[Any, Preference | None, str, str]:
+def _pair(db: Db, now: float, user: str, key_id: str) -> tuple[Any, Preference, str, str]:
     """What `hold_many` needs once per (user, key) pair: the accounts row (None: no such key
     or user), the user's own preference and the ledger names of the wallet and the key."""
     row = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
-    preference = None if row is None else Preference(row[6])
+    preference = Preference.SUBSCRIPTION_FIRST if row is None else Preference(row[6])  # (no row: unused)
     return row, preference, rules.account("wallet", user), rules.account("key", key_id)
 
 

@@ -89,7 +89,7 @@ def log_values(details: LogDetails, key_name: str = "") -> list[object]:
     times the cost of the bind: so `stream` goes as 1 or 0 (what sqlite3 stored for a bool
     anyway) and a missing `ttft_ms` as `NO_TTFT`, which `NULLIF` in the INSERT makes NULL.
     """
-    values = list(details)
+    values: list[object] = list(details)
     if key_name and not values[_KEY_NAME_AT]:
         values[_KEY_NAME_AT] = key_name
     values[_STREAM_AT] = 1 if values[_STREAM_AT] else 0
