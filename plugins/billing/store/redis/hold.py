@@ -133,14 +133,15 @@ class Holder:
         """The hold script's KEYS and ARGV for the user's subscription terms as known (a
         function of them: a `stale` answer means calling it again with fresher terms)."""
         k = self._k
+        u = k.of(user)
         keys = [
-            k.user(user),
-            k.hold(user, request_id),
-            k.key(user, key_id),
-            k.open_holds(user),
-            k.ledger(user),
-            k.unmarked(user),
-            k.sub_meta(user),
+            u.user,
+            u.hold(request_id),
+            u.key(key_id),
+            u.open_holds,
+            u.ledger,
+            u.unmarked,
+            u.sub_meta,
             *((k.requests, k.open_users) if claim else ()),
         ]
         args: list[str | int] = [
@@ -159,7 +160,7 @@ class Holder:
         def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
             offers = usable_subscriptions(terms, now, model) if terms else ()
             return (
-                [*keys, *(k.sub(user, sub_id) for sub_id, _ in offers)],
+                [*keys, *(u.sub(sub_id) for sub_id, _ in offers)],
                 [*args, len(terms), flag, *(t for _, t in offers)],
             )
 
