@@ -19,6 +19,8 @@ from plugins.billing.store.rules import ledger_note
 from plugins.billing.store.tasks import TASK_OWNER
 
 _PAGE = 100
+_STATES = {state.value: state for state in HoldState}
+_new_tuple = tuple.__new__
 
 
 async def settle(
@@ -31,7 +33,8 @@ async def settle(
     r = await core.run(script, keys, args)
     if r[0] == "stale":
         return None
-    return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+    # tuple.__new__ and a dict: the NamedTuple's __new__ and HoldState(...) are Python calls.
+    return _new_tuple(Resolution, (rid, _STATES[r[0]], int(r[1]), int(r[2]), bool(int(r[3]))))
 
 
 async def settle_call(
