@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -108,6 +108,9 @@ class _Waiter(NamedTuple):
     expected: int
 
 
+_new_waiter = tuple.__new__
+
+
 class _Protocol(asyncio.Protocol):
     """One connection: writes commands, matches replies to futures in order."""
 
@@ -172,7 +175,7 @@ class _Protocol(asyncio.Protocol):
             raise RespConnectionError(str(self.broken))
         fut: asyncio.Future[Any] = self._loop.create_future()
         now = self._loop.time()
-        self._pending.append(_Waiter(fut, now, replies, expected))
+        self._pending.append(_new_waiter(_Waiter, (fut, now, replies, expected)))  # no Python __new__
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(packed)
@@ -240,6 +243,14 @@ class RespClient:
         if proto is None or proto.broken is not None:
             proto = await self._connection()
         return await proto.send(_pack(args))
+
+    def send_packed(self, packed: bytes) -> Awaitable[Any]:
+        """What `execute_packed` returns, without a coroutine of its own once connected:
+        the reply's future."""
+        proto = self._proto
+        if proto is None or proto.broken is not None:
+            return self.execute_packed(packed)
+        return proto.send(packed)
 
     async def execute_packed(self, packed: bytes) -> Any:
         """`execute` for a command packed already (see `EvalPacker`)."""

@@ -189,7 +189,7 @@ class LeanRedis:
         command = self._packer.evalsha(self.scripts[name].sha, keys, args)
         with _TRANSLATED:
             try:
-                return await self._client.execute_packed(command)
+                return await self._client.send_packed(command)
             except RespError as exc:
                 if not _noscript(exc):
                     raise
