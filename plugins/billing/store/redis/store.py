@@ -47,7 +47,7 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.accounts import RedisAccounts, log_matcher
-from plugins.billing.store.redis.client import RedisCore, guarded
+from plugins.billing.store.redis.client import RedisCore, guarded, translate
 from plugins.billing.store.redis.hold import Holder
 from plugins.billing.store.redis.keys import RedisKeys
 from plugins.billing.store.redis.layout import MAX_UNITS, HeldMemory, KnownTerms, Layout, units
@@ -66,6 +66,8 @@ from plugins.billing.store.redis.rows import (
 from plugins.billing.store.redis.tasks import RedisTasks
 
 __all__ = ["MAX_UNITS", "RedisStore"]
+
+_TRANSLATE = translate()
 
 
 class RedisStore(RedisPrices, RedisTasks, RedisAccounts, RedisKeys):
@@ -213,7 +215,8 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts, RedisKeys):
         return [to_subscription(pairs(h)) for h in reply if h]
 
     # holds ------------------------------------------------------------------------------
-    @guarded
+    # hold and capture translate errors themselves (`with _TRANSLATE`), not through @guarded:
+    # on the request path, the decorator's coroutine of its own is a layer too many.
     async def hold(
         self,
         request_id: str,
@@ -228,9 +231,10 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts, RedisKeys):
     ) -> Hold | HoldRefusal:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold
         and `plugins.billing.store.redis.hold`)."""
-        return await self._holder.hold(
-            request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
-        )
+        with _TRANSLATE:
+            return await self._holder.hold(
+                request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
+            )
 
     async def _owner(self, request_id: str) -> str | None:
         """The user a request id's hold belongs to: remembered, else from the index."""
@@ -257,11 +261,11 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts, RedisKeys):
         args: list[str | int] = [int(charge_so_far), fmt_time(self._clock())]
         return bool(await self._run("checkpoint", [self._k.hold(user, request_id)], args))
 
-    @guarded
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row in one script. Idempotent."""
         units(actual, "a charge")
-        return await self._settle("capture", request_id, log, int(actual))
+        with _TRANSLATE:
+            return await self._settle("capture", request_id, log, int(actual))
 
     @guarded
     async def release(self, request_id: str, log: LogDetails) -> Resolution:
