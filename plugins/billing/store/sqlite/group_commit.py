@@ -102,6 +102,7 @@ _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
 _OPEN_STATE, _FUNDED_BY_WALLET = HoldState.OPEN, FundingSource.WALLET
 _new_tuple = tuple.__new__
+_WALLET_NO_SUB, _OPEN_NO_CHECKPOINT = (FundingSource.WALLET, None), (HoldState.OPEN, None, None)
 _VALUE_OF = {state: state.value for state in HoldState}
 
 
@@ -146,34 +147,16 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
         wallet[1] += amount
         key_amount = 0 if unlimited else amount
         expires = now + ttl
-        holds.append((request_id, user, key_id, amount, key_amount, price_version, instance_id, now, expires))
+        row_values = (request_id, user, key_id, amount, key_amount, price_version, instance_id, now, expires)
+        holds.append(row_values)
         journal.append((now, wallet_account, amount, request_id))
         if not unlimited:
             key[0] -= amount
             key[1] += amount
             journal.append((now, key_account, key_amount, request_id))
-        # tuple.__new__: a NamedTuple's own __new__ is a Python function, called per hold.
-        results.append(
-            _new_tuple(
-                Hold,
-                (
-                    request_id,
-                    user,
-                    key_id,
-                    _FUNDED_BY_WALLET,
-                    None,
-                    amount,
-                    key_amount,
-                    price_version,
-                    instance_id,
-                    now,
-                    expires,
-                    _OPEN_STATE,
-                    None,
-                    None,
-                ),
-            )
-        )
+        # The Hold: the row's values and the constants the SQL writes (tuple.__new__: a
+        # NamedTuple's own __new__ is a Python function, called per hold).
+        results.append(_new_tuple(Hold, (*row_values[:3], *_WALLET_NO_SUB, *row_values[3:], *_OPEN_NO_CHECKPOINT)))
     if holds:
         _write_holds(db, holds, wallets, keys, journal)
     return results
