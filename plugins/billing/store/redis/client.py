@@ -40,6 +40,7 @@ from redis.asyncio.connection import parse_url
 from plugins.billing.store.base import StoreError, StoreUnavailable
 from plugins.billing.store.redis.layout import SCRIPTS, load_script
 from plugins.billing.store.redis.resp_commands import LeanRedis, Script, lean_target, reply_error
+from plugins.billing.store.redis.slots import Slots
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -150,7 +151,7 @@ class RedisCore:
         self.one_slot_scripts = cluster
         self._timeout = timeout
         self._limit = max_connections
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = Slots(max_connections)
         self._client: Any = None
         self._lean: LeanRedis | None = None
         self._scripts: dict[str, Any] = {}
@@ -188,7 +189,7 @@ class RedisCore:
             except StoreUnavailable as exc:
                 raise StoreUnavailable(f"store.url: cannot reach redis at {redact(self.url)}: {exc}") from exc
             self._lean, self._scripts = lean, lean.scripts
-            self._slots = asyncio.Semaphore(self._limit)
+            self._slots = Slots(self._limit)
             return
         what = "redis cluster" if self.cluster else "redis"
         try:
@@ -202,7 +203,7 @@ class RedisCore:
             await client.aclose()
             raise StoreUnavailable(f"store.url: cannot reach {what} at {redact(self.url)}: {exc}") from exc
         self._client = client
-        self._slots = asyncio.Semaphore(self._limit)  # bound to this open's event loop
+        self._slots = Slots(self._limit)  # bound to this open's event loop
         # register_script runs EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a failover or,
         # on a cluster, a node that never saw the script), loads the source and retries once.
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPTS}
@@ -247,14 +248,11 @@ class RedisCore:
             for info in infos
         )
 
-    async def _enter(self) -> None:
-        """Take one of the `max_connections` slots, waiting at most the timeout for it."""
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: no suspension, no timer
-            return
+    async def _wait(self) -> None:
+        """Wait for one of the `max_connections` slots, at most the timeout (callers try
+        `self._slots.take()` first: a free slot needs no wait)."""
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
+            await self._slots.wait(self._timeout)
         except TimeoutError:
             raise StoreUnavailable(
                 f"redis: no connection free within {self._timeout:g} s ({self._limit} commands in flight)"
@@ -263,7 +261,8 @@ class RedisCore:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run script `name` by SHA with `keys` and `args` (reloading it after NOSCRIPT)."""
         lean = self._lean
-        await self._enter()
+        if not self._slots.take():
+            await self._wait()
         try:
             if lean is not None:
                 return await lean.run(name, keys, args)
@@ -274,7 +273,8 @@ class RedisCore:
     async def call(self, name: str, *args: Any) -> Any:
         """Any single command, by its redis-py method name."""
         lean = self._lean
-        await self._enter()
+        if not self._slots.take():
+            await self._wait()
         try:
             if lean is not None:
                 return await lean.call(name, *args)
@@ -307,7 +307,8 @@ class RedisCore:
         if not calls:
             return []
         lean = self._lean
-        await self._enter()
+        if not self._slots.take():
+            await self._wait()
         try:
             if lean is not None:
                 return await lean.batch(calls)
@@ -327,7 +328,8 @@ class RedisCore:
         lean = self._lean
         if lean is None:
             return await self.batch(calls), await self.run(name, keys, args)
-        await self._enter()
+        if not self._slots.take():
+            await self._wait()
         try:
             return await lean.batch_and_run(calls, name, keys, args)
         finally:
@@ -336,7 +338,8 @@ class RedisCore:
     async def scan(self, pattern: str) -> list[str]:
         """Every key matching `pattern` (on a cluster, on every primary)."""
         lean = self._lean
-        await self._enter()
+        if not self._slots.take():
+            await self._wait()
         try:
             if lean is not None:
                 return await lean.scan(pattern)

@@ -19,6 +19,8 @@ from plugins.billing.store.rules import ledger_note
 from plugins.billing.store.tasks import TASK_OWNER
 
 _PAGE = 100
+_STATES = {state.value: state for state in HoldState}
+_new_tuple = tuple.__new__
 
 
 async def settle(
@@ -31,7 +33,8 @@ async def settle(
     r = await core.run(script, keys, args)
     if r[0] == "stale":
         return None
-    return Resolution(rid, HoldState(r[0]), int(r[1]), int(r[2]), bool(int(r[3])))
+    # tuple.__new__ and a dict: the NamedTuple's __new__ and HoldState(...) are Python calls.
+    return _new_tuple(Resolution, (rid, _STATES[r[0]], int(r[1]), int(r[2]), bool(int(r[3]))))
 
 
 async def settle_call(
@@ -39,19 +42,20 @@ async def settle_call(
 ) -> tuple[list[str], list[str | int]]:
     """The KEYS and ARGV of a settlement script (`lua/settle.lib.lua`) for hold `rid`."""
     user = held.user
-    sub_key = k.sub(user, held.subscription_id) if held.subscription_id else k.no_sub(user)
+    u = k.of(user)
+    sub_key = u.sub(held.subscription_id) if held.subscription_id else u.no_sub
     target = sub_target(held.sub_meta, now) if held.subscription_id else ""
     keys = [
-        k.user(user),
-        k.hold(user, rid),
-        k.key(user, held.key_id),
+        u.user,
+        u.hold(rid),
+        u.key(held.key_id),
         sub_key,
-        k.open_holds(user),
-        k.ledger(user),
-        k.log_rows(user),
-        k.log_index(user),
-        k.upstream_used(user),
-        k.upstream_count(user),
+        u.open_holds,
+        u.ledger,
+        u.log_rows,
+        u.log_index,
+        u.upstream_used,
+        u.upstream_count,
     ]
     # The id comes from one global counter in a slot of its own: query_logs pages all users'
     # rows together, newest first, by it. On one server the script takes it as it writes the

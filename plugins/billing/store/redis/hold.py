@@ -41,6 +41,8 @@ from plugins.billing.store.redis.rows import fmt_time, pairs, to_hold, usable_su
 __all__ = ["Holder"]
 
 _SOURCES = {s.value: s for s in FundingSource}
+_OPEN = HoldState.OPEN
+_new_tuple = tuple.__new__
 # Answers after which the script ran again: `stale` (terms read again) or `claimed` (the
 # other user's hold is gone and the index names this user now). Each happens once at most
 # unless other writers keep changing the user's terms meanwhile.
@@ -133,14 +135,15 @@ class Holder:
         """The hold script's KEYS and ARGV for the user's subscription terms as known (a
         function of them: a `stale` answer means calling it again with fresher terms)."""
         k = self._k
+        u = k.of(user)
         keys = [
-            k.user(user),
-            k.hold(user, request_id),
-            k.key(user, key_id),
-            k.open_holds(user),
-            k.ledger(user),
-            k.unmarked(user),
-            k.sub_meta(user),
+            u.user,
+            u.hold(request_id),
+            u.key(key_id),
+            u.open_holds,
+            u.ledger,
+            u.unmarked,
+            u.sub_meta,
             *((k.requests, k.open_users) if claim else ()),
         ]
         args: list[str | int] = [
@@ -159,7 +162,7 @@ class Holder:
         def script(terms: dict[str, str]) -> tuple[list[str], list[str | int]]:
             offers = usable_subscriptions(terms, now, model) if terms else ()
             return (
-                [*keys, *(k.sub(user, sub_id) for sub_id, _ in offers)],
+                [*keys, *(u.sub(sub_id) for sub_id, _ in offers)],
                 [*args, len(terms), flag, *(t for _, t in offers)],
             )
 
@@ -185,28 +188,33 @@ class Holder:
         if kind == "hold":  # it existed: a repeated call
             held = to_hold(pairs(reply[1]))
         elif kind == "new":
-            held = Hold(
-                request_id,
-                user,
-                key_id,
-                _SOURCES[reply[1]],
-                reply[2] or None,
-                int(amount),
-                int(reply[3]),
-                price_version,
-                instance_id,
-                float(now),
-                float(now + ttl),
-                HoldState.OPEN,
-                None,
+            # tuple.__new__ (all fourteen fields): the NamedTuple's own __new__ is a Python call.
+            held = _new_tuple(
+                Hold,
+                (
+                    request_id,
+                    user,
+                    key_id,
+                    _SOURCES[reply[1]],
+                    reply[2] or None,
+                    int(amount),
+                    int(reply[3]),
+                    price_version,
+                    instance_id,
+                    float(now),
+                    float(now + ttl),
+                    _OPEN,
+                    None,
+                    None,
+                ),
             )
             if int(reply[4]):  # a resolver dropped the mark after ours was set: set it again
                 await self._core.call("sadd", self._k.open_users, user)
         else:  # still stale or claimed after every retry: others keep changing this user
             raise StoreUnavailable(f"redis: the hold of {request_id!r} kept meeting concurrent changes ({kind})")
-        if held.state is HoldState.OPEN:
+        if held.state is _OPEN:
             sub_id = held.subscription_id or ""
-            self._held.remember(request_id, Held(user, held.key_id, sub_id, metas.get(sub_id)))
+            self._held.remember(request_id, _new_tuple(Held, (user, held.key_id, sub_id, metas.get(sub_id))))
         return held
 
     async def _void(self, request_id: str, user: str, key_id: str, sub_id: str, metas: dict[str, str]) -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from plugins.billing.store.base import (
     StoreError,
@@ -118,6 +118,42 @@ def _tag_safe(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class UserKeys:
+    """One user's key names, under `base` ("<prefix>:{u:<name>}:"): the fixed ones built once
+    per user (`Layout.of`) and kept, since a billed request names about fifteen of them."""
+
+    base: str
+    user: str
+    open_holds: str
+    ledger: str
+    unmarked: str
+    sub_meta: str
+    no_sub: str
+    log_rows: str
+    log_index: str
+    upstream_used: str
+    upstream_count: str
+
+    @classmethod
+    def under(cls, base: str) -> UserKeys:
+        """The names under `base`, in field order (see `Layout` for what each holds)."""
+        suffixes = ("user", "open", "ledger", "unmarked", "submeta", "sub:-", "log", "logidx", "up:used", "up:count")
+        return cls(base, *(base + suffix for suffix in suffixes))
+
+    def key(self, key_id: str) -> str:
+        """An API key hash."""
+        return f"{self.base}key:{key_id}"
+
+    def sub(self, sub_id: str) -> str:
+        """A subscription hash."""
+        return f"{self.base}sub:{sub_id}"
+
+    def hold(self, request_id: str) -> str:
+        """A hold hash."""
+        return f"{self.base}hold:{request_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Every Redis key name, derived from one prefix.
 
@@ -126,29 +162,33 @@ class Layout:
     """
 
     prefix: str
-    # "<prefix>:{u:<name>}:" per user, built once: a billed request names about fifteen of a
-    # user's keys. Bounded like the store's other memories (cleared when full).
-    _bases: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Each user's key names, built once (`of`). Bounded like the store's other memories
+    # (cleared when full).
+    _users: dict[str, UserKeys] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.prefix or "{" in self.prefix or "}" in self.prefix:
             raise ValueError(f"redis prefix {self.prefix!r} must be non-empty and brace-free")
 
+    def of(self, user: str) -> UserKeys:
+        """The user's key names (see `UserKeys`)."""
+        names = self._users.get(user)
+        if names is None:
+            if len(self._users) >= _BASES_KEPT:
+                self._users.clear()
+            names = self._users[user] = UserKeys.under(f"{self.prefix}:{{u:{_tag_safe(user)}}}:")
+        return names
+
     def _u(self, user: str, suffix: str) -> str:
-        base = self._bases.get(user)
-        if base is None:
-            if len(self._bases) >= _BASES_KEPT:
-                self._bases.clear()
-            base = self._bases[user] = f"{self.prefix}:{{u:{_tag_safe(user)}}}:"
-        return base + suffix
+        return self.of(user).base + suffix
 
     def user(self, user: str) -> str:
         """The user hash (wallet totals, counters, group, preference)."""
-        return self._u(user, "user")
+        return self.of(user).user
 
     def key(self, user: str, key_id: str) -> str:
         """An API key hash."""
-        return self._u(user, f"key:{key_id}")
+        return self.of(user).key(key_id)
 
     def key_list(self, user: str) -> str:
         """The user's key ids in creation order (a list)."""
@@ -156,11 +196,11 @@ class Layout:
 
     def sub(self, user: str, sub_id: str) -> str:
         """A subscription hash."""
-        return self._u(user, f"sub:{sub_id}")
+        return self.of(user).sub(sub_id)
 
     def no_sub(self, user: str) -> str:
         """A never-written key in the user's slot, passed when a hold has no subscription."""
-        return self._u(user, "sub:-")
+        return self.of(user).no_sub
 
     def sub_list(self, user: str) -> str:
         """The user's subscription ids in grant order (a list)."""
@@ -169,39 +209,39 @@ class Layout:
     def sub_meta(self, user: str) -> str:
         """Subscription id -> JSON (start, end, period, models) for hold filtering; only a
         cancellation changes it (its end moves earlier)."""
-        return self._u(user, "submeta")
+        return self.of(user).sub_meta
 
     def hold(self, user: str, request_id: str) -> str:
         """A hold hash, kept after resolution with its state, charge and overage."""
-        return self._u(user, f"hold:{request_id}")
+        return self.of(user).hold(request_id)
 
     def open_holds(self, user: str) -> str:
         """The request ids of the user's open holds (a set)."""
-        return self._u(user, "open")
+        return self.of(user).open_holds
 
     def unmarked(self, user: str) -> str:
         """A flag: a resolver dropped the user's open mark; the next hold reports it."""
-        return self._u(user, "unmarked")
+        return self.of(user).unmarked
 
     def ledger(self, user: str) -> str:
         """The append-only ledger of every account of the user (a list of JSON entries)."""
-        return self._u(user, "ledger")
+        return self.of(user).ledger
 
     def log_rows(self, user: str) -> str:
         """Log id -> consume-log row JSON (a hash)."""
-        return self._u(user, "log")
+        return self.of(user).log_rows
 
     def log_index(self, user: str) -> str:
         """The user's log ids, scored by id (a sorted set)."""
-        return self._u(user, "logidx")
+        return self.of(user).log_index
 
     def upstream_used(self, user: str) -> str:
         """Upstream name -> quota used by this user's requests (a hash)."""
-        return self._u(user, "up:used")
+        return self.of(user).upstream_used
 
     def upstream_count(self, user: str) -> str:
         """Upstream name -> request count of this user's requests (a hash)."""
-        return self._u(user, "up:count")
+        return self.of(user).upstream_count
 
     def task(self, user: str, task_id: str) -> str:
         """An async task's hash."""
@@ -277,11 +317,11 @@ class Layout:
         return f"{self.prefix}:{{logs}}:idx"
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Held(NamedTuple):
     """What settling a hold needs to name its keys: all fixed when the hold is made (a
     subscription's meta JSON changes only when it is cancelled, and then the scripts go by
-    the subscription's own `end`: a stale copy never rolls it into a period after it)."""
+    the subscription's own `end`: a stale copy never rolls it into a period after it).
+    A NamedTuple: one is made per hold, and a frozen dataclass's __init__ cost four times as much."""
 
     user: str
     key_id: str

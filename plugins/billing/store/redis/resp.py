@@ -25,18 +25,57 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import hiredis
 
-__all__ = ["RespClient", "RespConnectionError", "RespError", "Target"]
+__all__ = ["EvalPacker", "RespClient", "RespConnectionError", "RespError", "Target"]
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
     """One command in RESP (hiredis's C encoder; its stubs mistype the argument tuple)."""
     packed: bytes = cast(Any, hiredis).pack_command(args)
     return packed
+
+
+_KEYS_KEPT = 4096
+
+
+class EvalPacker:
+    """EVALSHA commands in RESP, reusing the encoding of what repeats.
+
+    hiredis encodes each argument at about a thousand instructions (a `sprintf` for its
+    length among them), and a billed request sends some fifty, most of them the same key
+    names request after request. Here the script's name and SHA and each key name are
+    encoded once and remembered (at most `_KEYS_KEPT` key names: then they are forgotten
+    and encoded again); only the arguments are encoded per call. The bytes are those of
+    `hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))`.
+    """
+
+    __slots__ = ("_keys", "_heads")
+
+    def __init__(self) -> None:
+        """Start with nothing remembered."""
+        self._keys: dict[str, bytes] = {}
+        self._heads: dict[tuple[str, int], bytes] = {}
+
+    def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+        """The packed `EVALSHA sha len(keys) *keys *args`."""
+        head = self._heads.get((sha, len(keys)))
+        if head is None:
+            head = self._heads[(sha, len(keys))] = _pack(("EVALSHA", sha, len(keys)))[4:]
+        memo = self._keys
+        packed: list[Any] = list(map(memo.get, keys))  # in C: no Python loop for what is remembered
+        if None in packed:
+            if len(memo) >= _KEYS_KEPT:
+                memo.clear()
+            for i, key in enumerate(keys):
+                if packed[i] is None:
+                    packed[i] = memo[key] = _pack((key,))[4:]
+        tail = _pack(tuple(args)) if args else b"*0\r\n"
+        return b"".join((b"*%d\r\n" % (3 + len(keys) + len(args)), head, *packed, tail[tail.index(b"\n") + 1 :]))
 
 
 class RespError(Exception):
@@ -67,6 +106,9 @@ class _Waiter(NamedTuple):
     sent: float
     replies: list[Any] | None
     expected: int
+
+
+_new_waiter = tuple.__new__
 
 
 class _Protocol(asyncio.Protocol):
@@ -133,7 +175,7 @@ class _Protocol(asyncio.Protocol):
             raise RespConnectionError(str(self.broken))
         fut: asyncio.Future[Any] = self._loop.create_future()
         now = self._loop.time()
-        self._pending.append(_Waiter(fut, now, replies, expected))
+        self._pending.append(_new_waiter(_Waiter, (fut, now, replies, expected)))  # no Python __new__
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(packed)
@@ -202,12 +244,28 @@ class RespClient:
             proto = await self._connection()
         return await proto.send(_pack(args))
 
-    async def pipeline(self, commands: list[tuple[str | int | float, ...]]) -> list[Any]:
-        """Several commands in one write; each reply, or the RespError it got, in order."""
+    def send_packed(self, packed: bytes) -> Awaitable[Any]:
+        """What `execute_packed` returns, without a coroutine of its own once connected:
+        the reply's future."""
+        proto = self._proto
+        if proto is None or proto.broken is not None:
+            return self.execute_packed(packed)
+        return proto.send(packed)
+
+    async def execute_packed(self, packed: bytes) -> Any:
+        """`execute` for a command packed already (see `EvalPacker`)."""
         proto = self._proto
         if proto is None or proto.broken is not None:
             proto = await self._connection()
-        replies: list[Any] = await proto.send_batch([_pack(c) for c in commands])
+        return await proto.send(packed)
+
+    async def pipeline(self, commands: list[tuple[str | int | float, ...]], packed: bytes = b"") -> list[Any]:
+        """Several commands in one write; each reply, or the RespError it got, in order;
+        `packed`, a command packed already, goes last."""
+        proto = self._proto
+        if proto is None or proto.broken is not None:
+            proto = await self._connection()
+        replies: list[Any] = await proto.send_batch([*(_pack(c) for c in commands), *((packed,) if packed else ())])
         return replies
 
     async def _connection(self) -> _Protocol:

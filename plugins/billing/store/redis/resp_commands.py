@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from plugins.billing.store.base import StoreError, StoreUnavailable
-from plugins.billing.store.redis.resp import RespClient, RespConnectionError, RespError, Target
+from plugins.billing.store.redis.resp import EvalPacker, RespClient, RespConnectionError, RespError, Target
 
 __all__ = ["LeanRedis", "Script", "lean_target", "reply_error"]
 
@@ -153,6 +153,7 @@ class LeanRedis:
     def __init__(self, target: Target, timeout: float, scripts: dict[str, Script]) -> None:
         """Configure; `open()` connects."""
         self._client = RespClient(target, timeout)
+        self._packer = EvalPacker()
         self.scripts = scripts
 
     async def open(self) -> None:
@@ -178,20 +179,17 @@ class LeanRedis:
         except (RespConnectionError, RespError):
             return False
 
-    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> tuple[Any, ...]:
-        return ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
-
-    async def _reloaded(self, name: str, command: tuple[Any, ...]) -> Any:
+    async def _reloaded(self, name: str, command: bytes) -> Any:
         """After NOSCRIPT: load script `name` and run `command` again (once)."""
         await self._client.execute("SCRIPT", "LOAD", self.scripts[name].source)
-        return await self._client.execute(*command)
+        return await self._client.execute_packed(command)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """EVALSHA script `name`; after NOSCRIPT, SCRIPT LOAD it and retry once."""
-        command = self._evalsha(name, keys, args)
+        command = self._packer.evalsha(self.scripts[name].sha, keys, args)
         with _TRANSLATED:
             try:
-                return await self._client.execute(*command)
+                return await self._client.send_packed(command)
             except RespError as exc:
                 if not _noscript(exc):
                     raise
@@ -201,9 +199,9 @@ class LeanRedis:
         self, calls: Sequence[tuple[str, Sequence[Any]]], name: str, keys: Sequence[str], args: Sequence[str | int]
     ) -> tuple[list[Any], Any]:
         """`batch(calls)` and then script `name`, in one write (NOSCRIPT: reloaded, rerun)."""
-        command = self._evalsha(name, keys, args)
+        command = self._packer.evalsha(self.scripts[name].sha, keys, args)
         with _TRANSLATED:
-            replies = await self._client.pipeline([*(_command(n, a) for n, a in calls), command])
+            replies = await self._client.pipeline([_command(n, a) for n, a in calls], command)
             last = replies.pop()
             if isinstance(last, RespError):
                 if not _noscript(last):

@@ -33,7 +33,6 @@ from typing import Any
 
 from plugins.billing.store import rules
 from plugins.billing.store.base import (
-    ApiKey,
     AuditReport,
     Hold,
     HoldRefusal,
@@ -48,8 +47,9 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.accounts import RedisAccounts, log_matcher
-from plugins.billing.store.redis.client import RedisCore, guarded
+from plugins.billing.store.redis.client import RedisCore, guarded, translate
 from plugins.billing.store.redis.hold import Holder
+from plugins.billing.store.redis.keys import RedisKeys
 from plugins.billing.store.redis.layout import MAX_UNITS, HeldMemory, KnownTerms, Layout, units
 from plugins.billing.store.redis.prices import RedisPrices
 from plugins.billing.store.redis.rows import (
@@ -59,7 +59,6 @@ from plugins.billing.store.redis.rows import (
     plan_json,
     sub_target,
     to_hold,
-    to_key,
     to_plan,
     to_subscription,
     to_user,
@@ -68,11 +67,13 @@ from plugins.billing.store.redis.tasks import RedisTasks
 
 __all__ = ["MAX_UNITS", "RedisStore"]
 
+_TRANSLATE = translate()
 
-class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
+
+class RedisStore(RedisPrices, RedisTasks, RedisAccounts, RedisKeys):
     """The `plugins.billing.store.base.Store` protocol on `redis.asyncio` (see the module docstring);
     the price versions are in `RedisPrices`, the async tasks in `RedisTasks`, the account
-    edits in `RedisAccounts`."""
+    edits in `RedisAccounts`, the API keys in `RedisKeys`."""
 
     def __init__(
         self,
@@ -145,96 +146,6 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
         names = sorted(await self._core.smembers(self._k.users))
         return [to_user(h) for h in await self._core.batch([("hgetall", (self._k.user(n),)) for n in names]) if h]
 
-    # keys -----------------------------------------------------------------------------
-    @guarded
-    async def create_key(
-        self,
-        user: str,
-        key_hash: str,
-        *,
-        name: str = "",
-        quota: int | None = None,
-        models: Sequence[str] = (),
-        ips: Sequence[str] = (),
-        group: str | None = None,
-        expires_at: float | None = None,
-        hint: str = "",
-    ) -> ApiKey:
-        """Record a key by its hash (unique across users); a quota is a `credit` entry."""
-        k, key_id, now = self._k, "k_" + secrets.token_hex(6), self._clock()
-        limit = "" if quota is None else units(quota, "a key quota")
-        if await self._core.hget(k.user(user), "name") is None:
-            raise StoreError(f"unknown user {user!r}")
-        # Claim the hash first: the global index is what makes it unique across slots.
-        if not await self._core.call("hsetnx", k.key_hashes, key_hash, f"{key_id} {user}"):
-            raise StoreError("a key with this hash already exists")
-        await self._core.call("hset", k.key_ids, key_id, user)
-        static = [
-            "user",
-            user,
-            "name",
-            name,
-            "status",
-            "active",
-            "key_hash",
-            key_hash,
-            "expires_at",
-            "" if expires_at is None else fmt_time(expires_at),
-            "models",
-            dump_opt(list(models)),
-            "ips",
-            dump_opt(list(ips)),
-            "group",
-            dump_opt(group),
-            "created_at",
-            fmt_time(now),
-            "hint",
-            hint,
-        ]
-        try:
-            reply = await self._run(
-                "create_key",
-                [k.user(user), k.key(user, key_id), k.key_list(user), k.ledger(user)],
-                [key_id, limit, fmt_time(now), *static],
-            )
-        except StoreError:
-            await self._core.batch([("hdel", (k.key_hashes, key_hash)), ("hdel", (k.key_ids, key_id))])
-            raise
-        return to_key(pairs(reply))
-
-    @guarded
-    async def get_key(self, key_id: str) -> ApiKey | None:
-        """A key by its public id."""
-        user = await self._core.hget(self._k.key_ids, key_id)
-        h = {} if user is None else await self._core.hgetall(self._k.key(user, key_id))
-        return to_key(h) if h else None
-
-    @guarded
-    async def find_key(self, key_hash: str) -> ApiKey | None:
-        """A key by the SHA-256 hex of its clear text."""
-        entry = await self._core.hget(self._k.key_hashes, key_hash)
-        if entry is None:
-            return None
-        key_id, user = entry.split(" ", 1)
-        h = await self._core.hgetall(self._k.key(user, key_id))
-        return to_key(h) if h.get("key_hash") == key_hash else None
-
-    @guarded
-    async def list_keys(self, user: str) -> list[ApiKey]:
-        """A user's keys, oldest first."""
-        ids = await self._core.lrange(self._k.key_list(user))
-        return [to_key(h) for h in await self._core.batch([("hgetall", (self._k.key(user, i),)) for i in ids]) if h]
-
-    @guarded
-    async def set_key_status(self, key_id: str, status: str) -> ApiKey:
-        """Set "active", "disabled" or "revoked". Revocation is final: StoreError afterwards."""
-        if status not in rules.KEY_STATUSES:
-            raise StoreError(f"unknown key status {status!r}")
-        user = await self._core.hget(self._k.key_ids, key_id)
-        if user is None:
-            raise StoreError(f"unknown key {key_id!r}")
-        return to_key(pairs(await self._run("set_key_status", [self._k.key(user, key_id)], [status])))
-
     # plans and subscriptions ------------------------------------------------------------
     @guarded
     async def create_plan(self, plan: Plan) -> Plan:
@@ -304,7 +215,8 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
         return [to_subscription(pairs(h)) for h in reply if h]
 
     # holds ------------------------------------------------------------------------------
-    @guarded
+    # hold and capture translate errors themselves (`with _TRANSLATE`), not through @guarded:
+    # on the request path, the decorator's coroutine of its own is a layer too many.
     async def hold(
         self,
         request_id: str,
@@ -319,9 +231,10 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
     ) -> Hold | HoldRefusal:
         """Check the key and a funding source and reserve, in one script (see base.Store.hold
         and `plugins.billing.store.redis.hold`)."""
-        return await self._holder.hold(
-            request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
-        )
+        with _TRANSLATE:
+            return await self._holder.hold(
+                request_id, user, key_id, amount, preference, price_version, ttl, instance_id, model
+            )
 
     async def _owner(self, request_id: str) -> str | None:
         """The user a request id's hold belongs to: remembered, else from the index."""
@@ -348,11 +261,11 @@ class RedisStore(RedisPrices, RedisTasks, RedisAccounts):
         args: list[str | int] = [int(charge_so_far), fmt_time(self._clock())]
         return bool(await self._run("checkpoint", [self._k.hold(user, request_id)], args))
 
-    @guarded
     async def capture(self, request_id: str, actual: int, log: LogDetails) -> Resolution:
         """Charge `actual` (overage to the wallet), counters and log row in one script. Idempotent."""
         units(actual, "a charge")
-        return await self._settle("capture", request_id, log, int(actual))
+        with _TRANSLATE:
+            return await self._settle("capture", request_id, log, int(actual))
 
     @guarded
     async def release(self, request_id: str, log: LogDetails) -> Resolution:

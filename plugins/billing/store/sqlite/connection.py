@@ -217,10 +217,12 @@ class SQLiteConnection:
         if mode == "IMMEDIATE":
             self._writes += 1
         inline = inline and self._inline
-        call = _Call(begin, fn, args, asyncio.get_running_loop().create_future(), inline)
+        # tuple.__new__: the NamedTuple's own __new__ is a Python function, and this runs per call.
+        call = _new_call(_Call, (begin, fn, args, asyncio.get_running_loop().create_future(), inline))
         if self._busy:
             self._queue.append(call)
-            return cast(T, await call.done)
+            done: T = await call.done  # (no typing.cast on this path: it is a Python call)
+            return done
         self._busy = True
         try:
             # One turn of the loop lets the callers that are ready now queue behind this one,
@@ -357,8 +359,11 @@ class _Call(NamedTuple):
     begin: str
     fn: Callable[..., object]
     args: tuple[object, ...]
-    done: asyncio.Future[object]
+    done: asyncio.Future[Any]
     inline: bool = False
+
+
+_new_call = tuple.__new__
 
 
 def _select_one(conn: Db) -> None:

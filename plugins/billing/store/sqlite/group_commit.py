@@ -43,7 +43,6 @@ from plugins.billing.store.base import (
 )
 from plugins.billing.store.sqlite import schema
 from plugins.billing.store.sqlite.ledger import (
-    INSERT_HOLD,
     INSERT_LOG,
     JOURNAL,
     RESOLVED,
@@ -63,6 +62,21 @@ _ACCOUNTS = (
     "SELECT k.user, k.status, k.expires_at, k.quota, k.balance, k.reserved, u.preference, u.balance, u.reserved,"
     " EXISTS (SELECT 1 FROM subscriptions WHERE user = u.name AND start <= ? AND end_at > ?)"
     " FROM api_keys k JOIN users u ON u.name = ? WHERE k.id = ?"
+)
+# A batch's wallet hold rows and `hold` journal entries, with what is the same for every row
+# written into the SQL: sqlite3 copies each text parameter it binds and adapts each None
+# (see `schema.log_values`), about a tenth of what a hold cost in SQL.
+_INSERT_WALLET_HOLD = (
+    "INSERT INTO holds(request_id, user, key_id, source, subscription_id, amount, key_amount,"
+    " price_version, instance_id, created_at, expires_at, state)"
+    f" VALUES (?, ?, ?, '{FundingSource.WALLET.value}', NULL, ?, ?, ?, ?, ?, ?, 'open')"
+)
+_JOURNAL_HOLD = (
+    "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note) VALUES (?, ?, 'hold', 0, ?, ?, '')"
+)
+# A settlement's journal entry without a note (every entry but a hand resolution's).
+_JOURNAL_NO_NOTE = (
+    "INSERT INTO ledger(ts, account, kind, d_balance, d_reserved, request_id, note) VALUES (?, ?, ?, ?, ?, ?, '')"
 )
 _RESERVE_WALLET = "UPDATE users SET reserved = reserved + ? WHERE name = ?"
 _RESERVE_KEY = "UPDATE api_keys SET reserved = reserved + ? WHERE id = ?"
@@ -87,6 +101,9 @@ _UPSTREAMS_USED = (
 _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
 _OPEN_STATE, _FUNDED_BY_WALLET = HoldState.OPEN, FundingSource.WALLET
+_new_tuple = tuple.__new__
+_WALLET_NO_SUB, _OPEN_NO_CHECKPOINT = (FundingSource.WALLET, None), (HoldState.OPEN, None, None)
+_VALUE_OF = {state: state.value for state in HoldState}
 
 
 def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
@@ -97,7 +114,9 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     """
     clock: Clock = calls[0][0]
     now = clock()
-    rows: dict[tuple[str, str], Any] = {}
+    # (user, key id) -> the accounts row, the user's preference and the two ledger account
+    # names: read and built once per pair, whatever the number of its holds in the batch.
+    seen: dict[tuple[str, str], tuple[Any, Preference, str, str]] = {}
     wallets: dict[str, list[int]] = {}  # user -> [available, reserved by this batch]
     keys: dict[str, list[int]] = {}  # key id -> [available, reserved by this batch]
     holds: list[tuple[object, ...]] = []
@@ -106,19 +125,20 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
     for args in calls:
         _, request_id, user, key_id, amount, preference, price_version, ttl, instance_id, _model = args
         pair = (user, key_id)
-        if pair not in rows:
-            rows[pair] = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
-        row = rows[pair]
+        known = seen.get(pair)
+        if known is None:
+            known = seen[pair] = _pair(db, now, user, key_id)
+        row, user_pref, wallet_account, key_account = known
         if row is None or row[9]:  # no such key or user, or subscriptions to choose from
             results.append(hold_tx(db, *args))
             continue
-        owner, status, expires_at, quota, k_balance, k_reserved, user_pref, u_balance, u_reserved, _ = row
+        owner, status, expires_at, quota, k_balance, k_reserved, _, u_balance, u_reserved, _ = row
         wallet = wallets.setdefault(user, [u_balance - u_reserved, 0])
         key = keys.setdefault(key_id, [k_balance - k_reserved, 0])
         unlimited = quota is None
         refusal = key_check(owner == user, status, expires_at, unlimited, key[0], amount, now)
         if refusal is None:
-            choice = rules.choose_funding(preference or Preference(user_pref), wallet[0], (), amount)
+            choice = rules.choose_funding(preference or user_pref, wallet[0], (), amount)
             refusal = choice if isinstance(choice, HoldRefusal) else None
         if refusal is not None:
             results.append(refusal)
@@ -127,33 +147,27 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
         wallet[1] += amount
         key_amount = 0 if unlimited else amount
         expires = now + ttl
-        holds.append(
-            (request_id, user, key_id, _WALLET, None, amount, key_amount, price_version, instance_id, now, expires)
-        )
-        journal.append((now, rules.account("wallet", user), "hold", 0, amount, request_id, ""))
+        row_values = (request_id, user, key_id, amount, key_amount, price_version, instance_id, now, expires)
+        holds.append(row_values)
+        journal.append((now, wallet_account, amount, request_id))
         if not unlimited:
             key[0] -= amount
             key[1] += amount
-            journal.append((now, rules.account("key", key_id), "hold", 0, key_amount, request_id, ""))
-        results.append(
-            Hold(
-                request_id,
-                user,
-                key_id,
-                FundingSource.WALLET,
-                None,
-                amount,
-                key_amount,
-                price_version,
-                instance_id,
-                now,
-                expires,
-                HoldState.OPEN,
-            )
-        )
+            journal.append((now, key_account, key_amount, request_id))
+        # The Hold: the row's values and the constants the SQL writes (tuple.__new__: a
+        # NamedTuple's own __new__ is a Python function, called per hold).
+        results.append(_new_tuple(Hold, (*row_values[:3], *_WALLET_NO_SUB, *row_values[3:], *_OPEN_NO_CHECKPOINT)))
     if holds:
         _write_holds(db, holds, wallets, keys, journal)
     return results
+
+
+def _pair(db: Db, now: float, user: str, key_id: str) -> tuple[Any, Preference, str, str]:
+    """What `hold_many` needs once per (user, key) pair: the accounts row (None: no such key
+    or user), the user's own preference and the ledger names of the wallet and the key."""
+    row = db.execute(_ACCOUNTS, (now, now, user, key_id)).fetchone()
+    preference = Preference.SUBSCRIPTION_FIRST if row is None else Preference(row[6])  # (no row: unused)
+    return row, preference, rules.account("wallet", user), rules.account("key", key_id)
 
 
 def _write_holds(
@@ -164,10 +178,10 @@ def _write_holds(
     journal: list[tuple[object, ...]],
 ) -> None:
     """Write what `hold_many` decided: the hold rows, each account's added reservation, the journal."""
-    db.executemany(INSERT_HOLD, holds)
+    db.executemany(_INSERT_WALLET_HOLD, holds)
     _add_each(db, _RESERVE_WALLET, wallets, "wallet")
     _add_each(db, _RESERVE_KEY, keys, "key")
-    db.executemany(JOURNAL, journal)
+    db.executemany(_JOURNAL_HOLD, journal)
 
 
 def _add_each(db: Db, sql: str, accounts: dict[str, list[int]], owner: str) -> None:
@@ -248,7 +262,8 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
             continue
         # The rule reads the hold's owner, key, source, amounts and checkpoint; the times and
         # instance it does not read are not fetched.
-        held = Hold._make(
+        held = _new_tuple(
+            Hold,
             (
                 request_id,
                 row[1],
@@ -264,12 +279,12 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
                 _OPEN_STATE,
                 row[8],
                 None,
-            )
+            ),
         )
         done = rules.settlement(held, state, charge, log, key_limited=bool(row[9]))
         totals.add(row[1], row[2], done)
         mine.append((args, row, done))
-        results.append(Resolution(request_id, state, charge, 0, True))
+        results.append(_new_tuple(Resolution, (request_id, state, charge, 0, True)))
     if mine:
         totals.write(db)
         _write_resolutions(db, ts, mine)
@@ -279,13 +294,16 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
 def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any, rules.Settlement]]) -> None:
     """The journal entries, the holds' resolutions and the consume-log rows of `mine`."""
     journal: list[tuple[object, ...]] = []
+    notes: list[str] = []
     resolved: list[tuple[object, ...]] = []
     logs: list[tuple[object, ...]] = []
     for (_, request_id, state, _, log), row, (_, charge, overage, _, _, _, entries) in mine:
         _, user, key_id, source, held, _, price_version = row[:7]
         for owner, ident, kind, d_balance, d_reserved, note in entries:
-            journal.append((ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id, note))
-        resolved.append((state.value, charge, overage, ts, request_id))
+            journal.append((ts, rules.account(owner, ident), kind, d_balance, d_reserved, request_id))
+            notes.append(note)
+        resolution = _VALUE_OF[state]  # `state.value` is a Python property: read once, from a dict
+        resolved.append((resolution, charge, overage, ts, request_id))
         details: LogDetails = log
         logs.append(
             (
@@ -294,7 +312,7 @@ def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any,
                 user,
                 key_id,
                 source,
-                state.value,
+                resolution,
                 held,
                 charge,
                 overage,
@@ -302,7 +320,10 @@ def _write_resolutions(db: Db, ts: float, mine: list[tuple[tuple[Any, ...], Any,
                 *schema.log_values(details, row[10]),
             )
         )
-    db.executemany(JOURNAL, journal)
+    if any(notes):
+        db.executemany(JOURNAL, [(*entry, note) for entry, note in zip(journal, notes)])
+    else:
+        db.executemany(_JOURNAL_NO_NOTE, journal)
     db.executemany(RESOLVED, resolved)
     db.executemany(INSERT_LOG, logs)
 

@@ -91,7 +91,7 @@ _LOG_FIXED = (
 )
 INSERT_LOG = "INSERT INTO consume_log({}) VALUES ({})".format(
     ", ".join((*_LOG_FIXED, *schema.log_columns())),
-    ", ".join("?" * (len(_LOG_FIXED) + len(schema.log_columns()))),
+    ", ".join(("?",) * len(_LOG_FIXED) + tuple(schema.log_placeholders())),
 )
 # A task's hold (instance `TASK_OWNER`) is never an orphan: it lives as long as its task.
 _ORPHANS = f"""

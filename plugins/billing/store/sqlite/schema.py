@@ -73,15 +73,36 @@ def log_columns() -> list[str]:
 
 
 _KEY_NAME_AT = LOG_DETAIL_FIELDS.index("key_name")
+_STREAM_AT = LOG_DETAIL_FIELDS.index("stream")
+_TTFT_AT = LOG_DETAIL_FIELDS.index("ttft_ms")
+NO_TTFT = -0.5
+"""Bound for a missing `ttft_ms` (an int when present, so never equal to it); the consume-log
+INSERT turns it back into NULL."""
 
 
-def log_values(details: LogDetails, key_name: str = "") -> tuple[object, ...]:
-    """The consume_log values of `details`, in `log_columns()` order (the tuple itself);
-    `key_name` fills in when the details have none. `stream` stays a bool: sqlite3 stores a
-    bool as the integer 1 or 0."""
-    if details[_KEY_NAME_AT] or not key_name:
-        return details
-    return (*details[:_KEY_NAME_AT], key_name, *details[_KEY_NAME_AT + 1 :])
+def log_values(details: LogDetails, key_name: str = "") -> list[object]:
+    """The consume_log values of `details`, in `log_columns()` order; `key_name` fills in when
+    the details have none.
+
+    sqlite3 binds an int, float or str as it is but sends None and bool through its adapter
+    protocol, a failed attribute lookup (an exception formatted and dropped) each, several
+    times the cost of the bind: so `stream` goes as 1 or 0 (what sqlite3 stored for a bool
+    anyway) and a missing `ttft_ms` as `NO_TTFT`, which `NULLIF` in the INSERT makes NULL.
+    """
+    values: list[object] = list(details)
+    if key_name and not values[_KEY_NAME_AT]:
+        values[_KEY_NAME_AT] = key_name
+    values[_STREAM_AT] = 1 if values[_STREAM_AT] else 0
+    if values[_TTFT_AT] is None:
+        values[_TTFT_AT] = NO_TTFT
+    return values
+
+
+def log_placeholders() -> list[str]:
+    """The consume_log INSERT's placeholder for each `log_columns()` value (see `log_values`)."""
+    marks = ["?"] * len(LOG_DETAIL_FIELDS)
+    marks[_TTFT_AT] = f"NULLIF(?, {NO_TTFT})"
+    return marks
 
 
 def dump_list(items: Sequence[str]) -> str:

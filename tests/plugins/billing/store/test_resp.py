@@ -262,3 +262,34 @@ async def test_the_core_uses_the_lean_connection_for_plain_urls_and_reports_an_a
     await server.wait_closed()
     with pytest.raises(StoreUnavailable, match=f"cannot reach redis at redis://127.0.0.1:{port}/0"):
         await RedisCore(f"redis://127.0.0.1:{port}/0", 1.0).open()
+
+
+def test_an_evalsha_packed_with_remembered_key_names_is_the_command_hiredis_packs() -> None:
+    import hiredis
+
+    from plugins.billing.store.redis.resp import EvalPacker
+
+    packer = EvalPacker()
+    sha = "0" * 40
+    for keys, args in [
+        (["p:{u:a}:user", "p:{u:a}:hold:r1", "p:{u:é}:key:k"], ["r1", 100, "", "ü" * 300, "1796745600.123456"]),
+        (["p:{u:a}:user", "p:{u:a}:hold:r2"], ["r2", 0]),  # a remembered key, a new one
+        (["k", "k"], []),
+        ([], ["only", "args"]),
+        ([], []),
+    ]:
+        for _ in range(2):  # first encoded, then remembered
+            assert packer.evalsha(sha, keys, args) == hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+
+
+async def test_a_script_run_through_the_packer_reads_its_keys_and_arguments(
+    raw: aioredis.Redis, key: str, local: Target
+) -> None:
+    script = Script.of("echo", "return {KEYS[1], KEYS[2], ARGV[1], ARGV[2]}")
+    lean = LeanRedis(local, 2.0, {"echo": script})
+    await lean.open()
+    try:
+        for _ in range(2):  # the first run loads the script after NOSCRIPT
+            assert await lean.run("echo", [key, key + ":b"], ["x", 7]) == [key, key + ":b", "x", "7"]
+    finally:
+        await lean.close()

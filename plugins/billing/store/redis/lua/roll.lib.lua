@@ -2,7 +2,7 @@
 -- from the subscription's immutable start and period). The write-off and the new quota
 -- are two `credit` entries, so balance == sum(entries) holds across periods. Period
 -- boundaries are exact (`ledger_rules.period_start` adds whole days to the start, and
--- times travel as repr strings), so the comparison is exact too, as in SQLiteStore.
+-- times travel as strings that give back the same float), so the comparison is exact too.
 -- `s` is the subscription's {period_start, balance, quota, id} as read (HMGET, in this
 -- order). The entries (JSON) go to `out`; the caller writes the rest: balance =
 -- int(quota) and period_start = target. True if the subscription rolled over.
