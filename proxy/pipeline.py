@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, NoReturn
 
 import orjson
 from multidict import CIMultiDict
 
 from proxy.context import Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
-from proxy.plugin import DROP, Plugin, Reject
+from proxy.event_filter import EventFilter, union_search
+from proxy.plugin import DROP, Drop, Plugin, Reject
 from proxy.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class Pipeline:
         rev = tuple(reversed(self.plugins))
         self.header_hooks = tuple(p for p in rev if overrides(p, "on_response_headers"))
         self.event_hooks = tuple(p for p in rev if overrides(p, "on_event"))
+        #: The plugins among `event_hooks` that declare what they see (`Plugin.event_filter`).
+        self.filter_hooks = tuple(p for p in self.event_hooks if overrides(p, "event_filter"))
         self.body_hooks = tuple(p for p in rev if overrides(p, "on_body"))
         self.complete_hooks = tuple(p for p in rev if overrides(p, "on_complete"))
         self.error_hooks = tuple(p for p in rev if overrides(p, "on_error"))
@@ -139,6 +142,10 @@ class Pipeline:
 
 
 _NONE_SKIPPED: frozenset[int] = frozenset()
+#: `Run.gate` while some plugin with `on_event` declared no filter: every event goes through.
+EVERY_EVENT: Final = object()
+#: `Run.room` when no plugin keeps a tape: the relay's fast path never runs out of room.
+_NO_LIMIT = 1 << 62
 
 
 class Run:
@@ -148,7 +155,7 @@ class Run:
     stops at the first failure, so the entered plugins are always the first `entered` ones.
     """
 
-    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks")
+    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks", "filters", "gate", "tapes")
 
     def __init__(self, pipeline: Pipeline, ctx: RequestContext) -> None:
         self.pipeline = pipeline
@@ -157,6 +164,10 @@ class Run:
         self.skipped = _NONE_SKIPPED
         self.finished = False
         self.event_hooks = pipeline.event_hooks
+        # Set by `open_stream` when a plugin declared an `EventFilter` (see `fast_path`).
+        self.filters: dict[int, EventFilter] | None = None
+        self.gate: Any = EVERY_EVENT
+        self.tapes: tuple[list[bytes], ...] = ()
 
     async def request(self) -> None:
         """Run `on_request` in order. Raises Reject, or PluginFailed (fail closed).
@@ -228,7 +239,10 @@ class Run:
                 self._response_failure(plugin, "on_response_headers", exc)
 
     async def event(self, event: SSEEvent) -> SSEEvent | None:
-        """Pass one event through `on_event` in reverse order; None means dropped."""
+        """Pass one event through `on_event` in reverse order; None means dropped.
+
+        Every plugin sees every event: use `dispatch()`, which honours the plugins'
+        `EventFilter`s, once `open_stream` has run."""
         ctx = self.ctx
         direct = self.pipeline.direct
         current = event
@@ -249,6 +263,87 @@ class Run:
                 continue
             current = out
         return current
+
+    def open_stream(self) -> None:
+        """Before a stream's first event: ask each plugin that overrides `event_filter` what
+        its `on_event` should see. A failure is the plugin's, in `on_event`'s phase."""
+        if not self.pipeline.filter_hooks:
+            return
+        filters: dict[int, EventFilter] = {}
+        for plugin in self.pipeline.filter_hooks:
+            if plugin not in self.event_hooks:
+                continue  # skipped after a failure
+            try:
+                declared = plugin.event_filter(self.ctx)
+                if declared is not None and not isinstance(declared, EventFilter):
+                    raise _wrong(plugin, "event_filter", declared, "an EventFilter or None")
+            except Exception as exc:
+                self._response_failure(plugin, "on_event", exc)
+                continue
+            if declared is not None:
+                filters[id(plugin)] = declared
+        if filters:
+            self.filters = filters
+            self._fast_path()
+
+    def dispatch(self) -> Callable[[SSEEvent], Awaitable[SSEEvent | None]]:
+        """What passes one event through the plugins for this stream (after `open_stream`):
+        `event`, or `filtered_event` when a plugin declared an `EventFilter`."""
+        return self.event if self.filters is None else self.filtered_event
+
+    def _fast_path(self) -> None:
+        """What the relay needs to pass an event by without a call: when every plugin with
+        `on_event` declared a filter, `gate` (the union of their patterns' `search`, None for
+        no pattern) and `tapes` (the lists to append a passed-by event's raw bytes to)."""
+        filters = self.filters or {}
+        declared = [filters.get(id(p)) for p in self.event_hooks]
+        if not declared or None in declared:
+            self.gate, self.tapes = EVERY_EVENT, ()
+            return
+        patterns = [d.pattern for d in declared if d is not None and d.pattern is not None]
+        gate = union_search(patterns)
+        self.gate = None if gate is None else gate.search
+        self.tapes = tuple(d.tape.raws for d in declared if d is not None and d.tape is not None)
+
+    def room(self) -> int:
+        """Events the relay may still pass by (keeping them on `tapes`) before one must go
+        through `filtered_event`, so that a full tape's plugin is called."""
+        filters = self.filters
+        if not self.tapes or filters is None:
+            return _NO_LIMIT
+        return min(f.tape.limit - 1 - len(f.tape.raws) for f in filters.values() if f.tape is not None)
+
+    async def filtered_event(self, event: SSEEvent) -> SSEEvent | None:
+        """`event`, honouring each plugin's `EventFilter`: its tape keeps the event as it
+        reached the plugin, and its `on_event` runs only when the pattern matches (or the
+        tape is full). A plugin that declared nothing sees every event."""
+        filters = self.filters or {}
+        current = event
+        for plugin in self.event_hooks:
+            declared = filters.get(id(plugin))
+            if declared is not None and not _wanted(declared, current.raw):
+                continue
+            out = await self._one_event(plugin, current)
+            if out is None:
+                continue
+            if out is DROP:
+                return None
+            current = out  # type: ignore[assignment]
+        return current
+
+    async def _one_event(self, plugin: Plugin, event: SSEEvent) -> SSEEvent | Drop | None:
+        """One plugin's `on_event`, checked: an SSEEvent, DROP, or None (unchanged or failed)."""
+        try:
+            if self.pipeline.direct:
+                out = await plugin.on_event(self.ctx, event)
+            else:
+                out = await self._call(plugin, "on_event", plugin.on_event(self.ctx, event))
+            if out is None or out is DROP or isinstance(out, SSEEvent):
+                return out
+            raise _wrong(plugin, "on_event", out, "an SSEEvent, None (unchanged) or DROP")
+        except Exception as exc:
+            self._response_failure(plugin, "on_event", exc)
+            return None
 
     async def body(self, body: bytes) -> bytes:
         """Pass a non-streamed body through `on_body` in reverse order."""
@@ -321,6 +416,8 @@ class Run:
             raise PluginFailed(plugin, hook, exc) from exc
         self.skipped = self.skipped | {id(plugin)}
         self.event_hooks = tuple(p for p in self.event_hooks if p is not plugin)
+        if self.filters is not None:
+            self._fast_path()
 
     async def _call(self, plugin: Plugin, hook: str, aw: Awaitable[Any]) -> Any:
         """Await one hook call within the plugin's `timeout` (when it has one), timed when
@@ -339,6 +436,17 @@ class Run:
                 self.ctx.request_id,
                 (time.perf_counter() - t0) * 1e6,
             )
+
+
+def _wanted(declared: EventFilter, raw: bytes) -> bool:
+    """Keep `raw` on the filter's tape; whether its plugin's `on_event` must run on it."""
+    tape = declared.tape
+    if tape is not None:
+        tape.raws.append(raw)
+        if len(tape.raws) >= tape.limit:
+            return True
+    pattern = declared.pattern
+    return pattern is not None and pattern.search(raw) is not None
 
 
 async def _limited(plugin: Plugin, hook: str, aw: Awaitable[Any], timeout: float) -> Any:
