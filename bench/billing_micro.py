@@ -51,8 +51,10 @@ from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.context import Dialect, Endpoint, EndReason, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.dataclass_builder import build
 from proxy.handler import RequestIds
-from proxy.pipeline import Pipeline
+from proxy.pipeline import EVERY_EVENT, Pipeline, Run
 from proxy.plugin import Plugin
+from proxy.relay import Relaying, StreamState
+from proxy.relay import _relay_loop as relay_loop
 from proxy.tasks import TaskTracker
 from proxy.testing import host_app
 
@@ -182,8 +184,79 @@ async def _billed(backend: str) -> AsyncIterator[tuple[Pipeline, str, TaskTracke
             await tracker.drain(30)
 
 
+def _stream(events: int) -> list[bytes]:
+    """`events` raw SSE events: content chunks, then a finish, a usage chunk and [DONE]."""
+    return [
+        b"data: " + (CHUNK if i < events - len(TAIL) else TAIL[i - events + len(TAIL)]) + b"\n\n" for i in range(events)
+    ]
+
+
+async def _events(run: Run, events: int) -> None:
+    """Pass `events` fresh events (`json` is parsed at most once per event) to the plugins,
+    as `proxy.relay`'s loop does: by them when their `EventFilter`s let it, through them
+    otherwise, and not at all when no plugin has `on_event`."""
+    run.open_stream()
+    dispatch = run.dispatch()
+    gate, tapes, room = run.gate, run.tapes, run.room()
+    for raw in _stream(events):
+        item = SSEEvent(raw[6:-2].decode(), raw=raw)
+        if not run.event_hooks:
+            continue
+        if gate is not EVERY_EVENT and room > 0 and (gate is None or gate(item.raw) is None):
+            room -= 1
+            for tape in tapes:
+                tape.append(item.raw)
+            continue
+        await dispatch(item)
+        gate, tapes, room = run.gate, run.tapes, run.room()
+
+
+class _Upstream:
+    """An upstream response whose body is one chunk per event, already received."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = self
+        self._chunks = iter(chunks)
+
+    async def readany(self) -> bytes:
+        """The next chunk (b"" at the end)."""
+        return next(self._chunks, b"")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class _Client:
+    """The client's side: an open transport, and a response whose writes return at once."""
+
+    transport = None
+
+    def is_closing(self) -> bool:
+        """Never: the client reads everything."""
+        return False
+
+    async def write(self, data: bytes) -> None:
+        """Accepted at once."""
+
+
+async def _relay(ctx: RequestContext, run: Run, events: int) -> None:
+    """Relay `events` events through `proxy.relay`'s loop itself (SSE parsing, end and
+    error detection, the plugins, writes to a client that accepts at once)."""
+    client = _Client()
+    client.transport = client  # type: ignore[assignment]
+    upstream = _Upstream(_stream(events))
+    relaying = Relaying(upstream, None)  # type: ignore[arg-type]
+    await relay_loop(client, client, upstream, ctx, run, StreamState(), None, relaying)  # type: ignore[arg-type]
+
+
 async def _rounds(
-    backend: str, requests: int, concurrency: int, rounds: int, callgrind: bool, events: int = 0
+    backend: str,
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    callgrind: bool,
+    events: int = 0,
+    relay: bool = False,
 ) -> list[tuple[float, float]]:
     async with _billed(backend) as (pipeline, clear, tracker):
         ids = RequestIds()
@@ -213,12 +286,10 @@ async def _rounds(
             await asyncio.sleep(0)  # the upstream's answer is a loop turn or two away
             await asyncio.sleep(0)
             ctx.upstream, ctx.status = UpstreamInfo("instant", MODEL, 1), 200
-            if events:
-                # `events` in all: content chunks, then a finish, a usage chunk and [DONE];
-                # each a fresh event (`json` is parsed at most once per event).
-                for i in range(events):
-                    chunk = CHUNK if i < events - len(TAIL) else TAIL[i - events + len(TAIL)]
-                    await run.event(SSEEvent(chunk.decode(), raw=b"data: " + chunk + b"\n\n"))
+            if events and relay:
+                await _relay(ctx, run, events)
+            elif events:
+                await _events(run, events)
             else:
                 await run.body(ANSWER)
             run.complete(Outcome(EndReason.COMPLETED, 200, events))
@@ -258,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--callgrind", action="store_true", help="switch callgrind's instrumentation on for each round")
     p.add_argument("--events", type=int, default=0, help="stream N events per request (default 0: not streamed)")
+    p.add_argument("--relay", action="store_true", help="relay the events through proxy.relay's loop (with --events)")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -265,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    results = runner(_rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind, args.events))
+    results = runner(
+        _rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind, args.events, args.relay)
+    )
     for i, (cpu, wall) in enumerate(results):
         print(f"{args.backend} round {i + 1}: {cpu:.1f} us CPU per request, {wall:.1f} us wall")
     return 0

@@ -47,8 +47,8 @@ class EventTape:
 
     def take(self) -> list[bytes]:
         """The kept events' raw bytes, in order; the tape is empty afterwards."""
-        raws = self.raws
-        self.raws = []
+        raws = self.raws.copy()
+        self.raws.clear()  # in place: the relay holds this list
         return raws
 
     @staticmethod

@@ -36,6 +36,7 @@ HOOKS = (
     "on_request",
     "on_response_headers",
     "on_event",
+    "event_filter",
     "on_body",
     "on_complete",
     "on_error",
