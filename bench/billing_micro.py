@@ -50,8 +50,9 @@ from plugins.billing.store.redis.store import RedisStore
 from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.context import Dialect, Endpoint, EndReason, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.dataclass_builder import build
+from proxy.event_filter import ANY_RAW, EVERY_EVENT
 from proxy.handler import RequestIds
-from proxy.pipeline import EVERY_EVENT, Pipeline, Run
+from proxy.pipeline import Pipeline, Run
 from proxy.plugin import Plugin
 from proxy.relay import Relaying, StreamState
 from proxy.relay import _relay_loop as relay_loop
@@ -195,20 +196,29 @@ async def _events(run: Run, events: int) -> None:
     """Pass `events` fresh events (`json` is parsed at most once per event) to the plugins,
     as `proxy.relay`'s loop does: by them when their `EventFilter`s let it, through them
     otherwise, and not at all when no plugin has `on_event`."""
-    run.open_stream()
-    dispatch = run.dispatch()
-    gate, tapes, room = run.gate, run.tapes, run.room()
+    dispatch = run.open_stream() if run.event_hooks else run.event
+    filtering = run.filters is not None
+    gate, needle, keep, room = run.passing() if filtering else (EVERY_EVENT, None, None, 0)
     for raw in _stream(events):
         item = SSEEvent(raw[6:-2].decode(), raw=raw)
         if not run.event_hooks:
             continue
-        if gate is not EVERY_EVENT and room > 0 and (gate is None or gate(item.raw) is None):
+        if (
+            gate is not EVERY_EVENT
+            and room > 0
+            and (
+                gate is None
+                or (needle is not None and needle not in item.data)
+                or (gate is not ANY_RAW and gate(item.raw) is None)
+            )
+        ):
             room -= 1
-            for tape in tapes:
-                tape.append(item.raw)
+            if keep is not None:
+                keep(item.raw)
             continue
         await dispatch(item)
-        gate, tapes, room = run.gate, run.tapes, run.room()
+        if filtering:
+            gate, needle, keep, room = run.passing()
 
 
 class _Upstream:

@@ -17,13 +17,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, NoReturn
 
 import orjson
 from multidict import CIMultiDict
 
 from proxy.context import Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
-from proxy.event_filter import EventFilter, union_search
+from proxy.event_filter import EventFilter, StreamFilters
 from proxy.plugin import DROP, Drop, Plugin, Reject
 from proxy.tasks import TaskTracker
 
@@ -143,10 +143,6 @@ class Pipeline:
 
 
 _NONE_SKIPPED: frozenset[int] = frozenset()
-#: `Run.gate` while some plugin with `on_event` declared no filter: every event goes through.
-EVERY_EVENT: Final = object()
-#: `Run.room` when no plugin keeps a tape: the relay's fast path never runs out of room.
-_NO_LIMIT = 1 << 62
 
 
 class Run:
@@ -156,7 +152,7 @@ class Run:
     stops at the first failure, so the entered plugins are always the first `entered` ones.
     """
 
-    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks", "filters", "gate", "tapes")
+    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks", "filters")
 
     def __init__(self, pipeline: Pipeline, ctx: RequestContext) -> None:
         self.pipeline = pipeline
@@ -165,10 +161,8 @@ class Run:
         self.skipped = _NONE_SKIPPED
         self.finished = False
         self.event_hooks = pipeline.event_hooks
-        # Set by `open_stream` when a plugin declared an `EventFilter` (see `fast_path`).
-        self.filters: dict[int, EventFilter] | None = None
-        self.gate: Any = EVERY_EVENT
-        self.tapes: tuple[list[bytes], ...] = ()
+        #: Set by `open_stream` when a plugin declared an `EventFilter`.
+        self.filters: StreamFilters | None = None
 
     async def request(self) -> None:
         """Run `on_request` in order. Raises Reject, or PluginFailed (fail closed).
@@ -242,8 +236,8 @@ class Run:
     async def event(self, event: SSEEvent) -> SSEEvent | None:
         """Pass one event through `on_event` in reverse order; None means dropped.
 
-        Every plugin sees every event: use `dispatch()`, which honours the plugins'
-        `EventFilter`s, once `open_stream` has run."""
+        Every plugin sees every event: use what `open_stream` returns, which honours the
+        plugins' `EventFilter`s."""
         ctx = self.ctx
         direct = self.pipeline.direct
         current = event
@@ -265,11 +259,14 @@ class Run:
             current = out
         return current
 
-    def open_stream(self) -> None:
+    def open_stream(self) -> Callable[[SSEEvent], Awaitable[SSEEvent | None]]:
         """Before a stream's first event: ask each plugin that overrides `event_filter` what
-        its `on_event` should see. A failure is the plugin's, in `on_event`'s phase."""
+        its `on_event` should see (a failure is the plugin's, in `on_event`'s phase).
+
+        Returns what passes one event through the plugins for this stream: `event`, or
+        `filtered_event` when a plugin declared an `EventFilter` (then see `passing`)."""
         if not self.pipeline.filter_hooks:
-            return
+            return self.event
         filters: dict[int, EventFilter] = {}
         for plugin in self.pipeline.filter_hooks:
             if plugin not in self.event_hooks:
@@ -283,46 +280,30 @@ class Run:
                 continue
             if declared is not None:
                 filters[id(plugin)] = declared
-        if filters:
-            self.filters = filters
-            self._fast_path()
+        if not filters:
+            return self.event
+        self.filters = StreamFilters(filters)
+        self.filters.plan(self.event_hooks)
+        return self.filtered_event
 
-    def dispatch(self) -> Callable[[SSEEvent], Awaitable[SSEEvent | None]]:
-        """What passes one event through the plugins for this stream (after `open_stream`):
-        `event`, or `filtered_event` when a plugin declared an `EventFilter`."""
-        return self.event if self.filters is None else self.filtered_event
-
-    def _fast_path(self) -> None:
-        """What the relay needs to pass an event by without a call: when every plugin with
-        `on_event` declared a filter, `gate` (the union of their patterns' `search`, None for
-        no pattern) and `tapes` (the lists to append a passed-by event's raw bytes to)."""
-        filters = self.filters or {}
-        declared = [filters.get(id(p)) for p in self.event_hooks]
-        if not declared or None in declared:
-            self.gate, self.tapes = EVERY_EVENT, ()
-            return
-        patterns = [d.pattern for d in declared if d is not None and d.pattern is not None]
-        gate = union_search(patterns)
-        self.gate = None if gate is None else gate.search
-        self.tapes = tuple(d.tape.raws for d in declared if d is not None and d.tape is not None)
-
-    def room(self) -> int:
-        """Events the relay may still pass by (keeping them on `tapes`) before one must go
-        through `filtered_event`, so that a full tape's plugin is called."""
+    def passing(self) -> tuple[Any, str | None, Callable[[bytes], None] | None, int]:
+        """For the relay to pass events by the plugins without a call, when they all declared
+        a filter: `gate`, `needle` (`StreamFilters`), `keep` (keeps a passed-by event on the
+        tapes) and `room`: how many may pass by before one must go through `filtered_event`
+        (so that a full tape's plugin is called). Read again after each `filtered_event`."""
         filters = self.filters
-        if not self.tapes or filters is None:
-            return _NO_LIMIT
-        return min(f.tape.limit - 1 - len(f.tape.raws) for f in filters.values() if f.tape is not None)
+        assert filters is not None
+        return filters.gate, filters.needle, filters.keep, filters.room()
 
     async def filtered_event(self, event: SSEEvent) -> SSEEvent | None:
         """`event`, honouring each plugin's `EventFilter`: its tape keeps the event as it
         reached the plugin, and its `on_event` runs only when the pattern matches (or the
         tape is full). A plugin that declared nothing sees every event."""
-        filters = self.filters or {}
+        filters = self.filters
+        assert filters is not None
         current = event
         for plugin in self.event_hooks:
-            declared = filters.get(id(plugin))
-            if declared is not None and not _wanted(declared, current.raw):
+            if not filters.wanted(plugin, current):
                 continue
             out = await self._one_event(plugin, current)
             if out is None:
@@ -418,7 +399,7 @@ class Run:
         self.skipped = self.skipped | {id(plugin)}
         self.event_hooks = tuple(p for p in self.event_hooks if p is not plugin)
         if self.filters is not None:
-            self._fast_path()
+            self.filters.plan(self.event_hooks)
 
     async def _call(self, plugin: Plugin, hook: str, aw: Awaitable[Any]) -> Any:
         """Await one hook call within the plugin's `timeout` (when it has one), timed when
@@ -437,17 +418,6 @@ class Run:
                 self.ctx.request_id,
                 (time.perf_counter() - t0) * 1e6,
             )
-
-
-def _wanted(declared: EventFilter, raw: bytes) -> bool:
-    """Keep `raw` on the filter's tape; whether its plugin's `on_event` must run on it."""
-    tape = declared.tape
-    if tape is not None:
-        tape.raws.append(raw)
-        if len(tape.raws) >= tape.limit:
-            return True
-    pattern = declared.pattern
-    return pattern is not None and pattern.search(raw) is not None
 
 
 async def _limited(plugin: Plugin, hook: str, aw: Awaitable[Any], timeout: float) -> Any:

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from proxy.context import EndReason, Outcome, RequestContext, SSEEvent
 from proxy.dialects import is_error_event, is_terminal
-from proxy.pipeline import EVERY_EVENT, PluginFailed, Run
+from proxy.event_filter import ANY_RAW, EVERY_EVENT
+from proxy.pipeline import PluginFailed, Run
 from proxy.respond import CLIENT_GONE, PLUGIN_FAILED, internal_message, stream_error
 from proxy.sse import SSEOverflow, SSEParser
 from proxy.upstream_read import UPSTREAM_READ_ERRORS, IdleWatch, UpstreamIdle, read_body, read_chunk
@@ -255,11 +256,11 @@ async def _relay_loop(
     parser = SSEParser()
     endpoint = ctx.endpoint
     reader = upstream.content
-    run.open_stream()
-    dispatch = run.dispatch()
+    dispatch = run.open_stream() if run.event_hooks else run.event
     # Plugins that declared an `EventFilter`: an event no pattern matches passes them by
     # here, kept on their tapes, without a call (`Run.filtered_event` when one matches).
-    gate, tapes, room = run.gate, run.tapes, run.room()
+    filtering = run.filters is not None
+    gate, needle, keep, room = run.passing() if filtering else (EVERY_EVENT, None, None, 0)
     while True:
         chunk = await read_chunk(reader, watch)
         if not chunk:
@@ -282,14 +283,20 @@ async def _relay_loop(
             elif is_error_event(endpoint, item):
                 st.errored = True
             if run.event_hooks:
-                if gate is not EVERY_EVENT and room > 0:
-                    raw = item.raw
-                    if gate is None or gate(raw) is None:
-                        room -= 1
-                        for tape in tapes:
-                            tape.append(raw)
-                        out.append(raw)
-                        continue
+                if (
+                    gate is not EVERY_EVENT
+                    and room > 0
+                    and (
+                        gate is None
+                        or (needle is not None and needle not in item.data)
+                        or (gate is not ANY_RAW and gate(item.raw) is None)
+                    )
+                ):
+                    room -= 1
+                    if keep is not None:
+                        keep(item.raw)
+                    out.append(item.raw)
+                    continue
                 try:
                     passed = await dispatch(item)
                 except PluginFailed:
@@ -297,7 +304,8 @@ async def _relay_loop(
                     if out:
                         await _write(resp, b"".join(out), ctx, st, relaying)
                     raise
-                gate, tapes, room = run.gate, run.tapes, run.room()
+                if filtering:
+                    gate, needle, keep, room = run.passing()
                 if passed is None:
                     continue
                 item = passed

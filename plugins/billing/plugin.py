@@ -316,7 +316,9 @@ class BillingPlugin(Plugin):
         st = ctx.state.get(BILLING)
         if st is None:
             return _NO_EVENTS
-        return EventFilter(_USAGE_CHUNK if st.hide_usage else None, st.meter.tape)
+        if st.hide_usage:
+            return EventFilter(_USAGE_CHUNK, st.meter.tape, substring="usage")
+        return EventFilter(None, st.meter.tape)
 
     async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""

@@ -1,28 +1,31 @@
 """A stream's meter that reads its events only when an answer needs them.
 
 Billing needs little from a streamed response: the usage the upstream reports, whether the
-stream ended properly, whether it carried an error, and, only when no usage came, the
-relayed text to count. Parsing every content event for that cost as much as relaying it.
-So the events are kept as the relay received them, on an `EventTape` (the relay keeps them
-there itself for billing's `EventFilter`, without calling `on_event`), and the questions
-are answered when asked, by two `UsageMeter`s fed in the stream's order:
+stream ended properly, and, only when no usage came, the relayed text to count. Parsing
+every content event for that cost as much as relaying it. So the events are kept as the
+relay received them, on an `EventTape` (the relay keeps them there itself for billing's
+`EventFilter`, without calling `on_event`), and each question is answered when asked, by
+searching the kept bytes joined (in C, over the whole stream at once, not per event) for
+the few events that can answer it, and parsing only those:
 
-* the *quick* meter is fed only the events that can carry usage, an end or an error, found
-  by a few substring searches (`MARKS`, per endpoint) over the kept bytes joined, so the
-  searching runs in C over the whole stream at once, not per event; it answers `usage`,
-  `terminal` and `error`;
-* the *full* meter is fed every event; it answers `has_content` and `output_count`, and
-  once it exists it answers everything.
+* `usage`: every event a usage object may be in (`USAGE`), fed in stream order to the
+  *quick* meter (per field the last value wins, so all of them, in order);
+* `terminal`, `error`: one event that makes a meter terminal (`END_MARKS`, per endpoint) or
+  errored (`ERROR_MARKS`) is enough, and the end is usually the last event, so the search
+  runs from the end and stops at the first real one (a mark inside content text is parsed,
+  found not to count, and passed over);
+* `has_content`, `output_count`: the *full* meter is fed every event; once it exists it
+  answers everything.
 
-Both give what one meter fed every event would: the quick meter sees, in order, every
-event that changes usage, the end or the error (those fields depend on nothing else), and
-the full meter sees them all. A stream longer than `KEEP` events is handed to the full
+Each answer is what one `UsageMeter` fed every event would give: the marks name every key
+its handlers read for that answer. A stream longer than `KEEP` events is handed to the full
 meter in batches of `KEEP`, so memory stays bounded and a long stream costs what it did
-before. Checkpoints ask mid-stream; each meter reads only the events kept since.
+before. Checkpoints ask mid-stream; each answer reads only the events kept since it last did.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
@@ -34,65 +37,34 @@ from plugins.billing.meter import UsageMeter
 from plugins.billing.usage import Usage
 from proxy.plugin import Endpoint, EventTape, SSEEvent
 
-__all__ = ["MARKS", "StreamMeter"]
+__all__ = ["END_MARKS", "ERROR_MARKS", "USAGE", "StreamMeter"]
 
-#: A substring whose every occurrence marks an event that may matter, unless the bytes at
-#: that occurrence start with the second member (e.g. a `"usage":null` changes nothing).
-Mark = tuple[bytes, bytes | None]
-
-# Every key a `UsageMeter` handler reads for the usage, the end or the error: reading too
-# many events is only slower, too few would be wrong. Keys spelled with JSON escapes
-# (`"us\u0061ge"`) are not found, as the substring tests on `data` before did not find them.
-_USAGE: Mark = (b"usage", b'usage":null')  # also Gemini's `usageMetadata`
-_ERROR: Mark = (b"rror", None)  # an `error` key or type, an `event: error`, `response.failed`'s error
-_DONE: Mark = (b"[DONE]", None)
-#: OpenAI chat and completions: a `finish_reason` that is not a compact `null` ends a choice.
-OPENAI_FINISH: Mark = (b'"finish_reason"', b'"finish_reason":null')
-
-#: Per endpoint, the marks of the events the quick meter must read (OpenAI's finish reasons
-#: are read only when no `[DONE]` was kept: `[DONE]` alone makes the stream terminal).
-MARKS: dict[Endpoint, tuple[Mark, ...]] = {
-    Endpoint.CHAT: (_USAGE, _ERROR, _DONE),
-    Endpoint.COMPLETIONS: (_USAGE, _ERROR, _DONE),
-    Endpoint.MESSAGES: (_USAGE, _ERROR, (b"message_stop", None)),
-    Endpoint.GEMINI_STREAM: (_USAGE, _ERROR, (b"finishReason", None)),
-    Endpoint.GEMINI_GENERATE: (_USAGE, _ERROR, (b"finishReason", None)),
+#: Where a usage object may be (Gemini's `usageMetadata` too): every `usage` but a compact
+#: `"usage":null` (OpenAI sends one in every chunk when usage is asked for). Keys spelled
+#: with JSON escapes (`"us\u0061ge"`) are not found, as the substring tests before did not.
+USAGE = re.compile(rb'usage(?!":null)')
+_DONE = b"[DONE]"  # `[DONE]` makes a UsageMeter terminal whatever the endpoint
+#: OpenAI: a `finish_reason` that is not a compact `null` (looked for only when no `[DONE]`).
+_FINISH, _NO_FINISH = b'"finish_reason"', b'"finish_reason":null'
+#: Per endpoint, substrings one of which every event that ends a stream carries, the
+#: likeliest first (the Responses API and others: `*.completed`, `response.incomplete`,
+#: `response.failed`).
+END_MARKS: dict[Endpoint, tuple[bytes, ...]] = {
+    Endpoint.CHAT: (_DONE, _FINISH),
+    Endpoint.COMPLETIONS: (_DONE, _FINISH),
+    Endpoint.MESSAGES: (b"message_stop", _DONE),
+    Endpoint.GEMINI_STREAM: (b"finishReason", _DONE),
+    Endpoint.GEMINI_GENERATE: (b"finishReason", _DONE),
 }
-#: The Responses API and other endpoints: usage, an error, an end (`*.completed`,
-#: `response.incomplete`, `response.failed`), `[DONE]`.
-OTHER_MARKS: tuple[Mark, ...] = (
-    _USAGE,
-    _ERROR,
-    (b"completed", None),
-    (b"incomplete", None),
-    (b"failed", None),
-    _DONE,
-)
-_OPENAI = frozenset((Endpoint.CHAT, Endpoint.COMPLETIONS))
-
-
-def marked(raws: Sequence[bytes], marks: Sequence[Mark]) -> list[int]:
-    """The positions in `raws` (whole SSE events) of the events some mark occurs in, in order."""
-    joined = b"".join(raws)
-    found: set[int] = set()
-    starts: list[int] | None = None
-    for needle, unless in marks:
-        if unless is not None and joined.count(needle) == joined.count(unless):
-            continue  # every occurrence is one that changes nothing
-        at = joined.find(needle)
-        while at >= 0:
-            if unless is None or not joined.startswith(unless, at):
-                if starts is None:
-                    starts = list(accumulate(map(len, raws), initial=0))
-                found.add(bisect_right(starts, at) - 1)
-            at = joined.find(needle, at + 1)
-    return sorted(found)
+OTHER_END_MARKS = (b"completed", b"incomplete", b"failed", _DONE)
+#: An `error` key or type, an `event: error` line, `response.failed`.
+ERROR_MARKS = (b"rror", b"failed")
 
 
 class StreamMeter:
     """Keeps a response's events and meters them when asked (see the module docstring)."""
 
-    __slots__ = ("_endpoint", "_counter", "tape", "_quick", "_read", "_full", "_marks", "_openai")
+    __slots__ = ("_endpoint", "_counter", "tape", "_quick", "_full", "_read", "_ended", "_errored")
 
     #: Events kept before they are handed to the full meter.
     KEEP = 4096
@@ -103,10 +75,12 @@ class StreamMeter:
         #: The kept events (raw bytes), which the relay appends to for billing's `EventFilter`.
         self.tape = EventTape(self.KEEP)
         self._quick = UsageMeter(endpoint)
-        self._read = 0  # kept events the quick meter has looked at
         self._full: UsageMeter | None = None
-        self._marks = MARKS.get(endpoint, OTHER_MARKS)
-        self._openai = endpoint in _OPENAI
+        # Per answer: kept events already searched (`usage`, `terminal`, `error`), and
+        # whether the answer is known to be True.
+        self._read = [0, 0, 0]
+        self._ended = False
+        self._errored = False
 
     def add(self, event: SSEEvent) -> None:
         """Keep one relayed event (metered later)."""
@@ -130,17 +104,35 @@ class StreamMeter:
     @property
     def usage(self) -> Usage | None:
         """The upstream's usage, normalised; None when no usage object was seen."""
-        return self._ends().usage
+        if self._full is not None:
+            return self._all().usage
+        batch = self._unread(0)
+        if batch:
+            quick = self._quick
+            for event in _events_at(batch, marked(batch, USAGE)):
+                quick.feed_sse(event.data, _parse(event.data), event.event)
+        return self._quick.usage
 
     @property
     def terminal(self) -> bool:
         """Whether the response ended properly (a finish reason, `[DONE]`, a stop event)."""
-        return self._ends().terminal
+        if self._full is not None:
+            return self._all().terminal
+        batch = self._unread(1)
+        if batch and not self._ended:
+            marks = END_MARKS.get(self._endpoint, OTHER_END_MARKS)
+            self._ended = _any_real(batch, marks, self._endpoint, _ends)
+        return self._ended
 
     @property
     def error(self) -> bool:
         """Whether an error event was relayed."""
-        return self._ends().error
+        if self._full is not None:
+            return self._all().error
+        batch = self._unread(2)
+        if batch and not self._errored:
+            self._errored = _any_real(batch, ERROR_MARKS, self._endpoint, _errs)
+        return self._errored
 
     def has_content(self) -> bool:
         """Whether any output text, tool-call argument or reasoning text was relayed."""
@@ -150,21 +142,14 @@ class StreamMeter:
         """Tokens of all countable relayed output (reads every event)."""
         return self._all().output_count()
 
-    def _ends(self) -> UsageMeter:
-        if self._full is not None:
-            return self._all()
-        quick, raws = self._quick, self.tape.raws
-        if self._read < len(raws):
-            batch = raws[self._read :]
-            self._read = len(raws)
-            marks = self._marks
-            if self._openai and not quick.terminal and not _is_done(batch[-1]):
-                marks = (*marks, OPENAI_FINISH)  # no `[DONE]` at the end: read the finish reasons
-            picked = marked(batch, marks)
-            if picked:
-                for event in EventTape.events([batch[i] for i in picked]):
-                    quick.feed_sse(event.data, _parse(event.data), event.event)
-        return quick
+    def _unread(self, answer: int) -> list[bytes]:
+        """The kept events `answer` has not searched yet (now marked searched)."""
+        raws, read = self.tape.raws, self._read
+        start = read[answer]
+        if start >= len(raws):
+            return []
+        read[answer] = len(raws)
+        return raws[start:]
 
     def _all(self) -> UsageMeter:
         full = self._full
@@ -173,16 +158,79 @@ class StreamMeter:
         if self.tape.raws:
             for event in EventTape.events(self.tape.take()):
                 full.feed_sse(event.data, _parse(event.data), event.event)
-            self._read = 0
+            self._read = [0, 0, 0]
         return full
 
 
-def _is_done(raw: bytes) -> bool:
-    """Whether `raw` is OpenAI's `[DONE]` event (which makes a stream terminal)."""
-    if b"[DONE]" not in raw:
-        return False
-    events = EventTape.events([raw])
-    return len(events) == 1 and events[0].data.strip() == "[DONE]"
+def marked(raws: Sequence[bytes], pattern: re.Pattern[bytes]) -> list[int]:
+    """The positions in `raws` (whole SSE events) of the events `pattern` occurs in, in order."""
+    joined = b"".join(raws)
+    hits = [m.start() for m in pattern.finditer(joined)]
+    return _events_of(raws, len(joined), hits) if hits else []
+
+
+def _events_of(raws: Sequence[bytes], total: int, hits: Sequence[int]) -> list[int]:
+    """The positions in `raws` of the events holding the byte offsets `hits` of their join
+    (`total` bytes). A few hits are found by walking from the nearer end (usage and ends
+    are usually among the last events, or the first), many by bisecting the offsets."""
+    if len(hits) > 4:
+        starts = list(accumulate(map(len, raws), initial=0))
+        return sorted({bisect_right(starts, at) - 1 for at in hits})
+    found: set[int] = set()
+    for at in hits:
+        if at < total // 2:
+            i, end = 0, len(raws[0])  # the end of event i
+            while end <= at:
+                i += 1
+                end += len(raws[i])
+        else:
+            i = len(raws) - 1
+            start = total - len(raws[i])  # the start of event i
+            while start > at:
+                i -= 1
+                start -= len(raws[i])
+        found.add(i)
+    return sorted(found)
+
+
+def _any_real(
+    raws: Sequence[bytes], marks: Sequence[bytes], endpoint: Endpoint, says: Callable[[UsageMeter], bool]
+) -> bool:
+    """Whether an event holding one of `marks` makes a `UsageMeter` say so (`says`): each
+    candidate, from the last back, is fed alone to a fresh meter (it must not disturb the
+    usage's order)."""
+    joined = b"".join(raws)
+    total = len(joined)
+    for mark in marks:
+        if mark is _FINISH and joined.count(_FINISH) == joined.count(_NO_FINISH):
+            continue  # every finish reason is a compact null
+        i = len(raws) - 1
+        start = total - len(raws[i])  # the start of event i
+        at = joined.rfind(mark)
+        while at >= 0:
+            while start > at:
+                i -= 1
+                start -= len(raws[i])
+            probe = UsageMeter(endpoint)
+            for event in EventTape.events([raws[i]]):
+                probe.feed_sse(event.data, _parse(event.data), event.event)
+            if says(probe):
+                return True
+            at = joined.rfind(mark, 0, start)  # in the events before this one
+    return False
+
+
+def _ends(meter: UsageMeter) -> bool:
+    return meter.terminal
+
+
+def _errs(meter: UsageMeter) -> bool:
+    return meter.error
+
+
+def _events_at(raws: Sequence[bytes], picked: Sequence[int]) -> list[SSEEvent]:
+    """The events at `picked` positions of `raws`, parsed, in order."""
+    return EventTape.events([raws[i] for i in picked]) if picked else []
 
 
 def _parse(data: str) -> Any:

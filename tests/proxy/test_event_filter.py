@@ -180,3 +180,49 @@ def test_a_tape_parses_back_to_the_events_it_kept() -> None:
     parsed = EventTape.events(tape.take())
     assert [(e.data, e.event) for e in parsed] == [(e.data, e.event) for e in events]
     assert len(tape) == 0 and orjson.loads(parsed[1].data) == {"a": 1}
+
+
+async def test_filters_of_several_plugins_each_see_their_events(make_proxy: Any, fake_upstream: Any) -> None:
+    """A substring sieve on `data`, alone or before a pattern, and a pattern; one plugin
+    with neither sees nothing; every tape keeps every event."""
+
+    class Sieved(Watcher):
+        def __init__(self, pattern: bytes | None, substring: str | None) -> None:
+            super().__init__()
+            self.pattern, self.substring = pattern, substring
+
+        def event_filter(self, ctx: RequestContext) -> EventFilter | None:
+            self.tape = EventTape()
+            return EventFilter(self.pattern, self.tape, substring=self.substring)
+
+    mock, finish, done, blind = (
+        Sieved(None, "Mock"),
+        Sieved(rb'"finish_reason":"stop"', "finish_reason"),
+        Sieved(rb"\[DONE\]", None),
+        Sieved(None, None),
+    )
+    proxy = await make_proxy(plugins=[mock, finish, done, blind])
+    direct = await post(fake_upstream.url)
+    body = await post(proxy.url)
+    await proxy.settled()
+    assert body == direct
+    every = datas(direct)
+    assert mock.seen == [d for d in every if "Mock" in d] and mock.seen
+    assert finish.seen == [d for d in every if '"finish_reason":"stop"' in d] and finish.seen
+    assert done.seen == ["[DONE]"] and blind.seen == []
+    for plugin in (mock, finish, done, blind):
+        assert b"".join(plugin.all_kept()) == direct
+    alone = Sieved(None, "Mock")  # the relay's sieve on `data` alone
+    proxy = await make_proxy(plugins=[alone])
+    assert await post(proxy.url) == direct
+    await proxy.settled()
+    assert alone.seen == mock.seen and b"".join(alone.all_kept()) == direct
+
+
+def test_a_substring_is_a_line_of_text() -> None:
+    for bad in ("", "two\nlines", b"usage"):
+        try:
+            EventFilter(substring=bad)  # type: ignore[arg-type]
+        except TypeError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
