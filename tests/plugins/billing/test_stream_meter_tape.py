@@ -76,3 +76,18 @@ def test_usage_spread_over_events_merges_in_order() -> None:
 def test_generated_openai_streams_agree(chunks: list[str], style: int, ask_every: int) -> None:
     expected, got = relayed(Endpoint.CHAT, [(None, c) for c in chunks], style, ask_every)
     assert got == expected
+
+
+def test_usage_null_in_every_chunk_and_usage_in_the_text() -> None:
+    """OpenAI sends `"usage":null` in every chunk once usage is asked for: many marks to pass
+    over before the real one, some in the text."""
+    chunk = '{"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}],"usage":null}'
+    events: list[tuple[str | None, str]] = [(None, chunk % ("usage" if i % 3 else "x")) for i in range(30)]
+    events += [
+        (None, '{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'),
+        (None, '{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9}}'),
+        (None, "[DONE]"),
+    ]
+    for ask_every in (0, 7):
+        expected, got = relayed(Endpoint.CHAT, events, 0, ask_every)
+        assert got == expected and got[0] is not None and got[0].output == 9
