@@ -64,7 +64,7 @@ ERROR_MARKS = (b"rror", b"failed")
 class StreamMeter:
     """Keeps a response's events and meters them when asked (see the module docstring)."""
 
-    __slots__ = ("_endpoint", "_counter", "tape", "_quick", "_full", "_read", "_ended", "_errored")
+    __slots__ = ("_endpoint", "_counter", "_tape", "_quick", "_full", "_read", "_joined", "_ended", "_errored")
 
     #: Events kept before they are handed to the full meter.
     KEEP = 4096
@@ -72,15 +72,23 @@ class StreamMeter:
     def __init__(self, endpoint: Endpoint, counter: Callable[[str], int] | None = None) -> None:
         self._endpoint = endpoint
         self._counter = counter
-        #: The kept events (raw bytes), which the relay appends to for billing's `EventFilter`.
-        self.tape = EventTape(self.KEEP)
+        self._tape: EventTape | None = None  # made when first needed: streams only
         self._quick = UsageMeter(endpoint)
         self._full: UsageMeter | None = None
         # Per answer: kept events already searched (`usage`, `terminal`, `error`), and
         # whether the answer is known to be True.
         self._read = [0, 0, 0]
+        self._joined: tuple[int, int, bytes] = (0, 0, b"")  # the last batch searched, joined
         self._ended = False
         self._errored = False
+
+    @property
+    def tape(self) -> EventTape:
+        """The kept events (raw bytes), which the relay appends to for billing's `EventFilter`."""
+        tape = self._tape
+        if tape is None:
+            tape = self._tape = EventTape(self.KEEP)
+        return tape
 
     def add(self, event: SSEEvent) -> None:
         """Keep one relayed event (metered later)."""
@@ -106,10 +114,10 @@ class StreamMeter:
         """The upstream's usage, normalised; None when no usage object was seen."""
         if self._full is not None:
             return self._all().usage
-        batch = self._unread(0)
+        batch, joined = self._unread(0)
         if batch:
             quick = self._quick
-            for event in _events_at(batch, marked(batch)):
+            for event in _events_at(batch, marked(batch, joined)):
                 quick.feed_sse(event.data, _parse(event.data), event.event)
         return self._quick.usage
 
@@ -118,10 +126,10 @@ class StreamMeter:
         """Whether the response ended properly (a finish reason, `[DONE]`, a stop event)."""
         if self._full is not None:
             return self._all().terminal
-        batch = self._unread(1)
+        batch, joined = self._unread(1)
         if batch and not self._ended:
             marks = END_MARKS.get(self._endpoint, OTHER_END_MARKS)
-            self._ended = _any_real(batch, marks, self._endpoint, _ends)
+            self._ended = _any_real(batch, joined, marks, self._endpoint, _ends)
         return self._ended
 
     @property
@@ -129,9 +137,9 @@ class StreamMeter:
         """Whether an error event was relayed."""
         if self._full is not None:
             return self._all().error
-        batch = self._unread(2)
+        batch, joined = self._unread(2)
         if batch and not self._errored:
-            self._errored = _any_real(batch, ERROR_MARKS, self._endpoint, _errs)
+            self._errored = _any_real(batch, joined, ERROR_MARKS, self._endpoint, _errs)
         return self._errored
 
     def has_content(self) -> bool:
@@ -142,32 +150,40 @@ class StreamMeter:
         """Tokens of all countable relayed output (reads every event)."""
         return self._all().output_count()
 
-    def _unread(self, answer: int) -> list[bytes]:
-        """The kept events `answer` has not searched yet (now marked searched)."""
-        raws, read = self.tape.raws, self._read
-        start = read[answer]
-        if start >= len(raws):
-            return []
-        read[answer] = len(raws)
-        return raws[start:]
+    def _unread(self, answer: int) -> tuple[list[bytes], bytes]:
+        """The kept events `answer` has not searched yet (now marked searched), and their
+        bytes joined (shared by the answers that search the same events)."""
+        if self._tape is None:
+            return [], b""
+        raws, read = self._tape.raws, self._read
+        start, end = read[answer], len(raws)
+        if start >= end:
+            return [], b""
+        read[answer] = end
+        batch = raws[start:]
+        cached = self._joined
+        if cached[0] != start or cached[1] != end:
+            cached = self._joined = (start, end, b"".join(batch))
+        return batch, cached[2]
 
     def _all(self) -> UsageMeter:
         full = self._full
         if full is None:
             full = self._full = UsageMeter(self._endpoint, self._counter)
-        if self.tape.raws:
-            for event in EventTape.events(self.tape.take()):
+        if self._tape is not None and self._tape.raws:
+            for event in EventTape.events(self._tape.take()):
                 full.feed_sse(event.data, _parse(event.data), event.event)
             self._read = [0, 0, 0]
+            self._joined = (0, 0, b"")
         return full
 
 
-def marked(raws: Sequence[bytes]) -> list[int]:
+def marked(raws: Sequence[bytes], joined: bytes) -> list[int]:
     """The positions in `raws` (whole SSE events) of the events `USAGE` occurs in, in order.
 
     `bytes.find` first (it skips ahead faster than `re`); past a few hits (OpenAI's
-    `"usage":null` in every chunk) one `USAGE.finditer` reads the rest."""
-    joined = b"".join(raws)
+    `"usage":null` in every chunk) one `USAGE.finditer` reads the rest. `joined` is
+    `raws` joined."""
     hits: list[int] = []
     at, looked = joined.find(b"usage"), 0
     while at >= 0:
@@ -206,12 +222,15 @@ def _events_of(raws: Sequence[bytes], total: int, hits: Sequence[int]) -> list[i
 
 
 def _any_real(
-    raws: Sequence[bytes], marks: Sequence[bytes], endpoint: Endpoint, says: Callable[[UsageMeter], bool]
+    raws: Sequence[bytes],
+    joined: bytes,
+    marks: Sequence[bytes],
+    endpoint: Endpoint,
+    says: Callable[[UsageMeter], bool],
 ) -> bool:
     """Whether an event holding one of `marks` makes a `UsageMeter` say so (`says`): each
     candidate, from the last back, is fed alone to a fresh meter (it must not disturb the
-    usage's order)."""
-    joined = b"".join(raws)
+    usage's order). `joined` is `raws` joined."""
     total = len(joined)
     for mark in marks:
         if mark is _FINISH and joined.count(_FINISH) == joined.count(_NO_FINISH):
@@ -247,7 +266,9 @@ def _events_at(raws: Sequence[bytes], picked: Sequence[int]) -> list[SSEEvent]:
 
 def _parse(data: str) -> Any:
     """An event's JSON payload, or None (`[DONE]`, not JSON)."""
+    if not data or data == "[DONE]":
+        return None  # spares orjson's exception
     try:
-        return orjson.loads(data) if data else None
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
