@@ -7,6 +7,13 @@ last three events are a finish chunk, a usage chunk and `[DONE]`, as OpenAI ends
 for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
 no load generator. What is left is what billing itself costs the proxy's event loop.
 
+Streamed events are passed as `proxy.relay`'s loop passes them: not at all when no plugin
+has `on_event`, by the plugins without a call when their `EventFilter`s let them, through
+`on_event` otherwise. `--relay` relays them through that loop itself instead (SSE parsing,
+end and error detection, writes to a client that accepts everything at once): its
+`--backend none` figure is the no-plugin relay's own cost per event. `--usage-asked`: the
+client asks for the usage chunk itself, so billing has none to hide.
+
 Backends: `sqlite` and `redis` (127.0.0.1:6379, a throw-away key prefix) are the real
 stores; `instant` answers holds and captures at once without storing anything (the hooks
 and the pipeline alone); `none` runs the same driver with no plugin (the driver's own
@@ -61,6 +68,8 @@ from proxy.testing import host_app
 
 MODEL = "instant-bench"
 BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16})
+#: The same request from a client that asks for the usage chunk itself (billing then hides none).
+USAGE_ASKED = orjson.dumps({**orjson.loads(BODY), "stream_options": {"include_usage": True}})
 ANSWER = orjson.dumps(
     {
         "id": "chatcmpl-bench",
@@ -267,7 +276,9 @@ async def _rounds(
     callgrind: bool,
     events: int = 0,
     relay: bool = False,
+    usage_asked: bool = False,
 ) -> list[tuple[float, float]]:
+    body = USAGE_ASKED if usage_asked else BODY
     async with _billed(backend) as (pipeline, clear, tracker):
         ids = RequestIds()
         headers = CIMultiDictProxy(
@@ -285,8 +296,8 @@ async def _rounds(
                 query,
                 headers,
                 "127.0.0.1",
-                BODY,
-                orjson.loads(BODY),
+                body,
+                orjson.loads(body),
                 MODEL,
                 events > 0,
                 api_key=clear,
@@ -340,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--callgrind", action="store_true", help="switch callgrind's instrumentation on for each round")
     p.add_argument("--events", type=int, default=0, help="stream N events per request (default 0: not streamed)")
     p.add_argument("--relay", action="store_true", help="relay the events through proxy.relay's loop (with --events)")
+    p.add_argument(
+        "--usage-asked", action="store_true", help="the client asks for the usage chunk (billing hides none)"
+    )
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -348,7 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner = uvloop.run
     results = runner(
-        _rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind, args.events, args.relay)
+        _rounds(
+            args.backend,
+            args.requests,
+            args.concurrency,
+            args.rounds,
+            args.callgrind,
+            args.events,
+            args.relay,
+            args.usage_asked,
+        )
     )
     for i, (cpu, wall) in enumerate(results):
         print(f"{args.backend} round {i + 1}: {cpu:.1f} us CPU per request, {wall:.1f} us wall")
