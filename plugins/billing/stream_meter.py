@@ -44,6 +44,8 @@ __all__ = ["END_MARKS", "ERROR_MARKS", "USAGE", "StreamMeter"]
 #: with JSON escapes (`"us\u0061ge"`) are not found, as the substring tests before did not.
 USAGE = re.compile(rb'usage(?!":null)')
 _DONE = b"[DONE]"  # `[DONE]` makes a UsageMeter terminal whatever the endpoint
+#: `[DONE]` events as upstreams write them, byte for byte (each parses to data `[DONE]`).
+_DONE_EVENTS = frozenset((b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n"))
 #: OpenAI: a `finish_reason` that is not a compact `null` (looked for only when no `[DONE]`).
 _FINISH, _NO_FINISH = b'"finish_reason"', b'"finish_reason":null'
 #: Per endpoint, substrings one of which every event that ends a stream carries, the
@@ -128,8 +130,11 @@ class StreamMeter:
             return self._all().terminal
         batch, joined = self._unread(1)
         if batch and not self._ended:
-            marks = END_MARKS.get(self._endpoint, OTHER_END_MARKS)
-            self._ended = _any_real(batch, joined, marks, self._endpoint, _ends)
+            if batch[-1] in _DONE_EVENTS:  # the usual last event: nothing to search or parse
+                self._ended = True
+            else:
+                marks = END_MARKS.get(self._endpoint, OTHER_END_MARKS)
+                self._ended = _any_real(batch, joined, marks, self._endpoint, _ends)
         return self._ended
 
     @property
