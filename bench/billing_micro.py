@@ -7,6 +7,13 @@ last three events are a finish chunk, a usage chunk and `[DONE]`, as OpenAI ends
 for `--concurrency` requests at a time, against a real store: no HTTP, no upstream,
 no load generator. What is left is what billing itself costs the proxy's event loop.
 
+Streamed events are passed as `proxy.relay`'s loop passes them: not at all when no plugin
+has `on_event`, by the plugins without a call when their `EventFilter`s let them, through
+`on_event` otherwise. `--relay` relays them through that loop itself instead (SSE parsing,
+end and error detection, writes to a client that accepts everything at once): its
+`--backend none` figure is the no-plugin relay's own cost per event. `--usage-asked`: the
+client asks for the usage chunk itself, so billing has none to hide.
+
 Backends: `sqlite` and `redis` (127.0.0.1:6379, a throw-away key prefix) are the real
 stores; `instant` answers holds and captures at once without storing anything (the hooks
 and the pipeline alone); `none` runs the same driver with no plugin (the driver's own
@@ -50,14 +57,19 @@ from plugins.billing.store.redis.store import RedisStore
 from plugins.billing.store.sqlite.store import SQLiteStore
 from proxy.context import Dialect, Endpoint, EndReason, Outcome, RequestContext, SSEEvent, UpstreamInfo
 from proxy.dataclass_builder import build
+from proxy.event_filter import ANY_RAW, EVERY_EVENT
 from proxy.handler import RequestIds
-from proxy.pipeline import Pipeline
+from proxy.pipeline import Pipeline, Run
 from proxy.plugin import Plugin
+from proxy.relay import Relaying, StreamState
+from proxy.relay import _relay_loop as relay_loop
 from proxy.tasks import TaskTracker
 from proxy.testing import host_app
 
 MODEL = "instant-bench"
 BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "max_tokens": 16})
+#: The same request from a client that asks for the usage chunk itself (billing then hides none).
+USAGE_ASKED = orjson.dumps({**orjson.loads(BODY), "stream_options": {"include_usage": True}})
 ANSWER = orjson.dumps(
     {
         "id": "chatcmpl-bench",
@@ -182,9 +194,91 @@ async def _billed(backend: str) -> AsyncIterator[tuple[Pipeline, str, TaskTracke
             await tracker.drain(30)
 
 
+def _stream(events: int) -> list[bytes]:
+    """`events` raw SSE events: content chunks, then a finish, a usage chunk and [DONE]."""
+    return [
+        b"data: " + (CHUNK if i < events - len(TAIL) else TAIL[i - events + len(TAIL)]) + b"\n\n" for i in range(events)
+    ]
+
+
+async def _events(run: Run, events: int) -> None:
+    """Pass `events` fresh events (`json` is parsed at most once per event) to the plugins,
+    as `proxy.relay`'s loop does: by them when their `EventFilter`s let it, through them
+    otherwise, and not at all when no plugin has `on_event`."""
+    dispatch = run.open_stream() if run.event_hooks else run.event
+    filtering = run.filters is not None
+    gate, needle, keep, room = run.passing() if filtering else (EVERY_EVENT, None, None, 0)
+    for raw in _stream(events):
+        item = SSEEvent(raw[6:-2].decode(), raw=raw)
+        if not run.event_hooks:
+            continue
+        if (
+            gate is not EVERY_EVENT
+            and room > 0
+            and (
+                gate is None
+                or (needle is not None and needle not in item.data)
+                or (gate is not ANY_RAW and gate(item.raw) is None)
+            )
+        ):
+            room -= 1
+            if keep is not None:
+                keep(item.raw)
+            continue
+        await dispatch(item)
+        if filtering:
+            gate, needle, keep, room = run.passing()
+
+
+class _Upstream:
+    """An upstream response whose body is one chunk per event, already received."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.content = self
+        self._chunks = iter(chunks)
+
+    async def readany(self) -> bytes:
+        """The next chunk (b"" at the end)."""
+        return next(self._chunks, b"")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class _Client:
+    """The client's side: an open transport, and a response whose writes return at once."""
+
+    transport = None
+
+    def is_closing(self) -> bool:
+        """Never: the client reads everything."""
+        return False
+
+    async def write(self, data: bytes) -> None:
+        """Accepted at once."""
+
+
+async def _relay(ctx: RequestContext, run: Run, events: int) -> None:
+    """Relay `events` events through `proxy.relay`'s loop itself (SSE parsing, end and
+    error detection, the plugins, writes to a client that accepts at once)."""
+    client = _Client()
+    client.transport = client  # type: ignore[assignment]
+    upstream = _Upstream(_stream(events))
+    relaying = Relaying(upstream, None)  # type: ignore[arg-type]
+    await relay_loop(client, client, upstream, ctx, run, StreamState(), None, relaying)  # type: ignore[arg-type]
+
+
 async def _rounds(
-    backend: str, requests: int, concurrency: int, rounds: int, callgrind: bool, events: int = 0
+    backend: str,
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    callgrind: bool,
+    events: int = 0,
+    relay: bool = False,
+    usage_asked: bool = False,
 ) -> list[tuple[float, float]]:
+    body = USAGE_ASKED if usage_asked else BODY
     async with _billed(backend) as (pipeline, clear, tracker):
         ids = RequestIds()
         headers = CIMultiDictProxy(
@@ -202,8 +296,8 @@ async def _rounds(
                 query,
                 headers,
                 "127.0.0.1",
-                BODY,
-                orjson.loads(BODY),
+                body,
+                orjson.loads(body),
                 MODEL,
                 events > 0,
                 api_key=clear,
@@ -213,12 +307,10 @@ async def _rounds(
             await asyncio.sleep(0)  # the upstream's answer is a loop turn or two away
             await asyncio.sleep(0)
             ctx.upstream, ctx.status = UpstreamInfo("instant", MODEL, 1), 200
-            if events:
-                # `events` in all: content chunks, then a finish, a usage chunk and [DONE];
-                # each a fresh event (`json` is parsed at most once per event).
-                for i in range(events):
-                    chunk = CHUNK if i < events - len(TAIL) else TAIL[i - events + len(TAIL)]
-                    await run.event(SSEEvent(chunk.decode(), raw=b"data: " + chunk + b"\n\n"))
+            if events and relay:
+                await _relay(ctx, run, events)
+            elif events:
+                await _events(run, events)
             else:
                 await run.body(ANSWER)
             run.complete(Outcome(EndReason.COMPLETED, 200, events))
@@ -258,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--callgrind", action="store_true", help="switch callgrind's instrumentation on for each round")
     p.add_argument("--events", type=int, default=0, help="stream N events per request (default 0: not streamed)")
+    p.add_argument("--relay", action="store_true", help="relay the events through proxy.relay's loop (with --events)")
+    p.add_argument(
+        "--usage-asked", action="store_true", help="the client asks for the usage chunk (billing hides none)"
+    )
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -265,7 +361,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    results = runner(_rounds(args.backend, args.requests, args.concurrency, args.rounds, args.callgrind, args.events))
+    results = runner(
+        _rounds(
+            args.backend,
+            args.requests,
+            args.concurrency,
+            args.rounds,
+            args.callgrind,
+            args.events,
+            args.relay,
+            args.usage_asked,
+        )
+    )
     for i, (cpu, wall) in enumerate(results):
         print(f"{args.backend} round {i + 1}: {cpu:.1f} us CPU per request, {wall:.1f} us wall")
     return 0

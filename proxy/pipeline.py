@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import orjson
-from multidict import CIMultiDict
 
 from proxy.context import Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
-from proxy.plugin import DROP, Plugin, Reject
+from proxy.event_filter import EventFilter, StreamFilters
+from proxy.hook_checks import header_problem, reject_problem
+from proxy.plugin import DROP, Drop, Plugin, Reject
 from proxy.tasks import TaskTracker
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ HOOKS = (
     "on_request",
     "on_response_headers",
     "on_event",
+    "event_filter",
     "on_body",
     "on_complete",
     "on_error",
@@ -77,39 +79,6 @@ def _wrong(plugin: Plugin, hook: str, value: object, expected: str) -> HookResul
     return HookResultError(f"{hook_name(plugin, hook)} returned {type(value).__name__}; expected {expected}")
 
 
-def _bad_header(headers: CIMultiDict[str], where: str) -> str | None:
-    for name, value in headers.items():
-        if not isinstance(value, str):
-            return f"ctx.{where}[{name!r}] is a {type(value).__name__}, not a str"
-        if "\n" in value or "\r" in value or "\x00" in value or "\n" in name or "\r" in name:
-            return f"ctx.{where}[{name!r}] contains a line break or NUL"
-    return None
-
-
-def header_problem(ctx: RequestContext) -> str | None:
-    """Why the headers plugins set on `ctx` cannot be sent, or None (the usual case, cheaply)."""
-    if ctx.upstream_headers:
-        problem = _bad_header(ctx.upstream_headers, "upstream_headers")
-        if problem is not None:
-            return problem
-    if ctx.response_headers:
-        return _bad_header(ctx.response_headers, "response_headers")
-    return None
-
-
-def reject_problem(exc: Reject) -> str | None:
-    """Why a `Reject` cannot be answered as it is (a status that is not an error, a header
-    that cannot be sent), or None."""
-    if not (type(exc.status) is int and 400 <= exc.status <= 599):
-        return f"Reject status must be an int from 400 to 599, got {exc.status!r}"
-    if not (isinstance(exc.code, str) and isinstance(exc.message, str)):
-        return "Reject code and message must be strings"
-    for name, value in exc.headers.items():
-        if not (isinstance(name, str) and isinstance(value, str)) or "\n" in name + value or "\r" in name + value:
-            return f"Reject header {name!r} must be a str without line breaks"
-    return None
-
-
 class Pipeline:
     """The ordered plugins, with per-hook lists of only the plugins that override each hook."""
 
@@ -120,6 +89,8 @@ class Pipeline:
         rev = tuple(reversed(self.plugins))
         self.header_hooks = tuple(p for p in rev if overrides(p, "on_response_headers"))
         self.event_hooks = tuple(p for p in rev if overrides(p, "on_event"))
+        #: The plugins among `event_hooks` that declare what they see (`Plugin.event_filter`).
+        self.filter_hooks = tuple(p for p in self.event_hooks if overrides(p, "event_filter"))
         self.body_hooks = tuple(p for p in rev if overrides(p, "on_body"))
         self.complete_hooks = tuple(p for p in rev if overrides(p, "on_complete"))
         self.error_hooks = tuple(p for p in rev if overrides(p, "on_error"))
@@ -148,7 +119,7 @@ class Run:
     stops at the first failure, so the entered plugins are always the first `entered` ones.
     """
 
-    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks")
+    __slots__ = ("pipeline", "ctx", "entered", "skipped", "finished", "event_hooks", "filters")
 
     def __init__(self, pipeline: Pipeline, ctx: RequestContext) -> None:
         self.pipeline = pipeline
@@ -157,6 +128,8 @@ class Run:
         self.skipped = _NONE_SKIPPED
         self.finished = False
         self.event_hooks = pipeline.event_hooks
+        #: Set by `open_stream` when a plugin declared an `EventFilter`.
+        self.filters: StreamFilters | None = None
 
     async def request(self) -> None:
         """Run `on_request` in order. Raises Reject, or PluginFailed (fail closed).
@@ -228,7 +201,10 @@ class Run:
                 self._response_failure(plugin, "on_response_headers", exc)
 
     async def event(self, event: SSEEvent) -> SSEEvent | None:
-        """Pass one event through `on_event` in reverse order; None means dropped."""
+        """Pass one event through `on_event` in reverse order; None means dropped.
+
+        Every plugin sees every event: use what `open_stream` returns, which honours the
+        plugins' `EventFilter`s."""
         ctx = self.ctx
         direct = self.pipeline.direct
         current = event
@@ -249,6 +225,74 @@ class Run:
                 continue
             current = out
         return current
+
+    def open_stream(self) -> Callable[[SSEEvent], Awaitable[SSEEvent | None]]:
+        """Before a stream's first event: ask each plugin that overrides `event_filter` what
+        its `on_event` should see (a failure is the plugin's, in `on_event`'s phase).
+
+        Returns what passes one event through the plugins for this stream: `event`, or
+        `filtered_event` when a plugin declared an `EventFilter` (then see `passing`)."""
+        if not self.pipeline.filter_hooks:
+            return self.event
+        filters: dict[int, EventFilter] = {}
+        for plugin in self.pipeline.filter_hooks:
+            if plugin not in self.event_hooks:
+                continue  # skipped after a failure
+            try:
+                declared = plugin.event_filter(self.ctx)
+                if declared is not None and not isinstance(declared, EventFilter):
+                    raise _wrong(plugin, "event_filter", declared, "an EventFilter or None")
+            except Exception as exc:
+                self._response_failure(plugin, "on_event", exc)
+                continue
+            if declared is not None:
+                filters[id(plugin)] = declared
+        if not filters:
+            return self.event
+        self.filters = StreamFilters(filters)
+        self.filters.plan(self.event_hooks)
+        return self.filtered_event
+
+    def passing(self) -> tuple[Any, str | None, Callable[[bytes], None] | None, int]:
+        """For the relay to pass events by the plugins without a call, when they all declared
+        a filter: `gate`, `needle` (`StreamFilters`), `keep` (keeps a passed-by event on the
+        tapes) and `room`: how many may pass by before one must go through `filtered_event`
+        (so that a full tape's plugin is called). Read again after each `filtered_event`."""
+        filters = self.filters
+        assert filters is not None
+        return filters.gate, filters.needle, filters.keep, filters.room()
+
+    async def filtered_event(self, event: SSEEvent) -> SSEEvent | None:
+        """`event`, honouring each plugin's `EventFilter`: its tape keeps the event as it
+        reached the plugin, and its `on_event` runs only when the pattern matches (or the
+        tape is full). A plugin that declared nothing sees every event."""
+        filters = self.filters
+        assert filters is not None
+        current = event
+        for plugin in self.event_hooks:
+            if not filters.wanted(plugin, current):
+                continue
+            out = await self._one_event(plugin, current)
+            if out is None:
+                continue
+            if out is DROP:
+                return None
+            current = out  # type: ignore[assignment]
+        return current
+
+    async def _one_event(self, plugin: Plugin, event: SSEEvent) -> SSEEvent | Drop | None:
+        """One plugin's `on_event`, checked: an SSEEvent, DROP, or None (unchanged or failed)."""
+        try:
+            if self.pipeline.direct:
+                out = await plugin.on_event(self.ctx, event)
+            else:
+                out = await self._call(plugin, "on_event", plugin.on_event(self.ctx, event))
+            if out is None or out is DROP or isinstance(out, SSEEvent):
+                return out
+            raise _wrong(plugin, "on_event", out, "an SSEEvent, None (unchanged) or DROP")
+        except Exception as exc:
+            self._response_failure(plugin, "on_event", exc)
+            return None
 
     async def body(self, body: bytes) -> bytes:
         """Pass a non-streamed body through `on_body` in reverse order."""
@@ -321,6 +365,8 @@ class Run:
             raise PluginFailed(plugin, hook, exc) from exc
         self.skipped = self.skipped | {id(plugin)}
         self.event_hooks = tuple(p for p in self.event_hooks if p is not plugin)
+        if self.filters is not None:
+            self.filters.plan(self.event_hooks)
 
     async def _call(self, plugin: Plugin, hook: str, aw: Awaitable[Any]) -> Any:
         """Await one hook call within the plugin's `timeout` (when it has one), timed when

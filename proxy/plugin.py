@@ -33,6 +33,7 @@ from proxy.context import (
     UpstreamResponse,
     UpstreamTarget,
 )
+from proxy.event_filter import EventFilter, EventTape
 
 __all__ = [
     "DROP",
@@ -40,6 +41,8 @@ __all__ = [
     "Drop",
     "EndReason",
     "Endpoint",
+    "EventFilter",
+    "EventTape",
     "NoConfig",
     "Outcome",
     "Plugin",
@@ -170,6 +173,23 @@ class Plugin:
         not see it). An event passed on unchanged is relayed as its original bytes. Also
         fires for events read while draining after a client disconnect (they are not
         relayed). Any other return value is a failure. Error policy: see `critical`.
+        A plugin that declares an `EventFilter` (`event_filter`) is called only on the
+        events its filter lets through; the others pass it unchanged.
+        """
+        return None
+
+    def event_filter(self, ctx: RequestContext) -> EventFilter | None:
+        """Declare which events of this streamed response `on_event` needs to see.
+
+        Called once per streamed response, before its first event, for a plugin that
+        overrides `on_event` (and is not skipped). Return None (the default) to see every
+        event, or an `EventFilter`: a bytes pattern the relay tests (in C) on each event's
+        raw bytes, so that `on_event` runs only on the events it matches, and optionally an
+        `EventTape` on which the relay keeps every event that reached this plugin, for it
+        to read when it needs them. Events `on_event` does not see pass it unchanged; the
+        order of the hooks, `DROP` and the error policy are as for `on_event`. Costs the
+        relay a pattern search per event instead of a hook call. An exception or a wrong
+        return value is a failure in `on_event`.
         """
         return None
 

@@ -13,23 +13,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from proxy.context import EndReason, Outcome, RequestContext
+from proxy.context import EndReason, Outcome, RequestContext, SSEEvent
 from proxy.dialects import is_error_event, is_terminal
+from proxy.event_filter import ANY_RAW, EVERY_EVENT
 from proxy.pipeline import PluginFailed, Run
 from proxy.respond import CLIENT_GONE, PLUGIN_FAILED, internal_message, stream_error
 from proxy.sse import SSEOverflow, SSEParser
+from proxy.upstream_read import UPSTREAM_READ_ERRORS, IdleWatch, UpstreamIdle, read_body, read_chunk
 
 log = logging.getLogger(__name__)
 
-#: Errors reading from the upstream mid-response: a reset, a timeout, a broken payload.
-UPSTREAM_READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-
-__all__ = ["CLIENT_GONE", "UPSTREAM_READ_ERRORS", "ActiveStreams", "pump_stream", "read_body", "read_chunk"]
+__all__ = [
+    "CLIENT_GONE",
+    "UPSTREAM_READ_ERRORS",
+    "ActiveStreams",
+    "IdleWatch",
+    "UpstreamIdle",
+    "pump_stream",
+    "read_body",
+    "read_chunk",
+]
 
 
 @dataclass(slots=True)
@@ -247,6 +256,11 @@ async def _relay_loop(
     parser = SSEParser()
     endpoint = ctx.endpoint
     reader = upstream.content
+    dispatch = run.open_stream() if run.event_hooks else run.event
+    # Plugins that declared an `EventFilter`: an event no pattern matches passes them by
+    # here, kept on their tapes, without a call (`Run.filtered_event` when one matches).
+    filtering = run.filters is not None
+    gate, needle, keep, room = run.passing() if filtering else (EVERY_EVENT, None, None, 0)
     while True:
         chunk = await read_chunk(reader, watch)
         if not chunk:
@@ -256,7 +270,7 @@ async def _relay_loop(
             # plugins must not meter them as delivered (`partial` bills what was relayed).
             st.client_gone = True
             if ctx.drain_on_disconnect and relaying.stopped is None:
-                await _drain(reader, parser, ctx, run, st, chunk)
+                await _drain(reader, parser, ctx, run, st, dispatch, chunk)
             return
         out: list[bytes] = []
         for item in parser.feed(chunk):
@@ -269,13 +283,29 @@ async def _relay_loop(
             elif is_error_event(endpoint, item):
                 st.errored = True
             if run.event_hooks:
+                if (
+                    gate is not EVERY_EVENT
+                    and room > 0
+                    and (
+                        gate is None
+                        or (needle is not None and needle not in item.data)
+                        or (gate is not ANY_RAW and gate(item.raw) is None)
+                    )
+                ):
+                    room -= 1
+                    if keep is not None:
+                        keep(item.raw)
+                    out.append(item.raw)
+                    continue
                 try:
-                    passed = await run.event(item)
+                    passed = await dispatch(item)
                 except PluginFailed:
                     # What every plugin passed before the failure still reaches the client.
                     if out:
                         await _write(resp, b"".join(out), ctx, st, relaying)
                     raise
+                if filtering:
+                    gate, needle, keep, room = run.passing()
                 if passed is None:
                     continue
                 item = passed
@@ -283,7 +313,7 @@ async def _relay_loop(
         if out and not await _write(resp, b"".join(out), ctx, st, relaying):
             if not ctx.drain_on_disconnect or relaying.stopped is not None:
                 return
-            await _drain(reader, parser, ctx, run, st)
+            await _drain(reader, parser, ctx, run, st, dispatch)
             return
     rest = parser.flush()
     tail = b"".join(i for i in rest if isinstance(i, bytes))
@@ -318,6 +348,7 @@ async def _drain(
     ctx: RequestContext,
     run: Run,
     st: StreamState,
+    dispatch: Callable[[SSEEvent], Awaitable[SSEEvent | None]],
     pending: bytes = b"",
 ) -> None:
     """After a client left: keep reading (not relaying) within the time and byte bounds,
@@ -341,81 +372,6 @@ async def _drain(
                     elif is_error_event(ctx.endpoint, item):
                         st.errored = True
                     if run.event_hooks:
-                        await run.event(item)
+                        await dispatch(item)
     except TimeoutError:
         st.error = "drain timed out"
-
-
-class IdleWatch:
-    """Closes an upstream response that has been silent for `idle` seconds.
-
-    aiohttp's own `sock_read` timer is not enough: when its parser rejects the framing (a
-    bad chunk size), it drops that timer and leaves the body reader waiting forever with no
-    error. One timer per response, re-armed lazily, costs a clock read per chunk; an
-    `asyncio.timeout` around every read cost about 6 µs per chunk on the hot path.
-    """
-
-    __slots__ = ("_loop", "_idle", "_last", "_handle", "_upstream", "fired")
-
-    def __init__(self, upstream: aiohttp.ClientResponse, idle: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle = idle
-        self._upstream = upstream
-        self._last = self._loop.time()
-        self._handle = self._loop.call_at(self._last + idle, self._check)
-        self.fired = False
-
-    def touch(self) -> None:
-        """Bytes arrived: the silence starts again now."""
-        self._last = self._loop.time()
-
-    def _check(self) -> None:
-        due = self._last + self._idle
-        if self._loop.time() >= due:
-            self.fired = True
-            self._upstream.close()
-        else:
-            self._handle = self._loop.call_at(due, self._check)
-
-    def cancel(self) -> None:
-        """Stop watching (the response ended)."""
-        self._handle.cancel()
-
-
-async def read_chunk(reader: aiohttp.StreamReader, watch: IdleWatch | None) -> bytes:
-    """The next upstream bytes (b"" at EOF). Raises `UpstreamIdle` when `watch` fired."""
-    try:
-        chunk = await reader.readany()
-    except UPSTREAM_READ_ERRORS:
-        if watch is not None and watch.fired:
-            raise UpstreamIdle() from None
-        raise
-    if watch is not None:
-        if watch.fired:
-            raise UpstreamIdle()
-        watch.touch()
-    return chunk
-
-
-class UpstreamIdle(asyncio.TimeoutError):
-    """The upstream sent nothing for longer than its `read_timeout`."""
-
-    def __init__(self) -> None:
-        super().__init__("upstream silent for longer than its read_timeout")
-
-
-async def read_body(upstream: aiohttp.ClientResponse, limit: int, idle: float | None = None) -> bytes:
-    """Read a whole non-streamed upstream body, refusing one larger than `limit`."""
-    chunks: list[bytes] = []
-    size = 0
-    watch = IdleWatch(upstream, idle) if idle is not None else None
-    try:
-        while chunk := await read_chunk(upstream.content, watch):
-            size += len(chunk)
-            if size > limit:
-                raise ValueError(f"upstream body larger than {limit} bytes")
-            chunks.append(chunk)
-    finally:
-        if watch is not None:
-            watch.cancel()
-    return b"".join(chunks)

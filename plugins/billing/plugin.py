@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -50,6 +51,7 @@ from proxy.plugin import (
     Drop,
     Endpoint,
     EndReason,
+    EventFilter,
     Outcome,
     Plugin,
     ProxyError,
@@ -69,6 +71,10 @@ _MODERATIONS = Endpoint.MODERATIONS
 _REASON_TEXT = {reason: reason.value for reason in EndReason}  # `.value` is a Python property call
 #: The model OpenAI moderates with when a request names none: priced (or free) as that.
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+#: Where a usage object may start: the events `on_event` must see to hide a usage chunk.
+_USAGE_CHUNK = re.compile(rb'usage"\s*:\s*\{')
+#: An unbilled stream: `on_event` sees none of its events, none are kept.
+_NO_EVENTS = EventFilter()
 #: A key's model allowlist, kept for `on_body` to narrow `/v1/models` to it.
 MODEL_ALLOWLIST = StateKey[tuple[str, ...]]("billing.model_allowlist")
 
@@ -304,12 +310,23 @@ class BillingPlugin(Plugin):
             raise RuntimeError("billing plugin used before its lifespan started")
         return self._tasks_side
 
+    def event_filter(self, ctx: RequestContext) -> EventFilter:
+        """The relay keeps a billed stream's events on the meter's tape (read when the
+        response ends, `plugins.billing.stream_meter`); `on_event` sees only the events that
+        may be a usage chunk to hide, or none."""
+        st = ctx.state.get(BILLING)
+        if st is None:
+            return _NO_EVENTS
+        if st.hide_usage:
+            return EventFilter(_USAGE_CHUNK, st.meter.tape, substring="usage")
+        return EventFilter(None, st.meter.tape)
+
     async def on_event(self, ctx: RequestContext, event: SSEEvent) -> Drop | None:
         """Meter each event; drop the usage chunk the client did not ask for."""
         st = ctx.state.get(BILLING)
         if st is None:
             return None
-        st.meter.add(event)  # read when the response ends (plugins.billing.stream_meter)
+        st.meter.see(event)  # read when the response ends (plugins.billing.stream_meter)
         if st.hide_usage and "usage" in event.data:
             payload = event.json
             if type(payload) is dict and payload.get("choices") == [] and payload.get("usage"):
