@@ -277,7 +277,7 @@ class Run:
                 continue
             if out is DROP:
                 return None
-            current = out  # type: ignore[assignment]
+            current = out
         return current
 
     async def _one_event(self, plugin: Plugin, event: SSEEvent) -> SSEEvent | Drop | None:

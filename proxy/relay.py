@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -260,6 +261,9 @@ async def _relay_loop(
     # Plugins that declared an `EventFilter`: an event no pattern matches passes them by
     # here, kept on their tapes, without a call (`Run.filtered_event` when one matches).
     filtering = run.filters is not None
+    gate: Any
+    needle: str | None
+    keep: Callable[[bytes], None] | None
     gate, needle, keep, room = run.passing() if filtering else (EVERY_EVENT, None, None, 0)
     while True:
         chunk = await read_chunk(reader, watch)
