@@ -38,13 +38,14 @@ from plugins.billing.price_table import PriceTable
 from plugins.billing.prices import health as channel_health
 from plugins.billing.prices.wiring import Pricing
 from plugins.billing.request_state import BILLING, Billing, ask_for_usage, log_details, metered, refusal
-from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Store, StoreError, StoreUnavailable, User
+from plugins.billing.store.base import ApiKey, Hold, HoldRefusal, LogDetails, Store, StoreUnavailable, User
 from plugins.billing.stream_meter import StreamMeter
 from plugins.billing.sweeper import InflightSweeper
 from plugins.billing.tasks.apis import TaskApis
 from plugins.billing.tasks.engine import TaskEngine
 from plugins.billing.tasks.requests import TASK_ENDPOINTS, TaskRequests
 from plugins.billing.tokenizer import Tokenizer
+from plugins.billing.upkeep import replay_outboxes, upkeep_forever
 from proxy.host import TaskTracker, host_of
 from proxy.plugin import (
     DROP,
@@ -149,11 +150,14 @@ class BillingPlugin(Plugin):
             host.metrics.register(self.money)
             price_poll = await self.pricing.start(app, store)
             pages.install(app, self.web)
-            await self._replay()
+            await replay_outboxes(self._settler)
             if self.config.first_run_demo:
                 await ensure_demo_user(store, self.config)
             services = [
-                host.tasks.spawn_service(self._replay_forever(), name="billing-outbox-replay"),
+                host.tasks.spawn_service(
+                    upkeep_forever(self._settler, self._sweeper, store, self.config.outbox_replay_every),
+                    name="billing-outbox-replay",
+                ),
                 host.tasks.spawn_service(
                     self._live.checkpoint_forever(store, self.config.checkpoint_every), name="billing-checkpoints"
                 ),
@@ -174,27 +178,6 @@ class BillingPlugin(Plugin):
         """The price list and editor (`/api/pricing`, `/api/admin/prices` and their pages), the
         user API, the dashboard, and the admin API and console (`plugins.billing.web`)."""
         return [*self.pricing.routes(), *pages.routes(self.web)]
-
-    async def _replay(self) -> None:
-        assert self._settler is not None
-        try:
-            replayed = await self._settler.replay()
-        except OSError as exc:
-            log.error("billing: cannot read the outbox: %s", exc)
-            return
-        if replayed:
-            log.warning("billing: replayed %d pending resolutions from the outbox", replayed)
-
-    async def _replay_forever(self) -> None:
-        """Now and then: replay dead instances' outboxes (they may never restart), and
-        resolve this instance's own stray holds (see `plugins.billing.sweeper`)."""
-        while True:
-            await asyncio.sleep(self.config.outbox_replay_every)
-            await self._replay()
-            try:
-                await self._sweeper.sweep(self.store)
-            except StoreError as exc:
-                log.error("billing: stray-hold sweep failed: %s", exc)
 
     @property
     def table(self) -> PriceTable:
