@@ -8,7 +8,8 @@ waits on the store.
 
 Exposed (all prefixed `weir_billing_`):
 - `charged_quota_total{model,group}`, `charged_usd_total{model,group}`, `charges_total{model,group}`
-- `releases_total{reason}`: holds given back in full (nothing delivered, or a 0 charge)
+- `releases_total{reason}`: holds given back in full (nothing delivered, or a 0 charge);
+  async tasks count here too when they end (a capture, or a release by their end reason)
 - `open_holds{scope}` and `open_hold_oldest_seconds{scope}`: `scope="instance"` is this
   process's requests between hold and settlement; `scope="store"` every instance's
 - `hold_seconds`, `settle_seconds`: histograms of the store's hold and settlement latency
@@ -87,6 +88,17 @@ class MoneyMetrics(Collector):
         if quota <= 0:
             self.released("zero_charge")
             return
+        self._charged(model, group, quota)
+
+    def task_ended(self, model: str, group: str, quota: int, reason: str) -> None:
+        """Count an async task's end: a capture of `quota` units, or (nothing charged) a
+        release by its end reason (`failed`, `deleted`, ...)."""
+        if quota > 0:
+            self._charged(model, group, quota)
+        else:
+            self.released(reason)
+
+    def _charged(self, model: str, group: str, quota: int) -> None:
         tally = self.charges.get((model, group))
         if tally is None:
             tally = self.charges[(model, group)] = [0, 0]

@@ -98,8 +98,9 @@ class BillingPlugin(Plugin):
         self.pricing = Pricing(self.config, self.prices)
         self.book = self.pricing.book
         self.tokenizer = Tokenizer()
+        # A model's output limit comes from the bundled reference data, used for prices or not.
         self.estimator = Estimator(
-            self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self._max_output
+            self.tokenizer, self.config.quota_per_usd, self.config.default_output_reserve, self.prices.max_output_tokens
         )
         self.keys = KeyCache(self.config.auth_cache_ttl)
         #: What billing's pages and HTTP API read (`plugins.billing.web`).
@@ -115,10 +116,6 @@ class BillingPlugin(Plugin):
         self.money.live = self._live.holds
         self._tasks_side: TaskRequests | None = None
 
-    def _max_output(self, model: str) -> int | None:
-        # The reference data is bundled whether or not it is used for prices.
-        return self.prices.max_output_tokens(model)
-
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """Open the ledger store (`plugins.billing.ledger`), bind to the host's task tracker,
         replay the outbox, and on an empty store (with `first_run_demo`) create the demo user.
@@ -133,7 +130,9 @@ class BillingPlugin(Plugin):
             )
             self._sweeper = InflightSweeper(self._instance)
             qpu = self.config.quota_per_usd
-            engine = TaskEngine(store, host, self.config.tasks, TaskApis(host.config.task_apis))
+            engine = TaskEngine(
+                store, host, self.config.tasks, TaskApis(host.config.task_apis), on_end=self.money.task_ended
+            )
             self._tasks_side = TaskRequests(
                 engine,
                 lambda: self.book.current,

@@ -76,13 +76,21 @@ class TaskEngine:
     """Ends tasks and polls them (see the module docstring)."""
 
     def __init__(
-        self, store: Store, host: Host, config: TasksConfig, apis: TaskApis, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        host: Host,
+        config: TasksConfig,
+        apis: TaskApis,
+        clock: Callable[[], float] = time.time,
+        on_end: Callable[[str, str, int, str], None] | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.config = config
         self.apis = apis
         self.clock = clock
+        #: Told (model, group, quota charged, end reason) of each task's end, once (the metrics).
+        self.on_end = on_end
 
     async def end(
         self,
@@ -109,6 +117,8 @@ class TaskEngine:
             return None
         if ended.first:
             log.info("task %s ended: %s, charged %d of %d held", task.id, reason, ended.resolution.charged, task.amount)
+            if self.on_end is not None:
+                self.on_end(task.model, task.group, ended.resolution.charged, reason)
         return ended
 
     async def observe(self, task: Task, seen: Observation) -> TaskEnd | None:

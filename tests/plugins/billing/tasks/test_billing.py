@@ -277,3 +277,32 @@ async def test_the_price_list_shows_task_prices(tasks: TasksFactory) -> None:
         models = {m["model"]: m for m in (await r.json())["models"]}
     assert (models["sora-2"]["unit"], models["sora-2"]["price"]) == ("per_task", {"per_second": "0.1"})
     assert models["chirp-v3-5"]["price"]["per_request"] == "0.1" and models["chirp-v3-5"]["price"]["input"] == "1"
+
+
+async def test_task_ends_show_in_the_money_metrics(tasks: TasksFactory) -> None:
+    """A completed task counts as a charge of its price for (model, group); a failed one as
+    a release by its end reason; each once, however many reads saw the end."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t = await tasks()
+    video = await t.openai().videos.create(prompt="a weir", model="sora-2", seconds="4")
+    await t.poll_until(f"/v1/videos/{video.id}", lambda b: b["status"] == "completed")
+    await t.poll_until(f"/v1/videos/{video.id}", lambda b: b["status"] == "completed")  # a second read of the end
+    await t.ended(video.id)
+    t.upstream.tasks.script = "failed"
+    status, failed = await t.call("POST", "/v1/videos", json={"prompt": "x", "seconds": "4"})
+    assert status == 200
+    await t.poll_until(f"/v1/videos/{failed['id']}", lambda b: b["status"] == "failed")
+    await t.ended(failed["id"])
+    async with aiohttp.ClientSession() as s, s.get(t.proxy.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    got = {
+        (m.name, tuple(sorted(m.labels.items()))): m.value
+        for family in text_string_to_metric_families(text)
+        for m in family.samples
+    }
+    labels = (("group", "default"), ("model", "sora-2"))
+    assert got[("weir_billing_charged_quota_total", labels)] == SORA_4S
+    assert got[("weir_billing_charges_total", labels)] == 1
+    assert got[("weir_billing_releases_total", (("reason", "failed"),))] == 1
