@@ -258,17 +258,20 @@ _STOPPED_WAIT = 4.0
 
 
 async def _graceful_shutdown(app: web.Application) -> None:
-    """Let in-flight streams finish for `server.shutdown_grace` seconds, then end them.
+    """Let in-flight requests finish for `server.shutdown_grace` seconds, then end the
+    streams still relaying.
 
-    Ending one aborts its client connection too, so a relay waiting on a client that stopped
-    reading returns at once and delivers its terminal hook (outcome `shutdown`, the partial
-    charge) before this returns: only then does aiohttp start its own timeout, after which
-    it cancels handlers. Settlement runs in tracked tasks, which `_tracker_ctx` drains."""
+    The grace waits for every request being served, not only for those already relaying: a
+    request between its hold and the upstream's first byte would otherwise find the relays
+    stopped when it starts its own, and be cut at once. Ending a stream aborts its client
+    connection too, so a relay waiting on a client that stopped reading returns at once and
+    delivers its terminal hook (outcome `shutdown`, the partial charge) before this returns:
+    only then does aiohttp start its own timeout, after which it cancels handlers. Settlement runs in tracked tasks, which `_tracker_ctx` drains."""
     app[keys.SHUTDOWN].set()
-    active = app[ACTIVE]
+    active, handler = app[ACTIVE], app[HANDLER]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + app[keys.CONFIG].server.shutdown_grace
-    while active.streams and loop.time() < deadline:
+    while (active.streams or handler.in_flight) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     active.abort_all()
     deadline = loop.time() + _STOPPED_WAIT

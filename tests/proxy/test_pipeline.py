@@ -238,6 +238,32 @@ async def test_shutdown_during_stream(make_proxy: Any, fake_upstream: Any) -> No
     assert {r for _, _, r in terminals(journal)} == {EndReason.SHUTDOWN}
 
 
+async def test_shutdown_gives_its_grace_to_a_stream_not_yet_started(make_proxy: Any, fake_upstream: Any) -> None:
+    """A request still waiting for the upstream's headers when shutdown begins gets the
+    grace as a relaying one does: its stream is relayed whole, not cut as it starts."""
+    journal: list[tuple[str, str, Any]] = []
+    fake_upstream.behaviour.stall_before_headers = 0.3
+    proxy = await make_proxy(plugins=[Recorder("A", journal)])
+
+    async def upstream_has_it() -> None:
+        while not fake_upstream.requests:
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as s:
+
+        async def call() -> tuple[int, bytes]:
+            async with s.post(proxy.url + "/v1/chat/completions", json=STREAM) as r:
+                return r.status, await r.read()
+
+        answer = asyncio.create_task(call())
+        await asyncio.wait_for(upstream_has_it(), 30)  # in flight, no relay yet
+        await proxy.stop()  # shutdown_grace is 1 s in the harness
+        status, body = await answer
+    assert status == 200 and body.rstrip().endswith(b"data: [DONE]")
+    assert_one_terminal_each(journal, ["A"])
+    assert {r for _, _, r in terminals(journal)} == {EndReason.COMPLETED}
+
+
 async def test_event_drop_and_replace(make_proxy: Any, fake_upstream: Any) -> None:
     class Rewriter(Plugin):
         name = "rewriter"
