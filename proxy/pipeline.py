@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from proxy.context import Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
+from proxy.context import EndReason, Outcome, ProxyError, RequestContext, SSEEvent, UpstreamResponse
 from proxy.event_filter import EventFilter, StreamFilters
 from proxy.hook_checks import header_problem, reject_problem
 from proxy.plugin import DROP, Drop, Plugin, Reject
@@ -110,6 +110,7 @@ class Pipeline:
 
 
 _NONE_SKIPPED: frozenset[int] = frozenset()
+_REASON_TEXT = {reason: reason.value for reason in EndReason}  # `.value` is a Python-level call
 
 
 class Run:
@@ -322,7 +323,7 @@ class Run:
         keep-alive connection, and shutdown waits for it.
         """
         if self._claim():
-            self.ctx.end_reason = outcome.reason.value
+            self.ctx.end_reason = _REASON_TEXT[outcome.reason]
             self.ctx.events_relayed = outcome.events
             self.pipeline.tracker.spawn(
                 self._terminal("on_complete", self.pipeline.complete_plan, outcome),
@@ -332,7 +333,7 @@ class Run:
     def error(self, error: ProxyError) -> None:
         """Deliver `on_error` to every entered plugin, once, in a tracked task."""
         if self._claim():
-            self.ctx.end_reason = error.reason.value
+            self.ctx.end_reason = _REASON_TEXT[error.reason]
             self.pipeline.tracker.spawn(
                 self._terminal("on_error", self.pipeline.error_plan, error),
                 name=f"error:{self.ctx.request_id}",

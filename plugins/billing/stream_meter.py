@@ -75,7 +75,7 @@ class StreamMeter:
         self._endpoint = endpoint
         self._counter = counter
         self._tape: EventTape | None = None  # made when first needed: streams only
-        self._quick = UsageMeter(endpoint)
+        self._quick: UsageMeter | None = None  # made when first asked: streams only
         self._full: UsageMeter | None = None
         # Per answer: kept events already searched (`usage`, `terminal`, `error`), and
         # whether the answer is known to be True.
@@ -116,12 +116,14 @@ class StreamMeter:
         """The upstream's usage, normalised; None when no usage object was seen."""
         if self._full is not None:
             return self._all().usage
+        quick = self._quick
+        if quick is None:
+            quick = self._quick = UsageMeter(self._endpoint)
         batch, joined = self._unread(0)
         if batch:
-            quick = self._quick
             for event in _events_at(batch, marked(batch, joined)):
                 quick.feed_sse(event.data, _parse(event.data), event.event)
-        return self._quick.usage
+        return quick.usage
 
     @property
     def terminal(self) -> bool:
