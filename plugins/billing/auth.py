@@ -32,22 +32,6 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, ApiKey, User]] = OrderedDict()
-        # Clear key → digest of keys that authenticated: hashing costs ~7k instructions per
-        # request. Deterministic, so never stale; bounded like the entries.
-        self._digests: dict[str, str] = {}
-
-    def digest(self, clear: str) -> str:
-        """`hash_key(clear)`, remembered for keys that authenticated (`remember`)."""
-        found = self._digests.get(clear)
-        return found if found is not None else hash_key(clear)
-
-    def remember(self, clear: str, digest: str) -> None:
-        """Keep `clear`'s digest (a key that authenticated), within `max_entries`."""
-        if self.ttl <= 0:
-            return
-        if len(self._digests) >= self.max_entries:
-            self._digests.clear()
-        self._digests[clear] = digest
 
     def get(self, digest: str) -> tuple[ApiKey, User] | None:
         """The cached pair, if fresh."""
@@ -78,7 +62,7 @@ async def authenticate(
     clear = ctx.api_key
     if not clear:
         raise Reject(401, "invalid_api_key", "no API key: send Authorization: Bearer <key> (or x-api-key)")
-    digest = cache.digest(clear) if cache is not None else hash_key(clear)
+    digest = hash_key(clear)  # no cache keyed by the clear key: only digests are kept
     found = cache.get(digest) if cache is not None else None
     if found is None:
         try:
@@ -90,7 +74,6 @@ async def authenticate(
             raise Reject(401, "invalid_api_key", "the API key is not valid")
         if cache is not None:
             cache.put(digest, key, user)
-            cache.remember(clear, digest)
     else:
         key, user = found
     if user.disabled:
