@@ -74,8 +74,12 @@ class Handler:
     body_timeout: float = 30.0
     trusted: TrustedProxies | None = None  # None unless `server.trusted_proxies` lists some
     ids: RequestIds = field(default_factory=lambda: RequestIds())
-    #: Requests being served now (shutdown's grace waits for them, not only for relays).
+    #: Requests being served now: shutdown's grace waits for them (not only for relays), and
+    #: `weir_inflight_requests` reads it when scraped.
     in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.metrics.inflight.set_function(lambda: self.in_flight)
 
     async def handle(self, request: web.Request, route: Route, model_in_path: str | None = None) -> web.StreamResponse:
         """Serve one proxied API request."""
@@ -85,13 +89,11 @@ class Handler:
             ctx = await self._context(request, route, rid, model_in_path)
         except Reject as exc:  # input refused before any plugin sees it
             return reject_response(route.dialect, exc, rid)
-        self.metrics.inflight.inc()
         self.in_flight += 1
         try:
             resp = await self._run(request, ctx)
         finally:
             self.in_flight -= 1
-            self.metrics.inflight.dec()
             self._record(ctx)
         return resp
 

@@ -236,6 +236,28 @@ async def test_healthz_and_metrics(make_proxy: Any) -> None:
     assert events and float(events[0].split()[-1]) > 3
 
 
+async def test_inflight_gauge_counts_requests_being_served(make_proxy: Any, fake_upstream: MockUpstream) -> None:
+    """`weir_inflight_requests` is 1 while a request waits on the upstream, 0 once it ended."""
+    import asyncio
+
+    proxy = await make_proxy()
+
+    async def inflight() -> float:
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/metrics") as r:
+            line = next(x for x in (await r.text()).splitlines() if x.startswith("weir_inflight_requests "))
+        return float(line.split()[-1])
+
+    assert await inflight() == 0
+    fake_upstream.behaviour.stall_before_headers = 3.0  # room for one local scrape on a busy machine
+    waiting = asyncio.create_task(call(proxy.url, json=CHAT))
+    while not fake_upstream.requests:
+        await asyncio.sleep(0.01)
+    assert await inflight() == 1
+    status, _, _ = await waiting
+    assert status == 200
+    assert await inflight() == 0
+
+
 def test_refuses_public_bind_without_auth_plugin() -> None:
     cfg = parse_config({"server": {"host": "0.0.0.0"}, "upstreams": [{"name": "m", "type": "mock"}]}, env={})
     with pytest.raises(ConfigError, match="server.host"):
