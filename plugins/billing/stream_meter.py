@@ -92,12 +92,6 @@ class StreamMeter:
             tape = self._tape = EventTape(self.KEEP)
         return tape
 
-    def add(self, event: SSEEvent) -> None:
-        """Keep one relayed event (metered later)."""
-        self.tape.raws.append(event.raw)
-        if self.tape.full:
-            self._all()
-
     def see(self, event: SSEEvent) -> None:
         """`on_event` saw `event`: keep it, unless the relay already did (it is then the
         last event on the tape), and hand a full tape to the full meter."""

@@ -39,7 +39,7 @@ def both(endpoint: Endpoint, events: list[tuple[str | None, str]]) -> tuple[Any,
         except ValueError:
             payload = None
         full.feed_sse(data, payload, name)
-        lazy.add(SSEEvent(data, event=name))
+        lazy.see(SSEEvent(data, event=name))
     quick = (lazy.usage, lazy.terminal)  # asked first, as settlement does, before any content
     answers = (full.usage, full.terminal, full.has_content, full.output_count())
     return answers, (*quick, lazy.has_content(), lazy.output_count())
@@ -61,7 +61,7 @@ def test_an_anthropic_error_event_is_seen() -> None:
     ]
     lazy = StreamMeter(Endpoint.MESSAGES)
     for name, data in events:
-        lazy.add(SSEEvent(data, event=name))
+        lazy.see(SSEEvent(data, event=name))
     assert lazy.error and not lazy.terminal
 
 
