@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from plugins.billing.charges import charge_characters, charge_requests, charge_tokens
 from plugins.billing.pricing import ModelPrice
+from plugins.billing.tuples import new_tuple
 from plugins.billing.usage import Usage
 from proxy.plugin import EndReason
 
@@ -73,7 +74,6 @@ class Settlement(NamedTuple):
 # Enum members looked up on the class cost ~1k instructions each (EnumType has a __getattr__).
 _COMPLETED = EndReason.COMPLETED
 _DISCONNECTED = EndReason.CLIENT_DISCONNECTED
-_new_tuple = tuple.__new__
 
 
 def settle(
@@ -89,9 +89,8 @@ def settle(
         chars = metered.prompt_estimate if finished or metered.content() else 0
         return Settlement(charge_characters(price, chars, multiplier, quota_per_usd), Usage(chars), "request")
     usage, source = _usage_for(finished, metered)
-    # `tuple.__new__` builds the named tuple without its generated Python `__new__` (~1.7k
-    # instructions a call); the fields in order: charge, usage, usage_source.
-    return _new_tuple(Settlement, (charge_tokens(price, usage, multiplier, quota_per_usd), usage, source))
+    # Every field, in order (`plugins.billing.tuples`): charge, usage, usage_source.
+    return new_tuple(Settlement, (charge_tokens(price, usage, multiplier, quota_per_usd), usage, source))
 
 
 def _usage_for(finished: bool, m: Metered) -> tuple[Usage, str]:

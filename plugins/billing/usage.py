@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from plugins.billing.tuples import new_tuple
 from proxy.plugin import Endpoint
 
 __all__ = [
@@ -76,7 +77,6 @@ class Usage(NamedTuple):
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_new_tuple = tuple.__new__
 
 
 def _n(value: Any) -> int:
@@ -109,10 +109,9 @@ def from_openai(u: Mapping[str, Any]) -> Usage:
             (pd is None and "prompt_cache_hit_tokens" not in u)
             or (type(pd) is dict and pd.get("cached_tokens") == 0 and pd.get("audio_tokens", 0) == 0)
         ) and (cd is None or (type(cd) is dict and cd.get("audio_tokens", 0) == 0)):
-            # Every field, in order (`tuple.__new__` skips the generated Python `__new__`,
-            # ~1.7k instructions, and its defaults): input, cache_read, cache_write_5m,
-            # cache_write_1h, output, audio_in, audio_out, images.
-            return _new_tuple(Usage, (prompt, 0, 0, 0, completion, 0, 0, 0))
+            # Every field, in order (`plugins.billing.tuples`): input, cache_read,
+            # cache_write_5m, cache_write_1h, output, audio_in, audio_out, images.
+            return new_tuple(Usage, (prompt, 0, 0, 0, completion, 0, 0, 0))
     return _from_openai(u)
 
 

@@ -17,10 +17,10 @@ from plugins.billing.store.redis.layout import Held, Layout
 from plugins.billing.store.redis.rows import details_json, fmt_time, pairs, sub_target, to_hold, to_log_row
 from plugins.billing.store.rules import ledger_note
 from plugins.billing.store.tasks import TASK_OWNER
+from plugins.billing.tuples import new_tuple
 
 _PAGE = 100
 _STATES = {state.value: state for state in HoldState}
-_new_tuple = tuple.__new__
 
 
 async def settle(
@@ -33,8 +33,8 @@ async def settle(
     r = await core.run(script, keys, args)
     if r[0] == "stale":
         return None
-    # tuple.__new__ and a dict: the NamedTuple's __new__ and HoldState(...) are Python calls.
-    return _new_tuple(Resolution, (rid, _STATES[r[0]], int(r[1]), int(r[2]), bool(int(r[3]))))
+    # `new_tuple` and a dict lookup: the NamedTuple's __new__ and HoldState(...) are Python calls.
+    return new_tuple(Resolution, (rid, _STATES[r[0]], int(r[1]), int(r[2]), bool(int(r[3]))))
 
 
 async def settle_call(

@@ -37,12 +37,12 @@ from plugins.billing.store.redis import cross_slot as records
 from plugins.billing.store.redis.client import Call, RedisCore
 from plugins.billing.store.redis.layout import Held, HeldMemory, KnownTerms, Layout, units
 from plugins.billing.store.redis.rows import fmt_time, pairs, to_hold, usable_subscriptions
+from plugins.billing.tuples import new_tuple
 
 __all__ = ["Holder"]
 
 _SOURCES = {s.value: s for s in FundingSource}
 _OPEN = HoldState.OPEN
-_new_tuple = tuple.__new__
 # Answers after which the script ran again: `stale` (terms read again) or `claimed` (the
 # other user's hold is gone and the index names this user now). Each happens once at most
 # unless other writers keep changing the user's terms meanwhile.
@@ -188,8 +188,8 @@ class Holder:
         if kind == "hold":  # it existed: a repeated call
             held = to_hold(pairs(reply[1]))
         elif kind == "new":
-            # tuple.__new__ (all fourteen fields): the NamedTuple's own __new__ is a Python call.
-            held = _new_tuple(
+            # All fourteen fields, in order (`plugins.billing.tuples`).
+            held = new_tuple(
                 Hold,
                 (
                     request_id,
@@ -214,7 +214,7 @@ class Holder:
             raise StoreUnavailable(f"redis: the hold of {request_id!r} kept meeting concurrent changes ({kind})")
         if held.state is _OPEN:
             sub_id = held.subscription_id or ""
-            self._held.remember(request_id, _new_tuple(Held, (user, held.key_id, sub_id, metas.get(sub_id))))
+            self._held.remember(request_id, new_tuple(Held, (user, held.key_id, sub_id, metas.get(sub_id))))
         return held
 
     async def _void(self, request_id: str, user: str, key_id: str, sub_id: str, metas: dict[str, str]) -> None:

@@ -31,6 +31,8 @@ from typing import Any, NamedTuple, cast
 
 import hiredis
 
+from plugins.billing.tuples import new_tuple
+
 __all__ = ["EvalPacker", "RespClient", "RespConnectionError", "RespError", "Target"]
 
 
@@ -108,9 +110,6 @@ class _Waiter(NamedTuple):
     expected: int
 
 
-_new_waiter = tuple.__new__
-
-
 class _Protocol(asyncio.Protocol):
     """One connection: writes commands, matches replies to futures in order."""
 
@@ -175,7 +174,7 @@ class _Protocol(asyncio.Protocol):
             raise RespConnectionError(str(self.broken))
         fut: asyncio.Future[Any] = self._loop.create_future()
         now = self._loop.time()
-        self._pending.append(_new_waiter(_Waiter, (fut, now, replies, expected)))  # no Python __new__
+        self._pending.append(new_tuple(_Waiter, (fut, now, replies, expected)))
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(packed)

@@ -50,6 +50,7 @@ from plugins.billing.store.base import StoreError, StoreUnavailable
 from plugins.billing.store.sqlite import schema
 from plugins.billing.store.sqlite.batch import Bulk, Outcome, is_busy, run_batch
 from plugins.billing.store.sqlite.ledger import Db
+from plugins.billing.tuples import new_tuple
 
 T = TypeVar("T")
 
@@ -217,8 +218,7 @@ class SQLiteConnection:
         if mode == "IMMEDIATE":
             self._writes += 1
         inline = inline and self._inline
-        # tuple.__new__: the NamedTuple's own __new__ is a Python function, and this runs per call.
-        call = _new_call(_Call, (begin, fn, args, asyncio.get_running_loop().create_future(), inline))
+        call = new_tuple(_Call, (begin, fn, args, asyncio.get_running_loop().create_future(), inline))
         if self._busy:
             self._queue.append(call)
             done: T = await call.done  # (no typing.cast on this path: it is a Python call)
@@ -361,9 +361,6 @@ class _Call(NamedTuple):
     args: tuple[object, ...]
     done: asyncio.Future[Any]
     inline: bool = False
-
-
-_new_call = tuple.__new__
 
 
 def _select_one(conn: Db) -> None:

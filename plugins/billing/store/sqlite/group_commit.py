@@ -53,6 +53,7 @@ from plugins.billing.store.sqlite.ledger import (
     key_check,
     resolve_tx,
 )
+from plugins.billing.tuples import new_tuple
 
 __all__ = ["BULK", "hold_many", "resolve_many"]
 
@@ -101,7 +102,6 @@ _UPSTREAMS_USED = (
 _WALLET = FundingSource.WALLET.value
 _OPEN = HoldState.OPEN.value
 _OPEN_STATE, _FUNDED_BY_WALLET = HoldState.OPEN, FundingSource.WALLET
-_new_tuple = tuple.__new__
 _WALLET_NO_SUB, _OPEN_NO_CHECKPOINT = (FundingSource.WALLET, None), (HoldState.OPEN, None, None)
 _VALUE_OF = {state: state.value for state in HoldState}
 
@@ -154,9 +154,8 @@ def hold_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
             key[0] -= amount
             key[1] += amount
             journal.append((now, key_account, key_amount, request_id))
-        # The Hold: the row's values and the constants the SQL writes (tuple.__new__: a
-        # NamedTuple's own __new__ is a Python function, called per hold).
-        results.append(_new_tuple(Hold, (*row_values[:3], *_WALLET_NO_SUB, *row_values[3:], *_OPEN_NO_CHECKPOINT)))
+        # The Hold: the row's values and the constants the SQL writes (`new_tuple`).
+        results.append(new_tuple(Hold, (*row_values[:3], *_WALLET_NO_SUB, *row_values[3:], *_OPEN_NO_CHECKPOINT)))
     if holds:
         _write_holds(db, holds, wallets, keys, journal)
     return results
@@ -262,7 +261,7 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
             continue
         # The rule reads the hold's owner, key, source, amounts and checkpoint; the times and
         # instance it does not read are not fetched.
-        held = _new_tuple(
+        held = new_tuple(
             Hold,
             (
                 request_id,
@@ -284,7 +283,7 @@ def resolve_many(db: Db, calls: Sequence[tuple[Any, ...]]) -> list[object]:
         done = rules.settlement(held, state, charge, log, key_limited=bool(row[9]))
         totals.add(row[1], row[2], done)
         mine.append((args, row, done))
-        results.append(_new_tuple(Resolution, (request_id, state, charge, 0, True)))
+        results.append(new_tuple(Resolution, (request_id, state, charge, 0, True)))
     if mine:
         totals.write(db)
         _write_resolutions(db, ts, mine)
